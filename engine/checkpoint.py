@@ -1,0 +1,246 @@
+"""Exactly-once JSONL checkpoints: a lock per output directory, a fast resume scan, one writer
+task per file.
+
+Every line is written whole by a single writer, so a crash can only tear the last line; the scan
+cuts it off. A key is never written twice: the scan's keys are skipped by the producers, and each
+work unit is dispatched once per run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.errors import CheckpointError, LockedError
+from engine.records import record_decoder, record_encoder
+
+_CHUNK = 32 << 20
+# Records are encoded with `key` first, so a regex over whole chunks reads keys at C speed.
+_KEY_LINE = re.compile(rb'^\{"key":"([0-9a-f]{32})"(?:,"[^\n]*)?\}$', re.M)
+_ERROR_FIELD = b',"error":{'
+
+
+def key_int(key: str) -> int:
+    """The in-memory form of a key: 64 bits are plenty to tell a run's keys apart and cost half
+    the memory of the hex string."""
+    return int(key[:16], 16)
+
+
+class OutputLock:
+    """An exclusive `flock` on <output>/.lock. The kernel drops it when the process dies, so a
+    kill -9 never blocks the resume."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise LockedError(
+                f"{self.path.parent} is in use by another run (pid {holder}); wait for it to finish or use another --output"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class ScanResult(msgspec.Struct, kw_only=True):
+    done: set[int]
+    records: int = 0
+    errors: int = 0  # records whose outcome is a fatal error
+    torn_bytes: int = 0
+
+
+def repair_torn_tail(path: Path) -> int:
+    """Cuts an unterminated last line (a write torn by a crash). Returns the bytes removed."""
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb+") as f:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        # Walk back to the last newline.
+        pos = size
+        while pos > 0:
+            step = min(1 << 16, pos)
+            f.seek(pos - step)
+            block = f.read(step)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                cut = pos - step + nl + 1
+                break
+            pos -= step
+        else:
+            cut = 0
+        f.truncate(cut)
+        return size - cut
+
+
+def _chunks(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Yields (first line number, chunk of whole lines)."""
+    line_no = 1
+    with open(path, "rb") as f:
+        rest = b""
+        while True:
+            block = f.read(_CHUNK)
+            if not block:
+                if rest:
+                    yield line_no, rest
+                return
+            block = rest + block
+            cut = block.rfind(b"\n") + 1
+            if cut == 0:
+                rest = block
+                continue
+            rest = block[cut:]
+            chunk = block[:cut]
+            yield line_no, chunk
+            line_no += chunk.count(b"\n")
+
+
+def _bad_line(path: Path, first: int, chunk: bytes) -> CheckpointError:
+    for i, line in enumerate(chunk.split(b"\n")):
+        if not line:
+            continue
+        try:
+            record_decoder.decode(line)
+        except msgspec.DecodeError as exc:
+            return CheckpointError(
+                f"{path}:{first + i}: not a valid record ({exc}); move the file aside or repair that line, then rerun"
+            )
+    return CheckpointError(f"{path}: unreadable records near line {first}; move the file aside, then rerun")
+
+
+def scan_responses(path: Path, *, drop_errors: bool = False) -> ScanResult:
+    """Reads the keys of a responses file. With drop_errors, fatal-error records are rewritten out
+    of the file (atomically) so that `--retry-errors` can retry them without a duplicate key."""
+    result = ScanResult(done=set())
+    if not path.exists():
+        return result
+    result.torn_bytes = repair_torn_tail(path)
+    keep: list[bytes] | None = [] if drop_errors else None
+    for first, chunk in _chunks(path):
+        lines = chunk.count(b"\n")
+        keys = _KEY_LINE.findall(chunk)
+        if len(keys) != lines:
+            raise _bad_line(path, first, chunk)
+        if drop_errors:
+            assert keep is not None
+            for line in chunk.split(b"\n")[:-1]:
+                if _ERROR_FIELD in line and record_decoder.decode(line).error is not None:
+                    result.errors += 1
+                    continue
+                keep.append(line)
+                result.done.add(key_int(line[8:40].decode()))
+        else:
+            result.errors += chunk.count(_ERROR_FIELD)
+            result.done.update(int(k[:16], 16) for k in keys)
+        result.records += lines
+    if keep is not None and result.errors:
+        tmp = path.with_suffix(".jsonl.tmp")
+        with open(tmp, "wb") as f:
+            for line in keep:
+                f.write(line + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        result.records = len(keep)
+    return result
+
+
+def iter_records(path: Path) -> Iterator[Any]:
+    """Decodes every record of a responses file (verify, score and report read this way)."""
+    if not path.exists():
+        return
+    for _, chunk in _chunks(path):
+        yield from record_decoder.decode_lines(chunk)
+
+
+class JsonlWriter:
+    """The only writer of one JSONL file. Producers `put` Structs; a task appends them in batches
+    (one write per loop turn's worth of records) and fsyncs at least once per `fsync_interval`."""
+
+    def __init__(self, path: Path, *, fsync_interval: float = 1.0,
+                 on_written: Callable[[list[Any]], None] | None = None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._interval = fsync_interval
+        self._on_written = on_written
+        self._sync: asyncio.Future[None] | None = None
+        self._last_sync = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self.written = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"writer:{self.path.name}")
+
+    def put(self, record: Any) -> None:
+        self._queue.put_nowait(record)
+
+    def _write(self, buf: bytearray) -> None:
+        view = memoryview(buf)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        stop = False
+        while not stop:
+            first = await queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while not queue.empty() and len(batch) < 4096:
+                rec = queue.get_nowait()
+                if rec is None:
+                    stop = True
+                    break
+                batch.append(rec)
+            buf = bytearray()
+            for rec in batch:
+                record_encoder.encode_into(rec, buf, len(buf))
+                buf.extend(b"\n")
+            self._write(buf)
+            self.written += len(batch)
+            if self._on_written is not None:
+                self._on_written(batch)
+            now = loop.time()
+            if now - self._last_sync >= self._interval and (self._sync is None or self._sync.done()):
+                self._last_sync = now
+                self._sync = loop.run_in_executor(None, os.fsync, self._fd)
+        if self._sync is not None:
+            await self._sync
+        await loop.run_in_executor(None, os.fsync, self._fd)
+
+    async def close(self) -> None:
+        """Flushes everything put so far and fsyncs."""
+        if self._task is not None:
+            self._queue.put_nowait(None)
+            await self._task
+            self._task = None
+        os.close(self._fd)

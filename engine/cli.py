@@ -1,0 +1,141 @@
+"""`python -m engine`: the only place that prints and the only `asyncio.run`.
+
+Heavy imports happen inside the commands so that `--help` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.errors import EngineError
+
+
+def _err(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m engine", description="TrustMH-Bench evaluation engine")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="generate (and resume) a run")
+    r.add_argument("config", nargs="?", help="run config TOML (default: the shipped default config)")
+    r.add_argument("--output", help="output directory (default: run.output)")
+    r.add_argument("--models", help="comma-separated models keys to run (default: all)")
+    r.add_argument("--pillars", help="comma-separated pillar ids (default: run.pillars)")
+    r.add_argument("--limit", type=int, help="base items per subtask (0 = all)")
+    r.add_argument("--items", help="custom items JSONL (id + messages or prompt), sent through every model")
+    r.add_argument("--data-dir", help="official data laid out like shared/trustmh (default: built-in items)")
+    r.add_argument("--fresh", action="store_true", help="start over: move earlier results aside")
+    r.add_argument("--retry-errors", action="store_true", help="retry items whose final outcome was a fatal error")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars on stderr (default: when stderr is a terminal)")
+
+    v = sub.add_parser("verify", help="check a run directory is complete and duplicate-free")
+    v.add_argument("dir")
+
+    c = sub.add_parser("validate", help="check a config file")
+    c.add_argument("config")
+    return p
+
+
+def _load(path: str | None) -> tuple[Any, str]:
+    from engine.config import default_config, load_config
+
+    if path is None:
+        return default_config(), "default"
+    return load_config(path), path
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import msgspec
+
+    from engine import runner
+
+    cfg, source = _load(args.config)
+    if args.items and args.pillars:
+        raise EngineError("--pillars and --items exclude each other: --items replaces the pillar items")
+    models = tuple(cfg.models)
+    if args.models:
+        models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+        unknown = [m for m in models if m not in cfg.models]
+        if unknown:
+            raise EngineError(f"--models: {', '.join(unknown)} not in the config (known: {', '.join(cfg.models)})")
+    if not models:
+        raise EngineError(f"{source}: no [models.<name>] sections; add at least one model")
+    limit = cfg.run.limit if args.limit is None else args.limit
+    if limit < 0:
+        raise EngineError("--limit must be >= 0")
+    items = None
+    if args.items:
+        items = str(Path(args.items))
+        if not Path(items).is_file():
+            raise EngineError(f"--items {items}: no such file; pass a JSONL file with one item per line")
+    data_dir = args.data_dir or cfg.data.dir
+    if data_dir and not Path(data_dir).is_dir():
+        raise EngineError(f"--data-dir {data_dir}: not a directory; pass the folder laid out like shared/trustmh")
+    subtasks: tuple[str, ...] = ()
+    if items is None:
+        pillars = tuple(p.strip() for p in args.pillars.split(",")) if args.pillars else cfg.run.pillars
+        subtasks = runner.resolve_subtasks(pillars)
+    spec = runner.RunSpec(output=args.output or cfg.run.output, models=models, items=items, data_dir=data_dir,
+                          subtasks=subtasks, limit=limit, samples=cfg.run.samples)
+    progress = args.progress if args.progress is not None else (
+        cfg.run.progress if cfg.run.progress is not None else sys.stderr.isatty())
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a core dependency on Linux/macOS
+        uvloop = None
+    coro = runner.run(cfg, spec, fresh=args.fresh, retry_errors=args.retry_errors, progress=progress,
+                      log=_log, config_source=source)
+    code = uvloop.run(coro) if uvloop is not None else asyncio.run(coro)
+    _log(f"results: {Path(spec.output).resolve()}")
+    del msgspec
+    return code
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from engine.verify import verify
+
+    report = verify(Path(args.dir))
+    for line in report.lines:
+        print(line)
+    return 0 if report.clean else 1
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from engine.config import load_config
+
+    cfg = load_config(args.config)
+    print(f"{args.config}: ok ({len(cfg.models)} models: {', '.join(cfg.models)})")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "verify": cmd_verify, "validate": cmd_validate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except EngineError as exc:
+        _err(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os._exit(1)

@@ -1,0 +1,140 @@
+"""Item sources: a custom JSONL file (`--items`) or the registered pillar subtasks.
+
+Sources are re-iterable factories of lazy iterators: every lane, and `verify`, walks them again
+instead of holding items in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.errors import EngineError
+from engine.records import GenParams, Item, Message
+
+CUSTOM = "custom"
+
+
+class _CustomLine(msgspec.Struct, kw_only=True):
+    id: str | int
+    messages: list[Message] | None = None
+    prompt: str | None = None
+    system: str | None = None
+    reference: Any = None
+    metadata: dict[str, Any] = {}
+
+
+_custom_decoder = msgspec.json.Decoder(_CustomLine)
+
+
+def _custom_item(line: bytes, path: Path, line_no: int) -> Item:
+    try:
+        row = _custom_decoder.decode(line)
+    except msgspec.DecodeError as exc:
+        raise EngineError(f"{path}:{line_no}: bad item line ({exc}); each line needs \"id\" and \"messages\" or \"prompt\"") from None
+    if (row.messages is None) == (row.prompt is None):
+        raise EngineError(f"{path}:{line_no}: item {row.id!r} needs exactly one of \"messages\" or \"prompt\"")
+    if row.messages is not None:
+        messages = tuple(row.messages)
+        if not messages:
+            raise EngineError(f"{path}:{line_no}: item {row.id!r} has empty \"messages\"")
+    else:
+        assert row.prompt is not None
+        messages = ((Message(role="system", content=row.system),) if row.system else ()) + (
+            Message(role="user", content=row.prompt),)
+    return Item(id=str(row.id), pillar=CUSTOM, subtask=CUSTOM, messages=messages,
+                reference=row.reference, metadata=row.metadata)
+
+
+def custom_items(path: Path, limit: int = 0) -> Iterator[Item]:
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise EngineError(f"cannot read items file {path}: {exc.strerror}; pass a readable JSONL file to --items") from None
+    with f:
+        n = 0
+        for line_no, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            yield _custom_item(line, path, line_no)
+            n += 1
+            if limit and n >= limit:
+                return
+
+
+class WorkItem(msgspec.Struct, frozen=True):
+    item: Item
+    params: GenParams | None  # the subtask's protocol overrides, or None
+
+
+ItemFactory = Callable[[], Iterator[WorkItem]]
+
+
+def custom_source(path: Path, limit: int) -> ItemFactory:
+    def factory() -> Iterator[WorkItem]:
+        for item in custom_items(path, limit):
+            yield WorkItem(item, None)
+    return factory
+
+
+def limited(items: Iterator[Item], limit: int) -> Iterator[Item]:
+    """The first `limit` base items (a dialogue's turns and an item's variants count once)."""
+    if not limit:
+        yield from items
+        return
+    seen: set[str] = set()
+    for item in items:
+        base = str(item.metadata.get("base", item.id))
+        if base not in seen:
+            if len(seen) >= limit:
+                return
+            seen.add(base)
+        yield item
+
+
+def pillar_source(keys: tuple[str, ...], data_dir: Path | None, limit: int) -> ItemFactory:
+    from pillars import registry
+
+    subtasks = [registry.get(k) for k in keys]
+
+    def factory() -> Iterator[WorkItem]:
+        for sub in subtasks:
+            if sub.kind == "derived":
+                continue
+            params = sub.params if sub.params != GenParams() else None
+            for item in limited(registry.load_items(sub, data_dir), limit):
+                yield WorkItem(item, params)
+    return factory
+
+
+def plan_counts(factory: ItemFactory, samples: int) -> dict[str, int]:
+    """Work units per "pillar/subtask", validating every item on the way; duplicate ids are an
+    error because they would make two records for one (item, sample)."""
+    counts: dict[str, int] = {}
+    seen: dict[str, set[int]] = {}
+    dupes: list[tuple[str, str]] = []
+    for w in factory():
+        key = f"{w.item.pillar}/{w.item.subtask}"
+        counts[key] = counts.get(key, 0) + samples
+        # hash() of the id is enough to find candidates without holding every id string.
+        h = hash(w.item.id)
+        bucket = seen.setdefault(key, set())
+        if h in bucket:
+            dupes.append((key, w.item.id))
+        bucket.add(h)
+    if dupes:
+        ids = {d for d in dupes}
+        exact: dict[tuple[str, str], int] = {}
+        for w in factory():
+            k = (f"{w.item.pillar}/{w.item.subtask}", w.item.id)
+            if k in ids:
+                exact[k] = exact.get(k, 0) + 1
+        real = [k for k, n in exact.items() if n > 1]
+        if real:
+            sub, item_id = real[0]
+            raise EngineError(f"item id {item_id!r} appears more than once in {sub} ({len(real)} duplicated ids); ids must be unique")
+    return counts

@@ -1,0 +1,244 @@
+"""`run`: resolve the work, take the output directory, resume from the checkpoint, run every lane
+on one loop, and leave run.json saying what happened.
+
+Signals: the first SIGINT/SIGTERM stops dispatching and gives in-flight requests
+`run.grace_period_s` to finish; what finished is written, the rest is retried next run. A second
+signal exits at once; the files stay consistent because every write is a whole batch of lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.checkpoint import JsonlWriter, OutputLock, scan_responses
+from engine.config import Config
+from engine.errors import EngineError
+from engine.items import ItemFactory, custom_source, pillar_source, plan_counts
+from engine.runstate import (config_doc, data_fingerprint, model_fingerprint, packages, read_run_json,
+                             write_run_json)
+from engine.scheduler import Lane
+
+Log = Callable[[str], None]
+
+
+class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What to run, resolved from config + command line; stored in run.json as `spec`."""
+
+    output: str
+    models: tuple[str, ...]
+    items: str | None = None  # custom items file, or None for pillar subtasks
+    data_dir: str | None = None
+    subtasks: tuple[str, ...] = ()
+    limit: int = 0
+    samples: int = 1
+
+
+def resolve_subtasks(pillars: tuple[str, ...]) -> tuple[str, ...]:
+    from pillars import registry
+
+    try:
+        return tuple(s.key for s in registry.select(list(pillars)))
+    except (KeyError, ValueError) as exc:
+        raise EngineError(f"run.pillars / --pillars: {exc.args[0] if exc.args else exc}") from None
+
+
+def item_factory(spec: RunSpec) -> ItemFactory:
+    if spec.items is not None:
+        return custom_source(Path(spec.items), spec.limit)
+    return pillar_source(spec.subtasks, Path(spec.data_dir) if spec.data_dir else None, spec.limit)
+
+
+def _check_resume(prev: dict[str, Any], cfg: Config, spec: RunSpec, data_fp: str, out: Path) -> None:
+    old = prev.get("fingerprint", {})
+    if old.get("data") not in (None, data_fp):
+        raise EngineError(f"{out} holds a run over different data (items file or data dir changed); "
+                          "use another --output, or --fresh to start over there")
+    for name, fp in old.get("models", {}).items():
+        if name in cfg.models and name in spec.models and fp != model_fingerprint(cfg.models[name]):
+            raise EngineError(f"{out} holds a run where model `{name}` had other request settings "
+                              "(model id, endpoint or generation parameters changed); use another --output, or --fresh")
+
+
+def _supersede(out: Path) -> Path | None:
+    """--fresh: move earlier results aside instead of deleting them."""
+    names = [n for n in ("responses", "errors", "judgments", "run.json", "scores.json") if (out / n).exists()]
+    if not names:
+        return None
+    dest = out / "superseded" / time.strftime("%Y%m%d-%H%M%S")
+    dest.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        shutil.move(str(out / n), str(dest / n))
+    return dest
+
+
+class Interrupt:
+    """First signal: stop dispatching and start the grace timer. Second: leave now."""
+
+    def __init__(self, stop: asyncio.Event, grace: float, cancel: Callable[[], None], log: Log) -> None:
+        self.stop = stop
+        self.grace = grace
+        self.cancel = cancel
+        self.log = log
+        self.signum: int | None = None
+
+    def __call__(self, signum: int) -> None:
+        code = 128 + signum
+        if self.signum is not None:
+            self.log(f"second signal: exiting now (exit {code}); records written so far are kept")
+            try:
+                from adapters.managed import kill_all
+
+                kill_all()
+            except ImportError:
+                pass
+            os._exit(code)
+        self.signum = signum
+        self.stop.set()
+        self.log(f"{signal.Signals(signum).name}: no new requests; waiting up to {self.grace:.0f} s for "
+                 "those in flight (send again to exit at once)")
+        asyncio.get_running_loop().call_later(self.grace, self.cancel)
+
+
+async def run(cfg: Config, spec: RunSpec, *, fresh: bool = False, retry_errors: bool = False,
+              progress: bool = False, log: Log = lambda s: None, config_source: str = "") -> int:
+    out = Path(spec.output)
+    loop = asyncio.get_running_loop()
+    factory = item_factory(spec)
+    planned_units = await asyncio.to_thread(plan_counts, factory, spec.samples)
+    data_fp = await asyncio.to_thread(
+        data_fingerprint, Path(spec.items) if spec.items else None,
+        Path(spec.data_dir) if spec.data_dir else None, cfg.pillars)
+
+    lock = OutputLock(out)
+    lock.acquire()
+    try:
+        prev = read_run_json(out)
+        if prev is not None and not fresh:
+            _check_resume(prev, cfg, spec, data_fp, out)
+        if fresh:
+            moved = _supersede(out)
+            if moved:
+                log(f"--fresh: earlier results moved to {moved}")
+            prev = None
+        return await _run_locked(cfg, spec, out, prev, factory, planned_units, data_fp,
+                                 retry_errors=retry_errors, progress=progress, log=log,
+                                 config_source=config_source, loop=loop)
+    finally:
+        lock.release()
+
+
+async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any] | None, factory: ItemFactory,
+                      planned_units: dict[str, int], data_fp: str, *, retry_errors: bool, progress: bool,
+                      log: Log, config_source: str, loop: asyncio.AbstractEventLoop) -> int:
+    from adapters.registry import make_adapter
+
+    (out / "responses").mkdir(parents=True, exist_ok=True)
+    (out / "errors").mkdir(parents=True, exist_ok=True)
+    log_dir = out / "logs"
+
+    # Adapters first: a missing key or unknown adapter fails before anything is written.
+    adapters = {name: make_adapter(name, cfg.models[name], log_dir, progress=log) for name in spec.models}
+
+    planned = dict(prev.get("planned", {})) if prev else {}
+    fingerprints = dict(prev.get("fingerprint", {}).get("models", {})) if prev else {}
+    for name in spec.models:
+        planned[name] = {**planned.get(name, {}), **planned_units}
+        fingerprints[name] = model_fingerprint(cfg.models[name])
+    doc: dict[str, Any] = dict(prev or {})
+    prev_specs = {k: v for k, v in (prev or {}).get("spec", {}).items()} if prev else {}
+    doc.update({
+        "format": 1,
+        "config_source": config_source,
+        "config": config_doc(cfg),
+        "spec": {**prev_specs, **msgspec.to_builtins(spec),
+                 "models": sorted(set(prev_specs.get("models", [])) | set(spec.models))},
+        "fingerprint": {"data": data_fp, "models": fingerprints},
+        "planned": planned,
+        "packages": packages(),
+        "started_at": time.time(),
+        "ended_at": None,
+        "status": "running",
+    })
+    doc.setdefault("history", [])
+    write_run_json(out, doc)
+
+    stop = asyncio.Event()
+    lanes: list[Lane] = []
+    writers: list[JsonlWriter] = []
+    for name in spec.models:
+        path = out / "responses" / f"{name}.jsonl"
+        scan = await asyncio.to_thread(scan_responses, path, drop_errors=retry_errors)
+        if scan.torn_bytes:
+            log(f"{path}: cut a torn last line ({scan.torn_bytes} bytes) left by an interrupted run")
+        resp_w = JsonlWriter(path)
+        err_w = JsonlWriter(out / "errors" / f"{name}.jsonl")
+        writers += [resp_w, err_w]
+        adapter, open_server = adapters[name]
+        lane = Lane(name, cfg.models[name], adapter, factory, samples=spec.samples, done=scan.done,
+                    responses=resp_w, errors=err_w, stop=stop, open_server=open_server)
+        lane.stats.planned = sum(planned_units.values())
+        lanes.append(lane)
+    for w in writers:
+        w.start()
+
+    tasks = [asyncio.create_task(lane.run(), name=f"lane:{lane.name}") for lane in lanes]
+
+    def cancel_all() -> None:
+        for t in tasks:
+            t.cancel()
+
+    interrupt = Interrupt(stop, cfg.run.grace_period_s, cancel_all, log)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupt, sig)
+    bars = None
+    if progress:
+        from engine.progress import Bars
+
+        bars = Bars(lanes)
+        bars.start()
+    try:
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        if bars is not None:
+            await bars.stop()
+        for w in writers:
+            await w.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    lane_stats = {lane.name: lane.stats.to_dict() for lane in lanes}
+    interrupted = interrupt.signum is not None
+    incomplete = [lane.name for lane in lanes if lane.stats.state != "complete" or lane.stats.exhausted]
+    status = "interrupted" if interrupted else ("incomplete" if incomplete else "complete")
+    doc["lanes"] = {**doc.get("lanes", {}), **lane_stats}
+    doc["ended_at"] = time.time()
+    doc["status"] = status
+    doc["history"].append({"started_at": doc["started_at"], "ended_at": doc["ended_at"], "status": status,
+                           "argv": sys.argv[1:]})
+    write_run_json(out, doc)
+
+    for lane in lanes:
+        s = lane.stats
+        line = (f"{lane.name}: {s.state}; {s.done} written this run ({s.ok} ok, {s.fatal} fatal), "
+                f"{s.skipped} already done, {s.exhausted} out of retries, {s.retries} retries, {s.rate_limited} rate-limited")
+        log(line)
+        if s.message:
+            log(f"  {s.message}")
+    if interrupted:
+        assert interrupt.signum is not None
+        log(f"interrupted: rerun the same command to resume ({out})")
+        return 128 + interrupt.signum
+    if incomplete:
+        log(f"incomplete: lanes {', '.join(incomplete)} left work undone; rerun the same command to retry it")
+        return 1
+    return 0

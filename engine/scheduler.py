@@ -1,0 +1,308 @@
+"""Lanes: one per model, all on one event loop.
+
+A lane walks its items lazily, skips keys the checkpoint already holds, and feeds a bounded queue
+drained by `max_concurrency` workers; memory stays flat however many items there are. Each attempt
+passes the lane's limits (adaptive concurrency, request pacing, token window), goes to the adapter,
+and ends as a final record, a retry after backoff, or, when retries or the deadline run out, a
+line in errors/ and nothing in responses/ (so the next run retries it). One item never fails the
+run; repeated auth failures stop only their lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import msgspec
+
+from adapters.base import Adapter, AdapterError
+from engine.checkpoint import JsonlWriter, key_int
+from engine.config import ModelConfig
+from engine.items import ItemFactory
+from engine.limits import AdaptiveLimit, Clock, Pacer, Sleep, TokenWindow
+from engine.records import AttemptError, ErrorInfo, GenParams, Item, Record, Response, request_key
+from engine.retry import backoff_delay
+from engine.stats import LaneStats
+
+
+class Unit(msgspec.Struct, frozen=True):
+    item: Item
+    sample: int
+    body: dict[str, Any]
+    key: str
+    est_tokens: int
+
+
+def model_params(cfg: ModelConfig) -> GenParams:
+    return GenParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+
+
+def merge_params(base: GenParams, override: GenParams | None) -> GenParams:
+    """A subtask's protocol generation values override the model's (None fields keep the model's)."""
+    if override is None:
+        return base
+    changes = {f: getattr(override, f) for f in override.__struct_fields__ if getattr(override, f) is not None}
+    return msgspec.structs.replace(base, **changes)
+
+
+def estimate_tokens(item: Item, params: GenParams) -> int:
+    """Charge before the call: ~4 characters per prompt token plus the completion budget, the way
+    OpenAI counts a request against TPM at admission."""
+    chars = sum(len(m.content) for m in item.messages)
+    return math.ceil(chars / 4) + (params.max_tokens or 0)
+
+
+OpenServer = Callable[[Adapter], AbstractAsyncContextManager[Any]]
+
+
+def lane_units(name: str, cfg: ModelConfig, adapter: Adapter, items: ItemFactory, samples: int) -> Iterator[Unit]:
+    """Every work unit of a lane, in item order (pure given the item source); verify walks the
+    same sequence to know what a complete run holds."""
+    base = model_params(cfg)
+    for w in items():
+        params = merge_params(base, w.params)
+        body = adapter.build_body(w.item.messages, params)
+        est = estimate_tokens(w.item, params)
+        for s in range(samples):
+            yield Unit(w.item, s, body, request_key(name, w.item.pillar, w.item.subtask, w.item.id, s, body), est)
+
+
+class Lane:
+    def __init__(
+        self,
+        name: str,
+        cfg: ModelConfig,
+        adapter: Adapter,
+        items: ItemFactory,
+        *,
+        samples: int,
+        done: set[int],
+        responses: JsonlWriter,
+        errors: JsonlWriter,
+        stop: asyncio.Event,
+        open_server: OpenServer | None = None,
+        on_record: Callable[[Record, Unit], None] | None = None,
+        clock: Clock | None = None,
+        sleep: Sleep | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.adapter = adapter
+        self._items = items
+        self._samples = samples
+        self._done = done
+        self._responses = responses
+        self._errors = errors
+        self._stop = stop  # run-wide: stop dispatching (signal, budget)
+        self._lane_stop = asyncio.Event()  # this lane only (auth failures)
+        self._open_server = open_server
+        self._on_record = on_record
+        loop = asyncio.get_event_loop()
+        self._clock = clock or loop.time
+        self._sleep = sleep or asyncio.sleep
+        self._rng = rng or random.Random()
+        self.stats = LaneStats()
+        self.limit = AdaptiveLimit(cfg.concurrency(), self._clock)
+        self.pacer = Pacer(cfg.requests_per_minute, self._clock, self._sleep) if cfg.requests_per_minute else None
+        self.tokens = TokenWindow(cfg.tokens_per_minute, self._clock, self._sleep) if cfg.tokens_per_minute else None
+        self._auth_failures = 0
+
+    # -- work units -------------------------------------------------------------------------
+
+    def units(self) -> Iterator[Unit]:
+        return lane_units(self.name, self.cfg, self.adapter, self._items, self._samples)
+
+    def _pending(self) -> Iterator[Unit]:
+        done = self._done
+        for u in self.units():
+            if key_int(u.key) in done:
+                self.stats.skipped += 1
+                continue
+            yield u
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set() or self._lane_stop.is_set()
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.stats.started = time.time()
+        pending = self._pending()
+        first = next(pending, None)
+        try:
+            if first is None:
+                self.stats.state = "complete"
+                return
+            self.stats.state = "starting"
+            if self._open_server is not None:
+                async with self._open_server(self.adapter):
+                    await self._dispatch(first, pending)
+            else:
+                await self._dispatch(first, pending)
+            if self.stats.state == "running":
+                self.stats.state = "interrupted" if self._stop.is_set() else "complete"
+        except asyncio.CancelledError:
+            self.stats.state = "interrupted"
+            raise
+        except Exception as exc:  # a lane that cannot start (server died, ...) must not stop the others
+            self.stats.state = "failed"
+            self.stats.message = f"{type(exc).__name__}: {exc}" if not str(exc).startswith(self.name) else str(exc)
+        finally:
+            self.stats.ended = time.time()
+            await self.adapter.aclose()
+
+    async def _dispatch(self, first: Unit, pending: Iterator[Unit]) -> None:
+        self.stats.state = "running"
+        n = self.cfg.concurrency()
+        queue: asyncio.Queue[Unit | None] = asyncio.Queue(maxsize=2 * n)
+
+        async def produce() -> None:
+            await queue.put(first)
+            for u in pending:
+                if self.stopping:
+                    break
+                await queue.put(u)
+            for _ in range(n):
+                await queue.put(None)
+
+        workers = [asyncio.create_task(self._worker(queue)) for _ in range(n)]
+        producer = asyncio.create_task(produce())
+        try:
+            await asyncio.gather(producer, *workers)
+        finally:
+            for t in (producer, *workers):
+                t.cancel()
+
+    async def _worker(self, queue: asyncio.Queue[Unit | None]) -> None:
+        while True:
+            unit = await queue.get()
+            if unit is None:
+                return
+            if not self.stopping:
+                await self._process(unit)
+
+    def _emit(self, unit: Unit, attempts: int, response: Response | None, error: ErrorInfo | None) -> None:
+        rec = Record(key=unit.key, model=self.name, pillar=unit.item.pillar, subtask=unit.item.subtask,
+                     item_id=unit.item.id, sample=unit.sample, attempts=attempts, response=response, error=error)
+        self._responses.put(rec)
+        self.stats.done += 1
+        if self._on_record is not None:
+            self._on_record(rec, unit)
+
+    def _log_attempt(self, unit: Unit, attempt: int, err: AdapterError, final: bool) -> None:
+        self._errors.put(AttemptError(
+            key=unit.key, model=self.name, pillar=unit.item.pillar, subtask=unit.item.subtask,
+            item_id=unit.item.id, sample=unit.sample, attempt=attempt,
+            error=ErrorInfo(kind=err.kind, status=err.status, message=err.message), final=final,
+            at=round(time.time(), 3)))
+
+    async def _pause(self, delay: float) -> None:
+        """Backoff that a stop request cuts short."""
+        if self.stopping:
+            return
+        try:
+            await asyncio.wait_for(self._any_stop(), timeout=delay)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _any_stop(self) -> None:
+        waits = [asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._lane_stop.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _process(self, unit: Unit) -> None:
+        cfg, stats = self.cfg, self.stats
+        clock = self._clock
+        deadline = clock() + cfg.deadline_s
+        attempt = 0
+        while True:
+            if self.stopping:
+                return
+            attempt += 1
+            err: AdapterError | None = None
+            resp: Response | None = None
+            entry = None
+            await self.limit.acquire()
+            try:
+                if self.pacer is not None:
+                    stats.wait_s += await self.pacer.acquire()
+                if self.tokens is not None:
+                    entry, waited = await self.tokens.acquire(unit.est_tokens)
+                    stats.wait_s += waited
+                remaining = deadline - clock()
+                if remaining <= 0:
+                    err = AdapterError("timeout", f"item deadline of {cfg.deadline_s:.0f} s passed")
+                    self._log_attempt(unit, attempt, err, final=True)
+                    stats.exhausted += 1
+                    stats.errors["deadline"] += 1
+                    return
+                stats.sent += 1
+                stats.in_flight += 1
+                t0 = clock()
+                try:
+                    resp = await self.adapter.send(unit.body, min(cfg.timeout_s, remaining))
+                except AdapterError as exc:
+                    err = exc
+                finally:
+                    stats.in_flight -= 1
+                    stats.busy_s += clock() - t0
+            finally:
+                self.limit.release()
+
+            if resp is not None:
+                stats.latency(resp.latency_s)
+                u = resp.usage
+                if entry is not None and self.tokens is not None:
+                    used = u.prompt_tokens + u.completion_tokens
+                    if used:
+                        self.tokens.adjust(entry, used, refund=cfg.tpm_accounting == "usage")
+                stats.ok += 1
+                stats.prompt_tokens += u.prompt_tokens
+                stats.completion_tokens += u.completion_tokens
+                stats.reasoning_tokens += u.reasoning_tokens or 0
+                stats.cached_tokens += u.cached_tokens or 0
+                self.limit.on_success()
+                self._auth_failures = 0
+                self._emit(unit, attempt, resp, None)
+                return
+
+            assert err is not None
+            stats.errors[err.kind] += 1
+            if err.kind == "rate_limited":
+                stats.rate_limited += 1
+                self.limit.on_rate_limited()
+            if err.kind == "auth":
+                # Not a final outcome: a fixed key on the next run must retry these items.
+                self._log_attempt(unit, attempt, err, final=False)
+                self._auth_failures += 1
+                if self._auth_failures >= cfg.auth_failures_to_stop and not self._lane_stop.is_set():
+                    stats.message = (f"lane {self.name} stopped after {self._auth_failures} authentication failures "
+                                     f"({err.message}); check {cfg.api_key_env or 'the API key'} and rerun")
+                    stats.state = "stopped"
+                    self._lane_stop.set()
+                return
+            if not err.retryable:
+                self._log_attempt(unit, attempt, err, final=True)
+                stats.fatal += 1
+                self._emit(unit, attempt, None, ErrorInfo(kind=err.kind, status=err.status, message=err.message))
+                return
+            delay = backoff_delay(attempt, cfg.backoff_base_s, cfg.backoff_max_s, err.retry_after, self._rng)
+            if attempt >= cfg.max_attempts or clock() + delay >= deadline:
+                self._log_attempt(unit, attempt, err, final=True)
+                stats.exhausted += 1
+                return
+            self._log_attempt(unit, attempt, err, final=False)
+            stats.retries += 1
+            await self._pause(delay)
+
+

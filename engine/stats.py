@@ -1,0 +1,67 @@
+"""Per-lane counters for progress bars, run.json and the report."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+_BASE = math.log(1.05)
+
+
+@dataclass
+class LaneStats:
+    planned: int = 0
+    skipped: int = 0  # already complete in the checkpoint
+    done: int = 0  # final outcomes written this run
+    ok: int = 0
+    fatal: int = 0
+    exhausted: int = 0  # retries or deadline ran out: no final outcome, retried next run
+    sent: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    in_flight: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    wait_s: float = 0.0  # time spent waiting on rate limits
+    busy_s: float = 0.0  # summed request time
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    started: float | None = None
+    ended: float | None = None
+    state: str = "pending"
+    message: str | None = None
+    # latency histogram in 5% buckets: constant memory however many requests
+    _lat: Counter[int] = field(default_factory=Counter)
+
+    def latency(self, seconds: float) -> None:
+        self._lat[int(math.log(max(seconds, 1e-6)) / _BASE)] += 1
+
+    def percentile(self, q: float) -> float | None:
+        total = sum(self._lat.values())
+        if not total:
+            return None
+        rank = q * total
+        acc = 0
+        for b in sorted(self._lat):
+            acc += self._lat[b]
+            if acc >= rank:
+                return round(math.exp((b + 0.5) * _BASE), 6)
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        wall = (self.ended or 0) - (self.started or 0) if self.started and self.ended else None
+        return {
+            "state": self.state, "message": self.message, "planned": self.planned, "skipped": self.skipped,
+            "done": self.done, "ok": self.ok, "fatal": self.fatal, "exhausted": self.exhausted,
+            "sent": self.sent, "retries": self.retries, "rate_limited": self.rate_limited,
+            "errors": dict(self.errors), "wait_s": round(self.wait_s, 3), "busy_s": round(self.busy_s, 3),
+            "wall_s": round(wall, 3) if wall else None,
+            "requests_per_s": round(self.done / wall, 3) if wall else None,
+            "output_tokens_per_s": round(self.completion_tokens / wall, 3) if wall else None,
+            "latency_s": {"p50": self.percentile(0.5), "p95": self.percentile(0.95), "p99": self.percentile(0.99)},
+            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens,
+                       "reasoning": self.reasoning_tokens, "cached": self.cached_tokens},
+        }

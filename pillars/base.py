@@ -1,0 +1,117 @@
+"""How a subtask is declared: the contract between pillar packages and the engine.
+
+A pillar package (`pillars/<pillar>/`) declares each subtask once as a `Subtask`. Everything a
+subtask owns is pure: building items (and their prompts) from data rows, parsing answers,
+scoring one item, aggregating a metric, building and parsing a judge prompt. The engine owns all
+I/O: reading files, sending requests, writing records, calling judges.
+
+Flow for one subtask:
+  rows (official loader or bench_data/<pillar>/<subtask>.jsonl)
+    -> Subtask.items(rows)           Items with prompts built, ids per PROTOCOL.md §6
+    -> engine generates a Response per (item, sample)
+    -> Subtask.rubric (if judged): judge messages -> judge text -> parse_judgment -> dict
+    -> Subtask.score(item, response, judgment) -> ItemScore
+    -> Subtask.aggregate([ItemScore...]) -> Metric
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from engine.records import GenParams, Item, Message, Response
+
+Direction = Literal["higher", "lower"]
+
+
+class ItemScore(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The score of one (item, sample).
+
+    value: the per-item number the metric aggregates (1.0/0.0 for correct/incorrect, a judge score,
+      a parsed rating); None when unparseable or failed.
+    label: the parsed answer (a letter, a class label, a rating), for confusion tables and F1.
+    status: "scored" | "unparseable" (answer or judgment could not be parsed) | "failed" (no response,
+      fatal error or judge error). Nothing unparseable is silently turned into a 0.
+    group: breakdown keys (e.g. {"tier": "2a"}, {"method": "cot"}) used by aggregate and reports.
+    extras: further per-item numbers (e.g. per-principle judge scores sc1..sc5).
+    """
+
+    item_id: str
+    sample: int = 0
+    value: float | None = None
+    label: str | None = None
+    reference: Any = None
+    status: Literal["scored", "unparseable", "failed"] = "scored"
+    group: dict[str, str] = {}
+    extras: dict[str, float] = {}
+
+
+class Metric(msgspec.Struct, frozen=True, kw_only=True):
+    """A subtask's metric for one model. value None means undefined, and then `reason` says why."""
+
+    value: float | None
+    n: int
+    n_scored: int
+    n_unparseable: int
+    n_failed: int
+    ci: tuple[float, float] | None = None
+    breakdown: dict[str, Any] = {}
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Rubric:
+    """An LLM-as-judge rubric.
+
+    build: (item, response_text) -> judge messages. Must wrap the response in delimiters and
+      neutralise lookalike delimiters inside it (see pillars.judging.wrap_response).
+    schema: JSON schema for constrained judge output.
+    parse: judge output text -> dict of scores, or None when unparseable (JSON first, then a
+      last-match fallback).
+    """
+
+    name: str
+    version: str
+    build: Callable[[Item, str], tuple[Message, ...]]
+    schema: dict[str, Any]
+    parse: Callable[[str], dict[str, Any] | None]
+    judge: str | None = None  # a models key that must judge this rubric (else [judge] models[0])
+    params: GenParams = GenParams(temperature=0.0, max_tokens=256)
+
+
+@dataclass(frozen=True)
+class OfficialSource:
+    """Where the official data lives, relative to a data dir laid out like shared/trustmh."""
+
+    dataset: str  # folder name, e.g. "ethicmh"
+    files: tuple[str, ...]  # paths inside that folder that the loader reads
+    load: Callable[[Path], Iterator[dict[str, Any]]]  # dataset folder -> normalized rows (with "id")
+
+
+@dataclass(frozen=True)
+class Subtask:
+    pillar: str
+    id: str  # subtask id, PROTOCOL.md §6
+    version: str
+    kind: Literal["classification", "generation", "derived"]
+    headline: str  # the ranked metric's name, e.g. "accuracy"
+    direction: Direction
+    items: Callable[[Iterable[dict[str, Any]]], Iterator[Item]]  # normalized rows -> Items
+    # (item, response or None when generation failed, parsed judgment or None) -> ItemScore
+    score: Callable[[Item, Response | None, dict[str, Any] | None], ItemScore]
+    aggregate: Callable[[Sequence[ItemScore]], Metric]
+    official: OfficialSource | None = None
+    rubric: Rubric | None = None
+    params: GenParams = GenParams()  # protocol generation values; override the model's
+    # "derived" subtasks score another subtask's responses (safety/antitoxic reads safety/jailbreak)
+    source: str | None = None
+    doc: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.pillar}/{self.id}"
