@@ -124,7 +124,7 @@ def _bad_line(path: Path, first: int, chunk: bytes) -> CheckpointError:
         if not line:
             continue
         try:
-            record_decoder.decode(line)
+            msgspec.json.decode(line)
         except msgspec.DecodeError as exc:
             return CheckpointError(
                 f"{path}:{first + i}: not a valid record ({exc}); move the file aside or repair that line, then rerun"
@@ -169,12 +169,12 @@ def scan_responses(path: Path, *, drop_errors: bool = False) -> ScanResult:
     return result
 
 
-def iter_records(path: Path) -> Iterator[Any]:
-    """Decodes every record of a responses file (verify, score and report read this way)."""
+def iter_records(path: Path, decoder: msgspec.json.Decoder[Any] = record_decoder) -> Iterator[Any]:
+    """Decodes every record of a JSONL checkpoint (verify, score and report read this way)."""
     if not path.exists():
         return
     for _, chunk in _chunks(path):
-        yield from record_decoder.decode_lines(chunk)
+        yield from decoder.decode_lines(chunk)
 
 
 class JsonlWriter:

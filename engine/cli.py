@@ -44,6 +44,16 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("validate", help="check a config file")
     c.add_argument("config")
+
+    sc = sub.add_parser("score", help="compute scores.json (metrics and ranks) for a run directory")
+    sc.add_argument("dir")
+
+    j = sub.add_parser("judge", help="(re-)judge an existing run without regenerating")
+    j.add_argument("dir")
+    j.add_argument("--judge", help="models key of the judge (default: the run's [judge] models)")
+    j.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+    sub.add_parser("list", help="list pillars and subtasks")
     return p
 
 
@@ -99,9 +109,74 @@ def cmd_run(args: argparse.Namespace) -> int:
     coro = runner.run(cfg, spec, fresh=args.fresh, retry_errors=args.retry_errors, progress=progress,
                       log=_log, config_source=source)
     code = uvloop.run(coro) if uvloop is not None else asyncio.run(coro)
-    _log(f"results: {Path(spec.output).resolve()}")
     del msgspec
+    out = Path(spec.output)
+    if items is None and code in (0, 1):
+        _finish_scores(out)
+    _log(f"results: {out.resolve()}")
     return code
+
+
+def _finish_scores(out: Path) -> None:
+    from engine.scoring import score_run, write_scores
+
+    scores = score_run(out)
+    path = write_scores(out, scores)
+    for key, sub in scores["subtasks"].items():
+        vals = ", ".join(
+            f"{m}={_fmt(d['value'])} (n={d['n']}, unparseable={d['n_unparseable']}, failed={d['n_failed']})"
+            for m, d in sub["models"].items())
+        _log(f"  {key}: {sub['headline']}: {vals}")
+    _log(f"scores: {path.resolve()}")
+
+
+def _fmt(v: Any) -> str:
+    return "null" if v is None else f"{v:.3f}"
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    _finish_scores(Path(args.dir))
+    return 0
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import msgspec
+
+    from engine import runner
+    from engine.config import parse_config
+    from engine.runstate import read_run_json
+
+    out = Path(args.dir)
+    doc = read_run_json(out)
+    if doc is None:
+        raise EngineError(f"{out}: no run.json; is this a run output directory?")
+    cfg = parse_config(doc["config"], f"{out}/run.json")
+    if args.judge:
+        if args.judge not in cfg.models:
+            raise EngineError(f"--judge {args.judge}: not a models key of this run (known: {', '.join(cfg.models)})")
+        cfg = msgspec.structs.replace(cfg, judge=msgspec.structs.replace(cfg.judge, models=(args.judge,), rubrics={}))
+    spec = msgspec.convert(doc["spec"], runner.RunSpec)
+    progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    code = asyncio.run(runner.run(cfg, spec, progress=progress, log=_log, config_source=doc.get("config_source", ""),
+                                  judge_only=True))
+    if code in (0, 1):
+        _finish_scores(out)
+    return code
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from pillars import registry
+
+    print(f"{'pillar/subtask':38} {'kind':15} {'judged':7} {'built-in':9} official data")
+    for sub in registry.all_subtasks():
+        n = sum(1 for _ in registry.load_items(sub, None)) if sub.kind != "derived" else 0
+        official = f"{sub.official.dataset}/" if sub.official else "-"
+        if sub.kind == "derived":
+            official = f"(scores {sub.source})"
+        print(f"{sub.key:38} {sub.kind:15} {'yes' if sub.rubric else 'no':7} {n:<9} {official}")
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -121,7 +196,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "verify": cmd_verify, "validate": cmd_validate}
+COMMANDS = {"run": cmd_run, "verify": cmd_verify, "validate": cmd_validate, "score": cmd_score,
+            "judge": cmd_judge, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,6 +78,27 @@ class Record(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     error: ErrorInfo | None = None
 
 
+class JudgmentRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One line of judgments/<judge>.jsonl: a judge's raw output on one response under one rubric.
+    Parsing is left to scoring (pure, re-runnable); `try_` 1 is the single retry after an
+    unparseable output."""
+
+    key: str
+    response_key: str
+    judge: str
+    rubric: str
+    rubric_version: str
+    model: str
+    pillar: str
+    subtask: str
+    item_id: str
+    sample: int
+    try_: int = msgspec.field(default=0, name="try")
+    attempts: int = 1
+    response: Response | None = None
+    error: ErrorInfo | None = None
+
+
 class AttemptError(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One line of errors/<model>.jsonl: a failed attempt (final=True when retries ran out)."""
 
@@ -105,6 +126,7 @@ record_decoder = msgspec.json.Decoder(Record)
 attempt_decoder = msgspec.json.Decoder(AttemptError)
 keyview_decoder = msgspec.json.Decoder(KeyView)
 item_decoder = msgspec.json.Decoder(Item)
+judgment_decoder = msgspec.json.Decoder(JudgmentRecord)
 
 
 def request_key(model: str, pillar: str, subtask: str, item_id: str, sample: int, body: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ from engine.checkpoint import JsonlWriter, OutputLock, scan_responses
 from engine.config import Config
 from engine.errors import EngineError
 from engine.items import ItemFactory, custom_source, pillar_source, plan_counts
+from engine.judge import JudgeHub, close_when_generated, judges_for, rubrics_by_source
 from engine.runstate import (config_doc, data_fingerprint, model_fingerprint, packages, read_run_json,
                              write_run_json)
 from engine.scheduler import Lane
@@ -47,9 +48,18 @@ def resolve_subtasks(pillars: tuple[str, ...]) -> tuple[str, ...]:
     from pillars import registry
 
     try:
-        return tuple(s.key for s in registry.select(list(pillars)))
+        chosen = registry.select(list(pillars))
     except (KeyError, ValueError) as exc:
         raise EngineError(f"run.pillars / --pillars: {exc.args[0] if exc.args else exc}") from None
+    keys: list[str] = []
+    for s in chosen:
+        # Robustness compares against the clean reliability items: generate them once, there.
+        clean = s.extra.get("clean_source") if s.extra else None
+        if clean and clean not in keys:
+            keys.append(clean)
+        if s.key not in keys:
+            keys.append(s.key)
+    return tuple(keys)
 
 
 def item_factory(spec: RunSpec) -> ItemFactory:
@@ -110,11 +120,16 @@ class Interrupt:
 
 
 async def run(cfg: Config, spec: RunSpec, *, fresh: bool = False, retry_errors: bool = False,
-              progress: bool = False, log: Log = lambda s: None, config_source: str = "") -> int:
+              progress: bool = False, log: Log = lambda s: None, config_source: str = "",
+              judge_only: bool = False) -> int:
     out = Path(spec.output)
     loop = asyncio.get_running_loop()
     factory = item_factory(spec)
-    planned_units = await asyncio.to_thread(plan_counts, factory, spec.samples)
+    try:
+        planned_units = await asyncio.to_thread(plan_counts, factory, spec.samples)
+    except (OSError, ValueError, KeyError) as exc:
+        # Loaders name the file and what is wrong; show that one line, not a traceback.
+        raise EngineError(str(exc.args[0]) if exc.args else str(exc)) from None
     data_fp = await asyncio.to_thread(
         data_fingerprint, Path(spec.items) if spec.items else None,
         Path(spec.data_dir) if spec.data_dir else None, cfg.pillars)
@@ -132,22 +147,67 @@ async def run(cfg: Config, spec: RunSpec, *, fresh: bool = False, retry_errors: 
             prev = None
         return await _run_locked(cfg, spec, out, prev, factory, planned_units, data_fp,
                                  retry_errors=retry_errors, progress=progress, log=log,
-                                 config_source=config_source, loop=loop)
+                                 config_source=config_source, loop=loop, judge_only=judge_only)
     finally:
         lock.release()
 
 
+def _subtasks(spec: RunSpec) -> list[Any]:
+    if spec.items is not None:
+        return []
+    from pillars import registry
+
+    return [registry.get(k) for k in spec.subtasks]
+
+
+def _judge_plan(cfg: Config, subtasks: list[Any]) -> tuple[str, ...]:
+    """The judge models this run needs; a judged subtask with no judge configured is an error."""
+    names: list[str] = []
+    for pairs in rubrics_by_source(subtasks).values():
+        for sub, rubric in pairs:
+            judges = judges_for(cfg, rubric)
+            if not judges:
+                raise EngineError(f"{sub.key} is judged (rubric {rubric.name}) but no judge is configured; "
+                                  "add [judge] models = [\"<models key>\"] to the config")
+            names.extend(judges)
+    return tuple(dict.fromkeys(names))
+
+
+def _unjudged(out: Path, spec: RunSpec, factory: ItemFactory, hub: JudgeHub) -> list[tuple[Any, Any]]:
+    """Responses already on disk whose judgments are missing (a resumed or re-judged run)."""
+    from engine.checkpoint import iter_records
+
+    wanted: dict[tuple[str, str], Any] = {}
+    items: dict[tuple[str, str, str], Any] = {}
+    for name in spec.models:
+        for rec in iter_records(out / "responses" / f"{name}.jsonl"):
+            if rec.response is not None and hub.needs_judging(rec.pillar, rec.subtask):
+                wanted[(rec.key, name)] = rec
+    if not wanted:
+        return []
+    needed = {(r.pillar, r.subtask, r.item_id) for r in wanted.values()}
+    for w in factory():
+        k = (w.item.pillar, w.item.subtask, w.item.id)
+        if k in needed:
+            items[k] = w.item
+    return [(r, items[(r.pillar, r.subtask, r.item_id)]) for r in wanted.values()
+            if (r.pillar, r.subtask, r.item_id) in items]
+
+
 async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any] | None, factory: ItemFactory,
                       planned_units: dict[str, int], data_fp: str, *, retry_errors: bool, progress: bool,
-                      log: Log, config_source: str, loop: asyncio.AbstractEventLoop) -> int:
+                      log: Log, config_source: str, loop: asyncio.AbstractEventLoop,
+                      judge_only: bool = False) -> int:
     from adapters.registry import make_adapter
 
     (out / "responses").mkdir(parents=True, exist_ok=True)
+    (out / "judgments").mkdir(parents=True, exist_ok=True)
     (out / "errors").mkdir(parents=True, exist_ok=True)
     log_dir = out / "logs"
 
     # Adapters first: a missing key or unknown adapter fails before anything is written.
-    adapters = {name: make_adapter(name, cfg.models[name], log_dir, progress=log) for name in spec.models}
+    adapters = {name: make_adapter(name, cfg.models[name], log_dir, progress=log)
+                for name in (() if judge_only else spec.models)}
 
     planned = dict(prev.get("planned", {})) if prev else {}
     fingerprints = dict(prev.get("fingerprint", {}).get("models", {})) if prev else {}
@@ -175,23 +235,59 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
     stop = asyncio.Event()
     lanes: list[Lane] = []
     writers: list[JsonlWriter] = []
-    for name in spec.models:
+    subtasks = _subtasks(spec)
+    judge_names = _judge_plan(cfg, subtasks)
+    targets = () if judge_only else spec.models
+    empty: ItemFactory = lambda: iter(())  # noqa: E731 - a judge-only lane generates nothing
+    judge_done: dict[str, set[int]] = {}
+    by_name: dict[str, Lane] = {}
+    for name in dict.fromkeys((*targets, *judge_names)):
+        if name not in adapters:
+            adapters[name] = make_adapter(name, cfg.models[name], log_dir, progress=log)
         path = out / "responses" / f"{name}.jsonl"
-        scan = await asyncio.to_thread(scan_responses, path, drop_errors=retry_errors)
+        scan = await asyncio.to_thread(scan_responses, path, drop_errors=retry_errors and name in targets)
         if scan.torn_bytes:
             log(f"{path}: cut a torn last line ({scan.torn_bytes} bytes) left by an interrupted run")
         resp_w = JsonlWriter(path)
         err_w = JsonlWriter(out / "errors" / f"{name}.jsonl")
         writers += [resp_w, err_w]
+        judge_kw: dict[str, Any] = {}
+        if name in judge_names:
+            jpath = out / "judgments" / f"{name}.jsonl"
+            jscan = await asyncio.to_thread(scan_responses, jpath)
+            if jscan.torn_bytes:
+                log(f"{jpath}: cut a torn last line ({jscan.torn_bytes} bytes) left by an interrupted run")
+            judge_done[name] = jscan.done
+            jw = JsonlWriter(jpath)
+            writers.append(jw)
+            judge_kw = {"judge_queue": asyncio.Queue(), "judgments": jw}
         adapter, open_server = adapters[name]
-        lane = Lane(name, cfg.models[name], adapter, factory, samples=spec.samples, done=scan.done,
-                    responses=resp_w, errors=err_w, stop=stop, open_server=open_server)
-        lane.stats.planned = sum(planned_units.values())
+        lane = Lane(name, cfg.models[name], adapter, factory if name in targets else empty,
+                    samples=spec.samples, done=scan.done, responses=resp_w, errors=err_w, stop=stop,
+                    open_server=open_server, **judge_kw)
+        lane.stats.planned = sum(planned_units.values()) if name in targets else 0
         lanes.append(lane)
+        by_name[name] = lane
+    hub: JudgeHub | None = None
+    if judge_names:
+        hub = JudgeHub(cfg, subtasks, {n: by_name[n] for n in judge_names}, judge_done)
+        for lane in lanes:
+            if lane.name in targets:
+                lane.set_record_hook(hub.on_record)
+            if lane.name in judge_names:
+                lane.set_judge_hooks(hub.on_judgment, hub.on_judge_done)
+        backlog = await asyncio.to_thread(_unjudged, out, spec, factory, hub)
+        for rec, item in backlog:
+            hub.submit_record(rec, item)
+        if backlog:
+            log(f"judging {hub.submitted} earlier responses that have no judgment yet")
     for w in writers:
         w.start()
 
     tasks = [asyncio.create_task(lane.run(), name=f"lane:{lane.name}") for lane in lanes]
+    closer = None
+    if hub is not None:
+        closer = asyncio.create_task(close_when_generated(hub, [by_name[n] for n in targets]))
 
     def cancel_all() -> None:
         for t in tasks:
@@ -209,6 +305,8 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
     try:
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
+        if closer is not None:
+            closer.cancel()
         if bars is not None:
             await bars.stop()
         for w in writers:

@@ -25,9 +25,21 @@ from engine.checkpoint import JsonlWriter, key_int
 from engine.config import ModelConfig
 from engine.items import ItemFactory
 from engine.limits import AdaptiveLimit, Clock, Pacer, Sleep, TokenWindow
-from engine.records import AttemptError, ErrorInfo, GenParams, Item, Record, Response, request_key
+from engine.records import AttemptError, ErrorInfo, GenParams, Item, JudgmentRecord, Record, Response, request_key
 from engine.retry import backoff_delay
 from engine.stats import LaneStats
+
+
+class JudgeTask(msgspec.Struct, frozen=True):
+    """What a judge unit judges: one response under one rubric (try 1 = the retry after an
+    unparseable judge output)."""
+
+    response_key: str
+    model: str  # the judged (target) model
+    rubric: str
+    rubric_version: str
+    try_: int = 0
+    judge: str = ""
 
 
 class Unit(msgspec.Struct, frozen=True):
@@ -36,6 +48,7 @@ class Unit(msgspec.Struct, frozen=True):
     body: dict[str, Any]
     key: str
     est_tokens: int
+    judge: JudgeTask | None = None
 
 
 def model_params(cfg: ModelConfig) -> GenParams:
@@ -87,6 +100,10 @@ class Lane:
         stop: asyncio.Event,
         open_server: OpenServer | None = None,
         on_record: Callable[[Record, Unit], None] | None = None,
+        judge_queue: asyncio.Queue[Unit | None] | None = None,
+        judgments: JsonlWriter | None = None,
+        on_judgment: Callable[[JudgmentRecord, Unit], None] | None = None,
+        on_judge_done: Callable[[Unit], None] | None = None,
         clock: Clock | None = None,
         sleep: Sleep | None = None,
         rng: random.Random | None = None,
@@ -103,6 +120,14 @@ class Lane:
         self._lane_stop = asyncio.Event()  # this lane only (auth failures)
         self._open_server = open_server
         self._on_record = on_record
+        # Judge work arrives while the run goes on; None in the queue means no more will come.
+        self.judge_queue = judge_queue
+        self._judgments = judgments
+        self._on_judgment = on_judgment
+        self._on_judge_done = on_judge_done
+        self._gen_pending = 0
+        self._gen_producing = True
+        self.generation_done = asyncio.Event()
         loop = asyncio.get_event_loop()
         self._clock = clock or loop.time
         self._sleep = sleep or asyncio.sleep
@@ -112,6 +137,14 @@ class Lane:
         self.pacer = Pacer(cfg.requests_per_minute, self._clock, self._sleep) if cfg.requests_per_minute else None
         self.tokens = TokenWindow(cfg.tokens_per_minute, self._clock, self._sleep) if cfg.tokens_per_minute else None
         self._auth_failures = 0
+
+    def set_record_hook(self, hook: Callable[[Record, Unit], None]) -> None:
+        self._on_record = hook
+
+    def set_judge_hooks(self, on_judgment: Callable[[JudgmentRecord, Unit], None],
+                        on_done: Callable[[Unit], None]) -> None:
+        self._on_judgment = on_judgment
+        self._on_judge_done = on_done
 
     # -- work units -------------------------------------------------------------------------
 
@@ -138,8 +171,14 @@ class Lane:
         first = next(pending, None)
         try:
             if first is None:
-                self.stats.state = "complete"
-                return
+                self.generation_done.set()
+                if self.judge_queue is None:
+                    self.stats.state = "complete"
+                    return
+                first = await self.judge_queue.get()
+                if first is None:
+                    self.stats.state = "complete"
+                    return
             self.stats.state = "starting"
             if self._open_server is not None:
                 async with self._open_server(self.adapter):
@@ -155,29 +194,57 @@ class Lane:
             self.stats.state = "failed"
             self.stats.message = f"{type(exc).__name__}: {exc}" if not str(exc).startswith(self.name) else str(exc)
         finally:
+            self.generation_done.set()
             self.stats.ended = time.time()
             await self.adapter.aclose()
+
+    def _gen_settled(self) -> None:
+        if not self._gen_producing and self._gen_pending == 0:
+            self.generation_done.set()
 
     async def _dispatch(self, first: Unit, pending: Iterator[Unit]) -> None:
         self.stats.state = "running"
         n = self.cfg.concurrency()
         queue: asyncio.Queue[Unit | None] = asyncio.Queue(maxsize=2 * n)
+        producers_left = 2 if self.judge_queue is not None else 1
+
+        async def finish_producer() -> None:
+            nonlocal producers_left
+            producers_left -= 1
+            if producers_left == 0:
+                for _ in range(n):
+                    await queue.put(None)
 
         async def produce() -> None:
-            await queue.put(first)
-            for u in pending:
+            units = pending if first.judge is not None else _chain(first, pending)
+            for u in units:
                 if self.stopping:
                     break
+                self._gen_pending += 1
                 await queue.put(u)
-            for _ in range(n):
-                await queue.put(None)
+            self._gen_producing = False
+            self._gen_settled()
+            await finish_producer()
+
+        async def forward_judging() -> None:
+            assert self.judge_queue is not None
+            if first.judge is not None:
+                await queue.put(first)
+            while not self.stopping:
+                u = await self.judge_queue.get()
+                if u is None:
+                    break
+                await queue.put(u)
+            await finish_producer()
 
         workers = [asyncio.create_task(self._worker(queue)) for _ in range(n)]
-        producer = asyncio.create_task(produce())
+        producers = [asyncio.create_task(produce())]
+        if self.judge_queue is not None:
+            producers.append(asyncio.create_task(forward_judging()))
         try:
-            await asyncio.gather(producer, *workers)
+            await asyncio.gather(*producers, *workers)
         finally:
-            for t in (producer, *workers):
+            for t in (*producers, *workers):
                 t.cancel()
 
     async def _worker(self, queue: asyncio.Queue[Unit | None]) -> None:
@@ -187,8 +254,25 @@ class Lane:
                 return
             if not self.stopping:
                 await self._process(unit)
+            if unit.judge is None:
+                self._gen_pending -= 1
+                self._gen_settled()
+            elif self._on_judge_done is not None:
+                self._on_judge_done(unit)
 
     def _emit(self, unit: Unit, attempts: int, response: Response | None, error: ErrorInfo | None) -> None:
+        if unit.judge is not None:
+            j = unit.judge
+            jrec = JudgmentRecord(key=unit.key, response_key=j.response_key, judge=self.name, rubric=j.rubric,
+                                  rubric_version=j.rubric_version, model=j.model, pillar=unit.item.pillar,
+                                  subtask=unit.item.subtask, item_id=unit.item.id, sample=unit.sample,
+                                  try_=j.try_, attempts=attempts, response=response, error=error)
+            assert self._judgments is not None
+            self._judgments.put(jrec)
+            self.stats.judged += 1
+            if self._on_judgment is not None:
+                self._on_judgment(jrec, unit)
+            return
         rec = Record(key=unit.key, model=self.name, pillar=unit.item.pillar, subtask=unit.item.subtask,
                      item_id=unit.item.id, sample=unit.sample, attempts=attempts, response=response, error=error)
         self._responses.put(rec)
@@ -306,3 +390,6 @@ class Lane:
             await self._pause(delay)
 
 
+def _chain(first: Unit, rest: Iterator[Unit]) -> Iterator[Unit]:
+    yield first
+    yield from rest

@@ -15,6 +15,7 @@ class LaneStats:
     planned: int = 0
     skipped: int = 0  # already complete in the checkpoint
     done: int = 0  # final outcomes written this run
+    judged: int = 0  # judgments written this run (as a judge lane)
     ok: int = 0
     fatal: int = 0
     exhausted: int = 0  # retries or deadline ran out: no final outcome, retried next run
@@ -55,7 +56,7 @@ class LaneStats:
         wall = (self.ended or 0) - (self.started or 0) if self.started and self.ended else None
         return {
             "state": self.state, "message": self.message, "planned": self.planned, "skipped": self.skipped,
-            "done": self.done, "ok": self.ok, "fatal": self.fatal, "exhausted": self.exhausted,
+            "done": self.done, "judged": self.judged, "ok": self.ok, "fatal": self.fatal, "exhausted": self.exhausted,
             "sent": self.sent, "retries": self.retries, "rate_limited": self.rate_limited,
             "errors": dict(self.errors), "wait_s": round(self.wait_s, 3), "busy_s": round(self.busy_s, 3),
             "wall_s": round(wall, 3) if wall else None,

@@ -1,0 +1,147 @@
+"""The judge stage: each judged response is handed to its judge lane as soon as it is written, so
+generation and judging overlap. Judge lanes are ordinary lanes (a model that is both target and
+judge has one lane and one limiter); their records go to judgments/<judge>.jsonl, keyed by
+(response key, judge, rubric, rubric version, try), exactly-once and resumable like responses.
+
+An unparseable judge output is retried once (try 1, with a different seed and a little
+temperature, since the same greedy request would give the same text); scoring counts what is
+still unparseable and excludes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from engine.checkpoint import key_int
+from engine.config import Config
+from engine.records import GenParams, Item, JudgmentRecord, Record
+from engine.scheduler import JudgeTask, Lane, Unit, estimate_tokens, merge_params, model_params
+from pillars.base import Rubric, Subtask
+
+RETRY_PARAMS = {"temperature": 0.7, "seed": 1}
+
+
+def judge_key(response_key: str, judge: str, rubric: str, version: str, try_: int) -> str:
+    blob = "\x1f".join((response_key, judge, rubric, version, str(try_))).encode()
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+
+def rubrics_by_source(subtasks: Iterable[Subtask]) -> dict[str, list[tuple[Subtask, Rubric]]]:
+    """For each generating subtask, the rubrics its responses get: its own and those of the
+    derived subtasks that score them (safety/antitoxic judges safety/jailbreak responses)."""
+    out: dict[str, list[tuple[Subtask, Rubric]]] = {}
+    for sub in subtasks:
+        if sub.rubric is None:
+            continue
+        src = sub.source if sub.kind == "derived" and sub.source else sub.key
+        out.setdefault(src, []).append((sub, sub.rubric))
+    return out
+
+
+def judges_for(cfg: Config, rubric: Rubric) -> tuple[str, ...]:
+    """A rubric's own judge (config `judge.rubrics` first, then the rubric's hint when it names a
+    configured model), else every configured judge; the first is the ranked one."""
+    own = cfg.judge.rubrics.get(rubric.name) or (rubric.judge if rubric.judge in cfg.models else None)
+    return (own,) if own else cfg.judge.models
+
+
+class JudgeHub:
+    def __init__(self, cfg: Config, subtasks: Iterable[Subtask], lanes: dict[str, Lane],
+                 done: dict[str, set[int]]) -> None:
+        self.cfg = cfg
+        self.by_source = rubrics_by_source(subtasks)
+        self.rubrics = {r.name: r for pairs in self.by_source.values() for _, r in pairs}
+        self.lanes = lanes  # judge name -> lane
+        self.done = done  # judge name -> keys already judged
+        self.outstanding = {name: 0 for name in lanes}
+        self._closing = False
+        self._closed: set[str] = set()
+        self.submitted = 0
+
+    def needs_judging(self, pillar: str, subtask: str) -> bool:
+        return f"{pillar}/{subtask}" in self.by_source
+
+    def on_record(self, rec: Record, unit: Unit) -> None:
+        self.submit_record(rec, unit.item)
+
+    def submit_record(self, rec: Record, item: Item) -> None:
+        if rec.response is None:
+            return
+        for _, rubric in self.by_source.get(f"{rec.pillar}/{rec.subtask}", ()):
+            for judge in judges_for(self.cfg, rubric):
+                self._submit(judge, rubric, rec.key, rec.model, rec.sample, item, rec.response.text, 0)
+
+    def _submit(self, judge: str, rubric: Rubric, response_key: str, model: str, sample: int, item: Item,
+                text: str, try_: int) -> None:
+        key = judge_key(response_key, judge, rubric.name, rubric.version, try_)
+        if key_int(key) in self.done.get(judge, ()):
+            return
+        lane = self.lanes[judge]
+        if lane.judge_queue is None or judge in self._closed:
+            return
+        messages = rubric.build(item, text)
+        params = merge_params(model_params(lane.cfg), rubric.params)
+        schema = {"name": rubric.name.replace("/", "_")[:64], "schema": rubric.schema}
+        params = msgspec.structs.replace(params, json_schema=schema)
+        if try_:
+            params = msgspec.structs.replace(params, **RETRY_PARAMS)
+        jitem = Item(id=item.id, pillar=item.pillar, subtask=item.subtask, messages=messages)
+        body = lane.adapter.build_body(messages, params)
+        unit = Unit(jitem, sample, body, key, estimate_tokens(jitem, params),
+                    JudgeTask(response_key, model, rubric.name, rubric.version, try_, judge))
+        self.outstanding[judge] += 1
+        self.submitted += 1
+        lane.judge_queue.put_nowait(unit)
+
+    def on_judgment(self, jrec: JudgmentRecord, unit: Unit) -> None:
+        if jrec.response is None or jrec.try_ > 0:
+            return
+        rubric = self.rubrics.get(jrec.rubric)
+        if rubric is None or rubric.parse(jrec.response.text) is not None:
+            return
+        # Rebuild the judged text from the unit: try 1 reuses the same judge messages.
+        lane = self.lanes[jrec.judge]
+        key = judge_key(jrec.response_key, jrec.judge, rubric.name, rubric.version, 1)
+        if key_int(key) in self.done.get(jrec.judge, ()) or lane.judge_queue is None:
+            return
+        body = dict(unit.body, **RETRY_PARAMS)
+        retry = Unit(unit.item, unit.sample, body, key, unit.est_tokens,
+                     JudgeTask(jrec.response_key, jrec.model, jrec.rubric, jrec.rubric_version, 1, jrec.judge))
+        self.outstanding[jrec.judge] += 1
+        self.submitted += 1
+        lane.judge_queue.put_nowait(retry)
+
+    def on_judge_done(self, unit: Unit) -> None:
+        assert unit.judge is not None
+        self.outstanding[unit.judge.judge] -= 1
+        self._maybe_close()
+
+    def generation_finished(self) -> None:
+        self._closing = True
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if not self._closing:
+            return
+        for name, lane in self.lanes.items():
+            if name not in self._closed and self.outstanding[name] == 0 and lane.judge_queue is not None:
+                self._closed.add(name)
+                lane.judge_queue.put_nowait(None)
+
+    def close_all(self) -> None:
+        for name, lane in self.lanes.items():
+            if name not in self._closed and lane.judge_queue is not None:
+                self._closed.add(name)
+                lane.judge_queue.put_nowait(None)
+
+
+async def close_when_generated(hub: JudgeHub, targets: list[Lane]) -> None:
+    await asyncio.gather(*(lane.generation_done.wait() for lane in targets))
+    hub.generation_finished()
+
+
