@@ -1,0 +1,98 @@
+"""Helpers for LLM-as-judge rubrics: wrap the judged response safely, parse scores, build a schema.
+
+The judged response is untrusted text. It goes between fixed delimiter lines, and anything in it
+that looks like a delimiter is neutralised first, so a response cannot end the block early and
+append its own "scores" for the judge to obey.
+
+Score parsing is JSON first (every field present, integer-like, in range) and then a per-field
+last-match fallback: a judge that reasons aloud before its verdict usually states the final value
+last. A judgment is all-or-nothing; any missing or out-of-range field makes it unparseable.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pillars.common.parsing import parse_json_object
+
+__all__ = ["wrap_response", "parse_scores", "score_schema", "BEGIN", "END"]
+
+BEGIN = "<<<BEGIN RESPONSE>>>"
+END = "<<<END RESPONSE>>>"
+
+_LT_RUN = re.compile(r"[<＜«‹]{2,}")
+_GT_RUN = re.compile(r"[>＞»›]{2,}")
+_DELIM_WORDS = re.compile(r"\b(begin|end)([\s_\-]*)(response)\b", re.IGNORECASE)
+
+
+def _neutralise(text: str) -> str:
+    text = _LT_RUN.sub(lambda m: "‹" * len(m.group(0)), text)
+    text = _GT_RUN.sub(lambda m: "›" * len(m.group(0)), text)
+    # The words alone cannot close the block, but a judge may still read them as a boundary.
+    return _DELIM_WORDS.sub(lambda m: f"{m.group(1)}-of-{m.group(3)}", text)
+
+
+def wrap_response(text: str) -> str:
+    """The response between the delimiter lines, with lookalike delimiters inside it defused."""
+    return f"{BEGIN}\n{_neutralise(text or '')}\n{END}"
+
+
+def _int_like(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value.is_integer() else None
+    if isinstance(value, str):
+        s = value.strip()
+        if re.fullmatch(r"[+-]?\d+(?:\.0+)?", s):
+            return int(float(s))
+    return None
+
+
+def parse_scores(text: str, fields: Mapping[str, tuple[int, int]]) -> dict[str, int] | None:
+    """{field: int} when every field parses within its [lo, hi]; else None. Never raises."""
+    if not isinstance(text, str) or not fields:
+        return None
+    obj = parse_json_object(text)
+    if obj is not None:
+        out: dict[str, int] = {}
+        for name, (lo, hi) in fields.items():
+            v = _int_like(obj.get(name))
+            if v is None or not lo <= v <= hi:
+                break
+            out[name] = v
+        else:
+            return out
+    out = {}
+    for name, (lo, hi) in fields.items():
+        pat = rf"[\"']?\b{re.escape(name)}\b[\"']?\s*[:=]\s*[\"']?([+-]?\d+(?:\.0+)?)(?![\d.])"
+        matches = re.findall(pat, text, re.IGNORECASE)
+        if not matches:
+            return None
+        v = _int_like(matches[-1])
+        if v is None or not lo <= v <= hi:
+            return None
+        out[name] = v
+    return out
+
+
+def score_schema(
+    fields: Mapping[str, tuple[int, int]], *, extra_strings: Sequence[str] = ("explanation",)
+) -> dict[str, Any]:
+    """A JSON schema for constrained judge output: the integer fields in range plus string fields."""
+    props: dict[str, Any] = {
+        name: {"type": "integer", "minimum": lo, "maximum": hi} for name, (lo, hi) in fields.items()
+    }
+    for name in extra_strings:
+        props[name] = {"type": "string"}
+    return {
+        "type": "object",
+        "properties": props,
+        "required": [*fields, *extra_strings],
+        "additionalProperties": False,
+    }

@@ -1,0 +1,8 @@
+"""Ethics pillar: Ethical Reasoning on EthicMH (PROTOCOL.md §3.8)."""
+
+from pillars.base import Subtask
+from pillars.ethics import ethical_reasoning
+
+SUBTASKS: tuple[Subtask, ...] = (ethical_reasoning.SUBTASK,)
+
+__all__ = ["SUBTASKS", "ethical_reasoning"]

@@ -1,0 +1,30 @@
+"""Reliability pillar: Knowledge, Emotion Recognition, Diagnosis, Emotional Support, Intervention.
+
+Report order is PROTOCOL.md §6. Datasets and metrics are [I] (reliability.zip is missing).
+"""
+
+from pillars.base import Subtask
+from pillars.reliability import (
+    knowledge,
+    emotion_recognition,
+    diagnosis,
+    emotional_support,
+    intervention,
+)
+
+SUBTASKS: tuple[Subtask, ...] = (
+    knowledge.SUBTASK,
+    emotion_recognition.SUBTASK,
+    diagnosis.SUBTASK,
+    emotional_support.SUBTASK,
+    intervention.SUBTASK,
+)
+
+__all__ = [
+    "SUBTASKS",
+    "diagnosis",
+    "emotion_recognition",
+    "emotional_support",
+    "intervention",
+    "knowledge",
+]
