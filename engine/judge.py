@@ -70,7 +70,8 @@ class JudgeHub:
         self.submit_record(rec, unit.item)
 
     def submit_record(self, rec: Record, item: Item) -> None:
-        if rec.response is None:
+        # Items may opt out of judging (PsyLeak: only free-response answers go to the proxy judge).
+        if rec.response is None or item.metadata.get("judge") is False:
             return
         for _, rubric in self.by_source.get(f"{rec.pillar}/{rec.subtask}", ()):
             for judge in judges_for(self.cfg, rubric):

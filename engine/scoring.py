@@ -100,7 +100,7 @@ def _item_scores(sub: Subtask, rubric: Rubric | None, items: Iterable[Item], sam
                 missing += 1
                 continue
             judgment = None
-            if rubric is not None and rec.response is not None:
+            if rubric is not None and rec.response is not None and item.metadata.get("judge") is not False:
                 j = judged.get((rec.key, rubric.name))
                 if j is None:
                     jstats["not_judged"] += 1
