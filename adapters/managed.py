@@ -182,6 +182,7 @@ class ManagedServer:
         self._poll_interval_s = poll_interval_s
         self._proc: asyncio.subprocess.Process | None = None
         self._stopped = False
+        self._stopping = False
         self._supervised = False
         self.argv: list[str] = []
 
@@ -296,6 +297,18 @@ class ManagedServer:
             if not exited.done():
                 exited.cancel()
 
+    async def wait_exit(self) -> int:
+        """Returns when the server process exits (a lane watches this to fail fast on a crash)."""
+        assert self._proc is not None
+        return await self._proc.wait()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def describe_exit(self) -> str:
+        return await self._describe(f"server exited unexpectedly with code {self.returncode}")
+
     async def _describe(self, what: str) -> str:
         tail = await asyncio.to_thread(log_tail, self.log_path, 20)
         cmd = " ".join(self.argv)
@@ -307,6 +320,7 @@ class ManagedServer:
         if proc is None or self._stopped:
             return
         pgid = proc.pid
+        self._stopping = True
         try:
             if proc.returncode is None:
                 if self._supervised:

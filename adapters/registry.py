@@ -42,7 +42,7 @@ def _embedded(name: str, cfg: ModelConfig, log_dir: Path,
                          concurrency=cfg.concurrency(), reasoning=False)
 
     @asynccontextmanager
-    async def open_server(a: Adapter) -> AsyncIterator[None]:
+    async def open_server(a: Adapter) -> AsyncIterator[Any]:
         try:
             from adapters.embedded import EmbeddedOptions, embedded_server
         except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -53,6 +53,6 @@ def _embedded(name: str, cfg: ModelConfig, log_dir: Path,
         async with embedded_server(opts, log_dir / f"{name}.log", progress=progress) as server:
             assert isinstance(a, OpenAIChat)
             a.url = server.base_url.rstrip("/") + "/chat/completions"
-            yield
+            yield server
 
     return adapter, open_server

@@ -120,15 +120,23 @@ def _chunks(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def _bad_line(path: Path, first: int, chunk: bytes) -> CheckpointError:
-    for i, line in enumerate(chunk.split(b"\n")):
-        if not line:
-            continue
+    """Names the first line of `chunk` that is not a record: not JSON, or JSON without the leading
+    "key" every record starts with (a blank line counts too)."""
+    lines = chunk.split(b"\n")
+    for i, line in enumerate(lines):
+        if i == len(lines) - 1 and not line:
+            break  # the end of the chunk, not a line
         try:
             msgspec.json.decode(line)
         except msgspec.DecodeError as exc:
-            return CheckpointError(
-                f"{path}:{first + i}: not a valid record ({exc}); move the file aside or repair that line, then rerun"
-            )
+            problem = str(exc)
+        else:
+            if _KEY_LINE.fullmatch(line):
+                continue
+            problem = "no leading \"key\" field" if line.strip() else "empty line"
+        return CheckpointError(
+            f"{path}:{first + i}: not a valid record ({problem}); move the file aside or repair that line, then rerun"
+        )
     return CheckpointError(f"{path}: unreadable records near line {first}; move the file aside, then rerun")
 
 
@@ -173,8 +181,20 @@ def iter_records(path: Path, decoder: msgspec.json.Decoder[Any] = record_decoder
     """Decodes every record of a JSONL checkpoint (verify, score and report read this way)."""
     if not path.exists():
         return
-    for _, chunk in _chunks(path):
-        yield from decoder.decode_lines(chunk)
+    for first, chunk in _chunks(path):
+        try:
+            records = decoder.decode_lines(chunk)
+        except msgspec.DecodeError as exc:
+            # The resume scan only reads keys; a line damaged after its key surfaces here.
+            for i, line in enumerate(chunk.split(b"\n")):
+                if line.strip():
+                    try:
+                        decoder.decode(line)
+                    except msgspec.DecodeError as line_exc:
+                        raise CheckpointError(f"{path}:{first + i}: not a valid record ({line_exc}); move the file "
+                                              "aside or repair that line, then rerun") from None
+            raise CheckpointError(f"{path}: unreadable records near line {first} ({exc})") from None
+        yield from records
 
 
 class JsonlWriter:

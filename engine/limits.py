@@ -135,7 +135,10 @@ class AdaptiveLimit:
             if fut.done() and not fut.cancelled():
                 self.release()  # it was handed a slot just as it was cancelled
             else:
-                self._waiters.remove(fut)
+                try:
+                    self._waiters.remove(fut)
+                except ValueError:
+                    pass  # _wake already popped (and skipped) the cancelled future
             raise
 
     def release(self) -> None:

@@ -94,7 +94,9 @@ def _supersede(out: Path) -> Path | None:
 class Interrupt:
     """First signal: stop dispatching and start the grace timer. Second: leave now."""
 
-    def __init__(self, stop: asyncio.Event, grace: float, cancel: Callable[[], None], log: Log) -> None:
+    def __init__(self, stop: asyncio.Event, grace: float, cancel: Callable[[], None], log: Log,
+                 on_stop: Callable[[], None] | None = None) -> None:
+        self.on_stop = on_stop
         self.stop = stop
         self.grace = grace
         self.cancel = cancel
@@ -114,6 +116,8 @@ class Interrupt:
             os._exit(code)
         self.signum = signum
         self.stop.set()
+        if self.on_stop is not None:
+            self.on_stop()
         self.log(f"{signal.Signals(signum).name}: no new requests; waiting up to {self.grace:.0f} s for "
                  "those in flight (send again to exit at once)")
         asyncio.get_running_loop().call_later(self.grace, self.cancel)
@@ -293,7 +297,11 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
         for t in tasks:
             t.cancel()
 
-    interrupt = Interrupt(stop, cfg.run.grace_period_s, cancel_all, log)
+    def halt_all() -> None:
+        for lane in lanes:
+            lane.halt()
+
+    interrupt = Interrupt(stop, cfg.run.grace_period_s, cancel_all, log, on_stop=halt_all)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupt, sig)
     bars = None

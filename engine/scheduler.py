@@ -181,12 +181,18 @@ class Lane:
                     return
             self.stats.state = "starting"
             if self._open_server is not None:
-                async with self._open_server(self.adapter):
-                    await self._dispatch(first, pending)
+                async with self._open_server(self.adapter) as server:
+                    watch = asyncio.create_task(self._watch_server(server)) if hasattr(server, "wait_exit") else None
+                    try:
+                        await self._dispatch(first, pending)
+                    finally:
+                        if watch is not None:
+                            watch.cancel()
             else:
                 await self._dispatch(first, pending)
             if self.stats.state == "running":
                 self.stats.state = "interrupted" if self._stop.is_set() else "complete"
+
         except asyncio.CancelledError:
             self.stats.state = "interrupted"
             raise
@@ -197,6 +203,23 @@ class Lane:
             self.generation_done.set()
             self.stats.ended = time.time()
             await self.adapter.aclose()
+
+    async def _watch_server(self, server: Any) -> None:
+        """A managed server that dies mid-run fails its lane at once, with its last log lines,
+        instead of every item burning its retries against a closed port."""
+        code = await server.wait_exit()
+        if server.stopping:
+            return
+        self.stats.state = "failed"
+        self.stats.message = (f"lane {self.name}: model server exited with code {code}; "
+                              f"see {getattr(server, 'log_path', 'its log')}; rerun to resume")
+        self.halt()
+
+    def halt(self) -> None:
+        """Stops this lane: no new attempts; a judge forwarder waiting for work wakes up."""
+        self._lane_stop.set()
+        if self.judge_queue is not None:
+            self.judge_queue.put_nowait(None)
 
     def _gen_settled(self) -> None:
         if not self._gen_producing and self._gen_pending == 0:
@@ -309,6 +332,8 @@ class Lane:
         clock = self._clock
         deadline = clock() + cfg.deadline_s
         attempt = 0
+        unreachable = 0  # attempts that could not even connect
+        ok_before = stats.ok
         while True:
             if self.stopping:
                 return
@@ -373,7 +398,7 @@ class Lane:
                     stats.message = (f"lane {self.name} stopped after {self._auth_failures} authentication failures "
                                      f"({err.message}); check {cfg.api_key_env or 'the API key'} and rerun")
                     stats.state = "stopped"
-                    self._lane_stop.set()
+                    self.halt()
                 return
             if not err.retryable:
                 self._log_attempt(unit, attempt, err, final=True)
@@ -381,9 +406,17 @@ class Lane:
                 self._emit(unit, attempt, None, ErrorInfo(kind=err.kind, status=err.status, message=err.message))
                 return
             delay = backoff_delay(attempt, cfg.backoff_base_s, cfg.backoff_max_s, err.retry_after, self._rng)
+            unreachable += bool(getattr(err, "unreachable", False))
             if attempt >= cfg.max_attempts or clock() + delay >= deadline:
                 self._log_attempt(unit, attempt, err, final=True)
                 stats.exhausted += 1
+                if unreachable == attempt and stats.ok == ok_before and not self._lane_stop.is_set():
+                    # Every attempt failed to connect and nothing else got through meanwhile: the
+                    # server is down or the URL is wrong; retrying every other item would take hours.
+                    stats.message = (f"lane {self.name} stopped: {err.message} ({attempt} attempts, nothing "
+                                     "succeeded meanwhile); start the server or fix its base_url, then rerun")
+                    stats.state = "stopped"
+                    self.halt()
                 return
             self._log_attempt(unit, attempt, err, final=False)
             stats.retries += 1

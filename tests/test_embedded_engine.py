@@ -1,0 +1,158 @@
+"""The engine against the embedded real model (llama.cpp serving SmolLM2-135M on CPU).
+
+These assert shape and reproducibility, never that a 135M model is right. They run the real
+`python -m engine run` subprocess, which starts and stops its own managed server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EngineProc, read_jsonl, run_engine, wait_for_lines, write_config
+
+pytestmark = pytest.mark.slow
+
+SMOKE = Path(__file__).resolve().parents[1] / "bench_data" / "smoke.jsonl"
+
+
+def _need_local() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("xllamacpp") is None:
+        pytest.fail("xllamacpp (the 'local' extra) is not installed; install '.[local]' to run these tests")
+
+
+def embedded_model(**kw: object) -> dict[str, object]:
+    body: dict[str, object] = {"adapter": "embedded", "model": "smollm2-135m", "slots": 4, "ctx_per_slot": 1024,
+                               "threads": 1, "max_tokens": 24, "temperature": 0.0, "seed": 0,
+                               "backoff_base_s": 0.05, "backoff_max_s": 0.5, "max_attempts": 3}
+    body.update(kw)
+    return body
+
+
+def items_file(tmp: Path, n: int) -> Path:
+    import orjson
+
+    topics = ["sleep", "stress at work", "a friend moving away", "exam nerves", "feeling lonely",
+              "a long week", "a hard conversation", "starting therapy", "missing home", "a busy schedule"]
+    path = tmp / "items.jsonl"
+    with open(path, "wb") as f:
+        for i in range(n):
+            f.write(orjson.dumps({"id": f"e{i}", "prompt": f"Give one short tip about {topics[i % len(topics)]} (#{i})."}) + b"\n")
+    return path
+
+
+def server_pids(out: Path) -> list[int]:
+    """Pids of embedded servers started by engine subprocesses (not the test session's own
+    fixture server, whose managed parent is this pytest process)."""
+    pids = []
+    mine = f"TRUSTMH_MANAGED_PARENT_PID={os.getpid()}".encode()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "adapters.embedded_server" in cmd:
+            try:
+                if mine in (d / "environ").read_bytes().split(b"\0"):
+                    continue
+            except OSError:
+                continue
+            pids.append(int(d.name))
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
+    except OSError:
+        return False
+
+
+def test_real_generations_checkpointed_and_deterministic(tmp_path: Path) -> None:
+    _need_local()
+    items = items_file(tmp_path, 6)
+    texts = []
+    for name in ("a", "b"):
+        cfg = write_config(tmp_path / f"{name}.toml", {"smollm2": embedded_model()}, run={"output": str(tmp_path / name)})
+        res = run_engine("run", cfg, "--items", items, timeout=300)
+        assert res.rc == 0, res.stderr
+        recs = read_jsonl(tmp_path / name / "responses" / "smollm2.jsonl")
+        assert len(recs) == 6
+        assert all(r["response"]["text"] and r["response"]["usage"]["completion_tokens"] > 0 for r in recs)
+        assert all(r["response"]["server_model"] == "smollm2-135m" for r in recs)
+        assert (tmp_path / name / "logs" / "smollm2.log").stat().st_size > 0
+        texts.append({r["key"]: r["response"]["text"] for r in recs})
+        assert run_engine("verify", tmp_path / name).rc == 0
+    # Same config, same requests: same keys and byte-identical greedy outputs.
+    assert texts[0] == texts[1]
+    # The lane found its records complete and did not start a server.
+    res = run_engine("run", tmp_path / "a.toml", "--items", items, timeout=120)
+    assert res.rc == 0
+    assert "6 already done" in res.stderr
+
+
+def test_kill9_and_resume_against_real_model(tmp_path: Path) -> None:
+    _need_local()
+    items = items_file(tmp_path, 16)
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.toml", {"smollm2": embedded_model()}, run={"output": str(out)})
+    resp = out / "responses" / "smollm2.jsonl"
+    p = EngineProc("run", cfg, "--items", items)
+    try:
+        wait_for_lines(resp, 4, p, timeout=240)
+        p.kill9()
+    finally:
+        p.close()
+    # The managed server dies with its parent: no orphan keeps the port or the CPU.
+    deadline = time.monotonic() + 15
+    while any(alive(pid) for pid in server_pids(out)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in server_pids(out))
+    res = run_engine("run", cfg, "--items", items, timeout=400)
+    assert res.rc == 0, res.stderr
+    recs = read_jsonl(resp)
+    keys = [r["key"] for r in recs]
+    assert len(keys) == len(set(keys)) == 16
+    assert run_engine("verify", out).rc == 0
+
+
+def test_server_killed_mid_run_fails_lane_then_rerun_completes(tmp_path: Path) -> None:
+    _need_local()
+    items = items_file(tmp_path, 24)
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.toml", {"smollm2": embedded_model(max_tokens=48)}, run={"output": str(out)})
+    resp = out / "responses" / "smollm2.jsonl"
+    p = EngineProc("run", cfg, "--items", items)
+    try:
+        wait_for_lines(resp, 2, p, timeout=240)
+        pids = [pid for pid in server_pids(out) if alive(pid)]
+        assert pids, "no embedded server process found"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        res = p.wait(timeout=120)
+    finally:
+        p.close()
+    assert res.rc == 1, res.stderr
+    assert "model server exited" in res.stderr
+    assert "smollm2: failed" in res.stderr
+    errors = read_jsonl(out / "errors" / "smollm2.jsonl")
+    assert errors, "in-flight requests of the dead server should leave error lines"
+    done_before = len(read_jsonl(resp))
+    assert done_before < 24
+    res = run_engine("run", cfg, "--items", items, timeout=400)
+    assert res.rc == 0, res.stderr
+    assert len(read_jsonl(resp)) == 24
+    assert run_engine("verify", out).rc == 0
+    assert not any(alive(pid) for pid in server_pids(out))
