@@ -29,6 +29,11 @@ def make_adapter(name: str, cfg: ModelConfig, log_dir: Path,
                           concurrency=cfg.concurrency()), None
     if cfg.adapter == "embedded":
         return _embedded(name, cfg, log_dir, progress)
+    if cfg.adapter == "replay":
+        from adapters.replay import ReplayAdapter
+
+        assert cfg.path
+        return ReplayAdapter(Path(cfg.path), model=cfg.model or name), None
     raise ConfigError(f"models.{name}.adapter: `{cfg.adapter}` is not available in this version of the engine")
 
 

@@ -98,8 +98,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if items is None:
         pillars = tuple(p.strip() for p in args.pillars.split(",")) if args.pillars else cfg.run.pillars
         subtasks = runner.resolve_subtasks(pillars)
+    from engine.options import check_all
+
+    check_all(cfg.pillars)
     spec = runner.RunSpec(output=args.output or cfg.run.output, models=models, items=items, data_dir=data_dir,
-                          subtasks=subtasks, limit=limit, samples=cfg.run.samples)
+                          subtasks=subtasks, limit=limit, samples=cfg.run.samples, options=cfg.pillars)
     progress = args.progress if args.progress is not None else (
         cfg.run.progress if cfg.run.progress is not None else sys.stderr.isatty())
     try:

@@ -96,10 +96,12 @@ def limited(items: Iterator[Item], limit: int) -> Iterator[Item]:
         yield item
 
 
-def pillar_source(keys: tuple[str, ...], data_dir: Path | None, limit: int) -> ItemFactory:
+def pillar_source(keys: tuple[str, ...], data_dir: Path | None, limit: int,
+                  options: dict[str, dict[str, Any]] | None = None) -> ItemFactory:
+    from engine.options import resolve
     from pillars import registry
 
-    subtasks = [registry.get(k) for k in keys]
+    subtasks = [resolve(k, (options or {}).get(k))[0] for k in keys]
 
     def factory() -> Iterator[WorkItem]:
         for sub in subtasks:

@@ -92,7 +92,13 @@ class JudgeHub:
         if try_:
             params = msgspec.structs.replace(params, **RETRY_PARAMS)
         jitem = Item(id=item.id, pillar=item.pillar, subtask=item.subtask, messages=messages)
-        body = lane.adapter.build_body(messages, params)
+        body_for = getattr(lane.adapter, "body_for", None)
+        if body_for is not None:  # a replay judge answers by (item, sample, rubric)
+            body = body_for(item, sample, rubric.name)
+            if body is None:
+                return
+        else:
+            body = lane.adapter.build_body(messages, params)
         unit = Unit(jitem, sample, body, key, estimate_tokens(jitem, params),
                     JudgeTask(response_key, model, rubric.name, rubric.version, try_, judge))
         self.outstanding[judge] += 1

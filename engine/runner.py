@@ -42,6 +42,7 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
     subtasks: tuple[str, ...] = ()
     limit: int = 0
     samples: int = 1
+    options: dict[str, dict[str, Any]] = {}  # [pillars."<key>"] sections
 
 
 def resolve_subtasks(pillars: tuple[str, ...]) -> tuple[str, ...]:
@@ -65,7 +66,7 @@ def resolve_subtasks(pillars: tuple[str, ...]) -> tuple[str, ...]:
 def item_factory(spec: RunSpec) -> ItemFactory:
     if spec.items is not None:
         return custom_source(Path(spec.items), spec.limit)
-    return pillar_source(spec.subtasks, Path(spec.data_dir) if spec.data_dir else None, spec.limit)
+    return pillar_source(spec.subtasks, Path(spec.data_dir) if spec.data_dir else None, spec.limit, spec.options)
 
 
 def _check_resume(prev: dict[str, Any], cfg: Config, spec: RunSpec, data_fp: str, out: Path) -> None:
@@ -159,9 +160,9 @@ async def run(cfg: Config, spec: RunSpec, *, fresh: bool = False, retry_errors: 
 def _subtasks(spec: RunSpec) -> list[Any]:
     if spec.items is not None:
         return []
-    from pillars import registry
+    from engine.options import resolve
 
-    return [registry.get(k) for k in spec.subtasks]
+    return [resolve(k, spec.options.get(k))[0] for k in spec.subtasks]
 
 
 def _judge_plan(cfg: Config, subtasks: list[Any]) -> tuple[str, ...]:
@@ -340,6 +341,14 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
         log(line)
         if s.message:
             log(f"  {s.message}")
+        unknown = getattr(lane.adapter, "unknown", None)
+        if unknown:
+            log(f"  replay: {len(set(unknown))} items have no recorded answer and were not scored, e.g. "
+                + "; ".join(sorted(set(unknown))[:5]))
+        unmatched = lane.adapter.unmatched() if hasattr(lane.adapter, "unmatched") else []
+        if unmatched and s.state == "complete":
+            log(f"  replay: {len(unmatched)} recorded answers match no item of this run, e.g. "
+                + "; ".join(" ".join(map(str, k)) for k in unmatched[:5]))
     if interrupted:
         assert interrupt.signum is not None
         log(f"interrupted: rerun the same command to resume ({out})")

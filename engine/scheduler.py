@@ -77,10 +77,17 @@ def lane_units(name: str, cfg: ModelConfig, adapter: Adapter, items: ItemFactory
     """Every work unit of a lane, in item order (pure given the item source); verify walks the
     same sequence to know what a complete run holds."""
     base = model_params(cfg)
+    body_for = getattr(adapter, "body_for", None)  # replay: bodies name items, not prompts
     for w in items():
         params = merge_params(base, w.params)
-        body = adapter.build_body(w.item.messages, params)
         est = estimate_tokens(w.item, params)
+        if body_for is not None:
+            for s in range(samples):
+                rbody = body_for(w.item, s)
+                if rbody is not None:
+                    yield Unit(w.item, s, rbody, request_key(name, w.item.pillar, w.item.subtask, w.item.id, s, rbody), est)
+            continue
+        body = adapter.build_body(w.item.messages, params)
         for s in range(samples):
             yield Unit(w.item, s, body, request_key(name, w.item.pillar, w.item.subtask, w.item.id, s, body), est)
 

@@ -27,18 +27,24 @@ from pillars.base import ItemScore, Metric, Rubric, Subtask
 SCORES_JSON = "scores.json"
 
 
-def competition_ranks(values: dict[str, float | None], direction: str) -> dict[str, int | None]:
+def competition_ranks(values: dict[str, float | None], direction: str,
+                      tie_break: dict[str, float | None] | None = None) -> dict[str, int | None]:
     """1 = most trustworthy; equal values share a rank and the next rank skips ("1, 2, 2, 4");
-    a model without a value has no rank."""
-    present = {m: v for m, v in values.items() if v is not None}
+    a model without a value has no rank. `tie_break` (higher is better) orders equal values."""
     sign = -1.0 if direction == "higher" else 1.0
-    ordered = sorted(present.values(), key=lambda v: sign * v)
+    tb = tie_break or {}
+
+    def key(m: str) -> tuple[float, float]:
+        v = values[m]
+        assert v is not None
+        t = tb.get(m)
+        return (round(sign * v, 12), -t if t is not None else 0.0)
+
+    present = [m for m, v in values.items() if v is not None]
+    keys = {m: key(m) for m in present}
     ranks: dict[str, int | None] = {}
     for m, v in values.items():
-        if v is None:
-            ranks[m] = None
-        else:
-            ranks[m] = 1 + sum(1 for o in ordered if sign * o < sign * v - 1e-12)
+        ranks[m] = None if v is None else 1 + sum(1 for o in present if keys[o] < keys[m])
     return ranks
 
 
@@ -129,7 +135,10 @@ def score_run(directory: Path) -> dict[str, Any]:
     if spec.items is not None:
         raise EngineError(f"{directory}: a custom --items run has no pillar metrics to score")
     data_dir = Path(spec.data_dir) if spec.data_dir else None
-    subtasks = [registry.get(k) for k in spec.subtasks]
+    from engine.options import resolve
+
+    resolved = {k: resolve(k, spec.options.get(k)) for k in spec.subtasks}
+    subtasks = [resolved[k][0] for k in spec.subtasks]
     models = list(spec.models)
 
     rubrics = {s.rubric.name: s.rubric for s in subtasks if s.rubric is not None}
@@ -144,13 +153,18 @@ def score_run(directory: Path) -> dict[str, Any]:
         records[m] = {(r.pillar, r.subtask, r.item_id, r.sample): r
                       for r in iter_records(directory / "responses" / f"{m}.jsonl")}
 
+    def zeroed(scores: list[ItemScore]) -> list[ItemScore]:
+        return [msgspec.structs.replace(x, status="scored", value=0.0) if x.status == "unparseable" else x
+                for x in scores]
+
     def items_of(sub: Subtask) -> list[Item]:
         return list(limited(registry.load_items(sub, data_dir), spec.limit))
 
     out_subs: dict[str, Any] = {}
     cache: dict[tuple[str, str], list[ItemScore]] = {}
     for sub in subtasks:
-        gen = registry.get(sub.source) if sub.kind == "derived" and sub.source else sub
+        eng = resolved[sub.key][1]
+        gen = resolve(sub.source, spec.options.get(sub.source))[0] if sub.kind == "derived" and sub.source else sub
         items = items_of(gen)
         rubric = sub.rubric
         ranked_judge = judges_for(cfg, rubric)[0] if rubric is not None and judges_for(cfg, rubric) else None
@@ -164,17 +178,20 @@ def score_run(directory: Path) -> dict[str, Any]:
             if clean_key:
                 clean = cache.get((clean_key, m))
                 if clean is None:
-                    csub = registry.get(clean_key)
+                    csub = resolve(clean_key, spec.options.get(clean_key))[0]
                     clean, _, _ = _item_scores(csub, csub.rubric, items_of(csub), spec.samples, records[m],
                                                judged_by.get(judges_for(cfg, csub.rubric)[0], {})
                                                if csub.rubric is not None and judges_for(cfg, csub.rubric) else {})
                 agg_input = scores + [msgspec.structs.replace(c, group={**c.group, "variant": "clean"}) for c in clean]
+            if eng.unparseable == "zero":
+                agg_input = zeroed(agg_input)
             metric = sub.aggregate(agg_input)
             models_doc[m] = _metric_doc(metric, missing, jstats if rubric is not None else None)
         values = {m: models_doc[m]["value"] for m in models}
+        tb = ({m: models_doc[m]["breakdown"].get(eng.tie_break) for m in models} if eng.tie_break else None)
         out_subs[sub.key] = {"headline": sub.headline, "direction": sub.direction, "version": sub.version,
-                             "judge": ranked_judge, "models": models_doc,
-                             "ranks": competition_ranks(values, sub.direction)}
+                             "judge": ranked_judge, "unparseable": eng.unparseable, "tie_break": eng.tie_break,
+                             "models": models_doc, "ranks": competition_ranks(values, sub.direction, tb)}
 
     pillars_doc: dict[str, Any] = {}
     for p in registry.PILLARS:

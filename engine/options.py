@@ -1,0 +1,108 @@
+"""Per-subtask options from `[pillars."<pillar>/<subtask>"]`.
+
+Engine-level keys apply to every subtask: `unparseable` ("exclude", the default: counted, shown and
+left out of the metric; or "zero": scored as a wrong answer / lowest value, which reproduces
+upstream rules such as PROTOCOL.md §3.7), `tie_break` (e.g. "judge_mean": equal metric values are
+ranked by the subtask's judge mean, as the paper did for ethics), and generation overrides
+(`max_tokens`, `temperature`, `top_p`). Every other key goes to the subtask module's
+`make_subtask(**options)`; a key it does not take is an error naming the keys it does take.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from functools import lru_cache
+from typing import Any
+
+import msgspec
+
+from engine.errors import ConfigError
+from engine.records import GenParams
+from pillars.base import Subtask
+
+
+class EngineOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    unparseable: str = "exclude"
+    tie_break: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+
+
+ENGINE_KEYS = frozenset(EngineOptions.__struct_fields__)
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    if isinstance(v, list):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def _thaw(v: Any) -> Any:
+    if isinstance(v, tuple) and v and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in v):
+        return {k: _thaw(x) for k, x in v}
+    if isinstance(v, tuple):
+        return [_thaw(x) for x in v]
+    return v
+
+
+def resolve(key: str, options: dict[str, Any] | None) -> tuple[Subtask, EngineOptions]:
+    return _resolve(key, _freeze(options or {}))
+
+
+@lru_cache(maxsize=256)
+def _resolve(key: str, frozen: Any) -> tuple[Subtask, EngineOptions]:
+    from pillars import registry
+
+    options: dict[str, Any] = _thaw(frozen) if frozen else {}
+    base = registry.get(key)
+    eng_raw = {k: v for k, v in options.items() if k in ENGINE_KEYS}
+    rest = {k: v for k, v in options.items() if k not in ENGINE_KEYS}
+    try:
+        eng = msgspec.convert(eng_raw, EngineOptions)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f'[pillars."{key}"]: {exc}') from None
+    if eng.unparseable not in ("exclude", "zero"):
+        raise ConfigError(f'[pillars."{key}"].unparseable: expected "exclude" or "zero", got "{eng.unparseable}"')
+    sub = base
+    if rest:
+        module = importlib.import_module(f"pillars.{base.pillar}.{base.id}")
+        make = getattr(module, "make_subtask", None)
+        if make is None:
+            raise ConfigError(f'[pillars."{key}"]: this subtask takes no options of its own '
+                              f"(unknown: {', '.join(sorted(rest))}; engine keys: {', '.join(sorted(ENGINE_KEYS))})")
+        params = inspect.signature(make).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        allowed = sorted(n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD)
+        unknown = sorted(k for k in rest if k not in params) if not takes_any else []
+        if unknown:
+            raise ConfigError(f'[pillars."{key}"]: unknown option(s) {", ".join(unknown)} '
+                              f"(allowed: {', '.join(allowed + sorted(ENGINE_KEYS))})")
+        try:
+            sub = make(**rest)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f'[pillars."{key}"]: {exc}') from None
+    gen = {f: getattr(eng, f) for f in ("max_tokens", "temperature", "top_p") if getattr(eng, f) is not None}
+    if gen:
+        sub = _with_params(sub, msgspec.structs.replace(sub.params, **gen))
+    return sub, eng
+
+
+def _with_params(sub: Subtask, params: GenParams) -> Subtask:
+    import dataclasses
+
+    return dataclasses.replace(sub, params=params)
+
+
+def check_all(pillars_options: dict[str, dict[str, Any]]) -> None:
+    """Validates every [pillars.*] section up front (config errors before any work)."""
+    from pillars import registry
+
+    valid = {s.key for s in registry.all_subtasks()}
+    for key, opts in pillars_options.items():
+        if key not in valid:
+            raise ConfigError(f'[pillars."{key}"]: no such subtask (valid: {", ".join(sorted(valid))})')
+        resolve(key, opts)
