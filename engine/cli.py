@@ -53,6 +53,31 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--judge", help="models key of the judge (default: the run's [judge] models)")
     j.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
 
+    rp = sub.add_parser("report", help="write report.md and report.html for a run (or print one format)")
+    rp.add_argument("dir")
+    rp.add_argument("--format", choices=("md", "html", "json"), help="print this format (default: write both files)")
+    rp.add_argument("--output", help="with --format: write to this file instead of stdout")
+    rp.add_argument("--drill", type=int, default=5, help="drill-down items per subtask (0 = none)")
+
+    da = sub.add_parser("data", help="fetch (sha256-checked) or list the official datasets")
+    das = da.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    df = das.add_parser("fetch", help="download the official data into a folder laid out like shared/trustmh")
+    dl = das.add_parser("list", help="datasets, files, sizes, sources, and what is present and verified")
+    for x in (df, dl):
+        x.add_argument("--to", metavar="DIR", help="data folder (default: [data] cache, else $TRUSTMH_CACHE/data, "
+                       "else ~/.cache/trustmh-engine/data)")
+        x.add_argument("--only", metavar="DATASET,...", help="comma-separated dataset folders (default: all)")
+        x.add_argument("--config", help="run config TOML whose [data] mirror / cache to use")
+        x.add_argument("--manifest", help="data manifest TOML (default: engine/data_manifest.toml)")
+    df.add_argument("--mirror", metavar="URL", help="fetch <URL>/<dataset>/<path> instead of upstream: http(s)://, "
+                    "file:// or a local folder (default: [data] mirror, else $TRUSTMH_DATA_MIRROR)")
+    df.add_argument("--force", action="store_true", help="re-download files that are already present and verified")
+    df.add_argument("--jobs", type=int, default=4, help="parallel downloads (default 4)")
+    df.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a try fails (default 60)")
+    df.add_argument("--retries", type=int, default=2, help="retries of a network error, with backoff (default 2)")
+    df.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="byte progress bar on stderr (default: when stderr is a terminal)")
+
     sub.add_parser("list", help="list pillars and subtasks")
     return p
 
@@ -131,6 +156,7 @@ def _finish_scores(out: Path) -> None:
             for m, d in sub["models"].items())
         _log(f"  {key}: {sub['headline']}: {vals}")
     _log(f"scores: {path.resolve()}")
+    _write_reports(out)
 
 
 def _fmt(v: Any) -> str:
@@ -199,8 +225,48 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_reports(out: Path) -> None:
+    """report.md + report.html next to scores.json; a failed report never fails the run."""
+    from engine.report import write_reports
+
+    try:
+        paths = write_reports(out)
+    except Exception as exc:  # noqa: BLE001 - the run's results are safe; say how to retry
+        _err(f"report: {type(exc).__name__}: {exc}; retry with `python -m engine report {out}`")
+        return
+    _log(f"report: {paths[-1].resolve()}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from engine.report import render, report_for, write_reports
+
+    out = Path(args.dir)
+    if args.drill < 0:
+        raise EngineError("--drill must be >= 0")
+    if args.format is None:
+        if args.output:
+            raise EngineError("--output needs --format (without it, report.md and report.html go into DIR)")
+        for path in write_reports(out, per_subtask=args.drill):
+            print(path)
+        return 0
+    report, secrets = report_for(out, per_subtask=args.drill)
+    text = render(report, args.format, secrets)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from engine.data import cmd_data as data_command
+
+    return data_command(args, log=_log)
+
+
 COMMANDS = {"run": cmd_run, "verify": cmd_verify, "validate": cmd_validate, "score": cmd_score,
-            "judge": cmd_judge, "list": cmd_list}
+            "judge": cmd_judge, "list": cmd_list, "report": cmd_report,
+            "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

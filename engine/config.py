@@ -69,6 +69,7 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 class JudgeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     models: tuple[str, ...] = ()  # the first is the ranked judge
     rubrics: dict[str, str] = {}  # rubric name -> models key that judges it
+    max_tokens: int | None = None  # caps every rubric's own max_tokens (small local judges ramble)
 
 
 class DataConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

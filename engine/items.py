@@ -101,14 +101,15 @@ def pillar_source(keys: tuple[str, ...], data_dir: Path | None, limit: int,
     from engine.options import resolve
     from pillars import registry
 
-    subtasks = [resolve(k, (options or {}).get(k))[0] for k in keys]
+    resolved = [resolve(k, (options or {}).get(k)) for k in keys]
 
     def factory() -> Iterator[WorkItem]:
-        for sub in subtasks:
+        for sub, eng in resolved:
             if sub.kind == "derived":
                 continue
             params = sub.params if sub.params != GenParams() else None
-            for item in limited(registry.load_items(sub, data_dir), limit):
+            n = eng.limit if eng.limit is not None else limit
+            for item in limited(registry.load_items(sub, data_dir), n):
                 yield WorkItem(item, params)
     return factory
 

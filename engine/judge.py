@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from engine.checkpoint import key_int
+from engine.checkpoint import iter_records, key_int
 from engine.config import Config
-from engine.records import GenParams, Item, JudgmentRecord, Record
+from engine.records import GenParams, Item, JudgmentRecord, Record, judgment_decoder
 from engine.scheduler import JudgeTask, Lane, Unit, estimate_tokens, merge_params, model_params
 from pillars.base import Rubric, Subtask
 
@@ -58,10 +59,25 @@ class JudgeHub:
         self.rubrics = {r.name: r for pairs in self.by_source.values() for _, r in pairs}
         self.lanes = lanes  # judge name -> lane
         self.done = done  # judge name -> keys already judged
+        self.retry_due: dict[str, set[int]] = {}  # judge -> written unparseable try-0 keys, no try 1 yet
         self.outstanding = {name: 0 for name in lanes}
         self._closing = False
         self._closed: set[str] = set()
         self.submitted = 0
+
+    def load_retries(self, judgments_dir: Path) -> None:
+        """On resume: the try-0 judgments on disk that are unparseable and have no try 1 yet (the run
+        stopped between the two), so that resubmitting their response sends the retry."""
+        for judge in self.lanes:
+            done = self.done.get(judge, set())
+            for j in iter_records(judgments_dir / f"{judge}.jsonl", judgment_decoder):
+                rubric = self.rubrics.get(j.rubric)
+                if j.try_ != 0 or j.response is None or rubric is None or j.rubric_version != rubric.version:
+                    continue
+                if key_int(judge_key(j.response_key, judge, j.rubric, j.rubric_version, 1)) in done:
+                    continue
+                if rubric.parse(j.response.text) is None:
+                    self.retry_due.setdefault(judge, set()).add(key_int(j.key))
 
     def needs_judging(self, pillar: str, subtask: str) -> bool:
         return f"{pillar}/{subtask}" in self.by_source
@@ -81,6 +97,8 @@ class JudgeHub:
                 text: str, try_: int) -> None:
         key = judge_key(response_key, judge, rubric.name, rubric.version, try_)
         if key_int(key) in self.done.get(judge, ()):
+            if try_ == 0 and key_int(key) in self.retry_due.get(judge, ()):
+                self._submit(judge, rubric, response_key, model, sample, item, text, 1)
             return
         lane = self.lanes[judge]
         if lane.judge_queue is None or judge in self._closed:
@@ -89,6 +107,9 @@ class JudgeHub:
         params = merge_params(model_params(lane.cfg), rubric.params)
         schema = {"name": rubric.name.replace("/", "_")[:64], "schema": rubric.schema}
         params = msgspec.structs.replace(params, json_schema=schema)
+        cap = self.cfg.judge.max_tokens
+        if cap is not None and (params.max_tokens is None or params.max_tokens > cap):
+            params = msgspec.structs.replace(params, max_tokens=cap)
         if try_:
             params = msgspec.structs.replace(params, **RETRY_PARAMS)
         jitem = Item(id=item.id, pillar=item.pillar, subtask=item.subtask, messages=messages)
@@ -116,7 +137,9 @@ class JudgeHub:
         key = judge_key(jrec.response_key, jrec.judge, rubric.name, rubric.version, 1)
         if key_int(key) in self.done.get(jrec.judge, ()) or lane.judge_queue is None:
             return
-        body = dict(unit.body, **RETRY_PARAMS)
+        # The retry changes only what the adapter sent: reasoning models (o-series, gpt-5) take no
+        # temperature, so their body has none and their retry varies the seed alone.
+        body = {**unit.body, **{k: v for k, v in RETRY_PARAMS.items() if k == "seed" or k in unit.body}}
         retry = Unit(unit.item, unit.sample, body, key, unit.est_tokens,
                      JudgeTask(jrec.response_key, jrec.model, jrec.rubric, jrec.rubric_version, 1, jrec.judge))
         self.outstanding[jrec.judge] += 1

@@ -129,6 +129,7 @@ async def run(cfg: Config, spec: RunSpec, *, fresh: bool = False, retry_errors: 
               judge_only: bool = False) -> int:
     out = Path(spec.output)
     loop = asyncio.get_running_loop()
+    _judge_plan(cfg, _subtasks(spec))  # a judged subtask without a judge: refuse before DIR is touched
     factory = item_factory(spec)
     try:
         planned_units = await asyncio.to_thread(plan_counts, factory, spec.samples)
@@ -281,6 +282,7 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
                 lane.set_record_hook(hub.on_record)
             if lane.name in judge_names:
                 lane.set_judge_hooks(hub.on_judgment, hub.on_judge_done)
+        await asyncio.to_thread(hub.load_retries, out / "judgments")
         backlog = await asyncio.to_thread(_unjudged, out, spec, factory, hub)
         for rec, item in backlog:
             hub.submit_record(rec, item)

@@ -158,7 +158,8 @@ def score_run(directory: Path) -> dict[str, Any]:
                 for x in scores]
 
     def items_of(sub: Subtask) -> list[Item]:
-        return list(limited(registry.load_items(sub, data_dir), spec.limit))
+        own = resolve(sub.key, spec.options.get(sub.key))[1].limit
+        return list(limited(registry.load_items(sub, data_dir), own if own is not None else spec.limit))
 
     out_subs: dict[str, Any] = {}
     cache: dict[tuple[str, str], list[ItemScore]] = {}

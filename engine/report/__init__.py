@@ -1,0 +1,133 @@
+"""`python -m engine report DIR`: a run directory as Markdown, one self-contained HTML file, or JSON.
+
+Public API:
+- `load_inputs(directory)` reads run.json, scores.json (computed in memory when absent), the
+  response and judgment records and, where they can be rebuilt, the items (the only I/O here);
+- `model.build_report(inputs, per_subtask=5)` builds the typed `Report` (pure);
+- `render(report, fmt)` gives the text ("md", "html" or "json"), with any API key value that the
+  environment holds for the run's `api_key_env` names blanked out as a last line of defence;
+- `write_reports(directory)` writes report.md and report.html into the run directory (what `run`,
+  `score` and `judge` do at the end) and returns their paths.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.report.model import Report, ReportInputs, build_report
+
+__all__ = ["FORMATS", "Report", "ReportInputs", "build_report", "load_inputs", "render", "report_for", "write_reports"]
+
+FORMATS = ("md", "html", "json")
+FILES = {"md": "report.md", "html": "report.html"}
+
+
+def load_inputs(directory: Path) -> ReportInputs:
+    from engine.checkpoint import iter_records
+    from engine.errors import EngineError
+    from engine.records import judgment_decoder
+    from engine.runstate import read_run_json
+
+    directory = Path(directory)
+    run = read_run_json(directory)
+    if run is None:
+        raise EngineError(f"{directory}: no run.json; is this a run output directory?")
+    notes: list[str] = []
+    scores = _read_scores(directory, run, notes)
+    spec = run.get("spec") or {}
+    models = list(spec.get("models") or run.get("config", {}).get("models", {}))
+    records = {m: list(iter_records(directory / "responses" / f"{m}.jsonl")) for m in models}
+    judgments = {p.stem: list(iter_records(p, judgment_decoder))
+                 for p in sorted((directory / "judgments").glob("*.jsonl"))}
+    items = _load_items(spec, notes)
+    return ReportInputs(directory=str(directory), run=run, scores=scores, records=records, judgments=judgments,
+                        items=items, notes=tuple(notes))
+
+
+def _read_scores(directory: Path, run: dict[str, Any], notes: list[str]) -> dict[str, Any] | None:
+    import orjson
+
+    from engine.errors import EngineError
+
+    path = directory / "scores.json"
+    if path.exists():
+        return orjson.loads(path.read_bytes())
+    if (run.get("spec") or {}).get("items") is not None:
+        return None
+    from engine.scoring import score_run
+
+    try:
+        scores = score_run(directory)
+    except (EngineError, OSError, ValueError, KeyError) as exc:
+        notes.append(f"no scores.json and scoring failed ({exc}); ranks and metrics are not shown")
+        return None
+    notes.append("no scores.json: metrics computed from the records for this report (not saved)")
+    return scores
+
+
+def _load_items(spec: dict[str, Any], notes: list[str]) -> dict[tuple[str, str, str], Any] | None:
+    from engine.errors import EngineError
+    from engine.runner import RunSpec, item_factory
+
+    if spec.get("items") is not None:
+        notes.append("a custom --items run: no pillar metrics; the drill-down shows item ids only")
+        return None
+    try:
+        factory = item_factory(msgspec.convert(spec, RunSpec))
+        return {(w.item.pillar, w.item.subtask, w.item.id): w.item for w in factory()}
+    except (EngineError, OSError, ValueError, KeyError, msgspec.ValidationError) as exc:
+        reason = exc.args[0] if exc.args else exc
+        notes.append(f"items could not be rebuilt ({reason}); the drill-down shows item ids and is not re-scored")
+        return None
+
+
+def _secrets(run: dict[str, Any]) -> tuple[str, ...]:
+    """Values the environment holds for the run's api_key_env names (never written, only removed)."""
+    names = {m.get("api_key_env") for m in (run.get("config", {}).get("models") or {}).values()}
+    return tuple(v for n in sorted(x for x in names if x) if len(v := os.environ.get(n, "")) >= 8)
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for s in secrets:
+        text = text.replace(s, "[redacted]")
+        if len(s) >= 16:  # providers echo keys partially ("sk-abcdefg...wxyz")
+            text = text.replace(s[:12], "[redacted]")
+    return text
+
+
+def render(report: Report, fmt: str, secrets: tuple[str, ...] = ()) -> str:
+    if fmt == "md":
+        from engine.report.markdown import render_markdown
+
+        text = render_markdown(report)
+    elif fmt == "html":
+        from engine.report.html import render_html
+
+        text = render_html(report)
+    elif fmt == "json":
+        text = msgspec.json.format(msgspec.json.encode(report).decode(), indent=2) + "\n"
+    else:
+        raise ValueError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
+    return _scrub(text, secrets)
+
+
+def report_for(directory: Path, per_subtask: int = 5) -> tuple[Report, tuple[str, ...]]:
+    inputs = load_inputs(Path(directory))
+    return build_report(inputs, per_subtask=per_subtask), _secrets(inputs.run)
+
+
+def write_reports(directory: Path, per_subtask: int = 5) -> list[Path]:
+    directory = Path(directory)
+    report, secrets = report_for(directory, per_subtask)
+    paths = []
+    for fmt, name in FILES.items():
+        path = directory / name
+        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+        tmp.write_text(render(report, fmt, secrets), encoding="utf-8")
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths

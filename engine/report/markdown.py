@@ -1,0 +1,146 @@
+"""The report as Markdown (terminals, READMEs): rank table with values in parentheses, per-subtask
+tables, judge reliability and run performance. The drill-down (long texts) is HTML-only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from engine.report.model import (BreakdownTable, RankCell, Report, SubtaskDetail, fmt_ci, fmt_cost, fmt_num, fmt_time)
+
+ARROW = {"higher": "↑", "lower": "↓"}
+
+
+def _c(v: Any) -> str:
+    """A table cell: numbers formatted, pipes and newlines neutralised."""
+    s = v if isinstance(v, str) else fmt_num(v)
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    out = ["| " + " | ".join(_c(h) for h in head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(_c(x) for x in r) + " |" for r in rows]
+    return out + [""]
+
+
+def rank_cell(c: RankCell) -> str:
+    """"2 (0.500)"; "– (null)" for no value; "not scored" when scores.json has no entry."""
+    if not c.scored:
+        return "not scored"
+    return f"{c.rank if c.rank is not None else '–'} ({fmt_num(c.value)})"
+
+
+def _rank_table(r: Report) -> list[str]:
+    t = r.rank_table
+    if t is None:
+        return []
+    groups = [(g, [m.name for m in t.models if m.group == g]) for g in ("api", "local")]
+    out = ["## Rank table", "",
+           "1 = most trustworthy; ties share a rank; cells are `rank (value)`; pillar rank = re-rank of the mean "
+           "subtask rank (in parentheses).", "",
+           " · ".join(f"{'API' if g == 'api' else 'local'}: {', '.join(ms)}" for g, ms in groups if ms), ""]
+    rows = []
+    for b in t.blocks:
+        for row in b.rows:
+            head = f"{row.subtask} · {row.headline} {ARROW.get(row.direction or '', '')}".strip() if row.scored \
+                else f"{row.subtask} (not scored)"
+            rows.append([b.pillar, head, *(rank_cell(c) for c in row.cells)])
+        if b.cells:
+            rows.append([f"**{b.pillar}**", "**pillar rank**",
+                         *(f"**{c.rank if c.rank is not None else '–'}** ({fmt_num(c.mean_subtask_rank)})"
+                           for c in b.cells)])
+    return out + table(["pillar", "subtask", *(m.name for m in t.models)], rows)
+
+
+def breakdown(bt: BreakdownTable) -> list[str]:
+    labelled = any(r.label for r in bt.rows)
+    head = (["row"] if labelled else []) + ["model", *bt.columns]
+    rows, last = [], None
+    for r in bt.rows:
+        first = [] if not labelled else [r.label if r.label != last else ""]
+        last = r.label
+        rows.append([*first, r.model, *(r.cells[c] if c in r.cells else "" for c in bt.columns)])
+    return [f"*{bt.title}*", "", *table(head, rows)]
+
+
+def _subtask(d: SubtaskDetail) -> list[str]:
+    out = [f"### {d.key}", "",
+           f"headline `{d.headline}` ({'higher' if d.direction == 'higher' else 'lower'} is better), "
+           f"version {d.version or '?'}" + (f", judge `{d.judge}`" if d.judge else ""), ""]
+    judged = any(m.judge for m in d.metrics)
+    head = ["model", "rank", "value", "n", "n_scored", "n_unparseable", "n_failed", "n_missing", "interval"]
+    head += ["judged", "judge unparseable", "not judged", "judge retried"] if judged else []
+    rows = []
+    for m in d.metrics:
+        row = [m.model, m.rank if m.rank is not None else "–", m.value, m.n, m.n_scored, m.n_unparseable, m.n_failed,
+               m.n_missing, fmt_ci(m.ci)]
+        if judged:
+            j = m.judge or {}
+            row += [j.get("judged", ""), j.get("unparseable", ""), j.get("not_judged", ""), j.get("retried", "")]
+        rows.append(row)
+    out += table(head, rows)
+    reasons = [f"- {m.model}: {m.reason}" for m in d.metrics if m.reason]
+    if reasons:
+        out += ["Undefined metrics:", *reasons, ""]
+    for bt in d.breakdown:
+        out += breakdown(bt)
+    return out
+
+
+def _judges(r: Report) -> list[str]:
+    if not (r.judge_counts or r.judge_agreement or r.keyword_agreement):
+        return []
+    out = ["## Judge reliability", ""]
+    if r.judge_counts:
+        out += ["Ranked judge, summed over models (from scores.json):", ""]
+        out += table(["subtask", "judge", "judged", "unparseable", "not judged", "retried"],
+                     [[c.subtask, c.judge, c.judged, c.unparseable, c.not_judged, c.retried] for c in r.judge_counts])
+    if r.judge_agreement:
+        out += ["Agreement between judges on the same responses (Cohen's kappa on the parsed scores):", ""]
+        out += table(["subtask", "ranked judge", "other judge", "n", "agree", "kappa"],
+                     [[a.subtask, a.judge_a, a.judge_b, a.n, a.share_agree, a.kappa] for a in r.judge_agreement])
+    if r.keyword_agreement:
+        out += ["Keyword detector vs judge (refusals):", ""]
+        out += table(["subtask", "model", "n", "agree", "kappa", "keyword RtA", "judge RtA"],
+                     [[k.subtask, k.model, k.n, k.share_agree, k.kappa, k.keyword_rta, k.judge_rta]
+                      for k in r.keyword_agreement])
+    return out
+
+
+def _perf(r: Report) -> list[str]:
+    out = []
+    if r.lanes:
+        out += ["## Run performance", "", "Per lane, this run's process (a resumed run counts from its restart):", ""]
+        out += table(["lane", "state", "done", "judged", "req/s", "out tok/s", "p50 s", "p95 s", "p99 s", "retries",
+                      "429s", "errors", "wait s", "busy s", "wall s", "cost"],
+                     [[ln.model, ln.state or "", ln.done, ln.judged, ln.requests_per_s, ln.output_tokens_per_s, ln.latency_p50,
+                       ln.latency_p95, ln.latency_p99, ln.retries, ln.rate_limited,
+                       ", ".join(f"{k}: {v}" for k, v in ln.errors.items()) or "0", ln.wait_s, ln.busy_s, ln.wall_s,
+                       fmt_cost(ln.cost)] for ln in r.lanes])
+    if r.tokens:
+        out += ["Tokens per model, all records:", ""] if out else ["## Tokens", ""]
+        out += table(["model", "responses", "prompt", "completion", "judgments", "judge prompt", "judge completion",
+                      "cost"],
+                     [[t.model, t.responses, t.prompt_tokens, t.completion_tokens, t.judgments, t.judge_prompt_tokens,
+                       t.judge_completion_tokens, fmt_cost(t.cost)] for t in r.tokens])
+    return out
+
+
+def render_markdown(r: Report) -> str:
+    run = r.run
+    out = [f"# {r.title}", "",
+           f"- run: `{run.directory}` ({run.status or 'unknown status'}), started {fmt_time(run.started_at)}, "
+           f"ended {fmt_time(run.ended_at)}",
+           f"- data: {run.data}; limit {run.limit}; samples {run.samples}; judges: {', '.join(run.judges) or 'none'}",
+           "- models: " + ", ".join(f"`{m.name}` ({m.group}, {m.adapter}, `{m.model_id}`)" for m in r.models), ""]
+    out += [f"> {n}" for n in r.notes] + ([""] if r.notes else [])
+    out += _rank_table(r)
+    if r.subtasks:
+        out += ["## Subtasks", ""]
+        for d in r.subtasks:
+            out += _subtask(d)
+    out += _judges(r)
+    out += _perf(r)
+    if r.drilldown:
+        out += ["Item-level drill-down (prompts, responses, judge outputs): see report.html.", ""]
+    return "\n".join(out).rstrip() + "\n"
