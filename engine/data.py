@@ -455,6 +455,10 @@ class _Fetcher:
 
 
 def _describe(exc: BaseException) -> str:
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the transfer was cut short (connection closed before the end of the file)"
     text = str(exc).strip() or type(exc).__name__
     return f"network error ({text})"
 
@@ -557,8 +561,6 @@ async def fetch(manifest: Manifest, dest: Path, *, only: Sequence[str] | None = 
                 mirror: str | None = None, force: bool = False, jobs: int = 4, timeout: float = 60.0,
                 retries: int = 2, progress: bool = False, log: Log = lambda _m: None) -> FetchReport:
     """Fetch the selected datasets into dest; a report, never an exception for a per-file failure."""
-    import aiohttp
-
     names = select_datasets(manifest, only, for_fetch=True)
     report = FetchReport(dest=dest)
     if mirror and not _is_http(mirror):
@@ -594,6 +596,24 @@ async def fetch(manifest: Manifest, dest: Path, *, only: Sequence[str] | None = 
         else:
             assert f.url is not None
             direct.append((f, f.url))
+
+    try:
+        await _run_fetch(dest, mirror, direct, archives, derived, manifest, report, jobs=jobs,
+                         timeout=timeout, retries=retries, progress=progress, log=log)
+    finally:
+        _remove_empty_dirs(dest, names)
+    order = {f.key: i for i, f in enumerate(manifest.files())}
+    for lst in (report.fetched, report.derived, report.skipped):
+        lst.sort(key=lambda k: order.get(k, 0))
+    report.failed.sort(key=lambda kv: order.get(kv[0], 0))
+    return report
+
+
+async def _run_fetch(dest: Path, mirror: str | None, direct: list[tuple[DataFile, str | Path]],
+                     archives: dict[str, list[DataFile]], derived: list[DataFile], manifest: Manifest,
+                     report: FetchReport, *, jobs: int, timeout: float, retries: int, progress: bool,
+                     log: Log) -> None:
+    import aiohttp
 
     total = sum(f.size for f, _ in direct) + sum(f.size for fs in archives.values() for f in fs)
     bar = _Bar(total, progress, log)
@@ -644,12 +664,6 @@ async def fetch(manifest: Manifest, dest: Path, *, only: Sequence[str] | None = 
             report.derived.append(f.key)
         except DataError as exc:
             report.failed.append((f.key, str(exc)))
-    _remove_empty_dirs(dest, names)
-    order = {f.key: i for i, f in enumerate(manifest.files())}
-    for lst in (report.fetched, report.derived, report.skipped):
-        lst.sort(key=lambda k: order.get(k, 0))
-    report.failed.sort(key=lambda kv: order.get(kv[0], 0))
-    return report
 
 
 def _remove_empty_dirs(dest: Path, names: Iterable[str]) -> None:

@@ -47,11 +47,11 @@ def items_file(tmp: Path, n: int) -> Path:
     return path
 
 
-def server_pids(out: Path) -> list[int]:
-    """Pids of embedded servers started by engine subprocesses (not the test session's own
-    fixture server, whose managed parent is this pytest process)."""
+def server_pids(engine_pid: int) -> list[int]:
+    """Pids of the embedded servers that the engine process `engine_pid` started (their
+    environment names it as the managed parent), so other test runs' servers are never touched."""
     pids = []
-    mine = f"TRUSTMH_MANAGED_PARENT_PID={os.getpid()}".encode()
+    mine = f"TRUSTMH_MANAGED_PARENT_PID={engine_pid}".encode()
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -62,10 +62,9 @@ def server_pids(out: Path) -> list[int]:
         if "adapters.embedded_server" in cmd:
             try:
                 if mine in (d / "environ").read_bytes().split(b"\0"):
-                    continue
+                    pids.append(int(d.name))
             except OSError:
                 continue
-            pids.append(int(d.name))
     return pids
 
 
@@ -112,14 +111,16 @@ def test_kill9_and_resume_against_real_model(tmp_path: Path) -> None:
     p = EngineProc("run", cfg, "--items", items)
     try:
         wait_for_lines(resp, 4, p, timeout=240)
+        servers = server_pids(p.pid)
+        assert servers, "no embedded server process found"
         p.kill9()
     finally:
         p.close()
     # The managed server dies with its parent: no orphan keeps the port or the CPU.
     deadline = time.monotonic() + 15
-    while any(alive(pid) for pid in server_pids(out)) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in servers) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(alive(pid) for pid in server_pids(out))
+    assert not any(alive(pid) for pid in servers)
     res = run_engine("run", cfg, "--items", items, timeout=400)
     assert res.rc == 0, res.stderr
     recs = read_jsonl(resp)
@@ -137,7 +138,7 @@ def test_server_killed_mid_run_fails_lane_then_rerun_completes(tmp_path: Path) -
     p = EngineProc("run", cfg, "--items", items)
     try:
         wait_for_lines(resp, 2, p, timeout=240)
-        pids = [pid for pid in server_pids(out) if alive(pid)]
+        pids = [pid for pid in server_pids(p.pid) if alive(pid)]
         assert pids, "no embedded server process found"
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
@@ -155,4 +156,4 @@ def test_server_killed_mid_run_fails_lane_then_rerun_completes(tmp_path: Path) -
     assert res.rc == 0, res.stderr
     assert len(read_jsonl(resp)) == 24
     assert run_engine("verify", out).rc == 0
-    assert not any(alive(pid) for pid in server_pids(out))
+    assert not any(alive(pid) for pid in pids)
