@@ -234,7 +234,7 @@ def _write_reports(out: Path) -> None:
     except Exception as exc:  # noqa: BLE001 - the run's results are safe; say how to retry
         _err(f"report: {type(exc).__name__}: {exc}; retry with `python -m engine report {out}`")
         return
-    _log(f"report: {paths[-1].resolve()}")
+    _log(f"report: {', '.join(str(p.resolve()) for p in paths)}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -8,8 +8,20 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-from engine.report.model import (BreakdownTable, Drill, DrillItem, RankCell, Report, SubtaskDetail, fmt_ci, fmt_cost, fmt_num,
-                                 fmt_time, rank_colour)
+from engine.report.model import (
+    BreakdownTable,
+    Drill,
+    DrillItem,
+    RankCell,
+    Report,
+    SubtaskDetail,
+    fmt_ci,
+    fmt_cost,
+    fmt_num,
+    fmt_policy,
+    fmt_span,
+    rank_colour,
+)
 from engine.report.svg import PALETTE, pillar_heatmap, radar_svg
 
 ARROW = {"higher": "↑", "lower": "↓"}
@@ -64,9 +76,11 @@ def _anchor(key: str) -> str:
 
 def table(head: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> str:
     h = "".join(f"<th>{_e(x)}</th>" for x in head)
-    body = "".join("<tr>" + "".join(
-        f'<td class="num">{_e(x)}</td>' if isinstance(x, (int, float)) and not isinstance(x, bool) else f"<td>{_e(x)}</td>"
-        for x in r) + "</tr>" for r in rows)
+    def td(x: Any) -> str:
+        num = isinstance(x, (int, float)) and not isinstance(x, bool)
+        return f'<td class="num">{_e(x)}</td>' if num else f"<td>{_e(x)}</td>"
+
+    body = "".join("<tr>" + "".join(td(x) for x in r) + "</tr>" for r in rows)
     return f'<table class="{cls}"><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -94,16 +108,19 @@ def rank_table(r: Report) -> str:
     n = len(t.models)
     groups = [(g, sum(1 for m in t.models if m.group == g)) for g in ("api", "local")]
     head1 = '<tr><th rowspan="2">pillar</th><th rowspan="2">subtask</th>' + "".join(
-        f'<th class="group" colspan="{k}">{"API models" if g == "api" else "local models"}</th>' for g, k in groups if k) + "</tr>"
+        f'<th class="group" colspan="{k}">{"API models" if g == "api" else "local models"}</th>'
+        for g, k in groups if k) + "</tr>"
     head2 = "<tr>" + "".join(
-        f'<th data-model="{_attr(m.name)}" title="{_e(m.adapter)} · {_e(m.model_id)}">{_e(m.name)}</th>' for m in t.models) + "</tr>"
+        f'<th data-model="{_attr(m.name)}" title="{_e(m.adapter)} · {_e(m.model_id)}">{_e(m.name)}</th>'
+        for m in t.models) + "</tr>"
     rows = []
     for b in t.blocks:
         span = len(b.rows) + (1 if b.cells else 0)
         for i, row in enumerate(b.rows):
             first = f'<th class="pillar" rowspan="{span}">{_e(b.pillar)}</th>' if i == 0 else ""
             sub = (f'<a href="#{_anchor(row.key)}">{_e(row.subtask)}</a> <span class="hl">{_e(row.headline or "")} '
-                   f'{ARROW.get(row.direction or "", "")}</span>') if row.scored else f'{_e(row.subtask)} <span class="hl">(not scored)</span>'
+                   f'{ARROW.get(row.direction or "", "")}</span>') if row.scored \
+                else f'{_e(row.subtask)} <span class="hl">(not scored)</span>'
             rows.append(f'<tr data-subtask="{_attr(row.key)}">{first}<td class="sub">{sub}</td>'
                         + "".join(_cell(c, row.key, n) for c in row.cells) + "</tr>")
         if b.cells:
@@ -111,10 +128,12 @@ def rank_table(r: Report) -> str:
             cells = "".join(
                 f'<td class="rank{" none" if c.rank is None else ""}" style="background:{rank_colour(c.rank, n)}" '
                 f'data-model="{_attr(c.model)}" data-pillar="{_attr(b.pillar)}" data-rank="{_attr(c.rank)}" '
-                f'data-mean="{_attr(c.mean_subtask_rank)}" title="mean subtask rank {_e(fmt_num(c.mean_subtask_rank))}">'
+                f'data-mean="{_attr(c.mean_subtask_rank)}" '
+                f'title="mean subtask rank {_e(fmt_num(c.mean_subtask_rank))}">'
                 f'<b>{c.rank if c.rank is not None else "–"}</b><small>{_e(fmt_num(c.mean_subtask_rank))}</small></td>'
                 for c in b.cells)
-            rows.append(f'<tr class="pillar-rank" data-pillar="{_attr(b.pillar)}">{first}<th>pillar rank</th>{cells}</tr>')
+            rows.append(f'<tr class="pillar-rank" data-pillar="{_attr(b.pillar)}">{first}<th>pillar rank</th>'
+                        f"{cells}</tr>")
     legend = "".join(f'<span style="background:{rank_colour(k, n)}">{k}</span>' for k in range(1, n + 1))
     return (f'<section id="ranks"><h2>Rank table</h2><p>1 = most trustworthy; ties share a rank. Small print: the '
             f'metric value (hover for n and interval); pillar rows: the re-ranked mean subtask rank. '
@@ -127,7 +146,8 @@ def charts(r: Report) -> str:
         return ""
     colours = {m.name: PALETTE[i % len(PALETTE)] for i, m in enumerate(r.models)}
     figs = "".join(
-        f'<figure><figcaption>{"API" if rd.group == "api" else "Local"} models: pillar rank (1 = outermost)</figcaption>'
+        f'<figure><figcaption>{"API" if rd.group == "api" else "Local"} models: '
+        f"pillar rank (1 = outermost)</figcaption>"
         f'{radar_svg(rd, label=f"{rd.group} models pillar ranks", colours=colours)}</figure>' for rd in r.radars)
     heat = pillar_heatmap(r.rank_table) if r.rank_table else ""
     if heat:
@@ -138,7 +158,7 @@ def charts(r: Report) -> str:
 def breakdown(bt: BreakdownTable) -> str:
     labelled = any(r.label for r in bt.rows)
     head = (["row"] if labelled else []) + ["model", *bt.columns]
-    rows = [([r.label] if labelled else []) + [r.model, *(r.cells[c] if c in r.cells else "" for c in bt.columns)]
+    rows = [([r.label] if labelled else []) + [r.model, *(r.cells.get(c, "") for c in bt.columns)]
             for r in bt.rows]
     return f"<h4>{_e(bt.title)}</h4>" + table(head, rows, "breakdown")
 
@@ -149,7 +169,8 @@ def subtask(d: SubtaskDetail) -> str:
     head += ["judged", "judge unparseable", "not judged", "judge retried"] if judged else []
     rows = []
     for m in d.metrics:
-        cells = [f'<td data-field="model">{_e(m.model)}</td>', f'<td class="num" data-field="rank">{_e(m.rank if m.rank is not None else "–")}</td>',
+        cells = [f'<td data-field="model">{_e(m.model)}</td>',
+                 f'<td class="num" data-field="rank">{_e(m.rank if m.rank is not None else "–")}</td>',
                  f'<td class="num" data-field="value" data-value="{_attr(m.value)}">{_e(m.value)}</td>']
         for f in ("n", "n_scored", "n_unparseable", "n_failed", "n_missing"):
             cells.append(f'<td class="num" data-field="{f}">{_e(getattr(m, f))}</td>')
@@ -162,12 +183,16 @@ def subtask(d: SubtaskDetail) -> str:
     hrow = "".join(f"<th>{_e(h)}</th>" for h in head)
     reasons = "".join(f'<li class="reason">{_e(m.model)}: {_e(m.reason)}</li>' for m in d.metrics if m.reason)
     bd = "".join(breakdown(b) for b in d.breakdown)
+    policy = fmt_policy(d.unparseable, d.tie_break)
     return (f'<section class="subtask" id="{_anchor(d.key)}" data-subtask="{_attr(d.key)}"><h3>{_e(d.key)}</h3>'
-            f'<p>headline <code>{_e(d.headline)}</code> ({"higher" if d.direction == "higher" else "lower"} is better), '
-            f'version {_e(d.version or "?")}{", judge <code>" + _e(d.judge) + "</code>" if d.judge else ""}</p>'
+            f'<p>headline <code>{_e(d.headline)}</code> '
+            f'({"higher" if d.direction == "higher" else "lower"} is better), '
+            f'version {_e(d.version or "?")}{", judge <code>" + _e(d.judge) + "</code>" if d.judge else ""}'
+            f'{"; " + _e(policy) if policy else ""}</p>'
             f'<table class="metrics"><thead><tr>{hrow}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
             + (f"<ul>{reasons}</ul>" if reasons else "")
-            + (f"<details><summary>Breakdown ({len(d.breakdown)} tables)</summary>{bd}</details>" if bd else "")
+            + (f"<details><summary>Breakdown ({len(d.breakdown)} table{'s' if len(d.breakdown) > 1 else ''})</summary>"
+               f"{bd}</details>" if bd else "")
             + "</section>")
 
 
@@ -178,7 +203,8 @@ def judges(r: Report) -> str:
     if r.judge_counts:
         out.append("<p>Ranked judge, summed over models (from scores.json):</p>")
         out.append(table(["subtask", "judge", "judged", "unparseable", "not judged", "retried"],
-                         [[c.subtask, c.judge, c.judged, c.unparseable, c.not_judged, c.retried] for c in r.judge_counts]))
+                         [[c.subtask, c.judge, c.judged, c.unparseable, c.not_judged, c.retried]
+                          for c in r.judge_counts]))
     if r.judge_agreement:
         out.append("<p>Agreement between judges on the same responses (Cohen's kappa on the parsed scores; "
                    "several fields: their rounded mean):</p>")
@@ -255,14 +281,16 @@ def drill(d: Drill) -> str:
 def render_html(r: Report) -> str:
     run = r.run
     title = f"{r.title} — {run.directory}"
-    meta = [f"run <code>{_e(run.directory)}</code>: {_e(run.status or 'unknown status')}, started "
-            f"{_e(fmt_time(run.started_at))}, ended {_e(fmt_time(run.ended_at))}",
+    span = fmt_span(run.started_at, run.ended_at)
+    meta = [f"run <code>{_e(run.directory)}</code>: {_e(run.status or 'unknown status')}"
+            + (f", {_e(span)}" if span else ""),
             f"data {_e(run.data)}; limit {_e(run.limit)}; samples {_e(run.samples)}; judges: "
             f"{_e(', '.join(run.judges) or 'none')}",
             "models: " + ", ".join(f"<code>{_e(m.name)}</code> ({_e(m.group)}, {_e(m.adapter)}, {_e(m.model_id)})"
                                    for m in r.models)]
     nav = [("ranks", "Rank table", r.rank_table), ("radar", "Pillar ranks", r.radars),
-           ("subtasks", "Subtasks", r.subtasks), ("judges", "Judges", r.judge_counts or r.judge_agreement or r.keyword_agreement),
+           ("subtasks", "Subtasks", r.subtasks),
+           ("judges", "Judges", r.judge_counts or r.judge_agreement or r.keyword_agreement),
            ("performance", "Performance", r.lanes or r.tokens), ("drilldown", "Drill-down", r.drilldown)]
     body = [f"<header><h1>{_e(r.title)}</h1><ul class=\"meta\">" + "".join(f"<li>{m}</li>" for m in meta) + "</ul>",
             "<nav>" + "".join(f'<a href="#{a}">{t}</a>' for a, t, present in nav if present) + "</nav></header>",
@@ -273,7 +301,8 @@ def render_html(r: Report) -> str:
     body += [judges(r), performance(r)]
     if r.drilldown:
         body.append('<section id="drilldown"><h2>Drill-down</h2><p>Per subtask, a sample of items with every '
-                    "model's response and the judge outputs.</p>" + "".join(drill(d) for d in r.drilldown) + "</section>")
+                    "model's response and the judge outputs.</p>" + "".join(drill(d) for d in r.drilldown)
+                    + "</section>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -6,7 +6,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from engine.report.model import (BreakdownTable, RankCell, Report, SubtaskDetail, fmt_ci, fmt_cost, fmt_num, fmt_time)
+from engine.report.model import (
+    BreakdownTable,
+    RankCell,
+    Report,
+    SubtaskDetail,
+    fmt_ci,
+    fmt_cost,
+    fmt_num,
+    fmt_policy,
+    fmt_span,
+)
 
 ARROW = {"higher": "↑", "lower": "↓"}
 
@@ -59,14 +69,15 @@ def breakdown(bt: BreakdownTable) -> list[str]:
     for r in bt.rows:
         first = [] if not labelled else [r.label if r.label != last else ""]
         last = r.label
-        rows.append([*first, r.model, *(r.cells[c] if c in r.cells else "" for c in bt.columns)])
+        rows.append([*first, r.model, *(r.cells.get(c, "") for c in bt.columns)])
     return [f"*{bt.title}*", "", *table(head, rows)]
 
 
 def _subtask(d: SubtaskDetail) -> list[str]:
     out = [f"### {d.key}", "",
            f"headline `{d.headline}` ({'higher' if d.direction == 'higher' else 'lower'} is better), "
-           f"version {d.version or '?'}" + (f", judge `{d.judge}`" if d.judge else ""), ""]
+           f"version {d.version or '?'}" + (f", judge `{d.judge}`" if d.judge else "")
+           + (f"; {fmt_policy(d.unparseable, d.tie_break)}" if fmt_policy(d.unparseable, d.tie_break) else ""), ""]
     judged = any(m.judge for m in d.metrics)
     head = ["model", "rank", "value", "n", "n_scored", "n_unparseable", "n_failed", "n_missing", "interval"]
     head += ["judged", "judge unparseable", "not judged", "judge retried"] if judged else []
@@ -113,8 +124,8 @@ def _perf(r: Report) -> list[str]:
         out += ["## Run performance", "", "Per lane, this run's process (a resumed run counts from its restart):", ""]
         out += table(["lane", "state", "done", "judged", "req/s", "out tok/s", "p50 s", "p95 s", "p99 s", "retries",
                       "429s", "errors", "wait s", "busy s", "wall s", "cost"],
-                     [[ln.model, ln.state or "", ln.done, ln.judged, ln.requests_per_s, ln.output_tokens_per_s, ln.latency_p50,
-                       ln.latency_p95, ln.latency_p99, ln.retries, ln.rate_limited,
+                     [[ln.model, ln.state or "", ln.done, ln.judged, ln.requests_per_s, ln.output_tokens_per_s,
+                       ln.latency_p50, ln.latency_p95, ln.latency_p99, ln.retries, ln.rate_limited,
                        ", ".join(f"{k}: {v}" for k, v in ln.errors.items()) or "0", ln.wait_s, ln.busy_s, ln.wall_s,
                        fmt_cost(ln.cost)] for ln in r.lanes])
     if r.tokens:
@@ -128,9 +139,9 @@ def _perf(r: Report) -> list[str]:
 
 def render_markdown(r: Report) -> str:
     run = r.run
+    span = fmt_span(run.started_at, run.ended_at)
     out = [f"# {r.title}", "",
-           f"- run: `{run.directory}` ({run.status or 'unknown status'}), started {fmt_time(run.started_at)}, "
-           f"ended {fmt_time(run.ended_at)}",
+           f"- run: `{run.directory}` ({run.status or 'unknown status'})" + (f", {span}" if span else ""),
            f"- data: {run.data}; limit {run.limit}; samples {run.samples}; judges: {', '.join(run.judges) or 'none'}",
            "- models: " + ", ".join(f"`{m.name}` ({m.group}, {m.adapter}, `{m.model_id}`)" for m in r.models), ""]
     out += [f"> {n}" for n in r.notes] + ([""] if r.notes else [])

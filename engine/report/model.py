@@ -119,6 +119,8 @@ class SubtaskDetail(msgspec.Struct, frozen=True, kw_only=True):
     judge: str | None
     metrics: tuple[ModelMetric, ...]
     breakdown: tuple[BreakdownTable, ...]
+    unparseable: str | None = None  # "exclude" | "zero" ([pillars."<key>"] unparseable)
+    tie_break: str | None = None  # breakdown key that orders equal values (higher first)
 
 
 class JudgeCounts(msgspec.Struct, frozen=True, kw_only=True):
@@ -421,7 +423,8 @@ def subtask_details(scores: Mapping[str, Any], models: tuple[ModelInfo, ...]) ->
                 per_model.append((info.name, d["breakdown"]))
         out.append(SubtaskDetail(key=key, headline=s.get("headline", "?"), direction=s.get("direction", "?"),
                                  version=s.get("version"), judge=s.get("judge"), metrics=tuple(metrics),
-                                 breakdown=breakdown_tables(per_model)))
+                                 breakdown=breakdown_tables(per_model), unparseable=s.get("unparseable"),
+                                 tie_break=s.get("tie_break")))
     return tuple(out)
 
 
@@ -465,15 +468,28 @@ def judge_counts(scores: Mapping[str, Any]) -> tuple[JudgeCounts, ...]:
     return tuple(out)
 
 
-def _rubric_owners(spec_keys: Sequence[str]) -> dict[tuple[str, str], Any]:
-    """(generating subtask key, rubric name) -> the subtask that owns the rubric."""
+def subtask_for(key: str, options: Mapping[str, Any]) -> Any | None:
+    """The subtask as the run configured it ([pillars."<key>"] options from run.json's spec), or
+    None when this code base does not know the key."""
+    from engine.errors import ConfigError
+    from engine.options import resolve
     from pillars import registry
 
+    try:
+        return resolve(key, options.get(key))[0]
+    except ConfigError:  # options this code no longer takes: fall back to the defaults
+        pass
+    except KeyError:
+        return None
+    return registry.get(key)
+
+
+def _rubric_owners(spec_keys: Sequence[str], options: Mapping[str, Any]) -> dict[tuple[str, str], Any]:
+    """(generating subtask key, rubric name) -> the subtask that owns the rubric."""
     owners: dict[tuple[str, str], Any] = {}
     for key in spec_keys:
-        try:
-            sub = registry.get(key)
-        except KeyError:
+        sub = subtask_for(key, options)
+        if sub is None:
             continue
         if sub.rubric is not None:
             gen = sub.source if sub.kind == "derived" and sub.source else sub.key
@@ -570,7 +586,8 @@ def token_use(run: Mapping[str, Any], records: Mapping[str, list[Record]],
         price = prices.get(model)
         cost = None
         if price:
-            cost = ((p + jp) * float(price.get("input_per_mtok", 0)) + (c + jc) * float(price.get("output_per_mtok", 0))) / 1e6
+            cost = ((p + jp) * float(price.get("input_per_mtok", 0))
+                    + (c + jc) * float(price.get("output_per_mtok", 0))) / 1e6
         out.append(TokenUse(model=model, responses=len(records.get(model, ())), prompt_tokens=p, completion_tokens=c,
                             judgments=len(judgments.get(model, ())), judge_prompt_tokens=jp,
                             judge_completion_tokens=jc, cost=cost))
@@ -601,70 +618,76 @@ def _clip(text: str | None) -> str | None:
     return f"{text[:TEXT_LIMIT]}… [{len(text) - TEXT_LIMIT} more characters]"
 
 
+def _error_text(e: Any) -> str | None:
+    return f"{e.kind} {e.status or ''} {e.message}".strip() if e is not None else None
+
+
 def drilldown(inputs: ReportInputs, spec_keys: Sequence[str], models: Sequence[str],
-              ranked: Mapping[str, str | None], parsed: Parsed, per_subtask: int) -> tuple[Drill, ...]:
+              ranked: Mapping[str, str | None], parsed: Parsed, per_subtask: int,
+              options: Mapping[str, Any] | None = None) -> tuple[Drill, ...]:
     """For every subtask, up to `per_subtask` (item, sample) units, worst first: a failed or
     unparseable answer first, then the lowest (or, for lower-is-better values, highest) per-item
-    score of any model; each with its prompt and every model's response and judge outputs."""
-    from pillars import registry
+    score of any model; each with its prompt and every model's response and judge outputs.
+    Every record is scored once; texts are copied for the chosen units only."""
 
     by_unit: dict[str, dict[tuple[str, str, int], Record]] = {}
     for model in models:
         for r in inputs.records.get(model, ()):
             by_unit.setdefault(f"{r.pillar}/{r.subtask}", {}).setdefault((model, r.item_id, r.sample), r)
-    jtexts: dict[tuple[str, str], list[JudgeText]] = {}
-    for judge, rows in inputs.judgments.items():
+    judged: dict[tuple[str, str], list[tuple[str, JudgmentRecord]]] = {}
+    for jname, rows in inputs.judgments.items():
         for j in rows:
-            jtexts.setdefault((j.response_key, j.rubric), []).append(JudgeText(
-                judge=judge, try_=j.try_, text=_clip(j.response.text) if j.response else None,
-                error=f"{j.error.kind} {j.error.status or ''} {j.error.message}".strip() if j.error else None))
+            judged.setdefault((j.response_key, j.rubric), []).append((jname, j))
     out = []
     for key in _subtask_order(spec_keys, ()):
-        try:
-            sub = registry.get(key)
-        except KeyError:
+        sub = subtask_for(key, options or {})
+        if sub is None:
             continue
         gen = sub.source if sub.kind == "derived" and sub.source else key
         units = by_unit.get(gen, {})
         if not units:
             continue
-        rubric = sub.rubric
-        judge = ranked.get(key)
-        direction = item_direction(sub)
+        rubric, judge, direction = sub.rubric, ranked.get(key), item_direction(sub)
+        pillar, subtask = gen.split("/", 1)
         order: dict[tuple[str, int], int] = {}
-        rows: dict[tuple[str, int], list[DrillResponse]] = {}
+        scored: dict[tuple[str, int], dict[str, tuple[Record, str, float | None, str | None]]] = {}
         worst: dict[tuple[str, int], tuple[int, float]] = {}
         for (model, item_id, sample), rec in units.items():
             u = (item_id, sample)
             order.setdefault(u, len(order))
-            item = inputs.items.get((*gen.split("/", 1), item_id)) if inputs.items is not None else None
-            judgment = parsed.get(judge, {}).get(key, {}).get(rec.key) if rubric and judge else None
-            status, score, label = "unknown", None, None
+            item = inputs.items.get((pillar, subtask, item_id)) if inputs.items is not None else None
+            status, score, label = ("failed" if rec.response is None else "unknown"), None, None
             if item is not None:
+                judgment = parsed.get(judge or "", {}).get(key, {}).get(rec.key) if rubric else None
                 sc = sub.score(item, rec.response, judgment)
                 status, score, label = sc.status, sc.value, sc.label
-            elif rec.response is None:
-                status = "failed"
-            oriented = 0.0 if score is None else (-score if direction == "higher" else score)
-            bad = (_STATUS_BADNESS[status], oriented)
+            bad = (_STATUS_BADNESS[status], 0.0 if score is None else (-score if direction == "higher" else score))
             worst[u] = max(worst.get(u, bad), bad)
-            rows.setdefault(u, []).append(DrillResponse(
-                model=model, status=status, score=score, label=label,
-                text=_clip(rec.response.text) if rec.response else None,
-                finish_reason=rec.response.finish_reason if rec.response else None,
-                error=f"{rec.error.kind} {rec.error.status or ''} {rec.error.message}".strip() if rec.error else None,
-                judgments=tuple(sorted(jtexts.get((rec.key, rubric.name), ()), key=lambda t: (t.judge != judge, t.judge, t.try_)))
-                if rubric else ()))
+            scored.setdefault(u, {})[model] = (rec, status, score, label)
         chosen = sorted(order, key=lambda u: (-worst[u][0], -worst[u][1], order[u]))[:per_subtask]
         items = []
         for u in chosen:
-            item = inputs.items.get((*gen.split("/", 1), u[0])) if inputs.items is not None else None
-            got = {r.model: r for r in rows[u]}
-            responses = tuple(got.get(m) or DrillResponse(model=m, status="missing") for m in models)
+            responses = []
+            for m in models:
+                if m not in scored[u]:
+                    responses.append(DrillResponse(model=m, status="missing"))
+                    continue
+                rec, status, score, label = scored[u][m]
+                js = sorted(judged.get((rec.key, rubric.name), ()) if rubric else (),
+                            key=lambda t: (t[0] != judge, t[0], t[1].try_))
+                responses.append(DrillResponse(
+                    model=m, status=status, score=score, label=label,
+                    text=_clip(rec.response.text) if rec.response else None,
+                    finish_reason=rec.response.finish_reason if rec.response else None,
+                    error=_error_text(rec.error),
+                    judgments=tuple(JudgeText(judge=jn, try_=j.try_, error=_error_text(j.error),
+                                              text=_clip(j.response.text) if j.response else None)
+                                    for jn, j in js)))
+            item = inputs.items.get((pillar, subtask, u[0])) if inputs.items is not None else None
             items.append(DrillItem(item_id=u[0], sample=u[1],
-                                   prompt=tuple(Message(role=m.role, content=_clip(m.content) or "")
-                                                for m in item.messages) if item else None,
-                                   reference=item.reference if item else None, responses=responses))
+                                   prompt=tuple(Message(role=msg.role, content=_clip(msg.content) or "")
+                                                for msg in item.messages) if item else None,
+                                   reference=item.reference if item else None, responses=tuple(responses)))
         how = ("worst first: failed, then unparseable, then by per-item score "
                f"({'lower' if direction == 'higher' else 'higher'} is worse) of any model")
         if inputs.items is None:
@@ -684,7 +707,8 @@ def build_report(inputs: ReportInputs, *, per_subtask: int = 5) -> Report:
     spec_keys = list(spec.get("subtasks") or ())
     table = rank_table(scores, spec_keys, models) if scores else None
     ranked = {k: s.get("judge") for k, s in (scores or {}).get("subtasks", {}).items()}
-    owners = _rubric_owners(list(dict.fromkeys([*spec_keys, *ranked])))
+    options = spec.get("options") or {}
+    owners = _rubric_owners(list(dict.fromkeys([*spec_keys, *ranked])), options)
     parsed = parsed_judgments(inputs.judgments, owners)
     notes = list(inputs.notes)
     if scores is None:
@@ -704,7 +728,7 @@ def build_report(inputs: ReportInputs, *, per_subtask: int = 5) -> Report:
         keyword_agreement=keyword_agreement(scores) if scores else (),
         lanes=lanes(run), tokens=token_use(run, inputs.records, inputs.judgments),
         drilldown=drilldown(inputs, list(dict.fromkeys([*spec_keys, *ranked])), [m.name for m in models],
-                            ranked, parsed, per_subtask) if per_subtask > 0 else (),
+                            ranked, parsed, per_subtask, options) if per_subtask > 0 else (),
         notes=tuple(notes))
 
 
@@ -744,7 +768,25 @@ def fmt_time(ts: float | None) -> str:
         return ""
     import datetime as dt
 
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def fmt_policy(unparseable: str | None, tie_break: str | None) -> str:
+    """The subtask's scoring options in words ("" when they are the defaults or unknown)."""
+    parts = []
+    if unparseable == "zero":
+        parts.append("unparseable answers count as 0")
+    elif unparseable == "exclude":
+        parts.append("unparseable answers excluded")
+    if tie_break:
+        parts.append(f"equal values ordered by {tie_break} (higher first)")
+    return "; ".join(parts)
+
+
+def fmt_span(started: float | None, ended: float | None) -> str:
+    """"started X, ended Y" with whatever is known."""
+    parts = [f"started {fmt_time(started)}" if started else "", f"ended {fmt_time(ended)}" if ended else ""]
+    return ", ".join(p for p in parts if p)
 
 
 def rank_colour(rank: int | None, n_models: int) -> str:

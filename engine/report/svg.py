@@ -37,11 +37,11 @@ def radar_svg(radar: Radar, size: int = 420, label: str = "", colours: dict[str,
     height = size - 24 + 22 * len(radar.series)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="radar" width="{size}" height="{height}" '
              f'viewBox="0 0 {size} {height}" role="img" aria-label="{_e(label)}">',
-             f'<title>{_e(label)}</title>', f'<rect width="100%" height="100%" fill="#ffffff"/>']
+             f'<title>{_e(label)}</title>', '<rect width="100%" height="100%" fill="#ffffff"/>']
     for rank in range(1, n + 1):  # rings, labelled with the rank they stand for
-        pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in (point(i, radius(rank)) for i in range(max(n_axes, 3))))
+        ring = " ".join(f"{x:.1f},{y:.1f}" for x, y in (point(i, radius(rank)) for i in range(max(n_axes, 3))))
         if n_axes >= 3:
-            parts.append(f'<polygon points="{pts}" fill="none" stroke="#d0d0d0" stroke-width="1"/>')
+            parts.append(f'<polygon points="{ring}" fill="none" stroke="#d0d0d0" stroke-width="1"/>')
         else:
             parts.append(f'<circle cx="{cx}" cy="{cy}" r="{radius(rank):.1f}" fill="none" stroke="#d0d0d0"/>')
         x, y = point(0, radius(rank))
@@ -60,10 +60,12 @@ def radar_svg(radar: Radar, size: int = 420, label: str = "", colours: dict[str,
         if len(pts) >= 2:
             poly = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
             parts.append(f'<polygon points="{poly}" fill="{colour}" fill-opacity="0.12" stroke="{colour}" '
-                         f'stroke-width="2" data-model="{_e(s.model)}"><title>{_e(s.model)}: {_e(ranks)}</title></polygon>')
+                         f'stroke-width="2" data-model="{_e(s.model)}">'
+                         f"<title>{_e(s.model)}: {_e(ranks)}</title></polygon>")
         for (x, y), r in zip(pts, s.ranks):
             fill = "#ffffff" if r is None else colour
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{fill}" stroke="{colour}" stroke-width="1.5"/>')
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{fill}" stroke="{colour}" '
+                         'stroke-width="1.5"/>')
         ly = size - 30 + 22 * k
         parts.append(f'<rect x="20" y="{ly}" width="14" height="14" fill="{colour}"/>'
                      f'<text x="40" y="{ly + 12}" font-size="12" fill="#222">{_e(s.model)}</text>')
@@ -85,11 +87,13 @@ def heatmap_svg(rows: Sequence[str], cols: Sequence[str], ranks: Sequence[Sequen
                      f'transform="rotate(-30 {x:.1f} {top - 8})">{_e(c)}</text>')
     for i, r in enumerate(rows):
         y = top + ch * i
-        parts.append(f'<text x="{left - 6}" y="{y + ch / 2 + 4:.1f}" font-size="12" text-anchor="end" fill="#222">{_e(r)}</text>')
+        parts.append(f'<text x="{left - 6}" y="{y + ch / 2 + 4:.1f}" font-size="12" text-anchor="end" '
+                     f'fill="#222">{_e(r)}</text>')
         for j, c in enumerate(cols):
             rank = ranks[i][j]
             x = left + cw * j
-            parts.append(f'<rect x="{x}" y="{y}" width="{cw - 2}" height="{ch - 2}" fill="{rank_colour(rank, n_models)}">'
+            fill = rank_colour(rank, n_models)
+            parts.append(f'<rect x="{x}" y="{y}" width="{cw - 2}" height="{ch - 2}" fill="{fill}">'
                          f'<title>{_e(r)} / {_e(c)}: {rank if rank is not None else "no rank"}</title></rect>'
                          f'<text x="{x + cw / 2 - 1:.1f}" y="{y + ch / 2 + 3:.1f}" font-size="12" text-anchor="middle" '
                          f'fill="#111">{rank if rank is not None else "–"}</text>')
