@@ -3,12 +3,13 @@
 Works unchanged against OpenAI, vLLM's server, llama.cpp's server and other compatible endpoints:
 POST {base_url}/chat/completions, Bearer auth, `choices[0].message.content`, `finish_reason`,
 `usage`. One aiohttp session per lane, with a keep-alive pool at least as large as the lane's
-concurrency. Errors are classified for the scheduler (see adapters.base.AdapterError).
+concurrency. Errors are classified for the scheduler (see adapters.base.AdapterError); transport
+and status mapping are shared with the other HTTP adapters (adapters.http). Every reply's
+`x-ratelimit-*` headers land in `last_signal` (adapters.ratelimit_headers).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -16,13 +17,13 @@ import aiohttp
 import orjson
 
 from adapters.base import AdapterError
+from adapters.http import error_for_status, new_session, post_json
+from adapters.ratelimit_headers import LimitSignal, parse_openai
 from engine.records import GenParams, Message, Response, Usage
 from engine.retry import parse_retry_after
-from engine.secrets import redact
 
 _FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter",
            "tool_calls": "stop", "function_call": "stop", "eos": "stop"}
-_TRANSIENT = {408, 409, 425, 500, 502, 503, 504, 520, 522, 524, 529}
 
 
 def openai_body(model: str, messages: tuple[Message, ...], params: GenParams,
@@ -62,14 +63,7 @@ def _error_message(raw: bytes) -> str:
 
 
 def classify_status(status: int, raw: bytes, headers: Any, secrets: tuple[str, ...]) -> AdapterError:
-    msg = redact(f"HTTP {status}: {_error_message(raw)}", secrets)
-    if status == 429:
-        return AdapterError("rate_limited", msg, status=status, retry_after=parse_retry_after(headers))
-    if status in _TRANSIENT or status >= 500:
-        return AdapterError("transient", msg, status=status, retry_after=parse_retry_after(headers))
-    if status in (401, 403):
-        return AdapterError("auth", msg, status=status)
-    return AdapterError("fatal", msg, status=status)
+    return error_for_status(status, _error_message(raw), secrets=secrets, retry_after=parse_retry_after(headers))
 
 
 def parse_chat_response(raw: bytes, latency: float) -> Response:
@@ -118,13 +112,11 @@ class OpenAIChat:
         self._concurrency = concurrency
         self._session = session
         self._owns_session = session is None
+        self.last_signal: LimitSignal | None = None  # from the latest reply's x-ratelimit-* headers
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._concurrency + 8, limit_per_host=0,
-                                             keepalive_timeout=60, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector, json_serialize=None,
-                                                  timeout=aiohttp.ClientTimeout(total=None))
+            self._session = new_session(self._concurrency)
         return self._session
 
     def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, Any]:
@@ -133,18 +125,9 @@ class OpenAIChat:
     async def send(self, body: dict[str, Any], timeout: float) -> Response:
         session = self._get_session()
         start = time.perf_counter()
-        try:
-            async with session.post(self.url, data=orjson.dumps(body), headers=self._headers,
-                                    timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                raw = await resp.read()
-                status = resp.status
-                headers = resp.headers
-        except asyncio.TimeoutError:
-            raise AdapterError("timeout", f"no answer within {timeout:.1f} s") from None
-        except aiohttp.ClientPayloadError as exc:
-            raise AdapterError("malformed", redact(f"truncated body: {exc}", self._secrets)) from None
-        except aiohttp.ClientError as exc:
-            raise AdapterError("transient", redact(f"{type(exc).__name__}: {exc}", self._secrets)) from None
+        status, raw, headers = await post_json(session, self.url, orjson.dumps(body), self._headers, timeout,
+                                               self._secrets)
+        self.last_signal = parse_openai(headers)
         if status != 200:
             raise classify_status(status, raw, headers, self._secrets)
         return parse_chat_response(raw, time.perf_counter() - start)

@@ -29,6 +29,13 @@ def make_adapter(name: str, cfg: ModelConfig, log_dir: Path,
                           concurrency=cfg.concurrency()), None
     if cfg.adapter == "embedded":
         return _embedded(name, cfg, log_dir, progress)
+    if cfg.adapter in ("anthropic", "gemini"):
+        from adapters.anthropic import AnthropicMessages
+        from adapters.gemini import GeminiGenerate
+
+        cls = AnthropicMessages if cfg.adapter == "anthropic" else GeminiGenerate
+        key = api_key(cfg.api_key_env, name) if with_secrets else None
+        return cls(model=cfg.model or name, api_key=key, concurrency=cfg.concurrency(), base_url=cfg.base_url), None
     if cfg.adapter == "replay":
         from adapters.replay import ReplayAdapter
 

@@ -12,6 +12,7 @@ Providers enforce "R per minute" over short windows, so limits are held over eve
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -20,38 +21,48 @@ Sleep = Callable[[float], Awaitable[None]]
 
 # Arrival jitter on the way to the server must not squeeze k+1 requests into one window.
 DEFAULT_MARGIN = 0.03
+# TokenWindow: the share of a window's tokens that may be admitted at once (after an idle spell).
+BURST = 0.05
 
 
 class Pacer:
-    """Starts at most `per_minute` requests per minute, evenly spaced (60/R s apart).
+    """Starts at most `per_minute` requests per minute, evenly spaced (60/R s apart, or
+    1/floor(R/60) where R/60 is not a whole number).
 
-    Even spacing holds the limit over every 1 s window, not just on average. Callers go one at a
-    time in arrival order (a FIFO lock), each on a grid of slots `interval` apart and never less
-    than 60/R s after the previous caller actually left: when the loop wakes a caller late (a busy
-    process), the callers behind it are not let through in a burst to catch up.
+    Even spacing holds the limit over every 1 s window, not just on average. Callers reserve
+    consecutive slots, so concurrent callers are served in arrival order without polling. A caller
+    also never leaves sooner than 60/R s after the previous one actually left: when a busy loop
+    wakes several callers late at once, they go one by one instead of in a burst (the slots
+    themselves do not move, so late wake-ups cost no throughput).
     """
 
     def __init__(self, per_minute: float, clock: Clock, sleep: Sleep, margin: float = DEFAULT_MARGIN) -> None:
-        self.interval = 60.0 / per_minute * (1.0 + margin)
-        self._min_gap = 60.0 / per_minute
+        # A 1 s window holds whole requests: R = 90/min allows 1 (not 1.5) in every second, so
+        # evenly spaced requests go 1/floor(R/60) s apart (60/R when R < 60).
+        per_s = per_minute / 60.0
+        if math.isinf(per_s):  # no spacing: the pacer only holds callers after a push_back
+            self._min_gap = 0.0
+        else:
+            whole = math.floor(per_s + 1e-9)
+            self._min_gap = 1.0 / whole if whole >= 1 else 1.0 / per_s
+        self.interval = self._min_gap * (1.0 + margin)
         self._clock = clock
         self._sleep = sleep
-        self._next = float("-inf")  # the next caller's slot on the grid
+        self._next = float("-inf")
         self._last = float("-inf")  # when the latest caller actually left
-        self._lock = asyncio.Lock()
 
     async def acquire(self) -> float:
         """Waits for this caller's slot; returns the seconds waited."""
-        start = self._clock()
-        async with self._lock:
-            while True:
-                now = self._clock()
-                slot = max(now, self._next, self._last + self._min_gap)
-                if slot <= now:
-                    break
-                await self._sleep(slot - now)
-            self._next = slot + self.interval
-            self._last = now
+        start = now = self._clock()
+        slot = max(now, self._next)
+        self._next = slot + self.interval
+        while True:
+            at = max(slot, self._last + self._min_gap)
+            if at <= now:
+                break
+            await self._sleep(at - now)
+            now = self._clock()
+        self._last = now
         return now - start
 
     def push_back(self, seconds: float) -> None:
@@ -61,13 +72,13 @@ class Pacer:
 
 class TokenWindow:
     """Admits token charges so that their sum over every window of `window` seconds stays within
-    `per_minute/60 * window` tokens: a sliding log, exact rather than a bucket that allows 2x
+    `per_minute/60 * window` tokens; a sliding log, exact rather than a bucket that allows 2x
     bursts at window edges. Charges are estimates, corrected later with `adjust`.
 
-    Admissions are also spread out at the window's rate (each charge of c tokens holds back the
-    next admission by c/rate seconds) instead of letting a whole window's worth go at once: a
-    burst reaches the server spread over some milliseconds, and its late members would share a
-    server window with the next burst. Callers are admitted one at a time in arrival order.
+    Admissions are also spread out at the window's rate (a charge of c tokens holds the next one
+    back by c/rate s, with a small burst allowance) instead of letting a whole window's worth go
+    at once: a burst reaches the server spread over some milliseconds, and its late members would
+    share a server window with the next burst.
     """
 
     def __init__(self, per_minute: float, clock: Clock, sleep: Sleep, margin: float = DEFAULT_MARGIN,
@@ -75,49 +86,47 @@ class TokenWindow:
         self.capacity = per_minute / 60.0 * window
         self.window = window * (1.0 + margin)
         self.rate = self.capacity / self.window  # tokens per second when spread evenly
+        self._burst = BURST * self.window  # seconds of admissions that may go at once
         self._clock = clock
         self._sleep = sleep
         self._log: deque[list[float]] = deque()  # [time, tokens]
         self._total = 0.0
-        self._tat = float("-inf")  # spreading: no admission before this
-        self._lock = asyncio.Lock()
+        self._tat = float("-inf")  # spreading: the next admission not before this
 
     def _evict(self, now: float) -> None:
         log = self._log
         while log and log[0][0] <= now - self.window:
             self._total -= log.popleft()[1]
 
-    def _log_free_at(self, tokens: float, now: float) -> float:
-        """When enough of the oldest charges leave the window for `tokens` to fit (now if they fit).
-        A charge larger than the whole window capacity goes alone, when the window is empty."""
-        if self._total + tokens <= self.capacity + 1e-9 or not self._log:
-            return now
-        need = self._total + tokens - self.capacity
-        freed = 0.0
-        until = self._log[-1][0]
-        for t, c in self._log:
-            freed += c
-            until = t
-            if freed >= need - 1e-9:
-                break
-        return until + self.window
-
     async def acquire(self, tokens: float) -> tuple[list[float], float]:
-        """Returns (a handle for `adjust`, seconds waited)."""
-        start = self._clock()
-        async with self._lock:
-            while True:
-                now = self._clock()
-                self._evict(now)
-                at = max(self._tat, self._log_free_at(tokens, now))
-                if at <= now:
-                    break
-                await self._sleep(max(at - now, 1e-4))
-            entry = [now, float(tokens)]
-            self._log.append(entry)
-            self._total += tokens
-            self._tat = max(self._tat, now) + tokens / self.rate
-        return entry, now - start
+        """Returns (a handle for `adjust`, seconds waited). A charge larger than the whole window
+        capacity goes alone, when the window is empty, rather than never."""
+        waited = 0.0
+        while True:
+            now = self._clock()
+            self._evict(now)
+            spread_ok = now >= self._tat - self._burst
+            if spread_ok and (self._total + tokens <= self.capacity + 1e-9 or not self._log):
+                entry = [now, float(tokens)]
+                self._log.append(entry)
+                self._total += tokens
+                self._tat = max(self._tat, now) + tokens / self.rate
+                return entry, waited
+            until = self._tat - self._burst
+            if self._total + tokens > self.capacity + 1e-9 and self._log:
+                # Wait until enough of the oldest charges leave the window.
+                need = self._total + tokens - self.capacity
+                freed = 0.0
+                t_free = self._log[0][0]
+                for t, c in self._log:
+                    freed += c
+                    t_free = t
+                    if freed >= need - 1e-9:
+                        break
+                until = max(until, t_free + self.window)
+            delay = max(until - now, 1e-4)
+            await self._sleep(delay)
+            waited += delay
 
     def adjust(self, entry: list[float], actual: float, refund: bool) -> None:
         """Corrects a charge with the usage the response reported."""

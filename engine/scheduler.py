@@ -141,7 +141,9 @@ class Lane:
         self._rng = rng or random.Random()
         self.stats = LaneStats()
         self.limit = AdaptiveLimit(cfg.concurrency(), self._clock)
-        self.pacer = Pacer(cfg.requests_per_minute, self._clock, self._sleep) if cfg.requests_per_minute else None
+        # Without a configured RPM the pacer has no spacing; it still holds the lane when the
+        # provider's own headers say the limit is about to run out (see _heed_signal).
+        self.pacer = Pacer(cfg.requests_per_minute or math.inf, self._clock, self._sleep)
         self.tokens = TokenWindow(cfg.tokens_per_minute, self._clock, self._sleep) if cfg.tokens_per_minute else None
         self._auth_failures = 0
 
@@ -210,6 +212,20 @@ class Lane:
             self.generation_done.set()
             self.stats.ended = time.time()
             await self.adapter.aclose()
+
+    def _heed_signal(self, unit: Unit) -> None:
+        """Slow the lane before the provider's limit is hit: when its rate-limit headers say the
+        requests (or the tokens this request needs) are about to run out, every worker waits for
+        the reset. Configured RPM/TPM stay the hard ceiling either way."""
+        sig = getattr(self.adapter, "last_signal", None)
+        if sig is None:
+            return
+        if sig.remaining_requests is not None and sig.remaining_requests <= 1 and sig.reset_requests_s:
+            self.pacer.push_back(sig.reset_requests_s)
+            self.stats.limit_pushbacks += 1
+        if sig.remaining_tokens is not None and sig.remaining_tokens < unit.est_tokens and sig.reset_tokens_s:
+            self.pacer.push_back(sig.reset_tokens_s)
+            self.stats.limit_pushbacks += 1
 
     async def _watch_server(self, server: Any) -> None:
         """A managed server that dies mid-run fails its lane at once, with its last log lines,
@@ -350,8 +366,7 @@ class Lane:
             entry = None
             await self.limit.acquire()
             try:
-                if self.pacer is not None:
-                    stats.wait_s += await self.pacer.acquire()
+                stats.wait_s += await self.pacer.acquire()
                 if self.tokens is not None:
                     entry, waited = await self.tokens.acquire(unit.est_tokens)
                     stats.wait_s += waited
@@ -372,6 +387,7 @@ class Lane:
                 finally:
                     stats.in_flight -= 1
                     stats.busy_s += clock() - t0
+                    self._heed_signal(unit)
             finally:
                 self.limit.release()
 

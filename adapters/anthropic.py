@@ -1,0 +1,174 @@
+"""Anthropic Messages API over aiohttp.
+
+Wire format (https://platform.claude.com/docs/en/api/messages/create):
+  POST {base}/v1/messages, headers `x-api-key`, `anthropic-version: 2023-06-01`,
+  `content-type: application/json`; body `model`, `max_tokens` (required), `system` (a top-level
+  string: the API has no "system" message role), `messages` of user/assistant turns,
+  `temperature`, `top_p`, `stop_sequences`. Unknown fields are rejected ("Extra inputs are not
+  permitted"), so nothing is sent that the API does not define (no seed, no response_format).
+  The reply's `content` is a list of blocks; text is the concatenation of `{"type":"text"}` blocks
+  (thinking and tool blocks are skipped). `stop_reason`
+  (https://platform.claude.com/docs/en/build-with-claude/handling-stop-reasons): end_turn,
+  stop_sequence, tool_use, pause_turn -> "stop"; max_tokens, model_context_window_exceeded ->
+  "length"; refusal -> "content_filter" (a Response, never an error).
+  `usage`: input_tokens (uncached input only), output_tokens, cache_creation_input_tokens,
+  cache_read_input_tokens; prompt_tokens here is their input sum, so that it means the same as
+  OpenAI's prompt_tokens, and cached_tokens is cache_read_input_tokens.
+
+Errors (https://platform.claude.com/docs/en/api/errors): `{"type":"error","error":{"type","message"},
+"request_id"}` with 400 invalid_request_error, 401 authentication_error, 403 permission_error,
+404 not_found_error, 413 request_too_large, 429 rate_limit_error (with `retry-after`), 500 api_error,
+529 overloaded_error; classified by adapters.http.error_for_status.
+
+Rate-limit headers (https://platform.claude.com/docs/en/api/rate-limits) of every reply land in
+`last_signal`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from adapters.base import AdapterError
+from adapters.http import error_for_status, new_session, post_json
+from adapters.ratelimit_headers import LimitSignal, parse_anthropic
+from engine.records import GenParams, Message, Response, Usage
+from engine.retry import parse_retry_after
+
+__all__ = ["ANTHROPIC_VERSION", "DEFAULT_BASE_URL", "DEFAULT_MAX_TOKENS", "AnthropicMessages",
+           "anthropic_body", "anthropic_error_message", "parse_messages_response"]
+
+ANTHROPIC_VERSION = "2023-06-01"
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+# `max_tokens` is required by the API; used when the config leaves it unset.
+DEFAULT_MAX_TOKENS = 1024
+
+_STOP = {"end_turn": "stop", "stop_sequence": "stop", "tool_use": "stop", "pause_turn": "stop",
+         "max_tokens": "length", "model_context_window_exceeded": "length", "refusal": "content_filter"}
+
+
+def _merge_turns(messages: tuple[Message, ...]) -> tuple[str, list[dict[str, Any]]]:
+    """System messages -> one top-level string; the rest -> alternating user/assistant turns
+    (consecutive same-role messages joined with a blank line, as the API itself would combine them)."""
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role in ("system", "developer"):
+            system.append(m.content)
+            continue
+        role = "assistant" if m.role == "assistant" else "user"
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"] += "\n\n" + m.content
+        else:
+            turns.append({"role": role, "content": m.content})
+    return "\n\n".join(system), turns
+
+
+def anthropic_body(model: str, messages: tuple[Message, ...], params: GenParams) -> dict[str, Any]:
+    """The request body (pure). Newer Claude models reject `temperature` and `top_p` together
+    ("cannot both be specified for this model. Please use only one"), so when both are set only
+    `temperature` is sent. `seed` and `json_schema` have no Messages API field and are left out
+    (pillars parse free text where the provider cannot constrain it)."""
+    system, turns = _merge_turns(messages)
+    body: dict[str, Any] = {"model": model,
+                            "max_tokens": params.max_tokens if params.max_tokens is not None else DEFAULT_MAX_TOKENS,
+                            "messages": turns}
+    if system:
+        body["system"] = system
+    if params.temperature is not None:
+        body["temperature"] = params.temperature
+    elif params.top_p is not None:
+        body["top_p"] = params.top_p
+    if params.stop:
+        body["stop_sequences"] = list(params.stop)
+    return body
+
+
+def anthropic_error_message(raw: bytes) -> str:
+    """`error.message` (with `error.type`) of an Anthropic error body, else the start of the body."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw[:300].decode("utf-8", "replace")
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        kind, message = err.get("type"), err.get("message")
+        text = f"{kind}: {message}" if kind and message else str(message or kind or err)
+        return text[:500]
+    return raw[:300].decode("utf-8", "replace")
+
+
+def parse_messages_response(raw: bytes, latency: float) -> Response:
+    try:
+        data = orjson.loads(raw)
+        if data.get("type") not in (None, "message"):
+            raise TypeError(data.get("type"))
+        blocks = data["content"]
+        if not isinstance(blocks, list):
+            raise TypeError("content")
+        parts: list[str] = []
+        for b in blocks:
+            if b.get("type") == "text":
+                if not isinstance(b.get("text"), str):
+                    raise TypeError("text")
+                parts.append(b["text"])
+        stop_reason = data.get("stop_reason")
+        usage_raw = data.get("usage") or {}
+        uncached = int(usage_raw.get("input_tokens") or 0)
+        cache_write = int(usage_raw.get("cache_creation_input_tokens") or 0)
+        cache_read = usage_raw.get("cache_read_input_tokens")
+        usage = Usage(prompt_tokens=uncached + cache_write + int(cache_read or 0),
+                      completion_tokens=int(usage_raw.get("output_tokens") or 0),
+                      cached_tokens=None if cache_read is None else int(cache_read))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        raise AdapterError("malformed", f"response body is not a Messages API message: {raw[:120]!r}") from None
+    model = data.get("model")
+    finish = _STOP.get(stop_reason or "end_turn", "stop")
+    return Response(text="".join(parts), finish_reason=finish,  # type: ignore[arg-type]
+                    usage=usage, latency_s=round(latency, 6),
+                    server_model=model if isinstance(model, str) else None)
+
+
+class AnthropicMessages:
+    """Adapter for one lane. `base_url` may end in `/v1` or not; `session` may be injected (tests)."""
+
+    def __init__(self, *, model: str, api_key: str | None, concurrency: int, base_url: str | None = None,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        base = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        self.url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+        self.model = model
+        self._secrets = (api_key,) if api_key else ()
+        self._headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+        if api_key:
+            self._headers["x-api-key"] = api_key
+        self._concurrency = concurrency
+        self._session = session
+        self._owns_session = session is None
+        self.last_signal: LimitSignal | None = None  # from the latest reply's anthropic-ratelimit-* headers
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = new_session(self._concurrency)
+        return self._session
+
+    def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, Any]:
+        return anthropic_body(self.model, messages, params)
+
+    async def send(self, body: dict[str, Any], timeout: float) -> Response:
+        session = self._get_session()
+        start = time.perf_counter()
+        status, raw, headers = await post_json(session, self.url, orjson.dumps(body), self._headers, timeout,
+                                               self._secrets)
+        self.last_signal = parse_anthropic(headers)
+        if status != 200:
+            raise error_for_status(status, anthropic_error_message(raw), secrets=self._secrets,
+                                   retry_after=parse_retry_after(headers))
+        return parse_messages_response(raw, time.perf_counter() - start)
+
+    async def aclose(self) -> None:
+        if self._session is not None and self._owns_session:
+            await self._session.close()
+        self._session = None

@@ -1,0 +1,208 @@
+"""Google Gemini API `generateContent` over aiohttp.
+
+Wire format (https://ai.google.dev/api/generate-content):
+  POST {base}/v1beta/models/{model}:generateContent with header `x-goog-api-key` (never the
+  `?key=` query, which would put the key in URLs and logs); body
+  `contents: [{role: "user"|"model", parts: [{text}]}]`, `systemInstruction: {parts: [{text}]}`,
+  `generationConfig: {temperature, topP, maxOutputTokens, seed, stopSequences, responseMimeType,
+  responseJsonSchema}`. Field names are camelCase; the API rejects unknown ones ("Invalid JSON
+  payload received. Unknown name ...").
+  Structured output: our schemas are JSON Schema (OpenAI style, with additionalProperties), so they
+  go as `responseJsonSchema` with `responseMimeType: "application/json"`
+  (https://ai.google.dev/gemini-api/docs/structured-output), not the OpenAPI-subset
+  `responseSchema`, which rejects additionalProperties.
+
+Reply: `candidates[0].content.parts[].text` (parts with `thought: true` are the model's thinking
+and are skipped), `candidates[0].finishReason`: STOP -> "stop", MAX_TOKENS -> "length", SAFETY,
+RECITATION, BLOCKLIST, PROHIBITED_CONTENT, SPII, IMAGE_SAFETY, LANGUAGE, OTHER -> "content_filter".
+A prompt blocked outright has no candidates and `promptFeedback.blockReason`: that too is a
+Response with finish_reason "content_filter", never an error. `usageMetadata`: promptTokenCount
+(cached content included), candidatesTokenCount, thoughtsTokenCount (thinking models; counted in
+completion_tokens and reported as reasoning_tokens, as OpenAI does), cachedContentTokenCount.
+`modelVersion` is the server model.
+
+Errors (https://ai.google.dev/gemini-api/docs/troubleshooting,
+https://ai.google.dev/gemini-api/docs/generate-content/api-errors):
+`{"error": {"code", "message", "status", "details"}}`: 400 INVALID_ARGUMENT / FAILED_PRECONDITION,
+403 PERMISSION_DENIED, 404 NOT_FOUND, 429 RESOURCE_EXHAUSTED, 500 INTERNAL, 503 UNAVAILABLE,
+504 DEADLINE_EXCEEDED. A wrong key is a 400 INVALID_ARGUMENT whose details carry
+`google.rpc.ErrorInfo` reason API_KEY_INVALID: classified as auth. A 429 names its wait in a
+`google.rpc.RetryInfo` detail (`retryDelay: "47.43s"`), not in a header. Gemini sends no rate-limit
+headers, so `last_signal` stays None.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from adapters.base import AdapterError
+from adapters.http import error_for_status, new_session, post_json
+from adapters.ratelimit_headers import LimitSignal, parse_duration
+from engine.records import GenParams, Message, Response, Usage
+from engine.retry import parse_retry_after
+
+__all__ = ["DEFAULT_BASE_URL", "GeminiGenerate", "gemini_body", "gemini_error", "parse_generate_response"]
+
+DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
+
+_FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "FINISH_REASON_UNSPECIFIED": "stop",
+           "MALFORMED_FUNCTION_CALL": "stop", "SAFETY": "content_filter", "RECITATION": "content_filter",
+           "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
+           "IMAGE_SAFETY": "content_filter", "LANGUAGE": "content_filter", "OTHER": "content_filter"}
+_AUTH_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED", "API_KEY_HTTP_REFERRER_BLOCKED",
+                           "API_KEY_IP_ADDRESS_BLOCKED"})
+
+
+def gemini_body(messages: tuple[Message, ...], params: GenParams) -> dict[str, Any]:
+    """The request body (pure). The model is in the URL, not the body. System messages become
+    `systemInstruction`; assistant turns are role "model"; consecutive same-role turns are merged."""
+    system: list[str] = []
+    contents: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role in ("system", "developer"):
+            system.append(m.content)
+            continue
+        role = "model" if m.role == "assistant" else "user"
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].append({"text": m.content})
+        else:
+            contents.append({"role": role, "parts": [{"text": m.content}]})
+    body: dict[str, Any] = {"contents": contents}
+    if system:
+        body["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
+    gen: dict[str, Any] = {}
+    if params.temperature is not None:
+        gen["temperature"] = params.temperature
+    if params.top_p is not None:
+        gen["topP"] = params.top_p
+    if params.max_tokens is not None:
+        gen["maxOutputTokens"] = params.max_tokens
+    if params.seed is not None:
+        gen["seed"] = params.seed
+    if params.stop:
+        gen["stopSequences"] = list(params.stop)
+    if params.json_schema is not None:
+        schema = params.json_schema.get("schema", params.json_schema)
+        gen["responseMimeType"] = "application/json"
+        gen["responseJsonSchema"] = schema
+    if gen:
+        body["generationConfig"] = gen
+    return body
+
+
+def _retry_delay(details: Any) -> float | None:
+    if not isinstance(details, list):
+        return None
+    for d in details:
+        if isinstance(d, dict) and str(d.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = d.get("retryDelay")
+            return parse_duration(delay) if isinstance(delay, str) else None
+    return None
+
+
+def gemini_error(status: int, raw: bytes, headers: Any, secrets: tuple[str, ...]) -> AdapterError:
+    """Classify a non-200 reply from its status and Google's error body."""
+    message = raw[:300].decode("utf-8", "replace")
+    kind: str | None = None
+    retry_after = parse_retry_after(headers)
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = None
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        message = f"{err.get('status') or 'ERROR'}: {err.get('message') or ''}"[:500]
+        details = err.get("details")
+        if isinstance(details, list):
+            reasons = {d.get("reason") for d in details if isinstance(d, dict)}
+            if reasons & _AUTH_REASONS:
+                kind = "auth"
+        if retry_after is None:
+            retry_after = _retry_delay(details)
+    return error_for_status(status, message, secrets=secrets, retry_after=retry_after, kind=kind)
+
+
+def parse_generate_response(raw: bytes, latency: float) -> Response:
+    try:
+        data = orjson.loads(raw)
+        candidates = data.get("candidates")
+        usage_raw = data.get("usageMetadata") or {}
+        thoughts = usage_raw.get("thoughtsTokenCount")
+        cached = usage_raw.get("cachedContentTokenCount")
+        usage = Usage(prompt_tokens=int(usage_raw.get("promptTokenCount") or 0),
+                      completion_tokens=int(usage_raw.get("candidatesTokenCount") or 0) + int(thoughts or 0),
+                      reasoning_tokens=None if thoughts is None else int(thoughts),
+                      cached_tokens=None if cached is None else int(cached))
+        model = data.get("modelVersion")
+        server_model = model if isinstance(model, str) else None
+        if not candidates:
+            feedback = data.get("promptFeedback") or {}
+            if not feedback.get("blockReason"):
+                raise KeyError("candidates")
+            # The prompt itself was blocked: no candidate at all.
+            return Response(text="", finish_reason="content_filter", usage=usage, latency_s=round(latency, 6),
+                            server_model=server_model)
+        cand = candidates[0]
+        parts = (cand.get("content") or {}).get("parts") or []
+        texts: list[str] = []
+        for p in parts:
+            if p.get("thought") is True:
+                continue
+            t = p.get("text")
+            if t is not None:
+                if not isinstance(t, str):
+                    raise TypeError("text")
+                texts.append(t)
+        reason = cand.get("finishReason") or "STOP"
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError):
+        raise AdapterError("malformed", f"response body is not a GenerateContentResponse: {raw[:120]!r}") from None
+    return Response(text="".join(texts), finish_reason=_FINISH.get(reason, "stop"),  # type: ignore[arg-type]
+                    usage=usage, latency_s=round(latency, 6), server_model=server_model)
+
+
+class GeminiGenerate:
+    """Adapter for one lane. `base_url` may end in `/v1beta` (or `/v1`) or not; `session` may be
+    injected (tests). `model` may be given with or without the `models/` prefix."""
+
+    def __init__(self, *, model: str, api_key: str | None, concurrency: int, base_url: str | None = None,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        base = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        if not base.endswith(("/v1beta", "/v1")):
+            base += "/v1beta"
+        self.model = model.removeprefix("models/")
+        self.url = f"{base}/models/{quote(self.model, safe='-._~')}:generateContent"
+        self._secrets = (api_key,) if api_key else ()
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["x-goog-api-key"] = api_key
+        self._concurrency = concurrency
+        self._session = session
+        self._owns_session = session is None
+        self.last_signal: LimitSignal | None = None  # Gemini sends no rate-limit headers
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = new_session(self._concurrency)
+        return self._session
+
+    def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, Any]:
+        return gemini_body(messages, params)
+
+    async def send(self, body: dict[str, Any], timeout: float) -> Response:
+        session = self._get_session()
+        start = time.perf_counter()
+        status, raw, headers = await post_json(session, self.url, orjson.dumps(body), self._headers, timeout,
+                                               self._secrets)
+        if status != 200:
+            raise gemini_error(status, raw, headers, self._secrets)
+        return parse_generate_response(raw, time.perf_counter() - start)
+
+    async def aclose(self) -> None:
+        if self._session is not None and self._owns_session:
+            await self._session.close()
+        self._session = None

@@ -1,0 +1,80 @@
+"""What every HTTP adapter shares: the lane's keep-alive session, one POST with transport failures
+classified, and the HTTP-status -> AdapterError kind mapping.
+
+Protocol modules (openai_compat, anthropic, gemini) only build bodies, pick headers, read their
+provider's error body and parse their success body; they never retry or sleep.
+
+Status mapping (the providers agree on it):
+  429                  rate_limited (OpenAI https://platform.openai.com/docs/guides/error-codes;
+                       Anthropic https://platform.claude.com/docs/en/api/errors;
+                       Gemini https://ai.google.dev/gemini-api/docs/troubleshooting)
+  5xx, 408/409/425     transient (Anthropic 529 overloaded_error, Gemini 503 UNAVAILABLE included)
+  401, 403             auth
+  any other 4xx        fatal (400 invalid request, 404 unknown model, 413 too large, ...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from adapters.base import AdapterError
+from engine.secrets import redact
+
+__all__ = ["TRANSIENT_STATUSES", "error_for_status", "new_session", "post_json"]
+
+TRANSIENT_STATUSES = frozenset({408, 409, 425, 500, 502, 503, 504, 520, 522, 524, 529})
+
+
+def error_for_status(status: int, message: str, *, secrets: tuple[str, ...] = (),
+                     retry_after: float | None = None, kind: str | None = None) -> AdapterError:
+    """The classified error for a non-200 reply. `message` is the provider's own error message
+    (redacted here); `kind` overrides the status mapping where the body says more (Gemini's
+    API_KEY_INVALID comes as a 400)."""
+    msg = redact(f"HTTP {status}: {message}", secrets)
+    if kind is None:
+        if status == 429:
+            kind = "rate_limited"
+        elif status in TRANSIENT_STATUSES or status >= 500:
+            kind = "transient"
+        elif status in (401, 403):
+            kind = "auth"
+        else:
+            kind = "fatal"
+    keep_retry_after = kind in ("rate_limited", "transient")
+    return AdapterError(kind, msg, status=status, retry_after=retry_after if keep_retry_after else None)
+
+
+def new_session(concurrency: int) -> aiohttp.ClientSession:
+    """One session per lane: a keep-alive pool a little larger than the lane's concurrency."""
+    connector = aiohttp.TCPConnector(limit=concurrency + 8, limit_per_host=0, keepalive_timeout=60,
+                                     ttl_dns_cache=300)
+    return aiohttp.ClientSession(connector=connector, json_serialize=None,
+                                 timeout=aiohttp.ClientTimeout(total=None))
+
+
+async def post_json(session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str],
+                    timeout: float, secrets: tuple[str, ...]) -> tuple[int, bytes, Any]:
+    """One POST; returns (status, body, response headers) or raises AdapterError for transport
+    failures: timeout -> timeout, truncated body -> malformed, nothing listening -> transient with
+    `unreachable` set (the scheduler stops a lane whose every attempt cannot connect), any other
+    client error (reset, disconnect) -> transient. Messages pass through `redact`."""
+    try:
+        async with session.post(url, data=data, headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            raw = await resp.read()
+            return resp.status, raw, resp.headers
+    except asyncio.TimeoutError:
+        raise AdapterError("timeout", f"no answer within {timeout:.1f} s") from None
+    except aiohttp.ClientPayloadError as exc:
+        raise AdapterError("malformed", redact(f"truncated body: {exc}", secrets)) from None
+    except aiohttp.ClientConnectorError as exc:
+        reason = exc.os_error.strerror if exc.os_error is not None and exc.os_error.strerror else str(exc)
+        err = AdapterError("transient", redact(f"cannot connect to {url}: {reason}", secrets))
+        err.unreachable = True  # type: ignore[attr-defined]
+        raise err from None
+    except aiohttp.ClientError as exc:
+        raise AdapterError("transient", redact(f"{type(exc).__name__}: {exc}", secrets)) from None
