@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", help="official data laid out like shared/trustmh (default: built-in items)")
     r.add_argument("--fresh", action="store_true", help="start over: move earlier results aside")
     r.add_argument("--retry-errors", action="store_true", help="retry items whose final outcome was a fatal error")
+    r.add_argument("--budget", type=float, metavar="USD",
+                   help="stop dispatching before this invocation could spend more than USD (uses [prices])")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars on stderr (default: when stderr is a terminal)")
 
@@ -78,6 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     df.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="byte progress bar on stderr (default: when stderr is a terminal)")
 
+    pl = sub.add_parser("plan", help="requests, tokens, cost and best-case time of a run, before any call")
+    pl.add_argument("config", nargs="?")
+    pl.add_argument("--output")
+    pl.add_argument("--models")
+    pl.add_argument("--pillars")
+    pl.add_argument("--limit", type=int)
+    pl.add_argument("--items")
+    pl.add_argument("--data-dir")
+
     sub.add_parser("list", help="list pillars and subtasks")
     return p
 
@@ -90,12 +101,10 @@ def _load(path: str | None) -> tuple[Any, str]:
     return load_config(path), path
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    import asyncio
-
-    import msgspec
-
+def _spec(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """Config + the run spec the command line asks for (shared by run and plan)."""
     from engine import runner
+    from engine.options import check_all
 
     cfg, source = _load(args.config)
     if args.items and args.pillars:
@@ -123,23 +132,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     if items is None:
         pillars = tuple(p.strip() for p in args.pillars.split(",")) if args.pillars else cfg.run.pillars
         subtasks = runner.resolve_subtasks(pillars)
-    from engine.options import check_all
-
     check_all(cfg.pillars)
     spec = runner.RunSpec(output=args.output or cfg.run.output, models=models, items=items, data_dir=data_dir,
                           subtasks=subtasks, limit=limit, samples=cfg.run.samples, options=cfg.pillars)
+    return cfg, spec, source
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from engine.plan import build_plan, render_plan
+
+    cfg, spec, _ = _spec(args)
+    out = Path(spec.output)
+    plan = build_plan(cfg, spec, out if (out / "responses").is_dir() else None)
+    for line in render_plan(cfg, plan):
+        print(line)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from engine import runner
+
+    cfg, spec, source = _spec(args)
+    items = spec.items
     progress = args.progress if args.progress is not None else (
         cfg.run.progress if cfg.run.progress is not None else sys.stderr.isatty())
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a core dependency on Linux/macOS
         uvloop = None
+    if args.budget is not None and args.budget < 0:
+        raise EngineError("--budget must be >= 0 (US dollars)")
     coro = runner.run(cfg, spec, fresh=args.fresh, retry_errors=args.retry_errors, progress=progress,
-                      log=_log, config_source=source)
+                      log=_log, config_source=source, budget_usd=args.budget)
     code = uvloop.run(coro) if uvloop is not None else asyncio.run(coro)
-    del msgspec
     out = Path(spec.output)
-    if items is None and code in (0, 1):
+    if items is None and code in (0, 1, 3):
         _finish_scores(out)
     _log(f"results: {out.resolve()}")
     return code
@@ -264,7 +293,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     return data_command(args, log=_log)
 
 
-COMMANDS = {"run": cmd_run, "verify": cmd_verify, "validate": cmd_validate, "score": cmd_score,
+COMMANDS = {"plan": cmd_plan, "run": cmd_run, "verify": cmd_verify, "validate": cmd_validate, "score": cmd_score,
             "judge": cmd_judge, "list": cmd_list, "report": cmd_report,
             "data": cmd_data}
 

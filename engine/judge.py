@@ -121,7 +121,8 @@ class JudgeHub:
         else:
             body = lane.adapter.build_body(messages, params)
         unit = Unit(jitem, sample, body, key, estimate_tokens(jitem, params),
-                    JudgeTask(response_key, model, rubric.name, rubric.version, try_, judge))
+                    JudgeTask(response_key, model, rubric.name, rubric.version, try_, judge),
+                    max_out=params.max_tokens or 0)
         self.outstanding[judge] += 1
         self.submitted += 1
         lane.judge_queue.put_nowait(unit)
@@ -141,7 +142,8 @@ class JudgeHub:
         # temperature, so their body has none and their retry varies the seed alone.
         body = {**unit.body, **{k: v for k, v in RETRY_PARAMS.items() if k == "seed" or k in unit.body}}
         retry = Unit(unit.item, unit.sample, body, key, unit.est_tokens,
-                     JudgeTask(jrec.response_key, jrec.model, jrec.rubric, jrec.rubric_version, 1, jrec.judge))
+                     JudgeTask(jrec.response_key, jrec.model, jrec.rubric, jrec.rubric_version, 1, jrec.judge),
+                     max_out=unit.max_out)
         self.outstanding[jrec.judge] += 1
         self.submitted += 1
         lane.judge_queue.put_nowait(retry)

@@ -22,6 +22,7 @@ import msgspec
 
 from engine.checkpoint import JsonlWriter, OutputLock, scan_responses
 from engine.config import Config
+from engine.costs import Budget
 from engine.errors import EngineError
 from engine.items import ItemFactory, custom_source, pillar_source, plan_counts
 from engine.judge import JudgeHub, close_when_generated, judges_for, rubrics_by_source
@@ -126,7 +127,7 @@ class Interrupt:
 
 async def run(cfg: Config, spec: RunSpec, *, fresh: bool = False, retry_errors: bool = False,
               progress: bool = False, log: Log = lambda s: None, config_source: str = "",
-              judge_only: bool = False) -> int:
+              judge_only: bool = False, budget_usd: float | None = None) -> int:
     out = Path(spec.output)
     loop = asyncio.get_running_loop()
     _judge_plan(cfg, _subtasks(spec))  # a judged subtask without a judge: refuse before DIR is touched
@@ -153,7 +154,8 @@ async def run(cfg: Config, spec: RunSpec, *, fresh: bool = False, retry_errors: 
             prev = None
         return await _run_locked(cfg, spec, out, prev, factory, planned_units, data_fp,
                                  retry_errors=retry_errors, progress=progress, log=log,
-                                 config_source=config_source, loop=loop, judge_only=judge_only)
+                                 config_source=config_source, loop=loop, judge_only=judge_only,
+                                 budget_usd=budget_usd)
     finally:
         lock.release()
 
@@ -203,7 +205,7 @@ def _unjudged(out: Path, spec: RunSpec, factory: ItemFactory, hub: JudgeHub) -> 
 async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any] | None, factory: ItemFactory,
                       planned_units: dict[str, int], data_fp: str, *, retry_errors: bool, progress: bool,
                       log: Log, config_source: str, loop: asyncio.AbstractEventLoop,
-                      judge_only: bool = False) -> int:
+                      judge_only: bool = False, budget_usd: float | None = None) -> int:
     from adapters.registry import make_adapter
 
     (out / "responses").mkdir(parents=True, exist_ok=True)
@@ -239,6 +241,11 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
     write_run_json(out, doc)
 
     stop = asyncio.Event()
+    budget = Budget(budget_usd) if budget_usd is not None else None
+    if budget is not None:
+        free = [n for n in dict.fromkeys((*spec.models, *cfg.judge.models)) if n not in cfg.prices]
+        if free:
+            log(f"--budget: no [prices] for {', '.join(free)}; their requests are not counted against the budget")
     lanes: list[Lane] = []
     writers: list[JsonlWriter] = []
     subtasks = _subtasks(spec)
@@ -270,7 +277,7 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
         adapter, open_server = adapters[name]
         lane = Lane(name, cfg.models[name], adapter, factory if name in targets else empty,
                     samples=spec.samples, done=scan.done, responses=resp_w, errors=err_w, stop=stop,
-                    open_server=open_server, **judge_kw)
+                    open_server=open_server, budget=budget, price=cfg.prices.get(name), **judge_kw)
         lane.stats.planned = sum(planned_units.values()) if name in targets else 0
         lanes.append(lane)
         by_name[name] = lane
@@ -327,8 +334,12 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
 
     lane_stats = {lane.name: lane.stats.to_dict() for lane in lanes}
     interrupted = interrupt.signum is not None
+    over_budget = budget is not None and budget.exhausted
     incomplete = [lane.name for lane in lanes if lane.stats.state != "complete" or lane.stats.exhausted]
-    status = "interrupted" if interrupted else ("incomplete" if incomplete else "complete")
+    status = ("interrupted" if interrupted else "budget" if over_budget
+              else "incomplete" if incomplete else "complete")
+    if budget is not None:
+        doc["budget"] = {"limit_usd": budget.limit, "spent_usd": round(budget.spent, 6), "exhausted": over_budget}
     doc["lanes"] = {**doc.get("lanes", {}), **lane_stats}
     doc["ended_at"] = time.time()
     doc["status"] = status
@@ -351,6 +362,10 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
         if unmatched and s.state == "complete":
             log(f"  replay: {len(unmatched)} recorded answers match no item of this run, e.g. "
                 + "; ".join(" ".join(map(str, k)) for k in unmatched[:5]))
+    if over_budget and not interrupted:
+        assert budget is not None
+        log(f"stopped: {budget.message}")
+        return 3
     if interrupted:
         assert interrupt.signum is not None
         log(f"interrupted: rerun the same command to resume ({out})")

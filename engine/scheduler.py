@@ -23,6 +23,7 @@ import msgspec
 from adapters.base import Adapter, AdapterError
 from engine.checkpoint import JsonlWriter, key_int
 from engine.config import ModelConfig
+from engine.costs import cost
 from engine.items import ItemFactory
 from engine.limits import AdaptiveLimit, Clock, Pacer, Sleep, TokenWindow
 from engine.records import AttemptError, ErrorInfo, GenParams, Item, JudgmentRecord, Record, Response, request_key
@@ -49,6 +50,7 @@ class Unit(msgspec.Struct, frozen=True):
     key: str
     est_tokens: int
     judge: JudgeTask | None = None
+    max_out: int = 0  # completion budget of the request (for cost reservations)
 
 
 def model_params(cfg: ModelConfig) -> GenParams:
@@ -88,8 +90,10 @@ def lane_units(name: str, cfg: ModelConfig, adapter: Adapter, items: ItemFactory
                     yield Unit(w.item, s, rbody, request_key(name, w.item.pillar, w.item.subtask, w.item.id, s, rbody), est)
             continue
         body = adapter.build_body(w.item.messages, params)
+        out = params.max_tokens or 0
         for s in range(samples):
-            yield Unit(w.item, s, body, request_key(name, w.item.pillar, w.item.subtask, w.item.id, s, body), est)
+            yield Unit(w.item, s, body, request_key(name, w.item.pillar, w.item.subtask, w.item.id, s, body), est,
+                       max_out=out)
 
 
 class Lane:
@@ -111,6 +115,8 @@ class Lane:
         judgments: JsonlWriter | None = None,
         on_judgment: Callable[[JudgmentRecord, Unit], None] | None = None,
         on_judge_done: Callable[[Unit], None] | None = None,
+        budget: Any = None,
+        price: Any = None,
         clock: Clock | None = None,
         sleep: Sleep | None = None,
         rng: random.Random | None = None,
@@ -132,6 +138,8 @@ class Lane:
         self._judgments = judgments
         self._on_judgment = on_judgment
         self._on_judge_done = on_judge_done
+        self._budget = budget  # engine.costs.Budget shared by all lanes, or None
+        self._price = price  # this model's PriceConfig, or None (free)
         self._gen_pending = 0
         self._gen_producing = True
         self.generation_done = asyncio.Event()
@@ -370,8 +378,16 @@ class Lane:
                 if self.tokens is not None:
                     entry, waited = await self.tokens.acquire(unit.est_tokens)
                     stats.wait_s += waited
+                reserved = 0.0
+                if self._budget is not None and self._price is not None:
+                    reserved = cost(self._price, unit.est_tokens - unit.max_out, unit.max_out) or 0.0
+                    if not self._budget.reserve(reserved, f"{self.name} {unit.item.pillar}/{unit.item.subtask} {unit.item.id}"):
+                        self._stop.set()  # run-wide: stop dispatching; what is done is kept
+                        return
                 remaining = deadline - clock()
                 if remaining <= 0:
+                    if reserved:
+                        self._budget.settle(reserved, 0.0)
                     err = AdapterError("timeout", f"item deadline of {cfg.deadline_s:.0f} s passed")
                     self._log_attempt(unit, attempt, err, final=True)
                     stats.exhausted += 1
@@ -388,6 +404,10 @@ class Lane:
                     stats.in_flight -= 1
                     stats.busy_s += clock() - t0
                     self._heed_signal(unit)
+                    if reserved:
+                        u = resp.usage if resp is not None else None
+                        self._budget.settle(reserved, cost(self._price, u.prompt_tokens, u.completion_tokens)
+                                            if u is not None else None)
             finally:
                 self.limit.release()
 

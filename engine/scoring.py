@@ -18,6 +18,7 @@ import orjson
 
 from engine.checkpoint import iter_records
 from engine.config import Config, parse_config
+from engine.costs import UsageTable
 from engine.errors import EngineError
 from engine.judge import judges_for
 from engine.records import Item, Record, judgment_decoder
@@ -148,10 +149,19 @@ def score_run(directory: Path) -> dict[str, Any]:
         if judges and judges[0] not in judged_by:
             judged_by[judges[0]] = read_judgments(directory, judges[0], rubrics)
 
+    usage = UsageTable()
     records: dict[str, dict[tuple[str, str, str, int], Record]] = {}
     for m in models:
-        records[m] = {(r.pillar, r.subtask, r.item_id, r.sample): r
-                      for r in iter_records(directory / "responses" / f"{m}.jsonl")}
+        records[m] = {}
+        for r in iter_records(directory / "responses" / f"{m}.jsonl"):
+            records[m][(r.pillar, r.subtask, r.item_id, r.sample)] = r
+            if r.response is not None:
+                usage.add(m, "target", r.pillar, r.response.usage)
+    jdir = directory / "judgments"
+    for path in sorted(jdir.glob("*.jsonl")) if jdir.is_dir() else ():
+        for j in iter_records(path, judgment_decoder):
+            if j.response is not None:
+                usage.add(j.judge, "judge", j.pillar, j.response.usage)
 
     def zeroed(scores: list[ItemScore]) -> list[ItemScore]:
         return [msgspec.structs.replace(x, status="scored", value=0.0) if x.status == "unparseable" else x
@@ -200,7 +210,7 @@ def score_run(directory: Path) -> dict[str, Any]:
         if sub_ranks:
             pillars_doc[p] = pillar_ranks(sub_ranks, models)
     return {"format": 1, "models": models, "unparseable": "exclude", "data": spec.data_dir or "builtin",
-            "limit": spec.limit, "subtasks": out_subs, "pillars": pillars_doc}
+            "limit": spec.limit, "subtasks": out_subs, "pillars": pillars_doc, "usage": usage.to_dict(cfg)}
 
 
 def write_scores(directory: Path, scores: dict[str, Any]) -> Path:

@@ -1,0 +1,97 @@
+"""Prices, usage sums and the run budget.
+
+Prices come from `[prices.<model>]` (USD per million input / output tokens). Reasoning tokens are
+billed as output tokens, as OpenAI, Anthropic and Google bill them; they are already inside
+`completion_tokens` in our usage records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.config import Config, PriceConfig
+
+
+def cost(price: PriceConfig | None, prompt_tokens: float, completion_tokens: float) -> float | None:
+    if price is None:
+        return None
+    return (prompt_tokens * price.input_per_mtok + completion_tokens * price.output_per_mtok) / 1e6
+
+
+@dataclass
+class UsageSum:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+
+    def add(self, usage: Any) -> None:
+        self.requests += 1
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.reasoning_tokens += usage.reasoning_tokens or 0
+        self.cached_tokens += usage.cached_tokens or 0
+
+    def to_dict(self, price: PriceConfig | None) -> dict[str, Any]:
+        c = cost(price, self.prompt_tokens, self.completion_tokens)
+        return {"requests": self.requests, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "reasoning_tokens": self.reasoning_tokens,
+                "cached_tokens": self.cached_tokens, "cost_usd": round(c, 6) if c is not None else None}
+
+
+@dataclass
+class UsageTable:
+    """model -> role ("target" | "judge") -> pillar -> UsageSum."""
+
+    rows: dict[str, dict[str, dict[str, UsageSum]]] = field(default_factory=dict)
+
+    def add(self, model: str, role: str, pillar: str, usage: Any) -> None:
+        self.rows.setdefault(model, {}).setdefault(role, {}).setdefault(pillar, UsageSum()).add(usage)
+
+    def to_dict(self, cfg: Config) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for model, roles in self.rows.items():
+            price = cfg.prices.get(model)
+            entry: dict[str, Any] = {}
+            total = UsageSum()
+            for role, pillars in roles.items():
+                entry[role] = {p: s.to_dict(price) for p, s in pillars.items()}
+                for s in pillars.values():
+                    total.requests += s.requests
+                    total.prompt_tokens += s.prompt_tokens
+                    total.completion_tokens += s.completion_tokens
+                    total.reasoning_tokens += s.reasoning_tokens
+                    total.cached_tokens += s.cached_tokens
+            entry["total"] = total.to_dict(price)
+            out[model] = entry
+        return out
+
+
+class Budget:
+    """`--budget USD`: dispatch stops cleanly when the next request could take the spend past the
+    budget. A request reserves its worst case (prompt estimate + max_tokens at the model's price)
+    before it is sent; the reservation is settled with the usage the response reports."""
+
+    def __init__(self, limit_usd: float, spent_before: float = 0.0) -> None:
+        self.limit = limit_usd
+        self.spent = spent_before
+        self.reserved = 0.0
+        self.exhausted = False
+        self.message: str | None = None
+
+    def reserve(self, amount: float, what: str) -> bool:
+        if self.spent + self.reserved + amount > self.limit + 1e-12:
+            if not self.exhausted:
+                self.exhausted = True
+                self.message = (f"budget of ${self.limit:.4f} reached: ${self.spent:.4f} spent, "
+                                f"${self.reserved:.4f} in flight, next request ({what}) could cost ${amount:.4f}; "
+                                "rerun with a larger --budget to continue (completed work is kept)")
+            return False
+        self.reserved += amount
+        return True
+
+    def settle(self, reserved: float, actual: float | None) -> None:
+        self.reserved -= reserved
+        self.spent += reserved if actual is None else actual
