@@ -1,0 +1,130 @@
+"""Shared parts of the robustness subtasks: options, variant ids, and the relative-drop metric.
+
+Items of a robustness subtask are ONLY perturbed variants, id ``<clean id>~<level>@<intensity>``
+(PROTOCOL.md §6), group {"level", "intensity"}. The clean items are the reliability subtask's own
+(``Subtask.extra["clean_source"]``): the engine schedules them there and passes their ItemScores
+to ``aggregate`` after the variant scores, each with ``group["variant"] == "clean"``.
+
+Metric [I, PROTOCOL.md §3.6; the rank table favours a relative measure]: for each (level,
+intensity) cell, pair every clean id that has both a scored clean item and a scored variant;
+drop = (clean mean - perturbed mean) / clean mean over those pairs (samples of one item are
+averaged first). Headline = mean drop over the cells (lower = more robust). A cell is null when no
+pair exists or its clean mean is 0 (a relative drop from 0 is undefined), and then the headline is
+null too, with the reason; averaging fewer cells would not compare with other models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pillars.base import ItemScore, Metric
+from pillars.common.metrics import tally
+from pillars.perturb import DEFAULT_INTENSITIES, DEFAULT_SEED, LEVELS, Variant, default_variants
+
+__all__ = [
+    "RobustnessOptions",
+    "variant_group",
+    "clean_id_of",
+    "relative_drop_metric",
+    "make_aggregate",
+]
+
+
+@dataclass(frozen=True)
+class RobustnessOptions:
+    levels: tuple[str, ...] = LEVELS
+    intensities: tuple[float, ...] = DEFAULT_INTENSITIES
+    seed: int = DEFAULT_SEED
+    variants: tuple[Variant, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "levels", tuple(self.levels))
+        object.__setattr__(self, "intensities", tuple(float(p) for p in self.intensities))
+        object.__setattr__(self, "variants", default_variants(self.levels, self.intensities))
+
+    def as_extra(self) -> dict[str, Any]:
+        return {"levels": list(self.levels), "intensities": list(self.intensities),
+                "seed": self.seed, "variants": [v.name for v in self.variants]}
+
+
+def variant_group(v: Variant) -> dict[str, str]:
+    return {"level": v.level, "intensity": f"{v.intensity:g}"}
+
+
+def clean_id_of(item_id: str) -> str:
+    """``3#7~char@0.1`` -> ``3#7``; a clean id is returned as it is."""
+    return item_id.rsplit("~", 1)[0] if "~" in item_id else item_id
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _per_item(scores: Sequence[ItemScore]) -> dict[str, float]:
+    acc: dict[str, list[float]] = {}
+    for s in scores:
+        if s.status == "scored" and s.value is not None:
+            acc.setdefault(clean_id_of(s.item_id), []).append(float(s.value))
+    return {k: _mean(v) for k, v in acc.items()}
+
+
+def relative_drop_metric(scores: Sequence[ItemScore], variants: Sequence[Variant]) -> Metric:
+    clean = [s for s in scores if s.group.get("variant") == "clean"]
+    perturbed = [s for s in scores if s.group.get("variant") != "clean"]
+    n, n_scored, n_unp, n_failed = tally(perturbed)
+    clean_values = _per_item(clean)
+    cells: dict[str, dict[str, Any]] = {}
+    expected = [(v.level, f"{v.intensity:g}") for v in variants]
+    found = {(s.group.get("level", ""), s.group.get("intensity", "")) for s in perturbed}
+    for key in expected + sorted(found - set(expected)):
+        level, intensity = key
+        name = f"{level}@{intensity}"
+        in_cell = [s for s in perturbed
+                   if s.group.get("level") == level and s.group.get("intensity") == intensity]
+        pert_values = _per_item(in_cell)
+        paired = [i for i in pert_values if i in clean_values]
+        cell: dict[str, Any] = {"level": level, "intensity": intensity, "n_pairs": len(paired)}
+        if not paired:
+            cell.update(value=None, reason="no item scored both clean and perturbed")
+        else:
+            c = _mean([clean_values[i] for i in paired])
+            p = _mean([pert_values[i] for i in paired])
+            cell.update(clean=c, perturbed=p)
+            if c == 0:
+                cell.update(value=None, reason="clean score is 0: relative drop undefined")
+            else:
+                cell["value"] = (c - p) / c
+        cells[name] = cell
+    breakdown: dict[str, Any] = {"cells": cells, "n_clean": len(clean_values)}
+    for dim in ("level", "intensity"):
+        agg: dict[str, list[float]] = {}
+        for cell in cells.values():
+            if cell.get("value") is not None:
+                agg.setdefault(cell[dim], []).append(cell["value"])
+        breakdown[f"by_{dim}"] = {k: _mean(v) for k, v in agg.items()}
+    nulls = [name for name, cell in cells.items() if cell.get("value") is None]
+    values = [cell["value"] for cell in cells.values() if cell.get("value") is not None]
+    if nulls or not values:
+        if not cells:
+            reason = "no variants"
+        elif not clean_values:
+            reason = "no scored clean items to compare with"
+        elif not values:
+            reasons = sorted({cells[c]["reason"] for c in nulls})
+            reason = "; ".join(reasons)
+        else:
+            reason = f"cells without a value: {', '.join(nulls)}"
+        return Metric(value=None, n=n, n_scored=n_scored, n_unparseable=n_unp,
+                      n_failed=n_failed, breakdown=breakdown, reason=reason)
+    return Metric(value=_mean(values), n=n, n_scored=n_scored, n_unparseable=n_unp,
+                  n_failed=n_failed, breakdown=breakdown)
+
+
+def make_aggregate(variants: Sequence[Variant]) -> Any:
+    def aggregate(scores: Sequence[ItemScore]) -> Metric:
+        """Mean relative drop from clean over (level, intensity) cells; lower is better."""
+        return relative_drop_metric(scores, variants)
+
+    return aggregate
