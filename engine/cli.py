@@ -129,12 +129,21 @@ def _spec(args: argparse.Namespace) -> tuple[Any, Any, str]:
     if data_dir and not Path(data_dir).is_dir():
         raise EngineError(f"--data-dir {data_dir}: not a directory; pass the folder laid out like shared/trustmh")
     subtasks: tuple[str, ...] = ()
+    skipped: dict[str, str] = {}
     if items is None:
         pillars = tuple(p.strip() for p in args.pillars.split(",")) if args.pillars else cfg.run.pillars
         subtasks = runner.resolve_subtasks(pillars)
+        if data_dir:
+            subtasks, skipped = runner.available_subtasks(subtasks, Path(data_dir), cfg.pillars)
+            for key, why in skipped.items():
+                _log(f"skipping {key}: {why}")
+            if not subtasks:
+                raise EngineError(f"--data-dir {data_dir}: none of the selected subtasks has its data there; "
+                                  "run `python -m engine data fetch` or drop --data-dir for the built-in items")
     check_all(cfg.pillars)
     spec = runner.RunSpec(output=args.output or cfg.run.output, models=models, items=items, data_dir=data_dir,
-                          subtasks=subtasks, limit=limit, samples=cfg.run.samples, options=cfg.pillars)
+                          subtasks=subtasks, limit=limit, samples=cfg.run.samples, options=cfg.pillars,
+                          skipped=skipped)
     return cfg, spec, source
 
 

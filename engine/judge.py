@@ -105,8 +105,11 @@ class JudgeHub:
             return
         messages = rubric.build(item, text)
         params = merge_params(model_params(lane.cfg), rubric.params)
-        schema = {"name": rubric.name.replace("/", "_")[:64], "schema": rubric.schema}
-        params = msgspec.structs.replace(params, json_schema=schema)
+        # OpenAI-style json_schema output needs an object at the root; a rubric whose judge answers
+        # with a bare token (the 0-3 endorsement digit) goes unconstrained and is parsed as text.
+        if rubric.schema.get("type") == "object":
+            schema = {"name": rubric.name.replace("/", "_")[:64], "schema": rubric.schema}
+            params = msgspec.structs.replace(params, json_schema=schema)
         cap = self.cfg.judge.max_tokens
         if cap is not None and (params.max_tokens is None or params.max_tokens > cap):
             params = msgspec.structs.replace(params, max_tokens=cap)

@@ -44,6 +44,7 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
     limit: int = 0
     samples: int = 1
     options: dict[str, dict[str, Any]] = {}  # [pillars."<key>"] sections
+    skipped: dict[str, str] = {}  # selected subtasks left out, with the reason (missing data)
 
 
 def resolve_subtasks(pillars: tuple[str, ...]) -> tuple[str, ...]:
@@ -62,6 +63,39 @@ def resolve_subtasks(pillars: tuple[str, ...]) -> tuple[str, ...]:
         if s.key not in keys:
             keys.append(s.key)
     return tuple(keys)
+
+
+def available_subtasks(keys: tuple[str, ...], data_dir: Path,
+                       options: dict[str, dict[str, Any]]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """With official data, the subtasks whose files are there; the others are skipped with a
+    reason (SWMH/D4 and the full ELEPHANT files cannot be shipped), so a run completes what it can."""
+    from engine.options import resolve
+
+    keep: list[str] = []
+    skipped: dict[str, str] = {}
+    for key in keys:
+        sub = resolve(key, options.get(key))[0]
+        src = sub
+        if sub.kind == "derived" and sub.source:
+            src = resolve(sub.source, options.get(sub.source))[0]
+        off = src.official
+        if off is None:
+            skipped[key] = "no official dataset (built-in items only)"
+            continue
+        folder = data_dir / off.dataset
+        missing = [f for f in off.files if not (folder / f).is_file()]
+        if missing:
+            skipped[key] = f"official data not found: {folder / missing[0]} (gated or not downloaded)"
+            continue
+        keep.append(key)
+    # A subtask whose clean source is skipped cannot be compared: skip it too.
+    for key in list(keep):
+        sub = resolve(key, options.get(key))[0]
+        clean = sub.extra.get("clean_source") if sub.extra else None
+        if clean and clean not in keep:
+            keep.remove(key)
+            skipped[key] = f"needs {clean}, which is skipped"
+    return tuple(keep), skipped
 
 
 def item_factory(spec: RunSpec) -> ItemFactory:

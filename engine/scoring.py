@@ -210,7 +210,8 @@ def score_run(directory: Path) -> dict[str, Any]:
         if sub_ranks:
             pillars_doc[p] = pillar_ranks(sub_ranks, models)
     return {"format": 1, "models": models, "unparseable": "exclude", "data": spec.data_dir or "builtin",
-            "limit": spec.limit, "subtasks": out_subs, "pillars": pillars_doc, "usage": usage.to_dict(cfg)}
+            "limit": spec.limit, "subtasks": out_subs, "pillars": pillars_doc, "usage": usage.to_dict(cfg),
+            "skipped": dict(spec.skipped)}
 
 
 def write_scores(directory: Path, scores: dict[str, Any]) -> Path:
