@@ -205,6 +205,10 @@ class JsonlWriter:
                  on_written: Callable[[list[Any]], None] | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        if path.exists():
+            # A crash can tear the last line of any checkpoint (errors/ included, which no scan
+            # reads): cut it, or the first whole line appended would follow a corrupt one.
+            repair_torn_tail(path)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._interval = fsync_interval

@@ -51,6 +51,9 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     backoff_base_s: float = 0.5
     backoff_max_s: float = 60.0
     auth_failures_to_stop: int = 3
+    # Prompt + max_tokens must fit here, or the prompt is truncated by engine/truncate.py's rule.
+    # None: unknown (API models); embedded models default to ctx_per_slot.
+    context_tokens: int | None = None
     # embedded (llama.cpp) options
     model_path: str | None = None
     slots: int = 4
@@ -59,6 +62,11 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     startup_timeout_s: float = 120.0
     # replay
     path: str | None = None
+
+    def context_window(self) -> int | None:
+        if self.context_tokens is not None:
+            return self.context_tokens
+        return self.ctx_per_slot if self.adapter == "embedded" else None
 
     def concurrency(self) -> int:
         if self.max_concurrency is not None:

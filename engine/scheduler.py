@@ -24,7 +24,8 @@ from adapters.base import Adapter, AdapterError
 from engine.checkpoint import JsonlWriter, key_int
 from engine.config import ModelConfig
 from engine.costs import cost
-from engine.items import ItemFactory
+from engine.items import ItemFactory, WorkItem
+from engine.truncate import fit
 from engine.limits import AdaptiveLimit, Clock, Pacer, Sleep, TokenWindow
 from engine.records import AttemptError, ErrorInfo, GenParams, Item, JudgmentRecord, Record, Response, request_key
 from engine.retry import backoff_delay
@@ -80,8 +81,11 @@ def lane_units(name: str, cfg: ModelConfig, adapter: Adapter, items: ItemFactory
     same sequence to know what a complete run holds."""
     base = model_params(cfg)
     body_for = getattr(adapter, "body_for", None)  # replay: bodies name items, not prompts
+    context = cfg.context_window()
     for w in items():
         params = merge_params(base, w.params)
+        if context is not None and body_for is None:
+            w = WorkItem(fit(w.item, context, params.max_tokens or 0), w.params)
         est = estimate_tokens(w.item, params)
         if body_for is not None:
             for s in range(samples):
@@ -171,6 +175,8 @@ class Lane:
     def _pending(self) -> Iterator[Unit]:
         done = self._done
         for u in self.units():
+            if "truncated" in u.item.metadata:
+                self.stats.truncated += 1
             if key_int(u.key) in done:
                 self.stats.skipped += 1
                 continue

@@ -22,6 +22,7 @@ class LaneStats:
     sent: int = 0
     retries: int = 0
     rate_limited: int = 0
+    truncated: int = 0  # prompts cut to fit the model's context (engine/truncate.py)
     limit_pushbacks: int = 0  # lane held because provider headers said the limit was near
     in_flight: int = 0
     errors: Counter[str] = field(default_factory=Counter)
@@ -59,6 +60,7 @@ class LaneStats:
             "state": self.state, "message": self.message, "planned": self.planned, "skipped": self.skipped,
             "done": self.done, "judged": self.judged, "ok": self.ok, "fatal": self.fatal, "exhausted": self.exhausted,
             "sent": self.sent, "retries": self.retries, "rate_limited": self.rate_limited, "limit_pushbacks": self.limit_pushbacks,
+            "truncated": self.truncated,
             "errors": dict(self.errors), "wait_s": round(self.wait_s, 3), "busy_s": round(self.busy_s, 3),
             "wall_s": round(wall, 3) if wall else None,
             "requests_per_s": round(self.done / wall, 3) if wall else None,
