@@ -24,6 +24,22 @@ from engine.records import record_decoder, record_encoder
 _CHUNK = 32 << 20
 # Records are encoded with `key` first, so a regex over whole chunks reads keys at C speed.
 _KEY_LINE = re.compile(rb'^\{"key":"([0-9a-f]{32})"(?:,"[^\n]*)?\}$', re.M)
+# The resume scan only reads each line's key prefix: scanning the rest of every line (hundreds of
+# MB for a 1M-record file) costs more than the whole scan budget. A torn line can only be the last
+# one (single writer, whole-line writes), which repair_torn_tail handles; verify/score decode fully.
+# Anchoring on a literal "\n" (not `^` with re.M) lets the regex engine skip ahead with a fast
+# substring search: ~5x faster on a 1M-record file.
+_KEY_AFTER_NL = re.compile(rb'\n\{"key":"([0-9a-f]{16})[0-9a-f]{16}",')
+_KEY_AT_START = re.compile(rb'\{"key":"([0-9a-f]{16})[0-9a-f]{16}",')
+
+
+def _chunk_keys(chunk: bytes) -> list[bytes]:
+    """The 64-bit key prefixes of a chunk of whole lines (the chunk starts at a line start)."""
+    keys = _KEY_AFTER_NL.findall(chunk)
+    first = _KEY_AT_START.match(chunk)
+    if first is not None:
+        keys.append(first.group(1))
+    return keys
 _ERROR_FIELD = b',"error":{'
 
 
@@ -150,8 +166,10 @@ def scan_responses(path: Path, *, drop_errors: bool = False) -> ScanResult:
     keep: list[bytes] | None = [] if drop_errors else None
     for first, chunk in _chunks(path):
         lines = chunk.count(b"\n")
-        keys = _KEY_LINE.findall(chunk)
-        if len(keys) != lines:
+        keys = _chunk_keys(chunk)
+        # Every record line starts with its key and ends with "}": raw newlines only occur at line
+        # ends (JSON escapes them inside strings), so counting "}\n" finds any cut-short line.
+        if len(keys) != lines or chunk.count(b"}\n") != lines:
             raise _bad_line(path, first, chunk)
         if drop_errors:
             assert keep is not None
@@ -163,7 +181,7 @@ def scan_responses(path: Path, *, drop_errors: bool = False) -> ScanResult:
                 result.done.add(key_int(line[8:40].decode()))
         else:
             result.errors += chunk.count(_ERROR_FIELD)
-            result.done.update(int(k[:16], 16) for k in keys)
+            result.done.update(int(k, 16) for k in keys)
         result.records += lines
     if keep is not None and result.errors:
         tmp = path.with_suffix(".jsonl.tmp")
