@@ -1,0 +1,380 @@
+"""Shared fixtures for the engine tests.
+
+Everything runs on 127.0.0.1: the engine is driven as a real subprocess (`python -m engine`) against
+the fault-injecting fake server (tests/fakeserver.py), so signals, locks, kill -9 and exit codes are
+the real thing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.fakeserver import FakeServerProcess, expected_text
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+# -- fake server --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_server() -> Iterator[FakeServerProcess]:
+    """A fresh fake OpenAI server (subprocess) per test, default config (no faults, no latency)."""
+    srv = FakeServerProcess()
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def make_server() -> Iterator[Any]:
+    """Factory for extra servers (e.g. a second one with other settings); all stopped at teardown."""
+    started: list[FakeServerProcess] = []
+
+    def make(config: Mapping[str, Any] | None = None) -> FakeServerProcess:
+        srv = FakeServerProcess(config)
+        srv.start()
+        started.append(srv)
+        return srv
+
+    try:
+        yield make
+    finally:
+        for s in started:
+            s.stop()
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return orjson.dumps(v).decode()  # a JSON string is a valid TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML for {v!r}")
+
+
+def write_config(path: Path, models: Mapping[str, Mapping[str, Any]], run: Mapping[str, Any] | None = None,
+                 extra: str = "") -> Path:
+    """A TOML config: [run] from `run`, one [models.<name>] per entry (None values are left out)."""
+    lines: list[str] = []
+    if run:
+        lines.append("[run]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in run.items() if v is not None]
+        lines.append("")
+    for name, body in models.items():
+        lines.append(f"[models.{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in body.items() if v is not None]
+        lines.append("")
+    path.write_text("\n".join(lines) + extra)
+    return path
+
+
+def fake_model(srv: FakeServerProcess | str, **kw: Any) -> dict[str, Any]:
+    """A [models.x] body for the fake server, with fast retries unless overridden."""
+    url = srv if isinstance(srv, str) else srv.url
+    body: dict[str, Any] = {"adapter": "openai", "base_url": url, "model": "fake-model",
+                            "backoff_base_s": 0.05, "backoff_max_s": 1.0}
+    body.update(kw)
+    return body
+
+
+def item_prompt(i: int) -> str:
+    return f"question number {i}: how are you today?"
+
+
+def write_items(path: Path, n: int, start: int = 0) -> Path:
+    with open(path, "wb") as f:
+        for i in range(start, start + n):
+            f.write(orjson.dumps({"id": f"q{i}", "prompt": item_prompt(i)}) + b"\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
+
+
+# -- running the engine -----------------------------------------------------------------------------
+
+
+def engine_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("NO_COLOR", None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass
+class EngineResult:
+    rc: int
+    stdout: str
+    stderr: str
+
+    def err_lines(self) -> list[str]:
+        return [ln for ln in self.stderr.splitlines() if ln.strip()]
+
+
+def run_engine(*args: str | Path, timeout: float = 120.0, env: Mapping[str, str] | None = None) -> EngineResult:
+    """`python -m engine ARGS` to completion; a hang is a test failure, never a stuck suite."""
+    cmd = [PY, "-m", "engine", *map(str, args)]
+    try:
+        p = subprocess.run(cmd, cwd=str(REPO), env=engine_env(env), capture_output=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"engine did not finish within {timeout} s: {cmd}\nstderr: "
+                             f"{(exc.stderr or b'').decode(errors='replace')[-3000:]}") from None
+    return EngineResult(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
+
+
+class EngineProc:
+    """A background `python -m engine` (for signals and kill -9); output goes to temp files."""
+
+    def __init__(self, *args: str | Path, env: Mapping[str, str] | None = None) -> None:
+        self._out = tempfile.TemporaryFile()
+        self._err = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([PY, "-m", "engine", *map(str, args)], cwd=str(REPO), env=engine_env(env),
+                                     stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill9(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def wait(self, timeout: float = 120.0) -> EngineResult:
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+            raise AssertionError(f"engine did not exit within {timeout} s; stderr: {self.stderr()[-3000:]}") from None
+        return EngineResult(rc, self._read(self._out), self._read(self._err))
+
+    def stderr(self) -> str:
+        return self._read(self._err)
+
+    @staticmethod
+    def _read(f: Any) -> str:
+        f.seek(0)
+        return f.read().decode(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.kill9()
+        self._out.close()
+        self._err.close()
+
+
+@pytest.fixture
+def engine_procs() -> Iterator[Any]:
+    """Factory of background engine processes; any left running are killed at teardown."""
+    procs: list[EngineProc] = []
+
+    def start(*args: str | Path, env: Mapping[str, str] | None = None) -> EngineProc:
+        p = EngineProc(*args, env=env)
+        procs.append(p)
+        return p
+
+    try:
+        yield start
+    finally:
+        for p in procs:
+            p.close()
+
+
+def wait_for_lines(path: Path, n: int, proc: EngineProc | None = None, timeout: float = 60.0,
+                   poll: float = 0.005) -> int:
+    """Polls until `path` holds at least n lines; returns the count seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        c = count_lines(path)
+        if c >= n:
+            return c
+        if proc is not None and not proc.alive():
+            raise AssertionError(f"engine exited (rc {proc.proc.returncode}) with {c} < {n} lines in {path}: "
+                                 f"{proc.stderr()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} reached only {c} of {n} lines within {timeout} s")
+        time.sleep(poll)
+
+
+# -- expectations --------------------------------------------------------------------------------
+
+
+def expected_texts(config: Path, items: Path, model: str, samples: int = 1) -> dict[str, str]:
+    """key -> the exact text the fake server answers, recomputed from the request body the
+    adapter builds (independent of anything the engine wrote)."""
+    from adapters.registry import make_adapter
+    from engine.config import load_config
+    from engine.items import custom_source
+    from engine.scheduler import lane_units
+
+    cfg = load_config(config)
+    adapter, _ = make_adapter(model, cfg.models[model], Path(tempfile.gettempdir()), with_secrets=False)
+    return {u.key: expected_text(u.body) for u in lane_units(model, cfg.models[model], adapter,
+                                                             custom_source(items, 0), samples)}
+
+
+def check_complete(out: Path, model: str, expected: Mapping[str, str]) -> list[dict[str, Any]]:
+    """responses/<model>.jsonl holds exactly one successful record per expected key, with the
+    server's text; returns the records."""
+    recs = read_jsonl(out / "responses" / f"{model}.jsonl")
+    keys = [r["key"] for r in recs]
+    dupes = {k for k in keys if keys.count(k) > 1} if len(set(keys)) != len(keys) else set()
+    assert not dupes, f"duplicate keys: {sorted(dupes)[:5]}"
+    assert set(keys) == set(expected), (f"missing {len(set(expected) - set(keys))}, "
+                                        f"unexpected {len(set(keys) - set(expected))}")
+    for r in recs:
+        assert r.get("error") is None, r
+        assert r["response"]["text"] == expected[r["key"]], r
+    return recs
+
+
+def verify_clean(out: Path) -> EngineResult:
+    res = run_engine("verify", out, timeout=60)
+    assert res.rc == 0 and "verify: clean" in res.stdout, f"verify failed rc={res.rc}:\n{res.stdout}\n{res.stderr}"
+    return res
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FixedPortServer(FakeServerProcess):
+    """A fake server on a chosen port, so that a config's base_url survives a server restart."""
+
+    def __init__(self, port: int, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(config)
+        self.want_port = port
+
+    def start(self, config: Mapping[str, Any] | None = None) -> "FixedPortServer":
+        if config is not None:
+            self._config = dict(config)
+        cmd = [self.python, "-m", "tests.fakeserver", "--host", self.host, "--port", str(self.want_port)]
+        if self._config:
+            cmd += ["--config", orjson.dumps(self._config).decode()]
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, cwd=str(REPO), stdout=subprocess.PIPE, stderr=self._stderr,
+                                     stdin=subprocess.DEVNULL, env=engine_env())
+        try:
+            line = self._read_listening_line()
+        except BaseException:
+            self._kill()
+            raise
+        self.base_url = line.split(" ", 1)[1].strip()
+        self.port = int(self.base_url.rsplit(":", 1)[1])
+        return self
+
+
+class ThreadServer:
+    """The fake server's app in a background thread with one extra trick: while `fail_with` is
+    set, chat requests whose body contains it get a 400 (a fatal error for the engine) — the
+    subprocess server has no way to fail only some items with a non-retryable status."""
+
+    def __init__(self, config: Mapping[str, Any] | None = None, middleware: Any = None) -> None:
+        import asyncio
+        import threading
+
+        from aiohttp import web
+
+        from tests.fakeserver import SERVER_KEY, make_app
+
+        self.fail_with: bytes | None = None
+        self.fatal_sent = 0
+        app = make_app(config)
+        self.server = app[SERVER_KEY]
+
+        @web.middleware
+        async def fail_some(request: web.Request, handler: Any) -> web.StreamResponse:
+            if self.fail_with is not None and request.path.endswith("/chat/completions"):
+                raw = await request.read()  # cached: the handler reads it again
+                if self.fail_with in raw:
+                    self.fatal_sent += 1
+                    return web.json_response({"error": {"message": "this item is not allowed", "type": "invalid_request_error",
+                                                        "param": None, "code": None}}, status=400)
+            return await handler(request)
+
+        app.middlewares.append(fail_some)
+        if middleware is not None:
+            app.middlewares.append(middleware)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def start() -> tuple[Any, str]:
+            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+
+        self._runner, self.url = asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
+
+    def stats(self) -> dict[str, Any]:
+        import asyncio
+
+        async def get() -> dict[str, Any]:
+            return self.server.stats()
+
+        return asyncio.run_coroutine_threadsafe(get(), self._loop).result(10)
+
+    def stop(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+@pytest.fixture
+def thread_server() -> Iterator[ThreadServer]:
+    srv = ThreadServer()
+    try:
+        yield srv
+    finally:
+        srv.stop()

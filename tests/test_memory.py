@@ -1,0 +1,92 @@
+"""Memory stays flat however many items stream through: the engine walks items lazily, keeps at
+most a bounded queue in flight, and holds only 64-bit keys of finished work."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import count_lines, fake_model, verify_clean, write_config
+from tests.fakeserver import FakeServerProcess
+
+N_SMALL = 20_000
+N_BIG = 200_000
+
+
+def _rss_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def _write_many(path: Path, n: int) -> Path:
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(f'{{"id":"m{i}","prompt":"memory probe item {i}: please answer briefly"}}\n')
+    return path
+
+
+class _LineCounter:
+    """Counts the lines of a growing file reading only what was appended since the last call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.lines = 0
+
+    def count(self) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return 0
+        self.offset += len(data)
+        self.lines += data.count(b"\n")
+        return self.lines
+
+
+@pytest.mark.slow
+def test_rss_flat_from_20k_to_200k_items(tmp_path: Path, engine_procs) -> None:
+    with FakeServerProcess({"log": False}) as srv:
+        items = _write_many(tmp_path / "items.jsonl", N_BIG)
+        cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(srv, max_concurrency=32)})
+        out = tmp_path / "out"
+        path = out / "responses" / "fake.jsonl"
+        t0 = time.monotonic()
+        p = engine_procs("run", cfg, "--items", items, "--output", out)
+        counter = _LineCounter(path)
+        rss_small: int | None = None
+        t_small = 0.0
+        samples: list[tuple[int, int]] = []  # (lines, rss KiB) after the 20k mark
+        while p.alive():
+            rss = _rss_kib(p.pid)
+            lines = counter.count()
+            if rss is not None:
+                if rss_small is None and lines >= N_SMALL:
+                    rss_small, t_small = rss, time.monotonic()
+                elif rss_small is not None:
+                    samples.append((lines, rss))
+            assert time.monotonic() - t0 < 240, f"too slow: {lines} lines after 240 s"
+            time.sleep(0.05)
+        res = p.wait(timeout=30)
+        elapsed = time.monotonic() - t0
+        assert res.rc == 0, res.stderr
+        assert count_lines(path) == N_BIG
+        assert rss_small is not None, "the run ended before the first sample"
+        late = [r for n, r in samples if n >= 0.9 * N_BIG] or [r for _, r in samples[-3:]]
+        assert late, "no samples near the end of the run"
+        growth_mib = (max(r for _, r in samples) - rss_small) / 1024
+        assert growth_mib <= 20, f"RSS grew {growth_mib:.1f} MiB from 20k to 200k items"
+        rate = (N_BIG - N_SMALL) / max(time.monotonic() - t_small, 1e-9)
+        print(f"\n200k items in {elapsed:.1f} s ({rate:.0f} items/s after 20k); RSS at 20k "
+              f"{rss_small / 1024:.1f} MiB, growth to the end {growth_mib:.1f} MiB")
+        assert srv.stats()["ok"] == N_BIG
+    verify_clean(out)
