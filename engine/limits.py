@@ -20,7 +20,10 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 # Arrival jitter on the way to the server must not squeeze k+1 requests into one window.
-DEFAULT_MARGIN = 0.03
+DEFAULT_MARGIN = 0.015
+# A lane's first request opens a connection and may reach the server tens of ms late; whatever
+# follows it is held back this much more, once, so that it never shares the first one's window.
+COLD_START_S = 0.05
 # TokenWindow: the share of a window's tokens that may be admitted at once (after an idle spell).
 BURST = 0.05
 
@@ -50,12 +53,14 @@ class Pacer:
         self._sleep = sleep
         self._next = float("-inf")
         self._last = float("-inf")  # when the latest caller actually left
+        self._cold = True  # no caller yet (see COLD_START_S)
 
     async def acquire(self) -> float:
         """Waits for this caller's slot; returns the seconds waited."""
         start = now = self._clock()
         slot = max(now, self._next)
-        self._next = slot + self.interval
+        cold, self._cold = self._cold, False
+        self._next = slot + self.interval + (COLD_START_S if cold and self.interval > 0 else 0.0)
         while True:
             at = max(slot, self._last + self._min_gap)
             if at <= now:
@@ -107,7 +112,8 @@ class TokenWindow:
             self._evict(now)
             spread_ok = now >= self._tat - self._burst
             if spread_ok and (self._total + tokens <= self.capacity + 1e-9 or not self._log):
-                entry = [now, float(tokens)]
+                first = self._tat == float("-inf")
+                entry = [now + (COLD_START_S if first else 0.0), float(tokens)]
                 self._log.append(entry)
                 self._total += tokens
                 self._tat = max(self._tat, now) + tokens / self.rate

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.limits import BURST, DEFAULT_MARGIN, AdaptiveLimit, Pacer, TokenWindow
+from engine.limits import BURST, COLD_START_S, DEFAULT_MARGIN, AdaptiveLimit, Pacer, TokenWindow
 
 
 class VirtualTime:
@@ -108,8 +108,10 @@ def test_pacer_even_spacing_and_every_window() -> None:
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert min(gaps) >= 0.5 - 1e-9  # 60/R apart
     assert max_in_window(starts) <= 2
-    # No time is wasted: the slots are back to back (with the small safety margin only).
-    assert starts[-1] == pytest.approx(49 * 0.5 * (1 + DEFAULT_MARGIN))
+    # No time is wasted: the slots are back to back (with the small safety margin and the one-off
+    # cold-start allowance after the first request only).
+    assert starts[1] == pytest.approx(0.5 * (1 + DEFAULT_MARGIN) + COLD_START_S)
+    assert starts[-1] == pytest.approx(49 * 0.5 * (1 + DEFAULT_MARGIN) + COLD_START_S)
 
 
 @settings(max_examples=60, deadline=None)
@@ -136,10 +138,10 @@ def test_pacer_property_never_exceeds_rate_in_any_window(rpm: float, arrivals: l
     assert all(w >= 0 for w in waits)
     # A caller never waits longer than the backlog ahead of it requires.
     whole = int(rpm / 60.0 + 1e-9)
-    assert max(waits) <= len(arrivals) / whole * (1 + DEFAULT_MARGIN) + 1e-6
+    assert max(waits) <= len(arrivals) / whole * (1 + DEFAULT_MARGIN) + COLD_START_S + 1e-6
     # Work-conserving: a steady stream goes at the whole-requests-per-second rate.
     if len(arrivals) > 1 and max(arrivals) == 0:
-        assert starts[-1] == pytest.approx((len(arrivals) - 1) / whole * (1 + DEFAULT_MARGIN))
+        assert starts[-1] == pytest.approx((len(arrivals) - 1) / whole * (1 + DEFAULT_MARGIN) + COLD_START_S)
 
 
 def test_pacer_returns_wait_and_push_back() -> None:
@@ -148,7 +150,7 @@ def test_pacer_returns_wait_and_push_back() -> None:
         pacer = Pacer(60, vt.clock, vt.sleep)
         assert await pacer.acquire() == 0.0
         [w] = await vt.run(pacer.acquire())
-        assert w == pytest.approx(1.0 * (1 + DEFAULT_MARGIN))
+        assert w == pytest.approx(1.0 * (1 + DEFAULT_MARGIN) + COLD_START_S)
         pacer.push_back(10.0)
         t0 = vt.now
         await vt.run(pacer.acquire())
@@ -183,7 +185,7 @@ def test_pacer_late_wakeup_does_not_release_a_burst() -> None:
     assert min(gaps) >= 0.1 - 1e-9
     assert max_in_window(starts) <= 10
     # The late wake-up costs its own delay, not a permanent slowdown.
-    assert starts[-1] <= 39 * 0.1 * (1 + DEFAULT_MARGIN) + 0.3 + 1e-6
+    assert starts[-1] <= 39 * 0.1 * (1 + DEFAULT_MARGIN) + COLD_START_S + 0.3 + 1e-6
 
 
 # -- TokenWindow ------------------------------------------------------------------------------------
@@ -241,7 +243,8 @@ def test_token_window_spreads_admissions_instead_of_one_burst() -> None:
     assert max_in_window(times, width=0.25) <= 4
     # ... and the rate is the window's: 30 tokens take ~3 windows.
     assert max_in_window(times) <= 10
-    assert times[-1] == pytest.approx(29 / (10 / (1 + DEFAULT_MARGIN)) - BURST * (1 + DEFAULT_MARGIN), abs=0.02)
+    ideal = 29 / (10 / (1 + DEFAULT_MARGIN)) - BURST * (1 + DEFAULT_MARGIN)
+    assert ideal - 0.02 <= times[-1] <= ideal + COLD_START_S + 0.02
 
 
 def test_token_window_waits_for_exact_release_time() -> None:
