@@ -105,11 +105,16 @@ class JudgeHub:
             return
         messages = rubric.build(item, text)
         params = merge_params(model_params(lane.cfg), rubric.params)
-        # OpenAI-style json_schema output needs an object at the root; a rubric whose judge answers
-        # with a bare token (the 0-3 endorsement digit) goes unconstrained and is parsed as text.
-        if rubric.schema.get("type") == "object":
-            schema = {"name": rubric.name.replace("/", "_")[:64], "schema": rubric.schema}
-            params = msgspec.structs.replace(params, json_schema=schema)
+        # OpenAI-style json_schema output needs an object at the root: a rubric whose judge answers
+        # with a bare value (the 0-3 endorsement digit) gets it wrapped as {"answer": <value>}, which
+        # its text parser still reads (the first digit), with room for the few JSON tokens.
+        rschema = rubric.schema
+        if rschema.get("type") != "object":
+            rschema = {"type": "object", "properties": {"answer": rschema}, "required": ["answer"],
+                       "additionalProperties": False}
+            params = msgspec.structs.replace(params, max_tokens=max(params.max_tokens or 0, 16))
+        schema = {"name": rubric.name.replace("/", "_")[:64], "schema": rschema}
+        params = msgspec.structs.replace(params, json_schema=schema)
         cap = self.cfg.judge.max_tokens
         if cap is not None and (params.max_tokens is None or params.max_tokens > cap):
             params = msgspec.structs.replace(params, max_tokens=cap)

@@ -25,7 +25,7 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from engine.records import Item, Message, Response
+from engine.records import GenParams, Item, Message, Response
 from pillars.base import ItemScore, Metric, OfficialSource, Subtask
 from pillars.common.loaders import read_jsonl
 from pillars.common.metrics import accuracy_metric, wilson
@@ -110,6 +110,17 @@ def parse_answer(text: str, emotion_choices: Sequence[str],
     return emotion, cause
 
 
+# Constrained output where the server supports it: both answers as letters. The enum covers the
+# most choices any item has; a letter beyond an item's own choices parses as unanswered.
+ANSWER_SCHEMA = {
+    "name": "emotion_answer",
+    "schema": {"type": "object",
+               "properties": {"emotion": {"type": "string", "enum": list("ABCDEFG")},
+                              "cause": {"type": "string", "enum": list("ABCDEFG")}},
+               "required": ["emotion", "cause"], "additionalProperties": False},
+}
+
+
 def _normalize(raw: dict[str, Any]) -> dict[str, Any]:
     row = {f: raw.get(f) for f in ROW_FIELDS}
     row["id"] = f"{raw['language']}-{raw['qid']}"
@@ -192,5 +203,6 @@ SUBTASK = Subtask(
     aggregate=aggregate,
     official=OfficialSource(dataset="emobench-eu", files=("EU.jsonl",), load=load_official),
     doc="EmoBench EU (English half by default); emotion accuracy, cause/joint in breakdown.",
+    params=GenParams(json_schema=ANSWER_SCHEMA),
     extra={"language": "en"},
 )
