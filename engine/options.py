@@ -4,8 +4,9 @@ Engine-level keys apply to every subtask: `unparseable` ("exclude", the default:
 left out of the metric; or "zero": scored as a wrong answer / lowest value, which reproduces
 upstream rules such as PROTOCOL.md §3.7), `tie_break` (e.g. "judge_mean": equal metric values are
 ranked by the subtask's judge mean, as the paper did for ethics), and generation overrides
-(`max_tokens`, `temperature`, `top_p`), and `limit` (base items of this subtask, overriding
-run.limit). Every other key goes to the subtask module's
+(`max_tokens`, `temperature`, `top_p`), `limit` (base items of this subtask, overriding
+run.limit), and `requery` (how many extra samples an unparseable answer gets, for subtasks whose
+protocol re-asks: privacy/awareness defaults to 3). Every other key goes to the subtask module's
 `make_subtask(**options)`; a key it does not take is an error naming the keys it does take.
 """
 
@@ -26,6 +27,7 @@ from pillars.base import Subtask
 class EngineOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     unparseable: str = "exclude"
     limit: int | None = None  # base items for this subtask (overrides run.limit / --limit)
+    requery: int | None = None  # extra samples for an unparseable answer (None = the subtask's own rule)
     tie_break: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None

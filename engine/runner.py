@@ -194,6 +194,24 @@ async def run(cfg: Config, spec: RunSpec, *, fresh: bool = False, retry_errors: 
         lock.release()
 
 
+def _merged_spec(prev: dict[str, Any], spec: RunSpec) -> dict[str, Any]:
+    """A run extended by another invocation (more models, other pillars) covers both: verify,
+    score and report then see everything the directory holds."""
+    new = msgspec.to_builtins(spec)
+    if not prev:
+        return new
+    models = list(dict.fromkeys([*prev.get("models", []), *spec.models]))
+    subtasks = list(spec.subtasks)
+    if spec.items is None and prev.get("items") is None:
+        from pillars import registry
+
+        order = {s.key: i for i, s in enumerate(registry.all_subtasks())}
+        merged = set(prev.get("subtasks", [])) | set(spec.subtasks)
+        subtasks = sorted(merged, key=lambda k: order.get(k, len(order)))
+    skipped = {k: v for k, v in {**prev.get("skipped", {}), **spec.skipped}.items() if k not in subtasks}
+    return {**new, "models": models, "subtasks": subtasks, "skipped": skipped}
+
+
 def _subtasks(spec: RunSpec) -> list[Any]:
     if spec.items is not None:
         return []
@@ -262,8 +280,7 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
         "format": 1,
         "config_source": config_source,
         "config": config_doc(cfg),
-        "spec": {**prev_specs, **msgspec.to_builtins(spec),
-                 "models": sorted(set(prev_specs.get("models", [])) | set(spec.models))},
+        "spec": _merged_spec(prev_specs, spec),
         "fingerprint": {"data": data_fp, "models": fingerprints},
         "planned": planned,
         "packages": packages(),
@@ -283,6 +300,10 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
     lanes: list[Lane] = []
     writers: list[JsonlWriter] = []
     subtasks = _subtasks(spec)
+    from engine.requery import make_requery, requery_limits
+
+    requery_n = requery_limits(subtasks, spec.options)
+    by_key = {s.key: s for s in subtasks}
     judge_names = _judge_plan(cfg, subtasks)
     targets = () if judge_only else spec.models
     empty: ItemFactory = lambda: iter(())  # noqa: E731 - a judge-only lane generates nothing
@@ -311,7 +332,9 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
         adapter, open_server = adapters[name]
         lane = Lane(name, cfg.models[name], adapter, factory if name in targets else empty,
                     samples=spec.samples, done=scan.done, responses=resp_w, errors=err_w, stop=stop,
-                    open_server=open_server, budget=budget, price=cfg.prices.get(name), **judge_kw)
+                    open_server=open_server, budget=budget, price=cfg.prices.get(name),
+                    requery=make_requery(name, by_key, requery_n, spec.samples) if name in targets else None,
+                    **judge_kw)
         lane.stats.planned = sum(planned_units.values()) if name in targets else 0
         lanes.append(lane)
         by_name[name] = lane

@@ -121,6 +121,7 @@ class Lane:
         on_judge_done: Callable[[Unit], None] | None = None,
         budget: Any = None,
         price: Any = None,
+        requery: Callable[[Unit, Response], Unit | None] | None = None,
         clock: Clock | None = None,
         sleep: Sleep | None = None,
         rng: random.Random | None = None,
@@ -144,6 +145,9 @@ class Lane:
         self._on_judge_done = on_judge_done
         self._budget = budget  # engine.costs.Budget shared by all lanes, or None
         self._price = price  # this model's PriceConfig, or None (free)
+        # Subtasks whose protocol re-asks on an unparseable answer (privacy ratings): the next
+        # sample to send, or None. Runs in the same worker, right after the answer is written.
+        self._requery = requery
         self._gen_pending = 0
         self._gen_producing = True
         self.generation_done = asyncio.Event()
@@ -432,6 +436,11 @@ class Lane:
                 self.limit.on_success()
                 self._auth_failures = 0
                 self._emit(unit, attempt, resp, None)
+                if self._requery is not None and unit.judge is None:
+                    again = self._requery(unit, resp)
+                    if again is not None and key_int(again.key) not in self._done:
+                        self.stats.requeried += 1
+                        await self._process(again)
                 return
 
             assert err is not None

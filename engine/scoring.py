@@ -21,6 +21,7 @@ from engine.config import Config, parse_config
 from engine.costs import UsageTable
 from engine.errors import EngineError
 from engine.judge import judges_for
+from engine.requery import requery_limits, requery_samples
 from engine.records import Item, Record, judgment_decoder
 from engine.runstate import read_run_json
 from pillars.base import ItemScore, Metric, Rubric, Subtask
@@ -96,29 +97,38 @@ def _metric_doc(m: Metric, n_missing: int, judge_stats: dict[str, int] | None) -
 
 def _item_scores(sub: Subtask, rubric: Rubric | None, items: Iterable[Item], samples: int,
                  records: dict[tuple[str, str, str, int], Record],
-                 judged: dict[tuple[str, str], _Judged]) -> tuple[list[ItemScore], int, dict[str, int]]:
+                 judged: dict[tuple[str, str], _Judged], requery: int = 0) -> tuple[list[ItemScore], int, dict[str, int]]:
     scores: list[ItemScore] = []
     missing = 0
     jstats = {"judged": 0, "unparseable": 0, "not_judged": 0, "retried": 0}
     for item in items:
         for s in range(samples):
-            rec = records.get((item.pillar, item.subtask, item.id, s))
-            if rec is None:
+            # A re-queried sample (engine/requery.py) stands for s: the first answer that parses.
+            sc = None
+            rec = None
+            for idx in requery_samples(s, samples, requery):
+                r = records.get((item.pillar, item.subtask, item.id, idx))
+                if r is None:
+                    break
+                rec = r
+                judgment = None
+                if rubric is not None and r.response is not None and item.metadata.get("judge") is not False:
+                    j = judged.get((r.key, rubric.name))
+                    if j is None:
+                        jstats["not_judged"] += 1
+                    elif j.parsed is None:
+                        jstats["unparseable"] += 1
+                    else:
+                        jstats["judged"] += 1
+                        judgment = j.parsed
+                    if j is not None and j.tries > 1:
+                        jstats["retried"] += 1
+                sc = sub.score(item, r.response, judgment)
+                if sc.status != "unparseable":
+                    break
+            if rec is None or sc is None:
                 missing += 1
                 continue
-            judgment = None
-            if rubric is not None and rec.response is not None and item.metadata.get("judge") is not False:
-                j = judged.get((rec.key, rubric.name))
-                if j is None:
-                    jstats["not_judged"] += 1
-                elif j.parsed is None:
-                    jstats["unparseable"] += 1
-                else:
-                    jstats["judged"] += 1
-                    judgment = j.parsed
-                if j is not None and j.tries > 1:
-                    jstats["retried"] += 1
-            sc = sub.score(item, rec.response, judgment)
             scores.append(msgspec.structs.replace(sc, sample=s) if sc.sample != s else sc)
     return scores, missing, jstats
 
@@ -171,6 +181,7 @@ def score_run(directory: Path) -> dict[str, Any]:
         own = resolve(sub.key, spec.options.get(sub.key))[1].limit
         return list(limited(registry.load_items(sub, data_dir), own if own is not None else spec.limit))
 
+    requery_n = requery_limits(subtasks, spec.options)
     out_subs: dict[str, Any] = {}
     cache: dict[tuple[str, str], list[ItemScore]] = {}
     for sub in subtasks:
@@ -182,7 +193,8 @@ def score_run(directory: Path) -> dict[str, Any]:
         judged = judged_by.get(ranked_judge, {}) if ranked_judge else {}
         models_doc: dict[str, Any] = {}
         for m in models:
-            scores, missing, jstats = _item_scores(sub, rubric, items, spec.samples, records[m], judged)
+            scores, missing, jstats = _item_scores(sub, rubric, items, spec.samples, records[m], judged,
+                                                   requery_n.get(sub.key, 0))
             cache[(sub.key, m)] = scores
             clean_key = sub.extra.get("clean_source") if sub.extra else None
             agg_input = scores

@@ -22,6 +22,7 @@ class LaneStats:
     sent: int = 0
     retries: int = 0
     rate_limited: int = 0
+    requeried: int = 0  # extra samples sent because an answer was unparseable (protocol re-query)
     truncated: int = 0  # prompts cut to fit the model's context (engine/truncate.py)
     limit_pushbacks: int = 0  # lane held because provider headers said the limit was near
     in_flight: int = 0
@@ -60,7 +61,7 @@ class LaneStats:
             "state": self.state, "message": self.message, "planned": self.planned, "skipped": self.skipped,
             "done": self.done, "judged": self.judged, "ok": self.ok, "fatal": self.fatal, "exhausted": self.exhausted,
             "sent": self.sent, "retries": self.retries, "rate_limited": self.rate_limited, "limit_pushbacks": self.limit_pushbacks,
-            "truncated": self.truncated,
+            "truncated": self.truncated, "requeried": self.requeried,
             "errors": dict(self.errors), "wait_s": round(self.wait_s, 3), "busy_s": round(self.busy_s, 3),
             "wall_s": round(wall, 3) if wall else None,
             "requests_per_s": round(self.done / wall, 3) if wall else None,

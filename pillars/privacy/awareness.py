@@ -223,5 +223,7 @@ SUBTASK = Subtask(
     ),
     params=GenParams(temperature=1.0, max_tokens=365, top_p=1.0),
     doc="ConfAIde tiers 1/2a/2b sensitivity ratings; mean over tiers of Pearson r vs human means.",
-    extra={"cover": {"tier": list(TIERS)}, "unparseable": "exclude"},
+    # The authors re-query an unparseable rating until it parses; we stop after 3 extra samples
+    # (engine option `requery`), and what is still unparseable is counted, not scored.
+    extra={"cover": {"tier": list(TIERS)}, "unparseable": "exclude", "requery_unparseable": 3},
 )
