@@ -233,11 +233,24 @@ class JsonlWriter:
         self._on_written = on_written
         self._sync: asyncio.Future[None] | None = None
         self._last_sync = 0.0
+        self._dirty = False
+        self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.written = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"writer:{self.path.name}")
+
+    def _start_sync(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._last_sync = loop.time()
+        self._dirty = False
+        self._sync = loop.run_in_executor(None, os.fsync, self._fd)
+
+    def _timed_sync(self) -> None:
+        self._timer = None
+        if self._dirty and (self._sync is None or self._sync.done()) and self._fd >= 0:
+            self._start_sync()
 
     def put(self, record: Any) -> None:
         self._queue.put_nowait(record)
@@ -272,9 +285,15 @@ class JsonlWriter:
             if self._on_written is not None:
                 self._on_written(batch)
             now = loop.time()
+            self._dirty = True
             if now - self._last_sync >= self._interval and (self._sync is None or self._sync.done()):
-                self._last_sync = now
-                self._sync = loop.run_in_executor(None, os.fsync, self._fd)
+                self._start_sync()
+            elif self._timer is None:
+                # Idle after this batch: still fsync it within the interval, not at the next write.
+                self._timer = loop.call_later(max(self._interval - (now - self._last_sync), 0.0), self._timed_sync)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._sync is not None:
             await self._sync
         await loop.run_in_executor(None, os.fsync, self._fd)
