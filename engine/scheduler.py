@@ -218,7 +218,8 @@ class Lane:
             else:
                 await self._dispatch(first, pending)
             if self.stats.state == "running":
-                self.stats.state = "interrupted" if self._stop.is_set() else "complete"
+                self.stats.state = ("interrupted" if self._stop.is_set()
+                                    else "incomplete" if self.stats.exhausted else "complete")
 
         except asyncio.CancelledError:
             self.stats.state = "interrupted"
