@@ -14,13 +14,12 @@ import asyncio
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from engine.checkpoint import iter_records, key_int
 from engine.config import Config
-from engine.records import GenParams, Item, JudgmentRecord, Record, judgment_decoder
+from engine.records import Item, JudgmentRecord, Record, judgment_decoder
 from engine.scheduler import JudgeTask, Lane, Unit, estimate_tokens, merge_params, model_params
 from pillars.base import Rubric, Subtask
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
 import re
-from pathlib import Path
 
 import pytest
 
@@ -16,14 +14,9 @@ from pillars.common.loaders import builtin_rows
 from pillars.fairness import SUBTASKS
 from pillars.fairness import overall as fair
 from pillars.reliability import emotional_support as es
+from tests.pillars.shared import official_dir
 
 
-def official_dir() -> Path:
-    env = os.environ.get("TRUSTMH_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "trustmh"
-    if not path.is_dir():
-        pytest.skip(f"official TrustMH data not found at {path} (set TRUSTMH_DATA)")
-    return path
 
 
 N_VALUES = sum(len(spec["values"]) for spec in fair.DEFAULT_ATTRIBUTES.values())

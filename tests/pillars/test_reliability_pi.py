@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -15,16 +14,11 @@ from engine.records import Response
 from pillars import registry
 from pillars.reliability import emotion_recognition as er
 from pillars.reliability import knowledge
+from tests.pillars.shared import official_dir
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-def official_dir() -> Path:
-    env = os.environ.get("TRUSTMH_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared" / "trustmh"
-    if not path.is_dir():
-        pytest.skip(f"official TrustMH data not found at {path} (set TRUSTMH_DATA)")
-    return path
 
 
 def resp(text: str) -> Response:

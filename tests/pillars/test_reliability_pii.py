@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -19,16 +18,11 @@ from pillars.common.loaders import builtin_rows
 from pillars.reliability import diagnosis as dx
 from pillars.reliability import emotional_support as es
 from pillars.reliability import intervention as iv
+from tests.pillars.shared import official_dir
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures_ii"
 
 
-def official_dir() -> Path:
-    env = os.environ.get("TRUSTMH_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "trustmh"
-    if not path.is_dir():
-        pytest.skip(f"official TrustMH data not found at {path} (set TRUSTMH_DATA)")
-    return path
 
 
 def resp(text: str, finish: str = "stop") -> Response:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 
@@ -19,14 +17,9 @@ from pillars.robustness import SUBTASKS
 from pillars.robustness import diagnosis as rdx
 from pillars.robustness import emotional_support as res
 from pillars.robustness.common import clean_id_of, relative_drop_metric
+from tests.pillars.shared import official_dir
 
 
-def official_dir() -> Path:
-    env = os.environ.get("TRUSTMH_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "trustmh"
-    if not path.is_dir():
-        pytest.skip(f"official TrustMH data not found at {path} (set TRUSTMH_DATA)")
-    return path
 
 
 VARIANT_RE = re.compile(r"~(char|word|sent)@(0\.05|0\.1|0\.2)$")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -16,14 +14,9 @@ from pillars.base import ItemScore
 from pillars.common.judging import BEGIN, END
 from pillars.common.loaders import builtin_rows
 from pillars.safety import SUBTASKS, antitoxic, jailbreak
+from tests.pillars.shared import official_dir
 
 
-def official_dir() -> Path:
-    env = os.environ.get("TRUSTMH_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "trustmh"
-    if not path.is_dir():
-        pytest.skip(f"official TrustMH data not found at {path} (set TRUSTMH_DATA)")
-    return path
 
 
 def resp(text: str, finish: str = "stop") -> Response:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,11 @@ from pillars import registry
 from pillars.anti_sycophancy import SUBTASKS, aita, endorsement, oeq, pas
 from pillars.base import ItemScore
 from pillars.common.judging import BEGIN, END
+from tests.pillars.shared import official_dir
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures_ii"
 
 
-def official_dir() -> Path:
-    env = os.environ.get("TRUSTMH_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "trustmh"
-    if not path.is_dir():
-        pytest.skip(f"official TrustMH data not found at {path} (set TRUSTMH_DATA)")
-    return path
 
 
 def resp(text: str, finish: str = "stop") -> Response:
