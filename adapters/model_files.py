@@ -43,12 +43,9 @@ class ModelFileError(RuntimeError):
 
 def default_cache_dir() -> Path:
     """Where fetched model files live: $TRUSTMH_CACHE/models or <XDG cache>/trustmh-engine/models."""
-    root = os.environ.get("TRUSTMH_CACHE")
-    if root:
-        return Path(root).expanduser() / "models"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "trustmh-engine" / "models"
+    from engine.paths import cache_root
+
+    return cache_root() / "models"
 
 
 def is_gguf(path: Path) -> bool:

@@ -205,12 +205,9 @@ DERIVE_DOC = {"cpsycoune_all": "from CPsyCounE/<topic>/<n>.json, one JSON line p
 
 def default_data_dir() -> Path:
     """$TRUSTMH_CACHE/data, else <XDG cache or ~/.cache>/trustmh-engine/data."""
-    root = os.environ.get("TRUSTMH_CACHE")
-    if root:
-        return Path(root).expanduser() / "data"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "trustmh-engine" / "data"
+    from engine.paths import cache_root
+
+    return cache_root() / "data"
 
 
 def resolve_dest(to: str | None, config_cache: str | None = None) -> Path:
