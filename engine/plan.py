@@ -29,6 +29,7 @@ class Cell:
 class Plan:
     cells: dict[tuple[str, str, str], Cell] = field(default_factory=lambda: defaultdict(Cell))  # (model, role, pillar)
     done: dict[str, int] = field(default_factory=dict)
+    requery: dict[str, int] = field(default_factory=dict)  # subtask -> extra samples per unparseable answer
 
     def add(self, model: str, role: str, pillar: str, prompt: int, completion: int) -> None:
         c = self.cells[(model, role, pillar)]
@@ -43,9 +44,12 @@ def build_plan(cfg: Config, spec: Any, out: Path | None) -> Plan:
     from engine.runner import _subtasks, item_factory
     from engine.scheduler import estimate_tokens, lane_units, merge_params, model_params
 
+    from engine.requery import requery_limits
+
     plan = Plan()
     factory = item_factory(spec)
     subtasks = _subtasks(spec)
+    plan.requery = requery_limits(subtasks, spec.options)
     by_source = rubrics_by_source(subtasks)
     for name in spec.models:
         adapter, _ = make_adapter(name, cfg.models[name], Path("."), with_secrets=False)
@@ -108,6 +112,8 @@ def render_plan(cfg: Config, plan: Plan) -> list[str]:
         lines.append(f"{model}: {c.requests} requests ({done} already done), "
                      f"{c.prompt_tokens + c.completion_tokens} tokens at most; "
                      + (f"rate limits allow it in {best:.1f} min ({best * 60:.0f} s) at best" if best is not None else "no rate limit configured"))
+    for key, n in sorted(plan.requery.items()):
+        lines.append(f"{key}: an unparseable answer is re-queried up to {n} more times (not in the counts above)")
     lines.append(f"total: estimated cost ${total_cost:.4f}" + (f" (no [prices] for {', '.join(sorted(unpriced))})" if unpriced else ""))
     if slowest:
         lines.append(f"the slowest lane needs {slowest:.1f} min at best; lanes run concurrently, so that bounds the run")
