@@ -16,6 +16,7 @@ Status mapping (the providers agree on it):
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,6 +57,12 @@ def new_session(concurrency: int) -> aiohttp.ClientSession:
                                  timeout=aiohttp.ClientTimeout(total=None))
 
 
+@functools.lru_cache(maxsize=64)
+def _timeout(total: float) -> aiohttp.ClientTimeout:
+    # Most attempts use the lane's configured timeout: one frozen object instead of one per request.
+    return aiohttp.ClientTimeout(total=total)
+
+
 async def post_json(session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str],
                     timeout: float, secrets: tuple[str, ...]) -> tuple[int, bytes, Any]:
     """One POST; returns (status, body, response headers) or raises AdapterError for transport
@@ -64,7 +71,7 @@ async def post_json(session: aiohttp.ClientSession, url: str, data: bytes, heade
     client error (reset, disconnect) -> transient. Messages pass through `redact`."""
     try:
         async with session.post(url, data=data, headers=headers,
-                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                                timeout=_timeout(max(0.1, round(timeout, 1)))) as resp:
             raw = await resp.read()
             return resp.status, raw, resp.headers
     except asyncio.TimeoutError:
