@@ -40,9 +40,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="stop dispatching before this invocation could spend more than USD (uses [prices])")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars on stderr (default: when stderr is a terminal)")
+    r.add_argument("--shard", metavar="I/N",
+                   help="run only shard I of N (1-based; e.g. a Slurm array task), in its own files; "
+                        "combine with `merge DIR` when all N are done")
+    r.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: every lane in this process (default); ray: each lane in a Ray actor")
+    r.add_argument("--ray-address", metavar="ADDR",
+                   help="Ray cluster address for --backend ray (default: $RAY_ADDRESS, else a local Ray)")
 
     v = sub.add_parser("verify", help="check a run directory is complete and duplicate-free")
     v.add_argument("dir")
+
+    mg = sub.add_parser("merge", help="combine the shard files of `run --shard I/N` into the normal layout")
+    mg.add_argument("dir")
 
     c = sub.add_parser("validate", help="check a config file")
     c.add_argument("config")
@@ -173,11 +183,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         uvloop = None
     if args.budget is not None and args.budget < 0:
         raise EngineError("--budget must be >= 0 (US dollars)")
+    shard = None
+    if args.shard is not None:
+        from engine.shards import parse_shard
+
+        shard = parse_shard(args.shard)
+    ray_address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
+    if args.backend == "ray":
+        from engine.ray_backend import preflight
+
+        preflight(ray_address)
+    elif args.ray_address:
+        raise EngineError("--ray-address needs --backend ray")
     coro = runner.run(cfg, spec, fresh=args.fresh, retry_errors=args.retry_errors, progress=progress,
-                      log=_log, config_source=source, budget_usd=args.budget)
+                      log=_log, config_source=source, budget_usd=args.budget, shard=shard,
+                      backend=args.backend, ray_address=ray_address)
     code = uvloop.run(coro) if uvloop is not None else asyncio.run(coro)
     out = Path(spec.output)
-    if items is None and code in (0, 1, 3):
+    if shard is not None:
+        _log(f"shard {shard}: when all {shard.count} shards have finished, run `python -m engine merge {out}`")
+    elif items is None and code in (0, 1, 3):
         _finish_scores(out)
     _log(f"results: {out.resolve()}")
     return code
@@ -201,7 +226,16 @@ def _fmt(v: Any) -> str:
     return "null" if v is None else f"{v:.3f}"
 
 
+def _merged_first(out: Path) -> None:
+    """score/report read the normal layout: shard files must be merged first."""
+    from engine.shards import discover
+
+    if discover(out):
+        raise EngineError(f"{out} holds shard files that are not merged yet; run `python -m engine merge {out}` first")
+
+
 def cmd_score(args: argparse.Namespace) -> int:
+    _merged_first(Path(args.dir))
     _finish_scores(Path(args.dir))
     return 0
 
@@ -255,6 +289,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.clean else 1
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from engine.shards import merge
+
+    out = Path(args.dir)
+    res = merge(out, log=_log)
+    for line in res.lines:
+        print(line)
+    if res.merged:
+        from engine.runstate import read_run_json
+
+        if (read_run_json(out) or {}).get("spec", {}).get("items") is None:
+            _finish_scores(out)
+    return res.code
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from engine.config import load_config
 
@@ -279,6 +328,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from engine.report import render, report_for, write_reports
 
     out = Path(args.dir)
+    _merged_first(out)
     if args.drill < 0:
         raise EngineError("--drill must be >= 0")
     if args.format is None:
@@ -303,7 +353,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"plan": cmd_plan, "run": cmd_run, "verify": cmd_verify, "validate": cmd_validate, "score": cmd_score,
-            "judge": cmd_judge, "list": cmd_list, "report": cmd_report,
+            "judge": cmd_judge, "list": cmd_list, "report": cmd_report, "merge": cmd_merge,
             "data": cmd_data}
 
 

@@ -64,12 +64,14 @@ class JudgeHub:
         self._closed: set[str] = set()
         self.submitted = 0
 
-    def load_retries(self, judgments_dir: Path) -> None:
+    def load_retries(self, judgments_dir: Path, suffixes: tuple[str, ...] = ("",)) -> None:
         """On resume: the try-0 judgments on disk that are unparseable and have no try 1 yet (the run
-        stopped between the two), so that resubmitting their response sends the retry."""
+        stopped between the two), so that resubmitting their response sends the retry. A shard
+        reads its own file and the merged one (suffixes "" and ".shard-I-of-N")."""
         for judge in self.lanes:
             done = self.done.get(judge, set())
-            for j in iter_records(judgments_dir / f"{judge}.jsonl", judgment_decoder):
+            for j in (j for sfx in suffixes
+                      for j in iter_records(judgments_dir / f"{judge}{sfx}.jsonl", judgment_decoder)):
                 rubric = self.rubrics.get(j.rubric)
                 if j.try_ != 0 or j.response is None or rubric is None or j.rubric_version != rubric.version:
                     continue

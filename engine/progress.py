@@ -16,7 +16,9 @@ class Bars:
         self._task: asyncio.Task[None] | None = None
         total = sum(lane.stats.planned for lane in lanes)
         self._total = tqdm(total=total, desc="total", position=0, file=sys.stderr, unit="req", dynamic_ncols=True)
-        self._bars = [tqdm(total=lane.stats.planned, desc=lane.name, position=i + 1, file=sys.stderr,
+        # A lane's label names the node its Ray actor runs on (--backend ray).
+        self._bars = [tqdm(total=lane.stats.planned, desc=getattr(lane, "label", lane.name), position=i + 1,
+                           file=sys.stderr,
                            unit="req", dynamic_ncols=True, leave=True) for i, lane in enumerate(lanes)]
 
     def start(self) -> None:
@@ -29,6 +31,9 @@ class Bars:
             s = lane.stats
             n = s.skipped + s.done
             bar.n = n
+            label = getattr(lane, "label", lane.name)  # lane@node once its Ray actor runs
+            if bar.desc.rstrip(": ") != label:
+                bar.set_description(label, refresh=False)
             errs = s.fatal + s.exhausted
             bar.set_postfix(inflight=s.in_flight, retries=s.retries, r429=s.rate_limited, err=errs, refresh=False)
             bar.refresh()

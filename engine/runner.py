@@ -20,14 +20,13 @@ from typing import Any
 
 import msgspec
 
-from engine.checkpoint import JsonlWriter, OutputLock, scan_responses
+from engine.checkpoint import JsonlWriter, scan_responses
 from engine.config import Config
 from engine.costs import Budget
 from engine.errors import EngineError
 from engine.items import ItemFactory, custom_source, pillar_source, plan_counts
 from engine.judge import JudgeHub, close_when_generated, judges_for, rubrics_by_source
-from engine.runstate import (config_doc, data_fingerprint, model_fingerprint, packages, read_run_json,
-                             write_run_json)
+from engine.runstate import config_doc, data_fingerprint, model_fingerprint, packages, read_run_json
 from engine.scheduler import Lane
 
 Log = Callable[[str], None]
@@ -161,7 +160,12 @@ class Interrupt:
 
 async def run(cfg: Config, spec: RunSpec, *, fresh: bool = False, retry_errors: bool = False,
               progress: bool = False, log: Log = lambda s: None, config_source: str = "",
-              judge_only: bool = False, budget_usd: float | None = None) -> int:
+              judge_only: bool = False, budget_usd: float | None = None, shard: Any = None,
+              backend: str = "local", ray_address: str | None = None) -> int:
+    """shard: an engine.shards.Shard (this invocation runs that part of the work, in its own files);
+    backend "ray": each lane's requests run in a Ray actor (engine/ray_backend.py)."""
+    from engine import shards as sharding
+
     out = Path(spec.output)
     loop = asyncio.get_running_loop()
     _judge_plan(cfg, _subtasks(spec))  # a judged subtask without a judge: refuse before DIR is touched
@@ -175,21 +179,25 @@ async def run(cfg: Config, spec: RunSpec, *, fresh: bool = False, retry_errors: 
         data_fingerprint, Path(spec.items) if spec.items else None,
         Path(spec.data_dir) if spec.data_dir else None, cfg.pillars)
 
-    lock = OutputLock(out)
+    lock = sharding.make_lock(out, shard)
     lock.acquire()
     try:
-        prev = read_run_json(out)
-        if prev is not None and not fresh:
-            _check_resume(prev, cfg, spec, data_fp, out)
+        sharding.check_layout(out, shard)
+        # A shard keeps its own state file; the merged run.json (an earlier merge) must agree too.
+        prev = read_run_json(out) if shard is None else sharding.read_state(out, shard)
+        merged = read_run_json(out) if shard is not None else None
+        for p in (prev, merged):
+            if p is not None and not fresh:
+                _check_resume(p, cfg, spec, data_fp, out)
         if fresh:
-            moved = _supersede(out)
+            moved = _supersede(out) if shard is None else sharding.supersede_shard(out, shard)
             if moved:
                 log(f"--fresh: earlier results moved to {moved}")
             prev = None
         return await _run_locked(cfg, spec, out, prev, factory, planned_units, data_fp,
                                  retry_errors=retry_errors, progress=progress, log=log,
                                  config_source=config_source, loop=loop, judge_only=judge_only,
-                                 budget_usd=budget_usd)
+                                 budget_usd=budget_usd, shard=shard, backend=backend, ray_address=ray_address)
     finally:
         lock.release()
 
@@ -233,14 +241,16 @@ def _judge_plan(cfg: Config, subtasks: list[Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _unjudged(out: Path, spec: RunSpec, factory: ItemFactory, hub: JudgeHub) -> list[tuple[Any, Any]]:
-    """Responses already on disk whose judgments are missing (a resumed or re-judged run)."""
-    from engine.checkpoint import iter_records
+def _unjudged(out: Path, spec: RunSpec, factory: ItemFactory, hub: JudgeHub, shard: Any = None,
+              partition: Any = None) -> list[tuple[Any, Any]]:
+    """Responses already on disk whose judgments are missing (a resumed or re-judged run); a shard
+    reads its own file and the merged records it owns."""
+    from engine.shards import iter_sources, response_sources
 
     wanted: dict[tuple[str, str], Any] = {}
     items: dict[tuple[str, str, str], Any] = {}
     for name in spec.models:
-        for rec in iter_records(out / "responses" / f"{name}.jsonl"):
+        for rec in iter_sources(response_sources(out, name, shard, partition)):
             if rec.response is not None and hub.needs_judging(rec.pillar, rec.subtask):
                 wanted[(rec.key, name)] = rec
     if not wanted:
@@ -257,13 +267,18 @@ def _unjudged(out: Path, spec: RunSpec, factory: ItemFactory, hub: JudgeHub) -> 
 async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any] | None, factory: ItemFactory,
                       planned_units: dict[str, int], data_fp: str, *, retry_errors: bool, progress: bool,
                       log: Log, config_source: str, loop: asyncio.AbstractEventLoop,
-                      judge_only: bool = False, budget_usd: float | None = None) -> int:
+                      judge_only: bool = False, budget_usd: float | None = None, shard: Any = None,
+                      backend: str = "local", ray_address: str | None = None) -> int:
     from adapters.registry import make_adapter
+    from engine import shards as sharding
+
+    sfx = sharding.suffix(shard)
+    partition = sharding.Partition.of(cfg, shard.count) if shard is not None else None
 
     (out / "responses").mkdir(parents=True, exist_ok=True)
     (out / "judgments").mkdir(parents=True, exist_ok=True)
     (out / "errors").mkdir(parents=True, exist_ok=True)
-    log_dir = out / "logs"
+    log_dir = out / "logs" if shard is None else out / "logs" / shard.tag
 
     # Adapters first: a missing key or unknown adapter fails before anything is written.
     adapters = {name: make_adapter(name, cfg.models[name], log_dir, progress=log)
@@ -289,7 +304,9 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
         "status": "running",
     })
     doc.setdefault("history", [])
-    write_run_json(out, doc)
+    if shard is not None:
+        doc["shard"] = {"index": shard.index, "count": shard.count, "partition": partition.to_dict()}
+    sharding.write_state(out, shard, doc)
 
     stop = asyncio.Event()
     budget = Budget(budget_usd) if budget_usd is not None else None
@@ -306,36 +323,57 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
     by_key = {s.key: s for s in subtasks}
     judge_names = _judge_plan(cfg, subtasks)
     targets = () if judge_only else spec.models
+    if partition is not None:  # a shard runs only its own local models (and its part of the others)
+        targets = tuple(n for n in targets if partition.has_model(n, shard.index))
     empty: ItemFactory = lambda: iter(())  # noqa: E731 - a judge-only lane generates nothing
     judge_done: dict[str, set[int]] = {}
     by_name: dict[str, Lane] = {}
+    lane_cls: Any = Lane
+    ray_ctx = None
+    if backend == "ray":  # each lane's requests run in a Ray actor; records still come here
+        import functools
+
+        from engine.ray_backend import RayContext, RemoteLane
+
+        ray_ctx = RayContext(ray_address, log, log_dir)
+        ray_ctx.connect()
+        lane_cls = functools.partial(RemoteLane, ray_ctx=ray_ctx)
     for name in dict.fromkeys((*targets, *judge_names)):
         if name not in adapters:
             adapters[name] = make_adapter(name, cfg.models[name], log_dir, progress=log)
-        path = out / "responses" / f"{name}.jsonl"
+        path = out / "responses" / f"{name}{sfx}.jsonl"
         scan = await asyncio.to_thread(scan_responses, path, drop_errors=retry_errors and name in targets)
         if scan.torn_bytes:
             log(f"{path}: cut a torn last line ({scan.torn_bytes} bytes) left by an interrupted run")
+        if shard is not None:
+            scan.done |= await asyncio.to_thread(sharding.merged_done, out / "responses" / f"{name}.jsonl",
+                                                 drop_errors=retry_errors and name in targets)
         resp_w = JsonlWriter(path)
-        err_w = JsonlWriter(out / "errors" / f"{name}.jsonl")
+        err_w = JsonlWriter(out / "errors" / f"{name}{sfx}.jsonl")
         writers += [resp_w, err_w]
         judge_kw: dict[str, Any] = {}
         if name in judge_names:
-            jpath = out / "judgments" / f"{name}.jsonl"
+            jpath = out / "judgments" / f"{name}{sfx}.jsonl"
             jscan = await asyncio.to_thread(scan_responses, jpath)
             if jscan.torn_bytes:
                 log(f"{jpath}: cut a torn last line ({jscan.torn_bytes} bytes) left by an interrupted run")
+            if shard is not None:
+                jscan.done |= await asyncio.to_thread(sharding.merged_done, out / "judgments" / f"{name}.jsonl",
+                                                      drop_errors=False)
             judge_done[name] = jscan.done
             jw = JsonlWriter(jpath)
             writers.append(jw)
             judge_kw = {"judge_queue": asyncio.Queue(), "judgments": jw}
         adapter, open_server = adapters[name]
-        lane = Lane(name, cfg.models[name], adapter, factory if name in targets else empty,
+        lane = lane_cls(name, cfg.models[name], adapter, factory if name in targets else empty,
                     samples=spec.samples, done=scan.done, responses=resp_w, errors=err_w, stop=stop,
                     open_server=open_server, budget=budget, price=cfg.prices.get(name),
                     requery=make_requery(name, by_key, requery_n, spec.samples) if name in targets else None,
+                    keep=partition.keep(name, shard.index) if partition is not None else None,
                     **judge_kw)
         lane.stats.planned = sum(planned_units.values()) if name in targets else 0
+        if partition is not None and name in targets and partition.keep(name, shard.index) is not None:
+            lane.stats.planned = await asyncio.to_thread(lambda ln=lane: sum(1 for _ in ln.units()))
         lanes.append(lane)
         by_name[name] = lane
     hub: JudgeHub | None = None
@@ -346,8 +384,8 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
                 lane.set_record_hook(hub.on_record)
             if lane.name in judge_names:
                 lane.set_judge_hooks(hub.on_judgment, hub.on_judge_done)
-        await asyncio.to_thread(hub.load_retries, out / "judgments")
-        backlog = await asyncio.to_thread(_unjudged, out, spec, factory, hub)
+        await asyncio.to_thread(hub.load_retries, out / "judgments", ("", sfx) if shard is not None else ("",))
+        backlog = await asyncio.to_thread(_unjudged, out, spec, factory, hub, shard, partition)
         for rec, item in backlog:
             hub.submit_record(rec, item)
         if backlog:
@@ -388,8 +426,13 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
             await w.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if ray_ctx is not None:
+            ray_ctx.close()
 
-    lane_stats = {lane.name: lane.stats.to_dict() for lane in lanes}
+    # With --backend ray, where each lane's actor ran (node, pid, restarts).
+    lane_stats = {lane.name: {**lane.stats.to_dict(), **getattr(lane, "placement", {})} for lane in lanes}
+    if ray_ctx is not None:
+        doc["backend"] = {"kind": "ray", "address": ray_address}
     interrupted = interrupt.signum is not None
     over_budget = budget is not None and budget.exhausted
     incomplete = [lane.name for lane in lanes if lane.stats.state != "complete" or lane.stats.exhausted]
@@ -402,7 +445,7 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
     doc["status"] = status
     doc["history"].append({"started_at": doc["started_at"], "ended_at": doc["ended_at"], "status": status,
                            "argv": sys.argv[1:]})
-    write_run_json(out, doc)
+    sharding.write_state(out, shard, doc)
 
     for lane in lanes:
         s = lane.stats

@@ -122,6 +122,7 @@ class Lane:
         budget: Any = None,
         price: Any = None,
         requery: Callable[[Unit, Response], Unit | None] | None = None,
+        keep: Callable[[Unit], bool] | None = None,
         clock: Clock | None = None,
         sleep: Sleep | None = None,
         rng: random.Random | None = None,
@@ -148,6 +149,7 @@ class Lane:
         # Subtasks whose protocol re-asks on an unparseable answer (privacy ratings): the next
         # sample to send, or None. Runs in the same worker, right after the answer is written.
         self._requery = requery
+        self._keep = keep  # a shard's part of this lane's units (engine/shards.py), or None: all
         self._gen_pending = 0
         self._gen_producing = True
         self.generation_done = asyncio.Event()
@@ -174,7 +176,8 @@ class Lane:
     # -- work units -------------------------------------------------------------------------
 
     def units(self) -> Iterator[Unit]:
-        return lane_units(self.name, self.cfg, self.adapter, self._items, self._samples)
+        units = lane_units(self.name, self.cfg, self.adapter, self._items, self._samples)
+        return units if self._keep is None else filter(self._keep, units)
 
     def _pending(self) -> Iterator[Unit]:
         done = self._done

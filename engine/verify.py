@@ -1,5 +1,7 @@
 """`verify DIR`: recompute the expected (model, pillar, subtask, item, sample) set from run.json and
-compare it with responses/: missing, duplicated, failed and unexpected records."""
+compare it with responses/: missing, duplicated, failed and unexpected records. A directory with
+unmerged shards (`run --shard I/N`) is checked as a whole: every shard file is read, and missing
+shards and keys in more than one file (overlap) are reported."""
 
 from __future__ import annotations
 
@@ -20,21 +22,28 @@ class VerifyReport(msgspec.Struct, kw_only=True):
     missing: int = 0
     duplicated: int = 0
     failed: int = 0
+    overlapping: int = 0
 
 
 def verify(directory: Path) -> VerifyReport:
     from adapters.registry import make_adapter
     from engine.runner import RunSpec, item_factory
     from engine.scheduler import lane_units
+    from engine.shards import discover, shard_problems
 
     doc = read_run_json(directory)
+    found = discover(directory)
+    lines: list[str] = []
+    totals = Counter[str]()
+    if found:
+        doc, problems = shard_problems(directory, found, doc)
+        lines += problems
+        totals["shards"] += len(problems)
     if doc is None:
         raise EngineError(f"{directory}: no run.json; is this a run output directory?")
     cfg: Config = parse_config(doc["config"], f"{directory}/run.json")
     spec = msgspec.convert(doc["spec"], RunSpec)
     factory = item_factory(spec)
-    lines: list[str] = []
-    totals = Counter[str]()
     for name in spec.models:
         if name not in cfg.models:
             continue
@@ -43,17 +52,33 @@ def verify(directory: Path) -> VerifyReport:
                     for u in lane_units(name, cfg.models[name], adapter, factory, spec.samples)}
         seen = Counter[str]()
         failed: list[str] = []
-        for rec in iter_records(directory / "responses" / f"{name}.jsonl"):
-            seen[rec.key] += 1
-            if rec.error is not None and rec.key in expected:
-                failed.append(f"{rec.pillar}/{rec.subtask} {rec.item_id} #{rec.sample}: {rec.error.kind} {rec.error.message[:80]}")
+        files = [directory / "responses" / f"{name}.jsonl"]
+        for f in found.values():
+            files += [p for _, p in sorted(f.files.get(("responses", name), {}).items())]
+        dupes_d: dict[str, None] = {}
+        overlap: dict[str, None] = {}  # keys in more than one file (shards)
+        for path in files:
+            local: set[str] = set()
+            for rec in iter_records(path):
+                if rec.key in local:
+                    dupes_d[rec.key] = None
+                elif rec.key in seen:
+                    overlap[rec.key] = None
+                local.add(rec.key)
+                seen[rec.key] += 1
+                if rec.error is not None and rec.key in expected:
+                    failed.append(f"{rec.pillar}/{rec.subtask} {rec.item_id} #{rec.sample}: {rec.error.kind} {rec.error.message[:80]}")
         missing = [k for k in expected if k not in seen]
-        dupes = [k for k, n in seen.items() if n > 1]
+        dupes = list(dupes_d)
         extra = [k for k in seen if k not in expected]
-        totals.update(missing=len(missing), duplicated=len(dupes), failed=len(failed))
-        state = "complete" if not (missing or dupes or failed) else "NOT clean"
+        totals.update(missing=len(missing), duplicated=len(dupes), failed=len(failed), overlapping=len(overlap))
+        state = "complete" if not (missing or dupes or failed or overlap) else "NOT clean"
         lines.append(f"{name}: {state}: expected {len(expected)}, present {len(seen)}, missing {len(missing)}, "
-                     f"duplicated {len(dupes)}, failed {len(failed)}, not in plan {len(extra)}")
+                     f"duplicated {len(dupes)}, failed {len(failed)}, not in plan {len(extra)}"
+                     + (f", in two shard files {len(overlap)}" if found else ""))
+        for k in list(overlap)[:10]:
+            sub, item_id, sample = expected.get(k, ("?", "?", "?"))
+            lines.append(f"  overlapping key {k} ({sub} {item_id} #{sample}) in {seen[k]} files")
         for k in missing[:10]:
             sub, item_id, sample = expected[k]
             lines.append(f"  missing {sub} {item_id} #{sample}")
@@ -65,7 +90,14 @@ def verify(directory: Path) -> VerifyReport:
             lines.append(f"  failed {f}")
         if len(failed) > 10:
             lines.append(f"  ... and {len(failed) - 10} more failed (rerun with --retry-errors to retry them)")
-    clean = not (totals["missing"] or totals["duplicated"] or totals["failed"])
+    if found:
+        from engine.shards import judgment_overlaps
+
+        jl = judgment_overlaps(directory, found)
+        lines += jl
+        totals["shards"] += len(jl)
+    clean = not (totals["missing"] or totals["duplicated"] or totals["failed"] or totals["overlapping"]
+                 or totals["shards"])
     lines.append("verify: clean" if clean else "verify: NOT clean")
     return VerifyReport(clean=clean, lines=lines, missing=totals["missing"], duplicated=totals["duplicated"],
-                        failed=totals["failed"])
+                        failed=totals["failed"], overlapping=totals["overlapping"])

@@ -1,0 +1,124 @@
+"""`run --backend ray` on a local Ray instance (no cluster) against the loopback fake server: the same
+records as the local backend; a lane's actor killed mid-run is replaced and the run ends complete
+and duplicate-free. Without Ray installed, one clear line naming the extra."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import (
+    REPO,
+    EngineProc,
+    check_complete,
+    expected_texts,
+    fake_model,
+    read_jsonl,
+    run_engine,
+    verify_clean,
+    wait_for_lines,
+    write_config,
+    write_items,
+)
+from tests.fakeserver import FakeServerProcess
+
+
+def test_without_ray_one_clear_line(tmp_path: Path) -> None:
+    fake = tmp_path / "noray" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    items = write_items(tmp_path / "items.jsonl", 3)
+    cfg = write_config(tmp_path / "c.toml", {"a": fake_model("http://127.0.0.1:9/v1")})
+    res = run_engine("run", cfg, "--items", items, "--output", tmp_path / "out", "--backend", "ray",
+                     env={"PYTHONPATH": f"{fake.parent}{os.pathsep}{REPO}"})
+    assert res.rc == 2
+    lines = res.err_lines()
+    assert len(lines) == 1 and "pip install 'trustmh-engine[ray]'" in lines[0], res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="the ray extra is not installed (pip install 'trustmh-engine[ray]')")
+
+
+@needs_ray
+def test_unreachable_ray_address_one_clear_line(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    items = write_items(tmp_path / "items.jsonl", 3)
+    cfg = write_config(tmp_path / "c.toml", {"a": fake_model("http://127.0.0.1:9/v1")})
+    res = run_engine("run", cfg, "--items", items, "--output", tmp_path / "out", "--backend", "ray",
+                     env={"RAY_ADDRESS": f"127.0.0.1:{free_port()}"}, timeout=30)
+    assert res.rc == 2 and len(res.err_lines()) == 1 and "no Ray cluster answers" in res.stderr, res.stderr
+    assert not (tmp_path / "out").exists()
+    res = run_engine("run", cfg, "--items", items, "--output", tmp_path / "out", "--ray-address", "x:1")
+    assert res.rc == 2 and "--ray-address needs --backend ray" in res.stderr
+
+
+def _records(path: Path) -> dict[str, str]:
+    recs = read_jsonl(path)
+    assert len({r["key"] for r in recs}) == len(recs), f"duplicate keys in {path}"
+    return {r["key"]: r["response"]["text"] for r in recs}
+
+
+@needs_ray
+def test_ray_backend_gives_the_records_of_the_local_backend(tmp_path: Path, fake_server: FakeServerProcess) -> None:
+    models = {"a": fake_model(fake_server, model="model-a"), "b": fake_model(fake_server, model="model-b"),
+              "judge": fake_model(fake_server, model="judge-model")}
+    cfg = write_config(tmp_path / "c.toml", models, extra='\n[judge]\nmodels = ["judge"]\n')
+    args = ["run", cfg, "--models", "a,b", "--pillars", "crisis", "--limit", "4", "--no-progress"]
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    assert run_engine(*args, "--output", local).rc == 0
+    res = run_engine(*args, "--output", remote, "--backend", "ray", timeout=120)
+    assert res.rc == 0, res.stderr
+    for m in ("a", "b", "judge"):
+        assert f"lane {m}: Ray actor on node" in res.stderr
+    for f in ("responses/a.jsonl", "responses/b.jsonl", "judgments/judge.jsonl"):
+        got, want = _records(remote / f), _records(local / f)
+        assert want and got == want, f
+    doc = orjson.loads((remote / "run.json").read_bytes())
+    assert doc["backend"]["kind"] == "ray" and doc["status"] == "complete"
+    for m in ("a", "b", "judge"):
+        lane = doc["lanes"][m]
+        assert lane["node"] and lane["pid"] > 0 and lane["actor_restarts"] == 0
+    assert doc["lanes"]["a"]["ok"] == doc["lanes"]["a"]["done"] == 12
+    assert doc["lanes"]["judge"]["judged"] == 8
+    verify_clean(remote)
+    assert (remote / "scores.json").exists()
+
+
+@needs_ray
+def test_killed_actor_is_replaced_and_records_are_complete(tmp_path: Path, fake_server: FakeServerProcess) -> None:
+    fake_server.set_config(latency_ms=60)
+    items = write_items(tmp_path / "items.jsonl", 80)
+    cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server, max_concurrency=4)})
+    out = tmp_path / "out"
+    p = EngineProc("run", cfg, "--items", items, "--output", out, "--backend", "ray", "--no-progress")
+    try:
+        deadline = time.monotonic() + 90
+        while "Ray actor on node" not in p.stderr():
+            assert p.alive() and time.monotonic() < deadline, p.stderr()
+            time.sleep(0.05)
+        m = re.search(r"lane fake: Ray actor on node \S+ \(.*, pid (\d+)\)", p.stderr())
+        assert m, p.stderr()
+        pid = int(m.group(1))
+        wait_for_lines(out / "responses" / "fake.jsonl", 12, p, timeout=60)
+        os.kill(pid, signal.SIGKILL)
+        res = p.wait(timeout=120)
+    finally:
+        p.close()
+    assert res.rc == 0, res.stderr
+    assert "Ray actor died" in res.stderr and "restarting it (1/3)" in res.stderr
+    pids = [int(x) for x in re.findall(r"lane fake: Ray actor on node \S+ \(.*, pid (\d+)\)", res.stderr)]
+    assert len(pids) == 2 and pids[0] == pid != pids[1]
+    check_complete(out, "fake", expected_texts(cfg, items, "fake"))
+    doc = orjson.loads((out / "run.json").read_bytes())
+    assert doc["lanes"]["fake"]["actor_restarts"] == 1 and doc["lanes"]["fake"]["done"] == 80
+    verify_clean(out)
