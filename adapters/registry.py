@@ -41,6 +41,15 @@ def make_adapter(name: str, cfg: ModelConfig, log_dir: Path,
 
         assert cfg.path
         return ReplayAdapter(Path(cfg.path), model=cfg.model or name), None
+    if cfg.adapter == "vllm":
+        from adapters.vllm import make_vllm
+
+        key = api_key(cfg.api_key_env, name) if (with_secrets and cfg.api_key_env) else None
+        return make_vllm(name, cfg, log_dir, with_secrets=with_secrets, api_key=key)
+    if cfg.adapter == "vllm-offline":
+        from adapters.vllm_offline import make_vllm_offline
+
+        return make_vllm_offline(name, cfg, log_dir, with_secrets=with_secrets)
     raise ConfigError(f"models.{name}.adapter: `{cfg.adapter}` is not available in this version of the engine")
 
 

@@ -62,15 +62,34 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     startup_timeout_s: float = 120.0
     # replay
     path: str | None = None
+    # vLLM (adapter "vllm": `vllm serve` launched per model unless base_url is set; "vllm-offline")
+    tensor_parallel_size: int = 1  # GPUs per model (also what an embedded lane asks for under run.gpus)
+    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = None
+    dtype: str | None = None
+    chat_template: str | None = None  # path to a Jinja chat template file
+    served_model_name: str | None = None  # name the server answers to (requests use it)
+    extra_args: tuple[str, ...] = ()  # appended verbatim to the launch command
+    # The launch command before the options; "{model}" is replaced by the model (appended when
+    # absent). Default: the `vllm` console script (`vllm serve MODEL`), else
+    # `python -m vllm.entrypoints.openai.api_server --model MODEL`.
+    vllm_command: tuple[str, ...] | None = None
+    offline_chunk: int = 512  # vllm-offline: requests per LLM.chat call (records are written per chunk)
 
     def context_window(self) -> int | None:
         if self.context_tokens is not None:
             return self.context_tokens
+        if self.adapter in ("vllm", "vllm-offline"):
+            return self.max_model_len
         return self.ctx_per_slot if self.adapter == "embedded" else None
 
     def concurrency(self) -> int:
         if self.max_concurrency is not None:
             return self.max_concurrency
+        if self.adapter == "vllm-offline":
+            return self.offline_chunk  # the workers fill exactly one chunk
+        if self.adapter == "vllm":
+            return 256  # the server batches continuously; let it see plenty of requests
         return self.slots if self.adapter == "embedded" else 16
 
 
@@ -161,6 +180,18 @@ def _check(cfg: Config, source: str) -> None:
             raise ConfigError(f"{where}: requests_per_minute / tokens_per_minute must be >= 0 (0 = no limit)")
         if m.tpm_accounting not in ("max", "usage"):
             raise ConfigError(f"{where}.tpm_accounting: expected \"max\" or \"usage\", got \"{m.tpm_accounting}\"")
+        if m.tensor_parallel_size < 1:
+            raise ConfigError(f"{where}.tensor_parallel_size: must be >= 1 (GPUs per model)")
+        if m.max_model_len is not None and m.max_model_len < 1:
+            raise ConfigError(f"{where}.max_model_len: must be >= 1")
+        if m.gpu_memory_utilization is not None and not 0 < m.gpu_memory_utilization <= 1:
+            raise ConfigError(f"{where}.gpu_memory_utilization: must be in (0, 1], e.g. 0.9")
+        if m.offline_chunk < 1:
+            raise ConfigError(f"{where}.offline_chunk: must be >= 1 (e.g. 512)")
+        if m.vllm_command is not None and not m.vllm_command:
+            raise ConfigError(f"{where}.vllm_command: must name a command (a non-empty list of strings)")
+    if cfg.run.gpus is not None and (any(g < 0 for g in cfg.run.gpus) or len(set(cfg.run.gpus)) != len(cfg.run.gpus)):
+        raise ConfigError(f"{source}: run.gpus must be distinct GPU indices >= 0, e.g. [0, 1]")
     for j in cfg.judge.models:
         if j not in cfg.models:
             raise ConfigError(f"{source}: judge.models names `{j}`, which is not a [models.{j}] section")

@@ -117,4 +117,9 @@ def render_plan(cfg: Config, plan: Plan) -> list[str]:
     lines.append(f"total: estimated cost ${total_cost:.4f}" + (f" (no [prices] for {', '.join(sorted(unpriced))})" if unpriced else ""))
     if slowest:
         lines.append(f"the slowest lane needs {slowest:.1f} min at best; lanes run concurrently, so that bounds the run")
+    from engine.gpus import render_placement
+
+    models = list(dict.fromkeys([*plan.done, *(m for m, _, _ in plan.cells)]))
+    working = {m for (m, _, _), c in plan.cells.items() if c.requests}
+    lines += render_placement(cfg, models, {m for m in models if m not in working})
     return lines

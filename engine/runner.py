@@ -202,6 +202,30 @@ async def run(cfg: Config, spec: RunSpec, *, fresh: bool = False, retry_errors: 
         lock.release()
 
 
+def _gpu_pool(cfg: Config, spec: RunSpec, shard: Any, partition: Any, backend: str, judge_only: bool,
+              log: Log) -> Any:
+    """The run's GpuPool with every local lane registered (config order), or None when no lane
+    needs GPUs. Raises ConfigError when a model cannot fit."""
+    from engine.gpus import GpuPool, check_fits, detect_gpus, needs_gpus
+
+    targets = () if judge_only else spec.models
+    if partition is not None:
+        targets = tuple(n for n in targets if partition.has_model(n, shard.index))
+    judges = _judge_plan(cfg, _subtasks(spec))
+    names = list(dict.fromkeys((*targets, *judges)))
+    needs = {n: needs_gpus(cfg, n, backend) for n in names}
+    needs = {n: k for n, k in needs.items() if k}
+    if not needs:
+        return None
+    gpus, source = detect_gpus(cfg.run.gpus)
+    check_fits(needs, gpus, source, holders=[j for j in judges if j in needs])
+    pool = GpuPool(gpus)
+    for n, k in needs.items():
+        pool.register(n, k)
+    log(f"GPU placement: {len(gpus)} GPU(s) {','.join(gpus)} ({source}) for {len(needs)} local model(s)")
+    return pool
+
+
 def _merged_spec(prev: dict[str, Any], spec: RunSpec) -> dict[str, Any]:
     """A run extended by another invocation (more models, other pillars) covers both: verify,
     score and report then see everything the directory holds."""
@@ -283,6 +307,9 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
     # Adapters first: a missing key or unknown adapter fails before anything is written.
     adapters = {name: make_adapter(name, cfg.models[name], log_dir, progress=log)
                 for name in (() if judge_only else spec.models)}
+    # GPU placement of local lanes; a model that cannot fit is an error before anything is written.
+    gpu_pool = _gpu_pool(cfg, spec, shard, partition, backend, judge_only, log)
+    servers: dict[str, dict[str, Any]] = {}
 
     planned = dict(prev.get("planned", {})) if prev else {}
     fingerprints = dict(prev.get("fingerprint", {}).get("models", {})) if prev else {}
@@ -365,6 +392,11 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
             writers.append(jw)
             judge_kw = {"judge_queue": asyncio.Queue(), "judgments": jw}
         adapter, open_server = adapters[name]
+        if gpu_pool is not None and name in gpu_pool.need and open_server is not None:
+            from engine.gpus import placed
+
+            servers[name] = {}
+            open_server = placed(open_server, gpu_pool, name, servers[name])
         lane = lane_cls(name, cfg.models[name], adapter, factory if name in targets else empty,
                     samples=spec.samples, done=scan.done, responses=resp_w, errors=err_w, stop=stop,
                     open_server=open_server, budget=budget, price=cfg.prices.get(name),
@@ -372,6 +404,9 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
                     keep=partition.keep(name, shard.index) if partition is not None else None,
                     **judge_kw)
         lane.stats.planned = sum(planned_units.values()) if name in targets else 0
+        if name in servers:
+            assert gpu_pool is not None
+            lane.on_idle = (lambda p=gpu_pool, n=name: p.withdraw(n))
         if partition is not None and name in targets and partition.keep(name, shard.index) is not None:
             lane.stats.planned = await asyncio.to_thread(lambda ln=lane: sum(1 for _ in ln.units()))
         lanes.append(lane)
@@ -403,6 +438,8 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
             t.cancel()
 
     def halt_all() -> None:
+        if gpu_pool is not None:  # queued local models must not start loading now
+            gpu_pool.close()
         for lane in lanes:
             lane.halt()
 
@@ -441,6 +478,11 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
     if budget is not None:
         doc["budget"] = {"limit_usd": budget.limit, "spent_usd": round(budget.spent, 6), "exhausted": over_budget}
     doc["lanes"] = {**doc.get("lanes", {}), **lane_stats}
+    launched = {n: {**servers.get(n, {}), **(getattr(adapters[n][1], "info", None) or {})}
+                for n in adapters if servers.get(n) or getattr(adapters[n][1], "info", None)}
+    if gpu_pool is not None or launched:  # this invocation's placement: servers started, on which GPUs, when
+        doc["servers"] = {"gpus": gpu_pool.gpus if gpu_pool else None, "models": launched,
+                          "events": [list(e[:2]) + [list(e[2])] for e in gpu_pool.events] if gpu_pool else []}
     doc["ended_at"] = time.time()
     doc["status"] = status
     doc["history"].append({"started_at": doc["started_at"], "ended_at": doc["ended_at"], "status": status,

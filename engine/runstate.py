@@ -28,6 +28,8 @@ def model_fingerprint(cfg: ModelConfig) -> str:
                "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed,
                "model_path": cfg.model_path, "ctx_per_slot": cfg.ctx_per_slot if cfg.adapter == "embedded" else None,
                "replay": cfg.path}
+    if cfg.adapter in ("vllm", "vllm-offline"):  # only these keys, so other models keep their digests
+        shaping.update({"chat_template": cfg.chat_template, "dtype": cfg.dtype, "max_model_len": cfg.max_model_len})
     return _digest(shaping)
 
 

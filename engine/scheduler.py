@@ -164,6 +164,9 @@ class Lane:
         self.pacer = Pacer(cfg.requests_per_minute or math.inf, self._clock, self._sleep)
         self.tokens = TokenWindow(cfg.tokens_per_minute, self._clock, self._sleep) if cfg.tokens_per_minute else None
         self._auth_failures = 0
+        # Called when the lane has no generation work (complete, or a judge waiting for
+        # responses) and when it ends: GPU placement (engine/gpus.py) then holds nobody back.
+        self.on_idle: Callable[[], None] | None = None
 
     def set_record_hook(self, hook: Callable[[Record, Unit], None]) -> None:
         self._on_record = hook
@@ -202,6 +205,8 @@ class Lane:
         try:
             if first is None:
                 self.generation_done.set()
+                if self.on_idle is not None:
+                    self.on_idle()
                 if self.judge_queue is None:
                     self.stats.state = "complete"
                     return
@@ -233,6 +238,8 @@ class Lane:
         finally:
             self.generation_done.set()
             self.stats.ended = time.time()
+            if self.on_idle is not None:
+                self.on_idle()
             await self.adapter.aclose()
 
     def _heed_signal(self, unit: Unit) -> None:

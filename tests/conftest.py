@@ -378,3 +378,20 @@ def thread_server() -> Iterator[ThreadServer]:
         yield srv
     finally:
         srv.stop()
+
+
+# -- opt-in real vLLM tests ------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-vllm", action="store_true", default=False,
+                     help="run tests marked `vllm` (they need vLLM installed and a GPU)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-vllm"):
+        return
+    skip = pytest.mark.skip(reason="needs real vLLM: opt in with --run-vllm")
+    for item in items:
+        if "vllm" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,237 @@
+"""`adapter = "vllm-offline"`: in-process `vllm.LLM`, fed in chunks.
+
+The lane's workers (`max_concurrency`, default `offline_chunk`) each hand one request to `send`;
+requests are gathered into chunks of `offline_chunk` (a partial chunk goes after a short pause) and
+each chunk is one `LLM.chat` call in a worker thread. Every request of a chunk returns when the
+chunk completes, so its records are written together and an interrupted run loses at most the
+chunk in flight. Bodies are the same OpenAI-shaped dicts as the server path, and their sampling
+settings map to `SamplingParams` the same way the server maps them (max_tokens, temperature,
+top_p, seed, stop, JSON-schema guided decoding).
+
+`CUDA_VISIBLE_DEVICES` is process-wide, so offline lanes run one at a time in a process (a lock);
+for many models on many GPUs, `adapter = "vllm"` (one server process per model) rotates better.
+A chunk that fails as a whole (e.g. one prompt longer than max_model_len) is retried request by
+request so that only the offending requests fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import importlib.util
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from adapters.base import AdapterError
+from adapters.openai_compat import openai_body
+from engine.config import ModelConfig
+from engine.errors import ConfigError
+from engine.records import GenParams, Message, Response, Usage
+
+MISSING = "adapter `vllm-offline` needs vLLM installed: pip install 'trustmh-engine[vllm]' (it needs a GPU)"
+_PROCESS_LOCK: asyncio.Lock | None = None  # one offline lane at a time per process (per loop)
+
+
+def _lock() -> asyncio.Lock:
+    global _PROCESS_LOCK
+    if _PROCESS_LOCK is None:
+        _PROCESS_LOCK = asyncio.Lock()
+    return _PROCESS_LOCK
+
+
+def sampling_kwargs(body: dict[str, Any]) -> dict[str, Any]:
+    """SamplingParams keyword arguments from an OpenAI-shaped body (pure)."""
+    kw: dict[str, Any] = {}
+    for src, dst in (("max_tokens", "max_tokens"), ("max_completion_tokens", "max_tokens"),
+                     ("temperature", "temperature"), ("top_p", "top_p"), ("seed", "seed"), ("stop", "stop")):
+        if body.get(src) is not None:
+            kw[dst] = body[src]
+    return kw
+
+
+def _sampling_params(vllm: Any, body: dict[str, Any]) -> Any:
+    kw = sampling_kwargs(body)
+    rf = body.get("response_format") or {}
+    schema = (rf.get("json_schema") or {}).get("schema") if rf.get("type") == "json_schema" else None
+    if schema is not None:
+        try:
+            from vllm.sampling_params import GuidedDecodingParams  # vLLM <= 0.10
+
+            kw["guided_decoding"] = GuidedDecodingParams(json=schema)
+        except ImportError:
+            try:
+                from vllm.sampling_params import StructuredOutputsParams  # newer vLLM
+
+                kw["structured_outputs"] = StructuredOutputsParams(json=schema)
+            except ImportError:
+                pass
+    return vllm.SamplingParams(**kw)
+
+
+def llm_kwargs(name: str, cfg: ModelConfig) -> dict[str, Any]:
+    kw: dict[str, Any] = {"model": cfg.model or name, "tensor_parallel_size": cfg.tensor_parallel_size}
+    for key in ("max_model_len", "gpu_memory_utilization", "dtype", "seed"):
+        if getattr(cfg, key) is not None:
+            kw[key] = getattr(cfg, key)
+    return kw
+
+
+class OfflineChat:
+    def __init__(self, name: str, cfg: ModelConfig) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.model = cfg.served_model_name or cfg.model or name
+        self.chunk = cfg.offline_chunk
+        self.llm: Any = None
+        self.vllm: Any = None
+        self.template: str | None = None
+        self.chunks: list[int] = []  # sizes of the LLM.chat calls made (run.json, tests)
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[Response]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._run_lock = asyncio.Lock()
+
+    def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, Any]:
+        return openai_body(self.model, messages, params)
+
+    async def send(self, body: dict[str, Any], timeout: float) -> Response:
+        if self.llm is None:
+            raise AdapterError("fatal", f"{self.name}: the vLLM engine is not loaded")
+        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._pending.append((body, fut))
+        if len(self._pending) >= self.chunk:
+            self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(0.2, self._flush)
+        return await fut  # a chunk runs until done: the per-attempt timeout does not apply
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending = self._pending[: self.chunk], self._pending[self.chunk:]
+        if batch:
+            asyncio.ensure_future(self._run(batch))
+        if self._pending:
+            self._timer = asyncio.get_running_loop().call_later(0.2, self._flush)
+
+    async def _run(self, batch: list[tuple[dict[str, Any], asyncio.Future[Response]]]) -> None:
+        async with self._run_lock:
+            t0 = time.perf_counter()
+            try:
+                outs = await asyncio.to_thread(self._chat, [b for b, _ in batch])
+                results: list[Response | AdapterError] = [self._response(o, time.perf_counter() - t0) for o in outs]
+            except Exception as exc:  # noqa: BLE001 - the whole chunk failed: find the offending requests
+                if len(batch) == 1:
+                    results = [_classify(exc)]
+                else:
+                    results = []
+                    for body, _ in batch:
+                        try:
+                            (o,) = await asyncio.to_thread(self._chat, [body])
+                            results.append(self._response(o, time.perf_counter() - t0))
+                        except Exception as one:  # noqa: BLE001
+                            results.append(_classify(one))
+            for (_, fut), res in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(res, AdapterError):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
+
+    def _chat(self, bodies: Sequence[dict[str, Any]]) -> list[Any]:
+        self.chunks.append(len(bodies))
+        kw: dict[str, Any] = {"use_tqdm": False}
+        if self.template is not None:
+            kw["chat_template"] = self.template
+        return list(self.llm.chat([b["messages"] for b in bodies],
+                                  [_sampling_params(self.vllm, b) for b in bodies], **kw))
+
+    def _response(self, out: Any, latency: float) -> Response:
+        c = out.outputs[0]
+        finish = {"stop": "stop", "length": "length"}.get(getattr(c, "finish_reason", None) or "stop", "stop")
+        usage = Usage(prompt_tokens=len(getattr(out, "prompt_token_ids", None) or ()),
+                      completion_tokens=len(getattr(c, "token_ids", None) or ()))
+        return Response(text=c.text, finish_reason=finish, usage=usage, latency_s=round(latency, 6),
+                        server_model=self.model)
+
+    async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _classify(exc: BaseException) -> AdapterError:
+    text = f"{type(exc).__name__}: {exc}"
+    low = text.lower()
+    if "out of memory" in low:
+        return AdapterError("transient", text[:500])
+    return AdapterError("fatal", text[:500])
+
+
+def make_vllm_offline(name: str, cfg: ModelConfig, log_dir: Path, *, with_secrets: bool = True) -> tuple[Any, Any]:
+    if with_secrets and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(f"models.{name}: {MISSING}")
+    if with_secrets and cfg.chat_template and not Path(cfg.chat_template).expanduser().is_file():
+        raise ConfigError(f"models.{name}.chat_template: file not found: {cfg.chat_template}")
+    if with_secrets:
+        from adapters.vllm import check_offline_cache
+
+        check_offline_cache(name, cfg)
+    adapter = OfflineChat(name, cfg)
+    info: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def open_server(a: Any, gpus: Sequence[str] | None = None) -> AsyncIterator[Any]:
+        async with _lock():
+            if gpus is not None:
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+            import vllm
+
+            from adapters.vllm import explain_failure, vllm_version
+
+            kw = llm_kwargs(name, cfg)
+            info.update({"llm_kwargs": kw, "vllm_version": vllm_version() or getattr(vllm, "__version__", None),
+                         "offline_chunk": cfg.offline_chunk})
+            try:
+                a.llm = await asyncio.to_thread(vllm.LLM, **kw)
+            except Exception as exc:  # noqa: BLE001 - one clear line for the lane
+                hint = explain_failure(str(exc))
+                raise RuntimeError(f"models.{name}: vllm.LLM failed to load{f' ({hint})' if hint else ''}: "
+                                   f"{type(exc).__name__}: {exc}") from None
+            a.vllm = vllm
+            if cfg.chat_template:
+                a.template = Path(cfg.chat_template).expanduser().read_text("utf-8")
+            try:
+                yield a
+            finally:
+                info["chunks"] = len(a.chunks)
+                a.llm = None
+                await asyncio.to_thread(_free_gpu_memory)
+
+    open_server.takes_gpus = True  # type: ignore[attr-defined]
+    open_server.info = info  # type: ignore[attr-defined]
+    return adapter, open_server
+
+
+def _free_gpu_memory() -> None:
+    """Best effort: vLLM keeps state in the process; the next offline lane needs the memory back."""
+    gc.collect()
+    with contextlib.suppress(Exception):
+        from vllm.distributed.parallel_state import (
+            destroy_distributed_environment,
+            destroy_model_parallel,
+        )
+
+        destroy_model_parallel()
+        destroy_distributed_environment()
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
