@@ -70,6 +70,11 @@ class Pacer:
         self._last = now
         return now - start
 
+    def idle(self) -> bool:
+        """True when acquire() would return at once without spacing anything: no rate configured
+        and no provider push-back pending (the lane's hot path then skips the pacer)."""
+        return self._min_gap == 0.0 and self._next <= self._clock()
+
     def push_back(self, seconds: float) -> None:
         """Provider signals (e.g. remaining requests 0 until reset) delay every later slot."""
         self._next = max(self._next, self._clock() + seconds)

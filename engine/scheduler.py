@@ -395,7 +395,8 @@ class Lane:
             entry = None
             await self.limit.acquire()
             try:
-                stats.wait_s += await self.pacer.acquire()
+                if not self.pacer.idle():
+                    stats.wait_s += await self.pacer.acquire()
                 if self.tokens is not None:
                     entry, waited = await self.tokens.acquire(unit.est_tokens)
                     stats.wait_s += waited
