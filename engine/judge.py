@@ -18,8 +18,8 @@ from pathlib import Path
 import msgspec
 
 from engine.checkpoint import iter_records, key_int
-from engine.config import Config
-from engine.records import Item, JudgmentRecord, Record, judgment_decoder
+from engine.config import Config, ModelConfig
+from engine.records import GenParams, Item, JudgmentRecord, Record, judgment_decoder
 from engine.scheduler import JudgeTask, Lane, Unit, estimate_tokens, merge_params, model_params
 from pillars.base import Rubric, Subtask
 
@@ -29,6 +29,27 @@ RETRY_PARAMS = {"temperature": 0.7, "seed": 1}
 def judge_key(response_key: str, judge: str, rubric: str, version: str, try_: int) -> str:
     blob = "\x1f".join((response_key, judge, rubric, version, str(try_))).encode()
     return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+
+def judge_params(cfg: Config, judge_cfg: ModelConfig, rubric: Rubric) -> GenParams:
+    """The generation settings of a judge request (try 0): the judge model's, the rubric's own
+    over them, JSON-schema constrained output, and the `[judge] max_tokens` cap. `plan` estimates
+    with the same settings the run sends."""
+    params = merge_params(model_params(judge_cfg), rubric.params)
+    # OpenAI-style json_schema output needs an object at the root: a rubric whose judge answers
+    # with a bare value (the 0-3 endorsement digit) gets it wrapped as {"answer": <value>}, which
+    # its text parser still reads (the first digit), with room for the few JSON tokens.
+    rschema = rubric.schema
+    if rschema.get("type") != "object":
+        rschema = {"type": "object", "properties": {"answer": rschema}, "required": ["answer"],
+                   "additionalProperties": False}
+        params = msgspec.structs.replace(params, max_tokens=max(params.max_tokens or 0, 16))
+    schema = {"name": rubric.name.replace("/", "_")[:64], "schema": rschema}
+    params = msgspec.structs.replace(params, json_schema=schema)
+    cap = cfg.judge.max_tokens
+    if cap is not None and (params.max_tokens is None or params.max_tokens > cap):
+        params = msgspec.structs.replace(params, max_tokens=cap)
+    return params
 
 
 def rubrics_by_source(subtasks: Iterable[Subtask]) -> dict[str, list[tuple[Subtask, Rubric]]]:
@@ -105,20 +126,7 @@ class JudgeHub:
         if lane.judge_queue is None or judge in self._closed:
             return
         messages = rubric.build(item, text)
-        params = merge_params(model_params(lane.cfg), rubric.params)
-        # OpenAI-style json_schema output needs an object at the root: a rubric whose judge answers
-        # with a bare value (the 0-3 endorsement digit) gets it wrapped as {"answer": <value>}, which
-        # its text parser still reads (the first digit), with room for the few JSON tokens.
-        rschema = rubric.schema
-        if rschema.get("type") != "object":
-            rschema = {"type": "object", "properties": {"answer": rschema}, "required": ["answer"],
-                       "additionalProperties": False}
-            params = msgspec.structs.replace(params, max_tokens=max(params.max_tokens or 0, 16))
-        schema = {"name": rubric.name.replace("/", "_")[:64], "schema": rschema}
-        params = msgspec.structs.replace(params, json_schema=schema)
-        cap = self.cfg.judge.max_tokens
-        if cap is not None and (params.max_tokens is None or params.max_tokens > cap):
-            params = msgspec.structs.replace(params, max_tokens=cap)
+        params = judge_params(self.cfg, lane.cfg, rubric)
         if try_:
             params = msgspec.structs.replace(params, **RETRY_PARAMS)
         jitem = Item(id=item.id, pillar=item.pillar, subtask=item.subtask, messages=messages)

@@ -40,9 +40,9 @@ class Plan:
 
 def build_plan(cfg: Config, spec: Any, out: Path | None) -> Plan:
     from adapters.registry import make_adapter
-    from engine.judge import judges_for, rubrics_by_source
+    from engine.judge import judge_params, judges_for, rubrics_by_source
     from engine.runner import _subtasks, item_factory
-    from engine.scheduler import estimate_tokens, lane_units, merge_params, model_params
+    from engine.scheduler import estimate_tokens, lane_units
 
     from engine.requery import requery_limits
 
@@ -66,9 +66,7 @@ def build_plan(cfg: Config, spec: Any, out: Path | None) -> Plan:
                 continue
             for _, rubric in by_source.get(f"{u.item.pillar}/{u.item.subtask}", ()):
                 for judge in judges_for(cfg, rubric):
-                    params = merge_params(model_params(cfg.models[judge]), rubric.params)
-                    if cfg.judge.max_tokens is not None and (params.max_tokens or 0) > cfg.judge.max_tokens:
-                        params = merge_params(params, type(params)(max_tokens=cfg.judge.max_tokens))
+                    params = judge_params(cfg, cfg.models[judge], rubric)
                     # The judged text is at most the target's max_tokens long (~4 chars a token).
                     jitem = type(u.item)(id=u.item.id, pillar=u.item.pillar, subtask=u.item.subtask,
                                          messages=rubric.build(u.item, "x" * (4 * u.max_out)))
