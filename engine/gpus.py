@@ -163,6 +163,9 @@ def placed(open_server: Callable[..., Any], pool: GpuPool, name: str,
     async def wrapper(adapter: Any) -> AsyncIterator[Any]:
         t0 = time.time()
         gpus = await pool.acquire(name)
+        if pool.closed:  # granted just before the run stopped: give the GPUs back, start nothing
+            pool.release(name)
+            raise asyncio.CancelledError
         info.update({"gpus": gpus, "waited_s": round(time.time() - t0, 3), "started_at": time.time()})
         try:
             kw = {"gpus": gpus} if getattr(open_server, "takes_gpus", False) else {}

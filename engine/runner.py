@@ -444,6 +444,14 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
             lane.halt()
 
     interrupt = Interrupt(stop, cfg.run.grace_period_s, cancel_all, log, on_stop=halt_all)
+    pool_closer = None
+    if gpu_pool is not None:
+        async def close_pool_on_stop() -> None:
+            # Any run-wide stop (a signal, --budget) means queued local models must not load now.
+            await stop.wait()
+            gpu_pool.close()
+
+        pool_closer = asyncio.create_task(close_pool_on_stop())
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupt, sig)
     bars = None
@@ -457,6 +465,8 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
     finally:
         if closer is not None:
             closer.cancel()
+        if pool_closer is not None:
+            pool_closer.cancel()
         if bars is not None:
             await bars.stop()
         for w in writers:

@@ -214,6 +214,9 @@ class Lane:
                 if first is None:
                     self.stats.state = "complete"
                     return
+            if self.stopping:  # stopped (signal, budget) before this lane got going: load nothing
+                self.stats.state = "interrupted"
+                return
             self.stats.state = "starting"
             if self._open_server is not None:
                 async with self._open_server(self.adapter) as server:

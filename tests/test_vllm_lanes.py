@@ -276,6 +276,23 @@ def test_sigint_while_a_model_is_queued_never_starts_it(tmp_path: Path, engine_p
     assert [e[1] for e in run_doc(out)["servers"]["events"]] == ["m1", "m1"]
 
 
+def test_budget_stop_never_starts_a_queued_model(tmp_path: Path) -> None:
+    items = write_items(tmp_path / "items.jsonl", 8)
+    out = tmp_path / "out"
+    models = {"m1": vllm_model("org/m1", max_concurrency=1, max_tokens=16), "m2": vllm_model("org/m2")}
+    prices = "\n[prices.m1]\ninput_per_mtok = 100\noutput_per_mtok = 100\n"
+    cfg = write_config(tmp_path / "c.toml", models, run={"gpus": [0], "output": str(out)}, extra=prices)
+    res = run_engine("run", cfg, "--items", items, "--budget", "0.01", timeout=120)
+    assert res.rc == 3, res.stderr
+    assert "budget of $0.0100 reached" in res.stderr
+    assert 0 < len(read_jsonl(out / "responses" / "m1.jsonl")) < 8
+    assert not (out / "logs" / "m2.log").exists()  # queued behind m1: never loaded after the stop
+    assert [e[1] for e in run_doc(out)["servers"]["events"]] == ["m1", "m1"]
+    res = run_engine("run", cfg, "--items", items, timeout=120)  # no budget: both complete
+    assert res.rc == 0, res.stderr
+    assert len(read_jsonl(out / "responses" / "m2.jsonl")) == 8
+
+
 def test_model_larger_than_gpus_is_an_error_before_anything_is_written(tmp_path: Path) -> None:
     items = write_items(tmp_path / "items.jsonl", 2)
     out = tmp_path / "out"
