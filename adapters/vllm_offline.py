@@ -6,7 +6,9 @@ each chunk is one `LLM.chat` call in a worker thread. Every request of a chunk r
 chunk completes, so its records are written together and an interrupted run loses at most the
 chunk in flight. Bodies are the same OpenAI-shaped dicts as the server path, and their sampling
 settings map to `SamplingParams` the same way the server maps them (max_tokens, temperature,
-top_p, seed, stop, JSON-schema guided decoding).
+top_p, seed, stop, JSON-schema guided decoding). The model's vLLM settings (max_model_len,
+gpu_memory_utilization, dtype, seed, and `extra_args` written as for `vllm serve`) become
+`vllm.LLM` keyword arguments.
 
 `CUDA_VISIBLE_DEVICES` is process-wide, so offline lanes run one at a time in a process (a lock);
 for many models on many GPUs, `adapter = "vllm"` (one server process per model) rotates better.
@@ -73,11 +75,43 @@ def _sampling_params(vllm: Any, body: dict[str, Any]) -> Any:
     return vllm.SamplingParams(**kw)
 
 
+def engine_args_kwargs(extra_args: Sequence[str]) -> dict[str, Any]:
+    """`extra_args` written for `vllm serve` as `vllm.LLM` keyword arguments (pure), so one model
+    entry works in both modes: `--enforce-eager` -> enforce_eager=True, `--max-num-seqs 64` ->
+    max_num_seqs=64, `--kv-cache-dtype=fp8` -> kv_cache_dtype="fp8"; values are read as JSON
+    where they parse (numbers, true/false), else kept as strings."""
+    import json
+
+    kw: dict[str, Any] = {}
+    args = list(extra_args)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--"):
+            raise ConfigError(f"extra_args: `{a}` is not an option (vllm-offline maps `--name [value]` to vllm.LLM(name=value))")
+        key, eq, val = a[2:].partition("=")
+        key = key.replace("-", "_")
+        if not eq:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                val, i = args[i + 1], i + 1
+            else:
+                kw[key] = True
+                i += 1
+                continue
+        try:
+            kw[key] = json.loads(val)
+        except ValueError:
+            kw[key] = val
+        i += 1
+    return kw
+
+
 def llm_kwargs(name: str, cfg: ModelConfig) -> dict[str, Any]:
     kw: dict[str, Any] = {"model": cfg.model or name, "tensor_parallel_size": cfg.tensor_parallel_size}
     for key in ("max_model_len", "gpu_memory_utilization", "dtype", "seed"):
         if getattr(cfg, key) is not None:
             kw[key] = getattr(cfg, key)
+    kw.update(engine_args_kwargs(cfg.extra_args))
     return kw
 
 
@@ -179,6 +213,10 @@ def make_vllm_offline(name: str, cfg: ModelConfig, log_dir: Path, *, with_secret
         raise ConfigError(f"models.{name}: {MISSING}")
     if with_secrets and cfg.chat_template and not Path(cfg.chat_template).expanduser().is_file():
         raise ConfigError(f"models.{name}.chat_template: file not found: {cfg.chat_template}")
+    try:
+        engine_args_kwargs(cfg.extra_args)
+    except ConfigError as exc:
+        raise ConfigError(f"models.{name}.{exc}") from None
     if with_secrets:
         from adapters.vllm import check_offline_cache
 

@@ -43,7 +43,7 @@ def prompts(n: int) -> list[str]:
     return [f"In two sentences, how can someone cope with {TOPICS[i % len(TOPICS)]}? (case {i})" for i in range(n)]
 
 
-async def bare(url: str, texts: list[str], max_tokens: int, c: int) -> tuple[float, int]:
+async def bare(url: str, texts: list[str], max_tokens: int, c: int, model: str = ALIAS) -> tuple[float, int]:
     """The server's own best: c requests in flight from one session; returns (wall s, completion tokens)."""
     queue = list(texts)
     tokens = 0
@@ -52,7 +52,7 @@ async def bare(url: str, texts: list[str], max_tokens: int, c: int) -> tuple[flo
             nonlocal tokens
             while queue:
                 p = queue.pop()
-                body = {"model": ALIAS, "messages": [{"role": "user", "content": p}], "max_tokens": max_tokens,
+                body = {"model": model, "messages": [{"role": "user", "content": p}], "max_tokens": max_tokens,
                         "temperature": 0.0, "seed": 0}
                 async with s.post(url + "/chat/completions", json=body) as r:
                     data = await r.json()

