@@ -1,7 +1,7 @@
 """`adapter = "vllm-offline"`: in-process `vllm.LLM`, fed in chunks.
 
 The lane's workers (`max_concurrency`, default `offline_chunk`) each hand one request to `send`;
-requests are gathered into chunks of `offline_chunk` (a partial chunk goes after a short pause) and
+requests are gathered into chunks of `offline_chunk` (a partial chunk goes after GATHER_S) and
 each chunk is one `LLM.chat` call in a worker thread. Every request of a chunk returns when the
 chunk completes, so its records are written together and an interrupted run loses at most the
 chunk in flight. Bodies are the same OpenAI-shaped dicts as the server path, and their sampling
@@ -36,6 +36,7 @@ from engine.errors import ConfigError
 from engine.records import GenParams, Message, Response, Usage
 
 MISSING = "adapter `vllm-offline` needs vLLM installed: pip install 'trustmh-engine[vllm]' (it needs a GPU)"
+GATHER_S = 0.05  # a partial chunk waits this long for more requests (workers hand theirs in within ms)
 _PROCESS_LOCK: asyncio.Lock | None = None  # one offline lane at a time per process (per loop)
 
 
@@ -125,6 +126,7 @@ class OfflineChat:
         self.vllm: Any = None
         self.template: str | None = None
         self.chunks: list[int] = []  # sizes of the LLM.chat calls made (run.json, tests)
+        self.last_chunk_at: float | None = None  # wall time the last chunk finished (run.json)
         self._pending: list[tuple[dict[str, Any], asyncio.Future[Response]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._run_lock = asyncio.Lock()
@@ -140,7 +142,7 @@ class OfflineChat:
         if len(self._pending) >= self.chunk:
             self._flush()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(0.2, self._flush)
+            self._timer = asyncio.get_running_loop().call_later(GATHER_S, self._flush)
         return await fut  # a chunk runs until done: the per-attempt timeout does not apply
 
     def _flush(self) -> None:
@@ -151,7 +153,7 @@ class OfflineChat:
         if batch:
             asyncio.ensure_future(self._run(batch))
         if self._pending:
-            self._timer = asyncio.get_running_loop().call_later(0.2, self._flush)
+            self._timer = asyncio.get_running_loop().call_later(GATHER_S, self._flush)
 
     async def _run(self, batch: list[tuple[dict[str, Any], asyncio.Future[Response]]]) -> None:
         async with self._run_lock:
@@ -170,6 +172,7 @@ class OfflineChat:
                             results.append(self._response(o, time.perf_counter() - t0))
                         except Exception as one:  # noqa: BLE001
                             results.append(_classify(one))
+            self.last_chunk_at = time.time()
             for (_, fut), res in zip(batch, results, strict=True):
                 if fut.done():
                     continue
@@ -249,6 +252,7 @@ def make_vllm_offline(name: str, cfg: ModelConfig, log_dir: Path, *, with_secret
                 yield a
             finally:
                 info["chunks"] = len(a.chunks)
+                info["last_chunk_at"] = a.last_chunk_at  # stopped_at also counts vLLM's shutdown
                 a.llm = None
                 await asyncio.to_thread(_free_gpu_memory)
 

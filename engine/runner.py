@@ -501,7 +501,8 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
 
     for lane in lanes:
         s = lane.stats
-        line = (f"{lane.name}: {s.state}; {s.done} written this run ({s.ok} ok, {s.fatal} fatal), "
+        judged = f" + {s.judged} judgments" if s.judged else ""  # ok/fatal count both kinds of request
+        line = (f"{lane.name}: {s.state}; {s.done} written this run{judged} ({s.ok} ok, {s.fatal} fatal), "
                 f"{s.skipped} already done, {s.exhausted} out of retries, {s.retries} retries, {s.rate_limited} rate-limited")
         log(line)
         if s.message:
