@@ -383,6 +383,33 @@ def test_offline_lane_feeds_chunks_and_isolates_a_failing_prompt(tmp_path: Path)
     assert run_doc(out)["servers"]["models"]["off"]["vllm_version"]
 
 
+def test_offline_lane_killed_mid_run_loses_at_most_the_chunk_in_flight(tmp_path: Path, engine_procs: Any) -> None:
+    import signal
+
+    from tests.conftest import REPO, wait_for_lines
+
+    items = write_items(tmp_path / "items.jsonl", 12)
+    out = tmp_path / "out"
+    log = tmp_path / "fake_vllm.jsonl"
+    model = {"adapter": "vllm-offline", "model": "org/off", "offline_chunk": 4}
+    cfg = write_config(tmp_path / "c.toml", {"off": model}, run={"gpus": [0], "output": str(out)})
+    env = {"PYTHONPATH": f"{REPO}:{REPO / 'tests' / 'fake_vllm'}", "FAKE_VLLM_LOG": str(log), "FAKE_VLLM_CHAT_S": "0.6"}
+    p = engine_procs("run", cfg, "--items", items, env=env)
+    resp = out / "responses" / "off.jsonl"
+    wait_for_lines(resp, 4, p, timeout=30)
+    p.signal(signal.SIGKILL)
+    p.wait(timeout=30)
+    kept = read_jsonl(resp)
+    assert len(kept) in (4, 8)  # whole chunks only: what was in flight is simply redone
+    env["FAKE_VLLM_CHAT_S"] = "0"
+    res = run_engine("run", cfg, "--items", items, timeout=60, env=env)
+    assert res.rc == 0, res.stderr
+    recs = read_jsonl(resp)
+    assert len(recs) == 12 and len({r["key"] for r in recs}) == 12
+    assert [r["key"] for r in recs[: len(kept)]] == [r["key"] for r in kept]
+    assert run_engine("verify", out).rc == 0
+
+
 # -- the embedded model as the stand-in ------------------------------------------------------------------
 
 

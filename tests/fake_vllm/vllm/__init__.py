@@ -1,7 +1,8 @@
 """A stand-in `vllm` package for tests of `adapter = "vllm-offline"` (put tests/fake_vllm on
 PYTHONPATH): `LLM.chat` answers "offline:<model>:<last user message>" and appends each call's batch
 size and CUDA_VISIBLE_DEVICES to $FAKE_VLLM_LOG. A prompt containing "TOO-LONG" fails the whole
-batch, like vLLM does for a prompt longer than max_model_len."""
+batch, like vLLM does for a prompt longer than max_model_len. $FAKE_VLLM_CHAT_S makes each call take
+that many seconds (a slow chunk, for kill tests)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ class LLM:
     def chat(self, messages: list[list[dict[str, str]]], sampling_params: Any = None, use_tqdm: bool = True,
              chat_template: str | None = None, **kw: Any) -> list[_Output]:
         self._log({"event": "chat", "model": self.model, "n": len(messages), "template": chat_template is not None})
+        if os.environ.get("FAKE_VLLM_CHAT_S"):
+            import time
+
+            time.sleep(float(os.environ["FAKE_VLLM_CHAT_S"]))
         outs = []
         for conv, sp in zip(messages, sampling_params, strict=True):
             last = conv[-1]["content"]
