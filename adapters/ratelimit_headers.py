@@ -39,18 +39,44 @@ class LimitSignal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
 
     remaining_requests  requests left in the current window (None: not reported)
     remaining_tokens    tokens left (Anthropic: the most restrictive token limit in effect)
-    reset_requests_s    seconds until the request limit is replenished
-    reset_tokens_s      seconds until the token limit is replenished
+    reset_requests_s    seconds until the request limit is fully replenished
+    reset_tokens_s      seconds until the token limit is fully replenished
+    limit_requests      the request limit itself (None: not reported)
+    limit_tokens        the token limit the remaining_tokens count belongs to
+
+    Both providers refill continuously (OpenAI's example: limit 60, remaining 59, reset "1s";
+    Anthropic: a token bucket, reset = "fully replenished"), so with the limit known, the wait for
+    one more request is reset / (limit - remaining), not the whole reset.
     """
 
     remaining_requests: int | None = None
     remaining_tokens: int | None = None
     reset_requests_s: float | None = None
     reset_tokens_s: float | None = None
+    limit_requests: int | None = None
+    limit_tokens: int | None = None
 
     def empty(self) -> bool:
         return (self.remaining_requests is None and self.remaining_tokens is None
                 and self.reset_requests_s is None and self.reset_tokens_s is None)
+
+    def request_wait_s(self) -> float | None:
+        """Seconds to hold back new requests when at most one is left (None: no need)."""
+        rem, reset, limit = self.remaining_requests, self.reset_requests_s, self.limit_requests
+        if rem is None or rem > 1 or not reset:
+            return None
+        if limit is not None and limit > rem:
+            return reset / (limit - rem)
+        return reset
+
+    def token_wait_s(self, need: int) -> float | None:
+        """Seconds until `need` tokens are available when fewer remain (None: no need)."""
+        rem, reset, limit = self.remaining_tokens, self.reset_tokens_s, self.limit_tokens
+        if rem is None or rem >= need or not reset:
+            return None
+        if limit is not None and limit > rem:
+            return reset * min(1.0, (min(need, limit) - rem) / (limit - rem))
+        return reset
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|h|m|s)")
@@ -112,11 +138,16 @@ def _count(value: str | None) -> int | None:
 
 def parse_openai(headers: Mapping[str, str]) -> LimitSignal | None:
     """OpenAI-style `x-ratelimit-*` headers; None when there are none."""
+    if "x-ratelimit-remaining-requests" not in headers and "x-ratelimit-remaining-tokens" not in headers \
+            and "x-ratelimit-reset-requests" not in headers and "x-ratelimit-reset-tokens" not in headers:
+        return None  # the common case for local servers: no parsing per response
     sig = LimitSignal(
         remaining_requests=_count(headers.get("x-ratelimit-remaining-requests")),
         remaining_tokens=_count(headers.get("x-ratelimit-remaining-tokens")),
         reset_requests_s=parse_duration(headers.get("x-ratelimit-reset-requests")),
         reset_tokens_s=parse_duration(headers.get("x-ratelimit-reset-tokens")),
+        limit_requests=_count(headers.get("x-ratelimit-limit-requests")),
+        limit_tokens=_count(headers.get("x-ratelimit-limit-tokens")),
     )
     return None if sig.empty() else sig
 
@@ -131,18 +162,22 @@ def parse_anthropic(headers: Mapping[str, str], now: float | None = None) -> Lim
     p = "anthropic-ratelimit-"
     remaining_tokens = _count(headers.get(p + "tokens-remaining"))
     reset_tokens = parse_rfc3339_delay(headers.get(p + "tokens-reset"), now)
+    limit_tokens = _count(headers.get(p + "tokens-limit"))
     if remaining_tokens is None and reset_tokens is None:
-        best: tuple[int, float | None] | None = None
+        best: tuple[int, float | None, int | None] | None = None
         for kind in ("input-tokens", "output-tokens"):
             rem = _count(headers.get(f"{p}{kind}-remaining"))
             if rem is not None and (best is None or rem < best[0]):
-                best = (rem, parse_rfc3339_delay(headers.get(f"{p}{kind}-reset"), now))
+                best = (rem, parse_rfc3339_delay(headers.get(f"{p}{kind}-reset"), now),
+                        _count(headers.get(f"{p}{kind}-limit")))
         if best is not None:
-            remaining_tokens, reset_tokens = best
+            remaining_tokens, reset_tokens, limit_tokens = best
     sig = LimitSignal(
         remaining_requests=_count(headers.get(p + "requests-remaining")),
         remaining_tokens=remaining_tokens,
         reset_requests_s=parse_rfc3339_delay(headers.get(p + "requests-reset"), now),
         reset_tokens_s=reset_tokens,
+        limit_requests=_count(headers.get(p + "requests-limit")),
+        limit_tokens=limit_tokens,
     )
     return None if sig.empty() else sig

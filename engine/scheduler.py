@@ -247,16 +247,19 @@ class Lane:
 
     def _heed_signal(self, unit: Unit) -> None:
         """Slow the lane before the provider's limit is hit: when its rate-limit headers say the
-        requests (or the tokens this request needs) are about to run out, every worker waits for
-        the reset. Configured RPM/TPM stay the hard ceiling either way."""
+        requests (or the tokens this request needs) are about to run out, every worker waits until
+        the provider has refilled enough for one more (LimitSignal.request_wait_s / token_wait_s).
+        Configured RPM/TPM stay the hard ceiling either way."""
         sig = getattr(self.adapter, "last_signal", None)
         if sig is None:
             return
-        if sig.remaining_requests is not None and sig.remaining_requests <= 1 and sig.reset_requests_s:
-            self.pacer.push_back(sig.reset_requests_s)
+        wait = sig.request_wait_s()
+        if wait:
+            self.pacer.push_back(wait)
             self.stats.limit_pushbacks += 1
-        if sig.remaining_tokens is not None and sig.remaining_tokens < unit.est_tokens and sig.reset_tokens_s:
-            self.pacer.push_back(sig.reset_tokens_s)
+        wait = sig.token_wait_s(unit.est_tokens)
+        if wait:
+            self.pacer.push_back(wait)
             self.stats.limit_pushbacks += 1
 
     async def _watch_server(self, server: Any) -> None:

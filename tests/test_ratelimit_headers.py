@@ -40,7 +40,7 @@ def test_openai_headers_from_the_docs() -> None:
                "x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "6m0s"}
     sig = parse_openai(headers)
     assert sig == LimitSignal(remaining_requests=59, remaining_tokens=149984, reset_requests_s=1.0,
-                              reset_tokens_s=360.0)
+                              reset_tokens_s=360.0, limit_requests=60, limit_tokens=150000)
 
 
 def test_openai_partial_and_azure_quirks() -> None:
@@ -78,7 +78,7 @@ def test_anthropic_headers_as_the_api_sends_them() -> None:
     }
     sig = parse_anthropic(headers, now=NOW)
     assert sig == LimitSignal(remaining_requests=999, remaining_tokens=96000, reset_requests_s=59.0,
-                              reset_tokens_s=59.0)
+                              reset_tokens_s=59.0, limit_requests=1000, limit_tokens=96000)
 
 
 def test_anthropic_without_combined_tokens_uses_the_tighter_family() -> None:
@@ -95,6 +95,22 @@ def test_anthropic_absent_or_garbled() -> None:
     sig = parse_anthropic({"anthropic-ratelimit-requests-remaining": "0",
                            "anthropic-ratelimit-requests-reset": "not a time"}, now=NOW)
     assert sig == LimitSignal(remaining_requests=0)
+
+
+def test_waits_are_one_request_or_the_missing_tokens_worth_of_refill() -> None:
+    # OpenAI's documented example: 60 requests per minute, 59 left, full again in 1 s: one per second.
+    assert LimitSignal(remaining_requests=59, reset_requests_s=1.0, limit_requests=60).request_wait_s() is None
+    # One left of 1000, full again in 59.94 s: the next one refills in 0.06 s, not 59.94 s.
+    sig = LimitSignal(remaining_requests=1, reset_requests_s=59.94, limit_requests=1000)
+    assert sig.request_wait_s() == pytest.approx(0.06)
+    assert LimitSignal(remaining_requests=0, reset_requests_s=2.0).request_wait_s() == 2.0  # no limit: whole reset
+    assert LimitSignal(remaining_requests=0, reset_requests_s=0.0, limit_requests=5).request_wait_s() is None
+    # Tokens: 1,000 needed, 200 left of 10,000, full in 49 s -> 800 / 9,800 of 49 s.
+    tok = LimitSignal(remaining_tokens=200, reset_tokens_s=49.0, limit_tokens=10_000)
+    assert tok.token_wait_s(1_000) == pytest.approx(4.0)
+    assert tok.token_wait_s(150) is None
+    assert tok.token_wait_s(50_000) == pytest.approx(49.0)  # more than the whole limit: at most the reset
+    assert LimitSignal(remaining_tokens=10, reset_tokens_s=3.0).token_wait_s(100) == 3.0
 
 
 def test_signal_is_a_frozen_struct() -> None:
