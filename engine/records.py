@@ -7,9 +7,11 @@ The names below are the public record shape documented in README ("Record shape"
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 import msgspec
+import orjson
 
 FinishReason = Literal["stop", "length", "content_filter"]
 ErrorKind = Literal["rate_limited", "transient", "timeout", "fatal", "auth", "malformed", "cancelled"]
@@ -131,10 +133,12 @@ judgment_decoder = msgspec.json.Decoder(JudgmentRecord)
 
 def request_key(model: str, pillar: str, subtask: str, item_id: str, sample: int, body: dict[str, Any]) -> str:
     """The record key: a hash of who asked what, over the canonical request body as sent (auth and
-    stream fields never enter the body we hash)."""
-    import hashlib
+    stream fields never enter the body we hash). Keys are what resume matches on: the bytes hashed
+    here must never change."""
+    blob = _dumps([model, pillar, subtask, item_id, sample, body], option=_SORT_KEYS)
+    return _blake2b(blob, digest_size=16).hexdigest()
 
-    import orjson
 
-    blob = orjson.dumps([model, pillar, subtask, item_id, sample, body], option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(blob, digest_size=16).hexdigest()
+_dumps = orjson.dumps
+_SORT_KEYS = orjson.OPT_SORT_KEYS
+_blake2b = hashlib.blake2b

@@ -284,62 +284,67 @@ class Lane:
             self.generation_done.set()
 
     async def _dispatch(self, first: Unit, pending: Iterator[Unit]) -> None:
+        """n workers pull units themselves: judge units waiting in the judge queue first, else the
+        next generation unit from the (synchronous) item walk, else they wait for judge work. No
+        producer task and no hand-off queue between it and the workers: at thousands of items per
+        second, that hand-off (a task wake-up per item) was a measurable share of the engine's CPU."""
         self.stats.state = "running"
         n = self.cfg.concurrency()
-        queue: asyncio.Queue[Unit | None] = asyncio.Queue(maxsize=2 * n)
-        producers_left = 2 if self.judge_queue is not None else 1
+        jq = self.judge_queue
+        gen: Iterator[Unit] | None = pending if first.judge is not None else _chain(first, pending)
+        carry: list[Unit] = [first] if first.judge is not None else []
+        judge_closed = False
 
-        async def finish_producer() -> None:
-            nonlocal producers_left
-            producers_left -= 1
-            if producers_left == 0:
-                for _ in range(n):
-                    await queue.put(None)
-
-        async def produce() -> None:
-            units = pending if first.judge is not None else _chain(first, pending)
-            for u in units:
-                if self.stopping:
-                    break
-                self._gen_pending += 1
-                await queue.put(u)
-            self._gen_producing = False
-            self._gen_settled()
-            await finish_producer()
-
-        async def forward_judging() -> None:
-            assert self.judge_queue is not None
-            if first.judge is not None:
-                await queue.put(first)
-            while not self.stopping:
-                u = await self.judge_queue.get()
-                if u is None:
-                    break
-                await queue.put(u)
-            await finish_producer()
-
-        workers = [asyncio.create_task(self._worker(queue)) for _ in range(n)]
-        producers = [asyncio.create_task(produce())]
-        if self.judge_queue is not None:
-            producers.append(asyncio.create_task(forward_judging()))
-        try:
-            await asyncio.gather(*producers, *workers)
-        finally:
-            for t in (*producers, *workers):
-                t.cancel()
-
-    async def _worker(self, queue: asyncio.Queue[Unit | None]) -> None:
-        while True:
-            unit = await queue.get()
-            if unit is None:
-                return
-            if not self.stopping:
-                await self._process(unit)
-            if unit.judge is None:
-                self._gen_pending -= 1
+        def next_gen() -> Unit | None:
+            nonlocal gen
+            if gen is None:
+                return None
+            u = next(gen, None)
+            if u is None:
+                gen = None
+                self._gen_producing = False
                 self._gen_settled()
-            elif self._on_judge_done is not None:
-                self._on_judge_done(unit)
+                return None
+            self._gen_pending += 1
+            return u
+
+        async def worker() -> None:
+            nonlocal judge_closed, gen
+            while not self.stopping:
+                if carry:
+                    unit: Unit | None = carry.pop()
+                elif jq is not None and not judge_closed and not jq.empty():
+                    unit = jq.get_nowait()
+                else:
+                    unit = next_gen()
+                    if unit is None:
+                        if jq is None or judge_closed:
+                            return
+                        unit = await jq.get()
+                if unit is None:
+                    # No more judge work: wake the next worker waiting on the queue (it passes
+                    # this on in turn); generation units may still be left for all of them.
+                    assert jq is not None
+                    judge_closed = True
+                    jq.put_nowait(None)
+                    continue
+                await self._process(unit)
+                if unit.judge is None:
+                    self._gen_pending -= 1
+                    self._gen_settled()
+                elif self._on_judge_done is not None:
+                    self._on_judge_done(unit)
+            if gen is not None:  # stopped: the walk ends here
+                gen = None
+                self._gen_producing = False
+                self._gen_settled()
+
+        workers = [asyncio.create_task(worker()) for _ in range(n)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for t in workers:
+                t.cancel()
 
     def _emit(self, unit: Unit, attempts: int, response: Response | None, error: ErrorInfo | None) -> None:
         if unit.judge is not None:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _BASE = math.log(1.05)
+_INV_BASE = 1.0 / _BASE
+_log = math.log
 
 
 @dataclass
@@ -41,7 +43,7 @@ class LaneStats:
     _lat: Counter[int] = field(default_factory=Counter)
 
     def latency(self, seconds: float) -> None:
-        self._lat[int(math.log(max(seconds, 1e-6)) / _BASE)] += 1
+        self._lat[int(_log(seconds if seconds > 1e-6 else 1e-6) * _INV_BASE)] += 1
 
     def percentile(self, q: float) -> float | None:
         total = sum(self._lat.values())
