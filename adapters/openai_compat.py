@@ -64,7 +64,12 @@ def _error_message(raw: bytes) -> str:
 
 
 def classify_status(status: int, raw: bytes, headers: Any, secrets: tuple[str, ...]) -> AdapterError:
-    return error_for_status(status, _error_message(raw), secrets=secrets, retry_after=parse_retry_after(headers))
+    message = _error_message(raw)
+    # OpenAI answers a request larger than the whole per-minute limit with a 429 that no wait can
+    # cure ("Request too large for gpt-4o ... on tokens per min (TPM): Limit 30000, Requested
+    # 30601. The input or output tokens must be reduced ..."): final, not a retry loop.
+    kind = "fatal" if status == 429 and "request too large" in message.lower() else None
+    return error_for_status(status, message, secrets=secrets, retry_after=parse_retry_after(headers), kind=kind)
 
 
 class _Message(msgspec.Struct):

@@ -678,10 +678,17 @@ class FakeServer:
                 self._record(t, kfp, bh, 429)
                 if math.isinf(wait):
                     # Like OpenAI's "Request too large": retrying cannot help.
+                    # OpenAI's wording (type "tokens", code "rate_limit_exceeded"), e.g. "Request too
+                    # large for gpt-4o in organization org-... on tokens per min (TPM): Limit 30000,
+                    # Requested 30601. The input or output tokens must be reduced in order to run
+                    # successfully. Visit https://platform.openai.com/account/rate-limits to learn more."
+                    unit, limit = ("tokens per min (TPM)", cfg.tpm) if kind == "tokens" else ("requests per min (RPM)", cfg.rpm)
                     return _error(
                         429,
-                        f"Request too large on {kind} per min: limit rpm={cfg.rpm} tpm={cfg.tpm}, "
-                        f"requested {prompt_tokens + _max_tokens(body)} tokens.",
+                        f"Request too large for {body.get('model')} in organization org-fake on {unit}: "
+                        f"Limit {limit}, Requested {prompt_tokens + _max_tokens(body)}. The input or output tokens "
+                        "must be reduced in order to run successfully. Visit "
+                        "https://platform.openai.com/account/rate-limits to learn more.",
                         kind,
                         "rate_limit_exceeded",
                         headers={"Retry-After": "60", "retry-after-ms": "60000"},

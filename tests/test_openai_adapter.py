@@ -97,6 +97,18 @@ def test_429_is_rate_limited_with_fractional_retry_after() -> None:
     with_server({}, fn)
 
 
+def test_request_too_large_for_the_whole_tpm_is_fatal_not_retried() -> None:
+    async def fn(a: OpenAIChat, srv: FakeServer, url: str) -> None:
+        srv.set_config(tpm=600)  # 10 tokens a second: this request can never be admitted
+        e = await _err(a, a.build_body(MSGS, PARAMS))
+        assert e.kind == "fatal" and e.status == 429 and not e.retryable
+        assert "Request too large for" in e.message and "tokens per min (TPM): Limit 600" in e.message
+        srv.set_config(tpm=None, p_429=1.0, retry_after_s=0.1)  # an ordinary 429 still waits and retries
+        assert (await _err(a, a.build_body(MSGS, PARAMS))).kind == "rate_limited"
+
+    with_server({}, fn)
+
+
 def test_5xx_is_transient() -> None:
     async def fn(a: OpenAIChat, srv: FakeServer, url: str) -> None:
         srv.set_config(p_5xx=1.0)

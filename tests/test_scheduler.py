@@ -273,3 +273,19 @@ def test_api_key_never_written_even_when_server_echoes_it(tmp_path: Path) -> Non
         _assert_no_secret(out, res.stdout + res.stderr, (secret,))
     finally:
         srv.stop()
+
+
+def test_request_too_large_for_the_providers_tpm_is_one_fatal_record(tmp_path: Path,
+                                                                     fake_server: FakeServerProcess) -> None:
+    """OpenAI's 429 "Request too large ... must be reduced" cannot succeed by waiting: one attempt,
+    a final error record saying why, and the run goes on."""
+    fake_server.set_config(tpm=600)
+    items = write_items(tmp_path / "items.jsonl", 3)
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server, max_attempts=5)}, run={"output": str(out)})
+    res = run_engine("run", cfg, "--items", items)
+    assert res.rc == 0, res.stderr  # fatal outcomes are final: the run is complete
+    recs = read_jsonl(out / "responses" / "fake.jsonl")
+    assert len(recs) == 3 and all(r["attempts"] == 1 and r["error"]["kind"] == "fatal" for r in recs)
+    assert all("tokens per min (TPM): Limit 600" in r["error"]["message"] for r in recs)
+    assert fake_server.stats()["requests"] == 3
