@@ -105,6 +105,21 @@ async def main_async(args: argparse.Namespace) -> list[tuple[str, str]]:
     return rows
 
 
+def report(rows: list[tuple[str, str]], title: str, detail: str, *, append: bool) -> None:
+    """Prints the rows as a table and, with append, adds it to RESULTS.md under a dated heading
+    with the machine, the commit and `detail` (the command, timings)."""
+    width = max(len(r[0]) for r in rows)
+    lines = [f"| {'case':{width}} | result |", f"|{'-' * (width + 2)}|--------|"]
+    lines += [f"| {a:{width}} | {b} |" for a, b in rows]
+    print("\n".join(lines))
+    if append:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        with open(RESULTS, "a") as f:
+            f.write(f"\n## {title} — {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+                    f"{os.cpu_count()} cores, Python {platform.python_version()}, commit {commit}; {detail}\n\n"
+                    + "\n".join(lines) + "\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=48)
@@ -115,17 +130,9 @@ def main() -> int:
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
     rows = asyncio.run(main_async(args))
-    width = max(len(r[0]) for r in rows)
-    lines = [f"| {'case':{width}} | result |", f"|{'-' * (width + 2)}|--------|"]
-    lines += [f"| {a:{width}} | {b} |" for a, b in rows]
-    print("\n".join(lines))
-    if not args.no_append:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        with open(RESULTS, "a") as f:
-            f.write(f"\n## bench_local (embedded llama.cpp server) — {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
-                    f"{os.cpu_count()} cores, Python {platform.python_version()}, commit {commit}; "
-                    f"`python benchmarks/bench_local.py --n {args.n} --max-tokens {args.max_tokens} --slots {args.slots}`\n\n"
-                    + "\n".join(lines) + "\n")
+    report(rows, "bench_local (embedded llama.cpp server)",
+           f"`python benchmarks/bench_local.py --n {args.n} --max-tokens {args.max_tokens} --slots {args.slots}`",
+           append=not args.no_append)
     return 0
 
 

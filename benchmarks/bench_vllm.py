@@ -36,23 +36,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_local import bare, prompts  # noqa: E402
+from bench_local import bare, prompts, report  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 Row = tuple[str, str]
@@ -335,18 +332,9 @@ def main() -> int:
     args = ap.parse_args()
     t0 = time.perf_counter()
     rows = asyncio.run(main_async(args))
-    width = max(len(r[0]) for r in rows)
-    lines = [f"| {'case':{width}} | result |", f"|{'-' * (width + 2)}|--------|"]
-    lines += [f"| {a:{width}} | {b} |" for a, b in rows]
-    print("\n".join(lines))
-    if not args.no_append:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        cmd = "python benchmarks/bench_vllm.py " + " ".join(sys.argv[1:])
-        with open(RESULTS, "a") as f:
-            f.write(f"\n## bench_vllm — {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
-                    f"{os.cpu_count()} cores, Python {platform.python_version()}, commit {commit}, "
-                    f"load average at end {' / '.join(f'{x:.2f}' for x in os.getloadavg())}, took "
-                    f"{time.perf_counter() - t0:.0f} s; `{cmd}`\n\n" + "\n".join(lines) + "\n")
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    report(rows, "bench_vllm", f"load average at end {load}, took {time.perf_counter() - t0:.0f} s; "
+           f"`python benchmarks/bench_vllm.py {' '.join(sys.argv[1:])}`", append=not args.no_append)
     return 0
 
 

@@ -491,6 +491,7 @@ def test_interrupt_leaves_no_partial_file(mirror: Mirror, tmp_path: Path) -> Non
     import signal
 
     started = threading.Event()
+    release = threading.Event()
 
     def hang(h: BaseHTTPRequestHandler) -> None:
         h.send_response(200)
@@ -499,7 +500,9 @@ def test_interrupt_leaves_no_partial_file(mirror: Mirror, tmp_path: Path) -> Non
         h.wfile.write(b"ID,")
         h.wfile.flush()
         started.set()
-        time.sleep(5)
+        # Hold the download open until the engine has been interrupted: a fixed sleep could run
+        # out first on a loaded machine, and the engine would see a cut body instead of SIGINT.
+        release.wait(60)
 
     mirror.overrides["psyharm/PsyHarm.csv"] = hang
     dest = tmp_path / "data"
@@ -513,8 +516,11 @@ def test_interrupt_leaves_no_partial_file(mirror: Mirror, tmp_path: Path) -> Non
         time.sleep(0.05)
     assert list((dest / "psyharm").glob(".PsyHarm.csv.*.part"))  # mid-download
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=30)
-    assert proc.returncode == 130
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        release.set()
+    assert proc.returncode == 130, err
     assert not leftovers(dest) and not (dest / "psyharm").exists()
     for f in MANIFEST.datasets["confaide"].files:  # whatever did arrive is complete and verified
         path = dest / f.dataset / f.path
