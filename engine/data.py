@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 import tomllib
@@ -718,6 +719,31 @@ def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+async def _until_signal(work: Any) -> tuple[Any, int]:
+    """Runs `work` until it ends or SIGINT/SIGTERM arrives: (result, 0) or (None, signum). The
+    handlers are the loop's own, so a fetch started with SIGINT ignored (a background job of a
+    script) still stops on it, and SIGTERM cleans up the same way (no `.part` file left)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    got: list[int] = []
+
+    def stop(signum: int) -> None:
+        got.append(signum)
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        return await task, 0
+    except asyncio.CancelledError:
+        if not got:
+            raise
+        return None, got[0]
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 def cmd_data(args: argparse.Namespace, log: Log | None = None) -> int:
     """`python -m engine data fetch | list`."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -735,9 +761,13 @@ def cmd_data(args: argparse.Namespace, log: Log | None = None) -> int:
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     where = f"mirror {mirror}" if mirror else "upstream URLs"
     log(f"data: fetching into {dest} from {where}")
-    report = asyncio.run(fetch(manifest, dest, only=_split(args.only), mirror=mirror, force=args.force,
-                               jobs=args.jobs, timeout=args.timeout, retries=args.retries,
-                               progress=progress, log=log))
+    report, signum = asyncio.run(_until_signal(fetch(
+        manifest, dest, only=_split(args.only), mirror=mirror, force=args.force, jobs=args.jobs,
+        timeout=args.timeout, retries=args.retries, progress=progress, log=log)))
+    if report is None:
+        log(f"data fetch: stopped by {signal.Signals(signum).name}; no partial file was kept "
+            "(verified files stay); rerun to continue")
+        return 128 + signum
     n_ok = len(report.fetched) + len(report.derived) + len(report.skipped)
     print(f"data: {len(report.fetched)} downloaded, {len(report.derived)} built, "
           f"{len(report.skipped)} already verified, {len(report.failed)} failed"

@@ -487,9 +487,11 @@ def test_connection_refused_is_one_clear_line(tmp_path: Path) -> None:
 
 
 @needs_shared
-def test_interrupt_leaves_no_partial_file(mirror: Mirror, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupt_leaves_no_partial_file(mirror: Mirror, tmp_path: Path, signame: str) -> None:
     import signal
 
+    sig = getattr(signal, signame)
     started = threading.Event()
     release = threading.Event()
 
@@ -507,20 +509,24 @@ def test_interrupt_leaves_no_partial_file(mirror: Mirror, tmp_path: Path) -> Non
     mirror.overrides["psyharm/PsyHarm.csv"] = hang
     dest = tmp_path / "data"
     e = {k: v for k, v in os.environ.items() if k != "TRUSTMH_DATA_MIRROR"}
+    # Started with SIGINT ignored, the way a script's background job (`cmd &`) starts: the fetch
+    # must still stop on it.
     proc = subprocess.Popen([PY, "-m", "engine", "data", "fetch", "--mirror", mirror.url, "--to", str(dest),
                              "--only", "psyharm,confaide"], cwd=REPO, env=e, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert started.wait(30)
     deadline = time.monotonic() + 10
     while not list((dest / "psyharm").glob(".PsyHarm.csv.*.part")) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert list((dest / "psyharm").glob(".PsyHarm.csv.*.part"))  # mid-download
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     try:
         _, err = proc.communicate(timeout=30)
     finally:
         release.set()
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + sig, err
+    assert f"stopped by {signame}; no partial file was kept" in err
     assert not leftovers(dest) and not (dest / "psyharm").exists()
     for f in MANIFEST.datasets["confaide"].files:  # whatever did arrive is complete and verified
         path = dest / f.dataset / f.path
