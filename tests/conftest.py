@@ -288,26 +288,7 @@ class FixedPortServer(FakeServerProcess):
     """A fake server on a chosen port, so that a config's base_url survives a server restart."""
 
     def __init__(self, port: int, config: Mapping[str, Any] | None = None) -> None:
-        super().__init__(config)
-        self.want_port = port
-
-    def start(self, config: Mapping[str, Any] | None = None) -> "FixedPortServer":
-        if config is not None:
-            self._config = dict(config)
-        cmd = [self.python, "-m", "tests.fakeserver", "--host", self.host, "--port", str(self.want_port)]
-        if self._config:
-            cmd += ["--config", orjson.dumps(self._config).decode()]
-        self._stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, cwd=str(REPO), stdout=subprocess.PIPE, stderr=self._stderr,
-                                     stdin=subprocess.DEVNULL, env=engine_env())
-        try:
-            line = self._read_listening_line()
-        except BaseException:
-            self._kill()
-            raise
-        self.base_url = line.split(" ", 1)[1].strip()
-        self.port = int(self.base_url.rsplit(":", 1)[1])
-        return self
+        super().__init__(config, port=port)
 
 
 class ThreadServer:

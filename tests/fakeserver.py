@@ -973,11 +973,13 @@ class FakeServerProcess:
         config: Mapping[str, Any] | None = None,
         *,
         host: str = "127.0.0.1",
+        port: int = 0,
         startup_timeout: float = 30.0,
         python: str | None = None,
     ) -> None:
         self._config = dict(config) if config else None
         self.host = host
+        self.want_port = port  # 0: any free port
         self.startup_timeout = startup_timeout
         self.python = python or sys.executable
         self.proc: subprocess.Popen[bytes] | None = None
@@ -999,7 +1001,7 @@ class FakeServerProcess:
             raise RuntimeError("fake server already started")
         if config is not None:
             self._config = dict(config)
-        cmd = [self.python, "-m", "tests.fakeserver", "--host", self.host, "--port", "0"]
+        cmd = [self.python, "-m", "tests.fakeserver", "--host", self.host, "--port", str(self.want_port)]
         if self._config:
             cmd += ["--config", orjson.dumps(self._config).decode()]
         # stderr goes to a file, not a pipe: nobody drains it while the server
