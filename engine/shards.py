@@ -403,6 +403,17 @@ class StreamCheck(msgspec.Struct, kw_only=True):
     n_overlap: int = 0
     n_duplicate: int = 0
 
+    def problems(self) -> list[str]:
+        """What merge and verify report for this stream: overlapping and duplicated keys."""
+        lines: list[str] = []
+        if self.n_overlap:
+            lines.append(f"{self.kind}/{self.name}: {self.n_overlap} keys in more than one file, e.g.")
+            lines += [f"  {x}" for x in self.overlaps]
+        if self.n_duplicate:
+            lines.append(f"{self.kind}/{self.name}: {self.n_duplicate} keys twice in one file, e.g.")
+            lines += [f"  {x}" for x in self.duplicates]
+        return lines
+
 
 def check_stream(out: Path, kind: str, name: str, parts: dict[int, Path], count: int,
                  replace: set[str] | None = None) -> StreamCheck:
@@ -583,12 +594,7 @@ def _merge_locked(out: Path, log: Callable[[str], None]) -> MergeResult:
         checks.append(c)
         if rep:
             replace[name] = rep
-        if c.n_overlap:
-            problems.append(f"{kind}/{name}: {c.n_overlap} keys in more than one file, e.g.")
-            problems += [f"  {x}" for x in c.overlaps]
-        if c.n_duplicate:
-            problems.append(f"{kind}/{name}: {c.n_duplicate} keys twice in one file, e.g.")
-            problems += [f"  {x}" for x in c.duplicates]
+        problems += c.problems()
     if problems:
         return MergeResult(code=1, lines=[f"merge {out}: refused, nothing changed:"] + [f"  {p}" for p in problems])
 
@@ -693,11 +699,5 @@ def judgment_overlaps(out: Path, found_all: dict[int, Found]) -> list[str]:
         for (kind, name), parts in sorted(found.files.items()):
             if kind != "judgments":
                 continue
-            c = check_stream(out, kind, name, parts, n)
-            if c.n_overlap:
-                lines.append(f"judgments/{name}: {c.n_overlap} keys in more than one file, e.g.")
-                lines += [f"  {x}" for x in c.overlaps]
-            if c.n_duplicate:
-                lines.append(f"judgments/{name}: {c.n_duplicate} keys twice in one file, e.g.")
-                lines += [f"  {x}" for x in c.duplicates]
+            lines += check_stream(out, kind, name, parts, n).problems()
     return lines
