@@ -438,8 +438,6 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
             t.cancel()
 
     def halt_all() -> None:
-        if gpu_pool is not None:  # queued local models must not start loading now
-            gpu_pool.close()
         for lane in lanes:
             lane.halt()
 
