@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import aiohttp
-import msgspec
 import orjson
 
 from adapters.base import AdapterError
@@ -72,72 +71,7 @@ def classify_status(status: int, raw: bytes, headers: Any, secrets: tuple[str, .
     return error_for_status(status, message, secrets=secrets, retry_after=parse_retry_after(headers), kind=kind)
 
 
-class _Message(msgspec.Struct):
-    content: str | None = None
-    refusal: str | None = None
-
-
-class _Choice(msgspec.Struct):
-    message: _Message | None = None
-    finish_reason: str | None = None
-
-
-class _CompletionDetails(msgspec.Struct):
-    reasoning_tokens: int | None = None
-
-
-class _PromptDetails(msgspec.Struct):
-    cached_tokens: int | None = None
-
-
-class _Usage(msgspec.Struct):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    completion_tokens_details: _CompletionDetails | None = None
-    prompt_tokens_details: _PromptDetails | None = None
-
-
-class _Chat(msgspec.Struct):
-    choices: list[_Choice]
-    usage: _Usage | None = None
-    model: str | None = None
-
-
-# The common, well-formed reply decoded straight into typed fields (unknown fields are skipped
-# without building dicts); anything it rejects goes through the lenient path below.
-_DECODE_CHAT = msgspec.json.Decoder(_Chat).decode
-
-
 def parse_chat_response(raw: bytes, latency: float) -> Response:
-    try:
-        chat = _DECODE_CHAT(raw)
-    except msgspec.DecodeError:
-        return _parse_chat_lenient(raw, latency)
-    if not chat.choices:
-        return _parse_chat_lenient(raw, latency)
-    choice = chat.choices[0]
-    message = choice.message
-    text = message.content if message is not None else None
-    finish = choice.finish_reason or "stop"
-    if text is None:
-        refusal = message.refusal if message is not None else None
-        if refusal is None and finish != "content_filter":
-            text = ""
-        else:
-            text, finish = refusal or "", "content_filter"
-    u = chat.usage
-    if u is None:
-        usage = Usage(prompt_tokens=0, completion_tokens=0)
-    else:
-        usage = Usage(prompt_tokens=u.prompt_tokens or 0, completion_tokens=u.completion_tokens or 0,
-                      reasoning_tokens=u.completion_tokens_details.reasoning_tokens
-                      if u.completion_tokens_details is not None else None,
-                      cached_tokens=u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details is not None else None)
-    return Response(text=text, finish_reason=_FINISH.get(finish, "stop"), usage=usage,
-                    latency_s=round(latency, 6), server_model=chat.model)
-
-
-def _parse_chat_lenient(raw: bytes, latency: float) -> Response:
     try:
         data = orjson.loads(raw)
         choice = data["choices"][0]
