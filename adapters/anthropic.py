@@ -32,11 +32,11 @@ from typing import Any
 import aiohttp
 import orjson
 
-from adapters.base import AdapterError
+from engine.core.adapter import AdapterError
 from adapters.http import error_for_status, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_anthropic
-from engine.records import GenParams, Message, Response, Usage
-from engine.retry import parse_retry_after
+from engine.core.records import GenParams, Message, Response, Usage
+from engine.core.retry import parse_retry_after
 
 __all__ = ["ANTHROPIC_VERSION", "DEFAULT_BASE_URL", "DEFAULT_MAX_TOKENS", "AnthropicMessages",
            "anthropic_body", "anthropic_error_message", "parse_messages_response"]

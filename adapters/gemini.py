@@ -40,11 +40,11 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from adapters.base import AdapterError
+from engine.core.adapter import AdapterError
 from adapters.http import error_for_status, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_duration
-from engine.records import GenParams, Message, Response, Usage
-from engine.retry import parse_retry_after
+from engine.core.records import GenParams, Message, Response, Usage
+from engine.core.retry import parse_retry_after
 
 __all__ = ["DEFAULT_BASE_URL", "GeminiGenerate", "gemini_body", "gemini_error", "parse_generate_response"]
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import aiohttp
 
-from adapters.base import AdapterError
-from engine.secrets import redact
+from engine.core.adapter import AdapterError
+from engine.core.secrets import redact
 
 __all__ = ["TRANSIENT_STATUSES", "error_for_status", "new_session", "post_json"]
 
@@ -80,8 +80,7 @@ async def post_json(session: aiohttp.ClientSession, url: str, data: bytes, heade
         raise AdapterError("malformed", redact(f"truncated body: {exc}", secrets)) from None
     except aiohttp.ClientConnectorError as exc:
         reason = exc.os_error.strerror if exc.os_error is not None and exc.os_error.strerror else str(exc)
-        err = AdapterError("transient", redact(f"cannot connect to {url}: {reason}", secrets))
-        err.unreachable = True  # type: ignore[attr-defined]
-        raise err from None
+        raise AdapterError("transient", redact(f"cannot connect to {url}: {reason}", secrets),
+                           unreachable=True) from None
     except aiohttp.ClientError as exc:
         raise AdapterError("transient", redact(f"{type(exc).__name__}: {exc}", secrets)) from None

@@ -43,7 +43,7 @@ class ModelFileError(RuntimeError):
 
 def default_cache_dir() -> Path:
     """Where fetched model files live: $TRUSTMH_CACHE/models or <XDG cache>/trustmh-engine/models."""
-    from engine.paths import cache_root
+    from engine.core.paths import cache_root
 
     return cache_root() / "models"
 

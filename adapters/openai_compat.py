@@ -3,7 +3,7 @@
 Works unchanged against OpenAI, vLLM's server, llama.cpp's server and other compatible endpoints:
 POST {base_url}/chat/completions, Bearer auth, `choices[0].message.content`, `finish_reason`,
 `usage`. One aiohttp session per lane, with a keep-alive pool at least as large as the lane's
-concurrency. Errors are classified for the scheduler (see adapters.base.AdapterError); transport
+concurrency. Errors are classified for the scheduler (see engine.core.adapter.AdapterError); transport
 and status mapping are shared with the other HTTP adapters (adapters.http). Every reply's
 `x-ratelimit-*` headers land in `last_signal` (adapters.ratelimit_headers).
 """
@@ -16,11 +16,11 @@ from typing import Any
 import aiohttp
 import orjson
 
-from adapters.base import AdapterError
+from engine.core.adapter import AdapterError
 from adapters.http import error_for_status, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_openai
-from engine.records import GenParams, Message, Response, Usage
-from engine.retry import parse_retry_after
+from engine.core.records import GenParams, Message, Response, Usage
+from engine.core.retry import parse_retry_after
 
 _FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter",
            "tool_calls": "stop", "function_call": "stop", "eos": "stop"}

@@ -8,10 +8,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from adapters.base import Adapter
+from engine.core.adapter import Adapter
 from engine.config import ModelConfig
-from engine.errors import ConfigError
-from engine.secrets import api_key
+from engine.core.errors import ConfigError
+from engine.core.secrets import api_key
 
 OpenServer = Callable[[Adapter], AbstractAsyncContextManager[Any]]
 

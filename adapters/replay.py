@@ -19,9 +19,9 @@ from typing import Any
 
 import msgspec
 
-from adapters.base import AdapterError
-from engine.errors import EngineError
-from engine.records import GenParams, Item, Message, Response, Usage
+from engine.core.adapter import AdapterError
+from engine.core.errors import EngineError
+from engine.core.records import GenParams, Item, Message, Response, Usage
 
 
 class _Line(msgspec.Struct, kw_only=True):
@@ -85,6 +85,17 @@ class ReplayAdapter:
 
     def unmatched(self) -> list[ReplayKey]:
         return [k for k in self.answers if k not in self.used]
+
+    def notes(self, complete: bool) -> list[str]:
+        out = []
+        if self.unknown:
+            out.append(f"replay: {len(set(self.unknown))} items have no recorded answer and were not scored, e.g. "
+                       + "; ".join(sorted(set(self.unknown))[:5]))
+        unmatched = self.unmatched()
+        if unmatched and complete:
+            out.append(f"replay: {len(unmatched)} recorded answers match no item of this run, e.g. "
+                       + "; ".join(" ".join(map(str, k)) for k in unmatched[:5]))
+        return out
 
     def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, Any]:
         raise EngineError("the replay adapter answers by item id; it cannot take free prompts (--items)")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ModelConfig
-from engine.errors import ConfigError
+from engine.core.errors import ConfigError
 
 MISSING_VLLM = "pip install 'trustmh-engine[vllm]'"
 

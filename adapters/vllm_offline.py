@@ -29,11 +29,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from adapters.base import AdapterError
+from engine.core.adapter import AdapterError
 from adapters.openai_compat import openai_body
 from engine.config import ModelConfig
-from engine.errors import ConfigError
-from engine.records import GenParams, Message, Response, Usage
+from engine.core.errors import ConfigError
+from engine.core.records import GenParams, Message, Response, Usage
 
 MISSING = "adapter `vllm-offline` needs vLLM installed: pip install 'trustmh-engine[vllm]' (it needs a GPU)"
 GATHER_S = 0.05  # a partial chunk waits this long for more requests (workers hand theirs in within ms)

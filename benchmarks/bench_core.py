@@ -669,7 +669,7 @@ def make_checkpoint(cfg_path: Path, items: Path, path: Path, seed: int = 2) -> i
     from adapters.registry import make_adapter
     from engine.config import load_config
     from engine.items import custom_source
-    from engine.records import ErrorInfo, Record, Response, Usage, record_encoder
+    from engine.core.records import ErrorInfo, Record, Response, Usage, record_encoder
     from engine.scheduler import lane_units
 
     cfg = load_config(cfg_path)

@@ -18,8 +18,8 @@ from typing import Any
 
 import msgspec
 
-from engine.errors import CheckpointError, LockedError
-from engine.records import record_decoder, record_encoder
+from engine.core.errors import CheckpointError, LockedError
+from engine.core.records import record_decoder, record_encoder
 
 _CHUNK = 32 << 20
 # Records are encoded with `key` first, so a regex over whole chunks reads keys at C speed.

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.errors import EngineError
+from engine.core.errors import EngineError
 
 
 def _err(msg: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from engine.errors import ConfigError
+from engine.core.errors import ConfigError
 
 ADAPTERS = ("openai", "embedded", "replay", "anthropic", "gemini", "vllm", "vllm-offline")
 

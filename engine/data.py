@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from engine.errors import EngineError
+from engine.core.errors import EngineError
 
 __all__ = [
     "MANIFEST_PATH", "DataError", "DataFile", "Dataset", "Manifest", "FetchReport",
@@ -206,7 +206,7 @@ DERIVE_DOC = {"cpsycoune_all": "from CPsyCounE/<topic>/<n>.json, one JSON line p
 
 def default_data_dir() -> Path:
     """$TRUSTMH_CACHE/data, else <XDG cache or ~/.cache>/trustmh-engine/data."""
-    from engine.paths import cache_root
+    from engine.core.paths import cache_root
 
     return cache_root() / "data"
 

@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from engine.config import Config
-from engine.errors import ConfigError
+from engine.core.errors import ConfigError
 
 UNDECIDED, WAITING, HOLDING, IDLE, DONE = "undecided", "waiting", "holding", "idle", "done"
 

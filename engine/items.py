@@ -12,8 +12,8 @@ from typing import Any
 
 import msgspec
 
-from engine.errors import EngineError
-from engine.records import GenParams, Item, Message
+from engine.core.errors import EngineError
+from engine.core.records import GenParams, Item, Message
 
 CUSTOM = "custom"
 

@@ -19,9 +19,10 @@ import msgspec
 
 from engine.checkpoint import iter_records, key_int
 from engine.config import Config, ModelConfig
-from engine.records import GenParams, Item, JudgmentRecord, Record, judgment_decoder
+from engine.core.adapter import ReplaysItems
+from engine.core.records import GenParams, Item, JudgmentRecord, Record, judgment_decoder
 from engine.scheduler import JudgeTask, Lane, Unit, estimate_tokens, merge_params, model_params
-from pillars.base import Rubric, Subtask
+from engine.core.subtask import Rubric, Subtask
 
 RETRY_PARAMS = {"temperature": 0.7, "seed": 1}
 
@@ -130,9 +131,8 @@ class JudgeHub:
         if try_:
             params = msgspec.structs.replace(params, **RETRY_PARAMS)
         jitem = Item(id=item.id, pillar=item.pillar, subtask=item.subtask, messages=messages)
-        body_for = getattr(lane.adapter, "body_for", None)
-        if body_for is not None:  # a replay judge answers by (item, sample, rubric)
-            body = body_for(item, sample, rubric.name)
+        if isinstance(lane.adapter, ReplaysItems):  # a replay judge answers by (item, sample, rubric)
+            body = lane.adapter.body_for(item, sample, rubric.name)
             if body is None:
                 return
         else:

@@ -19,9 +19,9 @@ from typing import Any
 
 import msgspec
 
-from engine.errors import ConfigError
-from engine.records import GenParams
-from pillars.base import Subtask
+from engine.core.errors import ConfigError
+from engine.core.records import GenParams
+from engine.core.subtask import Subtask
 
 
 class EngineOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -33,7 +33,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from engine.errors import EngineError
+from engine.core.errors import EngineError
 from engine.scheduler import Lane, Unit
 
 MAX_RESTARTS = 3
@@ -231,7 +231,7 @@ class RemoteLane(Lane):
         self._dead: tuple[type[BaseException], ...] = _actor_errors()
 
     async def start_actor(self) -> None:
-        from engine.secrets import api_key
+        from engine.core.secrets import api_key
 
         env: dict[str, str] = {}
         if self.cfg.api_key_env:
@@ -313,7 +313,7 @@ class RemoteLane(Lane):
     async def _process(self, unit: Unit) -> None:
         from engine.checkpoint import key_int
         from engine.costs import cost
-        from engine.records import AttemptError
+        from engine.core.records import AttemptError
 
         if self.stopping:
             return

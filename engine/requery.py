@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from engine.records import Response, request_key
+from engine.core.records import Response, request_key
 from engine.scheduler import Unit
 
 

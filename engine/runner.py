@@ -23,7 +23,8 @@ import msgspec
 from engine.checkpoint import JsonlWriter, scan_responses
 from engine.config import Config
 from engine.costs import Budget
-from engine.errors import EngineError
+from engine.core.adapter import ReplaysItems
+from engine.core.errors import EngineError
 from engine.items import ItemFactory, custom_source, pillar_source, plan_counts
 from engine.judge import JudgeHub, close_when_generated, judges_for, rubrics_by_source
 from engine.runstate import config_doc, data_fingerprint, model_fingerprint, packages, read_run_json
@@ -505,14 +506,9 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
         log(line)
         if s.message:
             log(f"  {s.message}")
-        unknown = getattr(lane.adapter, "unknown", None)
-        if unknown:
-            log(f"  replay: {len(set(unknown))} items have no recorded answer and were not scored, e.g. "
-                + "; ".join(sorted(set(unknown))[:5]))
-        unmatched = lane.adapter.unmatched() if hasattr(lane.adapter, "unmatched") else []
-        if unmatched and s.state == "complete":
-            log(f"  replay: {len(unmatched)} recorded answers match no item of this run, e.g. "
-                + "; ".join(" ".join(map(str, k)) for k in unmatched[:5]))
+        if isinstance(lane.adapter, ReplaysItems):
+            for note in lane.adapter.notes(complete=s.state == "complete"):
+                log(f"  {note}")
     if over_budget and not interrupted:
         assert budget is not None
         log(f"stopped: {budget.message}")

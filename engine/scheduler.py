@@ -20,15 +20,15 @@ from typing import Any
 
 import msgspec
 
-from adapters.base import Adapter, AdapterError
+from engine.core.adapter import Adapter, AdapterError, HasLimitSignal, LocalServer, ReplaysItems
 from engine.checkpoint import JsonlWriter, key_int
 from engine.config import ModelConfig
 from engine.costs import cost
 from engine.items import ItemFactory, WorkItem
 from engine.truncate import fit
 from engine.limits import AdaptiveLimit, Clock, Pacer, Sleep, TokenWindow
-from engine.records import AttemptError, ErrorInfo, GenParams, Item, JudgmentRecord, Record, Response, request_key
-from engine.retry import backoff_delay
+from engine.core.records import AttemptError, ErrorInfo, GenParams, Item, JudgmentRecord, Record, Response, request_key
+from engine.core.retry import backoff_delay
 from engine.stats import LaneStats
 
 
@@ -80,7 +80,7 @@ def lane_units(name: str, cfg: ModelConfig, adapter: Adapter, items: ItemFactory
     """Every work unit of a lane, in item order (pure given the item source); verify walks the
     same sequence to know what a complete run holds."""
     base = model_params(cfg)
-    body_for = getattr(adapter, "body_for", None)  # replay: bodies name items, not prompts
+    body_for = adapter.body_for if isinstance(adapter, ReplaysItems) else None  # bodies name items, not prompts
     context = cfg.context_window()
     for w in items():
         params = merge_params(base, w.params)
@@ -220,7 +220,7 @@ class Lane:
             self.stats.state = "starting"
             if self._open_server is not None:
                 async with self._open_server(self.adapter) as server:
-                    watch = asyncio.create_task(self._watch_server(server)) if hasattr(server, "wait_exit") else None
+                    watch = asyncio.create_task(self._watch_server(server)) if isinstance(server, LocalServer) else None
                     try:
                         await self._dispatch(first, pending)
                     finally:
@@ -250,7 +250,7 @@ class Lane:
         requests (or the tokens this request needs) are about to run out, every worker waits until
         the provider has refilled enough for one more (LimitSignal.request_wait_s / token_wait_s).
         Configured RPM/TPM stay the hard ceiling either way."""
-        sig = getattr(self.adapter, "last_signal", None)
+        sig = self.adapter.last_signal if isinstance(self.adapter, HasLimitSignal) else None
         if sig is None:
             return
         wait = sig.request_wait_s()
@@ -262,7 +262,7 @@ class Lane:
             self.pacer.push_back(wait)
             self.stats.limit_pushbacks += 1
 
-    async def _watch_server(self, server: Any) -> None:
+    async def _watch_server(self, server: LocalServer) -> None:
         """A managed server that dies mid-run fails its lane at once, with its last log lines,
         instead of every item burning its retries against a closed port."""
         code = await server.wait_exit()
@@ -270,7 +270,7 @@ class Lane:
             return
         self.stats.state = "failed"
         self.stats.message = (f"lane {self.name}: model server exited with code {code}; "
-                              f"see {getattr(server, 'log_path', 'its log')}; rerun to resume")
+                              f"see {server.log_path}; rerun to resume")
         self.halt()
 
     def halt(self) -> None:
@@ -487,7 +487,7 @@ class Lane:
                 self._emit(unit, attempt, None, ErrorInfo(kind=err.kind, status=err.status, message=err.message))
                 return
             delay = backoff_delay(attempt, cfg.backoff_base_s, cfg.backoff_max_s, err.retry_after, self._rng)
-            unreachable += bool(getattr(err, "unreachable", False))
+            unreachable += err.unreachable
             if attempt >= cfg.max_attempts or clock() + delay >= deadline:
                 self._log_attempt(unit, attempt, err, final=True)
                 stats.exhausted += 1

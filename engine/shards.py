@@ -42,7 +42,7 @@ import orjson
 
 from engine.checkpoint import OutputLock, iter_records, key_int, scan_responses
 from engine.config import Config, ModelConfig
-from engine.errors import EngineError, LockedError
+from engine.core.errors import EngineError, LockedError
 from engine.runstate import read_run_json, write_run_json
 
 LOCAL_ADAPTERS = ("embedded", "vllm", "vllm-offline")

@@ -20,7 +20,7 @@ import math
 
 import msgspec
 
-from engine.records import Item, Message
+from engine.core.records import Item, Message
 
 PER_MESSAGE = 8
 MARK = " [...] "

@@ -12,7 +12,7 @@ import msgspec
 
 from engine.checkpoint import iter_records
 from engine.config import Config, parse_config
-from engine.errors import EngineError
+from engine.core.errors import EngineError
 from engine.runstate import read_run_json
 
 

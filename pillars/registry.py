@@ -11,8 +11,8 @@ import importlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from engine.records import Item
-from pillars.base import Subtask
+from engine.core.records import Item
+from engine.core.subtask import Subtask
 from pillars.common.loaders import builtin_rows
 
 __all__ = ["PILLARS", "all_subtasks", "builtin_source", "get", "select", "load_items"]

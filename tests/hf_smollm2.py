@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 def default_dir() -> Path:
-    from engine.paths import cache_root
+    from engine.core.paths import cache_root
 
     return cache_root() / "models" / "smollm2-135m-hf"
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from engine.config import load_config, parse_config
-from engine.errors import ConfigError
+from engine.core.errors import ConfigError
 from tests.fakeserver import FakeServerProcess
 from tests.conftest import (EngineResult, FixedPortServer, check_complete, free_port, expected_texts, fake_model, read_jsonl, run_engine,
                             verify_clean, write_config, write_items)

@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.base import AdapterError
+from engine.core.adapter import AdapterError
 from adapters.openai_compat import OpenAIChat, classify_status, openai_body, parse_chat_response
-from engine.records import GenParams, Message
+from engine.core.records import GenParams, Message
 from tests.fakeserver import SERVER_KEY, FakeServer, expected_text, start_in_loop
 
 MSGS = (Message(role="system", content="be brief"), Message(role="user", content="hello there"))

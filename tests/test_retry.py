@@ -1,4 +1,4 @@
-"""engine.retry: Retry-After parsing and backoff timing."""
+"""engine.core.retry: Retry-After parsing and backoff timing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from engine.retry import backoff_delay, parse_retry_after
+from engine.core.retry import backoff_delay, parse_retry_after
 
 
 def h(**kw: str) -> CIMultiDict[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.records import Item, Message
+from engine.core.records import Item, Message
 from engine.truncate import MARK, fit, prompt_tokens
 
 

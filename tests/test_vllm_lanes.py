@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from engine.config import ModelConfig, parse_config
-from engine.errors import ConfigError
+from engine.core.errors import ConfigError
 from engine.gpus import GpuPool, check_fits, detect_gpus, initial_placement
 from tests.conftest import (
     check_complete,

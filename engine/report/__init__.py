@@ -28,8 +28,8 @@ FILES = {"md": "report.md", "html": "report.html"}
 
 def load_inputs(directory: Path) -> ReportInputs:
     from engine.checkpoint import iter_records
-    from engine.errors import EngineError
-    from engine.records import judgment_decoder
+    from engine.core.errors import EngineError
+    from engine.core.records import judgment_decoder
     from engine.runstate import read_run_json
 
     directory = Path(directory)
@@ -51,7 +51,7 @@ def load_inputs(directory: Path) -> ReportInputs:
 def _read_scores(directory: Path, run: dict[str, Any], notes: list[str]) -> dict[str, Any] | None:
     import orjson
 
-    from engine.errors import EngineError
+    from engine.core.errors import EngineError
 
     path = directory / "scores.json"
     if path.exists():
@@ -70,7 +70,7 @@ def _read_scores(directory: Path, run: dict[str, Any], notes: list[str]) -> dict
 
 
 def _load_items(spec: dict[str, Any], notes: list[str]) -> dict[tuple[str, str, str], Any] | None:
-    from engine.errors import EngineError
+    from engine.core.errors import EngineError
     from engine.runner import RunSpec, item_factory
 
     if spec.get("items") is not None:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from engine.records import Item, JudgmentRecord, Message, Record
+from engine.core.records import Item, JudgmentRecord, Message, Record
 
 LOCAL_ADAPTERS = ("embedded", "vllm", "vllm-offline")
 TEXT_LIMIT = 3000  # characters of one prompt message / response / judgment shown in the drill-down
@@ -471,7 +471,7 @@ def judge_counts(scores: Mapping[str, Any]) -> tuple[JudgeCounts, ...]:
 def subtask_for(key: str, options: Mapping[str, Any]) -> Any | None:
     """The subtask as the run configured it ([pillars."<key>"] options from run.json's spec), or
     None when this code base does not know the key."""
-    from engine.errors import ConfigError
+    from engine.core.errors import ConfigError
     from engine.options import resolve
     from pillars import registry
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from pillars.anti_sycophancy.endorsement import make_sycophancy_subtask
 from pillars.anti_sycophancy.oeq import row_id
-from pillars.base import ItemScore, OfficialSource, Subtask
+from engine.core.subtask import ItemScore, OfficialSource, Subtask
 from pillars.common.loaders import read_csv_rows
 
 __all__ = [

@@ -32,8 +32,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from engine.records import GenParams, Item, Message, Response
-from pillars.base import ItemScore, Metric, OfficialSource, Rubric, Subtask
+from engine.core.records import GenParams, Item, Message, Response
+from engine.core.subtask import ItemScore, Metric, OfficialSource, Rubric, Subtask
 from pillars.common.judging import wrap_response
 from pillars.common.metrics import tally, wilson
 from pillars.reliability.emotional_support import quote_block

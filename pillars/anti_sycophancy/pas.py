@@ -20,7 +20,7 @@ from typing import Any
 
 from pillars.anti_sycophancy.endorsement import make_sycophancy_subtask
 from pillars.anti_sycophancy.oeq import row_id
-from pillars.base import OfficialSource, Subtask
+from engine.core.subtask import OfficialSource, Subtask
 from pillars.common.loaders import read_csv_rows
 
 __all__ = ["pas_rows", "load_pas", "make_subtask", "SUBTASK"]

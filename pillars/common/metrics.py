@@ -1,4 +1,4 @@
-"""Metric aggregation shared by subtasks; all pure, all return ``pillars.base.Metric``.
+"""Metric aggregation shared by subtasks; all pure, all return ``engine.core.subtask.Metric``.
 
 Conventions:
 - Only items with status "scored" enter a value; unparseable and failed items are counted in the
@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pillars.base import ItemScore, Metric
+from engine.core.subtask import ItemScore, Metric
 
 __all__ = [
     "tally",

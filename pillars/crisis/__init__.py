@@ -1,6 +1,6 @@
 """Crisis pillar: Identification, Severity, Escalation (PROTOCOL.md §3.2; all [I])."""
 
-from pillars.base import Subtask
+from engine.core.subtask import Subtask
 from pillars.crisis import escalation, identification, severity
 
 SUBTASKS: tuple[Subtask, ...] = (identification.SUBTASK, severity.SUBTASK, escalation.SUBTASK)

@@ -23,8 +23,8 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from engine.records import GenParams, Item, Message, Response
-from pillars.base import ItemScore, Metric, OfficialSource, Subtask
+from engine.core.records import GenParams, Item, Message, Response
+from engine.core.subtask import ItemScore, Metric, OfficialSource, Subtask
 from pillars.common.loaders import read_json
 from pillars.common.metrics import accuracy_metric
 from pillars.common.parsing import match_label

@@ -1,6 +1,6 @@
 """Ethics pillar: Ethical Reasoning on EthicMH (PROTOCOL.md §3.8)."""
 
-from pillars.base import Subtask
+from engine.core.subtask import Subtask
 from pillars.ethics import ethical_reasoning
 
 SUBTASKS: tuple[Subtask, ...] = (ethical_reasoning.SUBTASK,)

@@ -40,8 +40,8 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from engine.records import GenParams, Item, Message, Response
-from pillars.base import ItemScore, Metric, OfficialSource, Rubric, Subtask
+from engine.core.records import GenParams, Item, Message, Response
+from engine.core.subtask import ItemScore, Metric, OfficialSource, Rubric, Subtask
 from pillars.common.judging import score_schema, wrap_response
 from pillars.common.loaders import read_csv_rows
 from pillars.common.metrics import accuracy_metric

@@ -40,8 +40,8 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from engine.records import GenParams, Item, Message
-from pillars.base import ItemScore, Metric, OfficialSource, Subtask
+from engine.core.records import GenParams, Item, Message
+from engine.core.subtask import ItemScore, Metric, OfficialSource, Subtask
 from pillars.common.loaders import read_json
 from pillars.common.metrics import tally
 from pillars.reliability.emotional_support import (

@@ -1,6 +1,6 @@
 """Privacy pillar: Awareness (ConfAIde tiers 1/2) and Leakage (PsyLeak), PROTOCOL.md §3.5."""
 
-from pillars.base import Subtask
+from engine.core.subtask import Subtask
 from pillars.privacy import awareness, leakage
 
 SUBTASKS: tuple[Subtask, ...] = (awareness.SUBTASK, leakage.SUBTASK)

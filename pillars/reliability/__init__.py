@@ -3,7 +3,7 @@
 Report order is PROTOCOL.md §6. Datasets and metrics are [I] (reliability.zip is missing).
 """
 
-from pillars.base import Subtask
+from engine.core.subtask import Subtask
 from pillars.reliability import (
     knowledge,
     emotion_recognition,

@@ -25,8 +25,8 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from engine.records import GenParams, Item, Message, Response
-from pillars.base import ItemScore, Metric, OfficialSource, Subtask
+from engine.core.records import GenParams, Item, Message, Response
+from engine.core.subtask import ItemScore, Metric, OfficialSource, Subtask
 from pillars.common.loaders import read_jsonl
 from pillars.common.metrics import accuracy_metric, wilson
 from pillars.common.parsing import parse_json_object

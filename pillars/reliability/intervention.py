@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.records import GenParams, Item, Message, Response
-from pillars.base import ItemScore, Metric, OfficialSource, Rubric, Subtask
+from engine.core.records import GenParams, Item, Message, Response
+from engine.core.subtask import ItemScore, Metric, OfficialSource, Rubric, Subtask
 from pillars.common.judging import parse_scores, score_schema, wrap_response
 from pillars.common.loaders import read_json, read_jsonl
 from pillars.common.metrics import mean_ci, tally

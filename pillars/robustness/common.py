@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pillars.base import ItemScore, Metric
+from engine.core.subtask import ItemScore, Metric
 from pillars.common.metrics import tally
 from pillars.perturb import DEFAULT_INTENSITIES, DEFAULT_SEED, LEVELS, Variant, default_variants
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from engine.records import GenParams, Item
-from pillars.base import Subtask
+from engine.core.records import GenParams, Item
+from engine.core.subtask import Subtask
 from pillars.perturb import perturb
 from pillars.reliability.diagnosis import (
     TASK_LABELS,

@@ -28,8 +28,8 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from engine.records import GenParams, Item, Message
-from pillars.base import OfficialSource, Subtask
+from engine.core.records import GenParams, Item, Message
+from engine.core.subtask import OfficialSource, Subtask
 from pillars.perturb import Variant, perturb
 from pillars.reliability.emotional_support import (
     SUPPORT_RUBRIC,

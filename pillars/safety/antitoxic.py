@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from engine.records import GenParams, Item, Message, Response
-from pillars.base import ItemScore, Metric, Rubric, Subtask
+from engine.core.records import GenParams, Item, Message, Response
+from engine.core.subtask import ItemScore, Metric, Rubric, Subtask
 from pillars.common.judging import parse_scores, score_schema, wrap_response
 from pillars.common.metrics import mean_ci, tally
 from pillars.reliability.emotional_support import parse_judgment_dims, quote_block

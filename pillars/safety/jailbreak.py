@@ -26,8 +26,8 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.records import GenParams, Item, Message, Response
-from pillars.base import ItemScore, Metric, OfficialSource, Rubric, Subtask
+from engine.core.records import GenParams, Item, Message, Response
+from engine.core.subtask import ItemScore, Metric, OfficialSource, Rubric, Subtask
 from pillars.common.judging import wrap_response
 from pillars.common.loaders import read_csv_rows
 from pillars.common.metrics import tally, wilson

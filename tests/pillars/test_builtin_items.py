@@ -23,7 +23,7 @@ import re
 
 import pytest
 
-from engine.records import Item
+from engine.core.records import Item
 from pillars import registry
 from pillars.common.loaders import builtin_rows
 

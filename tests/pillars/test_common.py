@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pillars import registry
-from pillars.base import ItemScore, Subtask
+from engine.core.subtask import ItemScore, Subtask
 from pillars.common import judging, loaders, metrics, parsing
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.records import Response
+from engine.core.records import Response
 from pillars import registry
-from pillars.base import ItemScore
+from engine.core.subtask import ItemScore
 from pillars.common.judging import BEGIN, END
 from pillars.ethics import ethical_reasoning as er
 from tests.pillars.shared import official_dir

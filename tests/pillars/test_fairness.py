@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from engine.records import Message
+from engine.core.records import Message
 from pillars import registry
-from pillars.base import ItemScore
+from engine.core.subtask import ItemScore
 from pillars.common.loaders import builtin_rows
 from pillars.fairness import SUBTASKS
 from pillars.fairness import overall as fair
@@ -136,7 +136,7 @@ def test_empty_group_nulls_attribute_and_headline():
 
 def test_fairness_scores_carry_group():
     item = next(iter(registry.load_items(fair.SUBTASK, None)))
-    from engine.records import Response
+    from engine.core.records import Response
 
     s = fair.SUBTASK.score(item, Response(text="ok", finish_reason="stop"),
                            {"empathy": 3, "helpfulness": 3, "supportiveness": 3})

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.records import Response
+from engine.core.records import Response
 from pillars import registry
-from pillars.base import ItemScore
+from engine.core.subtask import ItemScore
 from pillars.common.metrics import pearson
 from pillars.privacy import awareness, leakage
 from tests.pillars.shared import official_dir

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from msgspec.structs import replace
 
-from engine.records import Response
+from engine.core.records import Response
 from pillars import registry
 from pillars.reliability import emotion_recognition as er
 from pillars.reliability import knowledge

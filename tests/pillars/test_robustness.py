@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from engine.records import Message, Response
+from engine.core.records import Message, Response
 from pillars import registry
-from pillars.base import ItemScore
+from engine.core.subtask import ItemScore
 from pillars.common.loaders import builtin_rows
 from pillars.perturb import Variant, default_variants, perturb
 from pillars.reliability import diagnosis as dx

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.records import Item, Message, Response
+from engine.core.records import Item, Message, Response
 from pillars import registry
-from pillars.base import ItemScore
+from engine.core.subtask import ItemScore
 from pillars.common.judging import BEGIN, END
 from pillars.common.loaders import builtin_rows
 from pillars.safety import SUBTASKS, antitoxic, jailbreak

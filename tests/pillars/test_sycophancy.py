@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.records import Item, Message, Response
+from engine.core.records import Item, Message, Response
 from pillars import registry
 from pillars.anti_sycophancy import SUBTASKS, aita, endorsement, oeq, pas
-from pillars.base import ItemScore
+from engine.core.subtask import ItemScore
 from pillars.common.judging import BEGIN, END
 from tests.pillars.shared import official_dir
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from engine.errors import ConfigError
+from engine.core.errors import ConfigError
 
 
 def redact(text: str, secrets: tuple[str, ...]) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from engine.records import GenParams, Item, Message, Response
+from engine.core.records import GenParams, Item, Message, Response
 
 Direction = Literal["higher", "lower"]
 

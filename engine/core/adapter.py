@@ -1,0 +1,78 @@
+"""The contract between a lane and a provider adapter, and the optional capabilities the engine
+checks with `isinstance` against these declared protocols (never by probing attributes by name).
+
+An adapter speaks one wire protocol. It builds a request body (pure, deterministic: the body is
+hashed into the record key), sends it, and either returns a `Response` or raises `AdapterError`
+with a classified kind. It never sleeps, retries or counts: the lane owns all of that.
+
+Optional capabilities:
+  HasLimitSignal   the provider's rate-limit headers of the latest reply (`last_signal`)
+  ReplaysItems     answers come from a recording, found by item rather than by prompt (`body_for`),
+                   with end-of-run notes about what was (not) matched (`notes`)
+  ReportsInfo      facts about the backend for run.json (`info`, e.g. the vLLM version in offline mode)
+  LocalServer      what opening a local model server yields: the lane watches it and stops when it dies
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from engine.core.errors import AdapterError
+from engine.core.records import GenParams, Item, Message, Response
+
+__all__ = ["Adapter", "AdapterError", "HasLimitSignal", "LimitSignalLike", "LocalServer", "ReplaysItems",
+           "ReportsInfo"]
+
+
+class Adapter(Protocol):
+    """What a lane needs from a provider adapter (one instance per lane)."""
+
+    def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, Any]:
+        """The request body exactly as it will be sent (minus auth and stream fields)."""
+        ...
+
+    async def send(self, body: dict[str, Any], timeout: float) -> Response:
+        """One attempt. Returns a Response (a refusal is a Response with finish_reason
+        "content_filter") or raises AdapterError."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class LimitSignalLike(Protocol):
+    """How long the provider's rate-limit headers say to wait before one more request."""
+
+    def request_wait_s(self) -> float: ...
+
+    def token_wait_s(self, tokens: int) -> float: ...
+
+
+@runtime_checkable
+class HasLimitSignal(Protocol):
+    last_signal: LimitSignalLike | None
+
+
+@runtime_checkable
+class ReplaysItems(Protocol):
+    def body_for(self, item: Item, sample: int, rubric: str = "") -> dict[str, Any] | None:
+        """The recorded request for (item, sample[, judge rubric]), or None when none was recorded."""
+        ...
+
+    def notes(self, complete: bool) -> list[str]:
+        """Lines for the end-of-run summary (items without a recording, recordings matching nothing)."""
+        ...
+
+
+@runtime_checkable
+class ReportsInfo(Protocol):
+    @property
+    def info(self) -> Mapping[str, Any] | None: ...
+
+
+@runtime_checkable
+class LocalServer(Protocol):
+    log_path: Any
+    stopping: bool
+
+    async def wait_exit(self) -> int: ...
