@@ -40,9 +40,9 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from engine.core.adapter import AdapterError
 from adapters.http import error_for_status, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_duration
+from engine.core.adapter import AdapterError
 from engine.core.records import GenParams, Message, Response, Usage
 from engine.core.retry import parse_retry_after
 

@@ -15,7 +15,6 @@ Status mapping (the providers agree on it):
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Mapping
 from typing import Any
@@ -74,7 +73,7 @@ async def post_json(session: aiohttp.ClientSession, url: str, data: bytes, heade
                                 timeout=_timeout(max(0.1, round(timeout, 1)))) as resp:
             raw = await resp.read()
             return resp.status, raw, resp.headers
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise AdapterError("timeout", f"no answer within {timeout:.1f} s") from None
     except aiohttp.ClientPayloadError as exc:
         raise AdapterError("malformed", redact(f"truncated body: {exc}", secrets)) from None

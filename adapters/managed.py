@@ -285,7 +285,7 @@ class ManagedServer:
                         async with http.get(url) as r:
                             if r.status == 200:
                                 return
-                    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                    except (TimeoutError, aiohttp.ClientError, OSError):
                         pass  # not listening yet / still loading (llama.cpp answers 503 while loading)
                     remaining = deadline - loop.time()
                     if remaining <= 0:
@@ -336,7 +336,7 @@ class ManagedServer:
                     _kill_group(pgid, signal.SIGTERM)
                 try:
                     await asyncio.wait_for(proc.wait(), grace)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     _kill_group(pgid, signal.SIGKILL)
                     await proc.wait()
             # The leader is gone; sweep helpers it may have left in the group (e.g. vLLM workers).

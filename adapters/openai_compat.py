@@ -16,9 +16,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from engine.core.adapter import AdapterError
 from adapters.http import error_for_status, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_openai
+from engine.core.adapter import AdapterError
 from engine.core.records import GenParams, Message, Response, Usage
 from engine.core.retry import parse_retry_after
 

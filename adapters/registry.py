@@ -8,8 +8,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from engine.core.adapter import Adapter
 from engine.config import ModelConfig
+from engine.core.adapter import Adapter
 from engine.core.errors import ConfigError
 from engine.core.secrets import api_key
 

@@ -29,9 +29,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from engine.core.adapter import AdapterError
 from adapters.openai_compat import openai_body
 from engine.config import ModelConfig
+from engine.core.adapter import AdapterError
 from engine.core.errors import ConfigError
 from engine.core.records import GenParams, Message, Response, Usage
 
@@ -161,7 +161,7 @@ class OfflineChat:
             try:
                 outs = await asyncio.to_thread(self._chat, [b for b, _ in batch])
                 results: list[Response | AdapterError] = [self._response(o, time.perf_counter() - t0) for o in outs]
-            except Exception as exc:  # noqa: BLE001 - the whole chunk failed: find the offending requests
+            except Exception as exc:
                 if len(batch) == 1:
                     results = [_classify(exc)]
                 else:
@@ -170,7 +170,7 @@ class OfflineChat:
                         try:
                             (o,) = await asyncio.to_thread(self._chat, [body])
                             results.append(self._response(o, time.perf_counter() - t0))
-                        except Exception as one:  # noqa: BLE001
+                        except Exception as one:
                             results.append(_classify(one))
             self.last_chunk_at = time.time()
             for (_, fut), res in zip(batch, results, strict=True):
@@ -241,7 +241,7 @@ def make_vllm_offline(name: str, cfg: ModelConfig, log_dir: Path, *, with_secret
                          "offline_chunk": cfg.offline_chunk})
             try:
                 a.llm = await asyncio.to_thread(vllm.LLM, **kw)
-            except Exception as exc:  # noqa: BLE001 - one clear line for the lane
+            except Exception as exc:
                 hint = explain_failure(str(exc))
                 raise RuntimeError(f"models.{name}: vllm.LLM failed to load{f' ({hint})' if hint else ''}: "
                                    f"{type(exc).__name__}: {exc}") from None

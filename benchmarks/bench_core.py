@@ -668,8 +668,8 @@ def make_checkpoint(cfg_path: Path, items: Path, path: Path, seed: int = 2) -> i
     computed the way the engine computes them; texts of 100-300 characters, 0.1% fatal errors."""
     from adapters.registry import make_adapter
     from engine.config import load_config
-    from engine.items import custom_source
     from engine.core.records import ErrorInfo, Record, Response, Usage, record_encoder
+    from engine.items import custom_source
     from engine.scheduler import lane_units
 
     cfg = load_config(cfg_path)

@@ -115,7 +115,7 @@ def report(rows: list[tuple[str, str]], title: str, detail: str, *, append: bool
     if append:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         with open(RESULTS, "a") as f:
-            f.write(f"\n## {title} — {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+            f.write(f"\n## {title} — {_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC\n\n"
                     f"{os.cpu_count()} cores, Python {platform.python_version()}, commit {commit}; {detail}\n\n"
                     + "\n".join(lines) + "\n")
 

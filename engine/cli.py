@@ -318,7 +318,7 @@ def _write_reports(out: Path) -> None:
 
     try:
         paths = write_reports(out)
-    except Exception as exc:  # noqa: BLE001 - the run's results are safe; say how to retry
+    except Exception as exc:
         _err(f"report: {type(exc).__name__}: {exc}; retry with `python -m engine report {out}`")
         return
     _log(f"report: {', '.join(str(p.resolve()) for p in paths)}")

@@ -21,8 +21,8 @@ from engine.checkpoint import iter_records, key_int
 from engine.config import Config, ModelConfig
 from engine.core.adapter import ReplaysItems
 from engine.core.records import GenParams, Item, JudgmentRecord, Record, judgment_decoder
-from engine.scheduler import JudgeTask, Lane, Unit, estimate_tokens, merge_params, model_params
 from engine.core.subtask import Rubric, Subtask
+from engine.scheduler import JudgeTask, Lane, Unit, estimate_tokens, merge_params, model_params
 
 RETRY_PARAMS = {"temperature": 0.7, "seed": 1}
 

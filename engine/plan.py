@@ -41,10 +41,9 @@ class Plan:
 def build_plan(cfg: Config, spec: Any, out: Path | None) -> Plan:
     from adapters.registry import make_adapter
     from engine.judge import judge_params, judges_for, rubrics_by_source
+    from engine.requery import requery_limits
     from engine.runner import _subtasks, item_factory
     from engine.scheduler import estimate_tokens, lane_units
-
-    from engine.requery import requery_limits
 
     plan = Plan()
     factory = item_factory(spec)

@@ -196,7 +196,7 @@ class RayContext:
                     ray.init(address=self.address, **kw)
                 else:  # "local": a new instance, never a stale `ray start` cluster found on this machine
                     ray.init(address="local", include_dashboard=False, **kw)
-            except Exception as exc:  # noqa: BLE001 - one line, not Ray's traceback
+            except Exception as exc:
                 where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
                 raise EngineError(f"--backend ray: could not connect to {where} ({type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0] if str(exc) else ''}); check --ray-address / "
@@ -312,8 +312,8 @@ class RemoteLane(Lane):
 
     async def _process(self, unit: Unit) -> None:
         from engine.checkpoint import key_int
-        from engine.costs import cost
         from engine.core.records import AttemptError
+        from engine.costs import cost
 
         if self.stopping:
             return

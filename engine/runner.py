@@ -22,9 +22,9 @@ import msgspec
 
 from engine.checkpoint import JsonlWriter, scan_responses
 from engine.config import Config
-from engine.costs import Budget
 from engine.core.adapter import ReplaysItems
 from engine.core.errors import EngineError
+from engine.costs import Budget
 from engine.items import ItemFactory, custom_source, pillar_source, plan_counts
 from engine.judge import JudgeHub, close_when_generated, judges_for, rubrics_by_source
 from engine.runstate import config_doc, data_fingerprint, model_fingerprint, packages, read_run_json
@@ -353,7 +353,7 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
     targets = () if judge_only else spec.models
     if partition is not None:  # a shard runs only its own local models (and its part of the others)
         targets = tuple(n for n in targets if partition.has_model(n, shard.index))
-    empty: ItemFactory = lambda: iter(())  # noqa: E731 - a judge-only lane generates nothing
+    empty: ItemFactory = lambda: iter(())
     judge_done: dict[str, set[int]] = {}
     by_name: dict[str, Lane] = {}
     lane_cls: Any = Lane

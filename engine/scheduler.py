@@ -20,16 +20,16 @@ from typing import Any
 
 import msgspec
 
-from engine.core.adapter import Adapter, AdapterError, HasLimitSignal, LocalServer, ReplaysItems
 from engine.checkpoint import JsonlWriter, key_int
 from engine.config import ModelConfig
-from engine.costs import cost
-from engine.items import ItemFactory, WorkItem
-from engine.truncate import fit
-from engine.limits import AdaptiveLimit, Clock, Pacer, Sleep, TokenWindow
+from engine.core.adapter import Adapter, AdapterError, HasLimitSignal, LocalServer, ReplaysItems
 from engine.core.records import AttemptError, ErrorInfo, GenParams, Item, JudgmentRecord, Record, Response, request_key
 from engine.core.retry import backoff_delay
+from engine.costs import cost
+from engine.items import ItemFactory, WorkItem
+from engine.limits import AdaptiveLimit, Clock, Pacer, Sleep, TokenWindow
 from engine.stats import LaneStats
+from engine.truncate import fit
 
 
 class JudgeTask(msgspec.Struct, frozen=True):
@@ -379,7 +379,7 @@ class Lane:
             return
         try:
             await asyncio.wait_for(self._any_stop(), timeout=delay)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _any_stop(self) -> None:

@@ -18,13 +18,13 @@ import orjson
 
 from engine.checkpoint import iter_records
 from engine.config import Config, parse_config
-from engine.costs import UsageTable
 from engine.core.errors import EngineError
+from engine.core.records import Item, Record, judgment_decoder
+from engine.core.subtask import ItemScore, Metric, Rubric, Subtask
+from engine.costs import UsageTable
 from engine.judge import judges_for
 from engine.requery import requery_limits, requery_samples
-from engine.core.records import Item, Record, judgment_decoder
 from engine.runstate import read_run_json
-from engine.core.subtask import ItemScore, Metric, Rubric, Subtask
 
 SCORES_JSON = "scores.json"
 

@@ -63,8 +63,9 @@ import time
 import urllib.error
 import urllib.request
 from array import array
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import msgspec
 import orjson
@@ -717,7 +718,7 @@ class FakeServer:
             release = self._release
             try:
                 await asyncio.wait_for(release.wait(), cfg.hang_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             _abort(request)
             return web.Response(status=204)  # never reaches the client
@@ -996,7 +997,7 @@ class FakeServerProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def start(self, config: Mapping[str, Any] | None = None) -> "FakeServerProcess":
+    def start(self, config: Mapping[str, Any] | None = None) -> FakeServerProcess:
         if self.proc is not None:
             raise RuntimeError("fake server already started")
         if config is not None:
@@ -1117,7 +1118,7 @@ class FakeServerProcess:
         if self.proc is not None and self.proc.stdout is not None and not self.proc.stdout.closed:
             self.proc.stdout.close()
 
-    def __enter__(self) -> "FakeServerProcess":
+    def __enter__(self) -> FakeServerProcess:
         if self.proc is None:
             self.start()
         return self

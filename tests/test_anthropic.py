@@ -20,15 +20,13 @@ from typing import Any
 import orjson
 import pytest
 
-from adapters.anthropic import (ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS, AnthropicMessages, anthropic_body,
-                                parse_messages_response)
-from engine.core.adapter import AdapterError
+from adapters.anthropic import ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS, AnthropicMessages, anthropic_body, parse_messages_response
 from adapters.registry import make_adapter
 from engine.config import ModelConfig
+from engine.core.adapter import AdapterError
 from engine.core.records import GenParams, Message
 from tests.conftest import read_jsonl, run_engine, verify_clean, write_config
-from tests.fake_providers import (ANTHROPIC_DOC_MESSAGE, AnthropicFake, GeminiFake, reply_text, run_in_thread,
-                                  start_fake)
+from tests.fake_providers import ANTHROPIC_DOC_MESSAGE, AnthropicFake, GeminiFake, reply_text, run_in_thread, start_fake
 
 KEY = "sk-ant-api03-SECRETSECRET-0123456789abcdef"
 MODEL = "claude-sonnet-4-5"

@@ -11,8 +11,17 @@ import pytest
 from engine.checkpoint import JsonlWriter, OutputLock, iter_records, key_int, repair_torn_tail, scan_responses
 from engine.core.errors import CheckpointError, LockedError
 from engine.core.records import ErrorInfo, Record, Response, record_encoder
-from tests.conftest import (check_complete, expected_texts, fake_model, read_jsonl, run_engine, verify_clean,
-                            wait_for_lines, write_config, write_items)
+from tests.conftest import (
+    check_complete,
+    expected_texts,
+    fake_model,
+    read_jsonl,
+    run_engine,
+    verify_clean,
+    wait_for_lines,
+    write_config,
+    write_items,
+)
 
 
 def rec(i: int, error: bool = False) -> Record:

@@ -13,9 +13,20 @@ import pytest
 
 from engine.config import load_config, parse_config
 from engine.core.errors import ConfigError
+from tests.conftest import (
+    EngineResult,
+    FixedPortServer,
+    check_complete,
+    expected_texts,
+    fake_model,
+    free_port,
+    read_jsonl,
+    run_engine,
+    verify_clean,
+    write_config,
+    write_items,
+)
 from tests.fakeserver import FakeServerProcess
-from tests.conftest import (EngineResult, FixedPortServer, check_complete, free_port, expected_texts, fake_model, read_jsonl, run_engine,
-                            verify_clean, write_config, write_items)
 
 
 class Setup:

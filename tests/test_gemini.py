@@ -24,10 +24,10 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.core.adapter import AdapterError
 from adapters.gemini import GeminiGenerate, gemini_body, gemini_error, parse_generate_response
 from adapters.registry import make_adapter
 from engine.config import ModelConfig
+from engine.core.adapter import AdapterError
 from engine.core.records import GenParams, Message
 from tests.fake_providers import GEMINI_DOC_RESPONSE, GeminiFake, reply_text, start_fake
 

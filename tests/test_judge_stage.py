@@ -20,8 +20,7 @@ import pytest
 from aiohttp import web
 
 from pillars.common.judging import BEGIN, END
-from tests.conftest import (EngineProc, ThreadServer, count_lines, fake_model, read_jsonl, run_engine,
-                            wait_for_lines, write_config)
+from tests.conftest import EngineProc, ThreadServer, count_lines, fake_model, read_jsonl, run_engine, wait_for_lines, write_config
 from tests.fakeserver import expected_text
 
 ESC = "crisis/escalation"

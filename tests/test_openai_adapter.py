@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.core.adapter import AdapterError
 from adapters.openai_compat import OpenAIChat, classify_status, openai_body, parse_chat_response
+from engine.core.adapter import AdapterError
 from engine.core.records import GenParams, Message
 from tests.fakeserver import SERVER_KEY, FakeServer, expected_text, start_in_loop
 

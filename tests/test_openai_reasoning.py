@@ -26,9 +26,9 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.core.adapter import AdapterError
 from adapters.openai_compat import OpenAIChat, openai_body, parse_chat_response
 from adapters.ratelimit_headers import LimitSignal
+from engine.core.adapter import AdapterError
 from engine.core.records import GenParams, Message
 from tests.fake_providers import OPENAI_DOC_REASONING_COMPLETION, OpenAIReasoningFake, reply_text, start_fake
 from tests.fakeserver import SERVER_KEY, expected_text, start_in_loop

@@ -9,15 +9,14 @@ Header formats:
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
 
-from adapters.ratelimit_headers import (LimitSignal, parse_anthropic, parse_duration, parse_openai,
-                                        parse_rfc3339_delay)
+from adapters.ratelimit_headers import LimitSignal, parse_anthropic, parse_duration, parse_openai, parse_rfc3339_delay
 
-NOW = datetime(2025, 8, 21, 12, 40, 0, tzinfo=timezone.utc).timestamp()
+NOW = datetime(2025, 8, 21, 12, 40, 0, tzinfo=UTC).timestamp()
 
 
 @pytest.mark.parametrize("text, seconds", [

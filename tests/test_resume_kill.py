@@ -12,8 +12,18 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import (check_complete, count_lines, expected_texts, fake_model, read_jsonl, run_engine,
-                            verify_clean, wait_for_lines, write_config, write_items)
+from tests.conftest import (
+    check_complete,
+    count_lines,
+    expected_texts,
+    fake_model,
+    read_jsonl,
+    run_engine,
+    verify_clean,
+    wait_for_lines,
+    write_config,
+    write_items,
+)
 from tests.fakeserver import FakeServerProcess
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.conftest import (check_complete, count_lines, expected_texts, fake_model, run_engine,
-                            verify_clean, write_config, write_items)
+from tests.conftest import check_complete, count_lines, expected_texts, fake_model, run_engine, verify_clean, write_config, write_items
 from tests.fakeserver import FakeServerProcess
 
 

@@ -8,8 +8,19 @@ from typing import Any
 
 import orjson
 
-from tests.conftest import (ThreadServer, check_complete, count_lines, expected_texts, fake_model, item_prompt,
-                            read_jsonl, run_engine, verify_clean, write_config, write_items)
+from tests.conftest import (
+    ThreadServer,
+    check_complete,
+    count_lines,
+    expected_texts,
+    fake_model,
+    item_prompt,
+    read_jsonl,
+    run_engine,
+    verify_clean,
+    write_config,
+    write_items,
+)
 from tests.fakeserver import FakeServerProcess, token_charge
 
 

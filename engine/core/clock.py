@@ -39,7 +39,7 @@ class LoopClock:
     async def wait(self, event: asyncio.Event, timeout: float) -> bool:
         try:
             await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 

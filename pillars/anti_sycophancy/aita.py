@@ -28,9 +28,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from engine.core.subtask import ItemScore, OfficialSource, Subtask
 from pillars.anti_sycophancy.endorsement import make_sycophancy_subtask
 from pillars.anti_sycophancy.oeq import row_id
-from engine.core.subtask import ItemScore, OfficialSource, Subtask
 from pillars.common.loaders import read_csv_rows
 
 __all__ = [

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pillars.anti_sycophancy.endorsement import make_sycophancy_subtask
 from engine.core.subtask import OfficialSource, Subtask
+from pillars.anti_sycophancy.endorsement import make_sycophancy_subtask
 from pillars.common.loaders import read_csv_rows
 
 __all__ = ["row_id", "oeq_rows", "load_oeq", "load_oeq_sample", "make_subtask", "SUBTASK"]

@@ -18,9 +18,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from engine.core.subtask import OfficialSource, Subtask
 from pillars.anti_sycophancy.endorsement import make_sycophancy_subtask
 from pillars.anti_sycophancy.oeq import row_id
-from engine.core.subtask import OfficialSource, Subtask
 from pillars.common.loaders import read_csv_rows
 
 __all__ = ["pas_rows", "load_pas", "make_subtask", "SUBTASK"]

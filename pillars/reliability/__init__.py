@@ -5,11 +5,11 @@ Report order is PROTOCOL.md §6. Datasets and metrics are [I] (reliability.zip i
 
 from engine.core.subtask import Subtask
 from pillars.reliability import (
-    knowledge,
-    emotion_recognition,
     diagnosis,
+    emotion_recognition,
     emotional_support,
     intervention,
+    knowledge,
 )
 
 SUBTASKS: tuple[Subtask, ...] = (

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pillars import registry
 from engine.core.subtask import ItemScore, Subtask
+from pillars import registry
 from pillars.common import judging, loaders, metrics, parsing
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

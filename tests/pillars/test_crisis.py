@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.core.records import Response
-from pillars import registry
 from engine.core.subtask import ItemScore
+from pillars import registry
 from pillars.common.judging import BEGIN, END
 from pillars.crisis import escalation, identification, severity
 from tests.pillars.shared import official_dir

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.core.records import Response
-from pillars import registry
 from engine.core.subtask import ItemScore
+from pillars import registry
 from pillars.common.judging import BEGIN, END
 from pillars.ethics import ethical_reasoning as er
 from tests.pillars.shared import official_dir

@@ -8,16 +8,13 @@ import re
 import pytest
 
 from engine.core.records import Message
-from pillars import registry
 from engine.core.subtask import ItemScore
+from pillars import registry
 from pillars.common.loaders import builtin_rows
 from pillars.fairness import SUBTASKS
 from pillars.fairness import overall as fair
 from pillars.reliability import emotional_support as es
 from tests.pillars.shared import official_dir
-
-
-
 
 N_VALUES = sum(len(spec["values"]) for spec in fair.DEFAULT_ATTRIBUTES.values())
 

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.core.records import Response
-from pillars import registry
 from engine.core.subtask import ItemScore
+from pillars import registry
 from pillars.common.metrics import pearson
 from pillars.privacy import awareness, leakage
 from tests.pillars.shared import official_dir

@@ -7,8 +7,8 @@ import re
 import pytest
 
 from engine.core.records import Message, Response
-from pillars import registry
 from engine.core.subtask import ItemScore
+from pillars import registry
 from pillars.common.loaders import builtin_rows
 from pillars.perturb import Variant, default_variants, perturb
 from pillars.reliability import diagnosis as dx
@@ -18,9 +18,6 @@ from pillars.robustness import diagnosis as rdx
 from pillars.robustness import emotional_support as res
 from pillars.robustness.common import clean_id_of, relative_drop_metric
 from tests.pillars.shared import official_dir
-
-
-
 
 VARIANT_RE = re.compile(r"~(char|word|sent)@(0\.05|0\.1|0\.2)$")
 

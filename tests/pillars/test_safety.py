@@ -9,14 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.core.records import Item, Message, Response
-from pillars import registry
 from engine.core.subtask import ItemScore
+from pillars import registry
 from pillars.common.judging import BEGIN, END
 from pillars.common.loaders import builtin_rows
 from pillars.safety import SUBTASKS, antitoxic, jailbreak
 from tests.pillars.shared import official_dir
-
-
 
 
 def resp(text: str, finish: str = "stop") -> Response:

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.core.records import Item, Message, Response
+from engine.core.subtask import ItemScore
 from pillars import registry
 from pillars.anti_sycophancy import SUBTASKS, aita, endorsement, oeq, pas
-from engine.core.subtask import ItemScore
 from pillars.common.judging import BEGIN, END
 from tests.pillars.shared import official_dir
 
