@@ -60,8 +60,7 @@ def rubrics_by_source(subtasks: Iterable[Subtask]) -> dict[str, list[tuple[Subta
     for sub in subtasks:
         if sub.rubric is None:
             continue
-        src = sub.source if sub.kind == "derived" and sub.source else sub.key
-        out.setdefault(src, []).append((sub, sub.rubric))
+        out.setdefault(sub.generates_from, []).append((sub, sub.rubric))
     return out
 
 

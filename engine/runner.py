@@ -57,7 +57,7 @@ def resolve_subtasks(pillars: tuple[str, ...]) -> tuple[str, ...]:
     keys: list[str] = []
     for s in chosen:
         # Robustness compares against the clean reliability items: generate them once, there.
-        clean = s.extra.get("clean_source") if s.extra else None
+        clean = s.clean_source
         if clean and clean not in keys:
             keys.append(clean)
         if s.key not in keys:
@@ -75,9 +75,8 @@ def available_subtasks(keys: tuple[str, ...], data_dir: Path,
     skipped: dict[str, str] = {}
     for key in keys:
         sub = resolve(key, options.get(key))[0]
-        src = sub
-        if sub.kind == "derived" and sub.source:
-            src = resolve(sub.source, options.get(sub.source))[0]
+        gen = sub.generates_from
+        src = sub if gen == key else resolve(gen, options.get(gen))[0]
         off = src.official
         if off is None:
             skipped[key] = "no official dataset (built-in items only)"
@@ -91,7 +90,7 @@ def available_subtasks(keys: tuple[str, ...], data_dir: Path,
     # A subtask whose clean source is skipped cannot be compared: skip it too.
     for key in list(keep):
         sub = resolve(key, options.get(key))[0]
-        clean = sub.extra.get("clean_source") if sub.extra else None
+        clean = sub.clean_source
         if clean and clean not in keep:
             keep.remove(key)
             skipped[key] = f"needs {clean}, which is skipped"

@@ -186,7 +186,8 @@ def score_run(directory: Path) -> dict[str, Any]:
     cache: dict[tuple[str, str], list[ItemScore]] = {}
     for sub in subtasks:
         eng = resolved[sub.key][1]
-        gen = resolve(sub.source, spec.options.get(sub.source))[0] if sub.kind == "derived" and sub.source else sub
+        gen_key = sub.generates_from
+        gen = sub if gen_key == sub.key else resolve(gen_key, spec.options.get(gen_key))[0]
         items = items_of(gen)
         rubric = sub.rubric
         ranked_judge = judges_for(cfg, rubric)[0] if rubric is not None and judges_for(cfg, rubric) else None
@@ -196,7 +197,7 @@ def score_run(directory: Path) -> dict[str, Any]:
             scores, missing, jstats = _item_scores(sub, rubric, items, spec.samples, records[m], judged,
                                                    requery_n.get(sub.key, 0))
             cache[(sub.key, m)] = scores
-            clean_key = sub.extra.get("clean_source") if sub.extra else None
+            clean_key = sub.clean_source
             agg_input = scores
             if clean_key:
                 clean = cache.get((clean_key, m))

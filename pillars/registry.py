@@ -72,9 +72,8 @@ def select(pillars: Sequence[str]) -> tuple[Subtask, ...]:
 
 def builtin_source(sub: Subtask) -> tuple[str, str]:
     """(pillar, subtask) whose bench_data file holds this subtask's built-in rows."""
-    src = sub.extra.get("builtin_source")
-    if src:
-        pillar, _, subtask = str(src).partition("/")
+    if sub.builtin_source:
+        pillar, _, subtask = sub.builtin_source.partition("/")
         return pillar, subtask
     return sub.pillar, sub.id
 
@@ -83,7 +82,7 @@ def load_items(sub: Subtask, data_dir: Path | None) -> Iterator[Item]:
     """Items of a subtask: built-in rows when data_dir is None, else the official dataset.
 
     A subtask that reuses another subtask's built-in rows names it in
-    ``extra["builtin_source"]`` ("pillar/subtask"; robustness reuses reliability's items).
+    ``Subtask.builtin_source`` ("pillar/subtask"; robustness reuses reliability's items).
     """
     if data_dir is None:
         return sub.items(builtin_rows(*builtin_source(sub)))

@@ -109,9 +109,19 @@ class Subtask:
     params: GenParams = GenParams()  # protocol generation values; override the model's
     # "derived" subtasks score another subtask's responses (safety/antitoxic reads safety/jailbreak)
     source: str | None = None
+    # A subtask compared against another one's scores ("pillar/subtask": robustness against the clean
+    # reliability items); the engine generates that one too and hands its scores to aggregate.
+    clean_source: str | None = None
+    # The "pillar/subtask" whose bench_data rows this subtask's built-in items come from (None: its own).
+    builtin_source: str | None = None
     doc: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
         return f"{self.pillar}/{self.id}"
+
+    @property
+    def generates_from(self) -> str:
+        """The key of the subtask whose responses this one scores: its source when derived, else itself."""
+        return self.source if self.kind == "derived" and self.source else self.key

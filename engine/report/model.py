@@ -492,8 +492,7 @@ def _rubric_owners(spec_keys: Sequence[str], options: Mapping[str, Any]) -> dict
         if sub is None:
             continue
         if sub.rubric is not None:
-            gen = sub.source if sub.kind == "derived" and sub.source else sub.key
-            owners[(gen, sub.rubric.name)] = sub
+            owners[(sub.generates_from, sub.rubric.name)] = sub
     return owners
 
 
@@ -643,7 +642,7 @@ def drilldown(inputs: ReportInputs, spec_keys: Sequence[str], models: Sequence[s
         sub = subtask_for(key, options or {})
         if sub is None:
             continue
-        gen = sub.source if sub.kind == "derived" and sub.source else key
+        gen = sub.generates_from
         units = by_unit.get(gen, {})
         if not units:
             continue

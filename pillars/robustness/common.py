@@ -2,7 +2,7 @@
 
 Items of a robustness subtask are ONLY perturbed variants, id ``<clean id>~<level>@<intensity>``
 (PROTOCOL.md §6), group {"level", "intensity"}. The clean items are the reliability subtask's own
-(``Subtask.extra["clean_source"]``): the engine schedules them there and passes their ItemScores
+(``Subtask.clean_source``): the engine schedules them there and passes their ItemScores
 to ``aggregate`` after the variant scores, each with ``group["variant"] == "clean"``.
 
 Metric [I, PROTOCOL.md §3.6; the rank table favours a relative measure]: for each (level,

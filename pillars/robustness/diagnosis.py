@@ -78,9 +78,9 @@ def make_subtask(
         params=GenParams(temperature=0.0, json_schema=label_schema(labels)),
         doc="Diagnosis of perturbed posts (char/word/sentence x intensity); headline = mean "
         "relative accuracy drop from clean.",
+        clean_source="reliability/diagnosis",
+        builtin_source="reliability/diagnosis",
         extra={
-            "clean_source": "reliability/diagnosis",
-            "builtin_source": "reliability/diagnosis",
             "dataset": dopts.dataset, "split": dopts.split, "d4_target": dopts.d4_target,
             "labels": list(labels),
             **ropts.as_extra(),

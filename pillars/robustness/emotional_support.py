@@ -120,9 +120,9 @@ def make_subtask(
         params=GenParams(temperature=0.0, max_tokens=192),
         doc="Emotional-support replies to perturbed seeker text (char/word/sentence x "
         "intensity); headline = mean relative drop of the support score from clean.",
+        clean_source="reliability/emotional_support",
+        builtin_source="reliability/emotional_support",
         extra={
-            "clean_source": "reliability/emotional_support",
-            "builtin_source": "reliability/emotional_support",
             "perturb_turns": perturb_turns,
             **ropts.as_extra(),
             **asdict(dopts),

@@ -1,6 +1,6 @@
 """Built-in items (bench_data/) of every registered subtask, checked generically.
 
-For each subtask (one naming ``extra["builtin_source"]`` is checked on that file): the file has
+For each subtask (one naming ``Subtask.builtin_source`` is checked on that file): the file has
 at least 20 rows, every id starts with "b-", the rows load through ``registry.load_items(sub,
 None)`` into Items of that subtask, the subtask's label set (``extra["labels"]``: Item.reference
 values) and coverage groups (``extra["cover"]``: {metadata key: values}) are all present, and no

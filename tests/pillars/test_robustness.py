@@ -24,8 +24,8 @@ VARIANT_RE = re.compile(r"~(char|word|sent)@(0\.05|0\.1|0\.2)$")
 
 def test_wiring():
     assert [s.key for s in SUBTASKS] == ["robustness/emotional_support", "robustness/diagnosis"]
-    assert res.SUBTASK.extra["clean_source"] == "reliability/emotional_support"
-    assert rdx.SUBTASK.extra["clean_source"] == "reliability/diagnosis"
+    assert res.SUBTASK.clean_source == "reliability/emotional_support"
+    assert rdx.SUBTASK.clean_source == "reliability/diagnosis"
     assert all(s.direction == "lower" for s in SUBTASKS)
     assert registry.builtin_source(res.SUBTASK) == ("reliability", "emotional_support")
     assert res.SUBTASK.rubric is es.SUPPORT_RUBRIC and rdx.SUBTASK.rubric is None
