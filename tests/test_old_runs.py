@@ -1,0 +1,85 @@
+"""Old run directories stay readable: the fixture in tests/fixtures/old_runs/ was written by the main
+before the floor-plan refactor (8ec0da8; generate.py says how), and today's code must verify it clean,
+score it to the same scores.json, report it to the same report.md and resume it without a request.
+
+A later protocol change (one that changes what a request looks like or how a subtask scores) may
+update the expected files here, saying so in its commit.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import FixedPortServer, run_engine
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "old_runs"
+# Where generate.py wrote the runs: run.json and report.md name it.
+WRITTEN_AT = "/tmp/trustmh-old-run-fixture"
+# Both ports are in the fixture's config (and so in each model's fingerprint): a resume needs them.
+PORTS = (29417, 29418)
+RUNS = {
+    "plain": ["--models", "alpha,beta", "--pillars", "crisis,safety,robustness", "--limit", "1", "--no-progress"],
+    "sharded": ["--models", "alpha,beta", "--pillars", "crisis,safety", "--limit", "1", "--no-progress"],
+}
+RECORD_DIRS = ("responses", "errors", "judgments")
+
+
+def copy_run(tmp_path: Path, name: str) -> Path:
+    out = tmp_path / name
+    shutil.copytree(FIXTURE / name, out)
+    return out
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def report_lines(text: str, run_dir: Path) -> list[str]:
+    return text.replace(str(run_dir), f"{WRITTEN_AT}/{run_dir.name}").splitlines()
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_verify_is_clean(tmp_path: Path, name: str) -> None:
+    out = copy_run(tmp_path, name)
+    res = run_engine("verify", out, timeout=60)
+    assert res.rc == 0, res.stdout + res.stderr
+    assert res.stdout == (FIXTURE / f"{name}.verify.txt").read_text()
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_score_and_report_unchanged(tmp_path: Path, name: str) -> None:
+    out = copy_run(tmp_path, name)
+    (out / "scores.json").unlink()
+    (out / "report.md").unlink()
+    res = run_engine("score", out, timeout=60)
+    assert res.rc == 0, res.stderr
+    assert orjson.loads((out / "scores.json").read_bytes()) == orjson.loads((FIXTURE / name / "scores.json").read_bytes())
+    res = run_engine("report", out, timeout=60)
+    assert res.rc == 0, res.stderr
+    expected = (FIXTURE / name / "report.md").read_text()
+    assert report_lines((out / "report.md").read_text(), out) == expected.splitlines()
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_resume_sends_nothing_and_writes_no_record(tmp_path: Path, name: str) -> None:
+    out = copy_run(tmp_path, name)
+    before = {k: v for k, v in files(out).items() if k.split("/")[0] in RECORD_DIRS or k.startswith("shards/")}
+    servers = []
+    try:
+        for port in PORTS:
+            servers.append(FixedPortServer(port).start())
+        res = run_engine("run", FIXTURE / "config.toml", "--output", out, *RUNS[name], timeout=120)
+        requests = [s.stats()["requests"] for s in servers]
+    finally:
+        for s in servers:
+            s.stop()
+    assert res.rc == 0, res.stderr
+    assert requests == [0, 0]
+    after = files(out)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert sorted(set(after) - set(files(FIXTURE / name))) == ["report.html"]
+    assert orjson.loads((out / "scores.json").read_bytes()) == orjson.loads((FIXTURE / name / "scores.json").read_bytes())
