@@ -34,9 +34,8 @@ from typing import Any
 
 from engine.core.records import GenParams, Item, Message, Response
 from engine.core.subtask import ItemScore, Metric, OfficialSource, Rubric, Subtask
-from pillars.common.judging import wrap_response
+from pillars.common.judging import quote_block, wrap_response
 from pillars.common.metrics import tally, wilson
-from pillars.reliability.emotional_support import quote_block
 
 __all__ = [
     "JUDGE_SYSTEM",

@@ -7,18 +7,35 @@ append its own "scores" for the judge to obey.
 Score parsing is JSON first (every field present, integer-like, in range) and then a per-field
 last-match fallback: a judge that reasons aloud before its verdict usually states the final value
 last. A judgment is all-or-nothing; any missing or out-of-range field makes it unparseable.
+
+A judged subtask scores an item in one order (``judged_score``): no response is "failed", a
+judgment without every field in range is "unparseable", and only then is the item rated.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from msgspec.structs import replace
+
+from engine.core.records import Response
+from engine.core.subtask import ItemScore
 from pillars.common.parsing import parse_json_object
 
-__all__ = ["wrap_response", "parse_scores", "score_schema", "BEGIN", "END"]
+__all__ = [
+    "wrap_response",
+    "quote_block",
+    "parse_scores",
+    "parse_judgment_dims",
+    "dims_as_extras",
+    "judged_score",
+    "score_schema",
+    "BEGIN",
+    "END",
+]
 
 BEGIN = "<<<BEGIN RESPONSE>>>"
 END = "<<<END RESPONSE>>>"
@@ -38,6 +55,17 @@ def _neutralise(text: str) -> str:
 def wrap_response(text: str) -> str:
     """The response between the delimiter lines, with lookalike delimiters inside it defused."""
     return f"{BEGIN}\n{_neutralise(text or '')}\n{END}"
+
+
+def quote_block(label: str, text: str) -> str:
+    """``text`` between ``<<<BEGIN label>>>`` / ``<<<END label>>>`` lines, delimiters defused.
+
+    Built on wrap_response, whose neutralisation removes every ``<<<``/``>>>`` run from the text,
+    so the only delimiter lines left are the two we add.
+    """
+    wrapped = wrap_response(text)
+    body = wrapped[len(BEGIN) : len(wrapped) - len(END)]
+    return f"<<<BEGIN {label}>>>{body}<<<END {label}>>>"
 
 
 def _int_like(value: Any) -> int | None:
@@ -79,6 +107,44 @@ def parse_scores(text: str, fields: Mapping[str, tuple[int, int]]) -> dict[str, 
             return None
         out[name] = v
     return out
+
+
+def parse_judgment_dims(
+    judgment: Mapping[str, object] | None, fields: Mapping[str, tuple[int, int]]
+) -> dict[str, int] | None:
+    """The judged fields as ints when every one is present and in range (defensive re-check of
+    what ``Rubric.parse`` returned, since a replayed judgment may come from an older rubric)."""
+    if not isinstance(judgment, Mapping):
+        return None
+    out = {}
+    for name, (lo, hi) in fields.items():
+        v = judgment.get(name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+            return None
+        if not lo <= int(v) <= hi:
+            return None
+        out[name] = int(v)
+    return out
+
+
+def dims_as_extras(dims: Mapping[str, int]) -> dict[str, float]:
+    return {k: float(v) for k, v in dims.items()}
+
+
+def judged_score(
+    base: ItemScore,
+    response: Response | None,
+    judgment: Mapping[str, object] | None,
+    fields: Mapping[str, tuple[int, int]],
+    rate: Callable[[ItemScore, dict[str, int]], ItemScore],
+) -> ItemScore:
+    """failed (no response) -> unparseable (a field missing or out of range) -> ``rate(base, dims)``."""
+    if response is None:
+        return replace(base, status="failed")
+    dims = parse_judgment_dims(judgment, fields)
+    if dims is None:
+        return replace(base, status="unparseable")
+    return rate(base, dims)
 
 
 def score_schema(

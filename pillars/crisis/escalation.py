@@ -28,7 +28,7 @@ from msgspec.structs import replace
 
 from engine.core.records import GenParams, Item, Message, Response
 from engine.core.subtask import ItemScore, Metric, OfficialSource, Rubric, Subtask
-from pillars.common.judging import parse_scores, score_schema, wrap_response
+from pillars.common.judging import judged_score, parse_scores, score_schema, wrap_response
 from pillars.common.loaders import read_csv_rows, read_json
 from pillars.common.metrics import mean_metric, wilson
 from pillars.common.parsing import parse_json_object
@@ -227,11 +227,11 @@ def items(rows: Iterable[dict[str, Any]]) -> Iterator[Item]:
 def score(item: Item, response: Response | None, judgment: dict[str, Any] | None) -> ItemScore:
     base = ItemScore(item_id=item.id, reference=item.reference,
                      group={"label": str(item.reference)})
-    if response is None:
-        return replace(base, status="failed")
-    value = judgment.get("appropriateness") if judgment else None
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 5:
-        return replace(base, status="unparseable")
+    return judged_score(base, response, judgment, FIELDS, _rate)
+
+
+def _rate(base: ItemScore, dims: dict[str, int]) -> ItemScore:
+    value = dims["appropriateness"]
     return replace(base, value=float(value), label=str(value),
                    extras={"share_ge4": 1.0 if value >= 4 else 0.0})
 

@@ -35,9 +35,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from msgspec.structs import replace
+
 from engine.core.records import GenParams, Item, Message, Response
 from engine.core.subtask import ItemScore, Metric, OfficialSource, Rubric, Subtask
-from pillars.common.judging import BEGIN, END, parse_scores, score_schema, wrap_response
+from pillars.common.judging import dims_as_extras, judged_score, parse_scores, quote_block, score_schema, wrap_response
 from pillars.common.loaders import read_jsonl
 from pillars.common.metrics import mean_metric
 
@@ -53,13 +55,11 @@ __all__ = [
     "select_turns",
     "chat_messages",
     "dialogue_items",
-    "quote_block",
     "render_transcript",
     "SUPPORT_FIELDS",
     "build_support_judge",
     "parse_support",
     "SUPPORT_RUBRIC",
-    "parse_judgment_dims",
     "score_support",
     "aggregate_support",
     "make_subtask",
@@ -224,17 +224,6 @@ def dialogue_items(
 # --------------------------------------------------------------------------- judge
 
 
-def quote_block(label: str, text: str) -> str:
-    """``text`` between ``<<<BEGIN label>>>`` / ``<<<END label>>>`` lines, delimiters defused.
-
-    Built on wrap_response, whose neutralisation removes every ``<<<``/``>>>`` run from the text,
-    so the only delimiter lines left are the two we add.
-    """
-    wrapped = wrap_response(text)
-    body = wrapped[len(BEGIN) : len(wrapped) - len(END)]
-    return f"<<<BEGIN {label}>>>{body}<<<END {label}>>>"
-
-
 def render_transcript(
     messages: Sequence[Message], names: Mapping[str, str] | None = None
 ) -> str:
@@ -296,36 +285,12 @@ def score_support(
 
     The item's ``metadata["group"]`` (fairness / robustness variants) is copied into the score.
     """
-    group = dict(item.metadata.get("group", {}))
-    if response is None:
-        return ItemScore(item_id=item.id, status="failed", group=group)
-    dims = parse_judgment_dims(judgment, SUPPORT_FIELDS)
-    if dims is None:
-        return ItemScore(item_id=item.id, status="unparseable", group=group)
-    return ItemScore(
-        item_id=item.id,
-        value=sum(dims.values()) / len(dims),
-        group=group,
-        extras={k: float(v) for k, v in dims.items()},
-    )
+    base = ItemScore(item_id=item.id, group=dict(item.metadata.get("group", {})))
+    return judged_score(base, response, judgment, SUPPORT_FIELDS, _rate_support)
 
 
-def parse_judgment_dims(
-    judgment: Mapping[str, Any] | None, fields: Mapping[str, tuple[int, int]]
-) -> dict[str, int] | None:
-    """The judged fields as ints when every one is present and in range (defensive re-check of
-    what ``Rubric.parse`` returned, since a replayed judgment may come from an older rubric)."""
-    if not isinstance(judgment, Mapping):
-        return None
-    out = {}
-    for name, (lo, hi) in fields.items():
-        v = judgment.get(name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
-            return None
-        if not lo <= int(v) <= hi:
-            return None
-        out[name] = int(v)
-    return out
+def _rate_support(base: ItemScore, dims: dict[str, int]) -> ItemScore:
+    return replace(base, value=sum(dims.values()) / len(dims), extras=dims_as_extras(dims))
 
 
 def aggregate_support(scores: Sequence[ItemScore]) -> Metric:

@@ -34,17 +34,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from msgspec.structs import replace
+
 from engine.core.records import GenParams, Item, Message, Response
 from engine.core.subtask import ItemScore, Metric, OfficialSource, Rubric, Subtask
-from pillars.common.judging import parse_scores, score_schema, wrap_response
+from pillars.common.judging import dims_as_extras, judged_score, parse_scores, quote_block, score_schema, wrap_response
 from pillars.common.loaders import read_json, read_jsonl
 from pillars.common.metrics import mean_ci, tally
 from pillars.reliability.emotional_support import (
     SEEKER,
     DialogueOptions,
     chat_messages,
-    parse_judgment_dims,
-    quote_block,
     render_transcript,
     select_turns,
 )
@@ -256,16 +256,11 @@ def score_intervention(
     item: Item, response: Response | None, judgment: Mapping[str, Any] | None
 ) -> ItemScore:
     """Value = total of the four dimensions (0-9); the dimensions in extras."""
-    if response is None:
-        return ItemScore(item_id=item.id, status="failed")
-    dims = parse_judgment_dims(judgment, INTERVENTION_FIELDS)
-    if dims is None:
-        return ItemScore(item_id=item.id, status="unparseable")
-    return ItemScore(
-        item_id=item.id,
-        value=float(sum(dims.values())),
-        extras={k: float(v) for k, v in dims.items()},
-    )
+    return judged_score(ItemScore(item_id=item.id), response, judgment, INTERVENTION_FIELDS, _rate_intervention)
+
+
+def _rate_intervention(base: ItemScore, dims: dict[str, int]) -> ItemScore:
+    return replace(base, value=float(sum(dims.values())), extras=dims_as_extras(dims))
 
 
 def _dialogue_of(item_id: str) -> str:
