@@ -113,7 +113,7 @@ def _load(path: str | None) -> tuple[Any, str]:
 
 def _spec(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """Config + the run spec the command line asks for (shared by run and plan)."""
-    from engine import runner
+    from engine import spec as runspec
     from engine.options import check_all
 
     cfg, source = _load(args.config)
@@ -142,18 +142,18 @@ def _spec(args: argparse.Namespace) -> tuple[Any, Any, str]:
     skipped: dict[str, str] = {}
     if items is None:
         pillars = tuple(p.strip() for p in args.pillars.split(",")) if args.pillars else cfg.run.pillars
-        subtasks = runner.resolve_subtasks(pillars)
+        subtasks = runspec.resolve_subtasks(pillars)
         if data_dir:
-            subtasks, skipped = runner.available_subtasks(subtasks, Path(data_dir), cfg.pillars)
+            subtasks, skipped = runspec.available_subtasks(subtasks, Path(data_dir), cfg.pillars)
             for key, why in skipped.items():
                 _log(f"skipping {key}: {why}")
             if not subtasks:
                 raise EngineError(f"--data-dir {data_dir}: none of the selected subtasks has its data there; "
                                   "run `python -m engine data fetch` or drop --data-dir for the built-in items")
     check_all(cfg.pillars)
-    spec = runner.RunSpec(output=args.output or cfg.run.output, models=models, items=items, data_dir=data_dir,
-                          subtasks=subtasks, limit=limit, samples=cfg.run.samples, options=cfg.pillars,
-                          skipped=skipped)
+    spec = runspec.RunSpec(output=args.output or cfg.run.output, models=models, items=items, data_dir=data_dir,
+                           subtasks=subtasks, limit=limit, samples=cfg.run.samples, options=cfg.pillars,
+                           skipped=skipped)
     return cfg, spec, source
 
 
@@ -248,6 +248,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     from engine import runner
     from engine.config import parse_config
     from engine.runstate import read_run_json
+    from engine.spec import RunSpec
 
     out = Path(args.dir)
     doc = read_run_json(out)
@@ -258,7 +259,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
         if args.judge not in cfg.models:
             raise EngineError(f"--judge {args.judge}: not a models key of this run (known: {', '.join(cfg.models)})")
         cfg = msgspec.structs.replace(cfg, judge=msgspec.structs.replace(cfg.judge, models=(args.judge,), rubrics={}))
-    spec = msgspec.convert(doc["spec"], runner.RunSpec)
+    spec = msgspec.convert(doc["spec"], RunSpec)
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     code = asyncio.run(runner.run(cfg, spec, progress=progress, log=_log, config_source=doc.get("config_source", ""),
                                   judge_only=True))

@@ -23,6 +23,7 @@ from engine.core.adapter import ReplaysItems
 from engine.core.records import GenParams, Item, JudgmentRecord, Record, judgment_decoder
 from engine.core.subtask import Rubric, Subtask
 from engine.scheduler import JudgeTask, Lane, Unit, estimate_tokens, merge_params, model_params
+from engine.spec import judges_for, rubrics_by_source
 
 RETRY_PARAMS = {"temperature": 0.7, "seed": 1}
 
@@ -51,24 +52,6 @@ def judge_params(cfg: Config, judge_cfg: ModelConfig, rubric: Rubric) -> GenPara
     if cap is not None and (params.max_tokens is None or params.max_tokens > cap):
         params = msgspec.structs.replace(params, max_tokens=cap)
     return params
-
-
-def rubrics_by_source(subtasks: Iterable[Subtask]) -> dict[str, list[tuple[Subtask, Rubric]]]:
-    """For each generating subtask, the rubrics its responses get: its own and those of the
-    derived subtasks that score them (safety/antitoxic judges safety/jailbreak responses)."""
-    out: dict[str, list[tuple[Subtask, Rubric]]] = {}
-    for sub in subtasks:
-        if sub.rubric is None:
-            continue
-        out.setdefault(sub.generates_from, []).append((sub, sub.rubric))
-    return out
-
-
-def judges_for(cfg: Config, rubric: Rubric) -> tuple[str, ...]:
-    """A rubric's own judge (config `judge.rubrics` first, then the rubric's hint when it names a
-    configured model), else every configured judge; the first is the ranked one."""
-    own = cfg.judge.rubrics.get(rubric.name) or (rubric.judge if rubric.judge in cfg.models else None)
-    return (own,) if own else cfg.judge.models
 
 
 class JudgeHub:

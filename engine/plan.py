@@ -40,16 +40,16 @@ class Plan:
 
 def build_plan(cfg: Config, spec: Any, out: Path | None) -> Plan:
     from adapters.registry import make_adapter
-    from engine.judge import judge_params, judges_for, rubrics_by_source
+    from engine.judge import judge_params
     from engine.requery import requery_limits
-    from engine.runner import _subtasks, item_factory
     from engine.scheduler import estimate_tokens, lane_units
+    from engine.spec import item_factory, judges_for, rubrics_by_source, subtasks
 
     plan = Plan()
     factory = item_factory(spec)
-    subtasks = _subtasks(spec)
-    plan.requery = requery_limits(subtasks, spec.options)
-    by_source = rubrics_by_source(subtasks)
+    subs = subtasks(spec)
+    plan.requery = requery_limits(subs, spec.options)
+    by_source = rubrics_by_source(subs)
     for name in spec.models:
         adapter, _ = make_adapter(name, cfg.models[name], Path("."), with_secrets=False)
         done: set[int] = set()

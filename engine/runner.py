@@ -18,89 +18,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from engine.checkpoint import JsonlWriter, scan_responses
 from engine.config import Config
 from engine.core.adapter import ReplaysItems
 from engine.core.errors import EngineError
 from engine.costs import Budget
-from engine.items import ItemFactory, custom_source, pillar_source, plan_counts
-from engine.judge import JudgeHub, close_when_generated, judges_for, rubrics_by_source
+from engine.items import ItemFactory, plan_counts
+from engine.judge import JudgeHub, close_when_generated
 from engine.runstate import config_doc, data_fingerprint, model_fingerprint, packages, read_run_json
 from engine.scheduler import Lane
+from engine.spec import RunSpec, item_factory, judge_plan, merged_spec, subtasks
 
 Log = Callable[[str], None]
-
-
-class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """What to run, resolved from config + command line; stored in run.json as `spec`."""
-
-    output: str
-    models: tuple[str, ...]
-    items: str | None = None  # custom items file, or None for pillar subtasks
-    data_dir: str | None = None
-    subtasks: tuple[str, ...] = ()
-    limit: int = 0
-    samples: int = 1
-    options: dict[str, dict[str, Any]] = {}  # [pillars."<key>"] sections
-    skipped: dict[str, str] = {}  # selected subtasks left out, with the reason (missing data)
-
-
-def resolve_subtasks(pillars: tuple[str, ...]) -> tuple[str, ...]:
-    from pillars import registry
-
-    try:
-        chosen = registry.select(list(pillars))
-    except (KeyError, ValueError) as exc:
-        raise EngineError(f"run.pillars / --pillars: {exc.args[0] if exc.args else exc}") from None
-    keys: list[str] = []
-    for s in chosen:
-        # Robustness compares against the clean reliability items: generate them once, there.
-        clean = s.clean_source
-        if clean and clean not in keys:
-            keys.append(clean)
-        if s.key not in keys:
-            keys.append(s.key)
-    return tuple(keys)
-
-
-def available_subtasks(keys: tuple[str, ...], data_dir: Path,
-                       options: dict[str, dict[str, Any]]) -> tuple[tuple[str, ...], dict[str, str]]:
-    """With official data, the subtasks whose files are there; the others are skipped with a
-    reason (SWMH/D4 and the full ELEPHANT files cannot be shipped), so a run completes what it can."""
-    from engine.options import resolve
-
-    keep: list[str] = []
-    skipped: dict[str, str] = {}
-    for key in keys:
-        sub = resolve(key, options.get(key))[0]
-        gen = sub.generates_from
-        src = sub if gen == key else resolve(gen, options.get(gen))[0]
-        off = src.official
-        if off is None:
-            skipped[key] = "no official dataset (built-in items only)"
-            continue
-        folder = data_dir / off.dataset
-        missing = [f for f in off.files if not (folder / f).is_file()]
-        if missing:
-            skipped[key] = f"official data not found: {folder / missing[0]} (gated or not downloaded)"
-            continue
-        keep.append(key)
-    # A subtask whose clean source is skipped cannot be compared: skip it too.
-    for key in list(keep):
-        sub = resolve(key, options.get(key))[0]
-        clean = sub.clean_source
-        if clean and clean not in keep:
-            keep.remove(key)
-            skipped[key] = f"needs {clean}, which is skipped"
-    return tuple(keep), skipped
-
-
-def item_factory(spec: RunSpec) -> ItemFactory:
-    if spec.items is not None:
-        return custom_source(Path(spec.items), spec.limit)
-    return pillar_source(spec.subtasks, Path(spec.data_dir) if spec.data_dir else None, spec.limit, spec.options)
 
 
 def _check_resume(prev: dict[str, Any], cfg: Config, spec: RunSpec, data_fp: str, out: Path) -> None:
@@ -168,7 +97,7 @@ async def run(cfg: Config, spec: RunSpec, *, fresh: bool = False, retry_errors: 
 
     out = Path(spec.output)
     loop = asyncio.get_running_loop()
-    _judge_plan(cfg, _subtasks(spec))  # a judged subtask without a judge: refuse before DIR is touched
+    judge_plan(cfg, subtasks(spec))  # a judged subtask without a judge: refuse before DIR is touched
     factory = item_factory(spec)
     try:
         planned_units = await asyncio.to_thread(plan_counts, factory, spec.samples)
@@ -211,7 +140,7 @@ def _gpu_pool(cfg: Config, spec: RunSpec, shard: Any, partition: Any, backend: s
     targets = () if judge_only else spec.models
     if partition is not None:
         targets = tuple(n for n in targets if partition.has_model(n, shard.index))
-    judges = _judge_plan(cfg, _subtasks(spec))
+    judges = judge_plan(cfg, subtasks(spec))
     names = list(dict.fromkeys((*targets, *judges)))
     needs = {n: needs_gpus(cfg, n, backend) for n in names}
     needs = {n: k for n, k in needs.items() if k}
@@ -224,45 +153,6 @@ def _gpu_pool(cfg: Config, spec: RunSpec, shard: Any, partition: Any, backend: s
         pool.register(n, k)
     log(f"GPU placement: {len(gpus)} GPU(s) {','.join(gpus)} ({source}) for {len(needs)} local model(s)")
     return pool
-
-
-def _merged_spec(prev: dict[str, Any], spec: RunSpec) -> dict[str, Any]:
-    """A run extended by another invocation (more models, other pillars) covers both: verify,
-    score and report then see everything the directory holds."""
-    new = msgspec.to_builtins(spec)
-    if not prev:
-        return new
-    models = list(dict.fromkeys([*prev.get("models", []), *spec.models]))
-    subtasks = list(spec.subtasks)
-    if spec.items is None and prev.get("items") is None:
-        from pillars import registry
-
-        order = {s.key: i for i, s in enumerate(registry.all_subtasks())}
-        merged = set(prev.get("subtasks", [])) | set(spec.subtasks)
-        subtasks = sorted(merged, key=lambda k: order.get(k, len(order)))
-    skipped = {k: v for k, v in {**prev.get("skipped", {}), **spec.skipped}.items() if k not in subtasks}
-    return {**new, "models": models, "subtasks": subtasks, "skipped": skipped}
-
-
-def _subtasks(spec: RunSpec) -> list[Any]:
-    if spec.items is not None:
-        return []
-    from engine.options import resolve
-
-    return [resolve(k, spec.options.get(k))[0] for k in spec.subtasks]
-
-
-def _judge_plan(cfg: Config, subtasks: list[Any]) -> tuple[str, ...]:
-    """The judge models this run needs; a judged subtask with no judge configured is an error."""
-    names: list[str] = []
-    for pairs in rubrics_by_source(subtasks).values():
-        for sub, rubric in pairs:
-            judges = judges_for(cfg, rubric)
-            if not judges:
-                raise EngineError(f"{sub.key} is judged (rubric {rubric.name}) but no judge is configured; "
-                                  "add [judge] models = [\"<models key>\"] to the config")
-            names.extend(judges)
-    return tuple(dict.fromkeys(names))
 
 
 def _unjudged(out: Path, spec: RunSpec, factory: ItemFactory, hub: JudgeHub, shard: Any = None,
@@ -322,7 +212,7 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
         "format": 1,
         "config_source": config_source,
         "config": config_doc(cfg),
-        "spec": _merged_spec(prev_specs, spec),
+        "spec": merged_spec(prev_specs, spec),
         "fingerprint": {"data": data_fp, "models": fingerprints},
         "planned": planned,
         "packages": packages(),
@@ -343,12 +233,12 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
             log(f"--budget: no [prices] for {', '.join(free)}; their requests are not counted against the budget")
     lanes: list[Lane] = []
     writers: list[JsonlWriter] = []
-    subtasks = _subtasks(spec)
+    subs = subtasks(spec)
     from engine.requery import make_requery, requery_limits
 
-    requery_n = requery_limits(subtasks, spec.options)
-    by_key = {s.key: s for s in subtasks}
-    judge_names = _judge_plan(cfg, subtasks)
+    requery_n = requery_limits(subs, spec.options)
+    by_key = {s.key: s for s in subs}
+    judge_names = judge_plan(cfg, subs)
     targets = () if judge_only else spec.models
     if partition is not None:  # a shard runs only its own local models (and its part of the others)
         targets = tuple(n for n in targets if partition.has_model(n, shard.index))
@@ -413,7 +303,7 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
         by_name[name] = lane
     hub: JudgeHub | None = None
     if judge_names:
-        hub = JudgeHub(cfg, subtasks, {n: by_name[n] for n in judge_names}, judge_done)
+        hub = JudgeHub(cfg, subs, {n: by_name[n] for n in judge_names}, judge_done)
         for lane in lanes:
             if lane.name in targets:
                 lane.set_record_hook(hub.on_record)

@@ -22,9 +22,9 @@ from engine.core.errors import EngineError
 from engine.core.records import Item, Record, judgment_decoder
 from engine.core.subtask import ItemScore, Metric, Rubric, Subtask
 from engine.costs import UsageTable
-from engine.judge import judges_for
 from engine.requery import requery_limits, requery_samples
 from engine.runstate import read_run_json
+from engine.spec import RunSpec, judges_for
 
 SCORES_JSON = "scores.json"
 
@@ -135,7 +135,6 @@ def _item_scores(sub: Subtask, rubric: Rubric | None, items: Iterable[Item], sam
 
 def score_run(directory: Path) -> dict[str, Any]:
     from engine.items import limited
-    from engine.runner import RunSpec
     from pillars import registry
 
     doc = read_run_json(directory)

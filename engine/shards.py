@@ -333,11 +333,11 @@ def _describe(line: bytes) -> str:
 
 
 def _merge_specs(base: dict[str, Any] | None, specs: list[dict[str, Any]]) -> dict[str, Any]:
-    from engine.runner import RunSpec, _merged_spec
+    from engine.spec import RunSpec, merged_spec
 
     cur: dict[str, Any] = dict(base) if base else {}
     for s in specs:
-        cur = _merged_spec(cur, msgspec.convert(s, RunSpec))
+        cur = merged_spec(cur, msgspec.convert(s, RunSpec))
     return cur
 
 

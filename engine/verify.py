@@ -27,9 +27,9 @@ class VerifyReport(msgspec.Struct, kw_only=True):
 
 def verify(directory: Path) -> VerifyReport:
     from adapters.registry import make_adapter
-    from engine.runner import RunSpec, item_factory
     from engine.scheduler import lane_units
     from engine.shards import discover, shard_problems
+    from engine.spec import RunSpec, item_factory
 
     doc = read_run_json(directory)
     found = discover(directory)

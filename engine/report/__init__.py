@@ -71,7 +71,7 @@ def _read_scores(directory: Path, run: dict[str, Any], notes: list[str]) -> dict
 
 def _load_items(spec: dict[str, Any], notes: list[str]) -> dict[tuple[str, str, str], Any] | None:
     from engine.core.errors import EngineError
-    from engine.runner import RunSpec, item_factory
+    from engine.spec import RunSpec, item_factory
 
     if spec.get("items") is not None:
         notes.append("a custom --items run: no pillar metrics; the drill-down shows item ids only")

@@ -1,0 +1,144 @@
+"""What a run covers, resolved from the config and the command line: the `RunSpec` stored in
+run.json, the subtasks it selects (with those whose official data is missing skipped), the item
+source it walks, the judges it needs, and the spec of a directory extended by several invocations.
+
+`run`, `plan`, `verify`, `score`, `report` and `merge` all read the work from here, so they agree
+on what a complete run holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engine.config import Config
+from engine.core.errors import EngineError
+from engine.core.subtask import Rubric, Subtask
+from engine.items import ItemFactory, custom_source, pillar_source
+from engine.options import resolve
+from pillars import registry
+
+Options = dict[str, dict[str, Any]]  # [pillars."<key>"] sections, as TOML gives them
+
+
+class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What to run, resolved from config + command line; stored in run.json as `spec`."""
+
+    output: str
+    models: tuple[str, ...]
+    items: str | None = None  # custom items file, or None for pillar subtasks
+    data_dir: str | None = None
+    subtasks: tuple[str, ...] = ()
+    limit: int = 0
+    samples: int = 1
+    options: Options = {}  # [pillars."<key>"] sections
+    skipped: dict[str, str] = {}  # selected subtasks left out, with the reason (missing data)
+
+
+def resolve_subtasks(pillars: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        chosen = registry.select(list(pillars))
+    except (KeyError, ValueError) as exc:
+        raise EngineError(f"run.pillars / --pillars: {exc.args[0] if exc.args else exc}") from None
+    keys: list[str] = []
+    for s in chosen:
+        # Robustness compares against the clean reliability items: generate them once, there.
+        clean = s.clean_source
+        if clean and clean not in keys:
+            keys.append(clean)
+        if s.key not in keys:
+            keys.append(s.key)
+    return tuple(keys)
+
+
+def available_subtasks(keys: tuple[str, ...], data_dir: Path,
+                       options: Options) -> tuple[tuple[str, ...], dict[str, str]]:
+    """With official data, the subtasks whose files are there; the others are skipped with a
+    reason (SWMH/D4 and the full ELEPHANT files cannot be shipped), so a run completes what it can."""
+    keep: list[str] = []
+    skipped: dict[str, str] = {}
+    for key in keys:
+        sub = resolve(key, options.get(key))[0]
+        gen = sub.generates_from
+        src = sub if gen == key else resolve(gen, options.get(gen))[0]
+        off = src.official
+        if off is None:
+            skipped[key] = "no official dataset (built-in items only)"
+            continue
+        folder = data_dir / off.dataset
+        missing = [f for f in off.files if not (folder / f).is_file()]
+        if missing:
+            skipped[key] = f"official data not found: {folder / missing[0]} (gated or not downloaded)"
+            continue
+        keep.append(key)
+    # A subtask whose clean source is skipped cannot be compared: skip it too.
+    for key in list(keep):
+        sub = resolve(key, options.get(key))[0]
+        clean = sub.clean_source
+        if clean and clean not in keep:
+            keep.remove(key)
+            skipped[key] = f"needs {clean}, which is skipped"
+    return tuple(keep), skipped
+
+
+def item_factory(spec: RunSpec) -> ItemFactory:
+    if spec.items is not None:
+        return custom_source(Path(spec.items), spec.limit)
+    return pillar_source(spec.subtasks, Path(spec.data_dir) if spec.data_dir else None, spec.limit, spec.options)
+
+
+def subtasks(spec: RunSpec) -> list[Subtask]:
+    """The spec's subtasks with their [pillars."<key>"] options applied (none for a custom items file)."""
+    if spec.items is not None:
+        return []
+    return [resolve(k, spec.options.get(k))[0] for k in spec.subtasks]
+
+
+def rubrics_by_source(subs: Iterable[Subtask]) -> dict[str, list[tuple[Subtask, Rubric]]]:
+    """For each generating subtask, the rubrics its responses get: its own and those of the
+    derived subtasks that score them (safety/antitoxic judges safety/jailbreak responses)."""
+    out: dict[str, list[tuple[Subtask, Rubric]]] = {}
+    for sub in subs:
+        if sub.rubric is None:
+            continue
+        out.setdefault(sub.generates_from, []).append((sub, sub.rubric))
+    return out
+
+
+def judges_for(cfg: Config, rubric: Rubric) -> tuple[str, ...]:
+    """A rubric's own judge (config `judge.rubrics` first, then the rubric's hint when it names a
+    configured model), else every configured judge; the first is the ranked one."""
+    own = cfg.judge.rubrics.get(rubric.name) or (rubric.judge if rubric.judge in cfg.models else None)
+    return (own,) if own else cfg.judge.models
+
+
+def judge_plan(cfg: Config, subs: list[Subtask]) -> tuple[str, ...]:
+    """The judge models this run needs; a judged subtask with no judge configured is an error."""
+    names: list[str] = []
+    for pairs in rubrics_by_source(subs).values():
+        for sub, rubric in pairs:
+            judges = judges_for(cfg, rubric)
+            if not judges:
+                raise EngineError(f"{sub.key} is judged (rubric {rubric.name}) but no judge is configured; "
+                                  "add [judge] models = [\"<models key>\"] to the config")
+            names.extend(judges)
+    return tuple(dict.fromkeys(names))
+
+
+def merged_spec(prev: Mapping[str, Any], spec: RunSpec) -> dict[str, Any]:
+    """A run extended by another invocation (more models, other pillars) covers both: verify,
+    score and report then see everything the directory holds."""
+    new: dict[str, Any] = msgspec.to_builtins(spec)
+    if not prev:
+        return new
+    models = list(dict.fromkeys([*prev.get("models", []), *spec.models]))
+    keys = list(spec.subtasks)
+    if spec.items is None and prev.get("items") is None:
+        order = {s.key: i for i, s in enumerate(registry.all_subtasks())}
+        merged = set(prev.get("subtasks", [])) | set(spec.subtasks)
+        keys = sorted(merged, key=lambda k: order.get(k, len(order)))
+    skipped = {k: v for k, v in {**prev.get("skipped", {}), **spec.skipped}.items() if k not in keys}
+    return {**new, "models": models, "subtasks": keys, "skipped": skipped}
