@@ -252,7 +252,7 @@ def run_engine(cfg: Path, items: Path, out: Path, *extra: str, fresh_dir: bool =
 
 def imports_hwm_kib() -> int:
     """VmHWM of a Python that only imports what the engine's run path imports (the floor)."""
-    code = ("import aiohttp, uvloop, msgspec, orjson, engine.runner, adapters.openai_compat, adapters.registry\n"
+    code = ("import aiohttp, uvloop, msgspec, orjson, engine.run.runner, adapters.openai_compat, adapters.registry\n"
             "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])")
     r = subprocess.run([PY, "-c", code], cwd=str(ROOT), env=_env(), capture_output=True, text=True)
     try:
@@ -548,9 +548,9 @@ class Bench:
                   f"{min(spans):.3f} s / {statistics.median(gaps) * 1e3:.1f}, {gaps[0] * 1e3:.1f}, "
                   f"{gaps[-1] * 1e3:.1f} ms", "", "info: span > 1 s")
             T.note(f"(c) {sum(1 for x in spans if x <= 1.0)} windows of {k + 1} arrivals within 1 s at the server")
-        margin = _engine_attr("engine.limits", "DEFAULT_MARGIN")
+        margin = _engine_attr("engine.run.limits", "DEFAULT_MARGIN")
         T.note(f"(c) server: {st['requests']} requests, {st['ok']} ok; engine CPU {w.cpu:.2f} s; "
-               + (f"engine.limits.DEFAULT_MARGIN = {margin}: evenly spaced slots cap the rate at "
+               + (f"engine.run.limits.DEFAULT_MARGIN = {margin}: evenly spaced slots cap the rate at "
                   f"1/(1+margin) = {1 / (1 + float(margin)):.3f} of the limit" if margin is not None else ""))
 
     # (d) ------------------------------------------------------------------------------------
@@ -670,7 +670,7 @@ def make_checkpoint(cfg_path: Path, items: Path, path: Path, seed: int = 2) -> i
     from engine.config import load_config
     from engine.core.records import ErrorInfo, Record, Response, Usage, record_encoder
     from engine.items import custom_source
-    from engine.scheduler import lane_units
+    from engine.run.units import lane_units
 
     cfg = load_config(cfg_path)
     mcfg = cfg.models[MODEL]

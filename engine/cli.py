@@ -171,7 +171,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from engine import runner
+    from engine.run import runner
 
     cfg, spec, source = _spec(args)
     items = spec.items
@@ -190,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         shard = parse_shard(args.shard)
     ray_address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
     if args.backend == "ray":
-        from engine.ray_backend import preflight
+        from engine.run.ray import preflight
 
         preflight(ray_address)
     elif args.ray_address:
@@ -245,8 +245,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
     import msgspec
 
-    from engine import runner
     from engine.config import parse_config
+    from engine.run import runner
     from engine.runstate import read_run_json
     from engine.spec import RunSpec
 

@@ -40,9 +40,9 @@ class Plan:
 
 def build_plan(cfg: Config, spec: Any, out: Path | None) -> Plan:
     from adapters.registry import make_adapter
-    from engine.judge import judge_params
     from engine.requery import requery_limits
-    from engine.scheduler import estimate_tokens, lane_units
+    from engine.run.judge import judge_params
+    from engine.run.units import estimate_tokens, lane_units
     from engine.spec import item_factory, judges_for, rubrics_by_source, subtasks
 
     plan = Plan()

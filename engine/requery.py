@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.core.records import Response, request_key
-from engine.scheduler import Unit
+from engine.run.units import Unit
 
 
 def requery_limits(subtasks: list[Any], options: dict[str, dict[str, Any]]) -> dict[str, int]:

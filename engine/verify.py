@@ -27,7 +27,7 @@ class VerifyReport(msgspec.Struct, kw_only=True):
 
 def verify(directory: Path) -> VerifyReport:
     from adapters.registry import make_adapter
-    from engine.scheduler import lane_units
+    from engine.run.units import lane_units
     from engine.shards import discover, shard_problems
     from engine.spec import RunSpec, item_factory
 

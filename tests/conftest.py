@@ -247,7 +247,7 @@ def expected_texts(config: Path, items: Path, model: str, samples: int = 1) -> d
     from adapters.registry import make_adapter
     from engine.config import load_config
     from engine.items import custom_source
-    from engine.scheduler import lane_units
+    from engine.run.units import lane_units
 
     cfg = load_config(config)
     adapter, _ = make_adapter(model, cfg.models[model], Path(tempfile.gettempdir()), with_secrets=False)

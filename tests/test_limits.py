@@ -1,4 +1,4 @@
-"""engine.limits on a virtual clock: no real sleeps, exact times."""
+"""engine.run.limits on a virtual clock: no real sleeps, exact times."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.limits import BURST, COLD_START_S, DEFAULT_MARGIN, AdaptiveLimit, Pacer, TokenWindow
+from engine.run.limits import BURST, COLD_START_S, DEFAULT_MARGIN, AdaptiveLimit, Pacer, TokenWindow
 
 
 class VirtualTime:

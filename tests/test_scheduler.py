@@ -150,7 +150,7 @@ def _bodies(cfg: Path, items: Path) -> list[dict[str, Any]]:
     from adapters.registry import make_adapter
     from engine.config import load_config
     from engine.items import custom_source
-    from engine.scheduler import lane_units
+    from engine.run.units import lane_units
 
     c = load_config(cfg)
     adapter, _ = make_adapter("fake", c.models["fake"], Path(tempfile.gettempdir()), with_secrets=False)

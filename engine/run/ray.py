@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import EngineError
-from engine.scheduler import Lane, Unit
+from engine.run.lane import Lane
+from engine.run.units import Unit
 
 MAX_RESTARTS = 3
 EXTRA = "pip install 'trustmh-engine[ray]'"

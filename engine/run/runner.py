@@ -24,9 +24,9 @@ from engine.core.adapter import ReplaysItems
 from engine.core.errors import EngineError
 from engine.costs import Budget
 from engine.items import ItemFactory, plan_counts
-from engine.judge import JudgeHub, close_when_generated
+from engine.run.judge import JudgeHub, close_when_generated
+from engine.run.lane import Lane
 from engine.runstate import config_doc, data_fingerprint, model_fingerprint, packages, read_run_json
-from engine.scheduler import Lane
 from engine.spec import RunSpec, item_factory, judge_plan, merged_spec, subtasks
 
 Log = Callable[[str], None]
@@ -92,7 +92,7 @@ async def run(cfg: Config, spec: RunSpec, *, fresh: bool = False, retry_errors: 
               judge_only: bool = False, budget_usd: float | None = None, shard: Any = None,
               backend: str = "local", ray_address: str | None = None) -> int:
     """shard: an engine.shards.Shard (this invocation runs that part of the work, in its own files);
-    backend "ray": each lane's requests run in a Ray actor (engine/ray_backend.py)."""
+    backend "ray": each lane's requests run in a Ray actor (engine/run/ray.py)."""
     from engine import shards as sharding
 
     out = Path(spec.output)
@@ -250,7 +250,7 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
     if backend == "ray":  # each lane's requests run in a Ray actor; records still come here
         import functools
 
-        from engine.ray_backend import RayContext, RemoteLane
+        from engine.run.ray import RayContext, RemoteLane
 
         ray_ctx = RayContext(ray_address, log, log_dir)
         ray_ctx.connect()
@@ -344,7 +344,7 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
         loop.add_signal_handler(sig, interrupt, sig)
     bars = None
     if progress:
-        from engine.progress import Bars
+        from engine.run.progress import Bars
 
         bars = Bars(lanes)
         bars.start()

@@ -22,7 +22,8 @@ from engine.config import Config, ModelConfig
 from engine.core.adapter import ReplaysItems
 from engine.core.records import GenParams, Item, JudgmentRecord, Record, judgment_decoder
 from engine.core.subtask import Rubric, Subtask
-from engine.scheduler import JudgeTask, Lane, Unit, estimate_tokens, merge_params, model_params
+from engine.run.lane import Lane
+from engine.run.units import JudgeTask, Unit, estimate_tokens, merge_params, model_params
 from engine.spec import judges_for, rubrics_by_source
 
 RETRY_PARAMS = {"temperature": 0.7, "seed": 1}

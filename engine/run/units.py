@@ -1,0 +1,84 @@
+"""Work units: one request of a lane (an item's sample, or a judge request), with its body and key.
+
+`lane_units` is the pure sequence a lane walks; `verify` and `plan` walk the same sequence to know
+what a complete run holds and what it will cost.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from engine.config import ModelConfig
+from engine.core.adapter import Adapter, ReplaysItems
+from engine.core.records import GenParams, Item, request_key
+from engine.items import ItemFactory, WorkItem
+from engine.truncate import fit
+
+
+class JudgeTask(msgspec.Struct, frozen=True):
+    """What a judge unit judges: one response under one rubric (try 1 = the retry after an
+    unparseable judge output)."""
+
+    response_key: str
+    model: str  # the judged (target) model
+    rubric: str
+    rubric_version: str
+    try_: int = 0
+    judge: str = ""
+
+
+class Unit(msgspec.Struct, frozen=True):
+    item: Item
+    sample: int
+    body: dict[str, Any]
+    key: str
+    est_tokens: int
+    judge: JudgeTask | None = None
+    max_out: int = 0  # completion budget of the request (for cost reservations)
+
+
+def model_params(cfg: ModelConfig) -> GenParams:
+    return GenParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+
+
+def merge_params(base: GenParams, override: GenParams | None) -> GenParams:
+    """A subtask's protocol generation values override the model's (None fields keep the model's)."""
+    if override is None:
+        return base
+    changes = {f: getattr(override, f) for f in override.__struct_fields__ if getattr(override, f) is not None}
+    return msgspec.structs.replace(base, **changes)
+
+
+def estimate_tokens(item: Item, params: GenParams) -> int:
+    """Charge before the call: ~4 characters per prompt token plus the completion budget, the way
+    OpenAI counts a request against TPM at admission."""
+    chars = sum(len(m.content) for m in item.messages)
+    return math.ceil(chars / 4) + (params.max_tokens or 0)
+
+
+def lane_units(name: str, cfg: ModelConfig, adapter: Adapter, items: ItemFactory, samples: int) -> Iterator[Unit]:
+    """Every work unit of a lane, in item order (pure given the item source); verify walks the
+    same sequence to know what a complete run holds."""
+    base = model_params(cfg)
+    body_for = adapter.body_for if isinstance(adapter, ReplaysItems) else None  # bodies name items, not prompts
+    context = cfg.context_window()
+    for w in items():
+        params = merge_params(base, w.params)
+        if context is not None and body_for is None:
+            w = WorkItem(fit(w.item, context, params.max_tokens or 0), w.params)
+        est = estimate_tokens(w.item, params)
+        if body_for is not None:
+            for s in range(samples):
+                rbody = body_for(w.item, s)
+                if rbody is not None:
+                    yield Unit(w.item, s, rbody, request_key(name, w.item.pillar, w.item.subtask, w.item.id, s, rbody), est)
+            continue
+        body = adapter.build_body(w.item.messages, params)
+        out = params.max_tokens or 0
+        for s in range(samples):
+            yield Unit(w.item, s, body, request_key(name, w.item.pillar, w.item.subtask, w.item.id, s, body), est,
+                       max_out=out)
