@@ -6,12 +6,18 @@ Heavy imports happen inside the commands so that `--help` starts fast.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from engine.core.errors import EngineError
+from engine.core.errors import ConfigError, DataError, EngineError
+from engine.datasets.manifest import Manifest, file_status, load_manifest, resolve_dest, resolve_mirror, select_datasets
+
+T = TypeVar("T")
 
 
 def _err(msg: str) -> None:
@@ -347,10 +353,151 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data(args: argparse.Namespace) -> int:
-    from engine.data import cmd_data as data_command
+# -- data fetch | list ---------------------------------------------------------------------------
 
-    return data_command(args, log=_log)
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """`python -m engine data fetch | list`."""
+    manifest = load_manifest(args.manifest)
+    cfg = _load(args.config)[0].data if args.config else None
+    dest = resolve_dest(args.to, cfg.cache if cfg else None)
+    if args.data_command == "list":
+        return _data_list(manifest, dest, _split(args.only))
+    return _data_fetch(args, manifest, dest, cfg.mirror if cfg else None)
+
+
+def _split(value: str | None) -> tuple[str, ...] | None:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+
+
+class _Counter(Protocol):
+    def update(self, n: int) -> object: ...
+    def close(self) -> None: ...
+
+
+class _ByteBar:
+    """The fetch's progress: a tqdm byte counter on stderr when enabled (log lines then go through
+    tqdm.write so they do not break the bar), else log lines only."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+        self._bar: _Counter | None = None  # a tqdm, imported only when a bar is shown
+
+    def start(self, total: int) -> None:
+        if self._enabled and total > 0:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="data",
+                             file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def update(self, n: int) -> None:
+        if self._bar is not None and n:
+            self._bar.update(n)
+
+    def log(self, msg: str) -> None:
+        if self._bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(msg, file=sys.stderr)
+        else:
+            _log(msg)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+async def _until_signal(work: Coroutine[object, object, T]) -> tuple[T | None, int]:
+    """Runs `work` until it ends or SIGINT/SIGTERM arrives: (result, 0) or (None, signum). The
+    handlers are the loop's own, so a fetch started with SIGINT ignored (a background job of a
+    script) still stops on it, and SIGTERM cleans up the same way (no `.part` file left)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    got: list[int] = []
+
+    def stop(signum: int) -> None:
+        got.append(signum)
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        return await task, 0
+    except asyncio.CancelledError:
+        if not got:
+            raise
+        return None, got[0]
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _data_fetch(args: argparse.Namespace, manifest: Manifest, dest: Path, config_mirror: str | None) -> int:
+    # Lazy for start-up time: the fetch loads aiohttp, which `data list` and --help do not need.
+    from engine.datasets.fetch import FetchOptions, fetch
+
+    mirror = resolve_mirror(args.mirror, config_mirror)
+    if args.jobs < 1 or args.retries < 0 or args.timeout <= 0:
+        raise ConfigError("data fetch: --jobs must be >= 1, --retries >= 0 and --timeout > 0")
+    opts = FetchOptions(only=_split(args.only), mirror=mirror, force=args.force, jobs=args.jobs,
+                        timeout=args.timeout, retries=args.retries)
+    bar = _ByteBar(args.progress if args.progress is not None else sys.stderr.isatty())
+    _log(f"data: fetching into {dest} from {f'mirror {mirror}' if mirror else 'upstream URLs'}")
+    report, signum = asyncio.run(_until_signal(fetch(manifest, dest, opts, bar)))
+    if report is None:
+        _log(f"data fetch: stopped by {signal.Signals(signum).name}; no partial file was kept "
+             "(verified files stay); rerun to continue")
+        return 128 + signum
+    n_ok = len(report.fetched) + len(report.derived) + len(report.skipped)
+    print(f"data: {len(report.fetched)} downloaded, {len(report.derived)} built, "
+          f"{len(report.skipped)} already verified, {len(report.failed)} failed"
+          + (f", {len(report.needs_mirror)} need a mirror" if report.needs_mirror else "")
+          + f" ({n_ok} files verified in {dest.resolve()})")
+    if report.failed:
+        key, msg = report.failed[0]
+        more = [k for k, _ in report.failed[1:]]
+        if more:
+            msg += f" (also failed: {', '.join(more[:5])}{' ...' if len(more) > 5 else ''})"
+        raise DataError(msg)
+    if report.needs_mirror:
+        datasets = sorted({k.split('/', 1)[0] for k, _ in report.needs_mirror})
+        reason = report.needs_mirror[0][1]
+        raise DataError(f"{', '.join(datasets)}: no public source for the pinned bytes ({reason}); "
+                        f"pass --mirror URL (or set [data] mirror / $TRUSTMH_DATA_MIRROR), or place the "
+                        f"files under {dest.resolve()}/<dataset>/ by hand (`data list` shows the sha256 pins)")
+    print(f"use: python -m engine run --data-dir {dest.resolve()}   (or [data] dir = \"{dest.resolve()}\")")
+    return 0
+
+
+def _fmt_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _data_list(manifest: Manifest, dest: Path, only: tuple[str, ...] | None) -> int:
+    names = select_datasets(manifest, only, for_fetch=False)
+    print(f"data dir: {dest.resolve()}" + ("" if dest.is_dir() else " (absent)"))
+    for name in names:
+        ds = manifest.datasets[name]
+        if ds.unavailable:
+            present = [e for e in ds.expected if (dest / name / e).is_file()]
+            state = (f"present (not pinned): {', '.join(present)}" if present else "absent")
+            print(f"\n{name}: NOT FETCHABLE - {ds.unavailable}")
+            print(f"  {state}; expected {', '.join(ds.expected) or '-'} in {dest.resolve() / name}")
+            continue
+        statuses = [(f, file_status(dest, f)) for f in ds.files]
+        n_ok = sum(1 for _, s in statuses if s == "ok")
+        total = sum(f.size for f in ds.files)
+        n = len(ds.files)
+        print(f"\n{name}: {n} file{'s' if n != 1 else ''}, {_fmt_size(total)}, {n_ok}/{n} verified"
+              f" - {ds.license}; {ds.source}")
+        for f, status in statuses:
+            print(f"  {status:8} {_fmt_size(f.size):>10}  {f.path}  <- {f.source_text()}")
+    return 0
 
 
 COMMANDS = {"plan": cmd_plan, "run": cmd_run, "verify": cmd_verify, "validate": cmd_validate, "score": cmd_score,

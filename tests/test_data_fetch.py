@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from engine import data as data_mod
+from engine.datasets import manifest as data_mod
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -357,7 +357,7 @@ def test_destination_defaults_to_the_cache(tmp_path: Path) -> None:
 
 
 def _entry(f: data_mod.DataFile, **src: str) -> str:
-    lines = ["[[datasets.\"%s\".files]]" % f.dataset, f'path = "{f.path}"', f"size = {f.size}",
+    lines = [f'[[datasets."{f.dataset}".files]]', f'path = "{f.path}"', f"size = {f.size}",
              f'sha256 = "{f.sha256}"']
     lines += [f'{k} = "{v}"' for k, v in src.items()]
     return "\n".join(lines) + "\n"
