@@ -12,7 +12,7 @@ protocol re-asks: privacy/awareness defaults to 3). Every other key goes to the 
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import inspect
 from functools import lru_cache
 from typing import Any
@@ -20,8 +20,8 @@ from typing import Any
 import msgspec
 
 from engine.core.errors import ConfigError
-from engine.core.records import GenParams
 from engine.core.subtask import Subtask
+from pillars import registry
 
 
 class EngineOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -59,8 +59,6 @@ def resolve(key: str, options: dict[str, Any] | None) -> tuple[Subtask, EngineOp
 
 @lru_cache(maxsize=256)
 def _resolve(key: str, frozen: Any) -> tuple[Subtask, EngineOptions]:
-    from pillars import registry
-
     options: dict[str, Any] = _thaw(frozen) if frozen else {}
     base = registry.get(key)
     eng_raw = {k: v for k, v in options.items() if k in ENGINE_KEYS}
@@ -71,40 +69,34 @@ def _resolve(key: str, frozen: Any) -> tuple[Subtask, EngineOptions]:
         raise ConfigError(f'[pillars."{key}"]: {exc}') from None
     if eng.unparseable not in ("exclude", "zero"):
         raise ConfigError(f'[pillars."{key}"].unparseable: expected "exclude" or "zero", got "{eng.unparseable}"')
-    sub = base
-    if rest:
-        module = importlib.import_module(f"pillars.{base.pillar}.{base.id}")
-        make = getattr(module, "make_subtask", None)
-        if make is None:
-            raise ConfigError(f'[pillars."{key}"]: this subtask takes no options of its own '
-                              f"(unknown: {', '.join(sorted(rest))}; engine keys: {', '.join(sorted(ENGINE_KEYS))})")
-        params = inspect.signature(make).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        allowed = sorted(n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD)
-        unknown = sorted(k for k in rest if k not in params) if not takes_any else []
-        if unknown:
-            raise ConfigError(f'[pillars."{key}"]: unknown option(s) {", ".join(unknown)} '
-                              f"(allowed: {', '.join(allowed + sorted(ENGINE_KEYS))})")
-        try:
-            sub = make(**rest)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f'[pillars."{key}"]: {exc}') from None
+    sub = _made(key, base, rest) if rest else base
     gen = {f: getattr(eng, f) for f in ("max_tokens", "temperature", "top_p") if getattr(eng, f) is not None}
     if gen:
-        sub = _with_params(sub, msgspec.structs.replace(sub.params, **gen))
+        sub = dataclasses.replace(sub, params=msgspec.structs.replace(sub.params, **gen))
     return sub, eng
 
 
-def _with_params(sub: Subtask, params: GenParams) -> Subtask:
-    import dataclasses
-
-    return dataclasses.replace(sub, params=params)
+def _made(key: str, base: Subtask, rest: dict[str, Any]) -> Subtask:
+    """The subtask its module's make_subtask builds with the section's own keys."""
+    make = base.make
+    if make is None:
+        raise ConfigError(f'[pillars."{key}"]: this subtask takes no options of its own '
+                          f"(unknown: {', '.join(sorted(rest))}; engine keys: {', '.join(sorted(ENGINE_KEYS))})")
+    params = inspect.signature(make).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    allowed = sorted(n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD)
+    unknown = sorted(k for k in rest if k not in params) if not takes_any else []
+    if unknown:
+        raise ConfigError(f'[pillars."{key}"]: unknown option(s) {", ".join(unknown)} '
+                          f"(allowed: {', '.join(allowed + sorted(ENGINE_KEYS))})")
+    try:
+        return make(**rest)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f'[pillars."{key}"]: {exc}') from None
 
 
 def check_all(pillars_options: dict[str, dict[str, Any]]) -> None:
     """Validates every [pillars.*] section up front (config errors before any work)."""
-    from pillars import registry
-
     valid = {s.key for s in registry.all_subtasks()}
     for key, opts in pillars_options.items():
         if key not in valid:

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from engine.config import Config
-from engine.core.errors import EngineError
+from engine.core.errors import ConfigError, EngineError
 from engine.core.subtask import Rubric, Subtask
 from engine.items import ItemFactory, custom_source, pillar_source
 from engine.options import resolve
@@ -41,8 +41,8 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
 def resolve_subtasks(pillars: tuple[str, ...]) -> tuple[str, ...]:
     try:
         chosen = registry.select(list(pillars))
-    except (KeyError, ValueError) as exc:
-        raise EngineError(f"run.pillars / --pillars: {exc.args[0] if exc.args else exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"run.pillars / --pillars: {exc}") from None
     keys: list[str] = []
     for s in chosen:
         # Robustness compares against the clean reliability items: generate them once, there.

@@ -1,48 +1,44 @@
 """The registry of pillars and subtasks, in PROTOCOL.md §6 report order, and item loading.
 
-Pillar packages are imported lazily and a pillar package that does not exist yet is skipped, so
-the engine works while pillars are added one by one. A package that exists but fails to import is
-an error and is not hidden.
+Every pillar package is imported here, once: a package that fails to import is an error, never
+hidden. Errors are the engine's: an unknown pillar or subtask is a ConfigError (`UnknownSubtask`
+for a subtask key), official data that is not there is DataUnavailable.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from engine.core.errors import ConfigError, DataUnavailable
 from engine.core.records import Item
 from engine.core.subtask import Subtask
+from pillars import anti_sycophancy, crisis, ethics, fairness, privacy, reliability, robustness, safety
 from pillars.common.loaders import builtin_rows
 
-__all__ = ["PILLARS", "all_subtasks", "builtin_source", "get", "select", "load_items"]
+__all__ = ["PILLARS", "UnknownSubtask", "all_subtasks", "builtin_source", "get", "select", "load_items"]
 
-PILLARS: tuple[str, ...] = (
-    "reliability",
-    "crisis",
-    "safety",
-    "fairness",
-    "privacy",
-    "robustness",
-    "anti_sycophancy",
-    "ethics",
-)
+_PACKAGES: dict[str, tuple[Subtask, ...]] = {
+    "reliability": tuple(reliability.SUBTASKS),
+    "crisis": tuple(crisis.SUBTASKS),
+    "safety": tuple(safety.SUBTASKS),
+    "fairness": tuple(fairness.SUBTASKS),
+    "privacy": tuple(privacy.SUBTASKS),
+    "robustness": tuple(robustness.SUBTASKS),
+    "anti_sycophancy": tuple(anti_sycophancy.SUBTASKS),
+    "ethics": tuple(ethics.SUBTASKS),
+}
+
+PILLARS: tuple[str, ...] = tuple(_PACKAGES)
 
 
-def _pillar_subtasks(pillar: str) -> tuple[Subtask, ...]:
-    name = f"pillars.{pillar}"
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name == name:
-            return ()
-        raise
-    return tuple(getattr(module, "SUBTASKS", ()))
+class UnknownSubtask(ConfigError):
+    """A "pillar/subtask" key this code base does not have (an old run's key, a typo)."""
 
 
 def all_subtasks() -> tuple[Subtask, ...]:
     """Every registered subtask, pillar by pillar in report order."""
-    return tuple(sub for pillar in PILLARS for sub in _pillar_subtasks(pillar))
+    return tuple(sub for subs in _PACKAGES.values() for sub in subs)
 
 
 def get(key: str) -> Subtask:
@@ -52,7 +48,7 @@ def get(key: str) -> Subtask:
         if sub.key == key:
             return sub
     valid = ", ".join(s.key for s in subs)
-    raise KeyError(f"unknown subtask {key!r}; valid keys: {valid}")
+    raise UnknownSubtask(f"unknown subtask {key!r}; valid keys: {valid}")
 
 
 def select(pillars: Sequence[str]) -> tuple[Subtask, ...]:
@@ -64,7 +60,7 @@ def select(pillars: Sequence[str]) -> tuple[Subtask, ...]:
         return all_subtasks()
     unknown = sorted(wanted - set(PILLARS))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown pillar(s) {', '.join(unknown)}; valid ids: all, {', '.join(PILLARS)}"
         )
     return tuple(sub for sub in all_subtasks() if sub.pillar in wanted)
@@ -87,14 +83,14 @@ def load_items(sub: Subtask, data_dir: Path | None) -> Iterator[Item]:
     if data_dir is None:
         return sub.items(builtin_rows(*builtin_source(sub)))
     if sub.official is None:
-        raise FileNotFoundError(
+        raise DataUnavailable(
             f"{sub.key} has no official dataset; run it without a data dir (built-in items)"
         )
     folder = Path(data_dir) / sub.official.dataset
     missing = [folder / f for f in sub.official.files if not (folder / f).is_file()]
     if not folder.is_dir() or missing:
         path = missing[0] if folder.is_dir() else folder
-        raise FileNotFoundError(
+        raise DataUnavailable(
             f"{sub.key}: official data not found at {path}; run `python -m engine data fetch`"
         )
     return sub.items(sub.official.load(folder))

@@ -116,6 +116,9 @@ class Subtask:
     builtin_source: str | None = None
     doc: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # The factory that builds this subtask with the options of its [pillars."<key>"] section (the
+    # module's make_subtask); None when the subtask takes no options of its own.
+    make: Callable[..., Subtask] | None = None
 
     @property
     def key(self) -> str:

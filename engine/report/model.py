@@ -477,10 +477,10 @@ def subtask_for(key: str, options: Mapping[str, Any]) -> Any | None:
 
     try:
         return resolve(key, options.get(key))[0]
+    except registry.UnknownSubtask:
+        return None
     except ConfigError:  # options this code no longer takes: fall back to the defaults
         pass
-    except KeyError:
-        return None
     return registry.get(key)
 
 

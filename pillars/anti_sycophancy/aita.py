@@ -129,6 +129,7 @@ def make_subtask(
         official = OfficialSource(dataset="elephant", files=("AITA.csv",),
                                   load=lambda folder: load_aita(folder, only_yta))
     return make_sycophancy_subtask(
+        make=make_subtask,
         subtask="aita",
         official=official,
         unparseable=unparseable,

@@ -199,8 +199,10 @@ def make_sycophancy_subtask(
     extra_breakdown: Callable[[Sequence[ItemScore]], dict[str, Any]] | None = None,
     doc: str = "",
     extra: Mapping[str, Any] | None = None,
+    make: Callable[..., Subtask] | None = None,
 ) -> Subtask:
     return Subtask(
+        make=make,
         pillar="anti_sycophancy",
         id=subtask,
         version="1",

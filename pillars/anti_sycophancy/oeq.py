@@ -56,6 +56,7 @@ def make_subtask(*, unparseable: str = "none", sample: bool = False) -> Subtask:
         else OfficialSource(dataset="elephant", files=("OEQ.csv",), load=load_oeq)
     )
     return make_sycophancy_subtask(
+        make=make_subtask,
         subtask="oeq",
         official=official,
         unparseable=unparseable,

@@ -54,6 +54,7 @@ def load_pas(folder: Path) -> Iterator[dict[str, Any]]:
 
 def make_subtask(*, unparseable: str = "none") -> Subtask:
     return make_sycophancy_subtask(
+        make=make_subtask,
         subtask="pas",
         official=OfficialSource(dataset="elephant", files=("PAS.csv",), load=load_pas),
         unparseable=unparseable,

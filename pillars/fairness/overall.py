@@ -211,6 +211,7 @@ def make_subtask(
     opts = DialogueOptions(**dialogue_options)
     ddof = 0 if std == "population" else 1
     return Subtask(
+        make=make_subtask,
         pillar="fairness",
         id="overall",
         version="1",

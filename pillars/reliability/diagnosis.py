@@ -324,6 +324,7 @@ def make_subtask(**options: Any) -> Subtask:
     opts = DiagnosisOptions(**options)
     labels = TASK_LABELS[opts.task]
     return Subtask(
+        make=make_subtask,
         pillar="reliability",
         id="diagnosis",
         version="1",

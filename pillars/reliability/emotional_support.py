@@ -305,6 +305,7 @@ def make_subtask(**options: Any) -> Subtask:
     """The subtask with the given options (see the module docstring); defaults give ``SUBTASK``."""
     opts = DialogueOptions(**options)
     return Subtask(
+        make=make_subtask,
         pillar="reliability",
         id="emotional_support",
         version="1",

@@ -312,6 +312,7 @@ def aggregate_intervention(scores: Sequence[ItemScore]) -> Metric:
 def make_subtask(**options: Any) -> Subtask:
     opts = InterventionOptions(**options)
     return Subtask(
+        make=make_subtask,
         pillar="reliability",
         id="intervention",
         version="1",

@@ -65,6 +65,7 @@ def make_subtask(
     dopts = DiagnosisOptions(**diagnosis_options)
     labels = TASK_LABELS[dopts.task]
     return Subtask(
+        make=make_subtask,
         pillar="robustness",
         id="diagnosis",
         version="1",

@@ -106,6 +106,7 @@ def make_subtask(
     )
     dopts = DialogueOptions(**dialogue_options)
     return Subtask(
+        make=make_subtask,
         pillar="robustness",
         id="emotional_support",
         version="1",

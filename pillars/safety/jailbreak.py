@@ -292,6 +292,7 @@ def aggregate_jailbreak(scores: Sequence[ItemScore]) -> Metric:
 
 def make_subtask(judge_fallback: str = "keyword") -> Subtask:
     return Subtask(
+        make=make_subtask,
         pillar="safety",
         id="jailbreak",
         version="1",

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.core.errors import ConfigError, DataUnavailable
 from engine.core.subtask import ItemScore, Subtask
 from pillars import registry
 from pillars.common import judging, loaders, metrics, parsing
@@ -94,7 +95,7 @@ def test_parsers_total(text):
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(LABELS), st.text(alphabet=" .,;:!?\n", max_size=5))
 def test_match_label_finds_label_in_json(label, noise):
-    assert parsing.match_label(noise + '{"label": "%s"}' % label + noise, LABELS) == label
+    assert parsing.match_label(noise + f'{{"label": "{label}"}}' + noise, LABELS) == label
 
 
 def test_parse_json_object_deep_nesting_does_not_raise():
@@ -316,18 +317,18 @@ def test_registry_order_and_lookup():
 
 
 def test_registry_errors():
-    with pytest.raises(KeyError, match="privacy/awareness"):
+    with pytest.raises(registry.UnknownSubtask, match="privacy/awareness"):
         registry.get("privacy/nope")
-    with pytest.raises(ValueError, match="bogus.*valid ids"):
+    with pytest.raises(ConfigError, match="bogus.*valid ids"):
         registry.select(["bogus"])
 
 
 def test_load_items_missing_data(tmp_path):
     sub = registry.get("ethics/ethical_reasoning")
-    with pytest.raises(FileNotFoundError, match=r"ethicmh.*python -m engine data fetch"):
+    with pytest.raises(DataUnavailable, match=r"ethicmh.*python -m engine data fetch"):
         registry.load_items(sub, tmp_path)
     (tmp_path / "ethicmh").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"EthicMH\.csv"):
+    with pytest.raises(DataUnavailable, match=r"EthicMH\.csv"):
         registry.load_items(sub, tmp_path)
 
 
