@@ -6,7 +6,7 @@
     python benchmarks/bench_core.py --only a,b,f    # some cases
 
 Not a test: nothing is asserted. Each case measures the engine (`python -m engine run ...` as a
-subprocess against tests/fakeserver.py on 127.0.0.1) and, where one makes sense, a baseline in the
+subprocess against engine/testing/fakeserver.py on 127.0.0.1) and, where one makes sense, a baseline in the
 same run, back to back, and reports measured vs goal as MET / NOT MET. The table is printed and
 appended, with date, machine, Python, commit and command, to benchmarks/RESULTS.md.
 
@@ -391,7 +391,7 @@ def _fmt_ratio(x: float | None) -> str:
 
 class Bench:
     def __init__(self, work: Path, quick: bool, repeat: int = 3) -> None:
-        from tests.fakeserver import FakeServerProcess
+        from engine.testing.fakeserver import FakeServerProcess
 
         self.work = work
         self.quick = quick

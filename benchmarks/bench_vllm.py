@@ -237,7 +237,7 @@ def embedded_toml(name: str, args: argparse.Namespace, seed: int) -> str:
 
 
 async def case_mixed(args: argparse.Namespace, tmp: Path) -> list[Row]:
-    from tests.fakeserver import FakeServerProcess
+    from engine.testing.fakeserver import FakeServerProcess
 
     rows: list[Row] = []
     srv = FakeServerProcess({"log": False}).start()

@@ -1,7 +1,7 @@
 """Shared fixtures for the engine tests.
 
 Everything runs on 127.0.0.1: the engine is driven as a real subprocess (`python -m engine`) against
-the fault-injecting fake server (tests/fakeserver.py), so signals, locks, kill -9 and exit codes are
+the fault-injecting fake server (engine/testing/fakeserver.py), so signals, locks, kill -9 and exit codes are
 the real thing.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.fakeserver import FakeServerProcess, expected_text
+from engine.testing.fakeserver import FakeServerProcess, expected_text
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -302,7 +302,7 @@ class ThreadServer:
 
         from aiohttp import web
 
-        from tests.fakeserver import SERVER_KEY, make_app
+        from engine.testing.fakeserver import SERVER_KEY, make_app
 
         self.fail_with: bytes | None = None
         self.fatal_sent = 0

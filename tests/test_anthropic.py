@@ -1,4 +1,4 @@
-"""adapters.anthropic against the Anthropic fake (tests/fake_providers.py) in the test's own loop:
+"""adapters.anthropic against the Anthropic fake (engine/testing/fake_providers.py) in the test's own loop:
 request bodies the fake validates, reply parsing, the classification of every failure, the
 rate-limit signal, key redaction, and one end-to-end run of Anthropic and Gemini lanes.
 
@@ -25,8 +25,8 @@ from adapters.registry import make_adapter
 from engine.config import ModelConfig
 from engine.core.adapter import AdapterError
 from engine.core.records import GenParams, Message
+from engine.testing.fake_providers import ANTHROPIC_DOC_MESSAGE, AnthropicFake, GeminiFake, reply_text, run_in_thread, start_fake
 from tests.conftest import read_jsonl, run_engine, verify_clean, write_config
-from tests.fake_providers import ANTHROPIC_DOC_MESSAGE, AnthropicFake, GeminiFake, reply_text, run_in_thread, start_fake
 
 KEY = "sk-ant-api03-SECRETSECRET-0123456789abcdef"
 MODEL = "claude-sonnet-4-5"
@@ -113,7 +113,7 @@ def test_built_bodies_pass_the_documented_validation() -> None:
 def test_success_text_usage_model_and_signal() -> None:
     async def fn(a: AnthropicMessages, fake: AnthropicFake) -> None:
         r = await a.send(a.build_body(MSGS, PARAMS), 5.0)
-        assert r.text == reply_text("anthropic", "hello there")
+        assert r.text == reply_text(AnthropicFake.provider, "hello there")
         assert r.finish_reason == "stop"
         assert r.server_model == MODEL
         assert r.usage.prompt_tokens == 5 and r.usage.completion_tokens > 0  # ceil(8/4) + ceil(11/4)
@@ -124,7 +124,7 @@ def test_success_text_usage_model_and_signal() -> None:
         assert sig.reset_requests_s is not None and 0.0 <= sig.reset_requests_s <= 60.0
         rs = await asyncio.gather(*(a.send(a.build_body((Message(role="user", content=f"q{i}"),), PARAMS), 5.0)
                                     for i in range(24)))
-        assert [x.text for x in rs] == [reply_text("anthropic", f"q{i}") for i in range(24)]
+        assert [x.text for x in rs] == [reply_text(AnthropicFake.provider, f"q{i}") for i in range(24)]
 
     with_fake(fn)
 
@@ -345,7 +345,7 @@ def test_engine_runs_anthropic_and_gemini_lanes_end_to_end(tmp_path: Path) -> No
         res = run_engine("run", cfg, "--items", items, "--output", out, timeout=120, env=env)
         assert res.rc == 0, res.stderr
         assert "Traceback" not in res.stderr
-    for name, provider in (("claude", "anthropic"), ("gem", "gemini")):
+    for name, provider in (("claude", AnthropicFake.provider), ("gem", GeminiFake.provider)):
         recs = read_jsonl(out / "responses" / f"{name}.jsonl")
         assert len(recs) == n and len({r["key"] for r in recs}) == n
         for r in recs:

@@ -13,6 +13,7 @@ import pytest
 
 from engine.config import load_config, parse_config
 from engine.core.errors import ConfigError
+from engine.testing.fakeserver import FakeServerProcess
 from tests.conftest import (
     EngineResult,
     FixedPortServer,
@@ -26,7 +27,6 @@ from tests.conftest import (
     write_config,
     write_items,
 )
-from tests.fakeserver import FakeServerProcess
 
 
 class Setup:

@@ -1,4 +1,4 @@
-"""Behaviour tests for tests/fakeserver.py (the fake OpenAI server).
+"""Behaviour tests for engine/testing/fakeserver.py (the fake OpenAI server).
 
 Most tests share one subprocess server (module fixture) and reset it between
 tests, which is also how engine tests use it; a few use an in-process server.
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.fakeserver import (
+from engine.testing.fakeserver import (
     SERVER_KEY,
     FakeConfig,
     FakeServer,
@@ -512,7 +512,7 @@ def test_subprocess_start_failure_reports_stderr():
 
 def test_cli_flags_override_config():
     # Individual flags take JSON values and override --config.
-    from tests.fakeserver import _build_parser, config_from_args
+    from engine.testing.fakeserver import _build_parser, config_from_args
 
     args = _build_parser().parse_args(
         ["--config", '{"latency_ms": 5, "rpm": 60}', "--latency-ms", "7", "--require-key", "123", "--log", "false"]

@@ -1,4 +1,4 @@
-"""adapters.gemini against the Gemini fake (tests/fake_providers.py) in the test's own loop:
+"""adapters.gemini against the Gemini fake (engine/testing/fake_providers.py) in the test's own loop:
 request bodies the fake validates, reply parsing (safety blocks included), the classification of
 every failure, and key redaction. The end-to-end run with a gemini lane is in test_anthropic.py
 (one engine run serves both providers).
@@ -29,7 +29,7 @@ from adapters.registry import make_adapter
 from engine.config import ModelConfig
 from engine.core.adapter import AdapterError
 from engine.core.records import GenParams, Message
-from tests.fake_providers import GEMINI_DOC_RESPONSE, GeminiFake, reply_text, start_fake
+from engine.testing.fake_providers import GEMINI_DOC_RESPONSE, GeminiFake, reply_text, start_fake
 
 KEY = "AIzaSyD-SECRETSECRET-0123456789abcdef"
 MODEL = "gemini-2.5-flash"
@@ -111,14 +111,14 @@ def test_built_bodies_pass_the_documented_validation() -> None:
 def test_success_text_usage_model() -> None:
     async def fn(a: GeminiGenerate, fake: GeminiFake) -> None:
         r = await a.send(a.build_body(MSGS, PARAMS), 5.0)
-        assert r.text == reply_text("gemini", "hello there")
+        assert r.text == reply_text(GeminiFake.provider, "hello there")
         assert r.finish_reason == "stop" and r.server_model == MODEL
         assert r.usage.prompt_tokens == 3 and r.usage.completion_tokens > 0
         assert r.usage.reasoning_tokens is None and r.usage.cached_tokens is None
         assert a.last_signal is None  # Gemini sends no rate-limit headers
         rs = await asyncio.gather(*(a.send(a.build_body((Message(role="user", content=f"q{i}"),), PARAMS), 5.0)
                                     for i in range(24)))
-        assert [x.text for x in rs] == [reply_text("gemini", f"q{i}") for i in range(24)]
+        assert [x.text for x in rs] == [reply_text(GeminiFake.provider, f"q{i}") for i in range(24)]
 
     with_fake(fn)
 
@@ -136,7 +136,7 @@ def test_doc_shaped_response_with_thoughts_and_cache() -> None:
         fake.script("doc_example", "thinking", "cached", "max_tokens")
         assert (await a.send(body, 5.0)).usage == r.usage
         t = await a.send(body, 5.0)  # thought parts are not part of the answer
-        assert t.text == reply_text("gemini", "hello there") and t.usage.reasoning_tokens == 37
+        assert t.text == reply_text(GeminiFake.provider, "hello there") and t.usage.reasoning_tokens == 37
         assert t.usage.completion_tokens == t.usage.reasoning_tokens + math.ceil(len(t.text) / 4)
         c = await a.send(body, 5.0)
         assert c.usage.cached_tokens == 3

@@ -1,7 +1,7 @@
 """The judge stage end to end: `python -m engine` as a real subprocess against loopback fake servers,
 one acting as the target and one (or two) as the judge, on the built-in crisis items.
 
-The servers are tests.fakeserver apps run in a thread of this process (conftest.ThreadServer) with a
+The servers are engine.testing.fakeserver apps run in a thread of this process (conftest.ThreadServer) with a
 recording middleware, so every test sees the exact request bodies each server received and when they
 arrived and completed, on one clock. crisis/escalation is the judged subtask of the crisis pillar
 (identification and severity are not judged), and it comes last in generation order.
@@ -19,9 +19,9 @@ import orjson
 import pytest
 from aiohttp import web
 
+from engine.testing.fakeserver import expected_text
 from pillars.common.judging import BEGIN, END
 from tests.conftest import EngineProc, ThreadServer, count_lines, fake_model, read_jsonl, run_engine, wait_for_lines, write_config
-from tests.fakeserver import expected_text
 
 ESC = "crisis/escalation"
 RUBRIC = "crisis_protocol_appropriateness"

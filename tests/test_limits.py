@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,61 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.core.clock import VirtualClock
 from engine.run.limits import BURST, COLD_START_S, DEFAULT_MARGIN, AdaptiveLimit, Pacer, TokenWindow
-
-
-class VirtualTime:
-    """A clock that only moves when every task is blocked: `sleep` parks the caller on a heap and
-    `run` advances time to the earliest wake-up once the loop has settled."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        assert delay >= 0, delay
-        self.sleeps.append(delay)
-        fut = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._heap, (self.now + delay, next(self._seq), fut))
-        await fut
-
-    async def _settle(self) -> None:
-        for _ in range(50):
-            await asyncio.sleep(0)
-
-    async def run(self, *aws: Awaitable[Any], until: float = float("inf")) -> list[Any]:
-        tasks = [asyncio.ensure_future(a) for a in aws]
-        while True:
-            await self._settle()
-            if all(t.done() for t in tasks):
-                return [t.result() for t in tasks]
-            if not self._heap:
-                raise AssertionError("deadlock: tasks blocked with no sleeper to wake")
-            t, _, _ = self._heap[0]
-            if t > until:
-                return []
-            self.now = max(self.now, t)
-            while self._heap and self._heap[0][0] <= self.now:
-                _, _, fut = heapq.heappop(self._heap)
-                if not fut.done():
-                    fut.set_result(None)
-
-    async def advance(self, seconds: float) -> None:
-        """Moves time forward, waking sleepers on the way."""
-        target = self.now + seconds
-        while self._heap and self._heap[0][0] <= target:
-            self.now = max(self.now, self._heap[0][0])
-            _, _, fut = heapq.heappop(self._heap)
-            if not fut.done():
-                fut.set_result(None)
-            await self._settle()
-        self.now = target
-        await self._settle()
 
 
 def arun(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
@@ -77,7 +23,7 @@ def max_in_window(times: list[float], width: float = 1.0, weights: list[float] |
     """The largest total weight of events inside any half-open window [s, s + width)."""
     pts = sorted(zip(times, weights or [1.0] * len(times)))
     best, j, acc = 0.0, 0, 0.0
-    for i, (t, w) in enumerate(pts):
+    for t, w in pts:
         acc += w
         while pts[j][0] <= t - width:  # window (t - width, t]
             acc -= pts[j][1]
@@ -91,13 +37,13 @@ def max_in_window(times: list[float], width: float = 1.0, weights: list[float] |
 
 def test_pacer_even_spacing_and_every_window() -> None:
     async def main() -> list[float]:
-        vt = VirtualTime()
-        pacer = Pacer(120, vt.clock, vt.sleep)  # 2 per second
+        vt = VirtualClock()
+        pacer = Pacer(120, vt.now, vt.sleep)  # 2 per second
         starts: list[float] = []
 
         async def caller() -> None:
             await pacer.acquire()
-            starts.append(vt.now)
+            starts.append(vt.now())
 
         await vt.run(*(caller() for _ in range(50)))
         return starts
@@ -119,15 +65,15 @@ def test_pacer_even_spacing_and_every_window() -> None:
        arrivals=st.lists(st.floats(min_value=0, max_value=5), min_size=1, max_size=80))
 def test_pacer_property_never_exceeds_rate_in_any_window(rpm: float, arrivals: list[float]) -> None:
     async def main() -> tuple[list[float], list[float]]:
-        vt = VirtualTime()
-        pacer = Pacer(rpm, vt.clock, vt.sleep)
+        vt = VirtualClock()
+        pacer = Pacer(rpm, vt.now, vt.sleep)
         starts: list[float] = []
         waits: list[float] = []
 
         async def caller(at: float) -> None:
             await vt.sleep(at)
             waits.append(await pacer.acquire())
-            starts.append(vt.now)
+            starts.append(vt.now())
 
         await vt.run(*(caller(a) for a in arrivals))
         return starts, waits
@@ -146,15 +92,15 @@ def test_pacer_property_never_exceeds_rate_in_any_window(rpm: float, arrivals: l
 
 def test_pacer_returns_wait_and_push_back() -> None:
     async def main() -> None:
-        vt = VirtualTime()
-        pacer = Pacer(60, vt.clock, vt.sleep)
+        vt = VirtualClock()
+        pacer = Pacer(60, vt.now, vt.sleep)
         assert await pacer.acquire() == 0.0
         [w] = await vt.run(pacer.acquire())
         assert w == pytest.approx(1.0 * (1 + DEFAULT_MARGIN) + COLD_START_S)
         pacer.push_back(10.0)
-        t0 = vt.now
+        t0 = vt.now()
         await vt.run(pacer.acquire())
-        assert vt.now - t0 == pytest.approx(10.0)
+        assert vt.now() - t0 == pytest.approx(10.0)
 
     arun(main)
 
@@ -164,18 +110,18 @@ def test_pacer_late_wakeup_does_not_release_a_burst() -> None:
     once to catch up; every gap between departures stays at least 60/R."""
 
     async def main() -> list[float]:
-        vt = VirtualTime()
+        vt = VirtualClock()
         calls = itertools.count()
 
         async def late_sleep(d: float) -> None:
             await vt.sleep(d + (0.3 if next(calls) == 4 else 0.0))
 
-        pacer = Pacer(600, vt.clock, late_sleep)  # 10 per second
+        pacer = Pacer(600, vt.now, late_sleep)  # 10 per second
         starts: list[float] = []
 
         async def caller() -> None:
             await pacer.acquire()
-            starts.append(vt.now)
+            starts.append(vt.now())
 
         await vt.run(*(caller() for _ in range(40)))
         return sorted(starts)
@@ -200,14 +146,14 @@ def test_token_window_never_exceeds_capacity_in_any_window(tpm: float, reqs: lis
     charges = [(at, max(1, int(frac * cap))) for at, frac in reqs]
 
     async def main() -> list[tuple[float, int]]:
-        vt = VirtualTime()
-        tw = TokenWindow(tpm, vt.clock, vt.sleep)
+        vt = VirtualClock()
+        tw = TokenWindow(tpm, vt.now, vt.sleep)
         admitted: list[tuple[float, int]] = []
 
         async def caller(at: float, tokens: int) -> None:
             await vt.sleep(at)
             await tw.acquire(tokens)
-            admitted.append((vt.now, tokens))
+            admitted.append((vt.now(), tokens))
 
         await vt.run(*(caller(a, t) for a, t in charges))
         return admitted
@@ -220,9 +166,9 @@ def test_token_window_never_exceeds_capacity_in_any_window(tpm: float, reqs: lis
     assert max(a for a, _ in admitted) <= max(at for at, _ in charges) + (total / cap + 1) * (1 + DEFAULT_MARGIN) + 1e-6
 
 
-def _tw(tpm: float = 600) -> tuple[VirtualTime, TokenWindow]:
-    vt = VirtualTime()
-    return vt, TokenWindow(tpm, vt.clock, vt.sleep)
+def _tw(tpm: float = 600) -> tuple[VirtualClock, TokenWindow]:
+    vt = VirtualClock()
+    return vt, TokenWindow(tpm, vt.now, vt.sleep)
 
 
 def test_token_window_spreads_admissions_instead_of_one_burst() -> None:
@@ -232,7 +178,7 @@ def test_token_window_spreads_admissions_instead_of_one_burst() -> None:
 
         async def caller() -> None:
             await tw.acquire(1)
-            times.append(vt.now)
+            times.append(vt.now())
 
         await vt.run(*(caller() for _ in range(30)))
         return times
@@ -251,15 +197,15 @@ def test_token_window_waits_for_exact_release_time() -> None:
     async def main() -> None:
         vt, tw = _tw(600)  # 10 tokens per window of 1.03 s
         await tw.acquire(6)
-        vt.now = 2.0  # the spreading has long caught up; the 6 left the window too
+        await vt.advance(2.0 - vt.now())  # the spreading has long caught up; the 6 left the window too
         await tw.acquire(4)
-        vt.now = 2.5
+        await vt.advance(2.5 - vt.now())
         _, waited = await tw.acquire(6)  # 4 + 6 = 10 fits the window once spreading allows
-        assert vt.now == 2.5 or waited > 0
-        t_fit = vt.now
+        assert vt.now() == 2.5 or waited > 0
+        t_fit = vt.now()
         [(_, waited)] = await vt.run(tw.acquire(3))  # 13 > 10: waits for the 4 to leave at 2.0 + window
-        assert vt.now >= 2.0 + tw.window - 1e-9
-        assert waited == pytest.approx(vt.now - t_fit)
+        assert vt.now() >= 2.0 + tw.window - 1e-9
+        assert waited == pytest.approx(vt.now() - t_fit)
 
     arun(main)
 
@@ -270,7 +216,7 @@ def test_token_window_oversize_charge_goes_alone() -> None:
         _, w = await tw.acquire(25)  # > capacity of 10: admitted on an empty window rather than never
         assert w == 0.0
         [(_, w2)] = await vt.run(tw.acquire(1))
-        assert vt.now >= tw.window
+        assert vt.now() >= tw.window
 
     arun(main)
 
@@ -279,10 +225,10 @@ def test_token_window_adjust_up_charges_more() -> None:
     async def main() -> None:
         vt, tw = _tw(600)
         entry, _ = await tw.acquire(2)
-        vt.now = 0.5
+        await vt.advance(0.5 - vt.now())
         tw.adjust(entry, 9, refund=False)  # usage said 9, not 2
         [(_, w)] = await vt.run(tw.acquire(2))  # 9 + 2 = 11 > 10: waits for the charge to leave
-        assert vt.now >= tw.window
+        assert vt.now() >= tw.window
 
     arun(main)
 
@@ -293,13 +239,13 @@ def test_token_window_refund_only_with_usage_accounting() -> None:
         vt, tw = _tw(600)
         entry, _ = await tw.acquire(10)
         tw.adjust(entry, 3, refund=False)
-        vt.now = 0.7
+        await vt.advance(0.7 - vt.now())
         [(_, w_max)] = await vt.run(tw.acquire(5))
         # "usage" accounting: the unused part is given back at once.
         vt2, tw2 = _tw(600)
         entry2, _ = await tw2.acquire(10)
         tw2.adjust(entry2, 3, refund=True)
-        vt2.now = 0.7
+        await vt2.advance(0.7 - vt2.now())
         [(_, w_usage)] = await vt2.run(tw2.acquire(5))
         return w_max, w_usage
 
@@ -312,10 +258,10 @@ def test_token_window_adjust_after_entry_left_window_charges_now() -> None:
     async def main() -> None:
         vt, tw = _tw(600)
         entry, _ = await tw.acquire(2)
-        vt.now = 5.0  # the charge has left the window; the correction counts from now
+        await vt.advance(5.0 - vt.now())  # the charge has left the window; the correction counts from now
         tw.adjust(entry, 12, refund=False)  # +10: a full window's worth
         [(_, w)] = await vt.run(tw.acquire(1))
-        assert w > 0.9 and vt.now >= 5.0 + tw.window
+        assert w > 0.9 and vt.now() >= 5.0 + tw.window
 
     arun(main)
 

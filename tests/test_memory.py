@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.testing.fakeserver import FakeServerProcess
 from tests.conftest import count_lines, fake_model, verify_clean, write_config
-from tests.fakeserver import FakeServerProcess
 
 N_SMALL = 20_000
 N_BIG = 200_000

@@ -14,7 +14,7 @@ import pytest
 from adapters.openai_compat import OpenAIChat, classify_status, openai_body, parse_chat_response
 from engine.core.adapter import AdapterError
 from engine.core.records import GenParams, Message
-from tests.fakeserver import SERVER_KEY, FakeServer, expected_text, start_in_loop
+from engine.testing.fakeserver import SERVER_KEY, FakeServer, expected_text, start_in_loop
 
 MSGS = (Message(role="system", content="be brief"), Message(role="user", content="hello there"))
 PARAMS = GenParams(max_tokens=32, temperature=0.0, seed=3)

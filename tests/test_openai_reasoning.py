@@ -30,8 +30,8 @@ from adapters.openai_compat import OpenAIChat, openai_body, parse_chat_response
 from adapters.ratelimit_headers import LimitSignal
 from engine.core.adapter import AdapterError
 from engine.core.records import GenParams, Message
-from tests.fake_providers import OPENAI_DOC_REASONING_COMPLETION, OpenAIReasoningFake, reply_text, start_fake
-from tests.fakeserver import SERVER_KEY, expected_text, start_in_loop
+from engine.testing.fake_providers import OPENAI_DOC_REASONING_COMPLETION, OpenAIReasoningFake, reply_text, start_fake
+from engine.testing.fakeserver import SERVER_KEY, expected_text, start_in_loop
 
 KEY = "sk-proj-SECRETSECRET-0123456789abcdef"
 MSGS = (Message(role="system", content="be brief"), Message(role="user", content="hello there"))
@@ -95,7 +95,7 @@ def test_explicit_override_and_unset_budget() -> None:
 def test_reasoning_body_is_accepted_and_usage_details_parsed() -> None:
     async def fn(a: OpenAIChat, fake: OpenAIReasoningFake) -> None:
         r = await a.send(a.build_body(MSGS, PARAMS), 5.0)
-        assert r.text == reply_text("openai", "hello there") and r.finish_reason == "stop"
+        assert r.text == reply_text(OpenAIReasoningFake.provider, "hello there") and r.finish_reason == "stop"
         assert r.server_model == "o3-mini"
         assert r.usage.reasoning_tokens == 64 and r.usage.cached_tokens == 0
         assert r.usage.completion_tokens >= r.usage.reasoning_tokens  # reasoning counts as completion
@@ -163,7 +163,7 @@ def test_wrong_key_is_auth_and_the_echoed_key_is_redacted() -> None:
 
 
 def test_fakeserver_counts_max_completion_tokens_and_sends_no_signal() -> None:
-    """The general OpenAI fake (tests/fakeserver.py) honours max_completion_tokens for its padded
+    """The general OpenAI fake (engine/testing/fakeserver.py) honours max_completion_tokens for its padded
     completions; it sends no x-ratelimit headers, so last_signal stays None."""
 
     async def main() -> None:

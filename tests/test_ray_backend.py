@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from engine.testing.fakeserver import FakeServerProcess
 from tests.conftest import (
     REPO,
     EngineProc,
@@ -27,7 +28,6 @@ from tests.conftest import (
     write_config,
     write_items,
 )
-from tests.fakeserver import FakeServerProcess
 
 
 def test_without_ray_one_clear_line(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from engine.testing.fakeserver import FakeServerProcess
 from tests.conftest import (
     check_complete,
     count_lines,
@@ -24,7 +25,6 @@ from tests.conftest import (
     write_config,
     write_items,
 )
-from tests.fakeserver import FakeServerProcess
 
 
 def _records_by_key(out: Path, model: str) -> dict[str, dict[str, Any]]:

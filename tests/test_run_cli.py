@@ -7,8 +7,8 @@ from pathlib import Path
 
 import orjson
 
+from engine.testing.fakeserver import FakeServerProcess
 from tests.conftest import check_complete, count_lines, expected_texts, fake_model, run_engine, verify_clean, write_config, write_items
-from tests.fakeserver import FakeServerProcess
 
 
 def test_run_then_verify_happy_path(tmp_path: Path, fake_server: FakeServerProcess) -> None:

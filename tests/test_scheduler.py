@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from engine.testing.fakeserver import FakeServerProcess, token_charge
 from tests.conftest import (
     ThreadServer,
     check_complete,
@@ -21,7 +22,6 @@ from tests.conftest import (
     write_config,
     write_items,
 )
-from tests.fakeserver import FakeServerProcess, token_charge
 
 
 def _final_outcomes(out: Path, model: str) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
@@ -131,7 +131,7 @@ def test_tpm_limit_held_in_every_window_without_429(tmp_path: Path, fake_server:
     st = fake_server.stats()
     assert st["n_429"] == 0, st
     charge = {orjson.dumps(b, option=orjson.OPT_SORT_KEYS): token_charge(b) for b in _bodies(cfg, items)}
-    from tests.fakeserver import body_hash
+    from engine.testing.fakeserver import body_hash
 
     by_hash = {body_hash(orjson.loads(k)): c for k, c in charge.items()}
     log = sorted(fake_server.log(), key=lambda e: e["t"])

@@ -14,6 +14,7 @@ import pytest
 
 from engine.config import ModelConfig
 from engine.shards import Partition, parse_shard
+from engine.testing.fakeserver import FakeServerProcess
 from tests.conftest import (
     EngineProc,
     count_lines,
@@ -25,7 +26,6 @@ from tests.conftest import (
     write_config,
     write_items,
 )
-from tests.fakeserver import FakeServerProcess
 
 N = 3
 MODELS = ("a", "b")

@@ -1,5 +1,5 @@
 """A stand-in for `vllm serve MODEL [options]` in tests: accepts vLLM's command line, prints it and
-CUDA_VISIBLE_DEVICES to its log, then serves the fake OpenAI server (tests/fakeserver.py) on the
+CUDA_VISIBLE_DEVICES to its log, then serves the fake OpenAI server (engine/testing/fakeserver.py) on the
 given host and port, answering as `--served-model-name` (or MODEL).
 
 Test-only flags (pass them through `extra_args`): `--stub-load-s S` sleeps before listening (a
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
         print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", flush=True)
         return 1
     time.sleep(args.stub_load_s)
-    from tests.fakeserver import main as serve
+    from engine.testing.fakeserver import main as serve
 
     return serve(["--host", args.host, "--port", str(args.port),
                   "--served-model", args.served_model_name or args.model])

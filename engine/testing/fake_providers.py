@@ -1,7 +1,7 @@
 """Loopback fakes of the Anthropic Messages API, the Gemini API and an OpenAI reasoning-model
 endpoint, for adapter and end-to-end tests (127.0.0.1 only).
 
-The OpenAI-compatible fault-injecting server is tests/fakeserver.py (reused, not duplicated here);
+The OpenAI-compatible fault-injecting server is engine/testing/fakeserver.py (reused, not duplicated here);
 `OpenAIReasoningFake` below only adds what that server does not model: the reasoning-model request
 rules, usage details and `x-ratelimit-*` headers.
 
@@ -53,12 +53,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 from aiohttp import web
 
-from tests.fakeserver import _abort
+from engine.testing.fakeserver import _abort
 
 __all__ = ["ANTHROPIC_DOC_MESSAGE", "GEMINI_DOC_RESPONSE", "OPENAI_DOC_REASONING_COMPLETION", "AnthropicFake",
            "GeminiFake", "OpenAIReasoningFake", "ProviderFake", "reply_text", "run_in_thread", "start_fake"]
@@ -67,7 +66,7 @@ __all__ = ["ANTHROPIC_DOC_MESSAGE", "GEMINI_DOC_RESPONSE", "OPENAI_DOC_REASONING
 
 #: The example response of https://platform.claude.com/docs/en/build-with-claude/handling-stop-reasons
 #: ("The stop_reason field"), verbatim.
-ANTHROPIC_DOC_MESSAGE: dict[str, Any] = {
+ANTHROPIC_DOC_MESSAGE: dict[str, object] = {
     "id": "msg_01234",
     "type": "message",
     "role": "assistant",
@@ -81,7 +80,7 @@ ANTHROPIC_DOC_MESSAGE: dict[str, Any] = {
 #: https://ai.google.dev/api/generate-content#generatecontentresponse (candidates[].content.parts,
 #: finishReason, usageMetadata.promptTokenCount/candidatesTokenCount/thoughtsTokenCount/
 #: cachedContentTokenCount/totalTokenCount, modelVersion, responseId).
-GEMINI_DOC_RESPONSE: dict[str, Any] = {
+GEMINI_DOC_RESPONSE: dict[str, object] = {
     "candidates": [{
         "content": {"parts": [{"text": "AI learns patterns from data to make predictions."}], "role": "model"},
         "finishReason": "STOP",
@@ -96,7 +95,7 @@ GEMINI_DOC_RESPONSE: dict[str, Any] = {
 #: A reasoning-model chat completion as in https://platform.openai.com/docs/guides/reasoning
 #: ("Reasoning tokens": usage.completion_tokens_details.reasoning_tokens) and the chat completion
 #: object https://platform.openai.com/docs/api-reference/chat/object (prompt_tokens_details.cached_tokens).
-OPENAI_DOC_REASONING_COMPLETION: dict[str, Any] = {
+OPENAI_DOC_REASONING_COMPLETION: dict[str, object] = {
     "id": "chatcmpl-AbCdEf",
     "object": "chat.completion",
     "created": 1741570283,
@@ -128,7 +127,7 @@ def _rfc3339(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
 
 
@@ -151,7 +150,7 @@ class ProviderFake:
         self.tokens_limit = tokens_limit
         self.served_model = served_model
         self._script: collections.deque[str] = collections.deque()
-        self.requests: list[dict[str, Any]] = []
+        self.requests: list[dict[str, object]] = []
         self.count = 0  # requests that passed validation
         self.modes_served: collections.Counter[str] = collections.Counter()
         self._window_start = time.time()
@@ -229,7 +228,7 @@ def _anthropic_error(status: int, kind: str, message: str, headers: dict[str, st
                  status, headers)
 
 
-def _anthropic_invalid(body: Any) -> str | None:
+def _anthropic_invalid(body: object) -> str | None:
     if not isinstance(body, dict):
         return "request body must be a JSON object"
     for field in body:
@@ -278,8 +277,10 @@ def _anthropic_invalid(body: Any) -> str | None:
     return None
 
 
-def _last_user_anthropic(body: dict[str, Any]) -> str:
-    for m in reversed(body["messages"]):
+def _last_user_anthropic(body: dict[str, object]) -> str:
+    messages = body["messages"]
+    assert isinstance(messages, list)  # _anthropic_invalid checked the shape
+    for m in reversed(messages):
         if m["role"] == "user":
             c = m["content"]
             return c if isinstance(c, str) else "".join(b.get("text", "") for b in c if isinstance(b, dict))
@@ -289,7 +290,7 @@ def _last_user_anthropic(body: dict[str, Any]) -> str:
 class AnthropicFake(ProviderFake):
     """POST /v1/messages. base_url for the adapter: the server root (or root + "/v1")."""
 
-    provider = "anthropic"
+    provider = "Anthropic"  # a label in replies and thread names (not the adapter name)
     unknown_model_prefix = "unknown-"
 
     def _routes(self, app: web.Application) -> None:
@@ -361,7 +362,7 @@ class AnthropicFake(ProviderFake):
         elif mode == "refusal":
             # https://platform.claude.com/docs/en/build-with-claude/handling-stop-reasons ("refusal")
             text, stop_reason = "", "refusal"
-        usage: dict[str, Any] = {"input_tokens": in_tok, "output_tokens": _tokens(text)}
+        usage: dict[str, object] = {"input_tokens": in_tok, "output_tokens": _tokens(text)}
         if mode == "cached":
             usage.update({"input_tokens": 3, "cache_creation_input_tokens": 0, "cache_read_input_tokens": in_tok})
         content = [{"type": "text", "text": text}] if text else []
@@ -383,17 +384,17 @@ _GEMINI_STATUS_CODE = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "
                        500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 
 
-def _gemini_error(code: int, message: str, details: list[dict[str, Any]] | None = None,
+def _gemini_error(code: int, message: str, details: list[dict[str, object]] | None = None,
                   status: str | None = None) -> web.Response:
     # https://ai.google.dev/gemini-api/docs/troubleshooting (HTTP code, status)
-    err: dict[str, Any] = {"code": code, "message": message,
+    err: dict[str, object] = {"code": code, "message": message,
                            "status": status or _GEMINI_STATUS_CODE.get(code, "UNKNOWN")}
     if details:
         err["details"] = details
     return _json({"error": err}, code)
 
 
-def _gemini_invalid(body: Any) -> str | None:
+def _gemini_invalid(body: object) -> str | None:
     if not isinstance(body, dict):
         return "Invalid JSON payload received. Expected an object."
     for field in body:
@@ -449,7 +450,7 @@ def _gemini_invalid(body: Any) -> str | None:
 class GeminiFake(ProviderFake):
     """POST /v1beta/models/{model}:generateContent. base_url for the adapter: the server root."""
 
-    provider = "gemini"
+    provider = "Gemini"
     unknown_model_prefix = "unknown-"
 
     def _routes(self, app: web.Application) -> None:
@@ -515,23 +516,24 @@ class GeminiFake(ProviderFake):
         if mode == "malformed_shape":
             return _json({"candidates": [{"content": {"parts": [{"text": 5}]}}]})
         model_version = self.served_model or model
-        usage: dict[str, Any] = {"promptTokenCount": in_tok}
+        usage: dict[str, int] = {"promptTokenCount": in_tok}
+        prompt_only = {**usage, "totalTokenCount": in_tok}  # usage of a reply without candidates
         if mode == "blocked":
             # https://ai.google.dev/api/generate-content#PromptFeedback: no candidates at all
             return _json({"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": [
                 {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}]},
-                "usageMetadata": {**usage, "totalTokenCount": in_tok}, "modelVersion": model_version})
+                "usageMetadata": prompt_only, "modelVersion": model_version})
         if mode in ("safety", "recitation", "prohibited"):
             reason = {"safety": "SAFETY", "recitation": "RECITATION", "prohibited": "PROHIBITED_CONTENT"}[mode]
             return _json({"candidates": [{"finishReason": reason, "index": 0, "safetyRatings": [
                 {"category": "HARM_CATEGORY_HARASSMENT", "probability": "HIGH", "blocked": True}]}],
-                "usageMetadata": {**usage, "totalTokenCount": in_tok}, "modelVersion": model_version})
+                "usageMetadata": prompt_only, "modelVersion": model_version})
         text = reply_text(self.provider, prompt)
         finish = "STOP"
         gen = body.get("generationConfig") or {}
         if mode == "max_tokens":
             text, finish = text[: max(1, gen.get("maxOutputTokens", 1))], "MAX_TOKENS"
-        parts: list[dict[str, Any]] = [{"text": text}]
+        parts: list[dict[str, object]] = [{"text": text}]
         usage["candidatesTokenCount"] = _tokens(text)
         if mode == "thinking":
             parts.insert(0, {"text": "Let me think about this step by step.", "thought": True})
@@ -559,7 +561,7 @@ def _openai_error(status: int, message: str, type_: str, code: str | None, param
 class OpenAIReasoningFake(ProviderFake):
     """POST /v1/chat/completions with the reasoning-model rules. base_url: root + "/v1"."""
 
-    provider = "openai"
+    provider = "OpenAI"
 
     def _routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
@@ -657,28 +659,29 @@ def run_in_thread(fake: ProviderFake, host: str = "127.0.0.1") -> Iterator[str]:
     yields the root URL. Attributes (`mode`, `script()`) may be changed from the test thread."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
-    box: dict[str, Any] = {}
+    served: list[tuple[web.AppRunner, str]] = []
+    failed: list[BaseException] = []
 
     def serve() -> None:
         asyncio.set_event_loop(loop)
         try:
-            box["runner"], box["url"] = loop.run_until_complete(start_fake(fake, host))
+            served.append(loop.run_until_complete(start_fake(fake, host)))
         except BaseException as exc:  # pragma: no cover - surfaced below
-            box["error"] = exc
+            failed.append(exc)
             started.set()
             return
         started.set()
         loop.run_forever()
-        loop.run_until_complete(box["runner"].cleanup())
+        loop.run_until_complete(served[0][0].cleanup())
         loop.close()
 
     thread = threading.Thread(target=serve, name=f"fake-{fake.provider}", daemon=True)
     thread.start()
     started.wait(10)
-    if "error" in box:
-        raise box["error"]
+    if failed:
+        raise failed[0]
     try:
-        yield box["url"]
+        yield served[0][1]
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)

@@ -36,7 +36,7 @@ consume quota even if a fault is injected afterwards, as on a real server.
 
 Run standalone::
 
-    python -m tests.fakeserver --port 0 --config '{"latency_ms": 200}'
+    python -m engine.testing.fakeserver --port 0 --config '{"latency_ms": 200}'
 
 prints exactly one line ``LISTENING http://127.0.0.1:<port>`` when ready and
 serves until SIGTERM/SIGINT.
@@ -65,7 +65,7 @@ import urllib.request
 from array import array
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 import msgspec
 import orjson
@@ -86,7 +86,14 @@ __all__ = [
     "token_charge",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# The folder that holds the `engine` package (the checkout, or site-packages when installed): the
+# subprocess server runs from there.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: FakeServer.stats(): counters, and "by_status" {outcome: count}.
+Stats = dict[str, int | dict[str, int]]
+#: One request log entry: t (s since start), key (fingerprint or None), body_hash, status, outcome.
+LogEntry = dict[str, int | float | str | None]
 
 #: Every kind of malformed 200 reply the server can produce.  The default
 #: rotation excludes ``"cut"`` because that one is a transport failure (the
@@ -167,7 +174,7 @@ class FakeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 _DEFAULT_CONFIG = FakeConfig()
 
 
-def _as_config(config: FakeConfig | Mapping[str, Any] | None) -> FakeConfig:
+def _as_config(config: FakeConfig | Mapping[str, object] | None) -> FakeConfig:
     if config is None:
         return _DEFAULT_CONFIG
     if isinstance(config, FakeConfig):
@@ -175,11 +182,12 @@ def _as_config(config: FakeConfig | Mapping[str, Any] | None) -> FakeConfig:
     return msgspec.convert(dict(config), FakeConfig)
 
 
-def _config_dict(config: FakeConfig) -> dict[str, Any]:
-    return msgspec.to_builtins(config)
+def _config_dict(config: FakeConfig) -> dict[str, object]:
+    fields: dict[str, object] = msgspec.to_builtins(config)
+    return fields
 
 
-def _update_config(config: FakeConfig, fields: Mapping[str, Any]) -> FakeConfig:
+def _update_config(config: FakeConfig, fields: Mapping[str, object]) -> FakeConfig:
     # Round-trip through convert (not structs.replace) so that types and the
     # __post_init__ checks are validated exactly as for a fresh config.
     return msgspec.convert({**_config_dict(config), **fields}, FakeConfig)
@@ -192,7 +200,7 @@ def _update_config(config: FakeConfig, fields: Mapping[str, Any]) -> FakeConfig:
 _SORT = orjson.OPT_SORT_KEYS
 
 
-def _content_text(content: Any) -> str:
+def _content_text(content: object) -> str:
     """Text of a message content: a string, or OpenAI content parts."""
     if isinstance(content, str):
         return content
@@ -203,7 +211,7 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def count_prompt_tokens(body: Mapping[str, Any]) -> int:
+def count_prompt_tokens(body: Mapping[str, object]) -> int:
     """ceil(total characters of all message contents / 4)."""
     messages = body.get("messages")
     if not isinstance(messages, list):
@@ -215,18 +223,18 @@ def count_prompt_tokens(body: Mapping[str, Any]) -> int:
     return -(-chars // 4)
 
 
-def _max_tokens(body: Mapping[str, Any]) -> int:
+def _max_tokens(body: Mapping[str, object]) -> int:
     mt = body.get("max_tokens") or body.get("max_completion_tokens") or 0
     return mt if isinstance(mt, int) else 0
 
 
-def token_charge(body: Mapping[str, Any]) -> int:
+def token_charge(body: Mapping[str, object]) -> int:
     """What the tpm limiter charges up front: prompt tokens + max_tokens
     (or max_completion_tokens, or 0), mirroring OpenAI's accounting."""
     return count_prompt_tokens(body) + _max_tokens(body)
 
 
-def _last_user_text(messages: Any) -> str:
+def _last_user_text(messages: object) -> str:
     if isinstance(messages, list):
         for m in reversed(messages):
             if isinstance(m, dict) and m.get("role") == "user":
@@ -234,7 +242,7 @@ def _last_user_text(messages: Any) -> str:
     return ""
 
 
-def _schema_instance(schema: Any, text: str, root: Any, depth: int = 0) -> Any:
+def _schema_instance(schema: object, text: str, root: object, depth: int = 0) -> object:
     """A minimal value valid for the (simple) JSON schema; strings carry text.
 
     Best effort: handles type/properties/items/enum/const/anyOf/oneOf/allOf,
@@ -245,7 +253,7 @@ def _schema_instance(schema: Any, text: str, root: Any, depth: int = 0) -> Any:
         return text
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref.startswith("#"):
-        target: Any = root
+        target = root
         for part in ref.lstrip("#").strip("/").split("/"):
             if part:
                 target = target.get(part, {}) if isinstance(target, dict) else {}
@@ -259,14 +267,15 @@ def _schema_instance(schema: Any, text: str, root: Any, depth: int = 0) -> Any:
         if isinstance(options, list) and options:
             return _schema_instance(options[0], text, root, depth + 1)
     if isinstance(schema.get("allOf"), list):
-        merged: dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
+        merged: dict[str, object] = {k: v for k, v in schema.items() if k != "allOf"}
         for sub in schema["allOf"]:
             if isinstance(sub, dict):
                 for k, v in sub.items():
+                    props_so_far, req_so_far = merged.get("properties"), merged.get("required")
                     if k == "properties" and isinstance(v, dict):
-                        merged["properties"] = {**merged.get("properties", {}), **v}
+                        merged["properties"] = {**(props_so_far if isinstance(props_so_far, dict) else {}), **v}
                     elif k == "required" and isinstance(v, list):
-                        merged["required"] = [*merged.get("required", []), *v]
+                        merged["required"] = [*(req_so_far if isinstance(req_so_far, list) else []), *v]
                     else:
                         merged.setdefault(k, v)
         return _schema_instance(merged, text, root, depth + 1)
@@ -297,18 +306,18 @@ def _schema_instance(schema: Any, text: str, root: Any, depth: int = 0) -> Any:
         hi = schema.get("maximum")
         xhi = schema.get("exclusiveMaximum")
         if isinstance(lo, (int, float)) and not isinstance(lo, bool):
-            v: float = lo
+            num: float = lo
         elif isinstance(xlo, (int, float)) and not isinstance(xlo, bool):
-            v = math.floor(xlo) + 1
+            num = math.floor(xlo) + 1
         elif isinstance(hi, (int, float)) and not isinstance(hi, bool) and hi < 0:
-            v = hi
+            num = hi
         elif isinstance(xhi, (int, float)) and not isinstance(xhi, bool) and xhi <= 0:
-            v = math.ceil(xhi) - 1
+            num = math.ceil(xhi) - 1
         else:
-            v = 0
+            num = 0
         if typ == "integer":
-            return int(math.ceil(v))
-        return v
+            return int(math.ceil(num))
+        return num
     if typ == "boolean":
         return False
     if typ == "null":
@@ -326,7 +335,7 @@ def _schema_instance(schema: Any, text: str, root: Any, depth: int = 0) -> Any:
     return s
 
 
-def _target_tokens(body: Mapping[str, Any], mode: int | str | None) -> int:
+def _target_tokens(body: Mapping[str, object], mode: int | str | None) -> int:
     if mode is None:
         return 0
     mt = _max_tokens(body)
@@ -339,7 +348,7 @@ def _target_tokens(body: Mapping[str, Any], mode: int | str | None) -> int:
 _FILLER = " lorem ipsum dolor sit amet" * 8
 
 
-def expected_text(body: Mapping[str, Any], config: FakeConfig | Mapping[str, Any] | None = None) -> str:
+def expected_text(body: Mapping[str, object], config: FakeConfig | Mapping[str, object] | None = None) -> str:
     """The exact reply content the server sends for ``body`` under ``config``.
 
     Pure: depends only on the request and the config's ``script`` and
@@ -389,12 +398,12 @@ def expected_text(body: Mapping[str, Any], config: FakeConfig | Mapping[str, Any
     return text
 
 
-def body_hash(body: Any) -> str:
+def body_hash(body: object) -> str:
     """Canonical hash of a request body (16 hex chars), as shown in the log."""
     return f"{_body_hash_int(body):016x}"
 
 
-def _body_hash_int(body: Any) -> int:
+def _body_hash_int(body: object) -> int:
     return int.from_bytes(hashlib.blake2b(orjson.dumps(body, option=_SORT), digest_size=8).digest(), "big")
 
 
@@ -441,7 +450,7 @@ def _error(
     return web.Response(body=body, status=status, content_type="application/json", headers=headers)
 
 
-def _validate(body: Any) -> str | None:
+def _validate(body: object) -> str | None:
     """Return an error message for an invalid request, else None (cheap checks only)."""
     if not isinstance(body, dict):
         return "We could not parse the JSON body of your request."
@@ -473,10 +482,21 @@ def _abort(request: web.BaseRequest) -> None:
     transport.abort()
 
 
+class _Window:
+    """One API key's sliding rate-limit window: (arrival time, token charge) per admitted request,
+    and the sum of the charges."""
+
+    __slots__ = ("entries", "tokens")
+
+    def __init__(self) -> None:
+        self.entries: collections.deque[tuple[float, int]] = collections.deque()
+        self.tokens = 0
+
+
 class FakeServer:
     """State and handlers of one fake server; ``.app`` is the aiohttp app."""
 
-    def __init__(self, config: FakeConfig | Mapping[str, Any] | None = None) -> None:
+    def __init__(self, config: FakeConfig | Mapping[str, object] | None = None) -> None:
         self.config = _as_config(config)
         self._t0 = time.monotonic()
         self._reset_state()
@@ -521,7 +541,7 @@ class FakeServer:
         self._ok_hashes: set[int] = set()
         self._fail_counts: dict[int, int] = {}
         # key fingerprint -> [deque[(t, charge)], token sum in window]
-        self._windows: dict[int, list[Any]] = {}
+        self._windows: dict[int, _Window] = {}
         self._n_malformed = 0
         self._next_id = 0
         # Column-oriented log: 8+4+8+2 bytes per request instead of ~200 for tuples.
@@ -535,7 +555,7 @@ class FakeServer:
         """Clear log, counters, limiter and fail-first state; re-seed; release hangs."""
         self._reset_state()
 
-    def set_config(self, **fields: Any) -> FakeConfig:
+    def set_config(self, **fields: object) -> FakeConfig:
         """Change config fields (validated); a new ``seed`` re-seeds the RNGs."""
         new = _update_config(self.config, fields)
         self.config = new
@@ -544,7 +564,7 @@ class FakeServer:
             self._jitter_rng = random.Random(new.seed + 1)
         return new
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> Stats:
         return {
             "requests": self.requests,
             "ok": self.ok,
@@ -561,9 +581,9 @@ class FakeServer:
             "log_dropped": self._log_dropped,
         }
 
-    def log_entries(self, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+    def log_entries(self, offset: int = 0, limit: int | None = None) -> list[LogEntry]:
         end = len(self._log_t) if limit is None else min(len(self._log_t), offset + limit)
-        out = []
+        out: list[LogEntry] = []
         for i in range(max(0, offset), end):
             code = self._log_code[i]
             kfp = self._log_key[i]
@@ -607,17 +627,17 @@ class FakeServer:
         where seconds is inf if it can never fit."""
         win = self._windows.get(kfp)
         if win is None:
-            win = self._windows[kfp] = [collections.deque(), 0]
-        dq: collections.deque[tuple[float, int]] = win[0]
+            win = self._windows[kfp] = _Window()
+        dq = win.entries
         cutoff = t - 1.0
         while dq and dq[0][0] <= cutoff:
-            win[1] -= dq.popleft()[1]
+            win.tokens -= dq.popleft()[1]
         req_cap = cfg.rpm / 60.0 + 1e-9 if cfg.rpm is not None else math.inf
         tok_cap = cfg.tpm / 60.0 + 1e-9 if cfg.tpm is not None else math.inf
-        n, toks = len(dq), win[1]
+        n, toks = len(dq), win.tokens
         if n + 1 <= req_cap and toks + charge <= tok_cap:
             dq.append((t, charge))
-            win[1] = toks + charge
+            win.tokens = toks + charge
             return None
         kind = "requests" if n + 1 > req_cap else "tokens"
         if req_cap < 1 or charge > tok_cap:
@@ -841,7 +861,7 @@ class FakeServer:
     async def _stream(
         self,
         request: web.Request,
-        body: dict[str, Any],
+        body: dict[str, object],
         cfg: FakeConfig,
         rid: str,
         created: int,
@@ -854,7 +874,7 @@ class FakeServer:
         await resp.prepare(request)
         head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": cfg.served_model}
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+        def chunk(delta: dict[str, str], finish: str | None) -> bytes:
             obj = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
             return b"data: " + orjson.dumps(obj) + b"\n\n"
 
@@ -926,7 +946,7 @@ class FakeServer:
 SERVER_KEY = web.AppKey("fake_server", FakeServer)
 
 
-def make_app(config: FakeConfig | Mapping[str, Any] | None = None) -> web.Application:
+def make_app(config: FakeConfig | Mapping[str, object] | None = None) -> web.Application:
     """An aiohttp app serving a fresh :class:`FakeServer` (at ``app[SERVER_KEY]``)."""
     return FakeServer(config).app
 
@@ -937,7 +957,7 @@ def _make_runner(app: web.Application) -> web.AppRunner:
 
 
 async def start_in_loop(
-    config: FakeConfig | Mapping[str, Any] | None = None, host: str = "127.0.0.1", port: int = 0
+    config: FakeConfig | Mapping[str, object] | None = None, host: str = "127.0.0.1", port: int = 0
 ) -> tuple[web.AppRunner, str]:
     """Start a server in the running event loop.
 
@@ -959,7 +979,7 @@ async def start_in_loop(
 
 
 class FakeServerProcess:
-    """Run the fake server as a subprocess (``python -m tests.fakeserver``).
+    """Run the fake server as a subprocess (``python -m engine.testing.fakeserver``).
 
     Usage::
 
@@ -971,7 +991,7 @@ class FakeServerProcess:
 
     def __init__(
         self,
-        config: Mapping[str, Any] | None = None,
+        config: Mapping[str, object] | None = None,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -986,7 +1006,7 @@ class FakeServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.base_url = ""
         self.port = 0
-        self._stderr: Any = None
+        self._stderr: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -997,12 +1017,12 @@ class FakeServerProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def start(self, config: Mapping[str, Any] | None = None) -> FakeServerProcess:
+    def start(self, config: Mapping[str, object] | None = None) -> FakeServerProcess:
         if self.proc is not None:
             raise RuntimeError("fake server already started")
         if config is not None:
             self._config = dict(config)
-        cmd = [self.python, "-m", "tests.fakeserver", "--host", self.host, "--port", str(self.want_port)]
+        cmd = [self.python, "-m", "engine.testing.fakeserver", "--host", self.host, "--port", str(self.want_port)]
         if self._config:
             cmd += ["--config", orjson.dumps(self._config).decode()]
         # stderr goes to a file, not a pipe: nobody drains it while the server
@@ -1061,7 +1081,7 @@ class FakeServerProcess:
         """Everything the server wrote to stderr so far (for debugging)."""
         return self._stderr_tail()
 
-    def _control(self, method: str, path: str, payload: Any = None) -> Any:
+    def _control(self, method: str, path: str, payload: object = None) -> object:
         if not self.base_url:
             raise RuntimeError("fake server not started")
         data = orjson.dumps(payload) if payload is not None else (b"" if method == "POST" else None)
@@ -1075,20 +1095,21 @@ class FakeServerProcess:
             detail = exc.read().decode(errors="replace")
             raise ValueError(f"{method} {path} failed: HTTP {exc.code}: {detail}") from None
 
-    def set_config(self, **fields: Any) -> dict[str, Any]:
+    def set_config(self, **fields: object) -> dict[str, object]:
         """Change config fields at runtime; returns the full new config."""
-        return self._control("POST", "/_control/config", fields)
+        return msgspec.convert(self._control("POST", "/_control/config", fields), dict[str, object])
 
-    def config(self) -> dict[str, Any]:
-        return self._control("GET", "/_control/config")
+    def config(self) -> dict[str, object]:
+        return msgspec.convert(self._control("GET", "/_control/config"), dict[str, object])
 
-    def stats(self) -> dict[str, Any]:
-        return self._control("GET", "/_control/stats")
+    def stats(self) -> Stats:
+        return msgspec.convert(self._control("GET", "/_control/stats"), Stats)
 
-    def log(self, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+    def log(self, offset: int = 0, limit: int | None = None) -> list[LogEntry]:
         """Log entries: {t, key, body_hash, status, outcome}."""
         q = f"?offset={offset}" + (f"&limit={limit}" if limit is not None else "")
-        return self._control("GET", "/_control/log" + q)["entries"]
+        page = msgspec.convert(self._control("GET", "/_control/log" + q), dict[str, object])
+        return msgspec.convert(page["entries"], list[LogEntry])
 
     def reset(self) -> None:
         self._control("POST", "/_control/reset")
@@ -1123,7 +1144,7 @@ class FakeServerProcess:
             self.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def __del__(self) -> None:
@@ -1141,7 +1162,7 @@ class FakeServerProcess:
 _STRING_FIELDS = frozenset({"served_model", "require_key"})
 
 
-def _parse_flag_value(name: str, text: str) -> Any:
+def _parse_flag_value(name: str, text: str) -> object:
     # Flags take JSON values (numbers, null, true, objects); bare words are
     # strings.  String fields are taken verbatim so "--require-key 123" works.
     if name in _STRING_FIELDS:
@@ -1153,7 +1174,7 @@ def _parse_flag_value(name: str, text: str) -> Any:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tests.fakeserver", description=(__doc__ or "").split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m engine.testing.fakeserver", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--workers", type=int, default=1, help="only 1 is supported")
@@ -1170,7 +1191,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> FakeConfig:
-    fields: dict[str, Any] = {}
+    fields: dict[str, object] = {}
     if args.config:
         text = Path(args.config[1:]).read_text() if args.config.startswith("@") else args.config
         loaded = orjson.loads(text)
