@@ -14,7 +14,7 @@ Documentation the expectations come from:
 Reasoning models answer a non-default temperature with 400 "Unsupported value: 'temperature' does not
 support 0.7 with this model. Only the default (1) value is supported." and `max_tokens` with 400
 "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens'
-instead." (tests/fake_providers.OpenAIReasoningFake reproduces both).
+instead." (engine.testing.fake_providers.OpenAIReasoningFake reproduces both).
 """
 
 from __future__ import annotations
