@@ -12,7 +12,6 @@ import asyncio
 import os
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +23,11 @@ from engine.core.adapter import ReplaysItems
 from engine.core.errors import EngineError
 from engine.costs import Budget
 from engine.items import ItemFactory, plan_counts
+from engine.run import document
 from engine.run.judge import JudgeHub, close_when_generated
 from engine.run.lane import Lane
-from engine.runstate import config_doc, data_fingerprint, model_fingerprint, packages, read_run_json
-from engine.spec import RunSpec, item_factory, judge_plan, merged_spec, subtasks
+from engine.runstate import data_fingerprint, model_fingerprint, read_run_json
+from engine.spec import RunSpec, item_factory, judge_plan, subtasks
 
 Log = Callable[[str], None]
 
@@ -201,28 +201,8 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
     gpu_pool = _gpu_pool(cfg, spec, shard, partition, backend, judge_only, log)
     servers: dict[str, dict[str, Any]] = {}
 
-    planned = dict(prev.get("planned", {})) if prev else {}
-    fingerprints = dict(prev.get("fingerprint", {}).get("models", {})) if prev else {}
-    for name in spec.models:
-        planned[name] = {**planned.get(name, {}), **planned_units}
-        fingerprints[name] = model_fingerprint(cfg.models[name])
-    doc: dict[str, Any] = dict(prev or {})
-    prev_specs = {k: v for k, v in (prev or {}).get("spec", {}).items()} if prev else {}
-    doc.update({
-        "format": 1,
-        "config_source": config_source,
-        "config": config_doc(cfg),
-        "spec": merged_spec(prev_specs, spec),
-        "fingerprint": {"data": data_fp, "models": fingerprints},
-        "planned": planned,
-        "packages": packages(),
-        "started_at": time.time(),
-        "ended_at": None,
-        "status": "running",
-    })
-    doc.setdefault("history", [])
-    if shard is not None:
-        doc["shard"] = {"index": shard.index, "count": shard.count, "partition": partition.to_dict()}
+    doc = document.started(prev, cfg, spec, config_source=config_source, data_fp=data_fp,
+                           planned_units=planned_units, shard=shard, partition=partition)
     sharding.write_state(out, shard, doc)
 
     stop = asyncio.Event()
@@ -366,25 +346,15 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
 
     # With --backend ray, where each lane's actor ran (node, pid, restarts).
     lane_stats = {lane.name: {**lane.stats.to_dict(), **getattr(lane, "placement", {})} for lane in lanes}
-    if ray_ctx is not None:
-        doc["backend"] = {"kind": "ray", "address": ray_address}
     interrupted = interrupt.signum is not None
     over_budget = budget is not None and budget.exhausted
     incomplete = [lane.name for lane in lanes if lane.stats.state != "complete" or lane.stats.exhausted]
     status = ("interrupted" if interrupted else "budget" if over_budget
               else "incomplete" if incomplete else "complete")
-    if budget is not None:
-        doc["budget"] = {"limit_usd": budget.limit, "spent_usd": round(budget.spent, 6), "exhausted": over_budget}
-    doc["lanes"] = {**doc.get("lanes", {}), **lane_stats}
     launched = {n: {**servers.get(n, {}), **(getattr(adapters[n][1], "info", None) or {})}
                 for n in adapters if servers.get(n) or getattr(adapters[n][1], "info", None)}
-    if gpu_pool is not None or launched:  # this invocation's placement: servers started, on which GPUs, when
-        doc["servers"] = {"gpus": gpu_pool.gpus if gpu_pool else None, "models": launched,
-                          "events": [list(e[:2]) + [list(e[2])] for e in gpu_pool.events] if gpu_pool else []}
-    doc["ended_at"] = time.time()
-    doc["status"] = status
-    doc["history"].append({"started_at": doc["started_at"], "ended_at": doc["ended_at"], "status": status,
-                           "argv": sys.argv[1:]})
+    doc = document.finished(doc, status=status, lanes=lane_stats, budget=budget, ray_address=ray_address,
+                            backend=backend, servers=document.servers_doc(gpu_pool, launched))
     sharding.write_state(out, shard, doc)
 
     for lane in lanes:
