@@ -20,7 +20,7 @@ from engine.checkpoint import iter_records
 from engine.config import Config, parse_config
 from engine.core.errors import EngineError
 from engine.core.records import Item, Record, judgment_decoder
-from engine.core.subtask import ItemScore, Metric, Rubric, Subtask
+from engine.core.subtask import ItemScore, Judgment, Metric, Rubric, Subtask
 from engine.costs import UsageTable
 from engine.requery import requery_limits, requery_samples
 from engine.runstate import read_run_json
@@ -60,7 +60,7 @@ def pillar_ranks(sub_ranks: dict[str, dict[str, int | None]], models: Sequence[s
 
 
 class _Judged(msgspec.Struct):
-    parsed: dict[str, Any] | None
+    parsed: Judgment | None
     outputs: int
     tries: int
 

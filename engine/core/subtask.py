@@ -16,16 +16,20 @@ Flow for one subtask:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
 from engine.core.records import GenParams, Item, Message, Response
 
 Direction = Literal["higher", "lower"]
+# One normalized data row, as an official loader or a built-in JSONL line gives it to `items`.
+Row = Mapping[str, object]
+# A judge output as `Rubric.parse` read it (field -> value); `score` receives it again.
+Judgment = Mapping[str, object]
 
 
 class ItemScore(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -44,7 +48,7 @@ class ItemScore(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     sample: int = 0
     value: float | None = None
     label: str | None = None
-    reference: Any = None
+    reference: object = None
     status: Literal["scored", "unparseable", "failed"] = "scored"
     group: dict[str, str] = {}
     extras: dict[str, float] = {}
@@ -59,7 +63,7 @@ class Metric(msgspec.Struct, frozen=True, kw_only=True):
     n_unparseable: int
     n_failed: int
     ci: tuple[float, float] | None = None
-    breakdown: dict[str, Any] = {}
+    breakdown: dict[str, object] = {}
     reason: str | None = None
 
 
@@ -77,8 +81,8 @@ class Rubric:
     name: str
     version: str
     build: Callable[[Item, str], tuple[Message, ...]]
-    schema: dict[str, Any]
-    parse: Callable[[str], dict[str, Any] | None]
+    schema: dict[str, object]
+    parse: Callable[[str], Judgment | None]
     judge: str | None = None  # a models key that must judge this rubric (else [judge] models[0])
     params: GenParams = GenParams(temperature=0.0, max_tokens=256)
 
@@ -89,7 +93,7 @@ class OfficialSource:
 
     dataset: str  # folder name, e.g. "ethicmh"
     files: tuple[str, ...]  # paths inside that folder that the loader reads
-    load: Callable[[Path], Iterator[dict[str, Any]]]  # dataset folder -> normalized rows (with "id")
+    load: Callable[[Path], Iterator[Row]]  # dataset folder -> normalized rows (with "id")
 
 
 @dataclass(frozen=True)
@@ -100,9 +104,9 @@ class Subtask:
     kind: Literal["classification", "generation", "derived"]
     headline: str  # the ranked metric's name, e.g. "accuracy"
     direction: Direction
-    items: Callable[[Iterable[dict[str, Any]]], Iterator[Item]]  # normalized rows -> Items
+    items: Callable[[Iterable[Row]], Iterator[Item]]  # normalized rows -> Items
     # (item, response or None when generation failed, parsed judgment or None) -> ItemScore
-    score: Callable[[Item, Response | None, dict[str, Any] | None], ItemScore]
+    score: Callable[[Item, Response | None, Judgment | None], ItemScore]
     aggregate: Callable[[Sequence[ItemScore]], Metric]
     official: OfficialSource | None = None
     rubric: Rubric | None = None
@@ -115,7 +119,7 @@ class Subtask:
     # The "pillar/subtask" whose bench_data rows this subtask's built-in items come from (None: its own).
     builtin_source: str | None = None
     doc: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
     # The factory that builds this subtask with the options of its [pillars."<key>"] section (the
     # module's make_subtask); None when the subtask takes no options of its own.
     make: Callable[..., Subtask] | None = None

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 
-def aita_rows(rows: Iterable[Mapping[str, str]], only_yta: bool = True) -> Iterator[dict[str, Any]]:
+def aita_rows(rows: Iterable[Mapping[str, str]], only_yta: bool = True) -> Iterator[dict[str, object]]:
     for i, raw in enumerate(rows):
         verdict = (raw.get("ytanta") or "").strip().upper()
         if not verdict:
@@ -56,11 +56,11 @@ def aita_rows(rows: Iterable[Mapping[str, str]], only_yta: bool = True) -> Itera
         yield {"id": row_id(raw, i), "prompt": raw.get("prompt") or "", "verdict": verdict}
 
 
-def load_aita(folder: Path, only_yta: bool = True) -> Iterator[dict[str, Any]]:
+def load_aita(folder: Path, only_yta: bool = True) -> Iterator[dict[str, object]]:
     yield from aita_rows(read_csv_rows(Path(folder) / "AITA.csv"), only_yta)
 
 
-def load_aita_sample(folder: Path, only_yta: bool = True) -> Iterator[dict[str, Any]]:
+def load_aita_sample(folder: Path, only_yta: bool = True) -> Iterator[dict[str, object]]:
     yield from aita_rows(read_csv_rows(Path(folder) / "AITA_sample.csv"), only_yta)
 
 

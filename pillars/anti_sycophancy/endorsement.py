@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from engine.core.records import GenParams, Item, Message, Response
-from engine.core.subtask import ItemScore, Metric, OfficialSource, Rubric, Subtask
+from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Rubric, Subtask
 from pillars.common.judging import quote_block, wrap_response
 from pillars.common.metrics import tally, wilson
 
@@ -105,7 +105,7 @@ ENDORSEMENT_RUBRIC = Rubric(
 
 
 def prompt_items(
-    rows: Iterable[Mapping[str, Any]], subtask: str, group_key: str | None = None
+    rows: Iterable[Row], subtask: str, group_key: str | None = None
 ) -> Iterator[Item]:
     """One item per row: the row's ``prompt`` as the single user message (no system prompt)."""
     for row in rows:
@@ -128,7 +128,7 @@ def make_score(unparseable: str = "none", extra_fn: ExtraFn | None = None) -> An
         raise ValueError(f"unparseable must be 'none' or 'zero', got {unparseable!r}")
 
     def score(
-        item: Item, response: Response | None, judgment: Mapping[str, Any] | None
+        item: Item, response: Response | None, judgment: Judgment | None
     ) -> ItemScore:
         """value 1.0 when the judge says 1 or 2 (affirms), 0.0 for 0 or 3."""
         group = dict(item.metadata.get("group", {}))

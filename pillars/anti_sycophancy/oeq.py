@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 from engine.core.subtask import OfficialSource, Subtask
 from pillars.anti_sycophancy.endorsement import make_sycophancy_subtask
@@ -35,17 +34,17 @@ def row_id(raw: Mapping[str, str], index: int) -> str:
     return str(index)
 
 
-def oeq_rows(rows: Iterable[Mapping[str, str]]) -> Iterator[dict[str, Any]]:
+def oeq_rows(rows: Iterable[Mapping[str, str]]) -> Iterator[dict[str, object]]:
     for i, raw in enumerate(rows):
         yield {"id": row_id(raw, i), "prompt": raw.get("prompt") or "",
                "source": (raw.get("source") or "").strip()}
 
 
-def load_oeq(folder: Path) -> Iterator[dict[str, Any]]:
+def load_oeq(folder: Path) -> Iterator[dict[str, object]]:
     yield from oeq_rows(read_csv_rows(Path(folder) / "OEQ.csv"))
 
 
-def load_oeq_sample(folder: Path) -> Iterator[dict[str, Any]]:
+def load_oeq_sample(folder: Path) -> Iterator[dict[str, object]]:
     yield from oeq_rows(read_csv_rows(Path(folder) / "OEQ_sample.csv"))
 
 

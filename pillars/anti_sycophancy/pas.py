@@ -36,7 +36,7 @@ def _pick(raw: Mapping[str, str], keys: Iterable[str]) -> str | None:
     return None
 
 
-def pas_rows(rows: Iterable[Mapping[str, str]]) -> Iterator[dict[str, Any]]:
+def pas_rows(rows: Iterable[Mapping[str, str]]) -> Iterator[dict[str, object]]:
     for i, raw in enumerate(rows):
         text = _pick(raw, _TEXT_KEYS)
         if text is None:
@@ -48,7 +48,7 @@ def pas_rows(rows: Iterable[Mapping[str, str]]) -> Iterator[dict[str, Any]]:
         yield row
 
 
-def load_pas(folder: Path) -> Iterator[dict[str, Any]]:
+def load_pas(folder: Path) -> Iterator[dict[str, object]]:
     yield from pas_rows(read_csv_rows(Path(folder) / "PAS.csv"))
 
 

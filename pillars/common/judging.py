@@ -17,12 +17,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from msgspec.structs import replace
 
 from engine.core.records import Response
-from engine.core.subtask import ItemScore
+from engine.core.subtask import ItemScore, Judgment
 from pillars.common.parsing import parse_json_object
 
 __all__ = [
@@ -68,7 +67,7 @@ def quote_block(label: str, text: str) -> str:
     return f"<<<BEGIN {label}>>>{body}<<<END {label}>>>"
 
 
-def _int_like(value: Any) -> int | None:
+def _int_like(value: object) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -110,7 +109,7 @@ def parse_scores(text: str, fields: Mapping[str, tuple[int, int]]) -> dict[str, 
 
 
 def parse_judgment_dims(
-    judgment: Mapping[str, object] | None, fields: Mapping[str, tuple[int, int]]
+    judgment: Judgment | None, fields: Mapping[str, tuple[int, int]]
 ) -> dict[str, int] | None:
     """The judged fields as ints when every one is present and in range (defensive re-check of
     what ``Rubric.parse`` returned, since a replayed judgment may come from an older rubric)."""
@@ -134,7 +133,7 @@ def dims_as_extras(dims: Mapping[str, int]) -> dict[str, float]:
 def judged_score(
     base: ItemScore,
     response: Response | None,
-    judgment: Mapping[str, object] | None,
+    judgment: Judgment | None,
     fields: Mapping[str, tuple[int, int]],
     rate: Callable[[ItemScore, dict[str, int]], ItemScore],
 ) -> ItemScore:
@@ -149,9 +148,9 @@ def judged_score(
 
 def score_schema(
     fields: Mapping[str, tuple[int, int]], *, extra_strings: Sequence[str] = ("explanation",)
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """A JSON schema for constrained judge output: the integer fields in range plus string fields."""
-    props: dict[str, Any] = {
+    props: dict[str, object] = {
         name: {"type": "integer", "minimum": lo, "maximum": hi} for name, (lo, hi) in fields.items()
     }
     for name in extra_strings:

@@ -14,7 +14,6 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 __all__ = ["read_text", "read_csv_rows", "read_jsonl", "read_json", "parse_jsonl", "builtin_rows"]
 
@@ -36,7 +35,7 @@ def read_csv_rows(path: Path) -> Iterator[dict[str, str]]:
     yield from csv.DictReader(io.StringIO(read_text(path), newline=""))
 
 
-def parse_jsonl(text: str, source: str = "<text>") -> Iterator[dict[str, Any]]:
+def parse_jsonl(text: str, source: str = "<text>") -> Iterator[dict[str, object]]:
     """Objects of a JSON-lines text; blank lines skipped; a bad line raises ValueError(source:line)."""
     # split("\n") rather than splitlines(): U+2028 and friends may sit raw inside JSON strings.
     for lineno, line in enumerate(text.split("\n"), start=1):
@@ -51,15 +50,15 @@ def parse_jsonl(text: str, source: str = "<text>") -> Iterator[dict[str, Any]]:
         yield obj
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+def read_jsonl(path: Path) -> Iterator[dict[str, object]]:
     yield from parse_jsonl(read_text(path), str(path))
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path) -> object:
     return json.loads(read_text(path))
 
 
-def builtin_rows(pillar: str, subtask: str) -> Iterator[dict[str, Any]]:
+def builtin_rows(pillar: str, subtask: str) -> Iterator[dict[str, object]]:
     """Rows of the built-in items ``bench_data/<pillar>/<subtask>.jsonl`` (shipped with the package)."""
     res = importlib.resources.files("bench_data").joinpath(pillar, f"{subtask}.jsonl")
     if not res.is_file():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from engine.core.subtask import ItemScore, Metric
 
@@ -123,7 +122,7 @@ def accuracy_metric(
     """
     n, n_scored, n_unp, n_failed = tally(scores)
     scored = _scored(scores)
-    breakdown: dict[str, Any] = {}
+    breakdown: dict[str, object] = {}
     if not scored:
         return Metric(value=None, n=n, n_scored=n_scored, n_unparseable=n_unp,
                       n_failed=n_failed, reason="no scored items")
@@ -141,7 +140,7 @@ def accuracy_metric(
                   n_failed=n_failed, ci=wilson(k, len(scored)), breakdown=breakdown)
 
 
-def _mean_entry(values: Sequence[float]) -> dict[str, Any]:
+def _mean_entry(values: Sequence[float]) -> dict[str, object]:
     return {"value": sum(values) / len(values), "ci": mean_ci(values), "n": len(values)}
 
 
@@ -159,7 +158,7 @@ def mean_metric(
         return Metric(value=None, n=n, n_scored=n_scored, n_unparseable=n_unp,
                       n_failed=n_failed, reason="no scored items")
     values = [float(s.value) for s in scored]  # type: ignore[arg-type]
-    breakdown: dict[str, Any] = {}
+    breakdown: dict[str, object] = {}
     if extras:
         keys: list[str] = []
         for s in scored:

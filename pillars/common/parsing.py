@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
 
 __all__ = ["parse_json_object", "extract_letter", "match_label", "normalize_label"]
 
@@ -25,7 +24,7 @@ _MAX_BRACE_STARTS = 256
 _DECODER = json.JSONDecoder()
 
 
-def _loads_dict(text: str) -> dict[str, Any] | None:
+def _loads_dict(text: str) -> dict[str, object] | None:
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):
@@ -33,7 +32,7 @@ def _loads_dict(text: str) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def parse_json_object(text: str) -> dict[str, Any] | None:
+def parse_json_object(text: str) -> dict[str, object] | None:
     """The JSON object a reply carries: fenced block, else the whole text, else the last balanced one.
 
     "Last" means the object that ends last; when objects nest, the outermost one. Returns None when
@@ -50,7 +49,7 @@ def parse_json_object(text: str) -> dict[str, Any] | None:
     if obj is not None:
         return obj
     starts = [i for i, ch in enumerate(text) if ch == "{"][-_MAX_BRACE_STARTS:]
-    best: tuple[int, int, dict[str, Any]] | None = None  # (end, -start, obj)
+    best: tuple[int, int, dict[str, object]] | None = None  # (end, -start, obj)
     for start in starts:
         try:
             cand, end = _DECODER.raw_decode(text, start)

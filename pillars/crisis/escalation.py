@@ -27,7 +27,7 @@ from typing import Any
 from msgspec.structs import replace
 
 from engine.core.records import GenParams, Item, Message, Response
-from engine.core.subtask import ItemScore, Metric, OfficialSource, Rubric, Subtask
+from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Rubric, Subtask
 from pillars.common.judging import judged_score, parse_scores, score_schema, wrap_response
 from pillars.common.loaders import read_csv_rows, read_json
 from pillars.common.metrics import mean_metric, wilson
@@ -197,7 +197,7 @@ def protocol_rows(rows: Iterable[dict[str, str]]) -> dict[str, list[str]]:
     return out
 
 
-def load_official(folder: Path) -> Iterator[dict[str, Any]]:
+def load_official(folder: Path) -> Iterator[dict[str, object]]:
     protocol = {}
     if (folder / PROTOCOL_FILE).is_file():
         protocol = protocol_rows(read_csv_rows(folder / PROTOCOL_FILE))
@@ -207,7 +207,7 @@ def load_official(folder: Path) -> Iterator[dict[str, Any]]:
         yield row
 
 
-def items(rows: Iterable[dict[str, Any]]) -> Iterator[Item]:
+def items(rows: Iterable[Row]) -> Iterator[Item]:
     for row in rows:
         rid = str(row["id"])
         meta: dict[str, Any] = {"base": rid, "inputs": list(row["inputs"]),
@@ -224,7 +224,7 @@ def items(rows: Iterable[dict[str, Any]]) -> Iterator[Item]:
         )
 
 
-def score(item: Item, response: Response | None, judgment: dict[str, Any] | None) -> ItemScore:
+def score(item: Item, response: Response | None, judgment: Judgment | None) -> ItemScore:
     base = ItemScore(item_id=item.id, reference=item.reference,
                      group={"label": str(item.reference)})
     return judged_score(base, response, judgment, FIELDS, _rate)

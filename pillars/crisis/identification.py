@@ -24,7 +24,7 @@ from typing import Any
 from msgspec.structs import replace
 
 from engine.core.records import GenParams, Item, Message, Response
-from engine.core.subtask import ItemScore, Metric, OfficialSource, Subtask
+from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Subtask
 from pillars.common.loaders import read_json
 from pillars.common.metrics import accuracy_metric
 from pillars.common.parsing import match_label
@@ -99,7 +99,7 @@ def parse_label(text: str) -> str | None:
     return match_label(text, LABELS, json_field="label")
 
 
-def crisis_rows(data: Any) -> Iterator[dict[str, Any]]:
+def crisis_rows(data: Any) -> Iterator[dict[str, object]]:
     """Normalized rows from the parsed crisis JSON list; rows without a label are skipped."""
     for i, raw in enumerate(data):
         if raw.get("label") is None:
@@ -113,11 +113,11 @@ def crisis_rows(data: Any) -> Iterator[dict[str, Any]]:
         }
 
 
-def load_official(folder: Path) -> Iterator[dict[str, Any]]:
+def load_official(folder: Path) -> Iterator[dict[str, object]]:
     yield from crisis_rows(read_json(folder / TEST_FILE))
 
 
-def items(rows: Iterable[dict[str, Any]]) -> Iterator[Item]:
+def items(rows: Iterable[Row]) -> Iterator[Item]:
     for row in rows:
         rid = str(row["id"])
         yield Item(
@@ -130,7 +130,7 @@ def items(rows: Iterable[dict[str, Any]]) -> Iterator[Item]:
         )
 
 
-def score(item: Item, response: Response | None, judgment: dict[str, Any] | None) -> ItemScore:
+def score(item: Item, response: Response | None, judgment: Judgment | None) -> ItemScore:
     base = ItemScore(item_id=item.id, reference=item.reference,
                      group={"dataset_id": str(item.metadata.get("dataset_id", ""))})
     if response is None:

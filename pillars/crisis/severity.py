@@ -28,7 +28,7 @@ from typing import Any
 from msgspec.structs import replace
 
 from engine.core.records import GenParams, Item, Message, Response
-from engine.core.subtask import ItemScore, Metric, OfficialSource, Subtask
+from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Subtask
 from pillars.common.loaders import read_csv_rows
 from pillars.common.metrics import accuracy_metric
 from pillars.common.parsing import match_label
@@ -116,13 +116,13 @@ def parse_level(text: str) -> str | None:
     return match_label(text, LEVELS, json_field="label")
 
 
-def load_official(folder: Path) -> Iterator[dict[str, Any]]:
+def load_official(folder: Path) -> Iterator[dict[str, object]]:
     for raw in read_csv_rows(folder / CSV_FILE):
         yield {"id": raw["User"].strip(), "posts": parse_posts(raw["Post"]),
                "label": raw["Label"].strip()}
 
 
-def items(rows: Iterable[dict[str, Any]]) -> Iterator[Item]:
+def items(rows: Iterable[Row]) -> Iterator[Item]:
     max_chars = int(SUBTASK.extra.get("max_chars", DEFAULT_MAX_CHARS))
     for row in rows:
         rid = str(row["id"])
@@ -137,7 +137,7 @@ def items(rows: Iterable[dict[str, Any]]) -> Iterator[Item]:
         )
 
 
-def score(item: Item, response: Response | None, judgment: dict[str, Any] | None) -> ItemScore:
+def score(item: Item, response: Response | None, judgment: Judgment | None) -> ItemScore:
     base = ItemScore(item_id=item.id, reference=item.reference)
     if response is None:
         return replace(base, status="failed")

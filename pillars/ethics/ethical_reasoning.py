@@ -41,7 +41,7 @@ from typing import Any
 from msgspec.structs import replace
 
 from engine.core.records import GenParams, Item, Message, Response
-from engine.core.subtask import ItemScore, Metric, OfficialSource, Rubric, Subtask
+from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Rubric, Subtask
 from pillars.common.judging import score_schema, wrap_response
 from pillars.common.loaders import read_csv_rows
 from pillars.common.metrics import accuracy_metric
@@ -143,13 +143,13 @@ def _normalize(raw: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def load_official(folder: Path) -> Iterator[dict[str, Any]]:
+def load_official(folder: Path) -> Iterator[dict[str, object]]:
     for raw in read_csv_rows(folder / "EthicMH.csv"):
         if (raw.get("index") or "").strip():
             yield _normalize(raw)
 
 
-def items(rows: Iterable[dict[str, Any]]) -> Iterator[Item]:
+def items(rows: Iterable[Row]) -> Iterator[Item]:
     for row in rows:
         rid = str(row["id"])
         yield Item(
@@ -264,7 +264,7 @@ RUBRIC = Rubric(
 )
 
 
-def score(item: Item, response: Response | None, judgment: dict[str, Any] | None) -> ItemScore:
+def score(item: Item, response: Response | None, judgment: Judgment | None) -> ItemScore:
     group = {"subcategory": str(item.metadata.get("subcategory", ""))}
     base = ItemScore(item_id=item.id, reference=item.reference, group=group)
     if response is None:

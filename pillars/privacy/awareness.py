@@ -34,7 +34,7 @@ from typing import Any
 from msgspec.structs import replace
 
 from engine.core.records import GenParams, Item, Message, Response
-from engine.core.subtask import ItemScore, Metric, OfficialSource, Subtask
+from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Subtask
 from pillars.common.loaders import read_text
 from pillars.common.metrics import pearson, tally
 
@@ -134,7 +134,7 @@ def parse_confaide(tier: str, items_text: str, labels_text: str) -> list[dict[st
     ]
 
 
-def load_official(folder: Path) -> Iterator[dict[str, Any]]:
+def load_official(folder: Path) -> Iterator[dict[str, object]]:
     for tier in TIERS:
         items_file, labels_file = TIER_FILES[tier]
         yield from parse_confaide(
@@ -142,7 +142,7 @@ def load_official(folder: Path) -> Iterator[dict[str, Any]]:
         )
 
 
-def items(rows: Iterable[dict[str, Any]]) -> Iterator[Item]:
+def items(rows: Iterable[Row]) -> Iterator[Item]:
     for row in rows:
         tier = str(row["tier"])
         yield Item(
@@ -155,7 +155,7 @@ def items(rows: Iterable[dict[str, Any]]) -> Iterator[Item]:
         )
 
 
-def score(item: Item, response: Response | None, judgment: dict[str, Any] | None) -> ItemScore:
+def score(item: Item, response: Response | None, judgment: Judgment | None) -> ItemScore:
     tier = str(item.metadata["tier"])
     base = ItemScore(item_id=item.id, reference=item.reference, group={"tier": tier})
     if response is None:

@@ -38,7 +38,7 @@ from typing import Any
 from msgspec.structs import replace
 
 from engine.core.records import GenParams, Item, Message, Response
-from engine.core.subtask import ItemScore, Metric, OfficialSource, Rubric, Subtask
+from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Rubric, Subtask
 from pillars.common.loaders import read_text
 from pillars.common.metrics import mean_ci, tally, wilson
 
@@ -141,7 +141,7 @@ def parse_psyleak(text: str, control_text: str) -> list[dict[str, Any]]:
     return rows
 
 
-def load_official(folder: Path) -> Iterator[dict[str, Any]]:
+def load_official(folder: Path) -> Iterator[dict[str, object]]:
     yield from parse_psyleak(
         read_text(folder / "PsyLeak.txt"), read_text(folder / "PsyLeak_control.txt")
     )
@@ -168,7 +168,7 @@ def build_prompt(row: dict[str, Any], qtype: str) -> str:
     return f"{INSTRUCTION}Scenario:\n{row['story']}\n{question}\nAnswer: "
 
 
-def items(rows: Iterable[dict[str, Any]]) -> Iterator[Item]:
+def items(rows: Iterable[Row]) -> Iterator[Item]:
     for row in rows:
         sid = str(row["id"])
         people = {k: row[k] for k in ("about", "questionee", "questioner", "secret")}
@@ -252,7 +252,7 @@ RUBRIC = Rubric(
 )
 
 
-def score(item: Item, response: Response | None, judgment: dict[str, Any] | None) -> ItemScore:
+def score(item: Item, response: Response | None, judgment: Judgment | None) -> ItemScore:
     qtype = str(item.metadata["qtype"])
     base = ItemScore(item_id=item.id, reference=item.reference,
                      group={"qtype": qtype, "scenario": str(item.metadata["scenario"])})

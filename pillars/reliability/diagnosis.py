@@ -36,16 +36,17 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+
+import msgspec
 
 from engine.core.records import GenParams, Item, Message, Response
-from engine.core.subtask import ItemScore, Metric, OfficialSource, Subtask
+from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Subtask
 from pillars.common.loaders import read_csv_rows, read_json
 from pillars.common.metrics import accuracy_metric
 from pillars.common.parsing import match_label
+from pillars.common.rows import as_list, as_mapping
 
 __all__ = [
     "SWMH_LABELS",
@@ -124,7 +125,7 @@ def normalize_swmh_label(raw: str) -> str | None:
     return key if key in SWMH_LABELS else None
 
 
-def swmh_rows(rows: Iterable[Mapping[str, str]]) -> Iterator[dict[str, Any]]:
+def swmh_rows(rows: Iterable[Mapping[str, str]]) -> Iterator[dict[str, str]]:
     """Normalized rows from SWMH CSV rows (``text,label``); an unknown label raises ValueError."""
     for i, raw in enumerate(rows):
         label = normalize_swmh_label(raw.get("label", ""))
@@ -133,11 +134,11 @@ def swmh_rows(rows: Iterable[Mapping[str, str]]) -> Iterator[dict[str, Any]]:
         yield {"id": str(i), "text": raw.get("text", ""), "label": label, "task": "swmh"}
 
 
-def load_swmh(folder: Path, split: str = "test") -> Iterator[dict[str, Any]]:
+def load_swmh(folder: Path, split: str = "test") -> Iterator[dict[str, str]]:
     yield from swmh_rows(read_csv_rows(Path(folder) / f"{split}.csv"))
 
 
-def _first(obj: Mapping[str, Any], keys: Sequence[str]) -> Any:
+def _first(obj: Mapping[str, object], keys: Sequence[str]) -> object:
     for k in keys:
         if k in obj and obj[k] is not None:
             return obj[k]
@@ -147,7 +148,7 @@ def _first(obj: Mapping[str, Any], keys: Sequence[str]) -> Any:
 _D4_SPEAKERS = {"doctor": "医生", "patient": "患者", "医生": "医生", "患者": "患者"}
 
 
-def parse_d4(data: Any, target: str = "depression") -> Iterator[dict[str, Any]]:
+def parse_d4(data: object, target: str = "depression") -> Iterator[dict[str, str]]:
     """Normalized rows from the (assumed) D4 JSON list; see the module docstring for the layout."""
     if target not in ("depression", "suicide"):
         raise ValueError(f"d4 target must be 'depression' or 'suicide', got {target!r}")
@@ -164,17 +165,18 @@ def parse_d4(data: Any, target: str = "depression") -> Iterator[dict[str, Any]]:
             raise ValueError(f"D4 entry {i}: expected an object")
         turns = _first(entry, ("log", "dialog", "dialogue")) or []
         lines = []
-        for t in turns:
+        for t in as_list(turns, f"D4 entry {i}: dialogue"):
+            t = as_mapping(t, f"D4 entry {i}: turn")
             speaker = str(t.get("speaker", t.get("role", ""))).strip().lower()
             text = str(_first(t, ("text", "content", "utterance")) or "").strip()
             lines.append(f"{_D4_SPEAKERS.get(speaker, speaker)}：{text}")
-        portrait = entry.get("portrait") if isinstance(entry.get("portrait"), Mapping) else {}
-        raw = _first(portrait, keys)
+        portrait = entry.get("portrait")
+        raw = _first(portrait, keys) if isinstance(portrait, Mapping) else None
         if raw is None:
             raw = _first(entry, keys)
         try:
-            level = int(raw)
-        except (TypeError, ValueError):
+            level = int(raw) if isinstance(raw, int | float | str) else int("")
+        except ValueError:
             raise ValueError(f"D4 entry {i}: no {target} level (looked for {keys})") from None
         if not 0 <= level < len(labels):
             raise ValueError(f"D4 entry {i}: {target} level {level} outside 0-{len(labels) - 1}")
@@ -186,21 +188,21 @@ def parse_d4(data: Any, target: str = "depression") -> Iterator[dict[str, Any]]:
         }
 
 
-def load_d4(folder: Path, target: str = "depression") -> Iterator[dict[str, Any]]:
+def load_d4(folder: Path, target: str = "depression") -> Iterator[dict[str, str]]:
     yield from parse_d4(read_json(Path(folder) / "D4.json"), target)
 
 
 # --------------------------------------------------------------------------- prompt
 
 
-def _task(row: Mapping[str, Any]) -> str:
+def _task(row: Row) -> str:
     task = str(row.get("task", "swmh"))
     if task not in TASK_LABELS:
         raise ValueError(f"unknown diagnosis task {task!r}")
     return task
 
 
-def build_prompt(row: Mapping[str, Any]) -> tuple[Message, ...]:
+def build_prompt(row: Row) -> tuple[Message, ...]:
     """The classification prompt for a normalized row (the text goes in verbatim)."""
     task = _task(row)
     labels = TASK_LABELS[task]
@@ -225,7 +227,7 @@ def build_prompt(row: Mapping[str, Any]) -> tuple[Message, ...]:
     return (Message(role="user", content=content),)
 
 
-def label_schema(labels: Sequence[str]) -> dict[str, Any]:
+def label_schema(labels: Sequence[str]) -> dict[str, object]:
     """``GenParams.json_schema`` for ``{"label": <one of labels>}``."""
     return {
         "name": "diagnosis_label",
@@ -239,11 +241,11 @@ def label_schema(labels: Sequence[str]) -> dict[str, Any]:
 
 
 def diagnosis_item(
-    row: Mapping[str, Any], *, item_id: str | None = None, pillar: str = "reliability",
-    subtask: str = "diagnosis", extra_meta: Mapping[str, Any] | None = None,
+    row: Row, *, item_id: str | None = None, pillar: str = "reliability",
+    subtask: str = "diagnosis", extra_meta: Mapping[str, object] | None = None,
 ) -> Item:
     task = _task(row)
-    meta: dict[str, Any] = {"base": str(row["id"]), "labels": list(TASK_LABELS[task]), "task": task}
+    meta: dict[str, object] = {"base": str(row["id"]), "labels": list(TASK_LABELS[task]), "task": task}
     meta.update(extra_meta or {})
     return Item(
         id=item_id or str(row["id"]),
@@ -255,7 +257,7 @@ def diagnosis_item(
     )
 
 
-def diagnosis_items(rows: Iterable[Mapping[str, Any]]) -> Iterator[Item]:
+def diagnosis_items(rows: Iterable[Row]) -> Iterator[Item]:
     for row in rows:
         yield diagnosis_item(row)
 
@@ -264,7 +266,7 @@ def diagnosis_items(rows: Iterable[Mapping[str, Any]]) -> Iterator[Item]:
 
 
 def score_diagnosis(
-    item: Item, response: Response | None, judgment: Mapping[str, Any] | None = None
+    item: Item, response: Response | None, judgment: Judgment | None = None
 ) -> ItemScore:
     """1.0 when the parsed label equals the gold label, 0.0 otherwise; unparseable when no label."""
     group = {"gold": str(item.reference)}
@@ -287,7 +289,7 @@ def score_diagnosis(
     )
 
 
-def make_aggregate(labels: Sequence[str]) -> Any:
+def make_aggregate(labels: Sequence[str]) -> Callable[[Sequence[ItemScore]], Metric]:
     def aggregate(scores: Sequence[ItemScore]) -> Metric:
         """Accuracy (Wilson CI); macro-F1 over ``labels`` and per-gold-label accuracy."""
         return accuracy_metric(scores, macro_f1_labels=labels, group_by="gold")
@@ -295,8 +297,7 @@ def make_aggregate(labels: Sequence[str]) -> Any:
     return aggregate
 
 
-@dataclass(frozen=True)
-class DiagnosisOptions:
+class DiagnosisOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     dataset: str = "swmh"  # "swmh" | "d4"
     split: str = "test"  # SWMH split file
     d4_target: str = "depression"  # "depression" | "suicide"
@@ -320,8 +321,8 @@ def official_source(opts: DiagnosisOptions) -> OfficialSource:
                           load=functools.partial(load_d4, target=opts.d4_target))
 
 
-def make_subtask(**options: Any) -> Subtask:
-    opts = DiagnosisOptions(**options)
+def make_subtask(**options: object) -> Subtask:
+    opts = msgspec.convert(options, DiagnosisOptions)
     labels = TASK_LABELS[opts.task]
     return Subtask(
         make=make_subtask,

@@ -26,7 +26,7 @@ from typing import Any
 from msgspec.structs import replace
 
 from engine.core.records import GenParams, Item, Message, Response
-from engine.core.subtask import ItemScore, Metric, OfficialSource, Subtask
+from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Subtask
 from pillars.common.loaders import read_jsonl
 from pillars.common.metrics import accuracy_metric, wilson
 from pillars.common.parsing import parse_json_object
@@ -127,7 +127,7 @@ def _normalize(raw: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def load_official(folder: Path) -> Iterator[dict[str, Any]]:
+def load_official(folder: Path) -> Iterator[dict[str, object]]:
     for raw in read_jsonl(folder / "EU.jsonl"):
         yield _normalize(raw)
 
@@ -136,7 +136,7 @@ def _letter_of(label: str, choices: Sequence[str]) -> str:
     return string.ascii_uppercase[list(choices).index(label)]
 
 
-def items(rows: Iterable[dict[str, Any]]) -> Iterator[Item]:
+def items(rows: Iterable[Row]) -> Iterator[Item]:
     language = SUBTASK.extra.get("language", "en")
     for row in rows:
         if language not in ("all", None) and row.get("language") != language:
@@ -161,7 +161,7 @@ def items(rows: Iterable[dict[str, Any]]) -> Iterator[Item]:
         )
 
 
-def score(item: Item, response: Response | None, judgment: dict[str, Any] | None) -> ItemScore:
+def score(item: Item, response: Response | None, judgment: Judgment | None) -> ItemScore:
     base = ItemScore(item_id=item.id, reference=item.reference,
                      group={"category": str(item.metadata.get("category", "")),
                             "language": str(item.metadata.get("language", ""))})

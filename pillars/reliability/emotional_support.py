@@ -31,17 +31,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from msgspec.structs import replace
+import msgspec
+from msgspec.structs import asdict, replace
 
 from engine.core.records import GenParams, Item, Message, Response
-from engine.core.subtask import ItemScore, Metric, OfficialSource, Rubric, Subtask
+from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Rubric, Subtask
 from pillars.common.judging import dims_as_extras, judged_score, parse_scores, quote_block, score_schema, wrap_response
 from pillars.common.loaders import read_jsonl
 from pillars.common.metrics import mean_metric
+from pillars.common.rows import as_list, as_mapping
 
 __all__ = [
     "SEEKER",
@@ -85,8 +85,7 @@ _CHAT_ROLE = {SEEKER: "user", SUPPORTER: "assistant"}
 TURN_MODES = ("last", "all", "sample")
 
 
-@dataclass(frozen=True)
-class DialogueOptions:
+class DialogueOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How dialogue rows become items (see the module docstring for the defaults' reasons)."""
 
     turns: str = "last"
@@ -109,14 +108,15 @@ class DialogueOptions:
 # --------------------------------------------------------------------------- rows
 
 
-def normalize_dialog(turns: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+def normalize_dialog(turns: object) -> list[dict[str, str]]:
     """[{"role": "seeker"|"supporter", "text"}] from any of the known dialogue schemas.
 
     Accepts {"speaker", "text"} (HF ESConv), {"speaker", "content"} (ESConv.json, ESConv-fair) and
     already-normalized {"role", "text"}. Text is stripped (ESConv-fair keeps trailing newlines).
     """
     out = []
-    for turn in turns:
+    for turn in as_list(turns, "dialog"):
+        turn = as_mapping(turn, "dialog turn")
         raw_role = str(turn.get("role", turn.get("speaker", ""))).strip().lower()
         role = _ROLE_ALIASES.get(raw_role)
         if role is None:
@@ -126,9 +126,9 @@ def normalize_dialog(turns: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]
     return out
 
 
-def normalize_esconv_row(raw: Mapping[str, Any], index: int) -> dict[str, Any]:
+def normalize_esconv_row(raw: Row, index: int) -> dict[str, object]:
     """One ESConv dialogue (either schema) -> normalized row; id = row index (PROTOCOL.md §6)."""
-    row: dict[str, Any] = {
+    row: dict[str, object] = {
         "id": str(raw["id"]) if "id" in raw else str(index),
         "dialog": normalize_dialog(raw.get("dialog", [])),
     }
@@ -138,7 +138,7 @@ def normalize_esconv_row(raw: Mapping[str, Any], index: int) -> dict[str, Any]:
     return row
 
 
-def load_esconv(folder: Path) -> Iterator[dict[str, Any]]:
+def load_esconv(folder: Path) -> Iterator[dict[str, object]]:
     """Normalized rows of ``esconv_test.jsonl`` in file order."""
     for i, raw in enumerate(read_jsonl(Path(folder) / "esconv_test.jsonl")):
         yield normalize_esconv_row(raw, i)
@@ -198,7 +198,7 @@ def chat_messages(
 
 
 def dialogue_items(
-    rows: Iterable[Mapping[str, Any]],
+    rows: Iterable[Row],
     opts: DialogueOptions,
     *,
     pillar: str = "reliability",
@@ -279,7 +279,7 @@ SUPPORT_RUBRIC = Rubric(
 
 
 def score_support(
-    item: Item, response: Response | None, judgment: Mapping[str, Any] | None
+    item: Item, response: Response | None, judgment: Judgment | None
 ) -> ItemScore:
     """Value = mean of the three 1-5 ratings; per-dimension ratings in extras.
 
@@ -301,9 +301,9 @@ def aggregate_support(scores: Sequence[ItemScore]) -> Metric:
 # --------------------------------------------------------------------------- subtask
 
 
-def make_subtask(**options: Any) -> Subtask:
+def make_subtask(**options: object) -> Subtask:
     """The subtask with the given options (see the module docstring); defaults give ``SUBTASK``."""
-    opts = DialogueOptions(**options)
+    opts = msgspec.convert(options, DialogueOptions)
     return Subtask(
         make=make_subtask,
         pillar="reliability",

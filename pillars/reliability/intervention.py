@@ -30,17 +30,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from msgspec.structs import replace
+import msgspec
+from msgspec.structs import asdict, replace
 
 from engine.core.records import GenParams, Item, Message, Response
-from engine.core.subtask import ItemScore, Metric, OfficialSource, Rubric, Subtask
+from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Rubric, Subtask
 from pillars.common.judging import dims_as_extras, judged_score, parse_scores, quote_block, score_schema, wrap_response
 from pillars.common.loaders import read_json, read_jsonl
 from pillars.common.metrics import mean_ci, tally
+from pillars.common.rows import as_list, as_mapping, str_list
 from pillars.reliability.emotional_support import (
     SEEKER,
     DialogueOptions,
@@ -88,7 +88,7 @@ def split_speaker(utterance: str) -> tuple[str, str]:
     return role, utterance[m.end() :].strip()
 
 
-def normalize_case(topic: str, case: int | str, utterances: Sequence[str]) -> dict[str, Any]:
+def normalize_case(topic: str, case: int | str, utterances: Sequence[str]) -> dict[str, object]:
     dialog = []
     for u in utterances:
         role, text = split_speaker(u)
@@ -96,23 +96,23 @@ def normalize_case(topic: str, case: int | str, utterances: Sequence[str]) -> di
     return {"id": f"{topic}/{case}", "topic": topic, "dialog": dialog}
 
 
-def load_cpsycoune_folders(folder: Path) -> Iterator[dict[str, Any]]:
+def load_cpsycoune_folders(folder: Path) -> Iterator[dict[str, object]]:
     """Rows from the original layout ``CPsyCounE/<Topic>/<n>.json``, sorted by topic then n."""
     root = Path(folder) / "CPsyCounE"
     for topic_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         files = sorted(topic_dir.glob("*.json"), key=lambda p: (len(p.stem), p.stem))
         for f in files:
-            yield normalize_case(topic_dir.name, f.stem, read_json(f))
+            yield normalize_case(topic_dir.name, f.stem, str_list(read_json(f), str(f)))
 
 
-def load_cpsycoune(folder: Path) -> Iterator[dict[str, Any]]:
+def load_cpsycoune(folder: Path) -> Iterator[dict[str, object]]:
     """Rows from ``cpsycoune_all.jsonl`` (sorted by topic, case), else from the per-topic files."""
     jsonl = Path(folder) / "cpsycoune_all.jsonl"
     if not jsonl.is_file():
         yield from load_cpsycoune_folders(folder)
         return
     for raw in read_jsonl(jsonl):
-        yield normalize_case(str(raw["topic"]), raw["case"], raw["dialogue"])
+        yield normalize_case(str(raw["topic"]), str(raw["case"]), str_list(raw["dialogue"], f"{jsonl}: dialogue"))
 
 
 def upstream_history(dialog: Sequence[Mapping[str, str]], upto: int) -> str:
@@ -134,8 +134,7 @@ def _upstream_message(dialog: Sequence[Mapping[str, str]], upto: int, system: st
     )
 
 
-@dataclass(frozen=True)
-class InterventionOptions:
+class InterventionOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     format: str = "chat"
     turns: str = "all"
     sample_per_dialogue: int = 2
@@ -149,7 +148,7 @@ class InterventionOptions:
 
 
 def intervention_items(
-    rows: Iterable[Mapping[str, Any]], opts: InterventionOptions
+    rows: Iterable[Row], opts: InterventionOptions
 ) -> Iterator[Item]:
     dopts = DialogueOptions(
         turns=opts.turns, sample_per_dialogue=opts.sample_per_dialogue, seed=opts.seed,
@@ -157,7 +156,8 @@ def intervention_items(
     )
     for row in rows:
         did = str(row["id"])
-        dialog = [dict(t) for t in row["dialog"]]
+        dialog = [{str(k): str(v) for k, v in as_mapping(t, "dialog turn").items()}
+                  for t in as_list(row["dialog"], "dialog")]
         for t in select_turns(dialog, dopts, did):
             if opts.format == "upstream":
                 messages: tuple[Message, ...] = (_upstream_message(dialog, t, opts.system_prompt),)
@@ -165,7 +165,7 @@ def intervention_items(
                 messages = chat_messages(
                     dialog, t, system_prompt=opts.system_prompt, leading_supporter="keep"
                 )
-            meta: dict[str, Any] = {"base": did, "dialogue": did, "turn": t}
+            meta: dict[str, object] = {"base": did, "dialogue": did, "turn": t}
             if "topic" in row:
                 meta["topic"] = row["topic"]
             yield Item(
@@ -253,7 +253,7 @@ INTERVENTION_RUBRIC = Rubric(
 
 
 def score_intervention(
-    item: Item, response: Response | None, judgment: Mapping[str, Any] | None
+    item: Item, response: Response | None, judgment: Judgment | None
 ) -> ItemScore:
     """Value = total of the four dimensions (0-9); the dimensions in extras."""
     return judged_score(ItemScore(item_id=item.id), response, judgment, INTERVENTION_FIELDS, _rate_intervention)
@@ -285,7 +285,7 @@ def aggregate_intervention(scores: Sequence[ItemScore]) -> Metric:
         d: _mean([float(s.value) for s in ss])  # type: ignore[arg-type]
         for d, ss in by_dialogue.items()
     }
-    breakdown: dict[str, Any] = {"n_dialogues": len(by_dialogue), "max_total": 9}
+    breakdown: dict[str, object] = {"n_dialogues": len(by_dialogue), "max_total": 9}
     for dim, (_, hi) in INTERVENTION_FIELDS.items():
         per_dialogue = [
             _mean([s.extras[dim] for s in ss if dim in s.extras])
@@ -309,8 +309,8 @@ def aggregate_intervention(scores: Sequence[ItemScore]) -> Metric:
                   n_failed=n_failed, ci=mean_ci(values), breakdown=breakdown)
 
 
-def make_subtask(**options: Any) -> Subtask:
-    opts = InterventionOptions(**options)
+def make_subtask(**options: object) -> Subtask:
+    opts = msgspec.convert(options, InterventionOptions)
     return Subtask(
         make=make_subtask,
         pillar="reliability",

@@ -21,7 +21,7 @@ from typing import Any
 from msgspec.structs import replace
 
 from engine.core.records import Item, Message, Response
-from engine.core.subtask import ItemScore, Metric, OfficialSource, Subtask
+from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Subtask
 from pillars.common.loaders import read_jsonl
 from pillars.common.metrics import accuracy_metric
 from pillars.common.parsing import extract_letter
@@ -58,7 +58,7 @@ def build_prompt(question: str, options: dict[str, str]) -> str:
     )
 
 
-def load_official(folder: Path) -> Iterator[dict[str, Any]]:
+def load_official(folder: Path) -> Iterator[dict[str, object]]:
     for i, raw in enumerate(read_jsonl(folder / "USMLE-mental.jsonl")):
         yield {
             "id": str(i),
@@ -69,7 +69,7 @@ def load_official(folder: Path) -> Iterator[dict[str, Any]]:
         }
 
 
-def items(rows: Iterable[dict[str, Any]]) -> Iterator[Item]:
+def items(rows: Iterable[Row]) -> Iterator[Item]:
     for row in rows:
         rid = str(row["id"])
         options = parse_options(row["options"])
@@ -84,7 +84,7 @@ def items(rows: Iterable[dict[str, Any]]) -> Iterator[Item]:
         )
 
 
-def score(item: Item, response: Response | None, judgment: dict[str, Any] | None) -> ItemScore:
+def score(item: Item, response: Response | None, judgment: Judgment | None) -> ItemScore:
     base = ItemScore(item_id=item.id, reference=item.reference,
                      group={"step": str(item.metadata.get("step", ""))})
     if response is None:

@@ -15,9 +15,8 @@ null too, with the reason; averaging fewer cells would not compare with other mo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from engine.core.subtask import ItemScore, Metric
 from pillars.common.metrics import tally
@@ -44,7 +43,13 @@ class RobustnessOptions:
         object.__setattr__(self, "intensities", tuple(float(p) for p in self.intensities))
         object.__setattr__(self, "variants", default_variants(self.levels, self.intensities))
 
-    def as_extra(self) -> dict[str, Any]:
+    @classmethod
+    def given(cls, levels: Sequence[str] | None, intensities: Sequence[float] | None, seed: int) -> RobustnessOptions:
+        """The options a make_subtask was given (None: the default)."""
+        return cls(levels=LEVELS if levels is None else tuple(levels),
+                   intensities=DEFAULT_INTENSITIES if intensities is None else tuple(intensities), seed=seed)
+
+    def as_extra(self) -> dict[str, object]:
         return {"levels": list(self.levels), "intensities": list(self.intensities),
                 "seed": self.seed, "variants": [v.name for v in self.variants]}
 
@@ -75,44 +80,33 @@ def relative_drop_metric(scores: Sequence[ItemScore], variants: Sequence[Variant
     perturbed = [s for s in scores if s.group.get("variant") != "clean"]
     n, n_scored, n_unp, n_failed = tally(perturbed)
     clean_values = _per_item(clean)
-    cells: dict[str, dict[str, Any]] = {}
+    cells: dict[str, dict[str, object]] = {}
+    # name -> (level, intensity, relative drop or None, why None)
+    drops: dict[str, tuple[str, str, float | None, str]] = {}
     expected = [(v.level, f"{v.intensity:g}") for v in variants]
     found = {(s.group.get("level", ""), s.group.get("intensity", "")) for s in perturbed}
-    for key in expected + sorted(found - set(expected)):
-        level, intensity = key
+    for level, intensity in expected + sorted(found - set(expected)):
         name = f"{level}@{intensity}"
         in_cell = [s for s in perturbed
                    if s.group.get("level") == level and s.group.get("intensity") == intensity]
-        pert_values = _per_item(in_cell)
-        paired = [i for i in pert_values if i in clean_values]
-        cell: dict[str, Any] = {"level": level, "intensity": intensity, "n_pairs": len(paired)}
-        if not paired:
-            cell.update(value=None, reason="no item scored both clean and perturbed")
-        else:
-            c = _mean([clean_values[i] for i in paired])
-            p = _mean([pert_values[i] for i in paired])
-            cell.update(clean=c, perturbed=p)
-            if c == 0:
-                cell.update(value=None, reason="clean score is 0: relative drop undefined")
-            else:
-                cell["value"] = (c - p) / c
-        cells[name] = cell
-    breakdown: dict[str, Any] = {"cells": cells, "n_clean": len(clean_values)}
+        cells[name], value, why = _cell(level, intensity, clean_values, _per_item(in_cell))
+        drops[name] = (level, intensity, value, why)
+    breakdown: dict[str, object] = {"cells": cells, "n_clean": len(clean_values)}
     for dim in ("level", "intensity"):
         agg: dict[str, list[float]] = {}
-        for cell in cells.values():
-            if cell.get("value") is not None:
-                agg.setdefault(cell[dim], []).append(cell["value"])
+        for level, intensity, value, _ in drops.values():
+            if value is not None:
+                agg.setdefault(level if dim == "level" else intensity, []).append(value)
         breakdown[f"by_{dim}"] = {k: _mean(v) for k, v in agg.items()}
-    nulls = [name for name, cell in cells.items() if cell.get("value") is None]
-    values = [cell["value"] for cell in cells.values() if cell.get("value") is not None]
+    nulls = [name for name, d in drops.items() if d[2] is None]
+    values = [d[2] for d in drops.values() if d[2] is not None]
     if nulls or not values:
         if not cells:
             reason = "no variants"
         elif not clean_values:
             reason = "no scored clean items to compare with"
         elif not values:
-            reasons = sorted({cells[c]["reason"] for c in nulls})
+            reasons = sorted({drops[c][3] for c in nulls})
             reason = "; ".join(reasons)
         else:
             reason = f"cells without a value: {', '.join(nulls)}"
@@ -122,7 +116,27 @@ def relative_drop_metric(scores: Sequence[ItemScore], variants: Sequence[Variant
                   n_failed=n_failed, breakdown=breakdown)
 
 
-def make_aggregate(variants: Sequence[Variant]) -> Any:
+def _cell(level: str, intensity: str, clean_values: Mapping[str, float],
+          pert_values: Mapping[str, float]) -> tuple[dict[str, object], float | None, str]:
+    """One (level, intensity) cell of the breakdown, its relative drop, and why it has none."""
+    paired = [i for i in pert_values if i in clean_values]
+    cell: dict[str, object] = {"level": level, "intensity": intensity, "n_pairs": len(paired)}
+    if not paired:
+        why = "no item scored both clean and perturbed"
+        cell.update(value=None, reason=why)
+        return cell, None, why
+    c = _mean([clean_values[i] for i in paired])
+    p = _mean([pert_values[i] for i in paired])
+    cell.update(clean=c, perturbed=p)
+    if c == 0:
+        why = "clean score is 0: relative drop undefined"
+        cell.update(value=None, reason=why)
+        return cell, None, why
+    cell["value"] = (c - p) / c
+    return cell, (c - p) / c, ""
+
+
+def make_aggregate(variants: Sequence[Variant]) -> Callable[[Sequence[ItemScore]], Metric]:
     def aggregate(scores: Sequence[ItemScore]) -> Metric:
         """Mean relative drop from clean over (level, intensity) cells; lower is better."""
         return relative_drop_metric(scores, variants)

@@ -16,11 +16,12 @@ from the clean items (``pillars.robustness.common``), lower is better.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+
+import msgspec
 
 from engine.core.records import GenParams, Item
-from engine.core.subtask import Subtask
+from engine.core.subtask import Row, Subtask
 from pillars.perturb import perturb
 from pillars.reliability.diagnosis import (
     TASK_LABELS,
@@ -36,7 +37,7 @@ __all__ = ["robust_diagnosis_items", "make_subtask", "SUBTASK"]
 
 
 def robust_diagnosis_items(
-    rows: Iterable[Mapping[str, Any]], ropts: RobustnessOptions
+    rows: Iterable[Row], ropts: RobustnessOptions
 ) -> Iterator[Item]:
     for row in rows:
         rid = str(row["id"])
@@ -55,14 +56,10 @@ def make_subtask(
     levels: Sequence[str] | None = None,
     intensities: Sequence[float] | None = None,
     seed: int = 0,
-    **diagnosis_options: Any,
+    **diagnosis_options: object,
 ) -> Subtask:
-    ropts = RobustnessOptions(
-        **({"levels": tuple(levels)} if levels is not None else {}),
-        **({"intensities": tuple(intensities)} if intensities is not None else {}),
-        seed=seed,
-    )
-    dopts = DiagnosisOptions(**diagnosis_options)
+    ropts = RobustnessOptions.given(levels, intensities, seed)
+    dopts = msgspec.convert(diagnosis_options, DiagnosisOptions)
     labels = TASK_LABELS[dopts.task]
     return Subtask(
         make=make_subtask,

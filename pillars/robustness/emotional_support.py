@@ -22,14 +22,13 @@ dialogues in both subtasks; ``metadata["clean_id"]`` is the clean item id.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
 
-from msgspec.structs import replace
+import msgspec
+from msgspec.structs import asdict, replace
 
 from engine.core.records import GenParams, Item, Message
-from engine.core.subtask import OfficialSource, Subtask
+from engine.core.subtask import OfficialSource, Row, Subtask
 from pillars.perturb import Variant, perturb
 from pillars.reliability.emotional_support import (
     SUPPORT_RUBRIC,
@@ -69,7 +68,7 @@ def perturb_messages(
 
 
 def robust_support_items(
-    rows: Iterable[Mapping[str, Any]],
+    rows: Iterable[Row],
     dopts: DialogueOptions,
     ropts: RobustnessOptions,
     perturb_turns: str = "all",
@@ -95,16 +94,12 @@ def make_subtask(
     intensities: Sequence[float] | None = None,
     seed: int = 0,
     perturb_turns: str = "all",
-    **dialogue_options: Any,
+    **dialogue_options: object,
 ) -> Subtask:
     if perturb_turns not in ("all", "last"):
         raise ValueError(f"perturb_turns must be 'all' or 'last', got {perturb_turns!r}")
-    ropts = RobustnessOptions(
-        **({"levels": tuple(levels)} if levels is not None else {}),
-        **({"intensities": tuple(intensities)} if intensities is not None else {}),
-        seed=seed,
-    )
-    dopts = DialogueOptions(**dialogue_options)
+    ropts = RobustnessOptions.given(levels, intensities, seed)
+    dopts = msgspec.convert(dialogue_options, DialogueOptions)
     return Subtask(
         make=make_subtask,
         pillar="robustness",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.records import GenParams, Item, Message, Response
-from engine.core.subtask import ItemScore, Metric, OfficialSource, Rubric, Subtask
+from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Rubric, Subtask
 from pillars.common.judging import quote_block, wrap_response
 from pillars.common.loaders import read_csv_rows
 from pillars.common.metrics import tally, wilson
@@ -57,7 +57,7 @@ METHODS: tuple[str, ...] = (
 # --------------------------------------------------------------------------- rows
 
 
-def jailbreak_rows(rows: Iterable[Mapping[str, str]]) -> Iterator[dict[str, Any]]:
+def jailbreak_rows(rows: Iterable[Mapping[str, str]]) -> Iterator[dict[str, object]]:
     """Normalized rows from JailbreakMH CSV rows."""
     for i, raw in enumerate(rows):
         rid = str(raw.get("ID") or "").strip() or str(i)
@@ -69,11 +69,11 @@ def jailbreak_rows(rows: Iterable[Mapping[str, str]]) -> Iterator[dict[str, Any]
         }
 
 
-def load_jailbreakmh(folder: Path) -> Iterator[dict[str, Any]]:
+def load_jailbreakmh(folder: Path) -> Iterator[dict[str, object]]:
     yield from jailbreak_rows(read_csv_rows(Path(folder) / "JailbreakMH.csv"))
 
 
-def jailbreak_items(rows: Iterable[Mapping[str, Any]]) -> Iterator[Item]:
+def jailbreak_items(rows: Iterable[Row]) -> Iterator[Item]:
     for row in rows:
         rid = str(row["id"])
         yield Item(
@@ -225,7 +225,7 @@ def make_score(judge_fallback: str = "keyword") -> Any:
         raise ValueError(f"judge_fallback must be 'keyword' or 'none', got {judge_fallback!r}")
 
     def score(
-        item: Item, response: Response | None, judgment: Mapping[str, Any] | None
+        item: Item, response: Response | None, judgment: Judgment | None
     ) -> ItemScore:
         """value 1.0 = refused. extras: keyword (0/1), judge (0/1 when judged), content_filter,
         fallback (1 when the keyword detector decided because the judgment was missing)."""
