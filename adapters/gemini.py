@@ -43,7 +43,7 @@ import orjson
 from adapters.http import error_for_status, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_duration
 from engine.core.adapter import AdapterError
-from engine.core.records import GenParams, Message, Response, Usage
+from engine.core.records import ErrorKind, GenParams, Message, Response, Usage
 from engine.core.retry import parse_retry_after
 
 __all__ = ["DEFAULT_BASE_URL", "GeminiGenerate", "gemini_body", "gemini_error", "parse_generate_response"]
@@ -108,7 +108,7 @@ def _retry_delay(details: Any) -> float | None:
 def gemini_error(status: int, raw: bytes, headers: Any, secrets: tuple[str, ...]) -> AdapterError:
     """Classify a non-200 reply from its status and Google's error body."""
     message = raw[:300].decode("utf-8", "replace")
-    kind: str | None = None
+    kind: ErrorKind | None = None
     retry_after = parse_retry_after(headers)
     try:
         data = orjson.loads(raw)

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from engine.core.adapter import AdapterError
+from engine.core.records import ErrorKind
 from engine.core.secrets import redact
 
 __all__ = ["TRANSIENT_STATUSES", "error_for_status", "new_session", "post_json"]
@@ -30,7 +31,7 @@ TRANSIENT_STATUSES = frozenset({408, 409, 425, 500, 502, 503, 504, 520, 522, 524
 
 
 def error_for_status(status: int, message: str, *, secrets: tuple[str, ...] = (),
-                     retry_after: float | None = None, kind: str | None = None) -> AdapterError:
+                     retry_after: float | None = None, kind: ErrorKind | None = None) -> AdapterError:
     """The classified error for a non-200 reply. `message` is the provider's own error message
     (redacted here); `kind` overrides the status mapping where the body says more (Gemini's
     API_KEY_INVALID comes as a 400)."""
@@ -48,11 +49,15 @@ def error_for_status(status: int, message: str, *, secrets: tuple[str, ...] = ()
     return AdapterError(kind, msg, status=status, retry_after=retry_after if keep_retry_after else None)
 
 
+def _no_json(obj: object) -> str:
+    raise TypeError("adapters post bodies they encoded themselves (data=), never json=")
+
+
 def new_session(concurrency: int) -> aiohttp.ClientSession:
     """One session per lane: a keep-alive pool a little larger than the lane's concurrency."""
     connector = aiohttp.TCPConnector(limit=concurrency + 8, limit_per_host=0, keepalive_timeout=60,
                                      ttl_dns_cache=300)
-    return aiohttp.ClientSession(connector=connector, json_serialize=None,
+    return aiohttp.ClientSession(connector=connector, json_serialize=_no_json,
                                  timeout=aiohttp.ClientTimeout(total=None))
 
 

@@ -19,10 +19,10 @@ import orjson
 from adapters.http import error_for_status, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_openai
 from engine.core.adapter import AdapterError
-from engine.core.records import GenParams, Message, Response, Usage
+from engine.core.records import ErrorKind, FinishReason, GenParams, Message, Response, Usage
 from engine.core.retry import parse_retry_after
 
-_FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter",
+_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "content_filter": "content_filter",
            "tool_calls": "stop", "function_call": "stop", "eos": "stop"}
 
 
@@ -67,7 +67,7 @@ def classify_status(status: int, raw: bytes, headers: Any, secrets: tuple[str, .
     # OpenAI answers a request larger than the whole per-minute limit with a 429 that no wait can
     # cure ("Request too large for gpt-4o ... on tokens per min (TPM): Limit 30000, Requested
     # 30601. The input or output tokens must be reduced ..."): final, not a retry loop.
-    kind = "fatal" if status == 429 and "request too large" in message.lower() else None
+    kind: ErrorKind | None = "fatal" if status == 429 and "request too large" in message.lower() else None
     return error_for_status(status, message, secrets=secrets, retry_after=parse_retry_after(headers), kind=kind)
 
 

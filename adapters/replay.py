@@ -102,10 +102,10 @@ class ReplayAdapter:
 
     async def send(self, body: dict[str, Any], timeout: float) -> Response:
         k = tuple(body["replay"])
-        resp = self.answers.get(k)  # type: ignore[arg-type]
+        resp = self.answers.get(k)
         if resp is None:
             raise AdapterError("fatal", f"no recorded response for {k}")
-        self.used.add(k)  # type: ignore[arg-type]
+        self.used.add(k)
         return resp
 
     async def aclose(self) -> None:

@@ -90,11 +90,11 @@ def launch_command(name: str, cfg: ModelConfig) -> list[str]:
         if os.sep not in exe and shutil.which(exe) is None:
             raise ConfigError(f"models.{name}.vllm_command: `{exe}` is not on PATH")
         return cmd
-    cmd = default_command()
-    if cmd is None:
+    found = default_command()
+    if found is None:
         raise ConfigError(f"models.{name}: adapter `vllm` needs vLLM installed ({MISSING_VLLM}; it needs a GPU), "
                           "or set base_url to an already running vLLM server, or vllm_command")
-    return cmd
+    return found
 
 
 def vllm_argv(cfg: ModelConfig, port: int, *, name: str = "", command: Sequence[str] | None = None) -> list[str]:

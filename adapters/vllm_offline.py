@@ -33,7 +33,7 @@ from adapters.openai_compat import openai_body
 from engine.config import ModelConfig
 from engine.core.adapter import AdapterError
 from engine.core.errors import ConfigError
-from engine.core.records import GenParams, Message, Response, Usage
+from engine.core.records import FinishReason, GenParams, Message, Response, Usage
 
 MISSING = "adapter `vllm-offline` needs vLLM installed: pip install 'trustmh-engine[vllm]' (it needs a GPU)"
 GATHER_S = 0.05  # a partial chunk waits this long for more requests (workers hand theirs in within ms)
@@ -191,7 +191,8 @@ class OfflineChat:
 
     def _response(self, out: Any, latency: float) -> Response:
         c = out.outputs[0]
-        finish = {"stop": "stop", "length": "length"}.get(getattr(c, "finish_reason", None) or "stop", "stop")
+        reasons: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
+        finish = reasons.get(getattr(c, "finish_reason", None) or "stop", "stop")
         usage = Usage(prompt_tokens=len(getattr(out, "prompt_token_ids", None) or ()),
                       completion_tokens=len(getattr(c, "token_ids", None) or ()))
         return Response(text=c.text, finish_reason=finish, usage=usage, latency_s=round(latency, 6),

@@ -186,7 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a core dependency on Linux/macOS
-        uvloop = None
+        uvloop = None  # type: ignore[assignment]  # the module or None: asyncio.run then
     if args.budget is not None and args.budget < 0:
         raise EngineError("--budget must be >= 0 (US dollars)")
     shard = None

@@ -86,8 +86,8 @@ def verify(directory: Path) -> VerifyReport:
             lines.append(f"  ... and {len(missing) - 10} more missing")
         for k in dupes[:10]:
             lines.append(f"  duplicated key {k} ({seen[k]} lines)")
-        for f in failed[:10]:
-            lines.append(f"  failed {f}")
+        for failure in failed[:10]:
+            lines.append(f"  failed {failure}")
         if len(failed) > 10:
             lines.append(f"  ... and {len(failed) - 10} more failed (rerun with --retry-errors to retry them)")
     if found:

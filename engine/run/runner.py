@@ -178,6 +178,10 @@ def _unjudged(out: Path, spec: RunSpec, factory: ItemFactory, hub: JudgeHub, sha
             if (r.pillar, r.subtask, r.item_id) in items]
 
 
+def _unit_count(lane: Lane) -> int:
+    return sum(1 for _ in lane.units())
+
+
 async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any] | None, factory: ItemFactory,
                       planned_units: dict[str, int], data_fp: str, *, retry_errors: bool, progress: bool,
                       log: Log, config_source: str, loop: asyncio.AbstractEventLoop,
@@ -278,7 +282,7 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
             assert gpu_pool is not None
             lane.on_idle = (lambda p=gpu_pool, n=name: p.withdraw(n))
         if partition is not None and name in targets and partition.keep(name, shard.index) is not None:
-            lane.stats.planned = await asyncio.to_thread(lambda ln=lane: sum(1 for _ in ln.units()))
+            lane.stats.planned = await asyncio.to_thread(_unit_count, lane)
         lanes.append(lane)
         by_name[name] = lane
     hub: JudgeHub | None = None

@@ -181,12 +181,12 @@ def aggregate(scores: Sequence[ItemScore]) -> Metric:
         if not pairs:
             continue
         r = pearson([p[1] for p in pairs], [p[0] for p in pairs])
-        entry: dict[str, Any] = {"r": r, "n": len(pairs)}
+        tier_doc: dict[str, Any] = {"r": r, "n": len(pairs)}
         if r is None:
-            entry["reason"] = (
+            tier_doc["reason"] = (
                 "fewer than 2 scored items" if len(pairs) < 2 else "constant ratings (r undefined)"
             )
-        tiers[tier] = entry
+        tiers[tier] = tier_doc
     used = [t for t, e in tiers.items() if e["r"] is not None]
     breakdown: dict[str, Any] = {"tiers": tiers, "used_tiers": used}
     if not used:
