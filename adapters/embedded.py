@@ -77,7 +77,7 @@ def embedded_argv(opts: EmbeddedOptions, model_path: str | Path, port: int) -> l
 
 async def resolve_model_path(opts: EmbeddedOptions, progress: Progress | None = None) -> Path:
     if opts.model_path is not None:
-        path = Path(opts.model_path).expanduser()
+        path = Path(opts.model_path).expanduser()  # noqa: ASYNC240 - once, before a server starts
         if not path.is_file():
             raise FileNotFoundError(f"embedded model file not found: {path}")
         return path

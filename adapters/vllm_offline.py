@@ -248,7 +248,7 @@ def make_vllm_offline(name: str, cfg: ModelConfig, log_dir: Path, *, with_secret
                                    f"{type(exc).__name__}: {exc}") from None
             a.vllm = vllm
             if cfg.chat_template:
-                a.template = Path(cfg.chat_template).expanduser().read_text("utf-8")
+                a.template = Path(cfg.chat_template).expanduser().read_text("utf-8")  # noqa: ASYNC240 - once, at load
             try:
                 yield a
             finally:

@@ -88,7 +88,7 @@ def render_plan(cfg: Config, plan: Plan) -> list[str]:
         else:
             total_cost += usd
         lines.append(f"{model:18} {role:7} {pillar:18} {c.requests:>9} {c.prompt_tokens:>11} {c.completion_tokens:>12} "
-                     f"{('%.4f' % usd) if usd is not None else '-':>10}")
+                     f"{f'{usd:.4f}' if usd is not None else '-':>10}")
         m = per_model[model]
         m.requests += c.requests
         m.prompt_tokens += c.prompt_tokens

