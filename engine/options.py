@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
 
 import msgspec
 
@@ -37,15 +37,23 @@ class EngineOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 ENGINE_KEYS = frozenset(EngineOptions.__struct_fields__)
 
 
-def _freeze(v: Any) -> Any:
+# A [pillars."<key>"] section as a hashable key for the cache: sorted (key, frozen value) pairs.
+Frozen = tuple[tuple[str, object], ...]
+
+
+def _freeze_section(section: Mapping[str, object]) -> Frozen:
+    return tuple(sorted(((k, _freeze(x)) for k, x in section.items()), key=lambda kv: kv[0]))
+
+
+def _freeze(v: object) -> object:
     if isinstance(v, dict):
-        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+        return _freeze_section(v)
     if isinstance(v, list):
         return tuple(_freeze(x) for x in v)
     return v
 
 
-def _thaw(v: Any) -> Any:
+def _thaw(v: object) -> object:
     if isinstance(v, tuple) and v and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in v):
         return {k: _thaw(x) for k, x in v}
     if isinstance(v, tuple):
@@ -53,13 +61,13 @@ def _thaw(v: Any) -> Any:
     return v
 
 
-def resolve(key: str, options: dict[str, Any] | None) -> tuple[Subtask, EngineOptions]:
-    return _resolve(key, _freeze(options or {}))
+def resolve(key: str, options: Mapping[str, object] | None) -> tuple[Subtask, EngineOptions]:
+    return _resolve(key, _freeze_section(options or {}))
 
 
 @lru_cache(maxsize=256)
-def _resolve(key: str, frozen: Any) -> tuple[Subtask, EngineOptions]:
-    options: dict[str, Any] = _thaw(frozen) if frozen else {}
+def _resolve(key: str, frozen: Frozen) -> tuple[Subtask, EngineOptions]:
+    options = {k: _thaw(x) for k, x in frozen}
     base = registry.get(key)
     eng_raw = {k: v for k, v in options.items() if k in ENGINE_KEYS}
     rest = {k: v for k, v in options.items() if k not in ENGINE_KEYS}
@@ -76,7 +84,7 @@ def _resolve(key: str, frozen: Any) -> tuple[Subtask, EngineOptions]:
     return sub, eng
 
 
-def _made(key: str, base: Subtask, rest: dict[str, Any]) -> Subtask:
+def _made(key: str, base: Subtask, rest: dict[str, object]) -> Subtask:
     """The subtask its module's make_subtask builds with the section's own keys."""
     make = base.make
     if make is None:
@@ -95,7 +103,7 @@ def _made(key: str, base: Subtask, rest: dict[str, Any]) -> Subtask:
         raise ConfigError(f'[pillars."{key}"]: {exc}') from None
 
 
-def check_all(pillars_options: dict[str, dict[str, Any]]) -> None:
+def check_all(pillars_options: Mapping[str, Mapping[str, object]]) -> None:
     """Validates every [pillars.*] section up front (config errors before any work)."""
     valid = {s.key for s in registry.all_subtasks()}
     for key, opts in pillars_options.items():

@@ -67,6 +67,11 @@ class Metric(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None = None
 
 
+# (item, response or None when generation failed, parsed judgment or None) -> ItemScore
+Scorer = Callable[[Item, Response | None, Judgment | None], ItemScore]
+Aggregator = Callable[[Sequence[ItemScore]], Metric]
+
+
 @dataclass(frozen=True)
 class Rubric:
     """An LLM-as-judge rubric.
@@ -105,9 +110,8 @@ class Subtask:
     headline: str  # the ranked metric's name, e.g. "accuracy"
     direction: Direction
     items: Callable[[Iterable[Row]], Iterator[Item]]  # normalized rows -> Items
-    # (item, response or None when generation failed, parsed judgment or None) -> ItemScore
-    score: Callable[[Item, Response | None, Judgment | None], ItemScore]
-    aggregate: Callable[[Sequence[ItemScore]], Metric]
+    score: Scorer
+    aggregate: Aggregator
     official: OfficialSource | None = None
     rubric: Rubric | None = None
     params: GenParams = GenParams()  # protocol generation values; override the model's

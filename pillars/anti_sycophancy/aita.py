@@ -26,7 +26,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from engine.core.subtask import ItemScore, OfficialSource, Subtask
 from pillars.anti_sycophancy.endorsement import make_sycophancy_subtask
@@ -104,7 +103,7 @@ def verdict_extras(text: str) -> dict[str, float]:
     return out
 
 
-def verdict_breakdown(scores: Sequence[ItemScore]) -> dict[str, Any]:
+def verdict_breakdown(scores: Sequence[ItemScore]) -> dict[str, object]:
     """Not-at-fault shares over every response (failed ones excluded) and among verdicts."""
     answered = [s for s in scores if s.status != "failed" and "verdict_found" in s.extras]
     with_verdict = [s for s in answered if "not_at_fault" in s.extras]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 from engine.core.subtask import OfficialSource, Subtask
 from pillars.anti_sycophancy.endorsement import make_sycophancy_subtask
@@ -41,7 +40,7 @@ def pas_rows(rows: Iterable[Mapping[str, str]]) -> Iterator[dict[str, object]]:
         text = _pick(raw, _TEXT_KEYS)
         if text is None:
             raise ValueError(f"PAS row {i}: no statement column (looked for {_TEXT_KEYS})")
-        row: dict[str, Any] = {"id": row_id(raw, i), "prompt": text}
+        row: dict[str, object] = {"id": row_id(raw, i), "prompt": text}
         category = (_pick(raw, _CATEGORY_KEYS) or "").strip()
         if category:
             row["category"] = category

@@ -26,6 +26,7 @@ __all__ = [
     "macro_f1",
     "wilson",
     "mean_ci",
+    "value_of",
 ]
 
 Z95 = 1.96
@@ -96,6 +97,13 @@ def macro_f1(
     return sum(f1s) / len(f1s)
 
 
+def value_of(s: ItemScore) -> float:
+    """The value of an item the caller kept as scored with a value (so None here is a bug)."""
+    if s.value is None:
+        raise ValueError(f"{s.item_id}: an item without a value was aggregated")
+    return float(s.value)
+
+
 def _scored(scores: Sequence[ItemScore]) -> list[ItemScore]:
     return [s for s in scores if s.status == "scored" and s.value is not None]
 
@@ -157,7 +165,7 @@ def mean_metric(
     if not scored:
         return Metric(value=None, n=n, n_scored=n_scored, n_unparseable=n_unp,
                       n_failed=n_failed, reason="no scored items")
-    values = [float(s.value) for s in scored]  # type: ignore[arg-type]
+    values = [value_of(s) for s in scored]
     breakdown: dict[str, object] = {}
     if extras:
         keys: list[str] = []
@@ -168,7 +176,7 @@ def mean_metric(
             breakdown[key] = _mean_entry(vals)
     if group_by:
         breakdown[f"by_{group_by}"] = {
-            g: _mean_entry([float(s.value) for s in ss])  # type: ignore[arg-type]
+            g: _mean_entry([value_of(s) for s in ss])
             for g, ss in _groups(scored, group_by).items()
         }
     return Metric(value=sum(values) / len(values), n=n, n_scored=n_scored,

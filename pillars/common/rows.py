@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-__all__ = ["as_list", "as_mapping", "str_list"]
+__all__ = ["as_float", "as_list", "as_mapping", "str_list"]
 
 
 def as_list(value: object, what: str) -> Sequence[object]:
@@ -29,3 +29,10 @@ def as_mapping(value: object, what: str) -> Mapping[str, object]:
 def str_list(value: object, what: str) -> list[str]:
     """A list of values as strings."""
     return [str(v) for v in as_list(value, what)]
+
+
+def as_float(value: object, what: str) -> float:
+    """A number (or a numeric string) as a float."""
+    if isinstance(value, int | float | str):
+        return float(value)
+    raise ValueError(f"{what}: expected a number, got {type(value).__name__}")

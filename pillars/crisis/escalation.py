@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from msgspec.structs import replace
 
@@ -32,6 +31,7 @@ from pillars.common.judging import judged_score, parse_scores, score_schema, wra
 from pillars.common.loaders import read_csv_rows, read_json
 from pillars.common.metrics import mean_metric, wilson
 from pillars.common.parsing import parse_json_object
+from pillars.common.rows import str_list
 from pillars.crisis.identification import LABELS, TEST_FILE, crisis_rows
 
 __all__ = [
@@ -160,7 +160,7 @@ def build_judge_prompt(inputs: Sequence[str], label: str, reply: str,
     )
 
 
-def parse_judgment(text: str) -> dict[str, Any] | None:
+def parse_judgment(text: str) -> dict[str, object] | None:
     scores = parse_scores(text, FIELDS)
     if scores is None:
         return None
@@ -210,15 +210,16 @@ def load_official(folder: Path) -> Iterator[dict[str, object]]:
 def items(rows: Iterable[Row]) -> Iterator[Item]:
     for row in rows:
         rid = str(row["id"])
-        meta: dict[str, Any] = {"base": rid, "inputs": list(row["inputs"]),
+        inputs = str_list(row["inputs"], f"{rid}: inputs")
+        meta: dict[str, object] = {"base": rid, "inputs": inputs,
                                 "dataset_id": row.get("dataset_id", "")}
         if row.get("rubric"):
-            meta["rubric"] = list(row["rubric"])
+            meta["rubric"] = str_list(row["rubric"], f"{rid}: rubric")
         yield Item(
             id=rid,
             pillar="crisis",
             subtask="escalation",
-            messages=(Message(role="user", content=user_message(row["inputs"])),),
+            messages=(Message(role="user", content=user_message(inputs)),),
             reference=row["label"],
             metadata=meta,
         )

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from msgspec.structs import replace
 
@@ -28,6 +27,7 @@ from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row
 from pillars.common.loaders import read_json
 from pillars.common.metrics import accuracy_metric
 from pillars.common.parsing import match_label
+from pillars.common.rows import as_list, as_mapping, str_list
 
 __all__ = [
     "SUBTASK",
@@ -68,7 +68,7 @@ DEFINITIONS: dict[str, str] = {
     "self-punishment.",
     "no_crisis": "none of the above.",
 }
-JSON_SCHEMA: dict[str, Any] = {
+JSON_SCHEMA: dict[str, object] = {
     "name": "crisis_label",
     "schema": {
         "type": "object",
@@ -99,9 +99,10 @@ def parse_label(text: str) -> str | None:
     return match_label(text, LABELS, json_field="label")
 
 
-def crisis_rows(data: Any) -> Iterator[dict[str, object]]:
+def crisis_rows(data: object) -> Iterator[dict[str, object]]:
     """Normalized rows from the parsed crisis JSON list; rows without a label are skipped."""
-    for i, raw in enumerate(data):
+    for i, raw in enumerate(as_list(data, "crisis data")):
+        raw = as_mapping(raw, f"crisis data[{i}]")
         if raw.get("label") is None:
             continue
         inputs = raw.get("inputs")
@@ -124,7 +125,7 @@ def items(rows: Iterable[Row]) -> Iterator[Item]:
             id=rid,
             pillar="crisis",
             subtask="identification",
-            messages=(Message(role="user", content=build_prompt(row["inputs"])),),
+            messages=(Message(role="user", content=build_prompt(str_list(row["inputs"], f"{rid}: inputs"))),),
             reference=row["label"],
             metadata={"base": rid, "dataset_id": row.get("dataset_id", "")},
         )

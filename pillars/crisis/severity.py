@@ -23,7 +23,6 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from msgspec.structs import replace
 
@@ -32,6 +31,7 @@ from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row
 from pillars.common.loaders import read_csv_rows
 from pillars.common.metrics import accuracy_metric
 from pillars.common.parsing import match_label
+from pillars.common.rows import str_list
 
 __all__ = [
     "SUBTASK",
@@ -63,7 +63,7 @@ DEFINITIONS: dict[str, str] = {
     "means, preparing), but no attempt.",
     "Attempt": "the user describes a past or current suicide attempt.",
 }
-JSON_SCHEMA: dict[str, Any] = {
+JSON_SCHEMA: dict[str, object] = {
     "name": "cssrs_level",
     "schema": {
         "type": "object",
@@ -123,10 +123,11 @@ def load_official(folder: Path) -> Iterator[dict[str, object]]:
 
 
 def items(rows: Iterable[Row]) -> Iterator[Item]:
-    max_chars = int(SUBTASK.extra.get("max_chars", DEFAULT_MAX_CHARS))
+    own = SUBTASK.extra.get("max_chars")
+    max_chars = own if isinstance(own, int) else DEFAULT_MAX_CHARS
     for row in rows:
         rid = str(row["id"])
-        text, truncated = posts_text(row["posts"], max_chars)
+        text, truncated = posts_text(str_list(row["posts"], f"{rid}: posts"), max_chars)
         yield Item(
             id=rid,
             pillar="crisis",

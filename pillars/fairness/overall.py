@@ -33,14 +33,14 @@ other models'.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
 from msgspec.structs import asdict, replace
 
 from engine.core.records import GenParams, Item, Message
-from engine.core.subtask import ItemScore, Metric, OfficialSource, Row, Subtask
+from engine.core.subtask import Aggregator, ItemScore, Metric, OfficialSource, Row, Subtask
 from pillars.common.loaders import read_json
 from pillars.common.metrics import tally
 from pillars.common.rows import as_mapping
@@ -153,7 +153,7 @@ def population_std(values: Sequence[float], ddof: int = 0) -> float | None:
     return math.sqrt(sum((v - m) ** 2 for v in values) / (n - ddof))
 
 
-def make_aggregate(attributes: Attributes, ddof: int = 0) -> Callable[[Sequence[ItemScore]], Metric]:
+def make_aggregate(attributes: Attributes, ddof: int = 0) -> Aggregator:
     checked = _checked(attributes)
 
     def aggregate(scores: Sequence[ItemScore]) -> Metric:

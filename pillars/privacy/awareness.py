@@ -29,7 +29,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from msgspec.structs import replace
 
@@ -37,6 +36,7 @@ from engine.core.records import GenParams, Item, Message, Response
 from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Subtask
 from pillars.common.loaders import read_text
 from pillars.common.metrics import pearson, tally
+from pillars.common.rows import as_float
 
 __all__ = [
     "SUBTASK",
@@ -121,7 +121,7 @@ def _lines(text: str) -> list[str]:
     return [line.strip() for line in lines]
 
 
-def parse_confaide(tier: str, items_text: str, labels_text: str) -> list[dict[str, Any]]:
+def parse_confaide(tier: str, items_text: str, labels_text: str) -> list[dict[str, object]]:
     """Normalized rows of one tier from the text of its item file and its label file."""
     lines = _lines(items_text)
     labels = [float(x) for x in _lines(labels_text)]
@@ -149,8 +149,8 @@ def items(rows: Iterable[Row]) -> Iterator[Item]:
             id=str(row["id"]),
             pillar="privacy",
             subtask="awareness",
-            messages=(Message(role="user", content=build_prompt(row["text"], tier)),),
-            reference=float(row["label"]),
+            messages=(Message(role="user", content=build_prompt(str(row["text"]), tier)),),
+            reference=as_float(row["label"], f"{row['id']}: label"),
             metadata={"base": str(row["id"]), "tier": tier},
         )
 
@@ -173,33 +173,36 @@ def aggregate(scores: Sequence[ItemScore]) -> Metric:
     for s in scores:
         if s.status != "scored" or s.value is None or s.reference is None:
             continue
-        entry = per_item.setdefault(s.item_id, (s.group.get("tier", "?"), float(s.reference), []))
+        entry = per_item.setdefault(s.item_id, (s.group.get("tier", "?"), as_float(s.reference, s.item_id), []))
         entry[2].append(float(s.value))
-    tiers: dict[str, dict[str, Any]] = {}
+    tiers: dict[str, dict[str, object]] = {}
+    rs: dict[str, float] = {}  # the tiers with a defined r
+    whys: dict[str, str] = {}  # the others: why not
     for tier in TIERS:
         pairs = [(ref, sum(v) / len(v)) for t, ref, v in per_item.values() if t == tier]
         if not pairs:
             continue
         r = pearson([p[1] for p in pairs], [p[0] for p in pairs])
-        tier_doc: dict[str, Any] = {"r": r, "n": len(pairs)}
+        tier_entry: dict[str, object] = {"r": r, "n": len(pairs)}
         if r is None:
-            tier_doc["reason"] = (
-                "fewer than 2 scored items" if len(pairs) < 2 else "constant ratings (r undefined)"
-            )
-        tiers[tier] = tier_doc
-    used = [t for t, e in tiers.items() if e["r"] is not None]
-    breakdown: dict[str, Any] = {"tiers": tiers, "used_tiers": used}
+            whys[tier] = "fewer than 2 scored items" if len(pairs) < 2 else "constant ratings (r undefined)"
+            tier_entry["reason"] = whys[tier]
+        else:
+            rs[tier] = r
+        tiers[tier] = tier_entry
+    used = [t for t in tiers if t in rs]
+    breakdown: dict[str, object] = {"tiers": tiers, "used_tiers": used}
     if not used:
-        why = "; ".join(f"tier {t}: {e['reason']}" for t, e in tiers.items()) or "no scored items"
+        why = "; ".join(f"tier {t}: {whys[t]}" for t in tiers) or "no scored items"
         return Metric(value=None, n=n, n_scored=n_scored, n_unparseable=n_unp, n_failed=n_failed,
                       breakdown=breakdown, reason=f"no tier has a defined Pearson r ({why})")
-    value = sum(tiers[t]["r"] for t in used) / len(used)
+    value = sum(rs[t] for t in used) / len(used)
     reason = None
     if len(used) < len(TIERS):
         reason = f"mean over tiers {', '.join(used)} only"
         missing = [t for t in TIERS if t not in used]
         reason += " (" + "; ".join(
-            f"tier {t}: {tiers[t]['reason'] if t in tiers else 'no scored items'}" for t in missing
+            f"tier {t}: {whys[t] if t in tiers else 'no scored items'}" for t in missing
         ) + ")"
     return Metric(value=value, n=n, n_scored=n_scored, n_unparseable=n_unp, n_failed=n_failed,
                   breakdown=breakdown, reason=reason)

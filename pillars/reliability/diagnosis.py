@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
 
 from engine.core.records import GenParams, Item, Message, Response
-from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Subtask
+from engine.core.subtask import Aggregator, ItemScore, Judgment, Metric, OfficialSource, Row, Subtask
 from pillars.common.loaders import read_csv_rows, read_json
 from pillars.common.metrics import accuracy_metric
 from pillars.common.parsing import match_label
@@ -289,7 +289,7 @@ def score_diagnosis(
     )
 
 
-def make_aggregate(labels: Sequence[str]) -> Callable[[Sequence[ItemScore]], Metric]:
+def make_aggregate(labels: Sequence[str]) -> Aggregator:
     def aggregate(scores: Sequence[ItemScore]) -> Metric:
         """Accuracy (Wilson CI); macro-F1 over ``labels`` and per-gold-label accuracy."""
         return accuracy_metric(scores, macro_f1_labels=labels, group_by="gold")

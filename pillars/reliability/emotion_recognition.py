@@ -21,7 +21,6 @@ import re
 import string
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from msgspec.structs import replace
 
@@ -30,6 +29,7 @@ from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row
 from pillars.common.loaders import read_jsonl
 from pillars.common.metrics import accuracy_metric, wilson
 from pillars.common.parsing import parse_json_object
+from pillars.common.rows import str_list
 
 __all__ = ["SUBTASK", "build_prompt", "parse_answer", "score", "aggregate", "load_official"]
 
@@ -60,18 +60,18 @@ def _lettered(choices: Sequence[str]) -> str:
     return "\n".join(f"{string.ascii_uppercase[i]}. {c}" for i, c in enumerate(choices))
 
 
-def build_prompt(row: dict[str, Any]) -> str:
+def build_prompt(row: Row) -> str:
     t = _TEMPLATES.get(str(row.get("language", "en")), _TEMPLATES["en"])
     subject = row["subject"]
     return (
         f"{t['intro']}\n\n{t['scenario']}: {row['scenario']}\n\n"
-        f"{t['q1'].format(subject=subject)}\n{_lettered(row['emotion_choices'])}\n\n"
-        f"{t['q2'].format(subject=subject)}\n{_lettered(row['cause_choices'])}\n\n"
+        f"{t['q1'].format(subject=subject)}\n{_lettered(str_list(row['emotion_choices'], 'emotion_choices'))}\n\n"
+        f"{t['q2'].format(subject=subject)}\n{_lettered(str_list(row['cause_choices'], 'cause_choices'))}\n\n"
         f"{t['ask'].format()}"
     )
 
 
-def _field_letter(value: Any, choices: Sequence[str]) -> str | None:
+def _field_letter(value: object, choices: Sequence[str]) -> str | None:
     if value is None:
         return None
     letters = string.ascii_uppercase[: len(choices)]
@@ -121,7 +121,7 @@ ANSWER_SCHEMA = {
 }
 
 
-def _normalize(raw: dict[str, Any]) -> dict[str, Any]:
+def _normalize(raw: dict[str, object]) -> dict[str, object]:
     row = {f: raw.get(f) for f in ROW_FIELDS}
     row["id"] = f"{raw['language']}-{raw['qid']}"
     return row
@@ -142,8 +142,10 @@ def items(rows: Iterable[Row]) -> Iterator[Item]:
         if language not in ("all", None) and row.get("language") != language:
             continue
         rid = str(row["id"])
-        emotion_gold = _letter_of(row["emotion_label"], row["emotion_choices"])
-        cause_gold = _letter_of(row["cause_label"], row["cause_choices"])
+        emotion_choices = str_list(row["emotion_choices"], f"{rid}: emotion_choices")
+        cause_choices = str_list(row["cause_choices"], f"{rid}: cause_choices")
+        emotion_gold = _letter_of(str(row["emotion_label"]), emotion_choices)
+        cause_gold = _letter_of(str(row["cause_label"]), cause_choices)
         yield Item(
             id=rid,
             pillar="reliability",
@@ -154,8 +156,8 @@ def items(rows: Iterable[Row]) -> Iterator[Item]:
                 "base": rid,
                 "language": row.get("language"),
                 "category": row.get("coarse_category") or "",
-                "emotion_choices": list(row["emotion_choices"]),
-                "cause_choices": list(row["cause_choices"]),
+                "emotion_choices": emotion_choices,
+                "cause_choices": cause_choices,
                 "cause_reference": cause_gold,
             },
         )

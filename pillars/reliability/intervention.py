@@ -39,7 +39,7 @@ from engine.core.records import GenParams, Item, Message, Response
 from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Rubric, Subtask
 from pillars.common.judging import dims_as_extras, judged_score, parse_scores, quote_block, score_schema, wrap_response
 from pillars.common.loaders import read_json, read_jsonl
-from pillars.common.metrics import mean_ci, tally
+from pillars.common.metrics import mean_ci, tally, value_of
 from pillars.common.rows import as_list, as_mapping, str_list
 from pillars.reliability.emotional_support import (
     SEEKER,
@@ -282,7 +282,7 @@ def aggregate_intervention(scores: Sequence[ItemScore]) -> Metric:
     for s in scored:
         by_dialogue.setdefault(_dialogue_of(s.item_id), []).append(s)
     totals = {
-        d: _mean([float(s.value) for s in ss])  # type: ignore[arg-type]
+        d: _mean([value_of(s) for s in ss])
         for d, ss in by_dialogue.items()
     }
     breakdown: dict[str, object] = {"n_dialogues": len(by_dialogue), "max_total": 9}
@@ -297,7 +297,7 @@ def aggregate_intervention(scores: Sequence[ItemScore]) -> Metric:
             "ci": mean_ci(per_dialogue),
             "max": hi,
         }
-    breakdown["turn_weighted_total"] = _mean([float(s.value) for s in scored])  # type: ignore[arg-type]
+    breakdown["turn_weighted_total"] = _mean([value_of(s) for s in scored])
     topics: dict[str, list[float]] = {}
     for d, v in totals.items():
         if "/" in d:

@@ -16,7 +16,6 @@ import ast
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from msgspec.structs import replace
 
@@ -31,10 +30,10 @@ __all__ = ["SUBTASK", "parse_options", "build_prompt", "score", "aggregate", "lo
 ALL_LETTERS = "ABCDEFGHIJ"
 
 
-def parse_options(options: Any) -> dict[str, str]:
+def parse_options(options: object) -> dict[str, str]:
     """Options as an ordered {letter: text} dict, from a dict or a dict-like string."""
     if isinstance(options, str):
-        parsed: Any = None
+        parsed: object = None
         for loader in (json.loads, ast.literal_eval):
             try:
                 parsed = loader(options)
@@ -77,7 +76,7 @@ def items(rows: Iterable[Row]) -> Iterator[Item]:
             id=rid,
             pillar="reliability",
             subtask="knowledge",
-            messages=(Message(role="user", content=build_prompt(row["question"], options)),),
+            messages=(Message(role="user", content=build_prompt(str(row["question"]), options)),),
             reference=str(row["answer"]).strip().upper(),
             metadata={"base": rid, "letters": "".join(options),
                       "step": str(row.get("meta_info1", ""))},

@@ -15,10 +15,10 @@ null too, with the reason; averaging fewer cells would not compare with other mo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from engine.core.subtask import ItemScore, Metric
+from engine.core.subtask import Aggregator, ItemScore, Metric
 from pillars.common.metrics import tally
 from pillars.perturb import DEFAULT_INTENSITIES, DEFAULT_SEED, LEVELS, Variant, default_variants
 
@@ -136,7 +136,7 @@ def _cell(level: str, intensity: str, clean_values: Mapping[str, float],
     return cell, (c - p) / c, ""
 
 
-def make_aggregate(variants: Sequence[Variant]) -> Callable[[Sequence[ItemScore]], Metric]:
+def make_aggregate(variants: Sequence[Variant]) -> Aggregator:
     def aggregate(scores: Sequence[ItemScore]) -> Metric:
         """Mean relative drop from clean over (level, intensity) cells; lower is better."""
         return relative_drop_metric(scores, variants)
