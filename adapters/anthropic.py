@@ -27,19 +27,23 @@ Rate-limit headers (https://platform.claude.com/docs/en/api/rate-limits) of ever
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from adapters.http import error_for_status, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_anthropic
+from adapters.registry import BuildContext, Built, adapter
 from engine.core.adapter import AdapterError
+from engine.core.config import AdapterOptions
 from engine.core.records import GenParams, Message, Response, Usage
 from engine.core.retry import parse_retry_after
 
+if TYPE_CHECKING:
+    import aiohttp
+
 __all__ = ["ANTHROPIC_VERSION", "DEFAULT_BASE_URL", "DEFAULT_MAX_TOKENS", "AnthropicMessages",
-           "anthropic_body", "anthropic_error_message", "parse_messages_response"]
+           "anthropic_body", "build_anthropic", "anthropic_error_message", "parse_messages_response"]
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -172,3 +176,9 @@ class AnthropicMessages:
         if self._session is not None and self._owns_session:
             await self._session.close()
         self._session = None
+
+
+@adapter("anthropic", rate_limit_headers="anthropic")
+def build_anthropic(ctx: BuildContext[AdapterOptions]) -> Built:
+    return Built(AnthropicMessages(model=ctx.model_id, api_key=ctx.api_key(), base_url=ctx.model.base_url,
+                                   concurrency=ctx.model.concurrency()))

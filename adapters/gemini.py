@@ -34,19 +34,23 @@ headers, so `last_signal` stays None.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 
 from adapters.http import error_for_status, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_duration
+from adapters.registry import BuildContext, Built, adapter
 from engine.core.adapter import AdapterError
+from engine.core.config import AdapterOptions
 from engine.core.records import ErrorKind, GenParams, Message, Response, Usage
 from engine.core.retry import parse_retry_after
 
-__all__ = ["DEFAULT_BASE_URL", "GeminiGenerate", "gemini_body", "gemini_error", "parse_generate_response"]
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["DEFAULT_BASE_URL", "GeminiGenerate", "build_gemini", "gemini_body", "gemini_error", "parse_generate_response"]
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 
@@ -206,3 +210,9 @@ class GeminiGenerate:
         if self._session is not None and self._owns_session:
             await self._session.close()
         self._session = None
+
+
+@adapter("gemini")
+def build_gemini(ctx: BuildContext[AdapterOptions]) -> Built:
+    return Built(GeminiGenerate(model=ctx.model_id, api_key=ctx.api_key(), base_url=ctx.model.base_url,
+                                concurrency=ctx.model.concurrency()))

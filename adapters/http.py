@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from engine.core.adapter import AdapterError
 from engine.core.records import ErrorKind
 from engine.core.secrets import redact
+
+if TYPE_CHECKING:
+    import aiohttp
+
+# aiohttp is imported where a session is made or used, not with this module: the registry imports
+# every adapter module to read a config, and commands that never send (report, plan, a run refused
+# by its lock) should not pay aiohttp's import (a few hundred ms on a busy machine).
 
 __all__ = ["TRANSIENT_STATUSES", "error_for_status", "new_session", "post_json"]
 
@@ -55,6 +60,8 @@ def _no_json(obj: object) -> str:
 
 def new_session(concurrency: int) -> aiohttp.ClientSession:
     """One session per lane: a keep-alive pool a little larger than the lane's concurrency."""
+    import aiohttp  # lazy: see the note at the top
+
     connector = aiohttp.TCPConnector(limit=concurrency + 8, limit_per_host=0, keepalive_timeout=60,
                                      ttl_dns_cache=300)
     return aiohttp.ClientSession(connector=connector, json_serialize=_no_json,
@@ -64,15 +71,19 @@ def new_session(concurrency: int) -> aiohttp.ClientSession:
 @functools.lru_cache(maxsize=64)
 def _timeout(total: float) -> aiohttp.ClientTimeout:
     # Most attempts use the lane's configured timeout: one frozen object instead of one per request.
+    import aiohttp  # lazy: see the note at the top
+
     return aiohttp.ClientTimeout(total=total)
 
 
 async def post_json(session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str],
-                    timeout: float, secrets: tuple[str, ...]) -> tuple[int, bytes, Any]:
+                    timeout: float, secrets: tuple[str, ...]) -> tuple[int, bytes, Mapping[str, str]]:
     """One POST; returns (status, body, response headers) or raises AdapterError for transport
     failures: timeout -> timeout, truncated body -> malformed, nothing listening -> transient with
     `unreachable` set (the scheduler stops a lane whose every attempt cannot connect), any other
     client error (reset, disconnect) -> transient. Messages pass through `redact`."""
+    import aiohttp  # lazy: see the note at the top (after the first call, a dict lookup)
+
     try:
         async with session.post(url, data=data, headers=headers,
                                 timeout=_timeout(max(0.1, round(timeout, 1)))) as resp:

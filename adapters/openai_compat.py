@@ -11,16 +11,20 @@ and status mapping are shared with the other HTTP adapters (adapters.http). Ever
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from adapters.http import error_for_status, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_openai
+from adapters.registry import BuildContext, Built, adapter
 from engine.core.adapter import AdapterError
+from engine.core.config import AdapterOptions
 from engine.core.records import ErrorKind, FinishReason, GenParams, Message, Response, Usage
 from engine.core.retry import parse_retry_after
+
+if TYPE_CHECKING:
+    import aiohttp
 
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "content_filter": "content_filter",
            "tool_calls": "stop", "function_call": "stop", "eos": "stop"}
@@ -124,6 +128,10 @@ class OpenAIChat:
             self._session = new_session(self._concurrency)
         return self._session
 
+    def point_at(self, base_url: str) -> None:
+        """Send to a server whose address is known only once it runs (local servers)."""
+        self.url = base_url.rstrip("/") + "/chat/completions"
+
     def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, Any]:
         return openai_body(self.model, messages, params, reasoning=self.reasoning)
 
@@ -141,3 +149,10 @@ class OpenAIChat:
         if self._session is not None and self._owns_session:
             await self._session.close()
         self._session = None
+
+
+@adapter("openai", required={"base_url": "e.g. https://api.openai.com/v1"}, rate_limit_headers="openai")
+def build_openai(ctx: BuildContext[AdapterOptions]) -> Built:
+    assert ctx.model.base_url  # required by the entry: checked when the config is read
+    return Built(OpenAIChat(base_url=ctx.model.base_url, model=ctx.model_id, api_key=ctx.api_key(),
+                            concurrency=ctx.model.concurrency()))

@@ -1,79 +1,211 @@
-"""Adapter construction by config `adapter` name. Construction does no I/O: a lane builds request
-bodies (and keys) before deciding whether it needs to start a server or open a connection."""
+"""The adapter registry: one entry per adapter, declared in the adapter's own module with
+`@adapter(...)` on its build function (inspect_ai's `@modelapi` is the model). The orchestrator
+asks the entry what it needs (is it local, how many GPUs, which keys shape requests, how to build
+it) and never compares adapter names.
+
+    @adapter("vllm", options=VllmOptions, local=True, gpus=vllm_gpus, shaping=("dtype", ...))
+    def build_vllm(ctx: BuildContext[VllmOptions]) -> Built: ...
+
+The built-in adapters register when `adapters` is imported (adapters/__init__.py); others when
+their module is imported, e.g. through `[run] adapter_modules` (`load_modules`). Construction does
+no I/O: a lane builds request bodies (and keys) before deciding whether it needs to start a server
+or open a connection.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Generic, NamedTuple, TypeVar
 
-from engine.config import ModelConfig
-from engine.core.adapter import Adapter
+import msgspec
+
+from engine.core.adapter import Adapter, ServerOpener
+from engine.core.config import AdapterOptions, ModelConfig
 from engine.core.errors import ConfigError
 from engine.core.secrets import api_key
 
-OpenServer = Callable[[Adapter], AbstractAsyncContextManager[Any]]
+__all__ = ["AdapterEntry", "Built", "BuildContext", "Resources", "adapter", "entry", "find", "load_modules",
+           "make_adapter", "names"]
+
+OptionsT = TypeVar("OptionsT", bound=AdapterOptions)
 
 
-def make_adapter(name: str, cfg: ModelConfig, log_dir: Path,
-                 progress: Callable[[str], None] | None = None,
-                 *, with_secrets: bool = True) -> tuple[Adapter, OpenServer | None]:
-    """with_secrets=False builds an adapter only for `build_body` (verify, plan): no key needed."""
-    from adapters.openai_compat import OpenAIChat
+class Resources(NamedTuple):
+    """What one lane's remote actor needs from its node (Ray: num_cpus, num_gpus)."""
 
-    if cfg.adapter == "openai":
-        assert cfg.base_url
-        key = api_key(cfg.api_key_env, name) if with_secrets else None
-        return OpenAIChat(base_url=cfg.base_url, model=cfg.model or name, api_key=key,
-                          concurrency=cfg.concurrency()), None
-    if cfg.adapter == "embedded":
-        return _embedded(name, cfg, log_dir, progress)
-    if cfg.adapter in ("anthropic", "gemini"):
-        from adapters.anthropic import AnthropicMessages
-        from adapters.gemini import GeminiGenerate
-
-        cls = AnthropicMessages if cfg.adapter == "anthropic" else GeminiGenerate
-        key = api_key(cfg.api_key_env, name) if with_secrets else None
-        return cls(model=cfg.model or name, api_key=key, concurrency=cfg.concurrency(), base_url=cfg.base_url), None
-    if cfg.adapter == "replay":
-        from adapters.replay import ReplayAdapter
-
-        assert cfg.path
-        return ReplayAdapter(Path(cfg.path), model=cfg.model or name), None
-    if cfg.adapter == "vllm":
-        from adapters.vllm import make_vllm
-
-        key = api_key(cfg.api_key_env, name) if (with_secrets and cfg.api_key_env) else None
-        return make_vllm(name, cfg, log_dir, with_secrets=with_secrets, api_key=key)
-    if cfg.adapter == "vllm-offline":
-        from adapters.vllm_offline import make_vllm_offline
-
-        return make_vllm_offline(name, cfg, log_dir, with_secrets=with_secrets)
-    raise ConfigError(f"models.{name}.adapter: `{cfg.adapter}` is not available in this version of the engine")
+    cpus: int = 0
+    gpus: int = 0
 
 
-def _embedded(name: str, cfg: ModelConfig, log_dir: Path,
-              progress: Callable[[str], None] | None) -> tuple[Adapter, OpenServer]:
-    from adapters.openai_compat import OpenAIChat
+class Built(NamedTuple):
+    """A built adapter and, for a local one, what starts its model (None: nothing to start)."""
 
-    alias = cfg.model or "smollm2-135m"
-    # The server's address is only known once it runs; build_body never needs it.
-    adapter = OpenAIChat(base_url="http://127.0.0.1:0/v1", model=alias, api_key=None,
-                         concurrency=cfg.concurrency(), reasoning=False)
+    adapter: Adapter
+    server: ServerOpener | None = None
 
-    @asynccontextmanager
-    async def open_server(a: Adapter) -> AsyncIterator[Any]:
+
+@dataclass(frozen=True)
+class BuildContext(Generic[OptionsT]):
+    """Everything a build function gets. `with_secrets=False` builds an adapter only for
+    `build_body` (verify, plan): no key is read and nothing on the machine is checked."""
+
+    name: str  # the [models.<name>] key
+    model: ModelConfig
+    options: OptionsT
+    log_dir: Path  # where a local server writes logs/<name>.log
+    progress: Callable[[str], None] | None = None
+    with_secrets: bool = True
+
+    @property
+    def model_id(self) -> str:
+        """What requests name: `model`, else the models key."""
+        return self.model.model or self.name
+
+    def api_key(self) -> str | None:
+        """The key from the environment variable `api_key_env` names (None: no variable named, or
+        no secrets wanted); a named variable that is unset is a ConfigError."""
+        return api_key(self.model.api_key_env, self.name) if self.with_secrets else None
+
+
+def _no_gpus(model: ModelConfig, options: AdapterOptions, pinned: bool) -> int:
+    return 0
+
+
+def _no_resources(options: AdapterOptions) -> Resources:
+    return Resources()
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterEntry(Generic[OptionsT]):
+    """What the engine knows of one adapter. Fields other than name, options and build have
+    defaults, so that a capability added later is a field here, never a name test in the engine.
+
+    local       a model process on this machine (embedded, vLLM): shards and the report group by it
+    gpus        GPUs the lane holds while its model runs, given the model's keys and whether the run
+                pins GPUs (`[run] gpus`); 0 keeps it out of GPU placement
+    resources   what its lane's actor needs on a Ray node
+    shaping     option keys that shape requests, hashed into the model's fingerprint (resume refuses
+                a changed one); ("digest key", "option key") where the digest names it otherwise
+    required    keys that must be set, with a hint for the error message
+    rate_limit_headers  the family of rate-limit headers its replies carry ("openai", "anthropic")
+    streaming, batch_api    served by later issues; declared here, False until an adapter has them
+    default_api_key_env     the variable read when `api_key_env` is not set (None: none)
+    default_requests_per_minute / default_tokens_per_minute  the provider's published limits
+                for when the config gives none (None: unknown)
+    """
+
+    name: str
+    options: type[OptionsT]
+    build: Callable[[BuildContext[OptionsT]], Built]
+    local: bool = False
+    gpus: Callable[[ModelConfig, OptionsT, bool], int] = _no_gpus
+    resources: Callable[[OptionsT], Resources] = _no_resources
+    shaping: tuple[str | tuple[str, str], ...] = ()
+    required: Mapping[str, str] = field(default_factory=dict)
+    rate_limit_headers: str | None = None
+    streaming: bool = False
+    batch_api: bool = False
+    default_api_key_env: str | None = None
+    default_requests_per_minute: float | None = None
+    default_tokens_per_minute: float | None = None
+
+    def options_of(self, model: ModelConfig) -> OptionsT:
+        opts = model.options
+        if not isinstance(opts, self.options):
+            raise ConfigError(f"adapter `{self.name}` takes {self.options.__name__}, "
+                              f"not {type(opts).__name__}")
+        return opts
+
+    def lane_gpus(self, model: ModelConfig, pinned: bool) -> int:
+        return self.gpus(model, self.options_of(model), pinned)
+
+    def lane_resources(self, model: ModelConfig) -> Resources:
+        return self.resources(self.options_of(model))
+
+    def shaping_values(self, model: ModelConfig) -> dict[str, object]:
+        """{digest key: value} of the option keys that shape this model's requests."""
+        opts = msgspec.to_builtins(self.options_of(model))
+        out = dict(FORMAT1_SHAPING)
+        for spec in self.shaping:
+            key, opt = (spec, spec) if isinstance(spec, str) else spec
+            out[key] = opts.get(opt)
+        return out
+
+
+# Every model's fingerprint has carried these digest keys since format 1 (None unless its adapter's
+# shaping fills them): kept, so that the digests of older runs' models stay the same and they resume.
+FORMAT1_SHAPING: dict[str, object] = {"model_path": None, "ctx_per_slot": None, "replay": None}
+
+_ENTRIES: dict[str, AdapterEntry[AdapterOptions]] = {}
+
+
+def adapter(name: str, *, options: type[OptionsT] = AdapterOptions,  # type: ignore[assignment]  # default: no keys of its own
+            local: bool = False, gpus: Callable[[ModelConfig, OptionsT, bool], int] | None = None,
+            resources: Callable[[OptionsT], Resources] | None = None, shaping: Sequence[str | tuple[str, str]] = (),
+            required: Mapping[str, str] | None = None, rate_limit_headers: str | None = None,
+            ) -> Callable[[Callable[[BuildContext[OptionsT]], Built]], Callable[[BuildContext[OptionsT]], Built]]:
+    """Registers the decorated build function as adapter `name`. A name registered twice is an
+    error (two modules claiming one adapter)."""
+
+    def register(build: Callable[[BuildContext[OptionsT]], Built]) -> Callable[[BuildContext[OptionsT]], Built]:
+        entry_: AdapterEntry[OptionsT] = AdapterEntry(
+            name=name, options=options, build=build, local=local, gpus=gpus or _no_gpus,
+            resources=resources or _no_resources, shaping=tuple(shaping), required=dict(required or {}),
+            rate_limit_headers=rate_limit_headers)
+        add(entry_)
+        return build
+
+    return register
+
+
+def add(new: AdapterEntry[OptionsT]) -> None:
+    """Registers an entry built by hand (the decorator's other half)."""
+    old = _ENTRIES.get(new.name)
+    if old is not None:
+        raise ConfigError(f"adapter `{new.name}` is registered twice ({_where(old)} and {_where(new)}); "
+                          "rename one of them")
+    _ENTRIES[new.name] = new  # type: ignore[assignment]  # stored erased; options_of checks the type back
+
+
+def _where(e: AdapterEntry[OptionsT]) -> str:
+    return f"{e.build.__module__}.{e.build.__qualname__}"
+
+
+def names() -> list[str]:
+    """Registered adapter names, sorted (error messages list them)."""
+    return sorted(_ENTRIES)
+
+
+def find(name: str) -> AdapterEntry[AdapterOptions] | None:
+    return _ENTRIES.get(name)
+
+
+def entry(name: str) -> AdapterEntry[AdapterOptions]:
+    """The entry of a configured adapter (ConfigError when none is registered under `name`)."""
+    e = _ENTRIES.get(name)
+    if e is None:
+        raise ConfigError(f"unknown adapter `{name}` (known: {', '.join(names())}; "
+                          "others register through [run] adapter_modules)")
+    return e
+
+
+def load_modules(modules: Sequence[str]) -> None:
+    """Imports modules that register adapters (`[run] adapter_modules`); already imported ones
+    are not imported again."""
+    for mod in modules:
         try:
-            from adapters.embedded import EmbeddedOptions, embedded_server
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ConfigError(f"models.{name}: {exc}") from None
-        opts = EmbeddedOptions(model_path=cfg.model_path, alias=alias, slots=cfg.slots,
-                               ctx_per_slot=cfg.ctx_per_slot, threads=cfg.threads, seed=cfg.seed or 0,
-                               startup_timeout_s=cfg.startup_timeout_s)
-        async with embedded_server(opts, log_dir / f"{name}.log", progress=progress) as server:
-            assert isinstance(a, OpenAIChat)
-            a.url = server.base_url.rstrip("/") + "/chat/completions"
-            yield server
+            importlib.import_module(mod)
+        except ImportError as exc:
+            raise ConfigError(f"run.adapter_modules: cannot import `{mod}` ({exc}); "
+                              "name a module importable from the working directory or PYTHONPATH") from None
 
-    return adapter, open_server
+
+def make_adapter(name: str, cfg: ModelConfig, log_dir: Path, progress: Callable[[str], None] | None = None,
+                 *, with_secrets: bool = True) -> Built:
+    """Builds the adapter of `[models.<name>]`; with_secrets=False: only for `build_body`."""
+    e = entry(cfg.adapter)
+    return e.build(BuildContext(name=name, model=cfg, options=e.options_of(cfg), log_dir=log_dir,
+                                progress=progress, with_secrets=with_secrets))

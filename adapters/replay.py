@@ -19,7 +19,9 @@ from typing import Any
 
 import msgspec
 
+from adapters.registry import BuildContext, Built, adapter
 from engine.core.adapter import AdapterError
+from engine.core.config import AdapterOptions
 from engine.core.errors import EngineError
 from engine.core.records import GenParams, Item, Message, Response, Usage
 
@@ -33,6 +35,10 @@ class _Line(msgspec.Struct, kw_only=True):
     response: Response | None = None
     rubric: str | None = None
     model: str | None = None
+
+
+class ReplayOptions(AdapterOptions, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    path: str | None = None  # the JSONL file of recorded responses (required)
 
 
 _decoder = msgspec.json.Decoder(_Line)
@@ -110,3 +116,10 @@ class ReplayAdapter:
 
     async def aclose(self) -> None:
         return None
+
+
+@adapter("replay", options=ReplayOptions, required={"path": "a JSONL file of recorded responses"},
+         shaping=(("replay", "path"),))
+def build_replay(ctx: BuildContext[ReplayOptions]) -> Built:
+    assert ctx.options.path  # required by the entry: checked when the config is read
+    return Built(ReplayAdapter(Path(ctx.options.path), model=ctx.model_id))

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import gc
 import importlib.util
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -30,12 +31,33 @@ from pathlib import Path
 from typing import Any
 
 from adapters.openai_compat import openai_body
-from engine.config import ModelConfig
-from engine.core.adapter import AdapterError
+from adapters.registry import BuildContext, Built, adapter
+from adapters.vllm import (
+    SHAPING,
+    VllmOptions,
+    check_chat_template,
+    check_offline_cache,
+    explain_failure,
+    options_of,
+    vllm_gpus,
+    vllm_resources,
+    vllm_version,
+)
+from engine.core.adapter import Adapter, AdapterError
+from engine.core.config import ModelConfig
 from engine.core.errors import ConfigError
 from engine.core.records import FinishReason, GenParams, Message, Response, Usage
 
 MISSING = "adapter `vllm-offline` needs vLLM installed: pip install 'trustmh-engine[vllm]' (it needs a GPU)"
+
+
+class VllmOfflineOptions(VllmOptions, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The same keys as `vllm` (one model entry works in both modes); the workers fill one chunk."""
+
+    def default_concurrency(self) -> int:
+        return self.offline_chunk
+
+
 GATHER_S = 0.05  # a partial chunk waits this long for more requests (workers hand theirs in within ms)
 _PROCESS_LOCK: asyncio.Lock | None = None  # one offline lane at a time per process (per loop)
 
@@ -81,8 +103,6 @@ def engine_args_kwargs(extra_args: Sequence[str]) -> dict[str, Any]:
     entry works in both modes: `--enforce-eager` -> enforce_eager=True, `--max-num-seqs 64` ->
     max_num_seqs=64, `--kv-cache-dtype=fp8` -> kv_cache_dtype="fp8"; values are read as JSON
     where they parse (numbers, true/false), else kept as strings."""
-    import json
-
     kw: dict[str, Any] = {}
     args = list(extra_args)
     i = 0
@@ -107,12 +127,14 @@ def engine_args_kwargs(extra_args: Sequence[str]) -> dict[str, Any]:
     return kw
 
 
-def llm_kwargs(name: str, cfg: ModelConfig) -> dict[str, Any]:
-    kw: dict[str, Any] = {"model": cfg.model or name, "tensor_parallel_size": cfg.tensor_parallel_size}
-    for key in ("max_model_len", "gpu_memory_utilization", "dtype", "seed"):
-        if getattr(cfg, key) is not None:
-            kw[key] = getattr(cfg, key)
-    kw.update(engine_args_kwargs(cfg.extra_args))
+def llm_kwargs(name: str, cfg: ModelConfig) -> dict[str, object]:
+    o = options_of(cfg)
+    kw: dict[str, object] = {"model": cfg.model or name, "tensor_parallel_size": o.tensor_parallel_size}
+    for key, value in (("max_model_len", o.max_model_len), ("gpu_memory_utilization", o.gpu_memory_utilization),
+                       ("dtype", o.dtype), ("seed", cfg.seed)):
+        if value is not None:
+            kw[key] = value
+    kw.update(engine_args_kwargs(o.extra_args))
     return kw
 
 
@@ -120,8 +142,8 @@ class OfflineChat:
     def __init__(self, name: str, cfg: ModelConfig) -> None:
         self.name = name
         self.cfg = cfg
-        self.model = cfg.served_model_name or cfg.model or name
-        self.chunk = cfg.offline_chunk
+        self.model = options_of(cfg).served_model_name or cfg.model or name
+        self.chunk = options_of(cfg).offline_chunk
         self.llm: Any = None
         self.vllm: Any = None
         self.template: str | None = None
@@ -191,8 +213,7 @@ class OfflineChat:
 
     def _response(self, out: Any, latency: float) -> Response:
         c = out.outputs[0]
-        reasons: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
-        finish = reasons.get(getattr(c, "finish_reason", None) or "stop", "stop")
+        finish: FinishReason = "length" if getattr(c, "finish_reason", None) == "length" else "stop"
         usage = Usage(prompt_tokens=len(getattr(out, "prompt_token_ids", None) or ()),
                       completion_tokens=len(getattr(c, "token_ids", None) or ()))
         return Response(text=c.text, finish_reason=finish, usage=usage, latency_s=round(latency, 6),
@@ -212,54 +233,67 @@ def _classify(exc: BaseException) -> AdapterError:
     return AdapterError("fatal", text[:500])
 
 
-def make_vllm_offline(name: str, cfg: ModelConfig, log_dir: Path, *, with_secrets: bool = True) -> tuple[Any, Any]:
-    if with_secrets and importlib.util.find_spec("vllm") is None:
-        raise ConfigError(f"models.{name}: {MISSING}")
-    if with_secrets and cfg.chat_template and not Path(cfg.chat_template).expanduser().is_file():
-        raise ConfigError(f"models.{name}.chat_template: file not found: {cfg.chat_template}")
-    try:
-        engine_args_kwargs(cfg.extra_args)
-    except ConfigError as exc:
-        raise ConfigError(f"models.{name}.{exc}") from None
-    if with_secrets:
-        from adapters.vllm import check_offline_cache
+class OfflineEngine:
+    """Loads `vllm.LLM` in this process for the lane, on the GPUs it is given (one lane at a time:
+    CUDA_VISIBLE_DEVICES is process-wide); `info` is run.json's `servers.<model>`."""
 
-        check_offline_cache(name, cfg)
-    adapter = OfflineChat(name, cfg)
-    info: dict[str, Any] = {}
+    takes_gpus: bool = True
+
+    def __init__(self, name: str, cfg: ModelConfig) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.info: dict[str, object] = {}
 
     @asynccontextmanager
-    async def open_server(a: Any, gpus: Sequence[str] | None = None) -> AsyncIterator[Any]:
+    async def __call__(self, adapter: Adapter, gpus: Sequence[str] | None = None) -> AsyncIterator[OfflineChat]:
+        name, cfg = self.name, self.cfg
+        assert isinstance(adapter, OfflineChat)
         async with _lock():
             if gpus is not None:
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
-            import vllm
-
-            from adapters.vllm import explain_failure, vllm_version
+            import vllm  # lazy: heavy optional dependency, and it must see CUDA_VISIBLE_DEVICES set above
 
             kw = llm_kwargs(name, cfg)
-            info.update({"llm_kwargs": kw, "vllm_version": vllm_version() or getattr(vllm, "__version__", None),
-                         "offline_chunk": cfg.offline_chunk})
+            self.info.update({"llm_kwargs": kw, "vllm_version": vllm_version() or getattr(vllm, "__version__", None),
+                              "offline_chunk": options_of(cfg).offline_chunk})
             try:
-                a.llm = await asyncio.to_thread(vllm.LLM, **kw)
+                adapter.llm = await asyncio.to_thread(vllm.LLM, **kw)
             except Exception as exc:
                 hint = explain_failure(str(exc))
                 raise RuntimeError(f"models.{name}: vllm.LLM failed to load{f' ({hint})' if hint else ''}: "
                                    f"{type(exc).__name__}: {exc}") from None
-            a.vllm = vllm
-            if cfg.chat_template:
-                a.template = Path(cfg.chat_template).expanduser().read_text("utf-8")  # noqa: ASYNC240 - once, at load
+            adapter.vllm = vllm
+            template = options_of(cfg).chat_template
+            if template:
+                adapter.template = await asyncio.to_thread(_read_text, template)
             try:
-                yield a
+                yield adapter
             finally:
-                info["chunks"] = len(a.chunks)
-                info["last_chunk_at"] = a.last_chunk_at  # stopped_at also counts vLLM's shutdown
-                a.llm = None
+                self.info["chunks"] = len(adapter.chunks)
+                self.info["last_chunk_at"] = adapter.last_chunk_at  # stopped_at also counts vLLM's shutdown
+                adapter.llm = None
                 await asyncio.to_thread(_free_gpu_memory)
 
-    open_server.takes_gpus = True  # type: ignore[attr-defined]
-    open_server.info = info  # type: ignore[attr-defined]
-    return adapter, open_server
+
+@adapter("vllm-offline", options=VllmOfflineOptions, local=True, gpus=vllm_gpus, resources=vllm_resources,
+         shaping=SHAPING)
+def build_vllm_offline(ctx: BuildContext[VllmOfflineOptions]) -> Built:
+    name, cfg = ctx.name, ctx.model
+    if ctx.with_secrets and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(f"models.{name}: {MISSING}")
+    if ctx.with_secrets:
+        check_chat_template(name, ctx.options)
+    try:
+        engine_args_kwargs(ctx.options.extra_args)
+    except ConfigError as exc:
+        raise ConfigError(f"models.{name}.{exc}") from None
+    if ctx.with_secrets:
+        check_offline_cache(name, cfg)
+    return Built(OfflineChat(name, cfg), OfflineEngine(name, cfg))
+
+
+def _read_text(path: str) -> str:
+    return Path(path).expanduser().read_text("utf-8")
 
 
 def _free_gpu_memory() -> None:

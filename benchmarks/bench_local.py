@@ -31,7 +31,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapters.embedded import EmbeddedOptions, launch_embedded  # noqa: E402
+from adapters.embedded import LlamaSettings, launch_embedded  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 ALIAS = "smollm2-135m"
@@ -80,7 +80,7 @@ def engine(url: str, texts: list[str], max_tokens: int, c: int, tmp: Path, k: in
 
 async def main_async(args: argparse.Namespace) -> list[tuple[str, str]]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-local-"))
-    server = await launch_embedded(EmbeddedOptions(alias=ALIAS, slots=args.slots, ctx_per_slot=1024, threads=args.threads),
+    server = await launch_embedded(LlamaSettings(alias=ALIAS, slots=args.slots, ctx_per_slot=1024, threads=args.threads),
                                    tmp / "server.log")
     rows: list[tuple[str, str]] = []
     try:

@@ -99,14 +99,14 @@ def vllm_model_toml(args: argparse.Namespace) -> str:
 
 async def case_server(args: argparse.Namespace, tmp: Path) -> list[Row]:
     from adapters.managed import ManagedServer
-    from adapters.vllm import vllm_argv
-    from engine.config import ModelConfig
+    from adapters.vllm import VllmOptions, vllm_argv
+    from engine.core.config import ModelConfig
 
     rows: list[Row] = []
-    mc = ModelConfig(adapter="vllm", model=args.model, max_model_len=args.max_model_len,
-                     gpu_memory_utilization=args.gpu_memory_utilization,
-                     chat_template=str(Path(args.chat_template).resolve()) if args.chat_template else None,
-                     extra_args=tuple(args.extra_args.split()), served_model_name="local")
+    mc = ModelConfig(adapter="vllm", model=args.model, options=VllmOptions(
+        max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+        chat_template=str(Path(args.chat_template).resolve()) if args.chat_template else None,
+        extra_args=tuple(args.extra_args.split()), served_model_name="local"))
     cmd = vllm_server_cmd(args)
     server = ManagedServer(lambda port: vllm_argv(mc, port, name="local", command=cmd),
                            log_path=tmp / "vllm-server.log", startup_timeout_s=1800.0, stop_grace_s=30.0)

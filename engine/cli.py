@@ -260,7 +260,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     doc = read_run_json(out)
     if doc is None:
         raise EngineError(f"{out}: no run.json; is this a run output directory?")
-    cfg = parse_config(doc["config"], f"{out}/run.json")
+    cfg = parse_config(doc["config"], f"{out}/run.json", stored=True)
     if args.judge:
         if args.judge not in cfg.models:
             raise EngineError(f"--judge {args.judge}: not a models key of this run (known: {', '.join(cfg.models)})")

@@ -3,6 +3,10 @@
 Key names are a public interface (README "Configuration"); later issues fill the reserved
 sections ([judge], [data], [pillars."<pillar>/<subtask>"], [prices.<model>], run.gpus) but their
 keys are typed here so that a typo is an error, not a silent default.
+
+A `[models.<name>]` table is flat: the lane's keys (engine.core.config.ModelConfig) and the keys of
+its adapter (the options Struct its registry entry declares). Parsing splits the table, and
+`config_to_builtins` writes it flat again, in run.json's format-1 layout.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ from typing import Any
 
 import msgspec
 
+from adapters import registry
+from engine.core.config import AdapterOptions, ModelConfig
 from engine.core.errors import ConfigError
-
-ADAPTERS = ("openai", "embedded", "replay", "anthropic", "gemini", "vllm", "vllm-offline")
 
 
 class RunConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -28,69 +32,9 @@ class RunConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     gpus: tuple[int, ...] | None = None
     grace_period_s: float = 10.0  # after SIGINT/SIGTERM, how long in-flight requests may finish
     progress: bool | None = None  # None = on when stderr is a terminal
-
-
-class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    adapter: str
-    model: str = ""  # id sent to the server; empty = the [models.<name>] key
-    base_url: str | None = None
-    api_key_env: str | None = None
-    max_concurrency: int | None = None  # None = adapter default (16; embedded: slots)
-    requests_per_minute: float = 0.0  # 0 = no limit
-    tokens_per_minute: float = 0.0  # 0 = no limit
-    # "max": charge the up-front estimate, raise it when usage says more (providers that charge
-    # max_tokens at admission, like OpenAI); "usage": also refund what usage says was unused.
-    tpm_accounting: str = "max"
-    max_tokens: int | None = 512
-    temperature: float | None = 0.0
-    top_p: float | None = None
-    seed: int | None = None
-    timeout_s: float = 120.0  # per attempt
-    deadline_s: float = 1800.0  # per item, all attempts and waits included
-    max_attempts: int = 6
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 60.0
-    auth_failures_to_stop: int = 3
-    # Prompt + max_tokens must fit here, or the prompt is truncated by engine/truncate.py's rule.
-    # None: unknown (API models); embedded models default to ctx_per_slot.
-    context_tokens: int | None = None
-    # embedded (llama.cpp) options
-    model_path: str | None = None
-    slots: int = 4
-    ctx_per_slot: int = 2048
-    threads: int = 1
-    startup_timeout_s: float = 120.0
-    # replay
-    path: str | None = None
-    # vLLM (adapter "vllm": `vllm serve` launched per model unless base_url is set; "vllm-offline")
-    tensor_parallel_size: int = 1  # GPUs per model (also what an embedded lane asks for under run.gpus)
-    max_model_len: int | None = None
-    gpu_memory_utilization: float | None = None
-    dtype: str | None = None
-    chat_template: str | None = None  # path to a Jinja chat template file
-    served_model_name: str | None = None  # name the server answers to (requests use it)
-    extra_args: tuple[str, ...] = ()  # appended verbatim to the launch command
-    # The launch command before the options; "{model}" is replaced by the model (appended when
-    # absent). Default: the `vllm` console script (`vllm serve MODEL`), else
-    # `python -m vllm.entrypoints.openai.api_server --model MODEL`.
-    vllm_command: tuple[str, ...] | None = None
-    offline_chunk: int = 512  # vllm-offline: requests per LLM.chat call (records are written per chunk)
-
-    def context_window(self) -> int | None:
-        if self.context_tokens is not None:
-            return self.context_tokens
-        if self.adapter in ("vllm", "vllm-offline"):
-            return self.max_model_len
-        return self.ctx_per_slot if self.adapter == "embedded" else None
-
-    def concurrency(self) -> int:
-        if self.max_concurrency is not None:
-            return self.max_concurrency
-        if self.adapter == "vllm-offline":
-            return self.offline_chunk  # the workers fill exactly one chunk
-        if self.adapter == "vllm":
-            return 256  # the server batches continuously; let it see plenty of requests
-        return self.slots if self.adapter == "embedded" else 16
+    # Modules imported before the models are read, so that the adapters they register can be named
+    # (README "Adding an adapter"). Added after format 1: left out of run.json while empty.
+    adapter_modules: tuple[str, ...] = ()
 
 
 class JudgeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -147,20 +91,60 @@ def _convert(raw: Any, typ: type, source: str, prefix: str) -> Any:
         raise ConfigError(f"{source}: key `{full}`: {what[0].lower() + what[1:]}") from None
 
 
-def parse_config(raw: dict[str, Any], source: str) -> Config:
+_LANE_KEYS = frozenset(ModelConfig.__struct_fields__) - {"options"}
+
+# run.json's `config.models.<name>` has carried these keys, in this order after the lane's keys, for
+# every model whatever its adapter, since format 1 had one flat ModelConfig for all adapters. They
+# are still written so, so that the same TOML gives byte for byte the config older runs wrote (old
+# run directories resume, verify and merge); an adapter's keys that are not here follow them. When
+# a stored config is read back (`stored=True`), those of them its adapter does not take are dropped.
+FORMAT1_OPTION_KEYS: dict[str, object] = {
+    "model_path": None, "slots": 4, "ctx_per_slot": 2048, "threads": 1, "startup_timeout_s": 120.0,
+    "path": None, "tensor_parallel_size": 1, "max_model_len": None, "gpu_memory_utilization": None,
+    "dtype": None, "chat_template": None, "served_model_name": None, "extra_args": [], "vllm_command": None,
+    "offline_chunk": 512,
+}
+
+
+def parse_config(raw: dict[str, Any], source: str, *, stored: bool = False) -> Config:
+    """`stored`: `raw` is a config as run.json holds it (`config_to_builtins`), not a TOML file."""
     models_raw = raw.get("models", {})
     if not isinstance(models_raw, dict):
         raise ConfigError(f"{source}: `models` must be a table of [models.<name>] sections")
+    rest = {k: v for k, v in raw.items() if k != "models"}
+    cfg: Config = _convert(rest, Config, source, "")
+    registry.load_modules(cfg.run.adapter_modules)
     models: dict[str, ModelConfig] = {}
     for name, body in models_raw.items():
         if not _NAME.match(name):
             raise ConfigError(f"{source}: model name `{name}` must be letters, digits, '.', '_' or '-' (it names files)")
-        models[name] = _convert(body, ModelConfig, source, f"models.{name}")
-    rest = {k: v for k, v in raw.items() if k != "models"}
-    cfg: Config = _convert(rest, Config, source, "")
+        models[name] = _parse_model(name, body, source, stored)
     cfg = msgspec.structs.replace(cfg, models=models)
     _check(cfg, source)
     return cfg
+
+
+def _parse_model(name: str, body: object, source: str, stored: bool) -> ModelConfig:
+    """One flat [models.<name>] table: the lane's keys, then its adapter's options."""
+    prefix = f"models.{name}"
+    if not isinstance(body, dict):
+        model: ModelConfig = _convert(body, ModelConfig, source, prefix)  # msgspec's "expected object"
+        return model
+    model = _convert({k: v for k, v in body.items() if k in _LANE_KEYS}, ModelConfig, source, prefix)
+    entry = registry.find(model.adapter)
+    if entry is None:
+        raise ConfigError(f"{source}: {prefix}.adapter: unknown adapter `{model.adapter}` "
+                          f"(known: {', '.join(registry.names())}; others through run.adapter_modules)")
+    own = entry.options.__struct_fields__
+    rest = {k: v for k, v in body.items() if k not in _LANE_KEYS
+            and not (stored and k in FORMAT1_OPTION_KEYS and k not in own)}
+    unknown = [k for k in rest if k not in own]
+    if unknown:
+        allowed = ", ".join(sorted({*_LANE_KEYS, *own}))
+        raise ConfigError(f"{source}: unknown key `{prefix}.{unknown[0]}` for adapter `{model.adapter}` "
+                          f"(allowed here: {allowed})")
+    options: AdapterOptions = _convert(rest, entry.options, source, prefix)
+    return msgspec.structs.replace(model, options=options)
 
 
 def _check(cfg: Config, source: str) -> None:
@@ -168,28 +152,18 @@ def _check(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: run.limit must be >= 0 and run.samples >= 1")
     for name, m in cfg.models.items():
         where = f"{source}: models.{name}"
-        if m.adapter not in ADAPTERS:
-            raise ConfigError(f"{where}.adapter: unknown adapter `{m.adapter}` (known: {', '.join(ADAPTERS)})")
-        if m.adapter == "openai" and not m.base_url:
-            raise ConfigError(f"{where}.base_url: required for adapter `openai` (e.g. https://api.openai.com/v1)")
-        if m.adapter == "replay" and not m.path:
-            raise ConfigError(f"{where}.path: required for adapter `replay` (a JSONL file of recorded responses)")
+        flat = model_to_builtins(m)
+        for key, hint in registry.entry(m.adapter).required.items():
+            if not flat.get(key):
+                raise ConfigError(f"{where}.{key}: required for adapter `{m.adapter}` ({hint})")
         if m.concurrency() < 1 or m.max_attempts < 1:
             raise ConfigError(f"{where}: max_concurrency and max_attempts must be >= 1")
         if m.requests_per_minute < 0 or m.tokens_per_minute < 0:
             raise ConfigError(f"{where}: requests_per_minute / tokens_per_minute must be >= 0 (0 = no limit)")
         if m.tpm_accounting not in ("max", "usage"):
             raise ConfigError(f"{where}.tpm_accounting: expected \"max\" or \"usage\", got \"{m.tpm_accounting}\"")
-        if m.tensor_parallel_size < 1:
-            raise ConfigError(f"{where}.tensor_parallel_size: must be >= 1 (GPUs per model)")
-        if m.max_model_len is not None and m.max_model_len < 1:
-            raise ConfigError(f"{where}.max_model_len: must be >= 1")
-        if m.gpu_memory_utilization is not None and not 0 < m.gpu_memory_utilization <= 1:
-            raise ConfigError(f"{where}.gpu_memory_utilization: must be in (0, 1], e.g. 0.9")
-        if m.offline_chunk < 1:
-            raise ConfigError(f"{where}.offline_chunk: must be >= 1 (e.g. 512)")
-        if m.vllm_command is not None and not m.vllm_command:
-            raise ConfigError(f"{where}.vllm_command: must name a command (a non-empty list of strings)")
+        for key, what in m.options.problems():
+            raise ConfigError(f"{where}.{key}: {what}")
     if cfg.run.gpus is not None and (any(g < 0 for g in cfg.run.gpus) or len(set(cfg.run.gpus)) != len(cfg.run.gpus)):
         raise ConfigError(f"{source}: run.gpus must be distinct GPU indices >= 0, e.g. [0, 1]")
     for j in cfg.judge.models:
@@ -221,6 +195,21 @@ def default_config() -> Config:
     return parse_config(tomllib.loads(res.read_text("utf-8")), "default config (engine/default.toml)")
 
 
+def model_to_builtins(m: ModelConfig) -> dict[str, Any]:
+    """One model as run.json holds it: flat, the lane's keys then the format-1 option keys (see
+    FORMAT1_OPTION_KEYS), then the adapter's other keys."""
+    doc: dict[str, Any] = msgspec.to_builtins(m)
+    options: dict[str, Any] = doc.pop("options")
+    for key, default in FORMAT1_OPTION_KEYS.items():
+        doc[key] = options.pop(key) if key in options else list(default) if isinstance(default, list) else default
+    doc.update(options)
+    return doc
+
+
 def config_to_builtins(cfg: Config) -> dict[str, Any]:
     """The resolved config for run.json: environment variable names only, never their values."""
-    return msgspec.to_builtins(cfg)
+    doc: dict[str, Any] = msgspec.to_builtins(cfg)
+    doc["models"] = {name: model_to_builtins(m) for name, m in cfg.models.items()}
+    if not cfg.run.adapter_modules:
+        del doc["run"]["adapter_modules"]
+    return doc

@@ -1,9 +1,9 @@
 """GPU placement and rotation of local model lanes.
 
 The run's GPUs (`[run] gpus`, else `CUDA_VISIBLE_DEVICES`, else `nvidia-smi -L`) form one
-`GpuPool`. A local lane (adapter `vllm` without base_url; `embedded` too when `[run] gpus` is
-set, so CI can exercise rotation without GPUs) acquires `tensor_parallel_size` GPUs just before it
-starts its server and releases them when its lane is done (or its server failed); the next waiting
+`GpuPool`. A local lane (what its adapter's registry entry says it needs: `tensor_parallel_size`
+for vLLM without base_url; the embedded model too when `[run] gpus` is set, so CI can exercise
+rotation without GPUs) acquires its GPUs just before it starts its server and releases them when its lane is done (or its server failed); the next waiting
 model starts on the freed GPUs. A lane with no pending work never acquires. API and judge lanes run
 throughout.
 
@@ -20,10 +20,12 @@ import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+from adapters import registry
 from engine.config import Config
+from engine.core.adapter import Adapter, ServerOpener
 from engine.core.errors import ConfigError
 
 UNDECIDED, WAITING, HOLDING, IDLE, DONE = "undecided", "waiting", "holding", "idle", "done"
@@ -34,11 +36,7 @@ def needs_gpus(cfg: Config, name: str, backend: str = "local") -> int:
     if backend != "local":
         return 0  # Ray places actors on GPUs itself
     m = cfg.models[name]
-    if m.adapter in ("vllm", "vllm-offline") and not m.base_url:
-        return m.tensor_parallel_size
-    if m.adapter == "embedded" and cfg.run.gpus is not None:
-        return m.tensor_parallel_size
-    return 0
+    return registry.entry(m.adapter).lane_gpus(m, pinned=cfg.run.gpus is not None)
 
 
 def detect_gpus(run_gpus: Sequence[int] | None) -> tuple[list[str], str]:
@@ -157,12 +155,12 @@ class GpuPool:
                 fut.set_result(take)
 
 
-def placed(open_server: Callable[..., Any], pool: GpuPool, name: str,
-           info: dict[str, Any]) -> Callable[..., Any]:
+def placed(open_server: ServerOpener, pool: GpuPool, name: str,
+           info: dict[str, Any]) -> Callable[[Adapter], AbstractAsyncContextManager[object]]:
     """Wraps a lane's open_server: acquire GPUs, start the server on them, release when done."""
 
     @asynccontextmanager
-    async def wrapper(adapter: Any) -> AsyncIterator[Any]:
+    async def wrapper(adapter: Adapter) -> AsyncIterator[object]:
         t0 = time.time()
         gpus = await pool.acquire(name)
         if pool.closed:  # granted just before the run stopped: give the GPUs back, start nothing
@@ -170,8 +168,7 @@ def placed(open_server: Callable[..., Any], pool: GpuPool, name: str,
             raise asyncio.CancelledError
         info.update({"gpus": gpus, "waited_s": round(time.time() - t0, 3), "started_at": time.time()})
         try:
-            kw = {"gpus": gpus} if getattr(open_server, "takes_gpus", False) else {}
-            async with open_server(adapter, **kw) as server:
+            async with open_server(adapter, gpus if open_server.takes_gpus else None) as server:
                 info["ready_at"] = time.time()
                 yield server
         finally:

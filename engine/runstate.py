@@ -13,7 +13,9 @@ from typing import Any
 
 import orjson
 
-from engine.config import Config, ModelConfig
+from adapters import registry
+from engine.config import Config, config_to_builtins
+from engine.core.config import ModelConfig
 
 RUN_JSON = "run.json"
 
@@ -23,13 +25,12 @@ def _digest(obj: Any) -> str:
 
 
 def model_fingerprint(cfg: ModelConfig) -> str:
-    """What shapes this model's requests; limits and concurrency do not."""
-    shaping = {"adapter": cfg.adapter, "model": cfg.model, "endpoint": cfg.base_url, "max_tokens": cfg.max_tokens,
-               "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed,
-               "model_path": cfg.model_path, "ctx_per_slot": cfg.ctx_per_slot if cfg.adapter == "embedded" else None,
-               "replay": cfg.path}
-    if cfg.adapter in ("vllm", "vllm-offline"):  # only these keys, so other models keep their digests
-        shaping.update({"chat_template": cfg.chat_template, "dtype": cfg.dtype, "max_model_len": cfg.max_model_len})
+    """What shapes this model's requests; limits and concurrency do not: the lane's keys, then the
+    option keys its adapter's registry entry declares as shaping."""
+    shaping: dict[str, object] = {
+        "adapter": cfg.adapter, "model": cfg.model, "endpoint": cfg.base_url, "max_tokens": cfg.max_tokens,
+        "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed}
+    shaping.update(registry.entry(cfg.adapter).shaping_values(cfg))
     return _digest(shaping)
 
 
@@ -72,8 +73,6 @@ def write_run_json(directory: Path, doc: dict[str, Any]) -> None:
 
 
 def config_doc(cfg: Config) -> dict[str, Any]:
-    from engine.config import config_to_builtins
-
     return config_to_builtins(cfg)
 
 

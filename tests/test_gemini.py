@@ -26,8 +26,8 @@ import pytest
 
 from adapters.gemini import GeminiGenerate, gemini_body, gemini_error, parse_generate_response
 from adapters.registry import make_adapter
-from engine.config import ModelConfig
 from engine.core.adapter import AdapterError
+from engine.core.config import ModelConfig
 from engine.core.records import GenParams, Message
 from engine.testing.fake_providers import GEMINI_DOC_RESPONSE, GeminiFake, reply_text, start_fake
 

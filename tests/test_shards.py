@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.config import ModelConfig
+from engine.core.config import ModelConfig
 from engine.shards import Partition, parse_shard
 from engine.testing.fakeserver import FakeServerProcess
 from tests.conftest import (

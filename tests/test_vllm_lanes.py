@@ -13,7 +13,10 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.config import ModelConfig, parse_config
+from adapters.vllm import VllmOptions
+from adapters.vllm_offline import VllmOfflineOptions
+from engine.config import parse_config
+from engine.core.config import ModelConfig
 from engine.core.errors import ConfigError
 from engine.gpus import GpuPool, check_fits, detect_gpus, initial_placement
 from tests.conftest import (
@@ -48,16 +51,17 @@ def test_vllm_argv_passes_settings_through(tmp_path: Path) -> None:
 
     tpl = tmp_path / "t.jinja"
     tpl.write_text("{{ messages }}")
-    cfg = ModelConfig(adapter="vllm", model="org/m", tensor_parallel_size=2, max_model_len=4096,
-                      gpu_memory_utilization=0.85, dtype="bfloat16", chat_template=str(tpl),
-                      served_model_name="m", seed=3, extra_args=("--enforce-eager",))
+    cfg = ModelConfig(adapter="vllm", model="org/m", seed=3,
+                      options=VllmOptions(tensor_parallel_size=2, max_model_len=4096, gpu_memory_utilization=0.85,
+                                          dtype="bfloat16", chat_template=str(tpl), served_model_name="m",
+                                          extra_args=("--enforce-eager",)))
     assert vllm_argv(cfg, 8123, command=["vllm", "serve", "{model}"]) == [
         "vllm", "serve", "org/m", "--host", "127.0.0.1", "--port", "8123", "--tensor-parallel-size", "2",
         "--max-model-len", "4096", "--gpu-memory-utilization", "0.85", "--dtype", "bfloat16",
         "--chat-template", str(tpl.resolve()), "--served-model-name", "m", "--seed", "3", "--enforce-eager"]
     assert request_model("x", cfg) == "m"
     # A command without {model} gets the model appended; the model defaults to the [models.<name>] key.
-    bare = ModelConfig(adapter="vllm", vllm_command=("python", "-m", "srv"))
+    bare = ModelConfig(adapter="vllm", options=VllmOptions(vllm_command=("python", "-m", "srv")))
     assert vllm_argv(bare, 1, name="key") == ["python", "-m", "srv", "key", "--host", "127.0.0.1", "--port", "1",
                                               "--tensor-parallel-size", "1"]
     api = vllm_argv(bare, 1, name="key", command=["py", "-m", "vllm.entrypoints.openai.api_server", "--model", "{model}"])
@@ -85,14 +89,17 @@ def test_missing_vllm_and_offline_are_one_clear_line(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(v, "default_command", lambda: None)
     with pytest.raises(ConfigError, match=r"pip install 'trustmh-engine\[vllm\]'"):
-        make_adapter("m", ModelConfig(adapter="vllm", model="org/m"), tmp_path)
+        make_adapter("m", ModelConfig(adapter="vllm", model="org/m", options=VllmOptions()), tmp_path)
     # plan/verify only build bodies: no vLLM needed; base_url: nothing to launch.
-    assert make_adapter("m", ModelConfig(adapter="vllm", model="org/m"), tmp_path, with_secrets=False)[1] is not None
-    a, opener = make_adapter("m", ModelConfig(adapter="vllm", model="org/m", base_url="http://h:1/v1"), tmp_path)
+    assert make_adapter("m", ModelConfig(adapter="vllm", model="org/m", options=VllmOptions()), tmp_path,
+                        with_secrets=False)[1] is not None
+    a, opener = make_adapter("m", ModelConfig(adapter="vllm", model="org/m", base_url="http://h:1/v1",
+                                             options=VllmOptions()), tmp_path)
     assert opener is None and a.url.startswith("http://h:1/v1")
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(ConfigError, match=r"vllm-offline` needs vLLM installed: pip install 'trustmh-engine\[vllm\]'"):
-            make_adapter("m", ModelConfig(adapter="vllm-offline", model="org/m"), tmp_path)
+            make_adapter("m", ModelConfig(adapter="vllm-offline", model="org/m", options=VllmOfflineOptions()),
+                         tmp_path)
 
 
 def test_offline_mode_without_cached_model_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -100,7 +107,7 @@ def test_offline_mode_without_cached_model_is_a_clear_error(monkeypatch: pytest.
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    cfg = ModelConfig(adapter="vllm", model="org/m", vllm_command=tuple(STUB))
+    cfg = ModelConfig(adapter="vllm", model="org/m", options=VllmOptions(vllm_command=tuple(STUB)))
     with pytest.raises(ConfigError, match="HF_HUB_OFFLINE is on and org/m is not in the local Hugging Face cache"):
         make_adapter("m", cfg, tmp_path)
     (tmp_path / "hub" / "models--org--m").mkdir(parents=True)

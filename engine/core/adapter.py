@@ -11,18 +11,22 @@ Optional capabilities:
                    with end-of-run notes about what was (not) matched (`notes`)
   ReportsInfo      facts about the backend for run.json (`info`, e.g. the vLLM version in offline mode)
   LocalServer      what opening a local model server yields: the lane watches it and stops when it dies
+
+A local adapter's build also returns a `ServerOpener`: what starts its model for a lane, with its
+capabilities declared as attributes (`takes_gpus`, `info`) rather than found by probing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
 from engine.core.errors import AdapterError
 from engine.core.records import GenParams, Item, Message, Response
 
 __all__ = ["Adapter", "AdapterError", "HasLimitSignal", "LimitSignalLike", "LocalServer", "ReplaysItems",
-           "ReportsInfo"]
+           "ReportsInfo", "ServerOpener"]
 
 
 class Adapter(Protocol):
@@ -76,3 +80,20 @@ class LocalServer(Protocol):
     stopping: bool
 
     async def wait_exit(self) -> int: ...
+
+
+class ServerOpener(Protocol):
+    """Starts a local adapter's model for one lane: `async with opener(adapter, gpus) as server`
+    runs it (a `LocalServer` when it is a process the lane should watch) and stops it on exit.
+
+    takes_gpus: the model runs on the GPUs it is given (CUDA_VISIBLE_DEVICES); when False, GPU
+        placement only decides when it starts and `gpus` is None.
+    info: what was started (argv, versions, settings), filled while it runs, for run.json
+        `servers.<model>`; empty when there is nothing to record.
+    """
+
+    takes_gpus: bool
+    info: dict[str, object]
+
+    def __call__(self, adapter: Adapter, gpus: Sequence[str] | None = None) -> AbstractAsyncContextManager[object]:
+        ...

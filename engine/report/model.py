@@ -21,9 +21,9 @@ from typing import Any, Literal
 
 import msgspec
 
+from adapters import registry
 from engine.core.records import Item, JudgmentRecord, Message, Record
 
-LOCAL_ADAPTERS = ("embedded", "vllm", "vllm-offline")
 TEXT_LIMIT = 3000  # characters of one prompt message / response / judgment shown in the drill-down
 
 Group = Literal["api", "local"]
@@ -268,9 +268,16 @@ def model_infos(run: Mapping[str, Any], names: Sequence[str]) -> tuple[ModelInfo
     for name in names:
         m = cfg.get(name, {})
         adapter = str(m.get("adapter", "?"))
-        infos.append(ModelInfo(name=name, group="local" if adapter in LOCAL_ADAPTERS else "api", adapter=adapter,
+        infos.append(ModelInfo(name=name, group="local" if _is_local(adapter) else "api", adapter=adapter,
                                model_id=str(m.get("model") or name)))
     return tuple(sorted(infos, key=lambda i: i.group == "local"))
+
+
+def _is_local(adapter: str) -> bool:
+    """A local model process (its registry entry says so); an adapter not registered in this
+    process (a module the run named in run.adapter_modules) counts as an API model."""
+    entry = registry.find(adapter)
+    return entry is not None and entry.local
 
 
 def _ci(v: Any) -> tuple[float, float] | None:

@@ -33,6 +33,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from adapters import registry
+from engine.core.config import ModelConfig
 from engine.core.errors import EngineError
 from engine.run.lane import Lane
 from engine.run.units import Unit
@@ -166,12 +168,9 @@ class LaneActor:
 # -- on the driver ------------------------------------------------------------------------------------
 
 
-def _resources(cfg: Any) -> dict[str, Any]:
-    if cfg.adapter in ("vllm", "vllm-offline"):
-        return {"num_cpus": 1, "num_gpus": int(getattr(cfg, "tensor_parallel_size", None) or 1)}
-    if cfg.adapter == "embedded":
-        return {"num_cpus": max(1, int(cfg.threads))}
-    return {"num_cpus": 0}
+def _resources(cfg: ModelConfig) -> dict[str, int]:
+    need = registry.entry(cfg.adapter).lane_resources(cfg)
+    return {"num_cpus": need.cpus, **({"num_gpus": need.gpus} if need.gpus else {})}
 
 
 class RayContext:
@@ -239,7 +238,7 @@ class RemoteLane(Lane):
             env[self.cfg.api_key_env] = api_key(self.cfg.api_key_env, self.name) or ""
         opts = {**_resources(self.cfg), "max_concurrency": self.cfg.concurrency() + 8, "max_restarts": 0}
         actor = self._ctx.actor_cls.options(**opts).remote(self.name, self.cfg, str(self._ctx.log_dir), env)
-        timeout = max(60.0, self.cfg.startup_timeout_s)
+        timeout = max(60.0, self.cfg.options.start_timeout_s())
         try:
             info = await asyncio.wait_for(actor.where.remote(), timeout)
         except TimeoutError:

@@ -25,7 +25,7 @@ from engine.costs import Budget
 from engine.items import ItemFactory, plan_counts
 from engine.run import document
 from engine.run.judge import JudgeHub, close_when_generated
-from engine.run.lane import Lane
+from engine.run.lane import Lane, OpenServer
 from engine.runstate import data_fingerprint, model_fingerprint, read_run_json
 from engine.spec import RunSpec, item_factory, judge_plan, subtasks
 
@@ -265,12 +265,13 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
             jw = JsonlWriter(jpath)
             writers.append(jw)
             judge_kw = {"judge_queue": asyncio.Queue(), "judgments": jw}
-        adapter, open_server = adapters[name]
-        if gpu_pool is not None and name in gpu_pool.need and open_server is not None:
+        adapter, server = adapters[name]
+        open_server: OpenServer | None = server
+        if gpu_pool is not None and name in gpu_pool.need and server is not None:
             from engine.gpus import placed
 
             servers[name] = {}
-            open_server = placed(open_server, gpu_pool, name, servers[name])
+            open_server = placed(server, gpu_pool, name, servers[name])
         lane = lane_cls(name, cfg.models[name], adapter, factory if name in targets else empty,
                     samples=spec.samples, done=scan.done, responses=resp_w, errors=err_w, stop=stop,
                     open_server=open_server, budget=budget, price=cfg.prices.get(name),
@@ -355,8 +356,8 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
     incomplete = [lane.name for lane in lanes if lane.stats.state != "complete" or lane.stats.exhausted]
     status = ("interrupted" if interrupted else "budget" if over_budget
               else "incomplete" if incomplete else "complete")
-    launched = {n: {**servers.get(n, {}), **(getattr(adapters[n][1], "info", None) or {})}
-                for n in adapters if servers.get(n) or getattr(adapters[n][1], "info", None)}
+    infos = {n: opener.info for n, (_, opener) in adapters.items() if opener is not None}
+    launched = {n: {**servers.get(n, {}), **infos.get(n, {})} for n in adapters if servers.get(n) or infos.get(n)}
     doc = document.finished(doc, status=status, lanes=lane_stats, budget=budget, ray_address=ray_address,
                             backend=backend, servers=document.servers_doc(gpu_pool, launched))
     sharding.write_state(out, shard, doc)

@@ -1,0 +1,75 @@
+"""One model's configuration as adapters see it: the lane's own keys (`ModelConfig`) and the
+adapter's keys (a subclass of `AdapterOptions`, declared by the adapter's registry entry).
+
+Both are written flat in one `[models.<name>]` table; engine/config.py splits the table, checks
+each half against its Struct (an unknown key is an error naming the keys allowed for that
+adapter), and the resolved config goes to run.json flat again. Parsing and validation live in
+engine/config.py; these Structs live here because adapters read them and may not import upward.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["AdapterOptions", "ModelConfig"]
+
+
+class AdapterOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of an adapter's own keys. An adapter without keys of its own uses this class itself.
+
+    The methods give what a lane derives from the options when the lane's keys leave it open;
+    subclasses override them next to the keys they derive from."""
+
+    def default_concurrency(self) -> int:
+        """Requests in flight when `max_concurrency` is not set."""
+        return 16
+
+    def context_window(self) -> int | None:
+        """Tokens a prompt plus max_tokens must fit in when `context_tokens` is not set (None:
+        unknown, nothing is truncated)."""
+        return None
+
+    def start_timeout_s(self) -> float:
+        """How long the lane's model (server, in-process engine, remote actor) may take to start."""
+        return 120.0
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, what is wrong) for values the types alone do not rule out; empty when all is well."""
+        return []
+
+
+class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The lane's keys, common to every adapter (README "Configuration"). Field order is the order
+    of run.json's `config.models.<name>` (format 1): do not reorder, only append before `options`."""
+
+    adapter: str
+    model: str = ""  # id sent to the server; empty = the [models.<name>] key
+    base_url: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: int | None = None  # None = the adapter's default (options.default_concurrency)
+    requests_per_minute: float = 0.0  # 0 = no limit
+    tokens_per_minute: float = 0.0  # 0 = no limit
+    # "max": charge the up-front estimate, raise it when usage says more (providers that charge
+    # max_tokens at admission, like OpenAI); "usage": also refund what usage says was unused.
+    tpm_accounting: str = "max"
+    max_tokens: int | None = 512
+    temperature: float | None = 0.0
+    top_p: float | None = None
+    seed: int | None = None
+    timeout_s: float = 120.0  # per attempt
+    deadline_s: float = 1800.0  # per item, all attempts and waits included
+    max_attempts: int = 6
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 60.0
+    auth_failures_to_stop: int = 3
+    # Prompt + max_tokens must fit here, or the prompt is truncated by engine/truncate.py's rule.
+    # None: the adapter's default (options.context_window; unknown for API models).
+    context_tokens: int | None = None
+    # The adapter's own keys (flat in the TOML table). Not a TOML key itself.
+    options: AdapterOptions = msgspec.field(default_factory=AdapterOptions)
+
+    def context_window(self) -> int | None:
+        return self.context_tokens if self.context_tokens is not None else self.options.context_window()
+
+    def concurrency(self) -> int:
+        return self.max_concurrency if self.max_concurrency is not None else self.options.default_concurrency()
