@@ -18,9 +18,9 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, packages_distributions, version
 from pathlib import Path
 
-from adapters.managed import ManagedServer, ManagedServerError
 from adapters.openai_compat import OpenAIChat
 from adapters.registry import BuildContext, Built, Resources, adapter
+from adapters.servers.managed import ManagedServer, ManagedServerError
 from engine.core.adapter import Adapter
 from engine.core.config import AdapterOptions, ModelConfig
 from engine.core.errors import ConfigError

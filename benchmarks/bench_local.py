@@ -31,7 +31,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapters.embedded import LlamaSettings, launch_embedded  # noqa: E402
+from adapters.servers.llama import LlamaSettings, launch_embedded  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 ALIAS = "smollm2-135m"

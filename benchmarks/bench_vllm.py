@@ -98,7 +98,7 @@ def vllm_model_toml(args: argparse.Namespace) -> str:
 
 
 async def case_server(args: argparse.Namespace, tmp: Path) -> list[Row]:
-    from adapters.managed import ManagedServer
+    from adapters.servers.managed import ManagedServer
     from adapters.vllm import VllmOptions, vllm_argv
     from engine.core.config import ModelConfig
 

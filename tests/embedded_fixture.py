@@ -28,8 +28,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from adapters.embedded import LlamaSettings, launch_embedded
-from adapters.model_files import SMOLLM2_GGUF, default_cache_dir, installed_smollm2_gguf
+from adapters.servers.llama import LlamaSettings, launch_embedded
+from adapters.servers.model_files import SMOLLM2_GGUF, default_cache_dir, installed_smollm2_gguf
 
 # Small per-slot context so the "prompt too long" test needs only a short prompt; 4 slots so
 # concurrent requests really share batches.

@@ -31,7 +31,7 @@ def convert(out: Path | None = None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from adapters.model_files import find_smollm2_gguf
+    from adapters.servers.model_files import find_smollm2_gguf
 
     gguf = find_smollm2_gguf()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

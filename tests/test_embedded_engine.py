@@ -59,7 +59,7 @@ def server_pids(engine_pid: int) -> list[int]:
             cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "adapters.embedded_server" in cmd:
+        if "adapters.servers.embedded_server" in cmd:
             try:
                 if mine in (d / "environ").read_bytes().split(b"\0"):
                     pids.append(int(d.name))

@@ -23,8 +23,8 @@ import aiohttp
 import msgspec
 import pytest
 
-from adapters import embedded as emb
-from adapters import model_files as mf
+from adapters.servers import llama as emb
+from adapters.servers import model_files as mf
 from tests.embedded_fixture import TEST_OPTIONS, local_gguf, running_embedded_server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -197,13 +197,13 @@ def test_teardown_leaves_no_server_process(tmp_path):
 @needs_model
 def test_server_dies_with_its_parent(tmp_path):
     # A parent process starts the embedded server, then is SIGKILLed: PR_SET_PDEATHSIG (set by
-    # adapters.embedded_server itself) must take the server down.
+    # adapters.servers.embedded_server itself) must take the server down.
     opts = emb.LlamaSettings(slots=1, ctx_per_slot=256, model_path=str(local_gguf()))
     code = textwrap.dedent(
         f"""
         import asyncio, msgspec, sys
         sys.path.insert(0, {str(REPO)!r})
-        from adapters.embedded import LlamaSettings, launch_embedded
+        from adapters.servers.llama import LlamaSettings, launch_embedded
         async def main():
             opts = msgspec.json.decode({msgspec.json.encode(opts)!r}, type=LlamaSettings)
             srv = await launch_embedded(opts, {str(tmp_path / "server.log")!r})
@@ -236,7 +236,7 @@ def test_embedded_argv_is_pure_and_complete():
     opts = emb.LlamaSettings(alias="m", slots=8, ctx_per_slot=512, threads=2, seed=7)
     argv = emb.embedded_argv(opts, "/models/x.gguf", 4321)
     assert argv == emb.embedded_argv(opts, "/models/x.gguf", 4321)
-    assert argv[:3] == [sys.executable, "-m", "adapters.embedded_server"]
+    assert argv[:3] == [sys.executable, "-m", "adapters.servers.embedded_server"]
     flags = dict(zip(argv[3::2], argv[4::2]))
     assert flags == {
         "--model": "/models/x.gguf", "--port": "4321", "--alias": "m", "--slots": "8",
@@ -247,7 +247,7 @@ def test_embedded_argv_is_pure_and_complete():
 
 def test_embedded_server_params_are_deterministic():
     pytest.importorskip("xllamacpp")
-    from adapters import embedded_server as es
+    from adapters.servers import embedded_server as es
 
     args = es.parse_args(["--model", "m.gguf", "--port", "1234", "--slots", "3", "--ctx-per-slot", "1000"])
     p = es.build_params(args)

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from adapters.managed import ManagedServer, ManagedServerError, free_port, log_tail
+from adapters.servers.managed import ManagedServer, ManagedServerError, free_port, log_tail
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -209,7 +209,7 @@ PARENT = textwrap.dedent(
     """
     import asyncio, sys
     sys.path.insert(0, {repo!r})
-    from adapters.managed import ManagedServer
+    from adapters.servers.managed import ManagedServer
     async def main():
         srv = ManagedServer({argv!r}, log_path={log!r}, pdeathsig={pdeathsig!r})
         await srv.start()

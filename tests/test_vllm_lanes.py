@@ -13,12 +13,12 @@ from typing import Any
 import orjson
 import pytest
 
+from adapters.servers.gpus import GpuPool, check_fits, detect_gpus, initial_placement
 from adapters.vllm import VllmOptions
 from adapters.vllm_offline import VllmOfflineOptions
 from engine.config import parse_config
 from engine.core.config import ModelConfig
 from engine.core.errors import ConfigError
-from engine.gpus import GpuPool, check_fits, detect_gpus, initial_placement
 from tests.conftest import (
     check_complete,
     expected_texts,

@@ -13,9 +13,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from adapters.servers.gpus import GpuPool
 from engine.config import Config
 from engine.costs import Budget
-from engine.gpus import GpuPool
 from engine.runstate import config_doc, model_fingerprint, packages
 from engine.shards import Partition, Shard
 from engine.spec import RunSpec, merged_spec

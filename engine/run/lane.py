@@ -97,7 +97,7 @@ class Lane:
         self.tokens = TokenWindow(cfg.tokens_per_minute, self._clock, self._sleep) if cfg.tokens_per_minute else None
         self._auth_failures = 0
         # Called when the lane has no generation work (complete, or a judge waiting for
-        # responses) and when it ends: GPU placement (engine/gpus.py) then holds nobody back.
+        # responses) and when it ends: GPU placement (adapters/servers/gpus.py) then holds nobody back.
         self.on_idle: Callable[[], None] | None = None
 
     def set_record_hook(self, hook: Callable[[Record, Unit], None]) -> None:

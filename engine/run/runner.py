@@ -72,7 +72,7 @@ class Interrupt:
         if self.signum is not None:
             self.log(f"second signal: exiting now (exit {code}); records written so far are kept")
             try:
-                from adapters.managed import kill_all
+                from adapters.servers.managed import kill_all
 
                 kill_all()
             except ImportError:
@@ -135,7 +135,8 @@ def _gpu_pool(cfg: Config, spec: RunSpec, shard: Any, partition: Any, backend: s
               log: Log) -> Any:
     """The run's GpuPool with every local lane registered (config order), or None when no lane
     needs GPUs. Raises ConfigError when a model cannot fit."""
-    from engine.gpus import GpuPool, check_fits, detect_gpus, needs_gpus
+    from adapters.servers.gpus import GpuPool, check_fits, detect_gpus
+    from engine.gpus import needs_gpus
 
     targets = () if judge_only else spec.models
     if partition is not None:
@@ -268,7 +269,7 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
         adapter, server = adapters[name]
         open_server: OpenServer | None = server
         if gpu_pool is not None and name in gpu_pool.need and server is not None:
-            from engine.gpus import placed
+            from adapters.servers.gpus import placed
 
             servers[name] = {}
             open_server = placed(server, gpu_pool, name, servers[name])

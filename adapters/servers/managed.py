@@ -6,15 +6,12 @@ async context manager: the group is stopped on normal exit, on errors and on can
 
 Orphans are prevented three ways:
   * PR_SET_PDEATHSIG(SIGTERM) (Linux) makes the server side die with this process, even when it is
-    SIGKILLed. Commands run under the small supervisor in this file's `__main__`
-    (`python adapters/managed.py --pdeathsig -- CMD...`), which holds the setting and, when it
-    fires, stops CMD and SIGKILLs everything left in the group (PDEATHSIG alone would only reach
-    one process, not the workers it forked). Our own launcher sets it itself instead;
+    SIGKILLed. Commands run under the small supervisor of adapters/servers/supervisor.py
+    (`python adapters/servers/supervisor.py --pdeathsig -- CMD...`), which holds the setting and,
+    when it fires, stops CMD and SIGKILLs everything left in the group (PDEATHSIG alone would only
+    reach one process, not the workers it forked). Our own launcher sets it itself instead;
   * `stop()` ends with SIGKILL to the whole process group (servers that fork workers);
   * an `atexit` hook kills any group still registered when the interpreter exits.
-
-Only the standard library is imported at module level, so the supervisor starts fast and works
-without the package being importable (it is run by file path).
 """
 
 from __future__ import annotations
@@ -29,16 +26,13 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-# Set by ManagedServer in the child's environment: the pid the child expects as its parent. If the
-# parent died between fork and prctl, getppid() differs and the child exits at once.
-PARENT_PID_ENV = "TRUSTMH_MANAGED_PARENT_PID"
-
-_PR_SET_PDEATHSIG = 1
+from adapters.servers import supervisor
+from adapters.servers.supervisor import PARENT_PID_ENV
+from engine.core.errors import ServerError
 
 
-class ManagedServerError(RuntimeError):
+class ManagedServerError(ServerError):
     """The managed server exited early or never became healthy; the message ends with its log tail."""
 
 
@@ -47,30 +41,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def set_parent_death_signal(sig: int = signal.SIGTERM, expected_parent: int | None = None) -> bool:
-    """Ask Linux to send `sig` to this process when its parent dies. Returns False where unsupported.
-
-    `expected_parent` defaults to $TRUSTMH_MANAGED_PARENT_PID; if the parent is already gone (we were
-    reparented before prctl took effect) the signal is raised against ourselves right away.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-            return False
-    except (OSError, AttributeError):
-        return False
-    if expected_parent is None:
-        raw = os.environ.get(PARENT_PID_ENV, "")
-        expected_parent = int(raw) if raw.isdigit() else None
-    if expected_parent is not None and os.getppid() != expected_parent:
-        os.kill(os.getpid(), sig)
-    return True
 
 
 def log_tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> str:
@@ -150,10 +120,10 @@ class ManagedServer:
         directly, so the event loop does no log work and a slow loop can never stall the server on
         a full pipe, and the log survives a crash of this process.
     env: overrides on top of os.environ (a None value removes the variable).
-    pdeathsig: run the command under this module's supervisor (`python adapters/managed.py
+    pdeathsig: run the command under the supervisor (`python adapters/servers/supervisor.py
         --pdeathsig -- CMD`), which dies with this process and takes the whole group along. `pid`
         is then the supervisor's. Pass False for commands that set PR_SET_PDEATHSIG themselves and
-        fork nothing (adapters.embedded_server).
+        fork nothing (adapters.servers.embedded_server).
     """
 
     def __init__(
@@ -220,9 +190,9 @@ class ManagedServer:
             raise ValueError("empty command")
         self._supervised = self._pdeathsig and sys.platform.startswith("linux")
         if self._supervised:
-            # Run the supervisor by path, not `-m adapters.managed`: no dependency on the package
-            # being importable from the child's cwd, and no PYTHONPATH leaking into the command.
-            cmd = [sys.executable, os.path.abspath(__file__), "--pdeathsig",
+            # Run the supervisor by path, not `-m`: no dependency on the package being importable
+            # from the child's cwd, and no PYTHONPATH leaking into the command.
+            cmd = [sys.executable, os.path.abspath(supervisor.__file__), "--pdeathsig",
                    "--grace", f"{self.stop_grace_s:g}", "--", *cmd]  # fmt: skip
         return cmd
 
@@ -266,7 +236,7 @@ class ManagedServer:
         return self
 
     async def _wait_ready(self) -> None:
-        import aiohttp  # lazy: keeps the supervisor (this file's __main__) stdlib-only
+        import aiohttp  # lazy: not needed to read a config (adapters.http says why)
 
         assert self._proc is not None
         proc = self._proc
@@ -353,89 +323,5 @@ class ManagedServer:
     async def __aenter__(self) -> ManagedServer:
         return await self.start()
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-def _group_members_except_self() -> list[int]:
-    """Pids in this process's group other than itself (Linux /proc scan)."""
-    me, pgrp = os.getpid(), os.getpgrp()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        # fields: state ppid pgrp ...; a zombie is already dead, only its parent can clear it
-        if len(fields) > 2 and int(fields[2]) == pgrp and fields[0] != b"Z":
-            pids.append(int(entry))
-    return pids
-
-
-def _signal_group_except_self(sig: int) -> None:
-    for pid in _group_members_except_self():
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _wrapper_main(argv: list[str]) -> None:
-    """`--pdeathsig [--grace S] -- CMD...`: supervise CMD so that it and everything it spawned die
-    when our parent dies.
-
-    PR_SET_PDEATHSIG reaches only the process that set it (it is cleared in forked children), so
-    exec'ing CMD would protect CMD but not the workers it forks. Instead this small process stays
-    as the group leader: it sets PDEATHSIG on itself, runs CMD as a child in the same process
-    group, forwards SIGTERM/SIGINT/SIGHUP to it, and once CMD has exited (or the grace period
-    after a stop signal has passed) SIGKILLs whatever is left in the group. Exit status: CMD's,
-    or 128+N if CMD died of signal N.
-    """
-    grace = 10.0
-    if argv[:1] == ["--pdeathsig"] and argv[1:2] == ["--grace"] and len(argv) > 2:
-        grace = float(argv[2])
-        argv = argv[:1] + argv[3:]
-    if len(argv) < 3 or argv[0] != "--pdeathsig" or argv[1] != "--":
-        sys.stderr.write("usage: python -m adapters.managed --pdeathsig [--grace S] -- CMD [ARGS...]\n")
-        raise SystemExit(2)
-    cmd = argv[2:]
-    import subprocess
-
-    stop_signals: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: stop_signals.append(signum))
-    set_parent_death_signal(signal.SIGTERM)
-    env = dict(os.environ)
-    env[PARENT_PID_ENV] = str(os.getpid())  # CMD's parent is this process, not ours
-    try:
-        child = subprocess.Popen(cmd, env=env)
-    except OSError as e:
-        sys.stderr.write(f"cannot run {cmd[0]!r}: {e}\n")
-        raise SystemExit(127) from None
-    forwarded = False
-    deadline = None
-    while True:
-        try:
-            rc = child.wait(timeout=0.1)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        if stop_signals and not forwarded:
-            forwarded = True
-            deadline = time.monotonic() + grace
-            try:
-                child.send_signal(stop_signals[0])
-            except ProcessLookupError:
-                pass
-        if deadline is not None and time.monotonic() > deadline:
-            child.kill()
-    # CMD is gone; its helpers must not outlive it.
-    _signal_group_except_self(signal.SIGKILL)
-    raise SystemExit(rc if rc >= 0 else 128 - rc)
-
-
-if __name__ == "__main__":
-    _wrapper_main(sys.argv[1:])

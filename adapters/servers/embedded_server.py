@@ -1,6 +1,6 @@
 """Launcher for the embedded llama.cpp HTTP server (xllamacpp), run as its own process.
 
-    python -m adapters.embedded_server --model PATH --port N [--alias NAME] [--slots S]
+    python -m adapters.servers.embedded_server --model PATH --port N [--alias NAME] [--slots S]
         [--ctx-per-slot C] [--threads T] [--seed 0] [--http-threads H] [--log-level info]
 
 `xllamacpp.Server(params)` loads the model, starts llama.cpp's own HTTP server on its threads
@@ -19,14 +19,14 @@ import argparse
 import signal
 import sys
 
-from adapters.managed import set_parent_death_signal
+from adapters.servers.supervisor import set_parent_death_signal
 
 # llama.cpp verbosity levels (common_params.verbosity / `-lv`): 1 error, 2 warn, 3 info, 4 debug.
 LOG_LEVELS = {"error": 1, "warn": 2, "info": 3, "debug": 4}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m adapters.embedded_server", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m adapters.servers.embedded_server", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="path to a GGUF file")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--host", default="127.0.0.1")
