@@ -54,16 +54,31 @@ class ItemScore(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     extras: dict[str, float] = {}
 
 
+class JudgeStats(msgspec.Struct, frozen=True, kw_only=True):
+    """How the ranked judge's outputs went for one model's responses to a judged subtask."""
+
+    judged: int = 0
+    unparseable: int = 0
+    not_judged: int = 0
+    retried: int = 0
+
+
 class Metric(msgspec.Struct, frozen=True, kw_only=True):
-    """A subtask's metric for one model. value None means undefined, and then `reason` says why."""
+    """A subtask's metric for one model. value None means undefined, and then `reason` says why.
+
+    The one metric shape: `aggregate` fills what it sees, the scorer adds `n_missing` (no record)
+    and `judge`; scores.json stores it (engine/core/rundoc.py `ModelScore`, the same fields) and
+    the report shows it."""
 
     value: float | None
     n: int
     n_scored: int
     n_unparseable: int
     n_failed: int
+    n_missing: int = 0
     ci: tuple[float, float] | None = None
     breakdown: dict[str, object] = {}
+    judge: JudgeStats | None = None
     reason: str | None = None
 
 

@@ -1,0 +1,262 @@
+"""The run documents as types: run.json (`RunDoc`), a shard's state file (the same `RunDoc`, with
+`shard` set), the lane statistics inside them (`LaneSummary`) and scores.json (`ScoresDoc`).
+
+Every reader and writer of these files goes through these Structs (engine/store/rundoc_io.py reads
+and writes them), so a field is named once, here, and never looked up by string.
+
+Schema rules, as for the records (engine/core/records.py):
+- fields are only ever added, each with a default, so an older file still decodes;
+- the JSON is the one the dict-building code wrote before these types existed: the same names,
+  nesting and field order, and the same presence of keys. That is why the Structs do not use
+  `omit_defaults` (a `null` or `0` the old writer always wrote must stay), and a key the old
+  writer wrote only sometimes (`lanes` once a run has finished, `budget` with --budget, a metric's
+  `reason` when it has one) is `UNSET` when absent, which msgspec never encodes;
+- keys this code does not know are kept when a file is rewritten (the I/O layer copies them from
+  the file it replaces), so an older engine rewriting a newer run.json loses nothing.
+
+`config` stays the mapping engine/config.py validates (`parse_config`): this layer imports nothing
+of the engine's, and the config has its own Struct there.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from engine.core.subtask import JudgeStats, Metric
+
+__all__ = [
+    "UNSET", "BackendDoc", "BudgetDoc", "Fingerprint", "HistoryEntry", "JudgeStats", "LaneSummary", "Latency",
+    "Metric", "ModelScore", "PartitionDoc", "PillarRanks", "RunDoc", "RunSpec", "ScoresDoc", "ServersDoc", "ShardRun",
+    "ShardState", "ShardsDoc", "SubtaskScores", "TokenCounts", "UnsetType",
+]
+
+Options = dict[str, dict[str, object]]  # [pillars."<key>"] sections, as TOML gives them
+# The least finished first: merging shards keeps the least finished state of a lane.
+LANE_STATES = ("failed", "stopped", "interrupted", "incomplete", "starting", "running", "pending", "complete")
+
+
+class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What to run, resolved from config + command line; stored in run.json as `spec`."""
+
+    output: str
+    models: tuple[str, ...]
+    items: str | None = None  # custom items file, or None for pillar subtasks
+    data_dir: str | None = None
+    subtasks: tuple[str, ...] = ()
+    limit: int = 0
+    samples: int = 1
+    options: Options = {}  # [pillars."<key>"] sections
+    skipped: dict[str, str] = {}  # selected subtasks left out, with the reason (missing data)
+
+
+# --------------------------------------------------------------------------- lane statistics
+
+
+class Latency(msgspec.Struct, frozen=True, kw_only=True):
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+
+class TokenCounts(msgspec.Struct, frozen=True, kw_only=True):
+    prompt: int = 0
+    completion: int = 0
+    reasoning: int = 0
+    cached: int = 0
+
+
+class LaneSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """One lane's statistics in run.json `lanes.<model>` (engine/stats.py `LaneStats.summary`)."""
+
+    state: str = "pending"
+    message: str | None = None
+    planned: int = 0
+    skipped: int = 0  # already complete in the checkpoint
+    done: int = 0  # final outcomes written this run
+    judged: int = 0  # judgments written this run (as a judge lane)
+    ok: int = 0
+    fatal: int = 0
+    exhausted: int = 0  # retries or deadline ran out: retried next run
+    sent: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    limit_pushbacks: int = 0
+    truncated: int = 0
+    requeried: int = 0
+    errors: dict[str, int] = {}
+    wait_s: float = 0.0
+    busy_s: float = 0.0
+    wall_s: float | None = None
+    requests_per_s: float | None = None
+    output_tokens_per_s: float | None = None
+    latency_s: Latency = Latency()
+    tokens: TokenCounts = TokenCounts()
+    # --backend ray: where the lane's actor ran (engine/ray_backend.py)
+    node: str | UnsetType = UNSET
+    host: str | UnsetType = UNSET
+    pid: int | UnsetType = UNSET
+    actor_restarts: int | UnsetType = UNSET
+    cost: float | UnsetType = UNSET  # not written by the engine; shown by the report when present
+
+
+# --------------------------------------------------------------------------- run.json
+
+
+class Fingerprint(msgspec.Struct, frozen=True, kw_only=True):
+    """What a resume must match: the data, and each model's request settings."""
+
+    data: str | None = None
+    models: dict[str, str] = {}
+
+
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    started_at: float | None = None
+    ended_at: float | None = None
+    status: str | None = None
+    argv: list[str] = []
+    merged_shards: int | UnsetType = UNSET  # a `merge`, not a run
+
+
+class PartitionDoc(msgspec.Struct, frozen=True, kw_only=True):
+    """How shards split the work (engine/shards.py `Partition`)."""
+
+    count: int
+    local_models: dict[str, int] = {}
+    api: str = "int(key[:8], 16) % N + 1"
+
+
+class ShardState(msgspec.Struct, frozen=True, kw_only=True):
+    """`shard` in a shard's own state file, run.shard-I-of-N.json."""
+
+    index: int
+    count: int
+    partition: PartitionDoc
+
+
+class BackendDoc(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str
+    address: str | None = None
+
+
+class BudgetDoc(msgspec.Struct, frozen=True, kw_only=True):
+    limit_usd: float
+    spent_usd: float
+    exhausted: bool
+
+
+class ServersDoc(msgspec.Struct, frozen=True, kw_only=True):
+    """This invocation's local servers: which GPUs, what each server reported, and when."""
+
+    gpus: list[str] | None = None
+    models: dict[str, dict[str, object]] = {}
+    events: list[tuple[str, str, list[str]]] = []  # (acquire | release, model, gpus) in order
+
+
+class ShardRun(msgspec.Struct, frozen=True, kw_only=True):
+    """What merge keeps of one shard's state file, in run.json `shards.runs.<I>`."""
+
+    status: str | None | UnsetType = UNSET
+    started_at: float | None | UnsetType = UNSET
+    ended_at: float | None | UnsetType = UNSET
+    lanes: dict[str, LaneSummary] | UnsetType = UNSET
+    history: list[HistoryEntry] | UnsetType = UNSET
+    nodes: object = UNSET
+
+
+class ShardsDoc(msgspec.Struct, frozen=True, kw_only=True):
+    """run.json `shards` after a merge."""
+
+    count: int
+    partition: PartitionDoc
+    merged_at: float
+    runs: dict[str, ShardRun] = {}
+
+
+class RunDoc(msgspec.Struct, frozen=True, kw_only=True):
+    """run.json: what a run was asked to do and how it went; resume, verify, score and report need
+    nothing else. A shard's run.shard-I-of-N.json is the same document with `shard` set."""
+
+    format: int = 1
+    config_source: str = ""
+    config: dict[str, object]  # engine/config.py `config_to_builtins`; parsed back with `parse_config`
+    spec: RunSpec
+    fingerprint: Fingerprint = Fingerprint()
+    planned: dict[str, dict[str, int]] = {}  # model -> subtask key -> units
+    packages: dict[str, str] = {}
+    started_at: float | None = None
+    ended_at: float | None = None
+    status: str = "running"
+    history: list[HistoryEntry] = []
+    shard: ShardState | UnsetType = UNSET
+    backend: BackendDoc | UnsetType = UNSET
+    budget: BudgetDoc | UnsetType = UNSET
+    lanes: dict[str, LaneSummary] | UnsetType = UNSET  # set when a run finishes
+    servers: ServersDoc | UnsetType = UNSET
+    shards: ShardsDoc | UnsetType = UNSET  # set by `merge`
+
+    @property
+    def lane_map(self) -> dict[str, LaneSummary]:
+        return self.lanes if not isinstance(self.lanes, UnsetType) else {}
+
+
+# --------------------------------------------------------------------------- scores.json
+
+
+class PillarRanks(msgspec.Struct, frozen=True, kw_only=True):
+    """PROTOCOL.md §2: the mean of a model's subtask ranks within the pillar, re-ranked."""
+
+    mean_subtask_rank: dict[str, float | None]
+    ranks: dict[str, int | None]
+
+
+class ModelScore(Metric, frozen=True, kw_only=True):
+    """scores.json `subtasks.<key>.models.<model>`: the subtask's `Metric` as stored. `judge` is
+    there for a judged subtask only, and `reason` when the metric has one or is undefined."""
+
+    judge: JudgeStats | UnsetType = UNSET  # type: ignore[assignment]  # absent, not null, when unjudged
+    reason: str | UnsetType = UNSET  # type: ignore[assignment]  # absent, not null, without a reason
+
+    @classmethod
+    def of(cls, m: Metric, n_missing: int, judge: JudgeStats | None) -> ModelScore:
+        reason: str | UnsetType = UNSET
+        if m.reason is not None or m.value is None:
+            reason = m.reason or "undefined"
+        return cls(value=m.value, n=m.n, n_scored=m.n_scored, n_unparseable=m.n_unparseable, n_failed=m.n_failed,
+                   n_missing=n_missing, ci=m.ci, breakdown=m.breakdown,
+                   judge=judge if judge is not None else UNSET, reason=reason)
+
+    @property
+    def why(self) -> str | None:
+        return self.reason if isinstance(self.reason, str) else None
+
+    @property
+    def judge_stats(self) -> JudgeStats | None:
+        return self.judge if isinstance(self.judge, JudgeStats) else None
+
+
+class SubtaskScores(msgspec.Struct, frozen=True, kw_only=True):
+    headline: str
+    direction: Literal["higher", "lower"]
+    version: str | None = None
+    judge: str | None = None  # the ranked judge
+    unparseable: str = "exclude"  # [pillars."<key>"] unparseable: "exclude" | "zero"
+    tie_break: str | None = None
+    models: dict[str, ModelScore] = {}
+    ranks: dict[str, int | None] = {}
+
+
+class ScoresDoc(msgspec.Struct, frozen=True, kw_only=True):
+    format: int = 1
+    models: list[str]
+    unparseable: str = "exclude"
+    data: str = "builtin"
+    limit: int = 0
+    subtasks: dict[str, SubtaskScores] = {}
+    pillars: dict[str, PillarRanks] = {}
+    # engine/costs.py `UsageTable.usage`: model -> role or "total" -> pillar -> counts (a role and
+    # "total" share one level, so the nesting has no Struct)
+    usage: dict[str, dict[str, object]] = {}
+    skipped: dict[str, str] = {}

@@ -1,0 +1,91 @@
+"""Reading and writing the run documents (engine/core/rundoc.py) in a run directory: run.json, a
+shard's run.shard-I-of-N.json and scores.json.
+
+Each write is atomic (temp file + rename) and keeps the top-level keys this code does not know
+from the file it replaces, so a run.json written by a newer engine keeps its extra fields when an
+older one resumes the run. A missing or unreadable document is one `EngineError` line that says
+which file and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+import orjson
+
+from engine.config import Config, parse_config
+from engine.core.errors import CheckpointError, EngineError
+from engine.core.rundoc import RunDoc, ScoresDoc
+
+RUN_JSON = "run.json"
+SCORES_JSON = "scores.json"
+
+D = TypeVar("D", RunDoc, ScoresDoc)
+
+
+def _decode(path: Path, kind: type[D]) -> D:
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=kind)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CheckpointError(f"{path}: not a valid {path.name} ({exc}); repair it or move the directory aside, "
+                              "then rerun") from None
+
+
+def read_doc(path: Path, kind: type[D]) -> D | None:
+    """The document at `path`, or None when there is none."""
+    if not path.exists():
+        return None
+    return _decode(path, kind)
+
+
+def write_doc(path: Path, doc: RunDoc | ScoresDoc, *, keep_unknown: bool = True) -> None:
+    """`doc` as indented JSON at `path`, atomically; with `keep_unknown`, the top-level keys of the
+    file it replaces that `doc` does not know are kept (after the known ones)."""
+    body = msgspec.to_builtins(doc)
+    if keep_unknown and path.exists():
+        try:
+            old = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError:
+            old = None
+        if isinstance(old, dict):
+            known = set(type(doc).__struct_fields__)
+            body.update({k: v for k, v in old.items() if k not in known and k not in body})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY))
+    os.replace(tmp, path)
+
+
+def read_run(directory: Path) -> RunDoc:
+    """run.json of a run directory; an error when there is none."""
+    doc = read_doc(Path(directory) / RUN_JSON, RunDoc)
+    if doc is None:
+        raise EngineError(f"{directory}: no run.json; is this a run output directory?")
+    return doc
+
+
+def read_run_if_any(directory: Path) -> RunDoc | None:
+    return read_doc(Path(directory) / RUN_JSON, RunDoc)
+
+
+def write_run(directory: Path, doc: RunDoc) -> None:
+    write_doc(Path(directory) / RUN_JSON, doc)
+
+
+def load_run(directory: Path) -> tuple[RunDoc, Config]:
+    """What every command on a finished directory starts with: its run.json and the config the run
+    used (validated again, so a hand-edited run.json fails here with the key named)."""
+    doc = read_run(directory)
+    return doc, parse_config(doc.config, f"{directory}/{RUN_JSON}")
+
+
+def read_scores(directory: Path) -> ScoresDoc | None:
+    return read_doc(Path(directory) / SCORES_JSON, ScoresDoc)
+
+
+def write_scores(directory: Path, scores: ScoresDoc) -> Path:
+    path = Path(directory) / SCORES_JSON
+    write_doc(path, scores, keep_unknown=False)  # recomputed from the records: nothing old to keep
+    return path
