@@ -1,5 +1,5 @@
-"""Exactly-once JSONL checkpoints: a lock per output directory, a fast resume scan, one writer
-task per file.
+"""Exactly-once JSONL checkpoints: a fast resume scan and one writer task per file (the output
+directory's lock is engine/store/lock.py).
 
 Every line is written whole by a single writer, so a crash can only tear the last line; the scan
 cuts it off. A key is never written twice: the scan's keys are skipped by the producers, and each
@@ -9,7 +9,6 @@ work unit is dispatched once per run.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -18,8 +17,9 @@ from typing import Any
 
 import msgspec
 
-from engine.core.errors import CheckpointError, LockedError
+from engine.core.errors import CheckpointError
 from engine.core.records import record_decoder, record_encoder
+from engine.store.lines import ERROR_FIELD
 
 _CHUNK = 32 << 20
 # Records are encoded with `key` first, so a regex over whole chunks reads keys at C speed.
@@ -40,44 +40,12 @@ def _chunk_keys(chunk: bytes) -> list[bytes]:
     if first is not None:
         keys.append(first.group(1))
     return keys
-_ERROR_FIELD = b',"error":{'
 
 
 def key_int(key: str) -> int:
     """The in-memory form of a key: 64 bits are plenty to tell a run's keys apart and cost half
     the memory of the hex string."""
     return int(key[:16], 16)
-
-
-class OutputLock:
-    """An exclusive `flock` on <output>/.lock. The kernel drops it when the process dies, so a
-    kill -9 never blocks the resume."""
-
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / ".lock"
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            finally:
-                os.close(fd)
-            raise LockedError(
-                f"{self.path.parent} is in use by another run (pid {holder}); wait for it to finish or use another --output"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 class ScanResult(msgspec.Struct, kw_only=True):
@@ -187,13 +155,13 @@ def scan_responses(path: Path, *, drop_errors: bool = False) -> ScanResult:
         if drop_errors:
             assert keep is not None
             for line in chunk.split(b"\n")[:-1]:
-                if _ERROR_FIELD in line and record_decoder.decode(line).error is not None:
+                if ERROR_FIELD in line and record_decoder.decode(line).error is not None:
                     result.errors += 1
                     continue
                 keep.append(line)
                 result.done.add(key_int(line[8:40].decode()))
         else:
-            result.errors += chunk.count(_ERROR_FIELD)
+            result.errors += chunk.count(ERROR_FIELD)
             result.done.update(int(k, 16) for k in keys)
         result.records += lines
     if keep is not None and result.errors:

@@ -219,16 +219,15 @@ def _finish_scores(out: Path) -> None:
 
     scores = score_run(out)
     path = write_scores(out, scores)
-    for key, sub in scores["subtasks"].items():
-        vals = ", ".join(
-            f"{m}={_fmt(d['value'])} (n={d['n']}, unparseable={d['n_unparseable']}, failed={d['n_failed']})"
-            for m, d in sub["models"].items())
-        _log(f"  {key}: {sub['headline']}: {vals}")
+    for key, sub in scores.subtasks.items():
+        vals = ", ".join(f"{m}={_fmt(d.value)} (n={d.n}, unparseable={d.n_unparseable}, failed={d.n_failed})"
+                         for m, d in sub.models.items())
+        _log(f"  {key}: {sub.headline}: {vals}")
     _log(f"scores: {path.resolve()}")
     _write_reports(out)
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: float | None) -> str:
     return "null" if v is None else f"{v:.3f}"
 
 
@@ -251,23 +250,17 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
     import msgspec
 
-    from engine.config import parse_config
     from engine.run import runner
-    from engine.runstate import read_run_json
-    from engine.spec import RunSpec
+    from engine.store.rundoc_io import load_run
 
     out = Path(args.dir)
-    doc = read_run_json(out)
-    if doc is None:
-        raise EngineError(f"{out}: no run.json; is this a run output directory?")
-    cfg = parse_config(doc["config"], f"{out}/run.json", stored=True)
+    doc, cfg = load_run(out)
     if args.judge:
         if args.judge not in cfg.models:
             raise EngineError(f"--judge {args.judge}: not a models key of this run (known: {', '.join(cfg.models)})")
         cfg = msgspec.structs.replace(cfg, judge=msgspec.structs.replace(cfg.judge, models=(args.judge,), rubrics={}))
-    spec = msgspec.convert(doc["spec"], RunSpec)
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
-    code = asyncio.run(runner.run(cfg, spec, progress=progress, log=_log, config_source=doc.get("config_source", ""),
+    code = asyncio.run(runner.run(cfg, doc.spec, progress=progress, log=_log, config_source=doc.config_source,
                                   judge_only=True))
     if code in (0, 1):
         _finish_scores(out)
@@ -297,16 +290,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from engine.shards import merge
+    from engine.merge import merge
 
     out = Path(args.dir)
     res = merge(out, log=_log)
     for line in res.lines:
         print(line)
     if res.merged:
-        from engine.runstate import read_run_json
+        from engine.store.rundoc_io import read_run
 
-        if (read_run_json(out) or {}).get("spec", {}).get("items") is None:
+        if read_run(out).spec.items is None:
             _finish_scores(out)
     return res.code
 

@@ -11,11 +11,17 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from adapters.registry import make_adapter
 from engine.checkpoint import key_int, scan_responses
 from engine.config import Config
+from engine.core.rundoc import RunSpec
 from engine.costs import cost
+from engine.gpus import render_placement
+from engine.requery import requery_limits
+from engine.run.judge import judge_params
+from engine.run.units import estimate_tokens, lane_units
+from engine.spec import item_factory, judges_for, rubrics_by_source, subtasks
 
 
 @dataclass
@@ -38,13 +44,7 @@ class Plan:
         c.completion_tokens += completion
 
 
-def build_plan(cfg: Config, spec: Any, out: Path | None) -> Plan:
-    from adapters.registry import make_adapter
-    from engine.requery import requery_limits
-    from engine.run.judge import judge_params
-    from engine.run.units import estimate_tokens, lane_units
-    from engine.spec import item_factory, judges_for, rubrics_by_source, subtasks
-
+def build_plan(cfg: Config, spec: RunSpec, out: Path | None) -> Plan:
     plan = Plan()
     factory = item_factory(spec)
     subs = subtasks(spec)
@@ -114,8 +114,6 @@ def render_plan(cfg: Config, plan: Plan) -> list[str]:
     lines.append(f"total: estimated cost ${total_cost:.4f}" + (f" (no [prices] for {', '.join(sorted(unpriced))})" if unpriced else ""))
     if slowest:
         lines.append(f"the slowest lane needs {slowest:.1f} min at best; lanes run concurrently, so that bounds the run")
-    from engine.gpus import render_placement
-
     models = list(dict.fromkeys([*plan.done, *(m for m, _, _ in plan.cells)]))
     working = {m for (m, _, _), c in plan.cells.items() if c.requests}
     lines += render_placement(cfg, models, {m for m in models if m not in working})

@@ -8,25 +8,28 @@ from the metric by default; an undefined metric is null with a reason.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import msgspec
-import orjson
 
 from engine.checkpoint import iter_records
-from engine.config import Config, parse_config
+from engine.config import Config
 from engine.core.errors import EngineError
 from engine.core.records import Item, Record, judgment_decoder
-from engine.core.subtask import ItemScore, Judgment, Metric, Rubric, Subtask
+from engine.core.rundoc import ModelScore, PillarRanks, RunSpec, ScoresDoc, SubtaskScores
+from engine.core.subtask import ItemScore, JudgeStats, Judgment, Rubric, Subtask
 from engine.costs import UsageTable
+from engine.items import limited
+from engine.options import EngineOptions, resolve
 from engine.requery import requery_limits, requery_samples
-from engine.runstate import read_run_json
-from engine.spec import RunSpec, judges_for
+from engine.spec import judges_for
+from engine.store.rundoc_io import load_run, write_scores
+from pillars import registry
 
-SCORES_JSON = "scores.json"
+__all__ = ["competition_ranks", "pillar_ranks", "read_judgments", "score_run", "write_scores"]
+
+Records = dict[tuple[str, str, str, int], Record]  # (pillar, subtask, item id, sample) -> record
 
 
 def competition_ranks(values: dict[str, float | None], direction: str,
@@ -50,13 +53,13 @@ def competition_ranks(values: dict[str, float | None], direction: str,
     return ranks
 
 
-def pillar_ranks(sub_ranks: dict[str, dict[str, int | None]], models: Sequence[str]) -> dict[str, Any]:
+def pillar_ranks(sub_ranks: dict[str, dict[str, int | None]], models: Sequence[str]) -> PillarRanks:
     """PROTOCOL.md §2: the mean of a model's subtask ranks within the pillar, re-ranked."""
     means: dict[str, float | None] = {}
     for m in models:
-        rs = [r[m] for r in sub_ranks.values() if r.get(m) is not None]
-        means[m] = round(sum(rs) / len(rs), 6) if rs else None  # type: ignore[arg-type]
-    return {"mean_subtask_rank": means, "ranks": competition_ranks(means, "lower")}
+        rs = [r for ranks in sub_ranks.values() if (r := ranks.get(m)) is not None]
+        means[m] = round(sum(rs) / len(rs), 6) if rs else None
+    return PillarRanks(mean_subtask_rank=means, ranks=competition_ranks(means, "lower"))
 
 
 class _Judged(msgspec.Struct):
@@ -84,20 +87,9 @@ def read_judgments(directory: Path, judge: str, rubrics: dict[str, Rubric]) -> d
     return out
 
 
-def _metric_doc(m: Metric, n_missing: int, judge_stats: dict[str, int] | None) -> dict[str, Any]:
-    doc: dict[str, Any] = {"value": m.value, "n": m.n, "n_scored": m.n_scored, "n_unparseable": m.n_unparseable,
-                           "n_failed": m.n_failed, "n_missing": n_missing,
-                           "ci": list(m.ci) if m.ci is not None else None, "breakdown": m.breakdown}
-    if judge_stats is not None:
-        doc["judge"] = judge_stats
-    if m.reason is not None or m.value is None:
-        doc["reason"] = m.reason or "undefined"
-    return doc
-
-
 def _item_scores(sub: Subtask, rubric: Rubric | None, items: Iterable[Item], samples: int,
                  records: dict[tuple[str, str, str, int], Record],
-                 judged: dict[tuple[str, str], _Judged], requery: int = 0) -> tuple[list[ItemScore], int, dict[str, int]]:
+                 judged: dict[tuple[str, str], _Judged], requery: int = 0) -> tuple[list[ItemScore], int, JudgeStats]:
     scores: list[ItemScore] = []
     missing = 0
     jstats = {"judged": 0, "unparseable": 0, "not_judged": 0, "retried": 0}
@@ -130,105 +122,105 @@ def _item_scores(sub: Subtask, rubric: Rubric | None, items: Iterable[Item], sam
                 missing += 1
                 continue
             scores.append(msgspec.structs.replace(sc, sample=s) if sc.sample != s else sc)
-    return scores, missing, jstats
+    return scores, missing, JudgeStats(**jstats)
 
 
-def score_run(directory: Path) -> dict[str, Any]:
-    from engine.items import limited
-    from pillars import registry
+class _Scorer:
+    """One scoring pass over a run directory: the records read once, each subtask scored per model."""
 
-    doc = read_run_json(directory)
-    if doc is None:
-        raise EngineError(f"{directory}: no run.json; is this a run output directory?")
-    cfg: Config = parse_config(doc["config"], f"{directory}/run.json", stored=True)
-    spec = msgspec.convert(doc["spec"], RunSpec)
+    def __init__(self, directory: Path, cfg: Config, spec: RunSpec) -> None:
+        self.cfg, self.spec = cfg, spec
+        self.data_dir = Path(spec.data_dir) if spec.data_dir else None
+        self.resolved = {k: resolve(k, spec.options.get(k)) for k in spec.subtasks}
+        self.subtasks = [self.resolved[k][0] for k in spec.subtasks]
+        self.models = list(spec.models)
+        rubrics = {s.rubric.name: s.rubric for s in self.subtasks if s.rubric is not None}
+        self.judged_by: dict[str, dict[tuple[str, str], _Judged]] = {}
+        for r in rubrics.values():
+            judges = judges_for(cfg, r)
+            if judges and judges[0] not in self.judged_by:
+                self.judged_by[judges[0]] = read_judgments(directory, judges[0], rubrics)
+        self.usage = UsageTable()
+        self.records = {m: self._read_records(directory, m) for m in self.models}
+        jdir = directory / "judgments"
+        for path in sorted(jdir.glob("*.jsonl")) if jdir.is_dir() else ():
+            for j in iter_records(path, judgment_decoder):
+                if j.response is not None:
+                    self.usage.add(j.judge, "judge", j.pillar, j.response.usage)
+        self.requery_n = requery_limits(self.subtasks, spec.options)
+        self.cache: dict[tuple[str, str], list[ItemScore]] = {}
+
+    def _read_records(self, directory: Path, model: str) -> Records:
+        out: Records = {}
+        for r in iter_records(directory / "responses" / f"{model}.jsonl"):
+            out[(r.pillar, r.subtask, r.item_id, r.sample)] = r
+            if r.response is not None:
+                self.usage.add(model, "target", r.pillar, r.response.usage)
+        return out
+
+    def items_of(self, sub: Subtask) -> list[Item]:
+        own = resolve(sub.key, self.spec.options.get(sub.key))[1].limit
+        return list(limited(registry.load_items(sub, self.data_dir), own if own is not None else self.spec.limit))
+
+    def ranked_judge(self, rubric: Rubric | None) -> str | None:
+        judges = judges_for(self.cfg, rubric) if rubric is not None else ()
+        return judges[0] if judges else None
+
+    def _clean_scores(self, clean_key: str, model: str) -> list[ItemScore]:
+        """The clean items' scores a robustness subtask compares with (scored here if the run did
+        not select the clean subtask itself)."""
+        clean = self.cache.get((clean_key, model))
+        if clean is None:
+            csub = resolve(clean_key, self.spec.options.get(clean_key))[0]
+            clean, _, _ = _item_scores(csub, csub.rubric, self.items_of(csub), self.spec.samples,
+                                       self.records[model], self.judged_by.get(self.ranked_judge(csub.rubric) or "", {}))
+        return clean
+
+    def metric(self, sub: Subtask, eng: EngineOptions, items: list[Item], model: str) -> ModelScore:
+        rubric = sub.rubric
+        judge = self.ranked_judge(rubric)
+        scores, missing, jstats = _item_scores(sub, rubric, items, self.spec.samples, self.records[model],
+                                               self.judged_by.get(judge, {}) if judge else {},
+                                               self.requery_n.get(sub.key, 0))
+        self.cache[(sub.key, model)] = scores
+        agg_input = scores
+        if sub.clean_source:
+            agg_input = scores + [msgspec.structs.replace(c, group={**c.group, "variant": "clean"})
+                                  for c in self._clean_scores(sub.clean_source, model)]
+        if eng.unparseable == "zero":
+            agg_input = [msgspec.structs.replace(x, status="scored", value=0.0) if x.status == "unparseable" else x
+                         for x in agg_input]
+        return ModelScore.of(sub.aggregate(agg_input), missing, jstats if rubric is not None else None)
+
+    def subtask(self, sub: Subtask) -> SubtaskScores:
+        eng = self.resolved[sub.key][1]
+        gen_key = sub.generates_from
+        gen = sub if gen_key == sub.key else resolve(gen_key, self.spec.options.get(gen_key))[0]
+        items = self.items_of(gen)
+        models = {m: self.metric(sub, eng, items, m) for m in self.models}
+        values = {m: s.value for m, s in models.items()}
+        tb = {m: _number(s.breakdown.get(eng.tie_break)) for m, s in models.items()} if eng.tie_break else None
+        return SubtaskScores(headline=sub.headline, direction=sub.direction, version=sub.version,
+                             judge=self.ranked_judge(sub.rubric), unparseable=eng.unparseable,
+                             tie_break=eng.tie_break, models=models,
+                             ranks=competition_ranks(values, sub.direction, tb))
+
+
+def _number(v: object) -> float | None:
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def score_run(directory: Path) -> ScoresDoc:
+    doc, cfg = load_run(directory)
+    spec = doc.spec
     if spec.items is not None:
         raise EngineError(f"{directory}: a custom --items run has no pillar metrics to score")
-    data_dir = Path(spec.data_dir) if spec.data_dir else None
-    from engine.options import resolve
-
-    resolved = {k: resolve(k, spec.options.get(k)) for k in spec.subtasks}
-    subtasks = [resolved[k][0] for k in spec.subtasks]
-    models = list(spec.models)
-
-    rubrics = {s.rubric.name: s.rubric for s in subtasks if s.rubric is not None}
-    judged_by: dict[str, dict[tuple[str, str], _Judged]] = {}
-    for r in rubrics.values():
-        judges = judges_for(cfg, r)
-        if judges and judges[0] not in judged_by:
-            judged_by[judges[0]] = read_judgments(directory, judges[0], rubrics)
-
-    usage = UsageTable()
-    records: dict[str, dict[tuple[str, str, str, int], Record]] = {}
-    for m in models:
-        records[m] = {}
-        for r in iter_records(directory / "responses" / f"{m}.jsonl"):
-            records[m][(r.pillar, r.subtask, r.item_id, r.sample)] = r
-            if r.response is not None:
-                usage.add(m, "target", r.pillar, r.response.usage)
-    jdir = directory / "judgments"
-    for path in sorted(jdir.glob("*.jsonl")) if jdir.is_dir() else ():
-        for j in iter_records(path, judgment_decoder):
-            if j.response is not None:
-                usage.add(j.judge, "judge", j.pillar, j.response.usage)
-
-    def zeroed(scores: list[ItemScore]) -> list[ItemScore]:
-        return [msgspec.structs.replace(x, status="scored", value=0.0) if x.status == "unparseable" else x
-                for x in scores]
-
-    def items_of(sub: Subtask) -> list[Item]:
-        own = resolve(sub.key, spec.options.get(sub.key))[1].limit
-        return list(limited(registry.load_items(sub, data_dir), own if own is not None else spec.limit))
-
-    requery_n = requery_limits(subtasks, spec.options)
-    out_subs: dict[str, Any] = {}
-    cache: dict[tuple[str, str], list[ItemScore]] = {}
-    for sub in subtasks:
-        eng = resolved[sub.key][1]
-        gen_key = sub.generates_from
-        gen = sub if gen_key == sub.key else resolve(gen_key, spec.options.get(gen_key))[0]
-        items = items_of(gen)
-        rubric = sub.rubric
-        ranked_judge = judges_for(cfg, rubric)[0] if rubric is not None and judges_for(cfg, rubric) else None
-        judged = judged_by.get(ranked_judge, {}) if ranked_judge else {}
-        models_doc: dict[str, Any] = {}
-        for m in models:
-            scores, missing, jstats = _item_scores(sub, rubric, items, spec.samples, records[m], judged,
-                                                   requery_n.get(sub.key, 0))
-            cache[(sub.key, m)] = scores
-            clean_key = sub.clean_source
-            agg_input = scores
-            if clean_key:
-                clean = cache.get((clean_key, m))
-                if clean is None:
-                    csub = resolve(clean_key, spec.options.get(clean_key))[0]
-                    clean, _, _ = _item_scores(csub, csub.rubric, items_of(csub), spec.samples, records[m],
-                                               judged_by.get(judges_for(cfg, csub.rubric)[0], {})
-                                               if csub.rubric is not None and judges_for(cfg, csub.rubric) else {})
-                agg_input = scores + [msgspec.structs.replace(c, group={**c.group, "variant": "clean"}) for c in clean]
-            if eng.unparseable == "zero":
-                agg_input = zeroed(agg_input)
-            metric = sub.aggregate(agg_input)
-            models_doc[m] = _metric_doc(metric, missing, jstats if rubric is not None else None)
-        values = {m: models_doc[m]["value"] for m in models}
-        tb = ({m: models_doc[m]["breakdown"].get(eng.tie_break) for m in models} if eng.tie_break else None)
-        out_subs[sub.key] = {"headline": sub.headline, "direction": sub.direction, "version": sub.version,
-                             "judge": ranked_judge, "unparseable": eng.unparseable, "tie_break": eng.tie_break,
-                             "models": models_doc, "ranks": competition_ranks(values, sub.direction, tb)}
-
-    pillars_doc: dict[str, Any] = {}
+    scorer = _Scorer(directory, cfg, spec)
+    subs = {sub.key: scorer.subtask(sub) for sub in scorer.subtasks}
+    pillars: dict[str, PillarRanks] = {}
     for p in registry.PILLARS:
-        sub_ranks = {k: v["ranks"] for k, v in out_subs.items() if k.split("/")[0] == p}
+        sub_ranks = {k: v.ranks for k, v in subs.items() if k.split("/")[0] == p}
         if sub_ranks:
-            pillars_doc[p] = pillar_ranks(sub_ranks, models)
-    return {"format": 1, "models": models, "unparseable": "exclude", "data": spec.data_dir or "builtin",
-            "limit": spec.limit, "subtasks": out_subs, "pillars": pillars_doc, "usage": usage.to_dict(cfg),
-            "skipped": dict(spec.skipped)}
-
-
-def write_scores(directory: Path, scores: dict[str, Any]) -> Path:
-    path = directory / SCORES_JSON
-    tmp = path.with_name(f".{SCORES_JSON}.{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(scores, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-    os.replace(tmp, path)
-    return path
+            pillars[p] = pillar_ranks(sub_ranks, scorer.models)
+    return ScoresDoc(models=scorer.models, data=spec.data_dir or "builtin", limit=spec.limit, subtasks=subs,
+                     pillars=pillars, usage=scorer.usage.to_dict(cfg), skipped=dict(spec.skipped))

@@ -16,26 +16,13 @@ import msgspec
 
 from engine.config import Config
 from engine.core.errors import ConfigError, EngineError
+from engine.core.rundoc import RunSpec
 from engine.core.subtask import Rubric, Subtask
 from engine.items import ItemFactory, custom_source, pillar_source
 from engine.options import resolve
 from pillars import registry
 
 Options = dict[str, dict[str, Any]]  # [pillars."<key>"] sections, as TOML gives them
-
-
-class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """What to run, resolved from config + command line; stored in run.json as `spec`."""
-
-    output: str
-    models: tuple[str, ...]
-    items: str | None = None  # custom items file, or None for pillar subtasks
-    data_dir: str | None = None
-    subtasks: tuple[str, ...] = ()
-    limit: int = 0
-    samples: int = 1
-    options: Options = {}  # [pillars."<key>"] sections
-    skipped: dict[str, str] = {}  # selected subtasks left out, with the reason (missing data)
 
 
 def resolve_subtasks(pillars: tuple[str, ...]) -> tuple[str, ...]:

@@ -10,10 +10,14 @@ from pathlib import Path
 
 import msgspec
 
+from adapters.registry import make_adapter
 from engine.checkpoint import iter_records
-from engine.config import Config, parse_config
 from engine.core.errors import EngineError
-from engine.runstate import read_run_json
+from engine.merge import judgment_overlaps, shard_problems
+from engine.run.units import lane_units
+from engine.shards import discover
+from engine.spec import item_factory
+from engine.store.rundoc_io import RUN_JSON, read_run_if_any, run_config
 
 
 class VerifyReport(msgspec.Struct, kw_only=True):
@@ -26,12 +30,7 @@ class VerifyReport(msgspec.Struct, kw_only=True):
 
 
 def verify(directory: Path) -> VerifyReport:
-    from adapters.registry import make_adapter
-    from engine.run.units import lane_units
-    from engine.shards import discover, shard_problems
-    from engine.spec import RunSpec, item_factory
-
-    doc = read_run_json(directory)
+    doc = read_run_if_any(directory)
     found = discover(directory)
     lines: list[str] = []
     totals = Counter[str]()
@@ -41,8 +40,8 @@ def verify(directory: Path) -> VerifyReport:
         totals["shards"] += len(problems)
     if doc is None:
         raise EngineError(f"{directory}: no run.json; is this a run output directory?")
-    cfg: Config = parse_config(doc["config"], f"{directory}/run.json", stored=True)
-    spec = msgspec.convert(doc["spec"], RunSpec)
+    cfg = run_config(doc, f"{directory}/{RUN_JSON}")
+    spec = doc.spec
     factory = item_factory(spec)
     for name in spec.models:
         if name not in cfg.models:
@@ -91,8 +90,6 @@ def verify(directory: Path) -> VerifyReport:
         if len(failed) > 10:
             lines.append(f"  ... and {len(failed) - 10} more failed (rerun with --retry-errors to retry them)")
     if found:
-        from engine.shards import judgment_overlaps
-
         jl = judgment_overlaps(directory, found)
         lines += jl
         totals["shards"] += len(jl)

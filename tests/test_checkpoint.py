@@ -8,9 +8,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.checkpoint import JsonlWriter, OutputLock, iter_records, key_int, repair_torn_tail, scan_responses
+from engine.checkpoint import JsonlWriter, iter_records, key_int, repair_torn_tail, scan_responses
 from engine.core.errors import CheckpointError, LockedError
 from engine.core.records import ErrorInfo, Record, Response, record_encoder
+from engine.store.lock import OutputLock
 from tests.conftest import (
     check_complete,
     expected_texts,

@@ -23,8 +23,11 @@ from typing import Any
 import orjson
 import pytest
 
+from engine.core.rundoc import RunDoc, RunSpec
 from engine.report import build_report, render, report_for, write_reports
-from engine.report.model import ReportInputs, breakdown_tables, cohen_kappa, fmt_num, judgment_label, rank_colour
+from engine.report.build import breakdown_tables, cohen_kappa, judgment_label
+from engine.report.format import fmt_num, rank_colour
+from engine.report.view import ReportInputs
 from tests.conftest import fake_model, run_engine, write_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_run"
@@ -290,7 +293,7 @@ def test_api_key_values_never_appear(run_dir: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_absent_inputs_render_gracefully() -> None:
-    run = {"spec": {"models": ["m"]}, "config": {"models": {"m": {"adapter": "vllm"}}}}
+    run = RunDoc(spec=RunSpec(output="x", models=("m",)), config={"models": {"m": {"adapter": "vllm"}}})
     inputs = ReportInputs(directory="x", run=run,
                           scores=None, records={}, judgments={}, items=None, notes=("items could not be rebuilt",))
     report = build_report(inputs)

@@ -3,7 +3,7 @@
 Public API:
 - `load_inputs(directory)` reads run.json, scores.json (computed in memory when absent), the
   response and judgment records and, where they can be rebuilt, the items (the only I/O here);
-- `model.build_report(inputs, per_subtask=5)` builds the typed `Report` (pure);
+- `build.build_report(inputs, per_subtask=5)` builds the typed `Report` (view.py; pure);
 - `render(report, fmt)` gives the text ("md", "html" or "json"), with any API key value that the
   environment holds for the run's `api_key_env` names blanked out as a last line of defence;
 - `write_reports(directory)` writes report.md and report.html into the run directory (what `run`,
@@ -13,12 +13,22 @@ Public API:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
-from engine.report.model import Report, ReportInputs, build_report
+from engine.checkpoint import iter_records
+from engine.core.errors import EngineError
+from engine.core.records import Item, judgment_decoder
+from engine.core.rundoc import RunDoc, RunSpec, ScoresDoc
+from engine.report.build import build_report
+from engine.report.html import render_html
+from engine.report.markdown import render_markdown
+from engine.report.view import Report, ReportInputs
+from engine.scoring import score_run
+from engine.spec import item_factory
+from engine.store.rundoc_io import read_run, read_scores
 
 __all__ = ["FORMATS", "Report", "ReportInputs", "build_report", "load_inputs", "render", "report_for", "write_reports"]
 
@@ -27,19 +37,12 @@ FILES = {"md": "report.md", "html": "report.html"}
 
 
 def load_inputs(directory: Path) -> ReportInputs:
-    from engine.checkpoint import iter_records
-    from engine.core.errors import EngineError
-    from engine.core.records import judgment_decoder
-    from engine.runstate import read_run_json
-
     directory = Path(directory)
-    run = read_run_json(directory)
-    if run is None:
-        raise EngineError(f"{directory}: no run.json; is this a run output directory?")
+    run = read_run(directory)
     notes: list[str] = []
     scores = _read_scores(directory, run, notes)
-    spec = run.get("spec") or {}
-    models = list(spec.get("models") or run.get("config", {}).get("models", {}))
+    spec = run.spec
+    models = list(spec.models or _models_of(run.config))
     records = {m: list(iter_records(directory / "responses" / f"{m}.jsonl")) for m in models}
     judgments = {p.stem: list(iter_records(p, judgment_decoder))
                  for p in sorted((directory / "judgments").glob("*.jsonl"))}
@@ -48,18 +51,17 @@ def load_inputs(directory: Path) -> ReportInputs:
                         items=items, notes=tuple(notes))
 
 
-def _read_scores(directory: Path, run: dict[str, Any], notes: list[str]) -> dict[str, Any] | None:
-    import orjson
+def _models_of(config: Mapping[str, object]) -> Mapping[str, object]:
+    models = config.get("models")
+    return models if isinstance(models, Mapping) else {}
 
-    from engine.core.errors import EngineError
 
-    path = directory / "scores.json"
-    if path.exists():
-        return orjson.loads(path.read_bytes())
-    if (run.get("spec") or {}).get("items") is not None:
+def _read_scores(directory: Path, run: RunDoc, notes: list[str]) -> ScoresDoc | None:
+    scores = read_scores(directory)
+    if scores is not None:
+        return scores
+    if run.spec.items is not None:
         return None
-    from engine.scoring import score_run
-
     try:
         scores = score_run(directory)
     except (EngineError, OSError, ValueError, KeyError) as exc:
@@ -69,15 +71,12 @@ def _read_scores(directory: Path, run: dict[str, Any], notes: list[str]) -> dict
     return scores
 
 
-def _load_items(spec: dict[str, Any], notes: list[str]) -> dict[tuple[str, str, str], Any] | None:
-    from engine.core.errors import EngineError
-    from engine.spec import RunSpec, item_factory
-
-    if spec.get("items") is not None:
+def _load_items(spec: RunSpec, notes: list[str]) -> dict[tuple[str, str, str], Item] | None:
+    if spec.items is not None:
         notes.append("a custom --items run: no pillar metrics; the drill-down shows item ids only")
         return None
     try:
-        factory = item_factory(msgspec.convert(spec, RunSpec))
+        factory = item_factory(spec)
         return {(w.item.pillar, w.item.subtask, w.item.id): w.item for w in factory()}
     except (EngineError, OSError, ValueError, KeyError, msgspec.ValidationError) as exc:
         reason = exc.args[0] if exc.args else exc
@@ -85,10 +84,11 @@ def _load_items(spec: dict[str, Any], notes: list[str]) -> dict[tuple[str, str, 
         return None
 
 
-def _secrets(run: dict[str, Any]) -> tuple[str, ...]:
+def _secrets(run: RunDoc) -> tuple[str, ...]:
     """Values the environment holds for the run's api_key_env names (never written, only removed)."""
-    names = {m.get("api_key_env") for m in (run.get("config", {}).get("models") or {}).values()}
-    return tuple(v for n in sorted(x for x in names if x) if len(v := os.environ.get(n, "")) >= 8)
+    names = {m.get("api_key_env") for m in _models_of(run.config).values() if isinstance(m, Mapping)}
+    return tuple(v for n in sorted(x for x in names if isinstance(x, str) and x)
+                 if len(v := os.environ.get(n, "")) >= 8)
 
 
 def _scrub(text: str, secrets: tuple[str, ...]) -> str:
@@ -101,12 +101,8 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
 
 def render(report: Report, fmt: str, secrets: tuple[str, ...] = ()) -> str:
     if fmt == "md":
-        from engine.report.markdown import render_markdown
-
         text = render_markdown(report)
     elif fmt == "html":
-        from engine.report.html import render_html
-
         text = render_html(report)
     elif fmt == "json":
         text = msgspec.json.format(msgspec.json.encode(report).decode(), indent=2) + "\n"

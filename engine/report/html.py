@@ -6,23 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from html import escape
-from typing import Any
 
-from engine.report.model import (
-    BreakdownTable,
-    Drill,
-    DrillItem,
-    RankCell,
-    Report,
-    SubtaskDetail,
-    fmt_ci,
-    fmt_cost,
-    fmt_num,
-    fmt_policy,
-    fmt_span,
-    rank_colour,
-)
+from engine.report.format import fmt_ci, fmt_cost, fmt_num, fmt_policy, fmt_span, rank_colour
 from engine.report.svg import PALETTE, pillar_heatmap, radar_svg
+from engine.report.view import BreakdownTable, Drill, DrillItem, RankCell, Report, SubtaskDetail
 
 ARROW = {"higher": "↑", "lower": "↓"}
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
@@ -59,11 +46,11 @@ pre { white-space: pre-wrap; word-break: break-word; background: #f7f7f7; border
 """
 
 
-def _e(v: Any) -> str:
+def _e(v: object) -> str:
     return escape(v if isinstance(v, str) else fmt_num(v), quote=True)
 
 
-def _attr(v: Any) -> str:
+def _attr(v: object) -> str:
     """An exact value for a data-* attribute: repr() of floats, "null" for None."""
     if v is None:
         return "null"
@@ -74,9 +61,9 @@ def _anchor(key: str) -> str:
     return "s-" + "".join(ch if ch.isalnum() else "-" for ch in key)
 
 
-def table(head: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> str:
+def table(head: Sequence[str], rows: Sequence[Sequence[object]], cls: str = "") -> str:
     h = "".join(f"<th>{_e(x)}</th>" for x in head)
-    def td(x: Any) -> str:
+    def td(x: object) -> str:
         num = isinstance(x, (int, float)) and not isinstance(x, bool)
         return f'<td class="num">{_e(x)}</td>' if num else f"<td>{_e(x)}</td>"
 
@@ -176,9 +163,10 @@ def subtask(d: SubtaskDetail) -> str:
             cells.append(f'<td class="num" data-field="{f}">{_e(getattr(m, f))}</td>')
         cells.append(f'<td data-field="ci">{_e(fmt_ci(m.ci))}</td>')
         if judged:
-            j = m.judge or {}
-            cells += [f'<td class="num" data-field="judge.{f}">{_e(j.get(f, ""))}</td>'
-                      for f in ("judged", "unparseable", "not_judged", "retried")]
+            j = m.judge
+            counts = (j.judged, j.unparseable, j.not_judged, j.retried) if j is not None else ("", "", "", "")
+            cells += [f'<td class="num" data-field="judge.{f}">{_e(v)}</td>'
+                      for f, v in zip(("judged", "unparseable", "not_judged", "retried"), counts)]
         rows.append(f'<tr data-model="{_attr(m.model)}">{"".join(cells)}</tr>')
     hrow = "".join(f"<th>{_e(h)}</th>" for h in head)
     reasons = "".join(f'<li class="reason">{_e(m.model)}: {_e(m.reason)}</li>' for m in d.metrics if m.reason)

@@ -4,30 +4,20 @@ tables, judge reliability and run performance. The drill-down (long texts) is HT
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from engine.report.model import (
-    BreakdownTable,
-    RankCell,
-    Report,
-    SubtaskDetail,
-    fmt_ci,
-    fmt_cost,
-    fmt_num,
-    fmt_policy,
-    fmt_span,
-)
+from engine.report.format import fmt_ci, fmt_cost, fmt_num, fmt_policy, fmt_span
+from engine.report.view import BreakdownTable, RankCell, Report, SubtaskDetail
 
 ARROW = {"higher": "↑", "lower": "↓"}
 
 
-def _c(v: Any) -> str:
+def _c(v: object) -> str:
     """A table cell: numbers formatted, pipes and newlines neutralised."""
     s = v if isinstance(v, str) else fmt_num(v)
     return s.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
-def table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+def table(head: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
     out = ["| " + " | ".join(_c(h) for h in head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     out += ["| " + " | ".join(_c(x) for x in r) + " |" for r in rows]
     return out + [""]
@@ -86,8 +76,8 @@ def _subtask(d: SubtaskDetail) -> list[str]:
         row = [m.model, m.rank if m.rank is not None else "–", m.value, m.n, m.n_scored, m.n_unparseable, m.n_failed,
                m.n_missing, fmt_ci(m.ci)]
         if judged:
-            j = m.judge or {}
-            row += [j.get("judged", ""), j.get("unparseable", ""), j.get("not_judged", ""), j.get("retried", "")]
+            j = m.judge
+            row += [j.judged, j.unparseable, j.not_judged, j.retried] if j is not None else ["", "", "", ""]
         rows.append(row)
     out += table(head, rows)
     reasons = [f"- {m.model}: {m.reason}" for m in d.metrics if m.reason]

@@ -7,7 +7,8 @@ import math
 from collections.abc import Sequence
 from html import escape
 
-from engine.report.model import Radar, RankTable, rank_colour
+from engine.report.format import rank_colour
+from engine.report.view import Radar, RankTable
 
 # Okabe-Ito (colour-blind safe) then a few more distinct hues.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442",

@@ -78,7 +78,12 @@ def load_run(directory: Path) -> tuple[RunDoc, Config]:
     """What every command on a finished directory starts with: its run.json and the config the run
     used (validated again, so a hand-edited run.json fails here with the key named)."""
     doc = read_run(directory)
-    return doc, parse_config(doc.config, f"{directory}/{RUN_JSON}")
+    return doc, run_config(doc, f"{directory}/{RUN_JSON}")
+
+
+def run_config(doc: RunDoc, source: str) -> Config:
+    """The config a run document stored (its format-1 layout), validated; `source` names the file."""
+    return parse_config(doc.config, source, stored=True)
 
 
 def read_scores(directory: Path) -> ScoresDoc | None:

@@ -1,13 +1,9 @@
-"""The report model: everything `engine report` shows, as frozen msgspec Structs.
-
-`build_report` is pure: it takes what the loader read (run.json, scores.json, the response and
-judgment records, the items when they could be rebuilt) and returns a `Report`. The renderers
-(markdown, html, svg) only format it; `--format json` encodes it as is.
+"""Builds the report's view model (engine/report/view.py) from what the loader read: pure.
 
 What comes from where:
 - rank table, radars, per-subtask tables: scores.json (ranks are never recomputed here);
 - model groups: run.json config (adapter embedded / vllm / vllm-offline = local, else API);
-- judge counts: scores.json per-model `judge` dicts; agreement between judges: the judgment
+- judge counts: scores.json per-model `judge` counts; agreement between judges: the judgment
   records, parsed with the subtask's rubric; keyword-vs-judge refusal agreement: the breakdown;
 - run performance: run.json `lanes`; tokens: the records (every run of a resumed directory);
 - drill-down: the records, scored again with the subtask's `score()` to put the worst first.
@@ -17,256 +13,53 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal
 
 import msgspec
+from msgspec import UnsetType
 
-from adapters import registry
-from engine.core.records import Item, JudgmentRecord, Message, Record
+from adapters.registry import find as find_adapter
+from engine.core.errors import ConfigError
+from engine.core.records import ErrorInfo, JudgmentRecord, Message, Record
+from engine.core.rundoc import Options, RunDoc, ScoresDoc
+from engine.core.subtask import Subtask
+from engine.options import resolve
+from engine.report.view import (
+    BreakdownRow,
+    BreakdownTable,
+    Drill,
+    DrillItem,
+    DrillResponse,
+    JudgeAgreement,
+    JudgeCounts,
+    JudgeText,
+    KeywordAgreement,
+    LanePerf,
+    ModelInfo,
+    ModelMetric,
+    PillarBlock,
+    PillarCell,
+    Radar,
+    RadarSeries,
+    RankCell,
+    RankTable,
+    Report,
+    ReportInputs,
+    RunInfo,
+    SubtaskDetail,
+    SubtaskRow,
+    TokenUse,
+)
+from pillars import registry
 
 TEXT_LIMIT = 3000  # characters of one prompt message / response / judgment shown in the drill-down
 
-Group = Literal["api", "local"]
 
-
-class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
-    name: str  # the [models.<name>] key
-    group: Group
-    adapter: str
-    model_id: str  # the id sent to the server
-
-
-class RankCell(msgspec.Struct, frozen=True, kw_only=True):
-    model: str
-    rank: int | None
-    value: float | None
-    n: int | None = None
-    ci: tuple[float, float] | None = None
-    reason: str | None = None
-    scored: bool = True  # False: the subtask (or this model) has no entry in scores.json
-
-
-class SubtaskRow(msgspec.Struct, frozen=True, kw_only=True):
-    key: str
-    pillar: str
-    subtask: str
-    headline: str | None
-    direction: str | None
-    scored: bool
-    cells: tuple[RankCell, ...]  # in RankTable.models order
-
-
-class PillarCell(msgspec.Struct, frozen=True, kw_only=True):
-    model: str
-    rank: int | None
-    mean_subtask_rank: float | None
-
-
-class PillarBlock(msgspec.Struct, frozen=True, kw_only=True):
-    pillar: str
-    rows: tuple[SubtaskRow, ...]
-    cells: tuple[PillarCell, ...]  # the pillar rank, in RankTable.models order; empty if unranked
-
-
-class RankTable(msgspec.Struct, frozen=True, kw_only=True):
-    models: tuple[ModelInfo, ...]  # API models first, then local ones (config order within)
-    blocks: tuple[PillarBlock, ...]
-
-
-class RadarSeries(msgspec.Struct, frozen=True, kw_only=True):
-    model: str
-    ranks: tuple[int | None, ...]  # one per axis
-
-
-class Radar(msgspec.Struct, frozen=True, kw_only=True):
-    group: Group
-    axes: tuple[str, ...]  # pillar ids
-    n_models: int  # ranks run 1..n_models (across every model of the run)
-    series: tuple[RadarSeries, ...]
-
-
-class ModelMetric(msgspec.Struct, frozen=True, kw_only=True):
-    model: str
-    rank: int | None
-    value: float | None
-    n: int = 0
-    n_scored: int = 0
-    n_unparseable: int = 0
-    n_failed: int = 0
-    n_missing: int = 0
-    ci: tuple[float, float] | None = None
-    reason: str | None = None
-    judge: dict[str, int] | None = None
-
-
-class BreakdownRow(msgspec.Struct, frozen=True, kw_only=True):
-    label: str  # the path below the table's key ("" when the table is per model only)
-    model: str
-    cells: dict[str, Any]  # column -> value; an absent column is absent here
-
-
-class BreakdownTable(msgspec.Struct, frozen=True, kw_only=True):
-    title: str
-    columns: tuple[str, ...]
-    rows: tuple[BreakdownRow, ...]
-
-
-class SubtaskDetail(msgspec.Struct, frozen=True, kw_only=True):
-    key: str
-    headline: str
-    direction: str
-    version: str | None
-    judge: str | None
-    metrics: tuple[ModelMetric, ...]
-    breakdown: tuple[BreakdownTable, ...]
-    unparseable: str | None = None  # "exclude" | "zero" ([pillars."<key>"] unparseable)
-    tie_break: str | None = None  # breakdown key that orders equal values (higher first)
-
-
-class JudgeCounts(msgspec.Struct, frozen=True, kw_only=True):
-    subtask: str
-    judge: str
-    judged: int
-    unparseable: int
-    not_judged: int
-    retried: int
-
-
-class JudgeAgreement(msgspec.Struct, frozen=True, kw_only=True):
-    subtask: str
-    judge_a: str  # the ranked judge
-    judge_b: str
-    n: int  # responses both judges scored with a numeric label (> 0)
-    share_agree: float
-    kappa: float | None  # Cohen's kappa; None when undefined (both judges used one and the same label)
-
-
-class KeywordAgreement(msgspec.Struct, frozen=True, kw_only=True):
-    subtask: str
-    model: str
-    n: int
-    share_agree: float | None = None
-    kappa: float | None = None
-    keyword_rta: float | None = None
-    judge_rta: float | None = None
-
-
-class LanePerf(msgspec.Struct, frozen=True, kw_only=True):
-    model: str
-    state: str | None
-    planned: int | None
-    done: int | None
-    judged: int | None
-    requests_per_s: float | None
-    output_tokens_per_s: float | None
-    latency_p50: float | None
-    latency_p95: float | None
-    latency_p99: float | None
-    retries: int | None
-    rate_limited: int | None
-    errors: dict[str, int]
-    wait_s: float | None
-    busy_s: float | None
-    wall_s: float | None
-    tokens: dict[str, int]
-    cost: float | None = None
-
-
-class TokenUse(msgspec.Struct, frozen=True, kw_only=True):
-    model: str
-    responses: int
-    prompt_tokens: int
-    completion_tokens: int
-    judgments: int
-    judge_prompt_tokens: int
-    judge_completion_tokens: int
-    cost: float | None = None  # from config [prices.<model>] when set
-
-
-class JudgeText(msgspec.Struct, frozen=True, kw_only=True):
-    judge: str
-    try_: int = msgspec.field(name="try")
-    text: str | None = None
-    error: str | None = None
-
-
-class DrillResponse(msgspec.Struct, frozen=True, kw_only=True):
-    model: str
-    status: str  # scored | unparseable | failed | missing | unknown (not scorable here)
-    score: float | None = None
-    label: str | None = None
-    text: str | None = None
-    finish_reason: str | None = None
-    error: str | None = None
-    judgments: tuple[JudgeText, ...] = ()
-
-
-class DrillItem(msgspec.Struct, frozen=True, kw_only=True):
-    item_id: str
-    sample: int
-    prompt: tuple[Message, ...] | None  # None when the items could not be rebuilt
-    reference: Any = None
-    responses: tuple[DrillResponse, ...] = ()
-
-
-class Drill(msgspec.Struct, frozen=True, kw_only=True):
-    subtask: str
-    total: int  # (item, sample) units with at least one record
-    items: tuple[DrillItem, ...]
-    order: str  # how the sample was chosen
-
-
-class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
-    directory: str
-    status: str | None
-    config_source: str | None
-    started_at: float | None
-    ended_at: float | None
-    data: str | None
-    limit: int | None
-    samples: int | None
-    judges: tuple[str, ...]
-
-
-class Report(msgspec.Struct, frozen=True, kw_only=True):
-    format: int = 1
-    title: str
-    run: RunInfo
-    models: tuple[ModelInfo, ...]
-    rank_table: RankTable | None
-    radars: tuple[Radar, ...]
-    subtasks: tuple[SubtaskDetail, ...]
-    judge_counts: tuple[JudgeCounts, ...]
-    judge_agreement: tuple[JudgeAgreement, ...]
-    keyword_agreement: tuple[KeywordAgreement, ...]
-    lanes: tuple[LanePerf, ...]
-    tokens: tuple[TokenUse, ...]
-    drilldown: tuple[Drill, ...]
-    notes: tuple[str, ...]
-
-
-class ReportInputs(msgspec.Struct, frozen=True, kw_only=True):
-    """What the loader read from a run directory. `items` is None when they could not be rebuilt
-    (data dir absent on this machine, a custom --items run); `notes` carries why."""
-
-    directory: str
-    run: dict[str, Any]
-    scores: dict[str, Any] | None
-    records: dict[str, list[Record]]  # model -> responses
-    judgments: dict[str, list[JudgmentRecord]]  # judge -> judge outputs
-    items: dict[tuple[str, str, str], Item] | None
-    notes: tuple[str, ...] = ()
-
-
-# --------------------------------------------------------------------------- models and ranks
-
-
-def model_infos(run: Mapping[str, Any], names: Sequence[str]) -> tuple[ModelInfo, ...]:
+def model_infos(run: RunDoc, names: Sequence[str]) -> tuple[ModelInfo, ...]:
     """The run's models, API first then local, config order within each group."""
-    cfg = run.get("config", {}).get("models", {})
+    cfg = _table(run.config, "models")
     infos = []
     for name in names:
-        m = cfg.get(name, {})
+        m = _table(cfg, name)
         adapter = str(m.get("adapter", "?"))
         infos.append(ModelInfo(name=name, group="local" if _is_local(adapter) else "api", adapter=adapter,
                                model_id=str(m.get("model") or name)))
@@ -276,34 +69,30 @@ def model_infos(run: Mapping[str, Any], names: Sequence[str]) -> tuple[ModelInfo
 def _is_local(adapter: str) -> bool:
     """A local model process (its registry entry says so); an adapter not registered in this
     process (a module the run named in run.adapter_modules) counts as an API model."""
-    entry = registry.find(adapter)
+    entry = find_adapter(adapter)
     return entry is not None and entry.local
 
 
-def _ci(v: Any) -> tuple[float, float] | None:
-    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
-        return (float(v[0]), float(v[1]))
-    return None
+def _table(d: Mapping[str, object], key: str) -> Mapping[str, object]:
+    """A sub-table of run.json's config (which the report reads as written, never re-validated)."""
+    v = d.get(key)
+    return v if isinstance(v, Mapping) else {}
 
 
 def _subtask_order(spec_keys: Iterable[str], scored_keys: Iterable[str]) -> list[str]:
     """Registry (PROTOCOL.md §6) order; keys the registry does not know go last, in file order."""
-    from pillars import registry
-
     wanted = list(dict.fromkeys([*spec_keys, *scored_keys]))
     known = [s.key for s in registry.all_subtasks()]
     return [k for k in known if k in wanted] + [k for k in wanted if k not in known]
 
 
 def _pillar_order(keys: Iterable[str]) -> list[str]:
-    from pillars.registry import PILLARS
-
     present = list(dict.fromkeys(k.split("/")[0] for k in keys))
-    return [p for p in PILLARS if p in present] + [p for p in present if p not in PILLARS]
+    return [p for p in registry.PILLARS if p in present] + [p for p in present if p not in registry.PILLARS]
 
 
-def rank_table(scores: Mapping[str, Any], spec_keys: Sequence[str], models: tuple[ModelInfo, ...]) -> RankTable:
-    subs = scores.get("subtasks", {})
+def rank_table(scores: ScoresDoc, spec_keys: Sequence[str], models: tuple[ModelInfo, ...]) -> RankTable:
+    subs = scores.subtasks
     keys = _subtask_order(spec_keys, subs)
     blocks = []
     for pillar in _pillar_order(keys):
@@ -312,19 +101,17 @@ def rank_table(scores: Mapping[str, Any], spec_keys: Sequence[str], models: tupl
             s = subs.get(key)
             cells = []
             for info in models:
-                d = s["models"].get(info.name) if s else None
-                if d is None:
+                d = s.models.get(info.name) if s else None
+                if s is None or d is None:
                     cells.append(RankCell(model=info.name, rank=None, value=None, scored=False))
                     continue
-                cells.append(RankCell(model=info.name, rank=s.get("ranks", {}).get(info.name), value=d.get("value"),
-                                      n=d.get("n"), ci=_ci(d.get("ci")), reason=d.get("reason")))
+                cells.append(RankCell(model=info.name, rank=s.ranks.get(info.name), value=d.value, n=d.n, ci=d.ci,
+                                      reason=d.why))
             rows.append(SubtaskRow(key=key, pillar=pillar, subtask=key.partition("/")[2],
-                                   headline=s.get("headline") if s else None,
-                                   direction=s.get("direction") if s else None, scored=s is not None,
-                                   cells=tuple(cells)))
-        p = scores.get("pillars", {}).get(pillar)
-        pcells = tuple(PillarCell(model=i.name, rank=p.get("ranks", {}).get(i.name),
-                                  mean_subtask_rank=p.get("mean_subtask_rank", {}).get(i.name))
+                                   headline=s.headline if s else None, direction=s.direction if s else None,
+                                   scored=s is not None, cells=tuple(cells)))
+        p = scores.pillars.get(pillar)
+        pcells = tuple(PillarCell(model=i.name, rank=p.ranks.get(i.name), mean_subtask_rank=p.mean_subtask_rank.get(i.name))
                        for i in models) if p else ()
         blocks.append(PillarBlock(pillar=pillar, rows=tuple(rows), cells=pcells))
     return RankTable(models=models, blocks=tuple(blocks))
@@ -350,7 +137,7 @@ def radars(table: RankTable) -> tuple[Radar, ...]:
 # --------------------------------------------------------------------------- per-subtask tables
 
 
-def _flatten(d: Mapping[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str, Any]]:
+def _flatten(d: Mapping[str, object], path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str, object]]:
     """(path, leaf key, value) for every non-dict leaf of a nested dict, a dict's own leaves
     before those of its sub-dicts (a parent row comes before its children); lists are leaves."""
     for k, v in d.items():
@@ -361,7 +148,7 @@ def _flatten(d: Mapping[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple
             yield from _flatten(v, (*path, str(k)))
 
 
-def breakdown_tables(per_model: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[BreakdownTable, ...]:
+def breakdown_tables(per_model: Sequence[tuple[str, Mapping[str, object]]]) -> tuple[BreakdownTable, ...]:
     """Nested breakdown dicts as small tables, aligned across models.
 
     - top-level scalars -> one "summary" table (a row per model);
@@ -380,7 +167,7 @@ def breakdown_tables(per_model: Sequence[tuple[str, Mapping[str, Any]]]) -> tupl
                 kinds[k] = kind
     tables: dict[str, tuple[list[str], list[BreakdownRow]]] = {}
 
-    def add(title: str, label: str, model: str, cells: dict[str, Any]) -> None:
+    def add(title: str, label: str, model: str, cells: dict[str, object]) -> None:
         cols, rows = tables.setdefault(title, ([], []))
         cols.extend(c for c in cells if c not in cols)
         rows.append(BreakdownRow(label=label, model=model, cells=cells))
@@ -397,7 +184,7 @@ def breakdown_tables(per_model: Sequence[tuple[str, Mapping[str, Any]]]) -> tupl
                 if not isinstance(v, Mapping) or not v:
                     add(k, "(all)", model, {"value": None if isinstance(v, Mapping) else v})
                     continue
-                by_path: dict[tuple[str, ...], dict[str, Any]] = {}
+                by_path: dict[tuple[str, ...], dict[str, object]] = {}
                 for path, leaf, x in _flatten(v):
                     by_path.setdefault(path, {})[leaf] = x
                 for path, cells in by_path.items():
@@ -410,35 +197,33 @@ def breakdown_tables(per_model: Sequence[tuple[str, Mapping[str, Any]]]) -> tupl
     return tuple(out)
 
 
-def subtask_details(scores: Mapping[str, Any], models: tuple[ModelInfo, ...]) -> tuple[SubtaskDetail, ...]:
-    subs = scores.get("subtasks", {})
+def subtask_details(scores: ScoresDoc, models: tuple[ModelInfo, ...]) -> tuple[SubtaskDetail, ...]:
+    subs = scores.subtasks
     out = []
     for key in _subtask_order((), subs):
         s = subs[key]
         metrics = []
         per_model = []
         for info in models:
-            d = s["models"].get(info.name)
+            d = s.models.get(info.name)
             if d is None:
                 continue
             metrics.append(ModelMetric(
-                model=info.name, rank=s.get("ranks", {}).get(info.name), value=d.get("value"), n=d.get("n", 0),
-                n_scored=d.get("n_scored", 0), n_unparseable=d.get("n_unparseable", 0),
-                n_failed=d.get("n_failed", 0), n_missing=d.get("n_missing", 0), ci=_ci(d.get("ci")),
-                reason=d.get("reason"), judge=d.get("judge")))
-            if d.get("breakdown"):
-                per_model.append((info.name, d["breakdown"]))
-        out.append(SubtaskDetail(key=key, headline=s.get("headline", "?"), direction=s.get("direction", "?"),
-                                 version=s.get("version"), judge=s.get("judge"), metrics=tuple(metrics),
-                                 breakdown=breakdown_tables(per_model), unparseable=s.get("unparseable"),
-                                 tie_break=s.get("tie_break")))
+                model=info.name, rank=s.ranks.get(info.name), value=d.value, n=d.n, n_scored=d.n_scored,
+                n_unparseable=d.n_unparseable, n_failed=d.n_failed, n_missing=d.n_missing, ci=d.ci,
+                breakdown=d.breakdown, judge=d.judge_stats, reason=d.why))
+            if d.breakdown:
+                per_model.append((info.name, d.breakdown))
+        out.append(SubtaskDetail(key=key, headline=s.headline, direction=s.direction, version=s.version,
+                                 judge=s.judge, metrics=tuple(metrics), breakdown=breakdown_tables(per_model),
+                                 unparseable=s.unparseable, tie_break=s.tie_break))
     return tuple(out)
 
 
 # --------------------------------------------------------------------------- judges
 
 
-def cohen_kappa(a: Sequence[Any], b: Sequence[Any]) -> float | None:
+def cohen_kappa(a: Sequence[object], b: Sequence[object]) -> float | None:
     """Cohen's kappa of two raters; None when empty or when chance agreement is 1."""
     n = len(a)
     if n == 0 or n != len(b):
@@ -450,7 +235,7 @@ def cohen_kappa(a: Sequence[Any], b: Sequence[Any]) -> float | None:
     return (po - pe) / (1 - pe)
 
 
-def judgment_label(parsed: Mapping[str, Any] | None) -> float | None:
+def judgment_label(parsed: Mapping[str, object] | None) -> float | None:
     """One comparable label per parsed judgment: the only numeric field, or the rounded mean of
     several (booleans count as 0/1); None when there is no numeric field."""
     if not parsed:
@@ -462,26 +247,23 @@ def judgment_label(parsed: Mapping[str, Any] | None) -> float | None:
     return nums[0] if len(nums) == 1 else float(round(sum(nums) / len(nums)))
 
 
-def judge_counts(scores: Mapping[str, Any]) -> tuple[JudgeCounts, ...]:
-    """scores.json's per-model judge dicts, summed over models, for the ranked judge."""
+def judge_counts(scores: ScoresDoc) -> tuple[JudgeCounts, ...]:
+    """scores.json's per-model judge counts, summed over models, for the ranked judge."""
     out = []
-    for key in _subtask_order((), scores.get("subtasks", {})):
-        s = scores["subtasks"][key]
-        dicts = [d["judge"] for d in s["models"].values() if d.get("judge")]
-        if not dicts:
+    for key in _subtask_order((), scores.subtasks):
+        s = scores.subtasks[key]
+        stats = [j for d in s.models.values() if (j := d.judge_stats) is not None]
+        if not stats:
             continue
-        tot = {f: sum(int(d.get(f, 0)) for d in dicts) for f in ("judged", "unparseable", "not_judged", "retried")}
-        out.append(JudgeCounts(subtask=key, judge=str(s.get("judge") or "?"), **tot))
+        out.append(JudgeCounts(subtask=key, judge=s.judge or "?", judged=sum(j.judged for j in stats),
+                               unparseable=sum(j.unparseable for j in stats),
+                               not_judged=sum(j.not_judged for j in stats), retried=sum(j.retried for j in stats)))
     return tuple(out)
 
 
-def subtask_for(key: str, options: Mapping[str, Any]) -> Any | None:
+def subtask_for(key: str, options: Options) -> Subtask | None:
     """The subtask as the run configured it ([pillars."<key>"] options from run.json's spec), or
     None when this code base does not know the key."""
-    from engine.core.errors import ConfigError
-    from engine.options import resolve
-    from pillars import registry
-
     try:
         return resolve(key, options.get(key))[0]
     except registry.UnknownSubtask:
@@ -491,9 +273,9 @@ def subtask_for(key: str, options: Mapping[str, Any]) -> Any | None:
     return registry.get(key)
 
 
-def _rubric_owners(spec_keys: Sequence[str], options: Mapping[str, Any]) -> dict[tuple[str, str], Any]:
+def _rubric_owners(spec_keys: Sequence[str], options: Options) -> dict[tuple[str, str], Subtask]:
     """(generating subtask key, rubric name) -> the subtask that owns the rubric."""
-    owners: dict[tuple[str, str], Any] = {}
+    owners: dict[tuple[str, str], Subtask] = {}
     for key in spec_keys:
         sub = subtask_for(key, options)
         if sub is None:
@@ -503,23 +285,25 @@ def _rubric_owners(spec_keys: Sequence[str], options: Mapping[str, Any]) -> dict
     return owners
 
 
-Parsed = dict[str, dict[str, dict[str, dict[str, Any] | None]]]
+Judgment = dict[str, object] | None  # a rubric's parse of one judge output (None: unparseable)
+Parsed = dict[str, dict[str, dict[str, Judgment]]]
 
 
-def parsed_judgments(judgments: Mapping[str, list[JudgmentRecord]], owners: Mapping[tuple[str, str], Any]) -> Parsed:
+def parsed_judgments(judgments: Mapping[str, list[JudgmentRecord]], owners: Mapping[tuple[str, str], Subtask]) -> Parsed:
     """judge -> owning subtask key -> response key -> the first parseable output by try (None
     when no output was parseable), parsed with the owning subtask's rubric (matching version)."""
     out: Parsed = {}
     for judge, rows in judgments.items():
-        got: dict[str, dict[str, dict[str, Any] | None]] = {}
+        got: dict[str, dict[str, Judgment]] = {}
         for j in sorted(rows, key=lambda r: r.try_):
             sub = owners.get((f"{j.pillar}/{j.subtask}", j.rubric))
-            if sub is None or j.rubric_version != sub.rubric.version:
+            rubric = sub.rubric if sub is not None else None
+            if sub is None or rubric is None or j.rubric_version != rubric.version:
                 continue
             per = got.setdefault(sub.key, {})
             if per.get(j.response_key) is not None:
                 continue
-            per[j.response_key] = sub.rubric.parse(j.response.text) if j.response is not None else None
+            per[j.response_key] = rubric.parse(j.response.text) if j.response is not None else None
         out[judge] = got
     return out
 
@@ -551,11 +335,11 @@ def judge_agreement(parsed: Parsed, ranked: Mapping[str, str | None]) -> tuple[J
     return tuple(out)
 
 
-def keyword_agreement(scores: Mapping[str, Any]) -> tuple[KeywordAgreement, ...]:
+def keyword_agreement(scores: ScoresDoc) -> tuple[KeywordAgreement, ...]:
     out = []
-    for key in _subtask_order((), scores.get("subtasks", {})):
-        for model, d in scores["subtasks"][key]["models"].items():
-            ag = (d.get("breakdown") or {}).get("keyword_judge_agreement")
+    for key in _subtask_order((), scores.subtasks):
+        for model, d in scores.subtasks[key].models.items():
+            ag = d.breakdown.get("keyword_judge_agreement")
             if isinstance(ag, Mapping):
                 out.append(KeywordAgreement(subtask=key, model=model, n=int(ag.get("n", 0)),
                                             share_agree=ag.get("share_agree"), kappa=ag.get("kappa"),
@@ -566,44 +350,48 @@ def keyword_agreement(scores: Mapping[str, Any]) -> tuple[KeywordAgreement, ...]
 # --------------------------------------------------------------------------- performance
 
 
-def lanes(run: Mapping[str, Any]) -> tuple[LanePerf, ...]:
+def lanes(run: RunDoc) -> tuple[LanePerf, ...]:
     out = []
-    for model, d in (run.get("lanes") or {}).items():
-        lat = d.get("latency_s") or {}
+    for model, d in run.lane_map.items():
+        lat = d.latency_s
         out.append(LanePerf(
-            model=model, state=d.get("state"), planned=d.get("planned"), done=d.get("done"), judged=d.get("judged"),
-            requests_per_s=d.get("requests_per_s"), output_tokens_per_s=d.get("output_tokens_per_s"),
-            latency_p50=lat.get("p50"), latency_p95=lat.get("p95"), latency_p99=lat.get("p99"),
-            retries=d.get("retries"), rate_limited=d.get("rate_limited"), errors=dict(d.get("errors") or {}),
-            wait_s=d.get("wait_s"), busy_s=d.get("busy_s"), wall_s=d.get("wall_s"),
-            tokens=dict(d.get("tokens") or {}), cost=d.get("cost")))
+            model=model, state=d.state, planned=d.planned, done=d.done, judged=d.judged,
+            requests_per_s=d.requests_per_s, output_tokens_per_s=d.output_tokens_per_s,
+            latency_p50=lat.p50, latency_p95=lat.p95, latency_p99=lat.p99,
+            retries=d.retries, rate_limited=d.rate_limited, errors=dict(d.errors),
+            wait_s=d.wait_s, busy_s=d.busy_s, wall_s=d.wall_s, tokens=msgspec.structs.asdict(d.tokens),
+            cost=d.cost if not isinstance(d.cost, UnsetType) else None))
     return tuple(out)
 
 
-def token_use(run: Mapping[str, Any], records: Mapping[str, list[Record]],
+def token_use(run: RunDoc, records: Mapping[str, list[Record]],
               judgments: Mapping[str, list[JudgmentRecord]]) -> tuple[TokenUse, ...]:
-    prices = run.get("config", {}).get("prices") or {}
+    prices = _table(run.config, "prices")
     out = []
     for model in dict.fromkeys([*records, *judgments]):
         rs = [r.response for r in records.get(model, ()) if r.response is not None]
         js = [j.response for j in judgments.get(model, ()) if j.response is not None]
         p, c = sum(r.usage.prompt_tokens for r in rs), sum(r.usage.completion_tokens for r in rs)
         jp, jc = sum(r.usage.prompt_tokens for r in js), sum(r.usage.completion_tokens for r in js)
-        price = prices.get(model)
+        price = _table(prices, model)
         cost = None
         if price:
-            cost = ((p + jp) * float(price.get("input_per_mtok", 0))
-                    + (c + jc) * float(price.get("output_per_mtok", 0))) / 1e6
+            cost = ((p + jp) * _float(price.get("input_per_mtok", 0))
+                    + (c + jc) * _float(price.get("output_per_mtok", 0))) / 1e6
         out.append(TokenUse(model=model, responses=len(records.get(model, ())), prompt_tokens=p, completion_tokens=c,
                             judgments=len(judgments.get(model, ())), judge_prompt_tokens=jp,
                             judge_completion_tokens=jc, cost=cost))
     return tuple(out)
 
 
+def _float(v: object) -> float:
+    return float(v) if isinstance(v, (int, float, str)) else 0.0
+
+
 # --------------------------------------------------------------------------- drill-down
 
 
-def item_direction(sub: Any) -> str:
+def item_direction(sub: Subtask) -> str:
     """Which way a per-item value is better. Usually the headline's direction; a dispersion or
     drop headline (fairness std, robustness relative drop) aggregates per-item quality scores,
     where higher is better. A subtask can say so itself with extra["item_direction"]."""
@@ -624,13 +412,13 @@ def _clip(text: str | None) -> str | None:
     return f"{text[:TEXT_LIMIT]}… [{len(text) - TEXT_LIMIT} more characters]"
 
 
-def _error_text(e: Any) -> str | None:
+def _error_text(e: ErrorInfo | None) -> str | None:
     return f"{e.kind} {e.status or ''} {e.message}".strip() if e is not None else None
 
 
 def drilldown(inputs: ReportInputs, spec_keys: Sequence[str], models: Sequence[str],
               ranked: Mapping[str, str | None], parsed: Parsed, per_subtask: int,
-              options: Mapping[str, Any] | None = None) -> tuple[Drill, ...]:
+              options: Options | None = None) -> tuple[Drill, ...]:
     """For every subtask, up to `per_subtask` (item, sample) units, worst first: a failed or
     unparseable answer first, then the lowest (or, for lower-is-better values, highest) per-item
     score of any model; each with its prompt and every model's response and judge outputs.
@@ -707,24 +495,25 @@ def drilldown(inputs: ReportInputs, spec_keys: Sequence[str], models: Sequence[s
 
 def build_report(inputs: ReportInputs, *, per_subtask: int = 5) -> Report:
     run, scores = inputs.run, inputs.scores
-    spec = run.get("spec") or {}
-    names = list((scores or {}).get("models") or spec.get("models") or run.get("config", {}).get("models", {}))
+    spec = run.spec
+    names = list((scores.models if scores else None) or spec.models or _table(run.config, "models"))
     models = model_infos(run, names)
-    spec_keys = list(spec.get("subtasks") or ())
+    spec_keys = list(spec.subtasks)
     table = rank_table(scores, spec_keys, models) if scores else None
-    ranked = {k: s.get("judge") for k, s in (scores or {}).get("subtasks", {}).items()}
-    options = spec.get("options") or {}
+    ranked = {k: s.judge for k, s in scores.subtasks.items()} if scores else {}
+    options = spec.options
     owners = _rubric_owners(list(dict.fromkeys([*spec_keys, *ranked])), options)
     parsed = parsed_judgments(inputs.judgments, owners)
     notes = list(inputs.notes)
     if scores is None:
         notes.append("no scores.json: ranks and metrics are not shown (run `python -m engine score DIR`)")
-    cfg = run.get("config", {})
-    judges = tuple(dict.fromkeys([*(cfg.get("judge", {}).get("models") or ()), *inputs.judgments]))
-    info = RunInfo(directory=inputs.directory, status=run.get("status"), config_source=run.get("config_source"),
-                   started_at=run.get("started_at"), ended_at=run.get("ended_at"),
-                   data=(scores or {}).get("data") or spec.get("data_dir") or "builtin",
-                   limit=spec.get("limit"), samples=spec.get("samples"), judges=judges)
+    configured = _table(run.config, "judge").get("models")
+    judges = tuple(dict.fromkeys([*(map(str, configured) if isinstance(configured, list) else ()),
+                                  *inputs.judgments]))
+    info = RunInfo(directory=inputs.directory, status=run.status, config_source=run.config_source,
+                   started_at=run.started_at, ended_at=run.ended_at,
+                   data=(scores.data if scores else None) or spec.data_dir or "builtin",
+                   limit=spec.limit, samples=spec.samples, judges=judges)
     return Report(
         title="TrustMH-Bench report", run=info, models=models, rank_table=table,
         radars=radars(table) if table else (),
@@ -736,73 +525,3 @@ def build_report(inputs: ReportInputs, *, per_subtask: int = 5) -> Report:
         drilldown=drilldown(inputs, list(dict.fromkeys([*spec_keys, *ranked])), [m.name for m in models],
                             ranked, parsed, per_subtask, options) if per_subtask > 0 else (),
         notes=tuple(notes))
-
-
-# --------------------------------------------------------------------------- formatting (shared by renderers)
-
-
-def fmt_num(v: Any, digits: int = 3) -> str:
-    """Numbers as every renderer prints them: ints as is, floats with `digits` decimals."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v) or math.isinf(v):
-            return str(v)
-        return f"{v:.{digits}f}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(fmt_num(x, digits) for x in v) + "]"
-    return str(v)
-
-
-def fmt_cost(v: float | None) -> str:
-    """Costs in the price's currency: 4 decimals below 1, else 2."""
-    if v is None:
-        return ""
-    return f"{v:.4f}" if abs(v) < 1 else f"{v:.2f}"
-
-
-def fmt_ci(ci: tuple[float, float] | None) -> str:
-    return "" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
-
-
-def fmt_time(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def fmt_policy(unparseable: str | None, tie_break: str | None) -> str:
-    """The subtask's scoring options in words ("" when they are the defaults or unknown)."""
-    parts = []
-    if unparseable == "zero":
-        parts.append("unparseable answers count as 0")
-    elif unparseable == "exclude":
-        parts.append("unparseable answers excluded")
-    if tie_break:
-        parts.append(f"equal values ordered by {tie_break} (higher first)")
-    return "; ".join(parts)
-
-
-def fmt_span(started: float | None, ended: float | None) -> str:
-    """"started X, ended Y" with whatever is known."""
-    parts = [f"started {fmt_time(started)}" if started else "", f"ended {fmt_time(ended)}" if ended else ""]
-    return ", ".join(p for p in parts if p)
-
-
-def rank_colour(rank: int | None, n_models: int) -> str:
-    """Rank 1 green, the last rank red, through yellow (a light RdYlGn, readable under black text)."""
-    if rank is None:
-        return "#e5e5e5"
-    t = 0.0 if n_models <= 1 else min(max((rank - 1) / (n_models - 1), 0.0), 1.0)
-    stops = ((0.0, (0x66, 0xBD, 0x63)), (0.5, (0xFF, 0xFF, 0xBF)), (1.0, (0xF4, 0x6D, 0x43)))
-    for (t0, c0), (t1, c1) in zip(stops, stops[1:]):
-        if t <= t1:
-            f = (t - t0) / (t1 - t0)
-            return "#" + "".join(f"{round(a + (b - a) * f):02x}" for a, b in zip(c0, c1))
-    return "#f46d43"

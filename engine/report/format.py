@@ -1,0 +1,71 @@
+"""Numbers, times and colours as every report renderer prints them (markdown, html, svg)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+
+def fmt_num(v: object, digits: int = 3) -> str:
+    """Numbers as every renderer prints them: ints as is, floats with `digits` decimals."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            return str(v)
+        return f"{v:.{digits}f}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(fmt_num(x, digits) for x in v) + "]"
+    return str(v)
+
+
+def fmt_cost(v: float | None) -> str:
+    """Costs in the price's currency: 4 decimals below 1, else 2."""
+    if v is None:
+        return ""
+    return f"{v:.4f}" if abs(v) < 1 else f"{v:.2f}"
+
+
+def fmt_ci(ci: tuple[float, float] | None) -> str:
+    return "" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def fmt_time(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def fmt_policy(unparseable: str | None, tie_break: str | None) -> str:
+    """The subtask's scoring options in words ("" when they are the defaults or unknown)."""
+    parts = []
+    if unparseable == "zero":
+        parts.append("unparseable answers count as 0")
+    elif unparseable == "exclude":
+        parts.append("unparseable answers excluded")
+    if tie_break:
+        parts.append(f"equal values ordered by {tie_break} (higher first)")
+    return "; ".join(parts)
+
+
+def fmt_span(started: float | None, ended: float | None) -> str:
+    """"started X, ended Y" with whatever is known."""
+    parts = [f"started {fmt_time(started)}" if started else "", f"ended {fmt_time(ended)}" if ended else ""]
+    return ", ".join(p for p in parts if p)
+
+
+def rank_colour(rank: int | None, n_models: int) -> str:
+    """Rank 1 green, the last rank red, through yellow (a light RdYlGn, readable under black text)."""
+    if rank is None:
+        return "#e5e5e5"
+    t = 0.0 if n_models <= 1 else min(max((rank - 1) / (n_models - 1), 0.0), 1.0)
+    stops = ((0.0, (0x66, 0xBD, 0x63)), (0.5, (0xFF, 0xFF, 0xBF)), (1.0, (0xF4, 0x6D, 0x43)))
+    for (t0, c0), (t1, c1) in zip(stops, stops[1:]):
+        if t <= t1:
+            f = (t - t0) / (t1 - t0)
+            return "#" + "".join(f"{round(a + (b - a) * f):02x}" for a, b in zip(c0, c1))
+    return "#f46d43"

@@ -1,0 +1,245 @@
+"""The report's view model: everything `engine report` shows, as frozen msgspec Structs.
+
+engine/report/build.py builds a `Report` from what the loader read (a `ReportInputs`); the renderers
+(markdown, html, svg) only format it (engine/report/format.py); `--format json` encodes it as is.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from engine.core.records import Item, JudgmentRecord, Message, Record
+from engine.core.rundoc import RunDoc, ScoresDoc
+from engine.core.subtask import Metric
+
+Group = Literal["api", "local"]
+
+
+class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str  # the [models.<name>] key
+    group: Group
+    adapter: str
+    model_id: str  # the id sent to the server
+
+
+class RankCell(msgspec.Struct, frozen=True, kw_only=True):
+    model: str
+    rank: int | None
+    value: float | None
+    n: int | None = None
+    ci: tuple[float, float] | None = None
+    reason: str | None = None
+    scored: bool = True  # False: the subtask (or this model) has no entry in scores.json
+
+
+class SubtaskRow(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    pillar: str
+    subtask: str
+    headline: str | None
+    direction: str | None
+    scored: bool
+    cells: tuple[RankCell, ...]  # in RankTable.models order
+
+
+class PillarCell(msgspec.Struct, frozen=True, kw_only=True):
+    model: str
+    rank: int | None
+    mean_subtask_rank: float | None
+
+
+class PillarBlock(msgspec.Struct, frozen=True, kw_only=True):
+    pillar: str
+    rows: tuple[SubtaskRow, ...]
+    cells: tuple[PillarCell, ...]  # the pillar rank, in RankTable.models order; empty if unranked
+
+
+class RankTable(msgspec.Struct, frozen=True, kw_only=True):
+    models: tuple[ModelInfo, ...]  # API models first, then local ones (config order within)
+    blocks: tuple[PillarBlock, ...]
+
+
+class RadarSeries(msgspec.Struct, frozen=True, kw_only=True):
+    model: str
+    ranks: tuple[int | None, ...]  # one per axis
+
+
+class Radar(msgspec.Struct, frozen=True, kw_only=True):
+    group: Group
+    axes: tuple[str, ...]  # pillar ids
+    n_models: int  # ranks run 1..n_models (across every model of the run)
+    series: tuple[RadarSeries, ...]
+
+
+class ModelMetric(Metric, frozen=True, kw_only=True):
+    """One model's metric of a subtask as scores.json holds it (the one `Metric` shape), with the
+    model and its rank."""
+
+    model: str
+    rank: int | None
+    value: float | None = None
+    n: int = 0
+    n_scored: int = 0
+    n_unparseable: int = 0
+    n_failed: int = 0
+
+
+class BreakdownRow(msgspec.Struct, frozen=True, kw_only=True):
+    label: str  # the path below the table's key ("" when the table is per model only)
+    model: str
+    cells: dict[str, object]  # column -> value; an absent column is absent here
+
+
+class BreakdownTable(msgspec.Struct, frozen=True, kw_only=True):
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[BreakdownRow, ...]
+
+
+class SubtaskDetail(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    headline: str
+    direction: str
+    version: str | None
+    judge: str | None
+    metrics: tuple[ModelMetric, ...]
+    breakdown: tuple[BreakdownTable, ...]
+    unparseable: str | None = None  # "exclude" | "zero" ([pillars."<key>"] unparseable)
+    tie_break: str | None = None  # breakdown key that orders equal values (higher first)
+
+
+class JudgeCounts(msgspec.Struct, frozen=True, kw_only=True):
+    subtask: str
+    judge: str
+    judged: int
+    unparseable: int
+    not_judged: int
+    retried: int
+
+
+class JudgeAgreement(msgspec.Struct, frozen=True, kw_only=True):
+    subtask: str
+    judge_a: str  # the ranked judge
+    judge_b: str
+    n: int  # responses both judges scored with a numeric label (> 0)
+    share_agree: float
+    kappa: float | None  # Cohen's kappa; None when undefined (both judges used one and the same label)
+
+
+class KeywordAgreement(msgspec.Struct, frozen=True, kw_only=True):
+    subtask: str
+    model: str
+    n: int
+    share_agree: float | None = None
+    kappa: float | None = None
+    keyword_rta: float | None = None
+    judge_rta: float | None = None
+
+
+class LanePerf(msgspec.Struct, frozen=True, kw_only=True):
+    model: str
+    state: str | None
+    planned: int | None
+    done: int | None
+    judged: int | None
+    requests_per_s: float | None
+    output_tokens_per_s: float | None
+    latency_p50: float | None
+    latency_p95: float | None
+    latency_p99: float | None
+    retries: int | None
+    rate_limited: int | None
+    errors: dict[str, int]
+    wait_s: float | None
+    busy_s: float | None
+    wall_s: float | None
+    tokens: dict[str, int]
+    cost: float | None = None
+
+
+class TokenUse(msgspec.Struct, frozen=True, kw_only=True):
+    model: str
+    responses: int
+    prompt_tokens: int
+    completion_tokens: int
+    judgments: int
+    judge_prompt_tokens: int
+    judge_completion_tokens: int
+    cost: float | None = None  # from config [prices.<model>] when set
+
+
+class JudgeText(msgspec.Struct, frozen=True, kw_only=True):
+    judge: str
+    try_: int = msgspec.field(name="try")
+    text: str | None = None
+    error: str | None = None
+
+
+class DrillResponse(msgspec.Struct, frozen=True, kw_only=True):
+    model: str
+    status: str  # scored | unparseable | failed | missing | unknown (not scorable here)
+    score: float | None = None
+    label: str | None = None
+    text: str | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+    judgments: tuple[JudgeText, ...] = ()
+
+
+class DrillItem(msgspec.Struct, frozen=True, kw_only=True):
+    item_id: str
+    sample: int
+    prompt: tuple[Message, ...] | None  # None when the items could not be rebuilt
+    reference: object = None
+    responses: tuple[DrillResponse, ...] = ()
+
+
+class Drill(msgspec.Struct, frozen=True, kw_only=True):
+    subtask: str
+    total: int  # (item, sample) units with at least one record
+    items: tuple[DrillItem, ...]
+    order: str  # how the sample was chosen
+
+
+class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
+    directory: str
+    status: str | None
+    config_source: str | None
+    started_at: float | None
+    ended_at: float | None
+    data: str | None
+    limit: int | None
+    samples: int | None
+    judges: tuple[str, ...]
+
+
+class Report(msgspec.Struct, frozen=True, kw_only=True):
+    format: int = 1
+    title: str
+    run: RunInfo
+    models: tuple[ModelInfo, ...]
+    rank_table: RankTable | None
+    radars: tuple[Radar, ...]
+    subtasks: tuple[SubtaskDetail, ...]
+    judge_counts: tuple[JudgeCounts, ...]
+    judge_agreement: tuple[JudgeAgreement, ...]
+    keyword_agreement: tuple[KeywordAgreement, ...]
+    lanes: tuple[LanePerf, ...]
+    tokens: tuple[TokenUse, ...]
+    drilldown: tuple[Drill, ...]
+    notes: tuple[str, ...]
+
+
+class ReportInputs(msgspec.Struct, frozen=True, kw_only=True):
+    """What the loader read from a run directory. `items` is None when they could not be rebuilt
+    (data dir absent on this machine, a custom --items run); `notes` carries why."""
+
+    directory: str
+    run: RunDoc
+    scores: ScoresDoc | None
+    records: dict[str, list[Record]]  # model -> responses
+    judgments: dict[str, list[JudgmentRecord]]  # judge -> judge outputs
+    items: dict[tuple[str, str, str], Item] | None
+    notes: tuple[str, ...] = ()
