@@ -21,7 +21,7 @@ from adapters.registry import find as find_adapter
 from engine.core.errors import ConfigError
 from engine.core.records import ErrorInfo, JudgmentRecord, Message, Record
 from engine.core.rundoc import Options, RunDoc, ScoresDoc
-from engine.core.subtask import Subtask
+from engine.core.subtask import Judgment, Subtask
 from engine.options import resolve
 from engine.report.view import (
     BreakdownRow,
@@ -285,8 +285,7 @@ def _rubric_owners(spec_keys: Sequence[str], options: Options) -> dict[tuple[str
     return owners
 
 
-Judgment = dict[str, object] | None  # a rubric's parse of one judge output (None: unparseable)
-Parsed = dict[str, dict[str, dict[str, Judgment]]]
+Parsed = dict[str, dict[str, dict[str, Judgment | None]]]  # None: no parseable judge output
 
 
 def parsed_judgments(judgments: Mapping[str, list[JudgmentRecord]], owners: Mapping[tuple[str, str], Subtask]) -> Parsed:
@@ -294,7 +293,7 @@ def parsed_judgments(judgments: Mapping[str, list[JudgmentRecord]], owners: Mapp
     when no output was parseable), parsed with the owning subtask's rubric (matching version)."""
     out: Parsed = {}
     for judge, rows in judgments.items():
-        got: dict[str, dict[str, Judgment]] = {}
+        got: dict[str, dict[str, Judgment | None]] = {}
         for j in sorted(rows, key=lambda r: r.try_):
             sub = owners.get((f"{j.pillar}/{j.subtask}", j.rubric))
             rubric = sub.rubric if sub is not None else None
