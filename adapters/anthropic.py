@@ -27,7 +27,7 @@ Rate-limit headers (https://platform.claude.com/docs/en/api/rate-limits) of ever
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -54,11 +54,11 @@ _STOP = {"end_turn": "stop", "stop_sequence": "stop", "tool_use": "stop", "pause
          "max_tokens": "length", "model_context_window_exceeded": "length", "refusal": "content_filter"}
 
 
-def _merge_turns(messages: tuple[Message, ...]) -> tuple[str, list[dict[str, Any]]]:
+def _merge_turns(messages: tuple[Message, ...]) -> tuple[str, list[dict[str, str]]]:
     """System messages -> one top-level string; the rest -> alternating user/assistant turns
     (consecutive same-role messages joined with a blank line, as the API itself would combine them)."""
     system: list[str] = []
-    turns: list[dict[str, Any]] = []
+    turns: list[dict[str, str]] = []
     for m in messages:
         if m.role in ("system", "developer"):
             system.append(m.content)
@@ -71,15 +71,15 @@ def _merge_turns(messages: tuple[Message, ...]) -> tuple[str, list[dict[str, Any
     return "\n\n".join(system), turns
 
 
-def anthropic_body(model: str, messages: tuple[Message, ...], params: GenParams) -> dict[str, Any]:
+def anthropic_body(model: str, messages: tuple[Message, ...], params: GenParams) -> dict[str, object]:
     """The request body (pure). Newer Claude models reject `temperature` and `top_p` together
     ("cannot both be specified for this model. Please use only one"), so when both are set only
     `temperature` is sent. `seed` and `json_schema` have no Messages API field and are left out
     (pillars parse free text where the provider cannot constrain it)."""
     system, turns = _merge_turns(messages)
-    body: dict[str, Any] = {"model": model,
-                            "max_tokens": params.max_tokens if params.max_tokens is not None else DEFAULT_MAX_TOKENS,
-                            "messages": turns}
+    body: dict[str, object] = {"model": model,
+                               "max_tokens": params.max_tokens if params.max_tokens is not None else DEFAULT_MAX_TOKENS,
+                               "messages": turns}
     if system:
         body["system"] = system
     if params.temperature is not None:
@@ -158,10 +158,10 @@ class AnthropicMessages:
             self._session = new_session(self._concurrency)
         return self._session
 
-    def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, Any]:
+    def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, object]:
         return anthropic_body(self.model, messages, params)
 
-    async def send(self, body: dict[str, Any], timeout: float) -> Response:
+    async def send(self, body: dict[str, object], timeout: float) -> Response:
         session = self._get_session()
         start = time.perf_counter()
         status, raw, headers = await post_json(session, self.url, orjson.dumps(body), self._headers, timeout,

@@ -34,7 +34,8 @@ headers, so `last_signal` stays None.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import orjson
@@ -62,24 +63,24 @@ _AUTH_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED", "API_KE
                            "API_KEY_IP_ADDRESS_BLOCKED"})
 
 
-def gemini_body(messages: tuple[Message, ...], params: GenParams) -> dict[str, Any]:
+def gemini_body(messages: tuple[Message, ...], params: GenParams) -> dict[str, object]:
     """The request body (pure). The model is in the URL, not the body. System messages become
     `systemInstruction`; assistant turns are role "model"; consecutive same-role turns are merged."""
     system: list[str] = []
-    contents: list[dict[str, Any]] = []
+    turns: list[tuple[str, list[dict[str, str]]]] = []  # (role, parts)
     for m in messages:
         if m.role in ("system", "developer"):
             system.append(m.content)
             continue
         role = "model" if m.role == "assistant" else "user"
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].append({"text": m.content})
+        if turns and turns[-1][0] == role:
+            turns[-1][1].append({"text": m.content})
         else:
-            contents.append({"role": role, "parts": [{"text": m.content}]})
-    body: dict[str, Any] = {"contents": contents}
+            turns.append((role, [{"text": m.content}]))
+    body: dict[str, object] = {"contents": [{"role": role, "parts": parts} for role, parts in turns]}
     if system:
         body["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
-    gen: dict[str, Any] = {}
+    gen: dict[str, object] = {}
     if params.temperature is not None:
         gen["temperature"] = params.temperature
     if params.top_p is not None:
@@ -99,7 +100,7 @@ def gemini_body(messages: tuple[Message, ...], params: GenParams) -> dict[str, A
     return body
 
 
-def _retry_delay(details: Any) -> float | None:
+def _retry_delay(details: object) -> float | None:
     if not isinstance(details, list):
         return None
     for d in details:
@@ -109,7 +110,7 @@ def _retry_delay(details: Any) -> float | None:
     return None
 
 
-def gemini_error(status: int, raw: bytes, headers: Any, secrets: tuple[str, ...]) -> AdapterError:
+def gemini_error(status: int, raw: bytes, headers: Mapping[str, str], secrets: tuple[str, ...]) -> AdapterError:
     """Classify a non-200 reply from its status and Google's error body."""
     message = raw[:300].decode("utf-8", "replace")
     kind: ErrorKind | None = None
@@ -194,10 +195,10 @@ class GeminiGenerate:
             self._session = new_session(self._concurrency)
         return self._session
 
-    def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, Any]:
+    def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, object]:
         return gemini_body(messages, params)
 
-    async def send(self, body: dict[str, Any], timeout: float) -> Response:
+    async def send(self, body: dict[str, object], timeout: float) -> Response:
         session = self._get_session()
         start = time.perf_counter()
         status, raw, headers = await post_json(session, self.url, orjson.dumps(body), self._headers, timeout,

@@ -11,7 +11,8 @@ and status mapping are shared with the other HTTP adapters (adapters.http). Ever
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -31,10 +32,11 @@ _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "content
 
 
 def openai_body(model: str, messages: tuple[Message, ...], params: GenParams,
-                *, reasoning: bool = False) -> dict[str, Any]:
+                *, reasoning: bool = False) -> dict[str, object]:
     """The request body. Reasoning models (o-series, gpt-5*) take `max_completion_tokens` and
     reject a non-default temperature/top_p, so those are left out for them."""
-    body: dict[str, Any] = {"model": model, "messages": [{"role": m.role, "content": m.content} for m in messages]}
+    body: dict[str, object] = {"model": model,
+                               "messages": [{"role": m.role, "content": m.content} for m in messages]}
     if params.max_tokens is not None:
         body["max_completion_tokens" if reasoning else "max_tokens"] = params.max_tokens
     if not reasoning:
@@ -66,7 +68,7 @@ def _error_message(raw: bytes) -> str:
     return raw[:300].decode("utf-8", "replace")
 
 
-def classify_status(status: int, raw: bytes, headers: Any, secrets: tuple[str, ...]) -> AdapterError:
+def classify_status(status: int, raw: bytes, headers: Mapping[str, str], secrets: tuple[str, ...]) -> AdapterError:
     message = _error_message(raw)
     # OpenAI answers a request larger than the whole per-minute limit with a 429 that no wait can
     # cure ("Request too large for gpt-4o ... on tokens per min (TPM): Limit 30000, Requested
@@ -132,10 +134,10 @@ class OpenAIChat:
         """Send to a server whose address is known only once it runs (local servers)."""
         self.url = base_url.rstrip("/") + "/chat/completions"
 
-    def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, Any]:
+    def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, object]:
         return openai_body(self.model, messages, params, reasoning=self.reasoning)
 
-    async def send(self, body: dict[str, Any], timeout: float) -> Response:
+    async def send(self, body: dict[str, object], timeout: float) -> Response:
         session = self._get_session()
         start = time.perf_counter()
         status, raw, headers = await post_json(session, self.url, orjson.dumps(body), self._headers, timeout,

@@ -15,7 +15,6 @@ does not depend on the prompt.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -82,7 +81,7 @@ class ReplayAdapter:
             self._answers = load_replay(self.path)
         return self._answers
 
-    def body_for(self, item: Item, sample: int, rubric: str = "") -> dict[str, Any] | None:
+    def body_for(self, item: Item, sample: int, rubric: str = "") -> dict[str, object] | None:
         k = (item.pillar, item.subtask, item.id, sample, rubric)
         if k not in self.answers:
             self.unknown.append(f"{item.pillar}/{item.subtask} {item.id} #{sample}" + (f" [{rubric}]" if rubric else ""))
@@ -103,11 +102,14 @@ class ReplayAdapter:
                        + "; ".join(" ".join(map(str, k)) for k in unmatched[:5]))
         return out
 
-    def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, Any]:
+    def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, object]:
         raise EngineError("the replay adapter answers by item id; it cannot take free prompts (--items)")
 
-    async def send(self, body: dict[str, Any], timeout: float) -> Response:
-        k = tuple(body["replay"])
+    async def send(self, body: dict[str, object], timeout: float) -> Response:
+        try:
+            k = msgspec.convert(body.get("replay"), ReplayKey)
+        except msgspec.ValidationError:
+            raise AdapterError("fatal", f"not a replay request: {body}") from None
         resp = self.answers.get(k)
         if resp is None:
             raise AdapterError("fatal", f"no recorded response for {k}")

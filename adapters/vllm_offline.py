@@ -25,10 +25,11 @@ import importlib.util
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Protocol
 
 from adapters.openai_compat import openai_body
 from adapters.registry import BuildContext, Built, adapter
@@ -69,9 +70,25 @@ def _lock() -> asyncio.Lock:
     return _PROCESS_LOCK
 
 
-def sampling_kwargs(body: dict[str, Any]) -> dict[str, Any]:
+class _Completion(Protocol):
+    text: str
+
+
+class _RequestOutput(Protocol):
+    """What `LLM.chat` returns per request (vLLM's RequestOutput, as far as it is read here)."""
+
+    @property
+    def outputs(self) -> Sequence[_Completion]: ...
+
+
+class _LLM(Protocol):
+    def chat(self, messages: list[object], sampling_params: list[object],
+             **kw: object) -> Iterable[_RequestOutput]: ...
+
+
+def sampling_kwargs(body: Mapping[str, object]) -> dict[str, object]:
     """SamplingParams keyword arguments from an OpenAI-shaped body (pure)."""
-    kw: dict[str, Any] = {}
+    kw: dict[str, object] = {}
     for src, dst in (("max_tokens", "max_tokens"), ("max_completion_tokens", "max_tokens"),
                      ("temperature", "temperature"), ("top_p", "top_p"), ("seed", "seed"), ("stop", "stop")):
         if body.get(src) is not None:
@@ -79,10 +96,18 @@ def sampling_kwargs(body: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
-def _sampling_params(vllm: Any, body: dict[str, Any]) -> Any:
+def _json_schema(body: Mapping[str, object]) -> object:
+    """The JSON schema of an OpenAI `response_format` (None: free text)."""
+    rf = body.get("response_format")
+    if not isinstance(rf, dict) or rf.get("type") != "json_schema":
+        return None
+    spec = rf.get("json_schema")
+    return spec.get("schema") if isinstance(spec, dict) else None
+
+
+def _sampling_params(vllm: ModuleType, body: Mapping[str, object]) -> object:
     kw = sampling_kwargs(body)
-    rf = body.get("response_format") or {}
-    schema = (rf.get("json_schema") or {}).get("schema") if rf.get("type") == "json_schema" else None
+    schema = _json_schema(body)
     if schema is not None:
         try:
             from vllm.sampling_params import GuidedDecodingParams  # vLLM <= 0.10
@@ -98,12 +123,12 @@ def _sampling_params(vllm: Any, body: dict[str, Any]) -> Any:
     return vllm.SamplingParams(**kw)
 
 
-def engine_args_kwargs(extra_args: Sequence[str]) -> dict[str, Any]:
+def engine_args_kwargs(extra_args: Sequence[str]) -> dict[str, object]:
     """`extra_args` written for `vllm serve` as `vllm.LLM` keyword arguments (pure), so one model
     entry works in both modes: `--enforce-eager` -> enforce_eager=True, `--max-num-seqs 64` ->
     max_num_seqs=64, `--kv-cache-dtype=fp8` -> kv_cache_dtype="fp8"; values are read as JSON
     where they parse (numbers, true/false), else kept as strings."""
-    kw: dict[str, Any] = {}
+    kw: dict[str, object] = {}
     args = list(extra_args)
     i = 0
     while i < len(args):
@@ -144,19 +169,19 @@ class OfflineChat:
         self.cfg = cfg
         self.model = options_of(cfg).served_model_name or cfg.model or name
         self.chunk = options_of(cfg).offline_chunk
-        self.llm: Any = None
-        self.vllm: Any = None
+        self.llm: _LLM | None = None
+        self.vllm: ModuleType | None = None
         self.template: str | None = None
         self.chunks: list[int] = []  # sizes of the LLM.chat calls made (run.json, tests)
         self.last_chunk_at: float | None = None  # wall time the last chunk finished (run.json)
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[Response]]] = []
+        self._pending: list[tuple[dict[str, object], asyncio.Future[Response]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._run_lock = asyncio.Lock()
 
-    def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, Any]:
+    def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, object]:
         return openai_body(self.model, messages, params)
 
-    async def send(self, body: dict[str, Any], timeout: float) -> Response:
+    async def send(self, body: dict[str, object], timeout: float) -> Response:
         if self.llm is None:
             raise AdapterError("fatal", f"{self.name}: the vLLM engine is not loaded")
         fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
@@ -177,7 +202,7 @@ class OfflineChat:
         if self._pending:
             self._timer = asyncio.get_running_loop().call_later(GATHER_S, self._flush)
 
-    async def _run(self, batch: list[tuple[dict[str, Any], asyncio.Future[Response]]]) -> None:
+    async def _run(self, batch: list[tuple[dict[str, object], asyncio.Future[Response]]]) -> None:
         async with self._run_lock:
             t0 = time.perf_counter()
             try:
@@ -203,15 +228,17 @@ class OfflineChat:
                 else:
                     fut.set_result(res)
 
-    def _chat(self, bodies: Sequence[dict[str, Any]]) -> list[Any]:
+    def _chat(self, bodies: Sequence[dict[str, object]]) -> list[_RequestOutput]:
+        llm, vllm = self.llm, self.vllm
+        if llm is None or vllm is None:
+            raise AdapterError("fatal", f"{self.name}: the vLLM engine is not loaded")
         self.chunks.append(len(bodies))
-        kw: dict[str, Any] = {"use_tqdm": False}
+        kw: dict[str, object] = {"use_tqdm": False}
         if self.template is not None:
             kw["chat_template"] = self.template
-        return list(self.llm.chat([b["messages"] for b in bodies],
-                                  [_sampling_params(self.vllm, b) for b in bodies], **kw))
+        return list(llm.chat([b["messages"] for b in bodies], [_sampling_params(vllm, b) for b in bodies], **kw))
 
-    def _response(self, out: Any, latency: float) -> Response:
+    def _response(self, out: _RequestOutput, latency: float) -> Response:
         c = out.outputs[0]
         finish: FinishReason = "length" if getattr(c, "finish_reason", None) == "length" else "stop"
         usage = Usage(prompt_tokens=len(getattr(out, "prompt_token_ids", None) or ()),

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from engine.core.errors import AdapterError
 from engine.core.records import GenParams, Item, Message, Response
@@ -32,11 +33,11 @@ __all__ = ["Adapter", "AdapterError", "HasLimitSignal", "LimitSignalLike", "Loca
 class Adapter(Protocol):
     """What a lane needs from a provider adapter (one instance per lane)."""
 
-    def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, Any]:
+    def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, object]:
         """The request body exactly as it will be sent (minus auth and stream fields)."""
         ...
 
-    async def send(self, body: dict[str, Any], timeout: float) -> Response:
+    async def send(self, body: dict[str, object], timeout: float) -> Response:
         """One attempt. Returns a Response (a refusal is a Response with finish_reason
         "content_filter") or raises AdapterError."""
         ...
@@ -59,7 +60,7 @@ class HasLimitSignal(Protocol):
 
 @runtime_checkable
 class ReplaysItems(Protocol):
-    def body_for(self, item: Item, sample: int, rubric: str = "") -> dict[str, Any] | None:
+    def body_for(self, item: Item, sample: int, rubric: str = "") -> dict[str, object] | None:
         """The recorded request for (item, sample[, judge rubric]), or None when none was recorded."""
         ...
 
@@ -71,12 +72,12 @@ class ReplaysItems(Protocol):
 @runtime_checkable
 class ReportsInfo(Protocol):
     @property
-    def info(self) -> Mapping[str, Any] | None: ...
+    def info(self) -> Mapping[str, object] | None: ...
 
 
 @runtime_checkable
 class LocalServer(Protocol):
-    log_path: Any
+    log_path: Path
     stopping: bool
 
     async def wait_exit(self) -> int: ...
