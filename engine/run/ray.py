@@ -124,9 +124,7 @@ class LaneActor:
         async with self._opening:
             if self._lane is not None:
                 return self._lane
-            from adapters.registry import make_adapter
-
-            adapter, open_server = make_adapter(self.name, self.cfg, self.log_dir)
+            adapter, open_server = registry.make_adapter(self.name, self.cfg, self.log_dir)
             sink = _Sink()
             lane = Lane(self.name, self.cfg, adapter, lambda: iter(()), samples=1, done=set(),
                         responses=sink, errors=sink, judgments=sink, stop=asyncio.Event())  # type: ignore[arg-type]

@@ -17,11 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from adapters.registry import make_adapter
+from adapters.servers.gpus import GpuPool, check_fits, detect_gpus, placed
+from adapters.servers.managed import kill_all
 from engine.checkpoint import JsonlWriter, scan_responses
 from engine.config import Config
 from engine.core.adapter import ReplaysItems
 from engine.core.errors import EngineError
 from engine.costs import Budget
+from engine.gpus import needs_gpus
 from engine.items import ItemFactory, plan_counts
 from engine.run import document
 from engine.run.judge import JudgeHub, close_when_generated
@@ -71,12 +75,7 @@ class Interrupt:
         code = 128 + signum
         if self.signum is not None:
             self.log(f"second signal: exiting now (exit {code}); records written so far are kept")
-            try:
-                from adapters.servers.managed import kill_all
-
-                kill_all()
-            except ImportError:
-                pass
+            kill_all()
             os._exit(code)
         self.signum = signum
         self.stop.set()
@@ -135,9 +134,6 @@ def _gpu_pool(cfg: Config, spec: RunSpec, shard: Any, partition: Any, backend: s
               log: Log) -> Any:
     """The run's GpuPool with every local lane registered (config order), or None when no lane
     needs GPUs. Raises ConfigError when a model cannot fit."""
-    from adapters.servers.gpus import GpuPool, check_fits, detect_gpus
-    from engine.gpus import needs_gpus
-
     targets = () if judge_only else spec.models
     if partition is not None:
         targets = tuple(n for n in targets if partition.has_model(n, shard.index))
@@ -188,7 +184,6 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
                       log: Log, config_source: str, loop: asyncio.AbstractEventLoop,
                       judge_only: bool = False, budget_usd: float | None = None, shard: Any = None,
                       backend: str = "local", ray_address: str | None = None) -> int:
-    from adapters.registry import make_adapter
     from engine import shards as sharding
 
     sfx = sharding.suffix(shard)
@@ -269,8 +264,6 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
         adapter, server = adapters[name]
         open_server: OpenServer | None = server
         if gpu_pool is not None and name in gpu_pool.need and server is not None:
-            from adapters.servers.gpus import placed
-
             servers[name] = {}
             open_server = placed(server, gpu_pool, name, servers[name])
         lane = lane_cls(name, cfg.models[name], adapter, factory if name in targets else empty,
