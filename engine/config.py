@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import msgspec
 
@@ -59,7 +60,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     models: dict[str, ModelConfig] = {}
     judge: JudgeConfig = JudgeConfig()
     data: DataConfig = DataConfig()
-    pillars: dict[str, dict[str, Any]] = {}
+    pillars: dict[str, dict[str, object]] = {}
     prices: dict[str, PriceConfig] = {}
 
 
@@ -73,7 +74,10 @@ def _where(msg: str) -> tuple[str, str]:
     return what, key
 
 
-def _convert(raw: Any, typ: type, source: str, prefix: str) -> Any:
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+def _convert(raw: object, typ: type[T], source: str, prefix: str) -> T:
     try:
         return msgspec.convert(raw, typ)
     except msgspec.ValidationError as exc:
@@ -81,8 +85,9 @@ def _convert(raw: Any, typ: type, source: str, prefix: str) -> Any:
         if what.startswith("Object contains unknown field"):
             field = what.split("`")[1]
             key = ".".join(p for p in (prefix, key if key != "(top level)" else "", field) if p)
-            allowed = ", ".join(sorted(typ.__struct_fields__)) if hasattr(typ, "__struct_fields__") else ""
-            raise ConfigError(f"{source}: unknown key `{key}`" + (f" (allowed here: {allowed})" if allowed and "." not in key[len(prefix) + 1 :] else "")) from None
+            allowed = ", ".join(sorted(typ.__struct_fields__))
+            nested = "." in key[len(prefix) + 1:]  # a key inside a table of this one: its fields are not these
+            raise ConfigError(f"{source}: unknown key `{key}`" + ("" if nested else f" (allowed here: {allowed})")) from None
         if what.startswith("Object missing required field"):
             field = what.split("`")[1]
             key = ".".join(p for p in (prefix, key if key != "(top level)" else "", field) if p)
@@ -106,7 +111,7 @@ FORMAT1_OPTION_KEYS: dict[str, object] = {
 }
 
 
-def parse_config(raw: dict[str, Any], source: str, *, stored: bool = False) -> Config:
+def parse_config(raw: Mapping[str, object], source: str, *, stored: bool = False) -> Config:
     """`stored`: `raw` is a config as run.json holds it (`config_to_builtins`), not a TOML file."""
     models_raw = raw.get("models", {})
     if not isinstance(models_raw, dict):
@@ -195,21 +200,24 @@ def default_config() -> Config:
     return parse_config(tomllib.loads(res.read_text("utf-8")), "default config (engine/default.toml)")
 
 
-def model_to_builtins(m: ModelConfig) -> dict[str, Any]:
+def model_to_builtins(m: ModelConfig) -> dict[str, object]:
     """One model as run.json holds it: flat, the lane's keys then the format-1 option keys (see
     FORMAT1_OPTION_KEYS), then the adapter's other keys."""
-    doc: dict[str, Any] = msgspec.to_builtins(m)
-    options: dict[str, Any] = doc.pop("options")
+    doc: dict[str, object] = msgspec.to_builtins(m)
+    options: dict[str, object] = msgspec.to_builtins(m.options)
+    del doc["options"]
     for key, default in FORMAT1_OPTION_KEYS.items():
         doc[key] = options.pop(key) if key in options else list(default) if isinstance(default, list) else default
     doc.update(options)
     return doc
 
 
-def config_to_builtins(cfg: Config) -> dict[str, Any]:
+def config_to_builtins(cfg: Config) -> dict[str, object]:
     """The resolved config for run.json: environment variable names only, never their values."""
-    doc: dict[str, Any] = msgspec.to_builtins(cfg)
+    doc: dict[str, object] = msgspec.to_builtins(cfg)
     doc["models"] = {name: model_to_builtins(m) for name, m in cfg.models.items()}
+    run: dict[str, object] = msgspec.to_builtins(cfg.run)
     if not cfg.run.adapter_modules:
-        del doc["run"]["adapter_modules"]
+        del run["adapter_modules"]
+    doc["run"] = run
     return doc

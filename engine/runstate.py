@@ -20,7 +20,7 @@ from engine.core.config import ModelConfig
 RUN_JSON = "run.json"
 
 
-def _digest(obj: Any) -> str:
+def _digest(obj: object) -> str:
     return hashlib.blake2b(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
 
 
@@ -72,7 +72,7 @@ def write_run_json(directory: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def config_doc(cfg: Config) -> dict[str, Any]:
+def config_doc(cfg: Config) -> dict[str, object]:
     return config_to_builtins(cfg)
 
 

@@ -9,7 +9,6 @@ Optional capabilities:
   HasLimitSignal   the provider's rate-limit headers of the latest reply (`last_signal`)
   ReplaysItems     answers come from a recording, found by item rather than by prompt (`body_for`),
                    with end-of-run notes about what was (not) matched (`notes`)
-  ReportsInfo      facts about the backend for run.json (`info`, e.g. the vLLM version in offline mode)
   LocalServer      what opening a local model server yields: the lane watches it and stops when it dies
 
 A local adapter's build also returns a `ServerOpener`: what starts its model for a lane, with its
@@ -18,7 +17,7 @@ capabilities declared as attributes (`takes_gpus`, `info`) rather than found by 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -27,7 +26,7 @@ from engine.core.errors import AdapterError
 from engine.core.records import GenParams, Item, Message, Response
 
 __all__ = ["Adapter", "AdapterError", "HasLimitSignal", "LimitSignalLike", "LocalServer", "ReplaysItems",
-           "ReportsInfo", "ServerOpener"]
+           "ServerOpener"]
 
 
 class Adapter(Protocol):
@@ -67,12 +66,6 @@ class ReplaysItems(Protocol):
     def notes(self, complete: bool) -> list[str]:
         """Lines for the end-of-run summary (items without a recording, recordings matching nothing)."""
         ...
-
-
-@runtime_checkable
-class ReportsInfo(Protocol):
-    @property
-    def info(self) -> Mapping[str, object] | None: ...
 
 
 @runtime_checkable
