@@ -33,7 +33,7 @@ import orjson
 
 from adapters.http import error_for_status, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_anthropic
-from adapters.registry import BuildContext, Built, adapter
+from adapters.registry import BuildContext, Built, Capabilities, adapter
 from engine.core.adapter import AdapterError
 from engine.core.config import AdapterOptions
 from engine.core.records import GenParams, Message, Response, Usage
@@ -178,7 +178,7 @@ class AnthropicMessages:
         self._session = None
 
 
-@adapter("anthropic", rate_limit_headers="anthropic")
+@adapter("anthropic", caps=Capabilities(rate_limit_headers="anthropic"))
 def build_anthropic(ctx: BuildContext[AdapterOptions]) -> Built:
     return Built(AnthropicMessages(model=ctx.model_id, api_key=ctx.api_key(), base_url=ctx.model.base_url,
                                    concurrency=ctx.model.concurrency()))

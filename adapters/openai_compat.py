@@ -18,7 +18,7 @@ import orjson
 
 from adapters.http import error_for_status, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_openai
-from adapters.registry import BuildContext, Built, adapter
+from adapters.registry import BuildContext, Built, Capabilities, adapter
 from engine.core.adapter import AdapterError
 from engine.core.config import AdapterOptions
 from engine.core.records import ErrorKind, FinishReason, GenParams, Message, Response, Usage
@@ -153,7 +153,8 @@ class OpenAIChat:
         self._session = None
 
 
-@adapter("openai", required={"base_url": "e.g. https://api.openai.com/v1"}, rate_limit_headers="openai")
+@adapter("openai", required={"base_url": "e.g. https://api.openai.com/v1"},
+         caps=Capabilities(rate_limit_headers="openai"))
 def build_openai(ctx: BuildContext[AdapterOptions]) -> Built:
     assert ctx.model.base_url  # required by the entry: checked when the config is read
     return Built(OpenAIChat(base_url=ctx.model.base_url, model=ctx.model_id, api_key=ctx.api_key(),

@@ -27,7 +27,7 @@ from engine.core.config import AdapterOptions, ModelConfig
 from engine.core.errors import ConfigError
 from engine.core.secrets import api_key
 
-__all__ = ["AdapterEntry", "Built", "BuildContext", "Resources", "adapter", "entry", "find", "load_modules",
+__all__ = ["AdapterEntry", "Built", "BuildContext", "Capabilities", "Resources", "adapter", "entry", "find", "load_modules",
            "make_adapter", "names"]
 
 OptionsT = TypeVar("OptionsT", bound=AdapterOptions)
@@ -70,6 +70,28 @@ class BuildContext(Generic[OptionsT]):
         return api_key(self.model.api_key_env, self.name) if self.with_secrets else None
 
 
+class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
+    """What a provider offers that the engine may use, declared by its adapter (defaults: nothing).
+    Issues that add a feature add a field here and read it from the entry; the engine never asks
+    which adapter it is.
+
+    rate_limit_headers  the family of rate-limit headers its replies carry ("openai", "anthropic"),
+                        read into `last_signal`
+    streaming           can stream a reply (server-sent events)
+    batch_api           has a provider batch API (submit many, collect later)
+    default_api_key_env the variable that holds its key when the config names none
+    default_requests_per_minute / default_tokens_per_minute  its published limits for when the
+                        config gives none (None: unknown)
+    """
+
+    rate_limit_headers: str | None = None
+    streaming: bool = False
+    batch_api: bool = False
+    default_api_key_env: str | None = None
+    default_requests_per_minute: float | None = None
+    default_tokens_per_minute: float | None = None
+
+
 def _no_gpus(model: ModelConfig, options: AdapterOptions, pinned: bool) -> int:
     return 0
 
@@ -90,11 +112,7 @@ class AdapterEntry(Generic[OptionsT]):
     shaping     option keys that shape requests, hashed into the model's fingerprint (resume refuses
                 a changed one); ("digest key", "option key") where the digest names it otherwise
     required    keys that must be set, with a hint for the error message
-    rate_limit_headers  the family of rate-limit headers its replies carry ("openai", "anthropic")
-    streaming, batch_api    served by later issues; declared here, False until an adapter has them
-    default_api_key_env     the variable read when `api_key_env` is not set (None: none)
-    default_requests_per_minute / default_tokens_per_minute  the provider's published limits
-                for when the config gives none (None: unknown)
+    caps        what the provider offers beyond one request at a time (Capabilities)
     """
 
     name: str
@@ -105,12 +123,7 @@ class AdapterEntry(Generic[OptionsT]):
     resources: Callable[[OptionsT], Resources] = _no_resources
     shaping: tuple[str | tuple[str, str], ...] = ()
     required: Mapping[str, str] = field(default_factory=dict)
-    rate_limit_headers: str | None = None
-    streaming: bool = False
-    batch_api: bool = False
-    default_api_key_env: str | None = None
-    default_requests_per_minute: float | None = None
-    default_tokens_per_minute: float | None = None
+    caps: Capabilities = Capabilities()
 
     def options_of(self, model: ModelConfig) -> OptionsT:
         opts = model.options
@@ -145,7 +158,7 @@ _ENTRIES: dict[str, AdapterEntry[AdapterOptions]] = {}
 def adapter(name: str, *, options: type[OptionsT] = AdapterOptions,  # type: ignore[assignment]  # default: no keys of its own
             local: bool = False, gpus: Callable[[ModelConfig, OptionsT, bool], int] | None = None,
             resources: Callable[[OptionsT], Resources] | None = None, shaping: Sequence[str | tuple[str, str]] = (),
-            required: Mapping[str, str] | None = None, rate_limit_headers: str | None = None,
+            required: Mapping[str, str] | None = None, caps: Capabilities | None = None,
             ) -> Callable[[Callable[[BuildContext[OptionsT]], Built]], Callable[[BuildContext[OptionsT]], Built]]:
     """Registers the decorated build function as adapter `name`. A name registered twice is an
     error (two modules claiming one adapter)."""
@@ -154,7 +167,7 @@ def adapter(name: str, *, options: type[OptionsT] = AdapterOptions,  # type: ign
         entry_: AdapterEntry[OptionsT] = AdapterEntry(
             name=name, options=options, build=build, local=local, gpus=gpus or _no_gpus,
             resources=resources or _no_resources, shaping=tuple(shaping), required=dict(required or {}),
-            rate_limit_headers=rate_limit_headers)
+            caps=caps or Capabilities())
         add(entry_)
         return build
 
