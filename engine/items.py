@@ -101,7 +101,7 @@ def pillar_source(keys: tuple[str, ...], data_dir: Path | None, limit: int,
     from engine.options import resolve
     from pillars import registry
 
-    resolved = [resolve(k, (options or {}).get(k)) for k in keys]
+    resolved = [resolve(k, (options or {}).get(k), data_dir) for k in keys]
 
     def factory() -> Iterator[WorkItem]:
         for sub, eng in resolved:

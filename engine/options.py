@@ -5,9 +5,15 @@ left out of the metric; or "zero": scored as a wrong answer / lowest value, whic
 upstream rules such as PROTOCOL.md §3.7), `tie_break` (e.g. "judge_mean": equal metric values are
 ranked by the subtask's judge mean, as the paper did for ethics), and generation overrides
 (`max_tokens`, `temperature`, `top_p`), `limit` (base items of this subtask, overriding
-run.limit), and `requery` (how many extra samples an unparseable answer gets, for subtasks whose
-protocol re-asks: privacy/awareness defaults to 3). Every other key goes to the subtask module's
-`make_subtask(**options)`; a key it does not take is an error naming the keys it does take.
+run.limit), `requery` (how many extra samples an unparseable answer gets, for subtasks whose
+protocol re-asks: privacy/awareness defaults to 10, its authors asked until the answer parsed) and
+`strip` (true by default: every reply is stripped of surrounding whitespace before it is parsed
+and scored, as the authors' generate() returned it; judges still see the reply as sent). Every
+other key goes to the subtask module's `make_subtask(**options)`; a key it does not take is an
+error naming the keys it does take.
+
+With a data dir, a subtask that has the authors' templates there is rebuilt with them
+(`Subtask.prompts == "official"`), see pillars.registry.bind_prompts.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import dataclasses
 import inspect
 from collections.abc import Mapping
 from functools import lru_cache
+from pathlib import Path
 
 import msgspec
 
 from engine.core.errors import ConfigError
-from engine.core.subtask import Subtask
+from engine.core.records import Item, Response
+from engine.core.subtask import ItemScore, Judgment, Scorer, Subtask
 from pillars import registry
 
 
@@ -32,6 +40,7 @@ class EngineOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    strip: bool = True
 
 
 ENGINE_KEYS = frozenset(EngineOptions.__struct_fields__)
@@ -61,12 +70,15 @@ def _thaw(v: object) -> object:
     return v
 
 
-def resolve(key: str, options: Mapping[str, object] | None) -> tuple[Subtask, EngineOptions]:
-    return _resolve(key, _freeze_section(options or {}))
+def resolve(key: str, options: Mapping[str, object] | None,
+            data_dir: Path | None = None) -> tuple[Subtask, EngineOptions]:
+    """The subtask with its section's options applied and, with a data dir, its official prompts
+    bound where that dir has them."""
+    return _resolve(key, _freeze_section(options or {}), str(data_dir) if data_dir else None)
 
 
 @lru_cache(maxsize=256)
-def _resolve(key: str, frozen: Frozen) -> tuple[Subtask, EngineOptions]:
+def _resolve(key: str, frozen: Frozen, data_dir: str | None = None) -> tuple[Subtask, EngineOptions]:
     options = {k: _thaw(x) for k, x in frozen}
     base = registry.get(key)
     eng_raw = {k: v for k, v in options.items() if k in ENGINE_KEYS}
@@ -78,10 +90,23 @@ def _resolve(key: str, frozen: Frozen) -> tuple[Subtask, EngineOptions]:
     if eng.unparseable not in ("exclude", "zero"):
         raise ConfigError(f'[pillars."{key}"].unparseable: expected "exclude" or "zero", got "{eng.unparseable}"')
     sub = _made(key, base, rest) if rest else base
+    if data_dir is not None:  # first: binding rebuilds the subtask, the overrides below go on top
+        sub = registry.bind_prompts(sub, Path(data_dir))
     gen = {f: getattr(eng, f) for f in ("max_tokens", "temperature", "top_p") if getattr(eng, f) is not None}
     if gen:
         sub = dataclasses.replace(sub, params=msgspec.structs.replace(sub.params, **gen))
+    if eng.strip:
+        sub = dataclasses.replace(sub, score=_stripping(sub.score))
     return sub, eng
+
+
+def _stripping(score: Scorer) -> Scorer:
+    def stripped(item: Item, response: Response | None, judgment: Judgment | None) -> ItemScore:
+        if response is not None and response.text != response.text.strip():
+            response = msgspec.structs.replace(response, text=response.text.strip())
+        return score(item, response, judgment)
+
+    return stripped
 
 
 def _made(key: str, base: Subtask, rest: dict[str, object]) -> Subtask:

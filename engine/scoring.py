@@ -98,11 +98,12 @@ def _item_scores(sub: Subtask, rubric: Rubric | None, items: Iterable[Item], sam
             # A re-queried sample (engine/requery.py) stands for s: the first answer that parses.
             sc = None
             rec = None
-            for idx in requery_samples(s, samples, requery):
+            reasks = 0
+            for k, idx in enumerate(requery_samples(s, samples, requery)):
                 r = records.get((item.pillar, item.subtask, item.id, idx))
                 if r is None:
                     break
-                rec = r
+                rec, reasks = r, k
                 judgment = None
                 if rubric is not None and r.response is not None and item.metadata.get("judge") is not False:
                     j = judged.get((r.key, rubric.name))
@@ -121,6 +122,8 @@ def _item_scores(sub: Subtask, rubric: Rubric | None, items: Iterable[Item], sam
             if rec is None or sc is None:
                 missing += 1
                 continue
+            if reasks:  # the re-asks an answer cost, for the subtask's breakdown
+                sc = msgspec.structs.replace(sc, extras={**sc.extras, "reasks": float(reasks)})
             scores.append(msgspec.structs.replace(sc, sample=s) if sc.sample != s else sc)
     return scores, missing, JudgeStats(**jstats)
 
@@ -131,7 +134,7 @@ class _Scorer:
     def __init__(self, directory: Path, cfg: Config, spec: RunSpec) -> None:
         self.cfg, self.spec = cfg, spec
         self.data_dir = Path(spec.data_dir) if spec.data_dir else None
-        self.resolved = {k: resolve(k, spec.options.get(k)) for k in spec.subtasks}
+        self.resolved = {k: resolve(k, spec.options.get(k), self.data_dir) for k in spec.subtasks}
         self.subtasks = [self.resolved[k][0] for k in spec.subtasks]
         self.models = list(spec.models)
         rubrics = {s.rubric.name: s.rubric for s in self.subtasks if s.rubric is not None}
@@ -171,7 +174,7 @@ class _Scorer:
         not select the clean subtask itself)."""
         clean = self.cache.get((clean_key, model))
         if clean is None:
-            csub = resolve(clean_key, self.spec.options.get(clean_key))[0]
+            csub = resolve(clean_key, self.spec.options.get(clean_key), self.data_dir)[0]
             clean, _, _ = _item_scores(csub, csub.rubric, self.items_of(csub), self.spec.samples,
                                        self.records[model], self.judged_by.get(self.ranked_judge(csub.rubric) or "", {}))
         return clean
@@ -195,7 +198,7 @@ class _Scorer:
     def subtask(self, sub: Subtask) -> SubtaskScores:
         eng = self.resolved[sub.key][1]
         gen_key = sub.generates_from
-        gen = sub if gen_key == sub.key else resolve(gen_key, self.spec.options.get(gen_key))[0]
+        gen = sub if gen_key == sub.key else resolve(gen_key, self.spec.options.get(gen_key), self.data_dir)[0]
         items = self.items_of(gen)
         models = {m: self.metric(sub, eng, items, m) for m in self.models}
         values = {m: s.value for m, s in models.items()}

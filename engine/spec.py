@@ -78,10 +78,12 @@ def item_factory(spec: RunSpec) -> ItemFactory:
 
 
 def subtasks(spec: RunSpec) -> list[Subtask]:
-    """The spec's subtasks with their [pillars."<key>"] options applied (none for a custom items file)."""
+    """The spec's subtasks with their [pillars."<key>"] options applied and the official prompts of
+    the data dir bound where it has them (none for a custom items file)."""
     if spec.items is not None:
         return []
-    return [resolve(k, spec.options.get(k))[0] for k in spec.subtasks]
+    data_dir = Path(spec.data_dir) if spec.data_dir else None
+    return [resolve(k, spec.options.get(k), data_dir)[0] for k in spec.subtasks]
 
 
 def rubrics_by_source(subs: Iterable[Subtask]) -> dict[str, list[tuple[Subtask, Rubric]]]:

@@ -15,8 +15,10 @@ from engine.core.records import Item
 from engine.core.subtask import Subtask
 from pillars import anti_sycophancy, crisis, ethics, fairness, privacy, reliability, robustness, safety
 from pillars.common.loaders import builtin_rows
+from pillars.common.prompts import load_prompts
 
-__all__ = ["PILLARS", "UnknownSubtask", "all_subtasks", "builtin_source", "get", "select", "load_items"]
+__all__ = ["PILLARS", "UnknownSubtask", "all_subtasks", "bind_prompts", "builtin_source", "get", "select",
+           "load_items"]
 
 _PACKAGES: dict[str, tuple[Subtask, ...]] = {
     "reliability": tuple(reliability.SUBTASKS),
@@ -72,6 +74,17 @@ def builtin_source(sub: Subtask) -> tuple[str, str]:
         pillar, _, subtask = sub.builtin_source.partition("/")
         return pillar, subtask
     return sub.pillar, sub.id
+
+
+def bind_prompts(sub: Subtask, data_dir: Path | None) -> Subtask:
+    """The subtask with the authors' templates when the data dir holds all it needs, else as is
+    (its own prompts). Built-in items (no data dir) always use the engine's own wording."""
+    if sub.with_prompts is None or not sub.prompt_files:
+        return sub
+    prompts = load_prompts(data_dir)
+    if prompts is None or not prompts.has(sub.prompt_files):
+        return sub
+    return sub.with_prompts(sub, prompts)
 
 
 def load_items(sub: Subtask, data_dir: Path | None) -> Iterator[Item]:

@@ -1,4 +1,5 @@
-"""Protocol re-query of unparseable privacy ratings: at most 3 extra samples, first parse wins."""
+"""Protocol re-query of unparseable privacy ratings: at most 10 extra samples (the default cap; the
+authors asked until the answer parsed), first parse wins, re-asks counted in the breakdown."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def _middleware(counts: dict[str, int], parse_on: dict[str, int]) -> Any:
     return mw
 
 
-def test_unparseable_ratings_are_requeried_at_most_three_times(tmp_path: Path) -> None:
+def test_unparseable_ratings_are_requeried_at_most_ten_times(tmp_path: Path) -> None:
     counts: dict[str, int] = {}
     # Built-in awareness items come in file order; make item 0 parse on its 2nd ask and the
     # others never, whatever their text, by keying on the first item's prompt.
@@ -54,9 +55,10 @@ def test_unparseable_ratings_are_requeried_at_most_three_times(tmp_path: Path) -
         by_item.setdefault(r["item_id"], []).append(r["sample"])
     assert sorted(by_item[items[0].id]) == [0, 1]  # parsed on the first re-query
     for it in items[1:]:
-        assert sorted(by_item[it.id]) == [0, 1, 2, 3]  # 3 extra samples, then counted
+        assert sorted(by_item[it.id]) == list(range(11))  # 10 extra samples, then counted
     scores = json.loads((out / "scores.json").read_text())["subtasks"]["privacy/awareness"]["models"]["m"]
     assert scores["n"] == 3 and scores["n_unparseable"] == 2 and scores["n_scored"] == 1
+    assert scores["breakdown"]["reasks"] == 1 + 10 + 10 and scores["breakdown"]["items_reasked"] == 3
     run_json = json.loads((out / "run.json").read_text())
-    assert run_json["lanes"]["m"]["requeried"] == 1 + 3 + 3
+    assert run_json["lanes"]["m"]["requeried"] == 1 + 10 + 10
     assert run_engine("verify", out).rc == 0

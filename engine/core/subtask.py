@@ -23,6 +23,7 @@ from typing import Literal
 
 import msgspec
 
+from engine.core.prompts import PromptSet
 from engine.core.records import GenParams, Item, Message, Response
 
 Direction = Literal["higher", "lower"]
@@ -91,11 +92,14 @@ Aggregator = Callable[[Sequence[ItemScore]], Metric]
 class Rubric:
     """An LLM-as-judge rubric.
 
-    build: (item, response_text) -> judge messages. Must wrap the response in delimiters and
-      neutralise lookalike delimiters inside it (see pillars.judging.wrap_response).
+    build: (item, response_text) -> judge messages. An own-worded rubric wraps the response in
+      delimiters and neutralises lookalike delimiters inside it (see pillars.common.judging
+      .wrap_response); an official template gets the reply inserted raw, as its authors sent it,
+      and says so with `hardened = False`.
     schema: JSON schema for constrained judge output.
     parse: judge output text -> dict of scores, or None when unparseable (JSON first, then a
-      last-match fallback).
+      last-match fallback; an official rubric reads the verdict as its authors did).
+    retry: whether an unparseable verdict is asked again (the authors never retried theirs).
     """
 
     name: str
@@ -105,6 +109,8 @@ class Rubric:
     parse: Callable[[str], Judgment | None]
     judge: str | None = None  # a models key that must judge this rubric (else [judge] models[0])
     params: GenParams = GenParams(temperature=0.0, max_tokens=256)
+    hardened: bool = True
+    retry: bool = True
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,12 @@ class Subtask:
     # The factory that builds this subtask with the options of its [pillars."<key>"] section (the
     # module's make_subtask); None when the subtask takes no options of its own.
     make: Callable[..., Subtask] | None = None
+    # The authors' templates (file names in the data dir's official-prompts/) this subtask can run
+    # with, and how it is rebuilt with them (keeping its options); `prompts` says which it runs
+    # with: "official" (the authors' bytes) or "own" (engine wording, not comparable to the paper).
+    prompt_files: tuple[str, ...] = ()
+    with_prompts: Callable[[Subtask, PromptSet], Subtask] | None = None
+    prompts: Literal["official", "own"] = "own"
 
     @property
     def key(self) -> str:

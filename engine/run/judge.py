@@ -4,8 +4,9 @@ judge has one lane and one limiter); their records go to judgments/<judge>.jsonl
 (response key, judge, rubric, rubric version, try), exactly-once and resumable like responses.
 
 An unparseable judge output is retried once (try 1, with a different seed and a little
-temperature, since the same greedy request would give the same text); scoring counts what is
-still unparseable and excludes it.
+temperature, since the same greedy request would give the same text), unless its rubric says
+`retry = False` (an official template: its authors never retried); scoring counts what is still
+unparseable and excludes it.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class JudgeHub:
             for j in (j for sfx in suffixes
                       for j in iter_records(judgments_dir / f"{judge}{sfx}.jsonl", judgment_decoder)):
                 rubric = self.rubrics.get(j.rubric)
-                if j.try_ != 0 or j.response is None or rubric is None or j.rubric_version != rubric.version:
+                if (j.try_ != 0 or j.response is None or rubric is None or not rubric.retry
+                        or j.rubric_version != rubric.version):
                     continue
                 if key_int(judge_key(j.response_key, judge, j.rubric, j.rubric_version, 1)) in done:
                     continue
@@ -131,7 +133,7 @@ class JudgeHub:
         if jrec.response is None or jrec.try_ > 0:
             return
         rubric = self.rubrics.get(jrec.rubric)
-        if rubric is None or rubric.parse(jrec.response.text) is not None:
+        if rubric is None or not rubric.retry or rubric.parse(jrec.response.text) is not None:
             return
         # Rebuild the judged text from the unit: try 1 reuses the same judge messages.
         lane = self.lanes[jrec.judge]

@@ -14,9 +14,10 @@ Parsing follows the authors' ``parse_response`` exactly, including its quirks:
   that occurs as a substring. So "minus fifty" alone maps to -50 (exact), but "I'd say minus
   fifty" maps to 50 ("fifty" precedes "minus fifty" in the map). Kept for fidelity.
 
-Unparseable answers: the authors re-queried until an answer parsed. The engine does not re-query;
-it counts them (``n_unparseable``) and leaves them out of the correlation. A later option
-``unparseable="zero"`` (upstream ConfAIde's fallback rating 0) may be added; it is not implemented.
+Unparseable answers: the authors re-queried until an answer parsed. The engine re-asks up to 10
+times (engine option ``requery``, engine/requery.py); the breakdown counts the re-asks
+(``reasks``, ``items_reasked``), and what is still unparseable is counted (``n_unparseable``) and
+left out of the correlation.
 
 Metric: per tier, Pearson r between the model ratings (mean over samples of an item) and the
 human mean ratings over the items actually scored; headline = mean of the available tier r's
@@ -26,12 +27,14 @@ is left out of the mean, and the Metric's reason says which tiers were used.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from msgspec.structs import replace
 
+from engine.core.prompts import PromptSet
 from engine.core.records import GenParams, Item, Message, Response
 from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Subtask
 from pillars.common.loaders import read_text
@@ -85,8 +88,20 @@ _TIER2_WORDS = {
 WORD_MAPS: dict[str, dict[str, int]] = {"1": _TIER1_WORDS, "2a": _TIER2_WORDS, "2b": _TIER2_WORDS}
 
 
-def build_prompt(text: str, tier: str) -> str:
-    """The authors' prompt for one ConfAIde line (the line's literal backslash-n is kept)."""
+TIER1_TEMPLATE = "privacy__awareness__target-user__tier1-item-answer.txt"
+TIER2_TEMPLATE = "privacy__awareness__target-user__tier2-item-answer.txt"
+PROMPT_FILES = (TIER1_TEMPLATE, TIER2_TEMPLATE)
+
+
+def build_prompt(text: str, tier: str, prompts: PromptSet | None = None) -> str:
+    """The prompt for one ConfAIde line (the line's literal backslash-n is kept): the authors'
+    templates when given (tier 2's header is empty in every path of their code), else the same
+    layout written out here (it holds no wording of theirs: the rating instructions are in the
+    data lines)."""
+    if prompts is not None:
+        if tier == "1":
+            return prompts[TIER1_TEMPLATE].fill(text)
+        return prompts[TIER2_TEMPLATE].fill(prompt_header="", text=text)
     return f"{text}\nAnswer: " if tier == "1" else f"{text}\n\nAnswer: "
 
 
@@ -142,14 +157,14 @@ def load_official(folder: Path) -> Iterator[dict[str, object]]:
         )
 
 
-def items(rows: Iterable[Row]) -> Iterator[Item]:
+def items(rows: Iterable[Row], prompts: PromptSet | None = None) -> Iterator[Item]:
     for row in rows:
         tier = str(row["tier"])
         yield Item(
             id=str(row["id"]),
             pillar="privacy",
             subtask="awareness",
-            messages=(Message(role="user", content=build_prompt(str(row["text"]), tier)),),
+            messages=(Message(role="user", content=build_prompt(str(row["text"]), tier, prompts)),),
             reference=as_float(row["label"], f"{row['id']}: label"),
             metadata={"base": str(row["id"]), "tier": tier},
         )
@@ -191,7 +206,10 @@ def aggregate(scores: Sequence[ItemScore]) -> Metric:
             rs[tier] = r
         tiers[tier] = tier_entry
     used = [t for t in tiers if t in rs]
-    breakdown: dict[str, object] = {"tiers": tiers, "used_tiers": used}
+    # Re-asks (engine/requery.py): how many extra questions the unparseable answers cost.
+    reasks = [s.extras.get("reasks", 0.0) for s in scores]
+    breakdown: dict[str, object] = {"tiers": tiers, "used_tiers": used, "reasks": int(sum(reasks)),
+                                    "items_reasked": sum(1 for r in reasks if r > 0)}
     if not used:
         why = "; ".join(f"tier {t}: {whys[t]}" for t in tiers) or "no scored items"
         return Metric(value=None, n=n, n_scored=n_scored, n_unparseable=n_unp, n_failed=n_failed,
@@ -208,25 +226,32 @@ def aggregate(scores: Sequence[ItemScore]) -> Metric:
                   breakdown=breakdown, reason=reason)
 
 
-SUBTASK = Subtask(
-    pillar="privacy",
-    id="awareness",
-    version="1",
-    kind="classification",
-    headline="mean_pearson_r",
-    direction="higher",
-    items=items,
-    score=score,
-    aggregate=aggregate,
-    official=OfficialSource(
-        dataset="confaide",
-        files=("tier_1.txt", "tier_1_labels.txt", "tier_2a.txt", "tier_2b.txt",
-               "tier_2_labels.txt"),
-        load=load_official,
-    ),
-    params=GenParams(temperature=1.0, max_tokens=365, top_p=1.0),
-    doc="ConfAIde tiers 1/2a/2b sensitivity ratings; mean over tiers of Pearson r vs human means.",
-    # The authors re-query an unparseable rating until it parses; we stop after 3 extra samples
-    # (engine option `requery`), and what is still unparseable is counted, not scored.
-    extra={"cover": {"tier": list(TIERS)}, "unparseable": "exclude", "requery_unparseable": 3},
-)
+def _subtask(prompts: PromptSet | None) -> Subtask:
+    return Subtask(
+        pillar="privacy",
+        id="awareness",
+        version="1",
+        kind="classification",
+        headline="mean_pearson_r",
+        direction="higher",
+        items=functools.partial(items, prompts=prompts),
+        score=score,
+        aggregate=aggregate,
+        official=OfficialSource(
+            dataset="confaide",
+            files=("tier_1.txt", "tier_1_labels.txt", "tier_2a.txt", "tier_2b.txt",
+                   "tier_2_labels.txt"),
+            load=load_official,
+        ),
+        params=GenParams(temperature=1.0, max_tokens=365, top_p=1.0),
+        doc="ConfAIde tiers 1/2a/2b sensitivity ratings; mean over tiers of Pearson r vs human means.",
+        # The authors re-query an unparseable rating until it parses; we stop after 10 extra samples
+        # (engine option `requery`), and what is still unparseable is counted, not scored.
+        extra={"cover": {"tier": list(TIERS)}, "unparseable": "exclude", "requery_unparseable": 10},
+        prompt_files=PROMPT_FILES,
+        with_prompts=lambda _sub, prompts: _subtask(prompts),
+        prompts="official" if prompts is not None else "own",
+    )
+
+
+SUBTASK = _subtask(None)
