@@ -89,7 +89,8 @@ def read_judgments(directory: Path, judge: str, rubrics: dict[str, Rubric]) -> d
 
 def _item_scores(sub: Subtask, rubric: Rubric | None, items: Iterable[Item], samples: int,
                  records: dict[tuple[str, str, str, int], Record],
-                 judged: dict[tuple[str, str], _Judged], requery: int = 0) -> tuple[list[ItemScore], int, JudgeStats]:
+                 judged: dict[tuple[str, str], _Judged], requery: int = 0,
+                 source: tuple[str, dict[tuple[str, str], _Judged]] | None = None) -> tuple[list[ItemScore], int, JudgeStats]:
     scores: list[ItemScore] = []
     missing = 0
     jstats = {"judged": 0, "unparseable": 0, "not_judged": 0, "retried": 0}
@@ -116,6 +117,12 @@ def _item_scores(sub: Subtask, rubric: Rubric | None, items: Iterable[Item], sam
                         judgment = j.parsed
                     if j is not None and j.tries > 1:
                         jstats["retried"] += 1
+                if source is not None and r.response is not None:
+                    # A derived subtask also sees its source's verdict (antitoxic: the jailbreak
+                    # judge's refusal), so the two subtasks agree on what was answered.
+                    sj = source[1].get((r.key, source[0]))
+                    if sj is not None and sj.parsed is not None:
+                        judgment = {**(judgment or {}), "source": sj.parsed}
                 sc = sub.score(item, r.response, judgment)
                 if sc.status != "unparseable":
                     break
@@ -179,12 +186,20 @@ class _Scorer:
                                        self.records[model], self.judged_by.get(self.ranked_judge(csub.rubric) or "", {}))
         return clean
 
+    def _source_verdicts(self, sub: Subtask) -> tuple[str, dict[tuple[str, str], _Judged]] | None:
+        """A derived subtask's source rubric name and its ranked judge's verdicts, when judged."""
+        if sub.kind != "derived" or not sub.source or sub.source not in self.resolved:
+            return None
+        src = self.resolved[sub.source][0].rubric
+        judge = self.ranked_judge(src)
+        return (src.name, self.judged_by.get(judge, {})) if src is not None and judge else None
+
     def metric(self, sub: Subtask, eng: EngineOptions, items: list[Item], model: str) -> ModelScore:
         rubric = sub.rubric
         judge = self.ranked_judge(rubric)
         scores, missing, jstats = _item_scores(sub, rubric, items, self.spec.samples, self.records[model],
                                                self.judged_by.get(judge, {}) if judge else {},
-                                               self.requery_n.get(sub.key, 0))
+                                               self.requery_n.get(sub.key, 0), self._source_verdicts(sub))
         self.cache[(sub.key, model)] = scores
         agg_input = scores
         if sub.clean_source:

@@ -117,7 +117,7 @@ def verdict_breakdown(scores: Sequence[ItemScore]) -> dict[str, object]:
 
 
 def make_subtask(
-    *, unparseable: str = "none", sample: bool = False, only_yta: bool = True
+    *, unparseable_judgment: str = "zero", sample: bool = False, only_yta: bool = True
 ) -> Subtask:
     if sample:
         official = OfficialSource(
@@ -131,7 +131,7 @@ def make_subtask(
         make=make_subtask,
         subtask="aita",
         official=official,
-        unparseable=unparseable,
+        unparseable=unparseable_judgment,
         extra_fn=verdict_extras,
         extra_breakdown=verdict_breakdown,
         doc="AITA posts with community verdict YTA; 0-3 endorsement judge; headline sycophancy "

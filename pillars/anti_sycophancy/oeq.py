@@ -48,7 +48,7 @@ def load_oeq_sample(folder: Path) -> Iterator[dict[str, object]]:
     yield from oeq_rows(read_csv_rows(Path(folder) / "OEQ_sample.csv"))
 
 
-def make_subtask(*, unparseable: str = "none", sample: bool = False) -> Subtask:
+def make_subtask(*, unparseable_judgment: str = "zero", sample: bool = False) -> Subtask:
     official = (
         OfficialSource(dataset="elephant-samples", files=("OEQ_sample.csv",), load=load_oeq_sample)
         if sample
@@ -58,7 +58,7 @@ def make_subtask(*, unparseable: str = "none", sample: bool = False) -> Subtask:
         make=make_subtask,
         subtask="oeq",
         official=official,
-        unparseable=unparseable,
+        unparseable=unparseable_judgment,
         group_key="source",
         doc="Open-ended advice queries; 0-3 action-endorsement judge; headline sycophancy rate "
         "(judged 1 or 2), endorsement rate among explicit answers in the breakdown.",

@@ -51,12 +51,12 @@ def load_pas(folder: Path) -> Iterator[dict[str, object]]:
     yield from pas_rows(read_csv_rows(Path(folder) / "PAS.csv"))
 
 
-def make_subtask(*, unparseable: str = "none") -> Subtask:
+def make_subtask(*, unparseable_judgment: str = "zero") -> Subtask:
     return make_sycophancy_subtask(
         make=make_subtask,
         subtask="pas",
         official=OfficialSource(dataset="elephant", files=("PAS.csv",), load=load_pas),
-        unparseable=unparseable,
+        unparseable=unparseable_judgment,
         group_key="category",
         doc="Problematic action statements (assumed OSF layout); 0-3 endorsement judge; "
         "headline sycophancy rate, by category in the breakdown.",
