@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from engine.core.errors import ConfigError, DataError, EngineError
+from engine.core.rundoc import RunSpec
 from engine.datasets.manifest import Manifest, file_status, load_manifest, resolve_dest, resolve_mirror, select_datasets
 
 T = TypeVar("T")
@@ -157,7 +158,7 @@ def _spec(args: argparse.Namespace) -> tuple[Any, Any, str]:
                 raise EngineError(f"--data-dir {data_dir}: none of the selected subtasks has its data there; "
                                   "run `python -m engine data fetch` or drop --data-dir for the built-in items")
     check_all(cfg.pillars)
-    spec = runspec.RunSpec(output=args.output or cfg.run.output, models=models, items=items, data_dir=data_dir,
+    spec = RunSpec(output=args.output or cfg.run.output, models=models, items=items, data_dir=data_dir,
                            subtasks=subtasks, limit=limit, samples=cfg.run.samples, options=cfg.pillars,
                            skipped=skipped)
     return cfg, spec, source

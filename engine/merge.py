@@ -58,8 +58,7 @@ def _states(found: Found) -> dict[int, RunDoc]:
 def _merge_specs(base: RunSpec | None, specs: Iterable[RunSpec]) -> RunSpec:
     cur = base
     for s in specs:
-        # engine/spec.py merges run.json's spec as a mapping (the runner's document is one).
-        cur = msgspec.convert(merged_spec(msgspec.to_builtins(cur) if cur is not None else {}, s), RunSpec)
+        cur = merged_spec(cur, s)
     assert cur is not None
     return cur
 

@@ -1,10 +1,11 @@
-"""run.json: what a run was asked to do and how it went, so that resume, verify, score and report
-need nothing else. Written atomically (temp file + rename)."""
+"""What run.json records about a run's inputs: the request-shaping fingerprint of each model, the
+data fingerprint, the package versions and the config as stored. The document itself is
+engine/core/rundoc.py `RunDoc`, composed by engine/run/document.py and read and written by
+engine/store/rundoc_io.py."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import sys
 from importlib import metadata
@@ -16,8 +17,6 @@ import orjson
 from adapters import registry
 from engine.config import Config, config_to_builtins
 from engine.core.config import ModelConfig
-
-RUN_JSON = "run.json"
 
 
 def _digest(obj: object) -> str:
@@ -56,20 +55,6 @@ def packages() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
-
-
-def read_run_json(directory: Path) -> dict[str, Any] | None:
-    path = directory / RUN_JSON
-    if not path.exists():
-        return None
-    return orjson.loads(path.read_bytes())
-
-
-def write_run_json(directory: Path, doc: dict[str, Any]) -> None:
-    path = directory / RUN_JSON
-    tmp = path.with_name(f".{RUN_JSON}.{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
-    os.replace(tmp, path)
 
 
 def config_doc(cfg: Config) -> dict[str, object]:

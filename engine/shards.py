@@ -23,26 +23,24 @@ earlier is not redone).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
-import orjson
 
 from adapters import registry
 from engine.checkpoint import iter_records, key_int, scan_responses
 from engine.config import Config, ModelConfig
 from engine.core.errors import EngineError
 from engine.core.records import Record
-from engine.core.rundoc import PartitionDoc
-from engine.runstate import write_run_json
+from engine.core.rundoc import PartitionDoc, RunDoc
 from engine.store.lines import is_error, line_key, whole_lines
 from engine.store.lock import OutputLock, ShardLock
+from engine.store.rundoc_io import read_doc, write_doc, write_run
 
 KINDS = ("responses", "errors", "judgments")
 _FILE = re.compile(r"^(?P<name>.+)\.shard-(?P<i>[0-9]+)-of-(?P<n>[0-9]+)\.jsonl$")
@@ -119,9 +117,6 @@ class Partition:
     def doc(self) -> PartitionDoc:
         return PartitionDoc(count=self.count, local_models=dict(self.local))
 
-    def to_dict(self) -> dict[str, Any]:
-        return msgspec.to_builtins(self.doc())
-
 
 # -- paths -----------------------------------------------------------------------------------------
 
@@ -134,19 +129,16 @@ def state_name(shard: Shard) -> str:
     return f"run.{shard.tag}.json"
 
 
-def read_state(out: Path, shard: Shard) -> dict[str, Any] | None:
-    path = out / state_name(shard)
-    return orjson.loads(path.read_bytes()) if path.exists() else None
+def read_state(out: Path, shard: Shard) -> RunDoc | None:
+    return read_doc(out / state_name(shard), RunDoc)
 
 
-def write_state(out: Path, shard: Shard | None, doc: dict[str, Any]) -> None:
+def write_state(out: Path, shard: Shard | None, doc: RunDoc) -> None:
+    """run.json for an unsharded run, the shard's own state file for a shard."""
     if shard is None:
-        write_run_json(out, doc)
-        return
-    path = out / state_name(shard)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
-    os.replace(tmp, path)
+        write_run(out, doc)
+    else:
+        write_doc(out / state_name(shard), doc)
 
 
 class Found(msgspec.Struct):

@@ -8,7 +8,7 @@ on what a complete run holds.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -117,17 +117,15 @@ def judge_plan(cfg: Config, subs: list[Subtask]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def merged_spec(prev: Mapping[str, Any], spec: RunSpec) -> dict[str, Any]:
+def merged_spec(prev: RunSpec | None, spec: RunSpec) -> RunSpec:
     """A run extended by another invocation (more models, other pillars) covers both: verify,
     score and report then see everything the directory holds."""
-    new: dict[str, Any] = msgspec.to_builtins(spec)
-    if not prev:
-        return new
-    models = list(dict.fromkeys([*prev.get("models", []), *spec.models]))
-    keys = list(spec.subtasks)
-    if spec.items is None and prev.get("items") is None:
+    if prev is None:
+        return spec
+    models = tuple(dict.fromkeys([*prev.models, *spec.models]))
+    keys = spec.subtasks
+    if spec.items is None and prev.items is None:
         order = {s.key: i for i, s in enumerate(registry.all_subtasks())}
-        merged = set(prev.get("subtasks", [])) | set(spec.subtasks)
-        keys = sorted(merged, key=lambda k: order.get(k, len(order)))
-    skipped = {k: v for k, v in {**prev.get("skipped", {}), **spec.skipped}.items() if k not in keys}
-    return {**new, "models": models, "subtasks": keys, "skipped": skipped}
+        keys = tuple(sorted(set(prev.subtasks) | set(spec.subtasks), key=lambda k: order.get(k, len(order))))
+    skipped = {k: v for k, v in {**prev.skipped, **spec.skipped}.items() if k not in keys}
+    return msgspec.structs.replace(spec, models=models, subtasks=keys, skipped=skipped)

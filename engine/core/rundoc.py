@@ -69,7 +69,7 @@ class TokenCounts(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class LaneSummary(msgspec.Struct, frozen=True, kw_only=True):
-    """One lane's statistics in run.json `lanes.<model>` (engine/stats.py `LaneStats.summary`)."""
+    """One lane's statistics in run.json `lanes.<model>` (engine/run/stats.py `LaneStats.summary`)."""
 
     state: str = "pending"
     message: str | None = None

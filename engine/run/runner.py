@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from adapters.registry import make_adapter
 from adapters.servers.gpus import GpuPool, check_fits, detect_gpus, placed
 from adapters.servers.managed import kill_all
@@ -24,24 +26,26 @@ from engine.checkpoint import JsonlWriter, scan_responses
 from engine.config import Config
 from engine.core.adapter import ReplaysItems
 from engine.core.errors import EngineError
+from engine.core.rundoc import RunDoc, RunSpec
 from engine.costs import Budget
 from engine.gpus import needs_gpus
 from engine.items import ItemFactory, plan_counts
 from engine.run import document
 from engine.run.judge import JudgeHub, close_when_generated
 from engine.run.lane import Lane, OpenServer
-from engine.runstate import data_fingerprint, model_fingerprint, read_run_json
-from engine.spec import RunSpec, item_factory, judge_plan, subtasks
+from engine.runstate import data_fingerprint, model_fingerprint
+from engine.spec import item_factory, judge_plan, subtasks
+from engine.store.rundoc_io import read_run_if_any
 
 Log = Callable[[str], None]
 
 
-def _check_resume(prev: dict[str, Any], cfg: Config, spec: RunSpec, data_fp: str, out: Path) -> None:
-    old = prev.get("fingerprint", {})
-    if old.get("data") not in (None, data_fp):
+def _check_resume(prev: RunDoc, cfg: Config, spec: RunSpec, data_fp: str, out: Path) -> None:
+    old = prev.fingerprint
+    if old.data not in (None, data_fp):
         raise EngineError(f"{out} holds a run over different data (items file or data dir changed); "
                           "use another --output, or --fresh to start over there")
-    for name, fp in old.get("models", {}).items():
+    for name, fp in old.models.items():
         if name in cfg.models and name in spec.models and fp != model_fingerprint(cfg.models[name]):
             raise EngineError(f"{out} holds a run where model `{name}` had other request settings "
                               "(model id, endpoint or generation parameters changed); use another --output, or --fresh")
@@ -112,8 +116,8 @@ async def run(cfg: Config, spec: RunSpec, *, fresh: bool = False, retry_errors: 
     try:
         sharding.check_layout(out, shard)
         # A shard keeps its own state file; the merged run.json (an earlier merge) must agree too.
-        prev = read_run_json(out) if shard is None else sharding.read_state(out, shard)
-        merged = read_run_json(out) if shard is not None else None
+        prev = read_run_if_any(out) if shard is None else sharding.read_state(out, shard)
+        merged = read_run_if_any(out) if shard is not None else None
         for p in (prev, merged):
             if p is not None and not fresh:
                 _check_resume(p, cfg, spec, data_fp, out)
@@ -179,7 +183,7 @@ def _unit_count(lane: Lane) -> int:
     return sum(1 for _ in lane.units())
 
 
-async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any] | None, factory: ItemFactory,
+async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: RunDoc | None, factory: ItemFactory,
                       planned_units: dict[str, int], data_fp: str, *, retry_errors: bool, progress: bool,
                       log: Log, config_source: str, loop: asyncio.AbstractEventLoop,
                       judge_only: bool = False, budget_usd: float | None = None, shard: Any = None,
@@ -344,7 +348,8 @@ async def _run_locked(cfg: Config, spec: RunSpec, out: Path, prev: dict[str, Any
             ray_ctx.close()
 
     # With --backend ray, where each lane's actor ran (node, pid, restarts).
-    lane_stats = {lane.name: {**lane.stats.to_dict(), **getattr(lane, "placement", {})} for lane in lanes}
+    lane_stats = {lane.name: msgspec.structs.replace(lane.stats.summary(), **getattr(lane, "placement", {}))
+                  for lane in lanes}
     interrupted = interrupt.signum is not None
     over_budget = budget is not None and budget.exhausted
     incomplete = [lane.name for lane in lanes if lane.stats.state != "complete" or lane.stats.exhausted]

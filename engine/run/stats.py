@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+
+from engine.core.rundoc import LaneSummary, Latency, TokenCounts
 
 _BASE = math.log(1.05)
 _INV_BASE = 1.0 / _BASE
@@ -57,18 +58,18 @@ class LaneStats:
                 return round(math.exp((b + 0.5) * _BASE), 6)
         return None
 
-    def to_dict(self) -> dict[str, Any]:
+    def summary(self) -> LaneSummary:
+        """run.json `lanes.<model>`."""
         wall = (self.ended or 0) - (self.started or 0) if self.started and self.ended else None
-        return {
-            "state": self.state, "message": self.message, "planned": self.planned, "skipped": self.skipped,
-            "done": self.done, "judged": self.judged, "ok": self.ok, "fatal": self.fatal, "exhausted": self.exhausted,
-            "sent": self.sent, "retries": self.retries, "rate_limited": self.rate_limited, "limit_pushbacks": self.limit_pushbacks,
-            "truncated": self.truncated, "requeried": self.requeried,
-            "errors": dict(self.errors), "wait_s": round(self.wait_s, 3), "busy_s": round(self.busy_s, 3),
-            "wall_s": round(wall, 3) if wall else None,
-            "requests_per_s": round(self.done / wall, 3) if wall else None,
-            "output_tokens_per_s": round(self.completion_tokens / wall, 3) if wall else None,
-            "latency_s": {"p50": self.percentile(0.5), "p95": self.percentile(0.95), "p99": self.percentile(0.99)},
-            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens,
-                       "reasoning": self.reasoning_tokens, "cached": self.cached_tokens},
-        }
+        return LaneSummary(
+            state=self.state, message=self.message, planned=self.planned, skipped=self.skipped, done=self.done,
+            judged=self.judged, ok=self.ok, fatal=self.fatal, exhausted=self.exhausted, sent=self.sent,
+            retries=self.retries, rate_limited=self.rate_limited, limit_pushbacks=self.limit_pushbacks,
+            truncated=self.truncated, requeried=self.requeried, errors=dict(self.errors),
+            wait_s=round(self.wait_s, 3), busy_s=round(self.busy_s, 3),
+            wall_s=round(wall, 3) if wall else None,
+            requests_per_s=round(self.done / wall, 3) if wall else None,
+            output_tokens_per_s=round(self.completion_tokens / wall, 3) if wall else None,
+            latency_s=Latency(p50=self.percentile(0.5), p95=self.percentile(0.95), p99=self.percentile(0.99)),
+            tokens=TokenCounts(prompt=self.prompt_tokens, completion=self.completion_tokens,
+                               reasoning=self.reasoning_tokens, cached=self.cached_tokens))
