@@ -13,13 +13,15 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import msgspec
 
 from engine.core.errors import CheckpointError
-from engine.core.records import record_decoder, record_encoder
+from engine.core.records import Record, record_decoder, record_encoder
 from engine.store.lines import ERROR_FIELD
+
+R = TypeVar("R")
 
 _CHUNK = 32 << 20
 # Records are encoded with `key` first, so a regex over whole chunks reads keys at C speed.
@@ -176,7 +178,11 @@ def scan_responses(path: Path, *, drop_errors: bool = False) -> ScanResult:
     return result
 
 
-def iter_records(path: Path, decoder: msgspec.json.Decoder[Any] = record_decoder) -> Iterator[Any]:
+@overload
+def iter_records(path: Path) -> Iterator[Record]: ...
+@overload
+def iter_records(path: Path, decoder: msgspec.json.Decoder[R]) -> Iterator[R]: ...
+def iter_records(path: Path, decoder: msgspec.json.Decoder[Any] = record_decoder) -> Iterator[object]:
     """Decodes every record of a JSONL checkpoint (verify, score and report read this way)."""
     if not path.exists():
         return
@@ -201,7 +207,7 @@ class JsonlWriter:
     (one write per loop turn's worth of records) and fsyncs at least once per `fsync_interval`."""
 
     def __init__(self, path: Path, *, fsync_interval: float = 1.0,
-                 on_written: Callable[[list[Any]], None] | None = None) -> None:
+                 on_written: Callable[[list[msgspec.Struct]], None] | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         if path.exists():
@@ -209,7 +215,7 @@ class JsonlWriter:
             # reads): cut it, or the first whole line appended would follow a corrupt one.
             repair_torn_tail(path)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queue: asyncio.Queue[msgspec.Struct | None] = asyncio.Queue()
         self._interval = fsync_interval
         self._on_written = on_written
         self._sync: asyncio.Future[None] | None = None
@@ -233,7 +239,7 @@ class JsonlWriter:
         if self._dirty and (self._sync is None or self._sync.done()) and self._fd >= 0:
             self._start_sync()
 
-    def put(self, record: Any) -> None:
+    def put(self, record: msgspec.Struct) -> None:
         self._queue.put_nowait(record)
 
     def _write(self, buf: bytearray) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import hashlib
 import platform
 import sys
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -41,7 +41,7 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def data_fingerprint(items_path: Path | None, data_dir: Path | None, pillar_options: dict[str, Any]) -> str:
+def data_fingerprint(items_path: Path | None, data_dir: Path | None, pillar_options: Mapping[str, object]) -> str:
     if items_path is not None:
         return _digest({"items": file_digest(items_path)})
     return _digest({"data_dir": str(data_dir.resolve()) if data_dir else "builtin", "options": pillar_options})

@@ -103,3 +103,17 @@ def test_one_metric_shape() -> None:
     d = orjson.loads(msgspec.json.encode(undefined))
     assert d["reason"] == "undefined" and d["judge"] == {"judged": 2, "unparseable": 0, "not_judged": 0, "retried": 0}
     assert undefined.why == "undefined" and ModelScore.of(m, 0, None).why is None
+
+
+def test_merge_sums_lanes_as_the_dict_code_did() -> None:
+    """The typed lane sum (engine/merge.py) gives the `lanes` the dict-based merge wrote for the
+    pinned two-shard run, from the shard states it kept under `shards.runs`."""
+    from engine.merge import sum_lanes
+
+    raw = orjson.loads((PINNED / "merged.run.json").read_bytes())
+    doc = msgspec.json.decode((PINNED / "merged.run.json").read_bytes(), type=RunDoc)
+    assert not isinstance(doc.shards, msgspec.UnsetType)
+    runs = [r.lanes for _, r in sorted(doc.shards.runs.items(), key=lambda t: int(t[0]))
+            if not isinstance(r.lanes, msgspec.UnsetType)]
+    assert len(runs) == 2
+    assert msgspec.to_builtins(sum_lanes(runs)) == raw["lanes"]
