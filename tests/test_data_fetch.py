@@ -25,11 +25,14 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from engine.datasets import manifest as data_mod
+from engine.datasets.prompts import load_manifest as load_prompts_manifest
+from engine.options import resolve
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 SHARED = Path(os.environ.get("TRUSTMH_DATA") or REPO.parent / "shared" / "trustmh")
 MANIFEST = data_mod.load_manifest()
+PROMPTS = load_prompts_manifest()
 FETCHABLE = [n for n, d in MANIFEST.datasets.items() if not d.unavailable]
 
 needs_shared = pytest.mark.skipif(
@@ -202,14 +205,18 @@ def test_fetch_from_http_mirror_is_byte_identical_and_resumable(mirror: Mirror, 
     assert_verified(dest, FETCHABLE)
     assert not leftovers(dest)
     n = len(MANIFEST.files())
-    assert f"{n} downloaded" in proc.stdout
+    # ... plus the authors' prompt templates, one entry, each template pinned (engine/prompts_manifest.toml)
+    n_prompts = len(PROMPTS.template)
+    assert f"{n + 1} downloaded" in proc.stdout
     assert f"--data-dir {dest.resolve()}" in proc.stdout
-    assert len(mirror.requests) == n
+    assert len(mirror.requests) == n + n_prompts
+    for t in PROMPTS.template:
+        assert sha256(dest / "official-prompts" / t.file) == sha256(SHARED / "official-prompts" / t.file)
 
     again = run("data", "fetch", "--mirror", mirror.url, "--to", str(dest))
     assert again.returncode == 0, again.stderr
-    assert "0 downloaded" in again.stdout and f"{n} already verified" in again.stdout
-    assert len(mirror.requests) == n  # nothing fetched the second time
+    assert "0 downloaded" in again.stdout and f"{n + 1} already verified" in again.stdout
+    assert len(mirror.requests) == n + n_prompts  # nothing fetched the second time
 
     # a damaged local file is replaced by the pinned one; --force re-downloads everything asked
     victim = dest / "confaide" / "tier_1.txt"
@@ -236,6 +243,13 @@ def test_fetch_from_http_mirror_is_byte_identical_and_resumable(mirror: Mirror, 
 
     items = list(registry.load_items(registry.get("ethics/ethical_reasoning"), dest))
     assert len(items) == 125
+    # and its official-prompts/ binds the authors' templates, the same requests as from shared
+    for key in ("ethics/ethical_reasoning", "privacy/leakage", "privacy/awareness"):
+        sub = resolve(key, None, dest)[0]
+        assert sub.prompts == "official"
+        shared_sub = resolve(key, None, SHARED)[0]
+        assert [i.messages for i in registry.load_items(sub, dest)] == [
+            i.messages for i in registry.load_items(shared_sub, SHARED)]
     for sub in registry.all_subtasks():
         if sub.official is None or sub.official.dataset not in FETCHABLE:
             continue
@@ -534,3 +548,19 @@ def test_interrupt_leaves_no_partial_file(mirror: Mirror, tmp_path: Path, signam
     for f in MANIFEST.datasets["confaide"].files:  # whatever did arrive is complete and verified
         path = dest / f.dataset / f.path
         assert not path.exists() or sha256(path) == f.sha256, f.key
+
+
+ARCHIVES = os.environ.get("TRUSTMH_PROMPT_ARCHIVES")
+
+
+@pytest.mark.skipif(not ARCHIVES, reason="set TRUSTMH_PROMPT_ARCHIVES to a folder holding the authors' "
+                    "privacy.zip and Ethics.zip (CI cannot reach them)")
+def test_prompts_extracted_from_the_authors_archives(tmp_path: Path) -> None:
+    # A local mirror that holds the two archives (and no official-prompts/ folder): the templates
+    # are extracted with ast and must equal shared/trustmh/official-prompts byte for byte.
+    dest = tmp_path / "data"
+    proc = run("data", "fetch", "--mirror", str(ARCHIVES), "--to", str(dest), "--only", "official-prompts")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 downloaded" in proc.stdout
+    for t in PROMPTS.template:
+        assert (dest / "official-prompts" / t.file).read_bytes() == (SHARED / "official-prompts" / t.file).read_bytes()

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from engine.core.errors import DataError
-from engine.datasets.prompts import Archive, PromptsManifest, TemplateSource, extract, load_manifest
+from engine.datasets.prompts import Archive, PromptsManifest, TemplateSource, check_pins, extract, load_manifest
 from pillars.common.prompts import load_prompts
 
 SOURCE = '''\
@@ -49,9 +49,9 @@ def _archive(tmp_path: Path) -> Path:
 
 def _manifest(**over: object) -> PromptsManifest:
     templates = [
-        TemplateSource(file="t__item.txt", archive="own.zip", path="pkg/mod.py", function="Maker.build",
+        TemplateSource(file="t__item.txt", size=0, sha256="-", archive="own.zip", path="pkg/mod.py", function="Maker.build",
                        line=6, placeholders=["{}"]),
-        TemplateSource(file="t__judge.txt", archive="own.zip", path="pkg/mod.py", function="judge",
+        TemplateSource(file="t__judge.txt", size=0, sha256="-", archive="own.zip", path="pkg/mod.py", function="judge",
                        line=16, placeholders=["{case}", "{reply}"], inline=["scale"]),
     ]
     return PromptsManifest(archives={"own.zip": Archive(url="-", size=0, sha256="-")},
@@ -95,3 +95,10 @@ def test_engine_manifest_names_only_locations() -> None:
     assert set(m.archives) == {"privacy.zip", "Ethics.zip"}
     assert len(m.template) == 18 and all(t.archive in m.archives for t in m.template)
     assert all(len(a.sha256) == 64 for a in m.archives.values())
+    assert all(len(t.sha256) == 64 and t.size > 0 for t in m.template)
+
+
+def test_pins_are_checked(tmp_path: Path) -> None:
+    extract({"own.zip": _archive(tmp_path)}, tmp_path / "data", _manifest())
+    with pytest.raises(DataError, match="differs"):
+        check_pins(tmp_path / "data" / "official-prompts", _manifest())

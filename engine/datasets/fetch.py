@@ -21,21 +21,25 @@ import hashlib
 import io
 import os
 import random
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import msgspec
 from yarl import URL
 
 from engine.core.errors import ConfigError, DataError
+from engine.core.prompts import PROMPTS_DIR
+from engine.datasets import prompts as official
 from engine.datasets.derive import BUILDERS
 from engine.datasets.manifest import (
+    MANIFEST_PATH,
     DataFile,
     Manifest,
     file_status,
@@ -57,6 +61,9 @@ class FetchOptions(msgspec.Struct, frozen=True, kw_only=True):
     jobs: int = 4  # transfers at once
     timeout: float = 60.0  # seconds without data before a try fails
     retries: int = 2  # further tries after a transient failure
+    # The authors' prompt templates into <dest>/official-prompts/ (engine/datasets/prompts.py);
+    # None: with the engine's own data manifest only (a custom --manifest is a data-only override).
+    prompts: bool | None = None
 
 
 class FetchProgress(Protocol):
@@ -120,19 +127,23 @@ async def fetch(manifest: Manifest, dest: Path, opts: FetchOptions = FetchOption
                 progress: FetchProgress | None = None) -> FetchReport:
     """Fetch the selected datasets into dest; a report, never an exception for a per-file failure."""
     progress = progress or Quiet()
-    names = select_datasets(manifest, opts.only, for_fetch=True)
+    only = [n.strip() for n in opts.only or () if n.strip()]
+    with_prompts = (opts.prompts if opts.prompts is not None else Path(manifest.path) == MANIFEST_PATH) and (
+        not only or PROMPTS_DIR in only)
+    rest = [n for n in only if n != PROMPTS_DIR]
+    names = [] if only and not rest else select_datasets(manifest, rest or None, for_fetch=True)
     report = FetchReport(dest=dest)
     _prepare(dest, opts.mirror)
     plan = _plan(manifest, names, dest, opts, report, progress)
     try:
-        await _transfer(plan, dest, opts, report, progress)
+        await _transfer(plan, dest, opts, report, progress, prompts=with_prompts)
         await _build_derived(plan.derived, manifest, dest, report)
     finally:
         _remove_empty_dirs(dest, names)
     order = {f.key: i for i, f in enumerate(manifest.files())}
     for lst in (report.fetched, report.derived, report.skipped):
-        lst.sort(key=lambda k: order.get(k, 0))
-    report.failed.sort(key=lambda kv: order.get(kv[0], 0))
+        lst.sort(key=lambda k: order.get(k, len(order)))
+    report.failed.sort(key=lambda kv: order.get(kv[0], len(order)))
     return report
 
 
@@ -171,7 +182,7 @@ def _plan(manifest: Manifest, names: Sequence[str], dest: Path, opts: FetchOptio
 
 
 async def _transfer(plan: _Plan, dest: Path, opts: FetchOptions, report: FetchReport,
-                    progress: FetchProgress) -> None:
+                    progress: FetchProgress, *, prompts: bool = False) -> None:
     """The direct files and archives, `opts.jobs` at a time, with one byte count over all of them."""
     progress.start(plan.total())
     sem = asyncio.Semaphore(max(1, opts.jobs))
@@ -205,8 +216,76 @@ async def _transfer(plan: _Plan, dest: Path, opts: FetchOptions, report: FetchRe
 
             await asyncio.gather(*(one(f, s) for f, s in plan.direct),
                                  *(archive(u, fs) for u, fs in plan.archives.items()))
+            if prompts:
+                await _fetch_prompts(fetcher, dest, opts, report)
     finally:
         progress.close()
+
+
+async def _fetch_prompts(fetcher: _Fetcher, dest: Path, opts: FetchOptions, report: FetchReport) -> None:
+    """<dest>/official-prompts/: each template pinned by sha256, taken from a mirror laid out like
+    shared/trustmh (<mirror>/official-prompts/<file>) or extracted from the authors' archives (a
+    local mirror folder holding them, else their pinned URLs); nothing lands unverified."""
+    pm = official.load_manifest()
+    folder = dest / PROMPTS_DIR
+    if not opts.force and all(official.template_status(folder, t) == "ok" for t in pm.template) and (
+            folder / "manifest.json").is_file():
+        report.skipped.append(PROMPTS_DIR)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=".official-prompts.", dir=dest))
+    try:
+        work = tmp / PROMPTS_DIR
+        work.mkdir()
+        if not await _prompts_from_mirror(fetcher, opts.mirror, pm, work):
+            archives = {name: await _archive_copy(fetcher, opts.mirror, name, a, tmp)
+                        for name, a in pm.archives.items()}
+            await asyncio.to_thread(official.extract, archives, tmp, pm)
+        official.write_index(work, pm)
+        official.check_pins(work, pm)
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in sorted(work.iterdir()):
+            os.replace(f, folder / f.name)
+        report.fetched.append(PROMPTS_DIR)
+    except DataError as exc:
+        report.failed.append((PROMPTS_DIR, str(exc)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _prompts_from_mirror(fetcher: _Fetcher, mirror: str | None, pm: official.PromptsManifest,
+                               work: Path) -> bool:
+    """Copies the templates from <mirror>/official-prompts/; False when the mirror has no such
+    folder (a local mirror that holds the archives instead, or no mirror)."""
+    if not mirror:
+        return False
+    hint = "fix the mirror's official-prompts/ folder, or put the authors' archives in the mirror"
+    if not is_http(mirror):
+        src = mirror_dir(mirror) / PROMPTS_DIR
+        if not src.is_dir():
+            return False
+        for t in pm.template:
+            if not (src / t.file).is_file():
+                raise DataError(f"{PROMPTS_DIR}/{t.file}: not in the mirror at {src}; {hint}")
+            shutil.copyfile(src / t.file, work / t.file)
+        return True
+    for t in pm.template:
+        url = f"{mirror.rstrip('/')}/{PROMPTS_DIR}/{quote(t.file, safe='')}"
+        part = await fetcher.to_temp(url, work, f"{PROMPTS_DIR}/{t.file}", (t.size, t.sha256), hint)
+        os.replace(part, work / t.file)
+    return True
+
+
+async def _archive_copy(fetcher: _Fetcher, mirror: str | None, name: str, a: official.Archive, tmp: Path) -> Path:
+    """One authors' archive, verified against its pin: from a local mirror folder holding it
+    (<mirror>/<name>), else downloaded from its pinned URL."""
+    if mirror and not is_http(mirror) and (mirror_dir(mirror) / name).is_file():
+        src = mirror_dir(mirror) / name
+        data = src.read_bytes()
+        _check(name, str(src), (a.size, a.sha256), len(data), hashlib.sha256(data).hexdigest(),
+               "the archive in the mirror is not the pinned one")
+        return src
+    return await fetcher.to_temp(a.url, tmp, name, (a.size, a.sha256),
+                                 "the authors' archive moved or changed: use a mirror (--mirror)")
 
 
 async def _build_derived(derived: Sequence[DataFile], manifest: Manifest, dest: Path, report: FetchReport) -> None:

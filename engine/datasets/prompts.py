@@ -12,6 +12,7 @@ are replaced by their values. Written bytes are the UTF-8 of the text, no newlin
 from __future__ import annotations
 
 import ast
+import hashlib
 import io
 import tomllib
 import zipfile
@@ -34,6 +35,8 @@ class Archive(msgspec.Struct, frozen=True):
 
 class TemplateSource(msgspec.Struct, frozen=True):
     file: str
+    size: int
+    sha256: str
     archive: str
     path: str
     function: str
@@ -118,9 +121,9 @@ def extract_one(source: str, t: TemplateSource, where: str) -> str:
 
 def extract(archives: Mapping[str, Path], dest: Path, manifest: PromptsManifest | None = None) -> list[Path]:
     """Writes every template of the manifest (and manifest.json: file, source and placeholders)
-    into `dest/official-prompts/` from the archives (name -> zip path); returns the files written."""
+    into `dest/official-prompts/` from the archives (name -> zip path); returns the files written.
+    The pins are not checked here (a test archive has none): `check_pins` does that."""
     manifest = manifest or load_manifest()
-    folder = dest / PROMPTS_DIR
     texts: dict[str, str] = {}
     opened: dict[str, zipfile.ZipFile] = {}
     try:
@@ -128,7 +131,10 @@ def extract(archives: Mapping[str, Path], dest: Path, manifest: PromptsManifest 
             if t.archive not in archives:
                 raise DataError(f"{t.file}: archive {t.archive} not given")
             if t.archive not in opened:
-                opened[t.archive] = zipfile.ZipFile(io.BytesIO(archives[t.archive].read_bytes()))
+                try:
+                    opened[t.archive] = zipfile.ZipFile(io.BytesIO(archives[t.archive].read_bytes()))
+                except zipfile.BadZipFile:
+                    raise DataError(f"{t.archive}: not a zip archive") from None
             try:
                 raw = opened[t.archive].read(t.path)
             except KeyError:
@@ -137,14 +143,41 @@ def extract(archives: Mapping[str, Path], dest: Path, manifest: PromptsManifest 
     finally:
         for z in opened.values():
             z.close()
+    folder = dest / PROMPTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in texts.items():
         path = folder / name
         path.write_bytes(text.encode("utf-8"))
         written.append(path)
+    return [*written, write_index(folder, manifest)]
+
+
+def write_index(folder: Path, manifest: PromptsManifest) -> Path:
+    """manifest.json, what pillars/common/prompts.py reads: file, source and placeholders."""
     entries = [{"file": t.file, "source_zip": t.archive, "source_path": t.path, "function": t.function,
                 "line": t.line, "placeholders": t.placeholders} for t in manifest.template]
-    (folder / MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(entries), indent=2) + b"\n")
-    written.append(folder / MANIFEST)
-    return written
+    path = folder / MANIFEST
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(entries), indent=2) + b"\n")
+    return path
+
+
+def template_status(folder: Path, t: TemplateSource) -> str:
+    """"ok", "missing" or "differs (...)" for one template file in `folder`."""
+    path = folder / t.file
+    if not path.is_file():
+        return "missing"
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != t.size or digest != t.sha256:
+        return f"differs (sha256 {digest[:12]}..., expected {t.sha256[:12]}...)"
+    return "ok"
+
+
+def check_pins(folder: Path, manifest: PromptsManifest) -> None:
+    """Every template in `folder` matches its pin, else a one-line DataError."""
+    for t in manifest.template:
+        status = template_status(folder, t)
+        if status != "ok":
+            raise DataError(f"{PROMPTS_DIR}/{t.file}: {status}; the archive or the mirror copy is not "
+                            "the pinned one")
