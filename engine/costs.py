@@ -8,9 +8,10 @@ billed as output tokens, as OpenAI, Anthropic and Google bill them; they are alr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from engine.config import Config, PriceConfig
+from engine.core.records import Usage
+from engine.core.rundoc import UsageCost
 
 
 def cost(price: PriceConfig | None, prompt_tokens: float, completion_tokens: float) -> float | None:
@@ -27,18 +28,18 @@ class UsageSum:
     reasoning_tokens: int = 0
     cached_tokens: int = 0
 
-    def add(self, usage: Any) -> None:
+    def add(self, usage: Usage) -> None:
         self.requests += 1
         self.prompt_tokens += usage.prompt_tokens
         self.completion_tokens += usage.completion_tokens
         self.reasoning_tokens += usage.reasoning_tokens or 0
         self.cached_tokens += usage.cached_tokens or 0
 
-    def to_dict(self, price: PriceConfig | None) -> dict[str, Any]:
+    def priced(self, price: PriceConfig | None) -> UsageCost:
         c = cost(price, self.prompt_tokens, self.completion_tokens)
-        return {"requests": self.requests, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "reasoning_tokens": self.reasoning_tokens,
-                "cached_tokens": self.cached_tokens, "cost_usd": round(c, 6) if c is not None else None}
+        return UsageCost(requests=self.requests, prompt_tokens=self.prompt_tokens,
+                         completion_tokens=self.completion_tokens, reasoning_tokens=self.reasoning_tokens,
+                         cached_tokens=self.cached_tokens, cost_usd=round(c, 6) if c is not None else None)
 
 
 @dataclass
@@ -47,24 +48,25 @@ class UsageTable:
 
     rows: dict[str, dict[str, dict[str, UsageSum]]] = field(default_factory=dict)
 
-    def add(self, model: str, role: str, pillar: str, usage: Any) -> None:
+    def add(self, model: str, role: str, pillar: str, usage: Usage) -> None:
         self.rows.setdefault(model, {}).setdefault(role, {}).setdefault(pillar, UsageSum()).add(usage)
 
-    def to_dict(self, cfg: Config) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def usage(self, cfg: Config) -> dict[str, dict[str, object]]:
+        """scores.json `usage`: per model, each role's pillars and the model's total, priced."""
+        out: dict[str, dict[str, object]] = {}
         for model, roles in self.rows.items():
             price = cfg.prices.get(model)
-            entry: dict[str, Any] = {}
+            entry: dict[str, object] = {}
             total = UsageSum()
             for role, pillars in roles.items():
-                entry[role] = {p: s.to_dict(price) for p, s in pillars.items()}
+                entry[role] = {p: s.priced(price) for p, s in pillars.items()}
                 for s in pillars.values():
                     total.requests += s.requests
                     total.prompt_tokens += s.prompt_tokens
                     total.completion_tokens += s.completion_tokens
                     total.reasoning_tokens += s.reasoning_tokens
                     total.cached_tokens += s.cached_tokens
-            entry["total"] = total.to_dict(price)
+            entry["total"] = total.priced(price)
             out[model] = entry
         return out
 

@@ -150,13 +150,13 @@ class _Scorer:
             judges = judges_for(cfg, r)
             if judges and judges[0] not in self.judged_by:
                 self.judged_by[judges[0]] = read_judgments(directory, judges[0], rubrics)
-        self.usage = UsageTable()
+        self.usage_table = UsageTable()
         self.records = {m: self._read_records(directory, m) for m in self.models}
         jdir = directory / "judgments"
         for path in sorted(jdir.glob("*.jsonl")) if jdir.is_dir() else ():
             for j in iter_records(path, judgment_decoder):
                 if j.response is not None:
-                    self.usage.add(j.judge, "judge", j.pillar, j.response.usage)
+                    self.usage_table.add(j.judge, "judge", j.pillar, j.response.usage)
         self.requery_n = requery_limits(self.subtasks, spec.options)
         self.cache: dict[tuple[str, str], list[ItemScore]] = {}
 
@@ -165,7 +165,7 @@ class _Scorer:
         for r in iter_records(directory / "responses" / f"{model}.jsonl"):
             out[(r.pillar, r.subtask, r.item_id, r.sample)] = r
             if r.response is not None:
-                self.usage.add(model, "target", r.pillar, r.response.usage)
+                self.usage_table.add(model, "target", r.pillar, r.response.usage)
         return out
 
     def items_of(self, sub: Subtask) -> list[Item]:
@@ -241,4 +241,4 @@ def score_run(directory: Path) -> ScoresDoc:
         if sub_ranks:
             pillars[p] = pillar_ranks(sub_ranks, scorer.models)
     return ScoresDoc(models=scorer.models, data=spec.data_dir or "builtin", limit=spec.limit, subtasks=subs,
-                     pillars=pillars, usage=scorer.usage.to_dict(cfg), skipped=dict(spec.skipped))
+                     pillars=pillars, usage=scorer.usage_table.usage(cfg), skipped=dict(spec.skipped))

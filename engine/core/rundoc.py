@@ -30,7 +30,7 @@ from engine.core.subtask import JudgeStats, Metric
 __all__ = [
     "UNSET", "BackendDoc", "BudgetDoc", "Fingerprint", "HistoryEntry", "JudgeStats", "LaneSummary", "Latency",
     "Metric", "ModelScore", "PartitionDoc", "PillarRanks", "RunDoc", "RunSpec", "ScoresDoc", "ServersDoc", "ShardRun",
-    "ShardState", "ShardsDoc", "SubtaskScores", "TokenCounts", "UnsetType",
+    "ShardState", "ShardsDoc", "SubtaskScores", "TokenCounts", "UnsetType", "UsageCost",
 ]
 
 Options = dict[str, dict[str, object]]  # [pillars."<key>"] sections, as TOML gives them
@@ -248,6 +248,17 @@ class SubtaskScores(msgspec.Struct, frozen=True, kw_only=True):
     ranks: dict[str, int | None] = {}
 
 
+class UsageCost(msgspec.Struct, frozen=True, kw_only=True):
+    """Requests and tokens of one (model, role, pillar) in scores.json `usage`, priced."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float | None = None  # None: no [prices.<model>]
+
+
 class ScoresDoc(msgspec.Struct, frozen=True, kw_only=True):
     format: int = 1
     models: list[str]
@@ -256,7 +267,7 @@ class ScoresDoc(msgspec.Struct, frozen=True, kw_only=True):
     limit: int = 0
     subtasks: dict[str, SubtaskScores] = {}
     pillars: dict[str, PillarRanks] = {}
-    # engine/costs.py `UsageTable.usage`: model -> role or "total" -> pillar -> counts (a role and
-    # "total" share one level, so the nesting has no Struct)
+    # engine/costs.py `UsageTable.usage`: model -> role -> pillar -> UsageCost, and model -> "total"
+    # -> UsageCost (a role and "total" share one level, so that level has no Struct)
     usage: dict[str, dict[str, object]] = {}
     skipped: dict[str, str] = {}
