@@ -17,7 +17,7 @@ from engine.checkpoint import iter_records
 from engine.config import Config
 from engine.core.errors import EngineError
 from engine.core.records import Item, Record, judgment_decoder
-from engine.core.rundoc import ModelScore, PillarRanks, RunSpec, ScoresDoc, SubtaskScores
+from engine.core.rundoc import UNSET, ModelScore, PillarRanks, RunSpec, ScoresDoc, SubtaskScores
 from engine.core.subtask import ItemScore, JudgeStats, Judgment, Rubric, Subtask
 from engine.costs import UsageTable
 from engine.items import limited
@@ -221,7 +221,8 @@ class _Scorer:
         return SubtaskScores(headline=sub.headline, direction=sub.direction, version=sub.version,
                              judge=self.ranked_judge(sub.rubric), unparseable=eng.unparseable,
                              tie_break=eng.tie_break, models=models,
-                             ranks=competition_ranks(values, sub.direction, tb))
+                             ranks=competition_ranks(values, sub.direction, tb),
+                             prompts=sub.prompts if sub.prompt_files else UNSET)
 
 
 def _number(v: object) -> float | None:

@@ -58,6 +58,7 @@ def test_unparseable_ratings_are_requeried_at_most_ten_times(tmp_path: Path) -> 
         assert sorted(by_item[it.id]) == list(range(11))  # 10 extra samples, then counted
     scores = json.loads((out / "scores.json").read_text())["subtasks"]["privacy/awareness"]["models"]["m"]
     assert scores["n"] == 3 and scores["n_unparseable"] == 2 and scores["n_scored"] == 1
+    assert json.loads((out / "scores.json").read_text())["subtasks"]["privacy/awareness"]["prompts"] == "own"
     assert scores["breakdown"]["reasks"] == 1 + 10 + 10 and scores["breakdown"]["items_reasked"] == 3
     run_json = json.loads((out / "run.json").read_text())
     assert run_json["lanes"]["m"]["requeried"] == 1 + 10 + 10

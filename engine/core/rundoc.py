@@ -246,6 +246,9 @@ class SubtaskScores(msgspec.Struct, frozen=True, kw_only=True):
     tie_break: str | None = None
     models: dict[str, ModelScore] = {}
     ranks: dict[str, int | None] = {}
+    # Only for subtasks that have the authors' templates (ethics, privacy): "official" when they
+    # ran with them, "own" (engine wording, not comparable to the paper) when not.
+    prompts: Literal["official", "own"] | UnsetType = UNSET
 
 
 class UsageCost(msgspec.Struct, frozen=True, kw_only=True):
