@@ -211,7 +211,7 @@ def subtask_details(scores: ScoresDoc, models: tuple[ModelInfo, ...]) -> tuple[S
             metrics.append(ModelMetric(
                 model=info.name, rank=s.ranks.get(info.name), value=d.value, n=d.n, n_scored=d.n_scored,
                 n_unparseable=d.n_unparseable, n_failed=d.n_failed, n_missing=d.n_missing, ci=d.ci,
-                breakdown=d.breakdown, judge=d.judge_stats, reason=d.why))
+                judge=d.judge_stats, reason=d.why))
             if d.breakdown:
                 per_model.append((info.name, d.breakdown))
         out.append(SubtaskDetail(key=key, headline=s.headline, direction=s.direction, version=s.version,

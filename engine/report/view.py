@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from engine.core.records import Item, JudgmentRecord, Message, Record
 from engine.core.rundoc import RunDoc, ScoresDoc
@@ -84,6 +85,8 @@ class ModelMetric(Metric, frozen=True, kw_only=True):
     n_scored: int = 0
     n_unparseable: int = 0
     n_failed: int = 0
+    # The breakdown is shown as tables (SubtaskDetail.breakdown), not repeated per metric.
+    breakdown: dict[str, object] | UnsetType = UNSET  # type: ignore[assignment]  # absent here, a dict in Metric
 
 
 class BreakdownRow(msgspec.Struct, frozen=True, kw_only=True):
