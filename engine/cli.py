@@ -159,8 +159,8 @@ def _spec(args: argparse.Namespace) -> tuple[Any, Any, str]:
                                   "run `python -m engine data fetch` or drop --data-dir for the built-in items")
     check_all(cfg.pillars)
     spec = RunSpec(output=args.output or cfg.run.output, models=models, items=items, data_dir=data_dir,
-                           subtasks=subtasks, limit=limit, samples=cfg.run.samples, options=cfg.pillars,
-                           skipped=skipped)
+                   subtasks=subtasks, limit=limit, samples=cfg.run.samples, options=cfg.pillars,
+                   skipped=skipped)
     return cfg, spec, source
 
 
@@ -179,6 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from engine.run import runner
+    from engine.run.options import RunOptions
 
     cfg, spec, source = _spec(args)
     items = spec.items
@@ -202,9 +203,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         preflight(ray_address)
     elif args.ray_address:
         raise EngineError("--ray-address needs --backend ray")
-    coro = runner.run(cfg, spec, fresh=args.fresh, retry_errors=args.retry_errors, progress=progress,
-                      log=_log, config_source=source, budget_usd=args.budget, shard=shard,
-                      backend=args.backend, ray_address=ray_address)
+    opts = RunOptions(fresh=args.fresh, retry_errors=args.retry_errors, progress=progress, config_source=source,
+                      budget_usd=args.budget, shard=shard, backend=args.backend, ray_address=ray_address)
+    coro = runner.run(cfg, spec, opts, log=_log)
     code = uvloop.run(coro) if uvloop is not None else asyncio.run(coro)
     out = Path(spec.output)
     if shard is not None:
@@ -252,6 +253,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     import msgspec
 
     from engine.run import runner
+    from engine.run.options import RunOptions
     from engine.store.rundoc_io import load_run
 
     out = Path(args.dir)
@@ -261,8 +263,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
             raise EngineError(f"--judge {args.judge}: not a models key of this run (known: {', '.join(cfg.models)})")
         cfg = msgspec.structs.replace(cfg, judge=msgspec.structs.replace(cfg.judge, models=(args.judge,), rubrics={}))
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
-    code = asyncio.run(runner.run(cfg, doc.spec, progress=progress, log=_log, config_source=doc.config_source,
-                                  judge_only=True))
+    opts = RunOptions(progress=progress, config_source=doc.config_source, judge_only=True)
+    code = asyncio.run(runner.run(cfg, doc.spec, opts, log=_log))
     if code in (0, 1):
         _finish_scores(out)
     return code

@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from typing import Any
 
 from tqdm import tqdm
 
+from engine.core.clock import Clock
+from engine.run.lane import Lane
+
 
 class Bars:
-    def __init__(self, lanes: list[Any], interval: float = 0.5) -> None:
+    def __init__(self, lanes: list[Lane], clock: Clock, interval: float = 0.5) -> None:
         self._lanes = lanes
+        self._clock = clock
         self._interval = interval
-        self._task: asyncio.Task[None] | None = None
         total = sum(lane.stats.planned for lane in lanes)
         self._total = tqdm(total=total, desc="total", position=0, file=sys.stderr, unit="req", dynamic_ncols=True)
         # A lane's label names the node its Ray actor runs on (--backend ray).
-        self._bars = [tqdm(total=lane.stats.planned, desc=getattr(lane, "label", lane.name), position=i + 1,
+        self._bars = [tqdm(total=lane.stats.planned, desc=lane.label, position=i + 1,
                            file=sys.stderr,
                            unit="req", dynamic_ncols=True, leave=True) for i, lane in enumerate(lanes)]
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
 
     def _refresh(self) -> None:
         total = 0
@@ -31,7 +29,7 @@ class Bars:
             s = lane.stats
             n = s.skipped + s.done
             bar.n = n
-            label = getattr(lane, "label", lane.name)  # lane@node once its Ray actor runs
+            label = lane.label  # lane@node once its Ray actor runs
             if bar.desc.rstrip(": ") != label:
                 bar.set_description(label, refresh=False)
             errs = s.fatal + s.exhausted
@@ -47,14 +45,13 @@ class Bars:
                                 err=agg["errors"], refresh=False)
         self._total.refresh()
 
-    async def _loop(self) -> None:
+    async def run(self) -> None:
+        """Refreshes until cancelled (when the lanes are done)."""
         while True:
             self._refresh()
-            await asyncio.sleep(self._interval)
+            await self._clock.sleep(self._interval)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+    def close(self) -> None:
         self._refresh()
         for b in (*self._bars, self._total):
             b.close()

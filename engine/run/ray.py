@@ -2,13 +2,13 @@
 makes a run exactly-once.
 
 Design. The driver (this process) keeps what it has with the local backend: item iteration, the
-resume scan, the bounded queue and workers of each lane, the judge hub, and the single checkpoint
-writer per file. What moves into the lane's actor is the request loop of one unit: the adapter
-(and, for local models, the model server), the lane's limits (adaptive concurrency, request
-pacing, token window) and its retries (`Lane._process`, unchanged, inside the actor). A driver
-worker sends one unit to the actor and gets back that unit's records (final outcome or judgment,
-failed attempts) and the actor's lane counters; the driver writes them. So the files, the keys
-and resume are exactly those of the local backend.
+resume scan, the workers of each lane, the judge hub, the budget, re-queries and the single
+checkpoint writer per file. What moves into the lane's actor is the lane's `Attempts`: the
+adapter (and, for local models, the model server), the lane's limits (adaptive concurrency,
+request pacing, token window) and its retries (`LocalAttempts`, unchanged, inside the actor). A
+driver worker sends one unit to the actor and gets back that unit's outcome, its failed attempts
+and the actor's counters; the driver writes them. So the files, the keys and resume are exactly
+those of the local backend.
 
 A dead actor (node lost, process killed: `RayActorError`) is replaced by a new one (up to
 `MAX_RESTARTS` per lane) and the units it held are sent again: their records were never written,
@@ -29,22 +29,27 @@ import contextlib
 import contextvars
 import os
 import socket
-from collections import Counter
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from adapters import registry
+from adapters.registry import make_adapter
+from engine.core.clock import LoopClock
 from engine.core.config import ModelConfig
 from engine.core.errors import EngineError
-from engine.run.lane import Lane
-from engine.run.units import Unit
+from engine.core.records import AttemptError, JudgmentRecord, Record
+from engine.core.secrets import api_key
+from engine.run.attempt import Brakes, LocalAttempts, RunStop, Sink, Spend
+from engine.run.options import Log
+from engine.run.stats import LaneStats
+from engine.run.units import Outcome, Unit
 
 MAX_RESTARTS = 3
 EXTRA = "pip install 'trustmh-engine[ray]'"
-# Counters the actor keeps (summed over the lane's actors); the driver keeps the others
-# (done, judged, skipped, truncated, requeried, planned, in_flight, state).
-_ACTOR_FIELDS = ("ok", "fatal", "exhausted", "sent", "retries", "rate_limited", "limit_pushbacks", "wait_s",
-                 "busy_s", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens")
+# Ray has no type stubs: an actor class and its handles are typed as what they are, opaque.
+ActorHandle = Any
 
 
 def require_ray() -> None:
@@ -84,31 +89,41 @@ def _actor_errors() -> tuple[type[BaseException], ...]:
 
 # -- inside the actor --------------------------------------------------------------------------------
 
-_sink: contextvars.ContextVar[list[Any]] = contextvars.ContextVar("trustmh_lane_sink")
+_sink: contextvars.ContextVar[list[AttemptError]] = contextvars.ContextVar("trustmh_lane_sink")
 
 
 class _Sink:
-    """Stands in for the lane's JSONL writers inside the actor: what one unit produces goes back
-    to the driver with that unit's result (each actor call runs in its own task and context)."""
+    """Stands in for the lane's errors writer inside the actor: the failed attempts of one unit go
+    back to the driver with that unit's outcome (each actor call runs in its own task and context)."""
 
-    def put(self, record: Any) -> None:
+    def put(self, record: Record | JudgmentRecord | AttemptError) -> None:
+        assert isinstance(record, AttemptError)
         _sink.get().append(record)
 
 
-class LaneActor:
-    """One lane's request loop (wrapped with ray.remote at run time: Ray stays optional)."""
+@dataclass(frozen=True)
+class Snapshot:
+    """The actor's attempt counters after one unit (seq orders snapshots that cross on the way)."""
 
-    def __init__(self, name: str, cfg: Any, log_dir: str, env: dict[str, str]) -> None:
+    seq: int
+    stats: LaneStats
+    halted: bool
+
+
+class LaneActor:
+    """One lane's attempts (wrapped with ray.remote at run time: Ray stays optional)."""
+
+    def __init__(self, name: str, cfg: ModelConfig, log_dir: str, env: dict[str, str]) -> None:
         os.environ.update(env)
         self.name = name
         self.cfg = cfg
         self.log_dir = Path(log_dir)
-        self._lane: Lane | None = None
-        self._server_cm: Any = None
+        self._attempts: LocalAttempts | None = None
+        self._server_cm: AbstractAsyncContextManager[object] | None = None
         self._opening: asyncio.Lock | None = None
         self._seq = 0
 
-    def where(self) -> dict[str, Any]:
+    def where(self) -> dict[str, object]:
         node = None
         with contextlib.suppress(Exception):  # placement is informational
             import ray
@@ -116,51 +131,41 @@ class LaneActor:
             node = ray.util.get_node_ip_address()
         return {"node": node or socket.gethostname(), "host": socket.gethostname(), "pid": os.getpid()}
 
-    async def _ready(self) -> Lane:
-        if self._lane is not None:
-            return self._lane
+    async def _ready(self) -> LocalAttempts:
+        if self._attempts is not None:
+            return self._attempts
         if self._opening is None:
             self._opening = asyncio.Lock()
         async with self._opening:
-            if self._lane is not None:
-                return self._lane
-            adapter, open_server = registry.make_adapter(self.name, self.cfg, self.log_dir)
-            sink = _Sink()
-            lane = Lane(self.name, self.cfg, adapter, lambda: iter(()), samples=1, done=set(),
-                        responses=sink, errors=sink, judgments=sink, stop=asyncio.Event())  # type: ignore[arg-type]
+            if self._attempts is not None:
+                return self._attempts
+            adapter, open_server = make_adapter(self.name, self.cfg, self.log_dir)
+            attempts = LocalAttempts(self.name, self.cfg, adapter, _Sink(), Brakes(RunStop()), clock=LoopClock())
             if open_server is not None:
                 cm = open_server(adapter)
                 await cm.__aenter__()
                 self._server_cm = cm
-            self._lane = lane
-            return lane
+            self._attempts = attempts
+            return attempts
 
-    def _snapshot(self) -> dict[str, Any]:
-        assert self._lane is not None
-        s = self._lane.stats
-        self._seq += 1
-        snap = {f: getattr(s, f) for f in _ACTOR_FIELDS}
-        snap.update(seq=self._seq, errors=dict(s.errors), lat=dict(s._lat), state=s.state, message=s.message,
-                    halted=self._lane._lane_stop.is_set())
-        return snap
-
-    async def process(self, unit: Unit) -> tuple[list[Any], dict[str, Any]]:
-        lane = await self._ready()
-        out: list[Any] = []
+    async def process(self, unit: Unit) -> tuple[list[AttemptError], Outcome | None, Snapshot]:
+        attempts = await self._ready()
+        out: list[AttemptError] = []
         _sink.set(out)
-        await lane._process(unit)
-        return out, self._snapshot()
+        outcome = await attempts.run(unit)
+        self._seq += 1
+        return out, outcome, Snapshot(self._seq, attempts.stats.copy(), attempts.brakes.halted.is_set())
 
     def halt(self) -> None:
-        if self._lane is not None:
-            self._lane.halt()
+        if self._attempts is not None:
+            self._attempts.brakes.halt()
 
     async def shutdown(self) -> None:
         if self._server_cm is not None:
             cm, self._server_cm = self._server_cm, None
             await cm.__aexit__(None, None, None)
-        if self._lane is not None:
-            await self._lane.adapter.aclose()
+        if self._attempts is not None:
+            await self._attempts.adapter.aclose()
 
 
 # -- on the driver ------------------------------------------------------------------------------------
@@ -174,12 +179,12 @@ def _resources(cfg: ModelConfig) -> dict[str, int]:
 class RayContext:
     """The connection to Ray for one run: started before the lanes, shut down after them."""
 
-    def __init__(self, address: str | None, log: Any, log_dir: Path) -> None:
+    def __init__(self, address: str | None, log: Log, log_dir: Path) -> None:
         self.address = address
         self.log = log
         self.log_dir = log_dir
         self.started_here = False
-        self.actor_cls: Any = None
+        self.actor_cls: ActorHandle = None
 
     def connect(self) -> None:
         require_ray()
@@ -188,12 +193,12 @@ class RayContext:
         import ray
 
         if not ray.is_initialized():
-            kw: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
             try:
                 if self.address:
-                    ray.init(address=self.address, **kw)
+                    ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=False)
                 else:  # "local": a new instance, never a stale `ray start` cluster found on this machine
-                    ray.init(address="local", include_dashboard=False, **kw)
+                    ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR,
+                             log_to_driver=False)
             except Exception as exc:
                 where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
                 raise EngineError(f"--backend ray: could not connect to {where} ({type(exc).__name__}: "
@@ -211,47 +216,99 @@ class RayContext:
             ray.shutdown()
 
 
-class RemoteLane(Lane):
-    """A Lane whose `_process` runs in its Ray actor; everything else stays in the driver."""
+class RayAttempts:
+    """A lane's attempts in its Ray actor; the lane itself (walk, writes, judge stage) stays on the
+    driver. The actor starts with the lane's first unit: a lane with nothing to do holds no
+    resources (a GPU lane with its work done never waits for a GPU)."""
 
-    def __init__(self, *args: Any, ray_ctx: RayContext, **kw: Any) -> None:
-        kw["open_server"] = None  # the server runs next to the actor, never in the driver
-        super().__init__(*args, **kw)
-        self._ctx = ray_ctx
-        self._actor: Any = None
+    def __init__(self, name: str, cfg: ModelConfig, errors: Sink, brakes: Brakes, ctx: RayContext, *,
+                 spend: Spend | None = None) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.errors = errors
+        self.brakes = brakes
+        self.spend = spend
+        self.stats = LaneStats()
+        self._ctx = ctx
+        self._actor: ActorHandle | None = None
         self._incarnation = 0
-        self._snaps: dict[int, dict[str, Any]] = {}
+        self._snaps: dict[int, Snapshot] = {}
         self._restart_lock = asyncio.Lock()
         self.restarts = 0
         self._failed = False
-        self.placement: dict[str, Any] = {}
-        self.label = self.name
+        self._placement: dict[str, object] = {}
         self._dead: tuple[type[BaseException], ...] = _actor_errors()
+        brakes.on_halt.append(self._halt_actor)
+
+    def placement(self) -> dict[str, object]:
+        return dict(self._placement)
+
+    async def run(self, unit: Unit) -> Outcome | None:
+        if self.brakes.stopping:
+            return None
+        if self._incarnation == 0:
+            await self._first_start()
+        reserved = 0.0
+        if self.spend is not None:
+            got = self.spend.reserve(unit)
+            if got is None:
+                return None
+            reserved = got
+        result = None
+        try:
+            result = await self._call(unit)
+        finally:
+            if self.spend is not None:
+                final = result[1] if result is not None else None
+                self.spend.settle(reserved, final.response if final is not None else None)
+        if result is None:
+            return None
+        errors, outcome, snap, incarnation = result
+        self._absorb(incarnation, snap)
+        for rec in errors:
+            self.errors.put(rec)
+        if snap.halted and not self.brakes.halted.is_set():
+            self.stats.state = snap.stats.state
+            self.stats.message = snap.stats.message
+            self.brakes.halt()
+        return outcome
+
+    async def _call(self, unit: Unit) -> tuple[list[AttemptError], Outcome | None, Snapshot, int] | None:
+        """The actor's answer for `unit`; a dead actor is replaced and the unit sent again (its
+        records were never written: nothing is duplicated)."""
+        while True:
+            actor, inc = self._actor, self._incarnation
+            if actor is None or self.brakes.halted.is_set():
+                return None
+            self.stats.in_flight += 1
+            try:
+                errors, outcome, snap = await actor.process.remote(unit)
+            except self._dead as exc:
+                await self._restart(inc, exc)
+                continue
+            finally:
+                self.stats.in_flight -= 1
+            return errors, outcome, snap, inc
 
     async def start_actor(self) -> None:
-        from engine.core.secrets import api_key
-
         env: dict[str, str] = {}
         if self.cfg.api_key_env:
             env[self.cfg.api_key_env] = api_key(self.cfg.api_key_env, self.name) or ""
         opts = {**_resources(self.cfg), "max_concurrency": self.cfg.concurrency() + 8, "max_restarts": 0}
         actor = self._ctx.actor_cls.options(**opts).remote(self.name, self.cfg, str(self._ctx.log_dir), env)
         timeout = max(60.0, self.cfg.options.start_timeout_s())
-        try:
+        try:  # a wall-clock limit on the cluster's scheduling, not a lane timer
             info = await asyncio.wait_for(actor.where.remote(), timeout)
         except TimeoutError:
             raise EngineError(f"lane {self.name}: no Ray node could start its actor within {timeout:.0f} s "
                               f"(needs {_resources(self.cfg)}); check the cluster's free resources") from None
         self._actor = actor
         self._incarnation += 1
-        self.placement = {"node": info["node"], "host": info["host"], "pid": info["pid"],
-                          "actor_restarts": self.restarts}
-        self.label = f"{self.name}@{info['node']}"
+        self._placement = {"node": info["node"], "host": info["host"], "pid": info["pid"],
+                           "actor_restarts": self.restarts}
         self._ctx.log(f"lane {self.name}: Ray actor on node {info['node']} ({info['host']}, pid {info['pid']})")
 
     async def _first_start(self) -> None:
-        """The actor starts with the lane's first unit: a lane with nothing to do holds no
-        resources (a GPU lane with its work done never waits for a GPU)."""
         async with self._restart_lock:
             if self._incarnation or self._failed:
                 return
@@ -259,9 +316,12 @@ class RemoteLane(Lane):
                 await self.start_actor()
             except EngineError as err:
                 self._failed = True
-                self.stats.state = "failed"
-                self.stats.message = str(err)
-                self.halt()
+                self._fail(str(err))
+
+    def _fail(self, message: str) -> None:
+        self.stats.state = "failed"
+        self.stats.message = message
+        self.brakes.halt()
 
     async def _restart(self, incarnation: int, exc: BaseException) -> None:
         import ray
@@ -274,101 +334,29 @@ class RemoteLane(Lane):
                 ray.kill(old)
             self.restarts += 1
             if self.restarts > MAX_RESTARTS:
-                self.stats.state = "failed"
-                self.stats.message = (f"lane {self.name}: its Ray actor died {self.restarts} times "
-                                      f"({type(exc).__name__}); rerun to resume")
-                self.halt()
+                self._fail(f"lane {self.name}: its Ray actor died {self.restarts} times "
+                           f"({type(exc).__name__}); rerun to resume")
                 return
             self._ctx.log(f"lane {self.name}: Ray actor died ({type(exc).__name__}); restarting it "
                           f"({self.restarts}/{MAX_RESTARTS}); its units in flight are sent again")
             try:
                 await self.start_actor()
             except EngineError as err:
-                self.stats.state = "failed"
-                self.stats.message = str(err)
-                self.halt()
+                self._fail(str(err))
 
-    def _absorb(self, incarnation: int, snap: dict[str, Any]) -> None:
+    def _absorb(self, incarnation: int, snap: Snapshot) -> None:
         cur = self._snaps.get(incarnation)
-        if cur is not None and cur["seq"] >= snap["seq"]:
+        if cur is not None and cur.seq >= snap.seq:
             return
         self._snaps[incarnation] = snap
-        s = self.stats
-        for f in _ACTOR_FIELDS:
-            setattr(s, f, sum(x[f] for x in self._snaps.values()))
-        s.errors = Counter()
-        s._lat = Counter()
-        for x in self._snaps.values():
-            s.errors.update(x["errors"])
-            s._lat.update(x["lat"])
+        self.stats.add_up_attempts([s.stats for s in self._snaps.values()])
 
-    def halt(self) -> None:
-        super().halt()
+    def _halt_actor(self) -> None:
         if self._actor is not None:
             with contextlib.suppress(Exception):  # a dead actor has nothing to stop
                 self._actor.halt.remote()
 
-    async def _process(self, unit: Unit) -> None:
-        from engine.checkpoint import key_int
-        from engine.core.records import AttemptError
-        from engine.costs import cost
-
-        if self.stopping:
-            return
-        if self._incarnation == 0:
-            await self._first_start()
-        reserved = 0.0
-        if self._budget is not None and self._price is not None:
-            reserved = cost(self._price, unit.est_tokens - unit.max_out, unit.max_out) or 0.0
-            if not self._budget.reserve(reserved, f"{self.name} {unit.item.pillar}/{unit.item.subtask} {unit.item.id}"):
-                self._stop.set()
-                return
-        records: list[Any] = []
-        try:
-            while True:
-                actor, inc = self._actor, self._incarnation
-                if actor is None or self._lane_stop.is_set():
-                    return
-                self.stats.in_flight += 1
-                try:
-                    records, snap = await actor.process.remote(unit)
-                except self._dead as exc:
-                    await self._restart(inc, exc)
-                    continue
-                finally:
-                    self.stats.in_flight -= 1
-                break
-        finally:
-            if reserved:
-                final = next((r for r in records if not isinstance(r, AttemptError)), None)
-                u = final.response.usage if final is not None and final.response is not None else None
-                self._budget.settle(reserved, cost(self._price, u.prompt_tokens, u.completion_tokens)
-                                    if u is not None else None)
-        self._absorb(inc, snap)
-        resp = None
-        for rec in records:
-            if isinstance(rec, AttemptError):
-                self._errors.put(rec)
-            else:
-                self._emit(unit, rec.attempts, rec.response, rec.error)
-                resp = rec.response
-        if snap["halted"] and not self._lane_stop.is_set():
-            self.stats.state = snap["state"]
-            self.stats.message = snap["message"]
-            Lane.halt(self)
-        if resp is not None and self._requery is not None and unit.judge is None:
-            again = self._requery(unit, resp)
-            if again is not None and key_int(again.key) not in self._done:
-                self.stats.requeried += 1
-                await self._process(again)
-
-    async def run(self) -> None:
-        try:
-            await super().run()
-        finally:
-            await self._stop_actor()
-
-    async def _stop_actor(self) -> None:
+    async def aclose(self) -> None:
         import ray
 
         actor, self._actor = self._actor, None
@@ -378,10 +366,3 @@ class RemoteLane(Lane):
             await asyncio.wait_for(actor.shutdown.remote(), 10)
         with contextlib.suppress(Exception):
             ray.kill(actor)
-
-
-def placement(lane: Lane) -> dict[str, Any]:
-    """run.json extras of a lane: where its actor ran (ray backend), else nothing."""
-    p = getattr(lane, "placement", None)
-    return dict(p) if p else {}
-

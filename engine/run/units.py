@@ -14,7 +14,7 @@ import msgspec
 
 from engine.config import ModelConfig
 from engine.core.adapter import Adapter, ReplaysItems
-from engine.core.records import GenParams, Item, request_key
+from engine.core.records import ErrorInfo, GenParams, Item, Response, request_key
 from engine.items import ItemFactory, WorkItem
 from engine.truncate import fit
 
@@ -39,6 +39,15 @@ class Unit(msgspec.Struct, frozen=True):
     est_tokens: int
     judge: JudgeTask | None = None
     max_out: int = 0  # completion budget of the request (for cost reservations)
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """A unit's final outcome: its response, or the error that is its result (a refusal is a
+    response; a 400 an error); `attempts` it took."""
+
+    attempts: int
+    response: Response | None = None
+    error: ErrorInfo | None = None
 
 
 def model_params(cfg: ModelConfig) -> GenParams:

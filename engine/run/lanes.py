@@ -1,0 +1,222 @@
+"""Building a run's lanes: the adapters (before anything is written, so that a missing key fails
+first), GPU placement of local models, each lane's resume scan, writers and attempts (here or in a
+Ray actor), and the judge hub that joins target lanes to judge lanes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import msgspec
+
+from adapters.registry import Built, make_adapter
+from adapters.servers.gpus import GpuPool, check_fits, detect_gpus, placed
+from engine import shards as sharding
+from engine.checkpoint import JsonlWriter, scan_responses
+from engine.core.adapter import Adapter
+from engine.core.clock import LoopClock
+from engine.core.records import Item, Record
+from engine.core.rundoc import LaneSummary
+from engine.costs import Budget
+from engine.gpus import needs_gpus
+from engine.items import WorkItem
+from engine.requery import make_requery, requery_limits
+from engine.run.attempt import Attempts, Brakes, LocalAttempts, RunStop, Spend
+from engine.run.judge import JudgeHub
+from engine.run.lane import Lane, LaneIO, LanePolicy, OpenServer
+from engine.run.options import Invocation
+from engine.run.ray import RayAttempts, RayContext
+from engine.spec import judge_plan, subtasks
+
+
+@dataclass
+class LaneSet:
+    """A run's lanes, in config order (targets first, then judges), and what they share."""
+
+    lanes: list[Lane]
+    targets: tuple[str, ...]
+    writers: list[JsonlWriter]
+    adapters: dict[str, Built]
+    pool: GpuPool | None = None
+    ray: RayContext | None = None
+    hub: JudgeHub | None = None
+    servers: dict[str, dict[str, object]] = field(default_factory=dict)  # GPU placement per local lane
+
+    def by_name(self) -> dict[str, Lane]:
+        return {lane.name: lane for lane in self.lanes}
+
+    def target_lanes(self) -> list[Lane]:
+        return [lane for lane in self.lanes if lane.name in self.targets]
+
+    def halt_all(self) -> None:
+        for lane in self.lanes:
+            lane.halt()
+
+    def summaries(self) -> dict[str, LaneSummary]:
+        """run.json `lanes`: each lane's counters (with --backend ray, where its actor ran)."""
+        return {lane.name: msgspec.structs.replace(lane.stats.summary(), **lane.attempts.placement())
+                for lane in self.lanes}
+
+    def launched(self) -> dict[str, dict[str, object]]:
+        """Local servers this invocation started: GPUs, timings, and what their adapter reports."""
+        infos = {n: opener.info for n, (_, opener) in self.adapters.items() if opener is not None}
+        return {n: {**self.servers.get(n, {}), **infos.get(n, {})}
+                for n in self.adapters if self.servers.get(n) or infos.get(n)}
+
+
+def make_adapters(inv: Invocation) -> dict[str, Built]:
+    names = () if inv.opts.judge_only else inv.spec.models
+    return {name: make_adapter(name, inv.cfg.models[name], inv.log_dir, progress=inv.log) for name in names}
+
+
+def gpu_pool(inv: Invocation) -> GpuPool | None:
+    """The run's GpuPool with every local lane registered (config order), or None when no lane
+    needs GPUs. Raises ConfigError when a model cannot fit."""
+    cfg = inv.cfg
+    judges = judge_plan(cfg, subtasks(inv.spec))
+    names = list(dict.fromkeys((*inv.targets, *judges)))
+    needs = {n: needs_gpus(cfg, n, inv.opts.backend) for n in names}
+    needs = {n: k for n, k in needs.items() if k}
+    if not needs:
+        return None
+    gpus, source = detect_gpus(cfg.run.gpus)
+    check_fits(needs, gpus, source, holders=[j for j in judges if j in needs])
+    pool = GpuPool(gpus)
+    for n, k in needs.items():
+        pool.register(n, k)
+    inv.log(f"GPU placement: {len(gpus)} GPU(s) {','.join(gpus)} ({source}) for {len(needs)} local model(s)")
+    return pool
+
+
+def _no_items() -> Iterator[WorkItem]:
+    return iter(())
+
+
+def _unit_count(lane: Lane) -> int:
+    return sum(1 for _ in lane.units())
+
+
+class LaneBuilder:
+    """Builds the lanes of one invocation, in order: targets, then judges not among them."""
+
+    def __init__(self, inv: Invocation, adapters: dict[str, Built], pool: GpuPool | None, budget: Budget | None,
+                 stop: RunStop) -> None:
+        self.inv = inv
+        self.budget = budget
+        self.stop = stop
+        self.subs = subtasks(inv.spec)
+        self.judge_names = judge_plan(inv.cfg, self.subs)
+        self.requery_n = requery_limits(self.subs, inv.spec.options)
+        self.by_key = {s.key: s for s in self.subs}
+        self.judge_done: dict[str, set[int]] = {}
+        self.clock = LoopClock()
+        self.set = LaneSet([], inv.targets, [], adapters, pool)
+
+    async def build(self) -> LaneSet:
+        inv = self.inv
+        if inv.opts.backend == "ray":  # each lane's requests run in a Ray actor; records still come here
+            self.set.ray = RayContext(inv.opts.ray_address, inv.log, inv.log_dir)
+            self.set.ray.connect()
+        for name in dict.fromkeys((*self.set.targets, *self.judge_names)):
+            self.set.lanes.append(await self._lane(name, name in self.set.targets))
+        if self.judge_names:
+            self.set.hub = await self._hub()
+        return self.set
+
+    async def _lane(self, name: str, target: bool) -> Lane:
+        inv, cfg, spec = self.inv, self.inv.cfg, self.inv.spec
+        if name not in self.set.adapters:
+            self.set.adapters[name] = make_adapter(name, cfg.models[name], inv.log_dir, progress=inv.log)
+        done = await self._done("responses", name, drop_errors=inv.opts.retry_errors and target)
+        io = LaneIO(self._writer("responses", name), self._writer("errors", name))
+        if name in self.judge_names:
+            self.judge_done[name] = await self._done("judgments", name, drop_errors=False)
+            io = LaneIO(io.responses, io.errors, self._writer("judgments", name), asyncio.Queue())
+        adapter, server = self.set.adapters[name]
+        open_server: OpenServer | None = server
+        pool = self.set.pool
+        if pool is not None and name in pool.need and server is not None:
+            self.set.servers[name] = {}
+            open_server = placed(server, pool, name, self.set.servers[name])
+        part, shard = inv.partition, inv.shard
+        keep = part.keep(name, shard.index) if part is not None and shard is not None else None
+        requery = make_requery(name, self.by_key, self.requery_n, spec.samples) if target else None
+        lane = Lane(name, cfg.models[name], adapter, inv.factory if target else _no_items, io,
+                    self._attempts(name, adapter, io),
+                    policy=LanePolicy(samples=spec.samples, done=done, keep=keep, requery=requery),
+                    open_server=None if self.set.ray is not None else open_server)  # Ray: the server runs by the actor
+        lane.stats.planned = sum(inv.planned_units.values()) if target else 0
+        if pool is not None and name in self.set.servers:
+            lane.hooks.on_idle = functools.partial(pool.withdraw, name)
+        if target and keep is not None:
+            lane.stats.planned = await asyncio.to_thread(_unit_count, lane)
+        return lane
+
+    def _attempts(self, name: str, adapter: Adapter, io: LaneIO) -> Attempts:
+        cfg = self.inv.cfg
+        brakes = Brakes(self.stop)
+        price = cfg.prices.get(name)
+        spend = Spend(self.budget, price, name, self.stop) if self.budget is not None and price is not None else None
+        if self.set.ray is not None:
+            return RayAttempts(name, cfg.models[name], io.errors, brakes, self.set.ray, spend=spend)
+        return LocalAttempts(name, cfg.models[name], adapter, io.errors, brakes, clock=self.clock, spend=spend)
+
+    def _writer(self, folder: str, name: str) -> JsonlWriter:
+        w = JsonlWriter(self.inv.out / folder / f"{name}{self.inv.suffix}.jsonl")
+        self.set.writers.append(w)
+        return w
+
+    async def _done(self, folder: str, name: str, *, drop_errors: bool) -> set[int]:
+        """Keys already written (the resume scan); a torn last line is cut. A shard counts the
+        merged file's keys too."""
+        inv = self.inv
+        path = inv.out / folder / f"{name}{inv.suffix}.jsonl"
+        scan = await asyncio.to_thread(scan_responses, path, drop_errors=drop_errors)
+        if scan.torn_bytes:
+            inv.log(f"{path}: cut a torn last line ({scan.torn_bytes} bytes) left by an interrupted run")
+        if inv.shard is not None:
+            scan.done |= await asyncio.to_thread(sharding.merged_done, inv.out / folder / f"{name}.jsonl",
+                                                 drop_errors=drop_errors)
+        return scan.done
+
+    async def _hub(self) -> JudgeHub:
+        inv, by_name = self.inv, self.set.by_name()
+        hub = JudgeHub(inv.cfg, self.subs, {n: by_name[n] for n in self.judge_names}, self.judge_done)
+        for lane in self.set.lanes:
+            if lane.name in self.set.targets:
+                lane.hooks.on_record = hub.on_record
+            if lane.name in self.judge_names:
+                lane.hooks.on_judgment = hub.on_judgment
+                lane.hooks.on_judge_done = hub.on_judge_done
+        suffixes = ("", inv.suffix) if inv.shard is not None else ("",)
+        await asyncio.to_thread(hub.load_retries, inv.out / "judgments", suffixes)
+        backlog = await asyncio.to_thread(_unjudged, inv, hub)
+        for rec, item in backlog:
+            hub.submit_record(rec, item)
+        if backlog:
+            inv.log(f"judging {hub.submitted} earlier responses that have no judgment yet")
+        return hub
+
+
+def _unjudged(inv: Invocation, hub: JudgeHub) -> list[tuple[Record, Item]]:
+    """Responses already on disk whose judgments are missing (a resumed or re-judged run); a shard
+    reads its own file and the merged records it owns."""
+    wanted: dict[tuple[str, str], Record] = {}
+    for name in inv.spec.models:
+        for rec in sharding.iter_sources(sharding.response_sources(inv.out, name, inv.shard, inv.partition)):
+            if rec.response is not None and hub.needs_judging(rec.pillar, rec.subtask):
+                wanted[(rec.key, name)] = rec
+    if not wanted:
+        return []
+    needed = {(r.pillar, r.subtask, r.item_id) for r in wanted.values()}
+    items: dict[tuple[str, str, str], Item] = {}
+    for w in inv.factory():
+        k = (w.item.pillar, w.item.subtask, w.item.id)
+        if k in needed:
+            items[k] = w.item
+    return [(r, items[(r.pillar, r.subtask, r.item_id)]) for r in wanted.values()
+            if (r.pillar, r.subtask, r.item_id) in items]
+

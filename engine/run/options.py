@@ -1,0 +1,75 @@
+"""How one invocation runs: the command line's run options, and what the runner resolves from
+them before it builds the lanes (the invocation: config, spec, directory, shard, item source)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from engine.config import Config
+from engine.core.rundoc import RunSpec
+from engine.items import ItemFactory
+from engine.shards import Partition, Shard
+
+Log = Callable[[str], None]
+
+
+class RunOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """`run` / `judge` flags that are not part of the spec (they change how, not what)."""
+
+    fresh: bool = False  # move earlier results aside and start over
+    retry_errors: bool = False  # send final errors again
+    judge_only: bool = False  # `judge DIR`: no target lanes, only the judges
+    budget_usd: float | None = None
+    shard: Shard | None = None  # this invocation runs that part of the work, in its own files
+    backend: Literal["local", "ray"] = "local"  # ray: each lane's requests run in a Ray actor
+    ray_address: str | None = None
+    progress: bool = False
+    config_source: str = ""  # the config file's path as given, for run.json
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One run's resolved inputs, shared by the parts that build and run its lanes."""
+
+    cfg: Config
+    spec: RunSpec
+    opts: RunOptions
+    factory: ItemFactory
+    planned_units: Mapping[str, int]  # units per "pillar/subtask" of one target lane
+    data_fp: str
+    log: Log
+
+    @property
+    def out(self) -> Path:
+        return Path(self.spec.output)
+
+    @property
+    def shard(self) -> Shard | None:
+        return self.opts.shard
+
+    @property
+    def suffix(self) -> str:
+        return self.shard.suffix if self.shard is not None else ""
+
+    @property
+    def log_dir(self) -> Path:
+        return self.out / "logs" if self.shard is None else self.out / "logs" / self.shard.tag
+
+    @property
+    def partition(self) -> Partition | None:
+        return Partition.of(self.cfg, self.shard.count) if self.shard is not None else None
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The models this invocation generates for: a shard runs only its own local models (and its
+        part of the others); `judge` none."""
+        names = () if self.opts.judge_only else self.spec.models
+        part, shard = self.partition, self.shard
+        if part is not None and shard is not None:
+            names = tuple(n for n in names if part.has_model(n, shard.index))
+        return names
