@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from adapters.http import error_for_status, new_session, post_json
+from adapters.http import error_for_status, load_transport, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_anthropic
 from adapters.registry import BuildContext, Built, Capabilities, adapter
 from engine.core.adapter import AdapterError
@@ -149,6 +149,7 @@ class AnthropicMessages:
         if api_key:
             self._headers["x-api-key"] = api_key
         self._concurrency = concurrency
+        load_transport()
         self._session = session
         self._owns_session = session is None
         self.last_signal: LimitSignal | None = None  # from the latest reply's anthropic-ratelimit-* headers

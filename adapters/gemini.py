@@ -40,7 +40,7 @@ from urllib.parse import quote
 
 import orjson
 
-from adapters.http import error_for_status, new_session, post_json
+from adapters.http import error_for_status, load_transport, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_duration
 from adapters.registry import BuildContext, Built, adapter
 from engine.core.adapter import AdapterError
@@ -186,6 +186,7 @@ class GeminiGenerate:
         if api_key:
             self._headers["x-goog-api-key"] = api_key
         self._concurrency = concurrency
+        load_transport()
         self._session = session
         self._owns_session = session is None
         self.last_signal: LimitSignal | None = None  # Gemini sends no rate-limit headers

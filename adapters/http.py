@@ -26,11 +26,19 @@ from engine.core.secrets import redact
 if TYPE_CHECKING:
     import aiohttp
 
-# aiohttp is imported where a session is made or used, not with this module: the registry imports
-# every adapter module to read a config, and commands that never send (report, plan, a run refused
-# by its lock) should not pay aiohttp's import (a few hundred ms on a busy machine).
+# aiohttp is imported when an HTTP adapter is built (`load_transport`), not with this module: the
+# registry imports every adapter module to read a config, and commands that never build one
+# (report, a run refused by its lock) should not pay aiohttp's import (a few hundred ms on a busy
+# machine).
 
-__all__ = ["TRANSIENT_STATUSES", "error_for_status", "new_session", "post_json"]
+__all__ = ["TRANSIENT_STATUSES", "error_for_status", "load_transport", "new_session", "post_json"]
+
+
+def load_transport() -> None:
+    """Imports aiohttp; every HTTP adapter calls it when built, before any lane runs. Left to the
+    first request, the import would block the loop after the lane's limits had admitted several
+    requests, and those would reach the provider bunched together (a 429 under a tight TPM)."""
+    import aiohttp  # noqa: F401  # lazy: see the note above
 
 TRANSIENT_STATUSES = frozenset({408, 409, 425, 500, 502, 503, 504, 520, 522, 524, 529})
 
@@ -60,7 +68,7 @@ def _no_json(obj: object) -> str:
 
 def new_session(concurrency: int) -> aiohttp.ClientSession:
     """One session per lane: a keep-alive pool a little larger than the lane's concurrency."""
-    import aiohttp  # lazy: see the note at the top
+    import aiohttp  # loaded by load_transport already: a dict lookup
 
     connector = aiohttp.TCPConnector(limit=concurrency + 8, limit_per_host=0, keepalive_timeout=60,
                                      ttl_dns_cache=300)
@@ -71,7 +79,7 @@ def new_session(concurrency: int) -> aiohttp.ClientSession:
 @functools.lru_cache(maxsize=64)
 def _timeout(total: float) -> aiohttp.ClientTimeout:
     # Most attempts use the lane's configured timeout: one frozen object instead of one per request.
-    import aiohttp  # lazy: see the note at the top
+    import aiohttp  # loaded by load_transport already: a dict lookup
 
     return aiohttp.ClientTimeout(total=total)
 
@@ -82,7 +90,7 @@ async def post_json(session: aiohttp.ClientSession, url: str, data: bytes, heade
     failures: timeout -> timeout, truncated body -> malformed, nothing listening -> transient with
     `unreachable` set (the scheduler stops a lane whose every attempt cannot connect), any other
     client error (reset, disconnect) -> transient. Messages pass through `redact`."""
-    import aiohttp  # lazy: see the note at the top (after the first call, a dict lookup)
+    import aiohttp  # loaded by load_transport already: a dict lookup
 
     try:
         async with session.post(url, data=data, headers=headers,
