@@ -75,6 +75,12 @@ class VirtualClock:
             t.cancel()
         return waiter in done
 
+    def next_wakeup(self) -> float | None:
+        """When the earliest sleeper wakes (None: nobody sleeps): for a driver that mixes virtual
+        time with real I/O and may only jump while no request is in flight."""
+        live = [at for at, _, fut in self._heap if not fut.done()]
+        return min(live) if live else None
+
     async def settle(self) -> None:
         for _ in range(50):
             await asyncio.sleep(0)
