@@ -179,7 +179,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from engine.run import runner
-    from engine.run.options import RunOptions
 
     cfg, spec, source = _spec(args)
     items = spec.items
@@ -197,14 +196,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         shard = parse_shard(args.shard)
     ray_address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
-    if args.backend == "ray":
-        from engine.run.ray import preflight
-
-        preflight(ray_address)
-    elif args.ray_address:
+    if args.backend != "ray" and args.ray_address:
         raise EngineError("--ray-address needs --backend ray")
-    opts = RunOptions(fresh=args.fresh, retry_errors=args.retry_errors, progress=progress, config_source=source,
-                      budget_usd=args.budget, shard=shard, backend=args.backend, ray_address=ray_address)
+    opts = runner.RunOptions(fresh=args.fresh, retry_errors=args.retry_errors, progress=progress,
+                             config_source=source, budget_usd=args.budget, shard=shard, backend=args.backend,
+                             ray_address=ray_address)
     coro = runner.run(cfg, spec, opts, log=_log)
     code = uvloop.run(coro) if uvloop is not None else asyncio.run(coro)
     out = Path(spec.output)
@@ -253,7 +249,6 @@ def cmd_judge(args: argparse.Namespace) -> int:
     import msgspec
 
     from engine.run import runner
-    from engine.run.options import RunOptions
     from engine.store.rundoc_io import load_run
 
     out = Path(args.dir)
@@ -263,7 +258,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
             raise EngineError(f"--judge {args.judge}: not a models key of this run (known: {', '.join(cfg.models)})")
         cfg = msgspec.structs.replace(cfg, judge=msgspec.structs.replace(cfg.judge, models=(args.judge,), rubrics={}))
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
-    opts = RunOptions(progress=progress, config_source=doc.config_source, judge_only=True)
+    opts = runner.RunOptions(progress=progress, config_source=doc.config_source, judge_only=True)
     code = asyncio.run(runner.run(cfg, doc.spec, opts, log=_log))
     if code in (0, 1):
         _finish_scores(out)

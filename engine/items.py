@@ -6,14 +6,15 @@ instead of holding items in memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from engine.core.errors import EngineError
 from engine.core.records import GenParams, Item, Message
+from engine.options import resolve
+from pillars import registry
 
 CUSTOM = "custom"
 
@@ -23,8 +24,8 @@ class _CustomLine(msgspec.Struct, kw_only=True):
     messages: list[Message] | None = None
     prompt: str | None = None
     system: str | None = None
-    reference: Any = None
-    metadata: dict[str, Any] = {}
+    reference: object = None
+    metadata: dict[str, object] = {}
 
 
 _custom_decoder = msgspec.json.Decoder(_CustomLine)
@@ -97,10 +98,7 @@ def limited(items: Iterator[Item], limit: int) -> Iterator[Item]:
 
 
 def pillar_source(keys: tuple[str, ...], data_dir: Path | None, limit: int,
-                  options: dict[str, dict[str, Any]] | None = None) -> ItemFactory:
-    from engine.options import resolve
-    from pillars import registry
-
+                  options: Mapping[str, Mapping[str, object]] | None = None) -> ItemFactory:
     resolved = [resolve(k, (options or {}).get(k), data_dir) for k in keys]
 
     def factory() -> Iterator[WorkItem]:

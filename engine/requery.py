@@ -10,29 +10,29 @@ s, s+S, s+2S, ... that parses.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
 
 from engine.core.records import Response, request_key
+from engine.core.subtask import Subtask
+from engine.options import resolve
 from engine.run.units import Unit
 
 
-def requery_limits(subtasks: list[Any], options: dict[str, dict[str, Any]]) -> dict[str, int]:
-    from engine.options import resolve
-
+def requery_limits(subtasks: list[Subtask], options: Mapping[str, Mapping[str, object]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for sub in subtasks:
         if sub.rubric is not None:  # judged answers are re-judged, not re-asked
             continue
         n = resolve(sub.key, options.get(sub.key))[1].requery
         if n is None:
-            n = int(sub.extra.get("requery_unparseable", 0)) if sub.extra else 0
+            declared = sub.extra.get("requery_unparseable", 0) if sub.extra else 0
+            n = declared if isinstance(declared, int) else 0
         if n > 0:
             out[sub.key] = n
     return out
 
 
-def make_requery(model: str, subtasks: dict[str, Any], limits: dict[str, int],
+def make_requery(model: str, subtasks: Mapping[str, Subtask], limits: Mapping[str, int],
                  samples: int) -> Callable[[Unit, Response], Unit | None] | None:
     if not limits:
         return None
@@ -46,8 +46,9 @@ def make_requery(model: str, subtasks: dict[str, Any], limits: dict[str, int],
             return None
         sample = unit.sample + samples
         body = dict(unit.body)
-        if isinstance(body.get("seed"), int):
-            body["seed"] = body["seed"] + sample
+        seed = body.get("seed")
+        if isinstance(seed, int):
+            body["seed"] = seed + sample
         return Unit(unit.item, sample, body,
                     request_key(model, unit.item.pillar, unit.item.subtask, unit.item.id, sample, body),
                     unit.est_tokens, max_out=unit.max_out)

@@ -10,19 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from engine.config import Config
 from engine.core.errors import ConfigError, EngineError
-from engine.core.rundoc import RunSpec
+from engine.core.rundoc import Options, RunSpec
 from engine.core.subtask import Rubric, Subtask
 from engine.items import ItemFactory, custom_source, pillar_source
 from engine.options import resolve
 from pillars import registry
-
-Options = dict[str, dict[str, Any]]  # [pillars."<key>"] sections, as TOML gives them
 
 
 def resolve_subtasks(pillars: tuple[str, ...]) -> tuple[str, ...]:

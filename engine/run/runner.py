@@ -30,12 +30,14 @@ from engine.run.lane import Lane
 from engine.run.lanes import LaneBuilder, LaneSet, gpu_pool, make_adapters
 from engine.run.options import Invocation, Log, RunOptions
 from engine.run.progress import Bars
+from engine.run.ray import preflight
 from engine.run.signals import Interrupt, handled
 from engine.run.taskgroup import task_group
 from engine.runstate import data_fingerprint, model_fingerprint
 from engine.spec import item_factory, judge_plan, subtasks
 from engine.store.rundoc_io import read_run_if_any
 
+__all__ = ["RunOptions", "run"]  # the command line builds the options and calls run
 
 def _quiet(line: str) -> None:
     return None
@@ -44,6 +46,8 @@ def _quiet(line: str) -> None:
 async def run(cfg: Config, spec: RunSpec, opts: RunOptions | None = None, log: Log = _quiet) -> int:
     """Runs `spec` (or, with opts.shard, that part of it) into spec.output; returns the exit code."""
     opts = opts or RunOptions()
+    if opts.backend == "ray":  # Ray is installed and the cluster answers, before DIR is touched
+        await asyncio.to_thread(preflight, opts.ray_address)
     judge_plan(cfg, subtasks(spec))  # a judged subtask without a judge: refuse before DIR is touched
     factory = item_factory(spec)
     planned_units = await _planned(factory, spec.samples)

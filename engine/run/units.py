@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
 
 import msgspec
 
@@ -34,7 +33,7 @@ class JudgeTask(msgspec.Struct, frozen=True):
 class Unit(msgspec.Struct, frozen=True):
     item: Item
     sample: int
-    body: dict[str, Any]
+    body: dict[str, object]
     key: str
     est_tokens: int
     judge: JudgeTask | None = None
