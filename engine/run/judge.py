@@ -11,7 +11,6 @@ unparseable and excludes it.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -175,7 +174,8 @@ class JudgeHub:
 
 
 async def close_when_generated(hub: JudgeHub, targets: list[Lane]) -> None:
-    await asyncio.gather(*(lane.generation_done.wait() for lane in targets))
+    for lane in targets:  # all of them: the order of waiting does not matter
+        await lane.generation_done.wait()
     hub.generation_finished()
 
 
