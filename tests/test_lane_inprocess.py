@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from engine.items import ItemFactory, WorkItem, pillar_source
 from engine.run.attempt import Brakes, LocalAttempts, RunStop, Spend
 from engine.run.judge import JudgeHub, close_when_generated
 from engine.run.lane import Lane, LaneIO
+from engine.run.signals import Interrupt
 from engine.spec import subtasks
 from engine.testing.fakeserver import SERVER_KEY, FakeServer, start_in_loop
 
@@ -256,3 +259,48 @@ def test_judge_stage_overlaps_generation_and_closes() -> None:
     # Overlap: 6 responses at 2 at a time take 3 s; judging each 0.5 s as it arrives ends at 3.5 s,
     # not 3 s + 3 x 0.5 s after the last response.
     assert clock.now() == pytest.approx(3.5)
+
+
+def test_a_server_nobody_reaches_stops_the_lane(tmp_path: Path) -> None:
+    async def main() -> None:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()  # nothing listens there: every attempt is refused
+        cfg = model(f"http://127.0.0.1:{port}/v1", max_attempts=3, backoff_base_s=5.0, max_concurrency=1)
+        rig = Rig(cfg, _adapter(cfg, tmp_path), 50)
+        await rig.run_with_sockets()
+        s = rig.lane.stats
+        assert s.state == "stopped" and s.message is not None and "base_url" in s.message
+        # One item's attempts, then the lane stops instead of retrying 49 more items for hours.
+        assert len(rig.attempt_errors) == 3 and rig.attempt_errors[-1].final and s.exhausted == 1
+        assert len(rig.clock.sleeps) == 2
+    asyncio.run(main())
+
+
+def test_first_signal_stops_dispatch_and_the_grace_period_cancels_in_flight() -> None:
+    clock = VirtualClock()
+    cfg = model("http://unused", max_concurrency=2)
+    rig = Rig(cfg, Scripted(clock, latency=100.0), 10, clock=clock)
+    lines: list[str] = []
+
+    def stop_run() -> None:
+        rig.stop.set()
+        rig.lane.halt()
+
+    interrupt = Interrupt(stop_run, grace=30.0, log=lines.append)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(rig.lane.run())
+        grace = asyncio.ensure_future(interrupt.enforce_grace(clock, task.cancel))
+        await clock.advance(10.0)
+        interrupt(signal.SIGINT)
+        await clock.run(asyncio.wait({task}), until=1000.0)
+        grace.cancel()
+        assert task.cancelled()
+
+    asyncio.run(main())
+    # Two requests were in flight (100 s each); the grace period (30 s) ended them at t = 40 s.
+    assert clock.now() == pytest.approx(40.0)
+    assert rig.lane.stats.state == "interrupted" and not rig.responses.records
+    assert interrupt.signum == signal.SIGINT and "SIGINT: no new requests" in lines[0]

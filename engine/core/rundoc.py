@@ -94,7 +94,7 @@ class LaneSummary(msgspec.Struct, frozen=True, kw_only=True):
     output_tokens_per_s: float | None = None
     latency_s: Latency = Latency()
     tokens: TokenCounts = TokenCounts()
-    # --backend ray: where the lane's actor ran (engine/ray_backend.py)
+    # --backend ray: where the lane's actor ran (engine/run/ray.py)
     node: str | UnsetType = UNSET
     host: str | UnsetType = UNSET
     pid: int | UnsetType = UNSET
