@@ -36,6 +36,8 @@ class Plan:
     cells: dict[tuple[str, str, str], Cell] = field(default_factory=lambda: defaultdict(Cell))  # (model, role, pillar)
     done: dict[str, int] = field(default_factory=dict)
     requery: dict[str, int] = field(default_factory=dict)  # subtask -> extra samples per unparseable answer
+    prompts: dict[str, str] = field(default_factory=dict)  # subtask -> "official" | "own"
+    skipped: dict[str, str] = field(default_factory=dict)  # subtask -> why (no data)
 
     def add(self, model: str, role: str, pillar: str, prompt: int, completion: int) -> None:
         c = self.cells[(model, role, pillar)]
@@ -49,6 +51,8 @@ def build_plan(cfg: Config, spec: RunSpec, out: Path | None) -> Plan:
     factory = item_factory(spec)
     subs = subtasks(spec)
     plan.requery = requery_limits(subs, spec.options)
+    plan.prompts = {s.key: s.prompts for s in subs}
+    plan.skipped = dict(spec.skipped)
     by_source = rubrics_by_source(subs)
     for name in spec.models:
         adapter, _ = make_adapter(name, cfg.models[name], Path("."), with_secrets=False)
@@ -111,10 +115,25 @@ def render_plan(cfg: Config, plan: Plan) -> list[str]:
                      + (f"rate limits allow it in {best:.1f} min ({best * 60:.0f} s) at best" if best is not None else "no rate limit configured"))
     for key, n in sorted(plan.requery.items()):
         lines.append(f"{key}: an unparseable answer is re-queried up to {n} more times (not in the counts above)")
+    lines += _protocol_lines(plan)
     lines.append(f"total: estimated cost ${total_cost:.4f}" + (f" (no [prices] for {', '.join(sorted(unpriced))})" if unpriced else ""))
     if slowest:
         lines.append(f"the slowest lane needs {slowest:.1f} min at best; lanes run concurrently, so that bounds the run")
     models = list(dict.fromkeys([*plan.done, *(m for m, _, _ in plan.cells)]))
     working = {m for (m, _, _), c in plan.cells.items() if c.requests}
     lines += render_placement(cfg, models, {m for m in models if m not in working})
+    return lines
+
+
+def _protocol_lines(plan: Plan) -> list[str]:
+    """Which subtasks send the authors' prompt templates, which the engine's own wording, and
+    which are skipped for missing data."""
+    lines = []
+    official = [k for k, p in plan.prompts.items() if p == "official"]
+    own = [k for k, p in plan.prompts.items() if p != "official"]
+    if official:
+        lines.append(f"prompts official (the authors' templates): {', '.join(official)}")
+    if own:
+        lines.append(f"prompts own (engine wording, not comparable to the paper): {', '.join(own)}")
+    lines += [f"skipped {key}: {why}" for key, why in plan.skipped.items()]
     return lines

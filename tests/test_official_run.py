@@ -68,3 +68,20 @@ def test_ethics_run_sends_the_authors_bytes(tmp_path: Path) -> None:
     assert doc["prompts"] == "official"
     m = doc["models"]["m"]
     assert m["breakdown"]["sc1"]["value"] == 4.0 and m["n"] == 2
+
+
+def test_plan_says_official_own_and_skipped(tmp_path: Path) -> None:
+    data = official_dir()
+    if not (data / PROMPTS_DIR / "manifest.json").is_file():
+        pytest.skip("no official prompts in the shared data")
+    cfg = write_config(tmp_path / "c.toml", {"m": {"adapter": "openai", "base_url": "http://127.0.0.1:9", "model": "x"}},
+                       run={"output": str(tmp_path / "run"), "limit": 1}, extra='\n[judge]\nmodels = ["m"]\n')
+    res = run_engine("plan", cfg, "--pillars", "reliability,privacy,ethics", "--data-dir", data)
+    assert res.rc == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert "prompts official (the authors' templates): privacy/awareness, privacy/leakage, ethics/ethical_reasoning" in lines
+    own = next(ln for ln in lines if ln.startswith("prompts own"))
+    assert "reliability/knowledge" in own and "ethics" not in own
+    assert any(ln.startswith("skipped reliability/diagnosis: ") for ln in lines)
+    built_in = run_engine("plan", cfg, "--pillars", "ethics")
+    assert "prompts own (engine wording, not comparable to the paper): ethics/ethical_reasoning" in built_in.stdout.splitlines()

@@ -34,7 +34,7 @@ def test_plan_matches_the_requests_a_run_makes(tmp_path: Path, fake_server) -> N
     for r in targets:
         if r["sample"] == 0:  # extra samples are protocol re-queries of unparseable ratings
             made[("fake", "target", r["pillar"])] = made.get(("fake", "target", r["pillar"]), 0) + 1
-    assert any(r["sample"] > 0 for r in targets) and "re-queried up to 3" in res.stdout
+    assert any(r["sample"] > 0 for r in targets) and "re-queried up to 10" in res.stdout
     for j in read_jsonl(out / "judgments" / "fake.jsonl"):
         if j.get("try", 0) == 0:  # the plan cannot know which judge outputs will need the retry
             made[("fake", "judge", j["pillar"])] = made.get(("fake", "judge", j["pillar"]), 0) + 1
