@@ -29,11 +29,6 @@ ADAPTER_NAMES = frozenset({"openai", "anthropic", "gemini", "vllm", "vllm-offlin
                            "replay", "mock"})
 PROBE_TARGET_WORDS = ("adapter", "adp", "client")
 
-# Departures that main still has while issue 14 lands, by module (lines drift); a new one fails.
-# Each entry goes when the helper that owns the module lands; the lists end empty.
-PENDING_LAYER: frozenset[tuple[str, str]] = frozenset()
-PENDING_NAME_STRINGS: frozenset[str] = frozenset()
-PENDING_PROBES: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -189,8 +184,7 @@ def name_strings_and_probes(known: dict[str, Path]) -> tuple[list[str], list[str
 
 
 def test_layers_import_only_downward() -> None:
-    imports = [imp for imp in all_imports() if (imp.importer, imp.target) not in PENDING_LAYER]
-    assert layer_violations(imports) == []
+    assert layer_violations(all_imports()) == []
 
 
 def test_no_import_cycles_function_level_imports_included() -> None:
@@ -199,12 +193,12 @@ def test_no_import_cycles_function_level_imports_included() -> None:
 
 def test_no_adapter_names_in_the_orchestrator() -> None:
     names, _ = name_strings_and_probes(modules())
-    assert [n for n in names if n.split(":")[0] not in PENDING_NAME_STRINGS] == []
+    assert names == []
 
 
 def test_no_capability_probes_on_adapters() -> None:
     _, probes = name_strings_and_probes(modules())
-    assert [p for p in probes if p.split(":")[0] not in PENDING_PROBES] == []
+    assert probes == []
 
 
 def test_benchmarks_do_not_import_tests() -> None:

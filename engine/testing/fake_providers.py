@@ -492,6 +492,13 @@ class GeminiFake(ProviderFake):
                 break
         in_tok = sum(_tokens(p["text"]) for c in body["contents"] for p in c["parts"])
         self._charge(in_tok)
+        failed = self._mode_error(mode, model, key)
+        if failed is not None:
+            return failed
+        return self._answer(body, mode, model, prompt, in_tok)
+
+    def _mode_error(self, mode: str, model: str, key: str) -> web.Response | None:
+        """The scripted error or fixed document that `mode` answers with, or None for a reply."""
         if mode == "429":
             # The live API names the wait only in the body (google.rpc.RetryInfo), never in a header.
             return _gemini_error(429, "You exceeded your current quota, please check your plan and billing details. "
@@ -515,6 +522,10 @@ class GeminiFake(ProviderFake):
             return _json(GEMINI_DOC_RESPONSE)
         if mode == "malformed_shape":
             return _json({"candidates": [{"content": {"parts": [{"text": 5}]}}]})
+        return None
+
+    def _answer(self, body: dict[str, object], mode: str, model: str, prompt: str, in_tok: int) -> web.Response:
+        """A GenerateContentResponse for `prompt`, shaped by `mode` (blocked, safety, max_tokens, ...)."""
         model_version = self.served_model or model
         usage: dict[str, int] = {"promptTokenCount": in_tok}
         prompt_only = {**usage, "totalTokenCount": in_tok}  # usage of a reply without candidates
@@ -530,9 +541,10 @@ class GeminiFake(ProviderFake):
                 "usageMetadata": prompt_only, "modelVersion": model_version})
         text = reply_text(self.provider, prompt)
         finish = "STOP"
-        gen = body.get("generationConfig") or {}
+        gen = body.get("generationConfig")
         if mode == "max_tokens":
-            text, finish = text[: max(1, gen.get("maxOutputTokens", 1))], "MAX_TOKENS"
+            limit = gen.get("maxOutputTokens", 1) if isinstance(gen, dict) else 1
+            text, finish = text[: max(1, limit)], "MAX_TOKENS"
         parts: list[dict[str, object]] = [{"text": text}]
         usage["candidatesTokenCount"] = _tokens(text)
         if mode == "thinking":

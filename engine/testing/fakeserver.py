@@ -65,7 +65,7 @@ import urllib.request
 from array import array
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import msgspec
 import orjson
@@ -280,6 +280,11 @@ def _schema_instance(schema: object, text: str, root: object, depth: int = 0) ->
                         merged.setdefault(k, v)
         return _schema_instance(merged, text, root, depth + 1)
 
+    return _typed_instance(schema, text, root, depth)
+
+
+def _typed_instance(schema: dict[str, object], text: str, root: object, depth: int) -> object:
+    """The instance of a schema without combinators, by its `type` (inferred when absent)."""
     typ = schema.get("type")
     if isinstance(typ, list):
         non_null = [t for t in typ if t != "null"]
@@ -301,23 +306,7 @@ def _schema_instance(schema: object, text: str, root: object, depth: int = 0) ->
             out.append(_schema_instance(items, text, root, depth + 1))
         return out
     if typ in ("integer", "number"):
-        lo = schema.get("minimum")
-        xlo = schema.get("exclusiveMinimum")
-        hi = schema.get("maximum")
-        xhi = schema.get("exclusiveMaximum")
-        if isinstance(lo, (int, float)) and not isinstance(lo, bool):
-            num: float = lo
-        elif isinstance(xlo, (int, float)) and not isinstance(xlo, bool):
-            num = math.floor(xlo) + 1
-        elif isinstance(hi, (int, float)) and not isinstance(hi, bool) and hi < 0:
-            num = hi
-        elif isinstance(xhi, (int, float)) and not isinstance(xhi, bool) and xhi <= 0:
-            num = math.ceil(xhi) - 1
-        else:
-            num = 0
-        if typ == "integer":
-            return int(math.ceil(num))
-        return num
+        return _number_instance(schema, integer=typ == "integer")
     if typ == "boolean":
         return False
     if typ == "null":
@@ -333,6 +322,25 @@ def _schema_instance(schema: object, text: str, root: object, depth: int = 0) ->
     if isinstance(lo_len, int) and len(s) < lo_len:
         s = s + "x" * (lo_len - len(s))
     return s
+
+
+def _number_instance(schema: dict[str, object], *, integer: bool) -> float:
+    """The smallest number the bounds allow near 0 (an int when `integer`)."""
+    lo = schema.get("minimum")
+    xlo = schema.get("exclusiveMinimum")
+    hi = schema.get("maximum")
+    xhi = schema.get("exclusiveMaximum")
+    if isinstance(lo, (int, float)) and not isinstance(lo, bool):
+        num: float = lo
+    elif isinstance(xlo, (int, float)) and not isinstance(xlo, bool):
+        num = math.floor(xlo) + 1
+    elif isinstance(hi, (int, float)) and not isinstance(hi, bool) and hi < 0:
+        num = hi
+    elif isinstance(xhi, (int, float)) and not isinstance(xhi, bool) and xhi <= 0:
+        num = math.ceil(xhi) - 1
+    else:
+        num = 0
+    return int(math.ceil(num)) if integer else num
 
 
 def _target_tokens(body: Mapping[str, object], mode: int | str | None) -> int:
@@ -480,6 +488,14 @@ def _abort(request: web.BaseRequest) -> None:
         except (OSError, AttributeError):
             pass
     transport.abort()
+
+
+class _Arrival(NamedTuple):
+    """When a request arrived, from which key fingerprint, with which body hash (for the log)."""
+
+    t: float
+    kfp: int
+    bh: int
 
 
 class _Window:
@@ -692,47 +708,11 @@ class FakeServer:
 
         prompt_tokens = count_prompt_tokens(body)
         if cfg.rpm is not None or cfg.tpm is not None:
-            verdict = self._admit(cfg, kfp, t, prompt_tokens + _max_tokens(body))
-            if verdict is not None:
-                wait, kind = verdict
-                self.n_429_limiter += 1
-                self._record(t, kfp, bh, 429)
-                if math.isinf(wait):
-                    # Like OpenAI's "Request too large": retrying cannot help.
-                    # OpenAI's wording (type "tokens", code "rate_limit_exceeded"), e.g. "Request too
-                    # large for gpt-4o in organization org-... on tokens per min (TPM): Limit 30000,
-                    # Requested 30601. The input or output tokens must be reduced in order to run
-                    # successfully. Visit https://platform.openai.com/account/rate-limits to learn more."
-                    unit, limit = ("tokens per min (TPM)", cfg.tpm) if kind == "tokens" else ("requests per min (RPM)", cfg.rpm)
-                    return _error(
-                        429,
-                        f"Request too large for {body.get('model')} in organization org-fake on {unit}: "
-                        f"Limit {limit}, Requested {prompt_tokens + _max_tokens(body)}. The input or output tokens "
-                        "must be reduced in order to run successfully. Visit "
-                        "https://platform.openai.com/account/rate-limits to learn more.",
-                        kind,
-                        "rate_limit_exceeded",
-                        headers={"Retry-After": "60", "retry-after-ms": "60000"},
-                    )
-                wait_ms = max(1, math.ceil(wait * 1000.0))
-                return _error(
-                    429,
-                    f"Rate limit reached on {kind} per min. Please try again in {wait_ms}ms.",
-                    kind,
-                    "rate_limit_exceeded",
-                    headers={"Retry-After": _fmt_seconds(wait_ms / 1000.0), "retry-after-ms": str(wait_ms)},
-                )
+            rejected = self._limit_rejection(cfg, kfp, bh, t, body, prompt_tokens)
+            if rejected is not None:
+                return rejected
 
-        # One draw per admitted request: the fault sequence depends only on
-        # the seed and arrival order.
-        u = self._rng.random()
-        fault = 0
-        for i, p in enumerate((cfg.p_reset, cfg.p_hang, cfg.p_429, cfg.p_5xx, cfg.p_malformed), 1):
-            if u < p:
-                fault = i
-                break
-            u -= p
-
+        fault = self._draw_fault(cfg)
         if fault == 2:  # hang: record now, the request never completes
             self._record(t, kfp, bh, _HANG)
             release = self._release
@@ -773,14 +753,68 @@ class FakeServer:
                 None,
             )
 
-        if cfg.fail_first_n:
-            mh = _body_hash_int(body["messages"])
-            seen = self._fail_counts.get(mh, 0)
-            if seen < cfg.fail_first_n:
-                self._fail_counts[mh] = seen + 1
-                self._record(t, kfp, bh, 503)
-                return _error(503, "The engine is currently overloaded, please try again later.", "server_error", None)
+        if cfg.fail_first_n and self._fails_first(cfg, body["messages"]):
+            self._record(t, kfp, bh, 503)
+            return _error(503, "The engine is currently overloaded, please try again later.", "server_error", None)
+        return await self._reply(request, body, cfg, _Arrival(t, kfp, bh), prompt_tokens, malformed=fault == 5)
 
+    def _fails_first(self, cfg: FakeConfig, messages: object) -> bool:
+        """True for the first fail_first_n requests with these messages (each is counted)."""
+        mh = _body_hash_int(messages)
+        seen = self._fail_counts.get(mh, 0)
+        if seen >= cfg.fail_first_n:
+            return False
+        self._fail_counts[mh] = seen + 1
+        return True
+
+    def _draw_fault(self, cfg: FakeConfig) -> int:
+        """One draw per admitted request (the fault sequence depends only on the seed and arrival
+        order): 0 none, 1 reset, 2 hang, 3 429, 4 5xx, 5 malformed."""
+        u = self._rng.random()
+        for i, p in enumerate((cfg.p_reset, cfg.p_hang, cfg.p_429, cfg.p_5xx, cfg.p_malformed), 1):
+            if u < p:
+                return i
+            u -= p
+        return 0
+
+    def _limit_rejection(self, cfg: FakeConfig, kfp: int, bh: int, t: float, body: Mapping[str, object],
+                         prompt_tokens: int) -> web.Response | None:
+        """The limiter's 429 for a request over the key's rpm/tpm, or None when it is admitted."""
+        verdict = self._admit(cfg, kfp, t, prompt_tokens + _max_tokens(body))
+        if verdict is None:
+            return None
+        wait, kind = verdict
+        self.n_429_limiter += 1
+        self._record(t, kfp, bh, 429)
+        if math.isinf(wait):
+            # Like OpenAI's "Request too large": retrying cannot help.
+            # OpenAI's wording (type "tokens", code "rate_limit_exceeded"), e.g. "Request too
+            # large for gpt-4o in organization org-... on tokens per min (TPM): Limit 30000,
+            # Requested 30601. The input or output tokens must be reduced in order to run
+            # successfully. Visit https://platform.openai.com/account/rate-limits to learn more."
+            unit, limit = ("tokens per min (TPM)", cfg.tpm) if kind == "tokens" else ("requests per min (RPM)", cfg.rpm)
+            return _error(
+                429,
+                f"Request too large for {body.get('model')} in organization org-fake on {unit}: "
+                f"Limit {limit}, Requested {prompt_tokens + _max_tokens(body)}. The input or output tokens "
+                "must be reduced in order to run successfully. Visit "
+                "https://platform.openai.com/account/rate-limits to learn more.",
+                kind,
+                "rate_limit_exceeded",
+                headers={"Retry-After": "60", "retry-after-ms": "60000"},
+            )
+        wait_ms = max(1, math.ceil(wait * 1000.0))
+        return _error(
+            429,
+            f"Rate limit reached on {kind} per min. Please try again in {wait_ms}ms.",
+            kind,
+            "rate_limit_exceeded",
+            headers={"Retry-After": _fmt_seconds(wait_ms / 1000.0), "retry-after-ms": str(wait_ms)},
+        )
+
+    async def _reply(self, request: web.Request, body: dict[str, object], cfg: FakeConfig, arrival: _Arrival,
+                     prompt_tokens: int, *, malformed: bool) -> web.StreamResponse:
+        """The answer to an admitted, unfaulted request (or its malformed variant)."""
         text = expected_text(body, cfg)
         completion_tokens = -(-len(text) // 4)
         self._next_id += 1
@@ -791,8 +825,8 @@ class FakeServer:
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         }
-
-        if fault == 5:
+        t, kfp, bh = arrival
+        if malformed:
             return await self._malformed(request, t, kfp, bh, cfg, rid, created, usage)
 
         self._record(t, kfp, bh, 200)
@@ -1138,6 +1172,8 @@ class FakeServerProcess:
     def _close_files(self) -> None:
         if self.proc is not None and self.proc.stdout is not None and not self.proc.stdout.closed:
             self.proc.stdout.close()
+        if self._stderr is not None:
+            self._stderr.close()
 
     def __enter__(self) -> FakeServerProcess:
         if self.proc is None:
