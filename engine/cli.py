@@ -175,19 +175,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    import asyncio
+def _event_loop(coro: Coroutine[object, object, T]) -> T:
+    """The one event loop of a command: uvloop's where it is installed (Linux, macOS), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a core dependency on Linux/macOS
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
+
+def cmd_run(args: argparse.Namespace) -> int:
     from engine.run import runner
 
     cfg, spec, source = _spec(args)
     items = spec.items
     progress = args.progress if args.progress is not None else (
         cfg.run.progress if cfg.run.progress is not None else sys.stderr.isatty())
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a core dependency on Linux/macOS
-        uvloop = None  # type: ignore[assignment]  # the module or None: asyncio.run then
     if args.budget is not None and args.budget < 0:
         raise EngineError("--budget must be >= 0 (US dollars)")
     shard = None
@@ -201,8 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = runner.RunOptions(fresh=args.fresh, retry_errors=args.retry_errors, progress=progress,
                              config_source=source, budget_usd=args.budget, shard=shard, backend=args.backend,
                              ray_address=ray_address)
-    coro = runner.run(cfg, spec, opts, log=_log)
-    code = uvloop.run(coro) if uvloop is not None else asyncio.run(coro)
+    code = _event_loop(runner.run(cfg, spec, opts, log=_log))
     out = Path(spec.output)
     if shard is not None:
         _log(f"shard {shard}: when all {shard.count} shards have finished, run `python -m engine merge {out}`")
@@ -244,8 +246,6 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    import asyncio
-
     import msgspec
 
     from engine.run import runner
@@ -259,7 +259,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
         cfg = msgspec.structs.replace(cfg, judge=msgspec.structs.replace(cfg.judge, models=(args.judge,), rubrics={}))
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     opts = runner.RunOptions(progress=progress, config_source=doc.config_source, judge_only=True)
-    code = asyncio.run(runner.run(cfg, doc.spec, opts, log=_log))
+    code = _event_loop(runner.run(cfg, doc.spec, opts, log=_log))
     if code in (0, 1):
         _finish_scores(out)
     return code
