@@ -157,7 +157,7 @@ def _spec(args: argparse.Namespace) -> tuple[Any, Any, str]:
             if not subtasks:
                 raise EngineError(f"--data-dir {data_dir}: none of the selected subtasks has its data there; "
                                   "run `python -m engine data fetch` or drop --data-dir for the built-in items")
-    check_all(cfg.pillars)
+    check_all(cfg.pillars, cfg.judge.rubrics)
     spec = RunSpec(output=args.output or cfg.run.output, models=models, items=items, data_dir=data_dir,
                    subtasks=subtasks, limit=limit, samples=cfg.run.samples, options=cfg.pillars,
                    skipped=skipped)

@@ -3,7 +3,8 @@
 Engine-level keys apply to every subtask: `unparseable` ("exclude", the default: counted, shown and
 left out of the metric; or "zero": scored as a wrong answer / lowest value, which reproduces
 upstream rules such as PROTOCOL.md §3.7), `tie_break` (e.g. "judge_mean": equal metric values are
-ranked by the subtask's judge mean, as the paper did for ethics), and generation overrides
+ranked by the subtask's judge mean; a subtask may declare its own default, ethics does, which
+reproduces the paper's order; with no judge, ties stay ties), and generation overrides
 (`max_tokens`, `temperature`, `top_p`), `limit` (base items of this subtask, overriding
 run.limit), `requery` (how many extra samples an unparseable answer gets, for subtasks whose
 protocol re-asks: privacy/awareness defaults to 10, its authors asked until the answer parsed) and
@@ -19,8 +20,9 @@ With a data dir, a subtask that has the authors' templates there is rebuilt with
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -97,6 +99,10 @@ def _resolve(key: str, frozen: Frozen, data_dir: str | None = None) -> tuple[Sub
         sub = dataclasses.replace(sub, params=msgspec.structs.replace(sub.params, **gen))
     if eng.strip:
         sub = dataclasses.replace(sub, score=_stripping(sub.score))
+    # A subtask's own tie rule (ethics: the judge mean, the paper's order) unless the section sets one.
+    own_tb = sub.extra.get("tie_break_value")
+    if "tie_break" not in eng_raw and isinstance(own_tb, str):
+        eng = msgspec.structs.replace(eng, tie_break=own_tb)
     return sub, eng
 
 
@@ -114,13 +120,15 @@ def _made(key: str, base: Subtask, rest: dict[str, object]) -> Subtask:
     make = base.make
     if make is None:
         raise ConfigError(f'[pillars."{key}"]: this subtask takes no options of its own '
-                          f"(unknown: {', '.join(sorted(rest))}; engine keys: {', '.join(sorted(ENGINE_KEYS))})")
+                          f"(unknown: {', '.join(sorted(rest))}{_did_you_mean(sorted(rest), ENGINE_KEYS)}; "
+                          f"engine keys: {', '.join(sorted(ENGINE_KEYS))})")
     params = inspect.signature(make).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     allowed = sorted(n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD)
     unknown = sorted(k for k in rest if k not in params) if not takes_any else []
     if unknown:
-        raise ConfigError(f'[pillars."{key}"]: unknown option(s) {", ".join(unknown)} '
+        raise ConfigError(f'[pillars."{key}"]: unknown option(s) {", ".join(unknown)}'
+                          f"{_did_you_mean(unknown, [*allowed, *ENGINE_KEYS])} "
                           f"(allowed: {', '.join(allowed + sorted(ENGINE_KEYS))})")
     try:
         return make(**rest)
@@ -128,10 +136,27 @@ def _made(key: str, base: Subtask, rest: dict[str, object]) -> Subtask:
         raise ConfigError(f'[pillars."{key}"]: {exc}') from None
 
 
-def check_all(pillars_options: Mapping[str, Mapping[str, object]]) -> None:
-    """Validates every [pillars.*] section up front (config errors before any work)."""
+def _did_you_mean(unknown: list[str], known: Iterable[str]) -> str:
+    """ "; did you mean X?" for the first unknown name that is close to a known one, else ""."""
+    for name in unknown:
+        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+        if close:
+            return f"; did you mean {close[0]!r}?"
+    return ""
+
+
+def check_all(pillars_options: Mapping[str, Mapping[str, object]],
+              rubrics: Iterable[str] = ()) -> None:
+    """Validates every [pillars.*] section and the [judge] rubrics names up front (config errors
+    before any work); a misspelt name says which known one it resembles."""
     valid = {s.key for s in registry.all_subtasks()}
     for key, opts in pillars_options.items():
         if key not in valid:
-            raise ConfigError(f'[pillars."{key}"]: no such subtask (valid: {", ".join(sorted(valid))})')
+            raise ConfigError(f'[pillars."{key}"]: no such subtask{_did_you_mean([key], valid)} '
+                              f'(valid: {", ".join(sorted(valid))})')
         resolve(key, opts)
+    known = {s.rubric.name for s in registry.all_subtasks() if s.rubric is not None}
+    for name in rubrics:
+        if name not in known:
+            raise ConfigError(f"[judge] rubrics.{name}: no such rubric{_did_you_mean([name], known)} "
+                              f"(known: {', '.join(sorted(known))})")

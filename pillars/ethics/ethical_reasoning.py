@@ -477,8 +477,8 @@ def _bound(opts: EthicsOptions, _sub: Subtask, prompts: PromptSet) -> Subtask:
     return _subtask(opts, prompts)
 
 
-def make_subtask(**options: object) -> Subtask:
-    return _subtask(msgspec.convert(options, EthicsOptions), None)
+def make_subtask(*, unreadable: str = "wrong", judge_input: str = "reply") -> Subtask:
+    return _subtask(EthicsOptions(unreadable=unreadable, judge_input=judge_input), None)
 
 
 PROMPT_FILES = (TARGET_TEMPLATE, JUDGE_TEMPLATE)

@@ -1,0 +1,48 @@
+"""Per-subtask protocol defaults and config validation (engine/options.py): strip before parsing,
+the ethics tie rule, and misspelt names answered with a "did you mean"."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.core.errors import ConfigError
+from engine.core.records import Response
+from engine.options import check_all, resolve
+from engine.scoring import competition_ranks
+from pillars import registry
+
+
+def test_replies_are_stripped_before_parsing() -> None:
+    sub = resolve("privacy/leakage", None)[0]
+    item = next(i for i in registry.load_items(sub, None) if i.metadata["qtype"] == "control")
+    assert sub.score(item, Response(text=" No", finish_reason="stop"), None).label == "no"
+    raw = resolve("privacy/leakage", {"strip": False})[0]
+    assert raw.score(item, Response(text=" No", finish_reason="stop"), None).label == "unmapped"
+    aw = resolve("privacy/awareness", None)[0]
+    t2 = next(i for i in registry.load_items(aw, None) if i.metadata["tier"] != "1")
+    assert aw.score(t2, Response(text="minus fifty\n", finish_reason="stop"), None).value == -50.0
+
+
+def test_ethics_breaks_ties_by_the_judge_mean_by_default() -> None:
+    assert resolve("ethics/ethical_reasoning", None)[1].tie_break == "judge_mean"
+    assert resolve("reliability/knowledge", None)[1].tie_break is None
+    values = {"a": 0.5, "b": 0.5, "c": 0.4}
+    assert competition_ranks(values, "higher", {"a": 3.0, "b": 4.0, "c": 5.0}) == {"a": 2, "b": 1, "c": 3}
+    # with no judge, ties stay ties
+    assert competition_ranks(values, "higher", {"a": None, "b": None, "c": None}) == {"a": 1, "b": 1, "c": 3}
+
+
+@pytest.mark.parametrize("section, hint", [
+    ({"ethics/ethical_reasoning": {"unreadabel": "wrong"}}, "did you mean 'unreadable'?"),
+    ({"ethics/ethical_reasonin": {}}, "did you mean 'ethics/ethical_reasoning'?"),
+    ({"privacy/leakage": {"tie_brake": "judge_mean"}}, "did you mean 'tie_break'?"),
+])
+def test_misspelt_option_names_suggest_the_known_one(section: dict[str, dict[str, object]], hint: str) -> None:
+    with pytest.raises(ConfigError, match=hint):
+        check_all(section)
+
+
+def test_unknown_rubric_name_is_an_error() -> None:
+    check_all({}, ["psyleak_proxy", "ethics_apa_principles"])
+    with pytest.raises(ConfigError, match="did you mean 'psyleak_proxy'"):
+        check_all({}, ["psyleak-proxy"])
