@@ -11,7 +11,7 @@ import pytest
 from pillars import registry
 from tests.conftest import run_engine
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def test_default_job_completes_every_subtask(tmp_path: Path) -> None:

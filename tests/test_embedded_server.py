@@ -225,6 +225,7 @@ def test_server_dies_with_its_parent(tmp_path):
             time.sleep(0.05)
         assert not pid_alive(pid), "embedded server survived its parent's SIGKILL"
     finally:
+        parent.stdout.close()
         if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
 

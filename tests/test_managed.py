@@ -240,6 +240,7 @@ def test_parent_sigkill_kills_child(tmp_path):
         # ...and so did the helper the server forked (PDEATHSIG alone would not reach it).
         assert wait_gone(helper_pid(tmp_path / "child.log"), 5.0), "the server's helper survived"
     finally:
+        parent.stdout.close()
         if pid_alive(child):
             os.kill(child, signal.SIGKILL)
 
@@ -252,6 +253,7 @@ def test_parent_exit_without_stop_kills_child_via_atexit(tmp_path):
         assert wait_gone(child, 5.0), "managed child survived its parent's exit"
         assert wait_gone(helper_pid(tmp_path / "child.log"), 5.0)
     finally:
+        parent.stdout.close()
         if pid_alive(child):
             os.kill(child, signal.SIGKILL)
 

@@ -54,6 +54,7 @@ class _LineCounter:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_rss_flat_from_20k_to_200k_items(tmp_path: Path, engine_procs) -> None:
     with FakeServerProcess({"log": False}) as srv:
         items = _write_many(tmp_path / "items.jsonl", N_BIG)

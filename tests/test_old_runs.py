@@ -8,7 +8,11 @@ update the expected files here, saying so in its commit.
 
 from __future__ import annotations
 
+import fcntl
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -26,6 +30,15 @@ RUNS = {
     "sharded": ["--models", "alpha,beta", "--pillars", "crisis,safety", "--limit", "1", "--no-progress"],
 }
 RECORD_DIRS = ("responses", "errors", "judgments")
+
+
+@contextmanager
+def ports_held() -> Iterator[None]:
+    """The fixed ports for this process alone: a machine-wide flock, so that parallel workers and
+    other checkouts running this test on the same machine take turns instead of meeting on a port."""
+    with open(Path(tempfile.gettempdir()) / "trustmh-old-runs-ports.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def copy_run(tmp_path: Path, name: str) -> Path:
@@ -64,22 +77,26 @@ def test_score_and_report_unchanged(tmp_path: Path, name: str) -> None:
     assert report_lines((out / "report.md").read_text(), out) == expected.splitlines()
 
 
-@pytest.mark.parametrize("name", list(RUNS))
-def test_resume_sends_nothing_and_writes_no_record(tmp_path: Path, name: str) -> None:
-    out = copy_run(tmp_path, name)
-    before = {k: v for k, v in files(out).items() if k.split("/")[0] in RECORD_DIRS or k.startswith("shards/")}
+def test_resume_sends_nothing_and_writes_no_record(tmp_path: Path) -> None:
+    outs = {name: copy_run(tmp_path, name) for name in RUNS}
+    before = {name: {k: v for k, v in files(out).items() if k.split("/")[0] in RECORD_DIRS or k.startswith("shards/")}
+              for name, out in outs.items()}
     servers = []
-    try:
-        for port in PORTS:
-            servers.append(FixedPortServer(port).start())
-        res = run_engine("run", FIXTURE / "config.toml", "--output", out, *RUNS[name], timeout=120)
-        requests = [s.stats()["requests"] for s in servers]
-    finally:
-        for s in servers:
-            s.stop()
-    assert res.rc == 0, res.stderr
+    with ports_held():
+        try:
+            for port in PORTS:
+                servers.append(FixedPortServer(port).start())
+            results = {name: run_engine("run", FIXTURE / "config.toml", "--output", out, *RUNS[name], timeout=120)
+                       for name, out in outs.items()}
+            requests = [s.stats()["requests"] for s in servers]
+        finally:
+            for s in servers:
+                s.stop()
     assert requests == [0, 0]
-    after = files(out)
-    assert {k: v for k, v in after.items() if k in before} == before
-    assert sorted(set(after) - set(files(FIXTURE / name))) == ["report.html"]
-    assert orjson.loads((out / "scores.json").read_bytes()) == orjson.loads((FIXTURE / name / "scores.json").read_bytes())
+    for name, out in outs.items():
+        assert results[name].rc == 0, results[name].stderr
+        after = files(out)
+        assert {k: v for k, v in after.items() if k in before[name]} == before[name]
+        assert sorted(set(after) - set(files(FIXTURE / name))) == ["report.html"]
+        scores = orjson.loads((out / "scores.json").read_bytes())
+        assert scores == orjson.loads((FIXTURE / name / "scores.json").read_bytes())

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from engine.testing.fakeserver import FakeServerProcess, token_charge
 from tests.conftest import (
@@ -96,6 +97,7 @@ def _window_max(times: list[float], weights: list[float]) -> float:
     return best
 
 
+@pytest.mark.serial
 def test_rpm_limit_held_in_every_window_without_429(tmp_path: Path, fake_server: FakeServerProcess) -> None:
     rpm = 2400.0  # 40 per second
     fake_server.set_config(rpm=rpm, latency_ms=2)
@@ -117,6 +119,7 @@ def test_rpm_limit_held_in_every_window_without_429(tmp_path: Path, fake_server:
     check_complete(out, "fake", expected_texts(cfg, items, "fake"))
 
 
+@pytest.mark.serial
 def test_tpm_limit_held_in_every_window_without_429(tmp_path: Path, fake_server: FakeServerProcess) -> None:
     tpm = 120_000.0  # 2000 tokens per second
     max_tokens = 98

@@ -236,6 +236,7 @@ def test_overlapping_shards_reported_by_merge_and_verify(tmp_path: Path, fake_se
 # -- locks -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_a_shard_lock_does_not_block_another_shard(tmp_path: Path, fake_server: FakeServerProcess) -> None:
     fake_server.set_config(latency_ms=150)
     cfg = _config(tmp_path, fake_server, max_concurrency=1)
