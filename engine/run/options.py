@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -60,7 +61,7 @@ class Invocation:
     def log_dir(self) -> Path:
         return self.out / "logs" if self.shard is None else self.out / "logs" / self.shard.tag
 
-    @property
+    @cached_property
     def partition(self) -> Partition | None:
         return Partition.of(self.cfg, self.shard.count) if self.shard is not None else None
 
