@@ -238,7 +238,9 @@ def test_overlapping_shards_reported_by_merge_and_verify(tmp_path: Path, fake_se
 
 @pytest.mark.serial
 def test_a_shard_lock_does_not_block_another_shard(tmp_path: Path, fake_server: FakeServerProcess) -> None:
-    fake_server.set_config(latency_ms=150)
+    # Shard 1 must still run while three more engine processes start one after another: at 150 ms
+    # it finished first on a loaded 2-core machine (8 units a lane), and the unsharded run got in.
+    fake_server.set_config(latency_ms=600)
     cfg = _config(tmp_path, fake_server, max_concurrency=1)
     items = write_items(tmp_path / "items.jsonl", 24)
     args = ["run", cfg, "--models", "a,b", "--items", items, "--no-progress"]
