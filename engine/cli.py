@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from engine.core.errors import ConfigError, DataError, EngineError
+from engine.core.prompts import PROMPTS_DIR
 from engine.core.rundoc import RunSpec
 from engine.datasets.manifest import Manifest, file_status, load_manifest, resolve_dest, resolve_mirror, select_datasets
+from engine.datasets.prompts import load_manifest as load_prompts_manifest
+from engine.datasets.prompts import template_status
 
 T = TypeVar("T")
 
@@ -85,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     for x in (df, dl):
         x.add_argument("--to", metavar="DIR", help="data folder (default: [data] cache, else $TRUSTMH_CACHE/data, "
                        "else ~/.cache/trustmh-engine/data)")
-        x.add_argument("--only", metavar="DATASET,...", help="comma-separated dataset folders (default: all)")
+        x.add_argument("--only", metavar="DATASET,...", help="comma-separated dataset folders, or official-prompts (default: all)")
         x.add_argument("--config", help="run config TOML whose [data] mirror / cache to use")
         x.add_argument("--manifest", help="data manifest TOML (default: engine/data_manifest.toml)")
     df.add_argument("--mirror", metavar="URL", help="fetch <URL>/<dataset>/<path> instead of upstream: http(s)://, "
@@ -470,8 +473,15 @@ def _fmt_size(n: int) -> str:
 
 
 def _data_list(manifest: Manifest, dest: Path, only: tuple[str, ...] | None) -> int:
-    names = select_datasets(manifest, only, for_fetch=False)
+    rest = tuple(n for n in only or () if n.strip() != PROMPTS_DIR)
+    names = [] if only and not rest else select_datasets(manifest, rest or None, for_fetch=False)
     print(f"data dir: {dest.resolve()}" + ("" if dest.is_dir() else " (absent)"))
+    if not only or len(rest) < len(only):
+        pm = load_prompts_manifest()
+        n_ok = sum(1 for t in pm.template if template_status(dest / PROMPTS_DIR, t) == "ok")
+        print(f"\n{PROMPTS_DIR}: {len(pm.template)} prompt templates, {n_ok}/{len(pm.template)} verified"
+              f" - the authors' code archives {', '.join(pm.archives)} (extracted with ast; see "
+              "engine/prompts_manifest.toml)")
     for name in names:
         ds = manifest.datasets[name]
         if ds.unavailable:

@@ -4,6 +4,8 @@ zip written here in our own words; nothing in the archive is executed."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -102,3 +104,11 @@ def test_pins_are_checked(tmp_path: Path) -> None:
     extract({"own.zip": _archive(tmp_path)}, tmp_path / "data", _manifest())
     with pytest.raises(DataError, match="differs"):
         check_pins(tmp_path / "data" / "official-prompts", _manifest())
+
+
+def test_data_list_shows_the_prompt_templates(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "engine", "data", "list", "--to", str(tmp_path), "--only",
+                          "official-prompts"], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "official-prompts: 18 prompt templates, 0/18 verified" in out.stdout
