@@ -583,7 +583,7 @@ class Bench:
     # (e) ------------------------------------------------------------------------------------
     def case_e(self, n: int = 1_000_000) -> None:
         print(f"(e) resume scan of a {n:,}-record checkpoint", flush=True)
-        from engine.checkpoint import scan_responses
+        from engine.store.checkpoint import scan_responses
 
         items = self.items(n)
         cfg = write_config(self.work / "e.toml", self.url, 64)

@@ -6,7 +6,7 @@ same requests (fingerprints), then writes the normal layout (each file via temp 
 run.json and moves the shard files to `DIR/shards/<time>/`. A re-merge after a crash is
 idempotent: a shard line already present byte for byte in the merged file is skipped.
 
-Lines are copied as bytes (engine/store/lines.py), never decoded and re-encoded; run documents
+Lines are copied as bytes (engine/store/jsonl.py), never decoded and re-encoded; run documents
 are the typed ones (engine/core/rundoc.py), so lane statistics are summed field by field.
 """
 
@@ -22,7 +22,6 @@ from pathlib import Path
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from engine.checkpoint import key_int
 from engine.config import Config
 from engine.core.errors import EngineError, LockedError
 from engine.core.rundoc import (
@@ -39,7 +38,7 @@ from engine.core.rundoc import (
 )
 from engine.shards import Found, Partition, discover
 from engine.spec import merged_spec
-from engine.store.lines import describe, is_error, line_digest, line_key, whole_lines
+from engine.store.jsonl import describe, is_error, key_int, line_digest, line_key, whole_lines
 from engine.store.lock import OutputLock
 from engine.store.rundoc_io import read_doc, read_run_if_any, run_config, write_run
 

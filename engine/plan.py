@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapters.registry import make_adapter
-from engine.checkpoint import key_int, scan_responses
 from engine.config import Config
 from engine.core.rundoc import RunSpec
 from engine.costs import cost
@@ -22,6 +21,8 @@ from engine.requery import requery_limits
 from engine.run.judge import judge_params
 from engine.run.units import estimate_tokens, lane_units
 from engine.spec import item_factory, judges_for, rubrics_by_source, subtasks
+from engine.store.checkpoint import scan_responses
+from engine.store.jsonl import key_int
 
 
 @dataclass

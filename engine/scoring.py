@@ -13,7 +13,6 @@ from pathlib import Path
 
 import msgspec
 
-from engine.checkpoint import iter_records
 from engine.config import Config
 from engine.core.errors import EngineError
 from engine.core.records import Item, Record, judgment_decoder
@@ -24,6 +23,7 @@ from engine.items import limited
 from engine.options import EngineOptions, resolve
 from engine.requery import requery_limits, requery_samples
 from engine.spec import judges_for
+from engine.store.checkpoint import iter_records
 from engine.store.rundoc_io import load_run, write_scores
 from pillars import registry
 

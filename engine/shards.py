@@ -33,12 +33,12 @@ from typing import Protocol
 import msgspec
 
 from adapters import registry
-from engine.checkpoint import iter_records, key_int, scan_responses
 from engine.config import Config, ModelConfig
 from engine.core.errors import EngineError
 from engine.core.records import Record
 from engine.core.rundoc import PartitionDoc, RunDoc
-from engine.store.lines import is_error, line_key, whole_lines
+from engine.store.checkpoint import iter_records, scan_responses
+from engine.store.jsonl import is_error, key_int, line_key, whole_lines
 from engine.store.lock import OutputLock, ShardLock
 from engine.store.rundoc_io import read_doc, write_doc, write_run
 

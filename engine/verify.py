@@ -11,12 +11,12 @@ from pathlib import Path
 import msgspec
 
 from adapters.registry import make_adapter
-from engine.checkpoint import iter_records
 from engine.core.errors import EngineError
 from engine.merge import judgment_overlaps, shard_problems
 from engine.run.units import lane_units
 from engine.shards import discover
 from engine.spec import item_factory
+from engine.store.checkpoint import iter_records
 from engine.store.rundoc_io import RUN_JSON, read_run_if_any, run_config
 
 

@@ -1,4 +1,4 @@
-"""engine.checkpoint: torn tails, corrupt lines, the resume scan, the writer and the output lock."""
+"""engine/store: torn tails, corrupt lines, the resume scan, the writer and the output lock."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine.checkpoint import JsonlWriter, iter_records, key_int, repair_torn_tail, scan_responses
 from engine.core.errors import CheckpointError, LockedError
 from engine.core.records import ErrorInfo, Record, Response, record_encoder
+from engine.store.checkpoint import JsonlWriter, iter_records, repair_torn_tail, scan_responses
+from engine.store.jsonl import key_int
 from engine.store.lock import OutputLock
 from tests.conftest import (
     check_complete,
@@ -97,9 +98,9 @@ def test_scan_corrupt_middle_line_names_file_and_line(tmp_path: Path, bad: bytes
 
 
 def test_scan_line_numbers_across_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.checkpoint as ck
+    import engine.store.jsonl as jsonl
 
-    monkeypatch.setattr(ck, "_CHUNK", 1000)  # many small chunks
+    monkeypatch.setattr(jsonl, "CHUNK", 1000)  # many small chunks
     p = tmp_path / "r.jsonl"
     lines = [record_encoder.encode(rec(i)) for i in range(200)]
     lines[157] = b"oops"
@@ -283,7 +284,7 @@ def test_chunks_reassemble_the_file_at_any_block_size(tmp_path, monkeypatch) -> 
     yield exactly the file's lines, with the right line numbers."""
     import random
 
-    import engine.checkpoint as cp
+    import engine.store.jsonl as jsonl
 
     rnd = random.Random(1)
     for trial in range(200):
@@ -291,8 +292,8 @@ def test_chunks_reassemble_the_file_at_any_block_size(tmp_path, monkeypatch) -> 
         data = b"".join(line + b"\n" for line in lines) + (b"tail" if rnd.random() < 0.3 else b"")
         path = tmp_path / f"f{trial}.jsonl"
         path.write_bytes(data)
-        monkeypatch.setattr(cp, "_CHUNK", rnd.randint(1, 40))
-        parts = list(cp._chunks(path))
+        monkeypatch.setattr(jsonl, "CHUNK", rnd.randint(1, 40))
+        parts = list(jsonl.chunks(path))
         assert b"".join(c for _, c, _ in parts) == data
         expected_first = 1
         for first, chunk, n in parts:

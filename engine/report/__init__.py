@@ -18,7 +18,6 @@ from pathlib import Path
 
 import msgspec
 
-from engine.checkpoint import iter_records
 from engine.core.errors import EngineError
 from engine.core.records import Item, judgment_decoder
 from engine.core.rundoc import RunDoc, RunSpec, ScoresDoc
@@ -28,6 +27,7 @@ from engine.report.markdown import render_markdown
 from engine.report.view import Report, ReportInputs
 from engine.scoring import score_run
 from engine.spec import item_factory
+from engine.store.checkpoint import iter_records
 from engine.store.rundoc_io import read_run, read_scores
 
 __all__ = ["FORMATS", "Report", "ReportInputs", "build_report", "load_inputs", "render", "report_for", "write_reports"]

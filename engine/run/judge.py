@@ -17,7 +17,6 @@ from pathlib import Path
 
 import msgspec
 
-from engine.checkpoint import iter_records, key_int
 from engine.config import Config, ModelConfig
 from engine.core.adapter import ReplaysItems
 from engine.core.records import GenParams, Item, JudgmentRecord, Record, judgment_decoder
@@ -25,6 +24,8 @@ from engine.core.subtask import Rubric, Subtask
 from engine.run.lane import Lane
 from engine.run.units import JudgeTask, Unit, estimate_tokens, merge_params, model_params
 from engine.spec import judges_for, rubrics_by_source
+from engine.store.checkpoint import iter_records
+from engine.store.jsonl import key_int
 
 RETRY_PARAMS = {"temperature": 0.7, "seed": 1}
 

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
-from engine.checkpoint import key_int
 from engine.config import ModelConfig
 from engine.core.adapter import Adapter, LocalServer
 from engine.core.records import JudgmentRecord, Record, Response
@@ -23,6 +22,7 @@ from engine.items import ItemFactory
 from engine.run.attempt import Attempts, Sink
 from engine.run.taskgroup import task_group
 from engine.run.units import Outcome, Unit, lane_units
+from engine.store.jsonl import key_int
 
 OpenServer = Callable[[Adapter], AbstractAsyncContextManager[object]]
 Requery = Callable[[Unit, Response], "Unit | None"]

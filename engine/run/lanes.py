@@ -15,7 +15,6 @@ import msgspec
 from adapters.registry import Built, make_adapter
 from adapters.servers.gpus import GpuPool, check_fits, detect_gpus, placed
 from engine import shards as sharding
-from engine.checkpoint import JsonlWriter, scan_responses
 from engine.core.adapter import Adapter
 from engine.core.clock import LoopClock
 from engine.core.records import Item, Record
@@ -30,6 +29,7 @@ from engine.run.lane import Lane, LaneIO, LanePolicy, OpenServer
 from engine.run.options import Invocation
 from engine.run.ray import RayAttempts, RayContext
 from engine.spec import judge_plan, subtasks
+from engine.store.checkpoint import JsonlWriter, scan_responses
 
 
 @dataclass

@@ -1,2 +1,7 @@
-"""What a run directory holds on disk: the run documents (rundoc_io), the directory locks (lock)
-and the JSONL line framing that merge reads byte for byte (lines)."""
+"""What a run directory holds on disk, and the only code that touches it byte by byte:
+
+- jsonl.py       line framing of the record files (whole-line chunks, keys, digests);
+- checkpoint.py  the resume scan, torn-tail repair, record decoding and the one writer per file;
+- lock.py        the directory locks (a run or merge exclusive, shards shared);
+- rundoc_io.py   run.json, a shard's state file and scores.json as typed documents.
+"""

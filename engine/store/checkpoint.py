@@ -19,11 +19,10 @@ import msgspec
 
 from engine.core.errors import CheckpointError
 from engine.core.records import Record, record_decoder, record_encoder
-from engine.store.lines import ERROR_FIELD
+from engine.store.jsonl import ERROR_FIELD, chunks, key_int
 
 R = TypeVar("R")
 
-_CHUNK = 32 << 20
 # Records are encoded with `key` first, so a regex over whole chunks reads keys at C speed.
 _KEY_LINE = re.compile(rb'^\{"key":"([0-9a-f]{32})"(?:,"[^\n]*)?\}$', re.M)
 # The resume scan only reads each line's key prefix: scanning the rest of every line (hundreds of
@@ -42,12 +41,6 @@ def _chunk_keys(chunk: bytes) -> list[bytes]:
     if first is not None:
         keys.append(first.group(1))
     return keys
-
-
-def key_int(key: str) -> int:
-    """The in-memory form of a key: 64 bits are plenty to tell a run's keys apart and cost half
-    the memory of the hex string."""
-    return int(key[:16], 16)
 
 
 class ScanResult(msgspec.Struct, kw_only=True):
@@ -83,42 +76,6 @@ def repair_torn_tail(path: Path) -> int:
         return size - cut
 
 
-def _chunks(path: Path) -> Iterator[tuple[int, bytes, int]]:
-    """Yields (first line number, chunk of whole lines, number of lines in it).
-
-    Each block read is sliced once: the partial line carried over from the previous block is
-    completed and yielded on its own, so the big block is never concatenated (a 1M-record file is
-    hundreds of MB; every extra copy shows in the resume time)."""
-    line_no = 1
-    with open(path, "rb") as f:
-        rest = b""
-        while True:
-            block = f.read(_CHUNK)
-            if not block:
-                if rest:
-                    yield line_no, rest, rest.count(b"\n")
-                return
-            start = 0
-            if rest:
-                nl = block.find(b"\n")
-                if nl < 0:
-                    rest += block
-                    continue
-                yield line_no, rest + block[: nl + 1], 1
-                line_no += 1
-                start = nl + 1
-                rest = b""
-            cut = block.rfind(b"\n") + 1
-            if cut <= start:
-                rest = block[start:]
-                continue
-            chunk = block if (start == 0 and cut == len(block)) else block[start:cut]
-            rest = block[cut:]
-            n = chunk.count(b"\n")
-            yield line_no, chunk, n
-            line_no += n
-
-
 def _bad_line(path: Path, first: int, chunk: bytes) -> CheckpointError:
     """Names the first line of `chunk` that is not a record: not JSON, or JSON without the leading
     "key" every record starts with (a blank line counts too)."""
@@ -148,7 +105,7 @@ def scan_responses(path: Path, *, drop_errors: bool = False) -> ScanResult:
         return result
     result.torn_bytes = repair_torn_tail(path)
     keep: list[bytes] | None = [] if drop_errors else None
-    for first, chunk, lines in _chunks(path):
+    for first, chunk, lines in chunks(path):
         keys = _chunk_keys(chunk)
         # Every record line starts with its key and ends with "}": raw newlines only occur at line
         # ends (JSON escapes them inside strings), so counting "}\n" finds any cut-short line.
@@ -186,7 +143,7 @@ def iter_records(path: Path, decoder: msgspec.json.Decoder[Any] = record_decoder
     """Decodes every record of a JSONL checkpoint (verify, score and report read this way)."""
     if not path.exists():
         return
-    for first, chunk, _ in _chunks(path):
+    for first, chunk, _ in chunks(path):
         try:
             records = decoder.decode_lines(chunk)
         except msgspec.DecodeError as exc:
