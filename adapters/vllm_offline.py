@@ -110,12 +110,12 @@ def _sampling_params(vllm: ModuleType, body: Mapping[str, object]) -> object:
     schema = _json_schema(body)
     if schema is not None:
         try:
-            from vllm.sampling_params import GuidedDecodingParams  # vLLM <= 0.10
+            from vllm.sampling_params import GuidedDecodingParams  # lazy (optional dependency); vLLM <= 0.10
 
             kw["guided_decoding"] = GuidedDecodingParams(json=schema)
         except ImportError:
             try:
-                from vllm.sampling_params import StructuredOutputsParams  # newer vLLM
+                from vllm.sampling_params import StructuredOutputsParams  # lazy, as above; newer vLLM
 
                 kw["structured_outputs"] = StructuredOutputsParams(json=schema)
             except ImportError:
@@ -327,7 +327,7 @@ def _free_gpu_memory() -> None:
     """Best effort: vLLM keeps state in the process; the next offline lane needs the memory back."""
     gc.collect()
     with contextlib.suppress(Exception):
-        from vllm.distributed.parallel_state import (
+        from vllm.distributed.parallel_state import (  # lazy: optional dependency, loaded by now
             destroy_distributed_environment,
             destroy_model_parallel,
         )
@@ -335,7 +335,7 @@ def _free_gpu_memory() -> None:
         destroy_model_parallel()
         destroy_distributed_environment()
     with contextlib.suppress(Exception):
-        import torch
+        import torch  # lazy: optional dependency (vLLM's)
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -51,7 +51,7 @@ def http_threads_for(slots: int, requested: int = 0) -> int:
 
 
 def build_params(args: argparse.Namespace):  # -> xllamacpp.CommonParams
-    import xllamacpp
+    import xllamacpp  # lazy: the optional `local` extra, imported only in the server process
 
     p = xllamacpp.CommonParams()
     p.model.path = args.model
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM/SIGINT are only ever consumed by sigwait() below, in this thread.
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    import xllamacpp
+    import xllamacpp  # lazy: the optional `local` extra, imported only in the server process
 
     try:
         server = xllamacpp.Server(build_params(args))  # returns once listening

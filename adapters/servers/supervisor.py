@@ -30,7 +30,7 @@ def set_parent_death_signal(sig: int = signal.SIGTERM, expected_parent: int | No
     """
     if not sys.platform.startswith("linux"):
         return False
-    import ctypes
+    import ctypes  # only on Linux, where prctl exists
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
