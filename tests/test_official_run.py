@@ -68,6 +68,9 @@ def test_ethics_run_sends_the_authors_bytes(tmp_path: Path) -> None:
     assert doc["prompts"] == "official"
     m = doc["models"]["m"]
     assert m["breakdown"]["sc1"]["value"] == 4.0 and m["n"] == 2
+    assert run_engine("report", out).rc == 0
+    md = (out / "report.md").read_text()
+    assert "prompts: official (the authors' templates)" in md
 
 
 def test_plan_says_official_own_and_skipped(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import msgspec
 from msgspec import UnsetType
@@ -216,7 +217,8 @@ def subtask_details(scores: ScoresDoc, models: tuple[ModelInfo, ...]) -> tuple[S
                 per_model.append((info.name, d.breakdown))
         out.append(SubtaskDetail(key=key, headline=s.headline, direction=s.direction, version=s.version,
                                  judge=s.judge, metrics=tuple(metrics), breakdown=breakdown_tables(per_model),
-                                 unparseable=s.unparseable, tie_break=s.tie_break))
+                                 unparseable=s.unparseable, tie_break=s.tie_break,
+                                 prompts=s.prompts if isinstance(s.prompts, str) else None))
     return tuple(out)
 
 
@@ -261,11 +263,13 @@ def judge_counts(scores: ScoresDoc) -> tuple[JudgeCounts, ...]:
     return tuple(out)
 
 
-def subtask_for(key: str, options: Options) -> Subtask | None:
-    """The subtask as the run configured it ([pillars."<key>"] options from run.json's spec), or
+def subtask_for(key: str, options: Options, data_dir: str | None = None) -> Subtask | None:
+    """The subtask as the run configured it ([pillars."<key>"] options from run.json's spec, and the
+    official prompts its data dir holds, so an official rubric's judgments match its version), or
     None when this code base does not know the key."""
+    folder = Path(data_dir) if data_dir and Path(data_dir).is_dir() else None
     try:
-        return resolve(key, options.get(key))[0]
+        return resolve(key, options.get(key), folder)[0]
     except registry.UnknownSubtask:
         return None
     except ConfigError:  # options this code no longer takes: fall back to the defaults
@@ -273,11 +277,12 @@ def subtask_for(key: str, options: Options) -> Subtask | None:
     return registry.get(key)
 
 
-def _rubric_owners(spec_keys: Sequence[str], options: Options) -> dict[tuple[str, str], Subtask]:
+def _rubric_owners(spec_keys: Sequence[str], options: Options,
+                   data_dir: str | None = None) -> dict[tuple[str, str], Subtask]:
     """(generating subtask key, rubric name) -> the subtask that owns the rubric."""
     owners: dict[tuple[str, str], Subtask] = {}
     for key in spec_keys:
-        sub = subtask_for(key, options)
+        sub = subtask_for(key, options, data_dir)
         if sub is None:
             continue
         if sub.rubric is not None:
@@ -417,7 +422,7 @@ def _error_text(e: ErrorInfo | None) -> str | None:
 
 def drilldown(inputs: ReportInputs, spec_keys: Sequence[str], models: Sequence[str],
               ranked: Mapping[str, str | None], parsed: Parsed, per_subtask: int,
-              options: Options | None = None) -> tuple[Drill, ...]:
+              options: Options | None = None, data_dir: str | None = None) -> tuple[Drill, ...]:
     """For every subtask, up to `per_subtask` (item, sample) units, worst first: a failed or
     unparseable answer first, then the lowest (or, for lower-is-better values, highest) per-item
     score of any model; each with its prompt and every model's response and judge outputs.
@@ -433,7 +438,7 @@ def drilldown(inputs: ReportInputs, spec_keys: Sequence[str], models: Sequence[s
             judged.setdefault((j.response_key, j.rubric), []).append((jname, j))
     out = []
     for key in _subtask_order(spec_keys, ()):
-        sub = subtask_for(key, options or {})
+        sub = subtask_for(key, options or {}, data_dir)
         if sub is None:
             continue
         gen = sub.generates_from
@@ -501,7 +506,7 @@ def build_report(inputs: ReportInputs, *, per_subtask: int = 5) -> Report:
     table = rank_table(scores, spec_keys, models) if scores else None
     ranked = {k: s.judge for k, s in scores.subtasks.items()} if scores else {}
     options = spec.options
-    owners = _rubric_owners(list(dict.fromkeys([*spec_keys, *ranked])), options)
+    owners = _rubric_owners(list(dict.fromkeys([*spec_keys, *ranked])), options, spec.data_dir)
     parsed = parsed_judgments(inputs.judgments, owners)
     notes = list(inputs.notes)
     if scores is None:
@@ -522,5 +527,5 @@ def build_report(inputs: ReportInputs, *, per_subtask: int = 5) -> Report:
         keyword_agreement=keyword_agreement(scores) if scores else (),
         lanes=lanes(run), tokens=token_use(run, inputs.records, inputs.judgments),
         drilldown=drilldown(inputs, list(dict.fromkeys([*spec_keys, *ranked])), [m.name for m in models],
-                            ranked, parsed, per_subtask, options) if per_subtask > 0 else (),
+                            ranked, parsed, per_subtask, options, spec.data_dir) if per_subtask > 0 else (),
         notes=tuple(notes))

@@ -52,6 +52,15 @@ def fmt_policy(unparseable: str | None, tie_break: str | None) -> str:
     return "; ".join(parts)
 
 
+def fmt_prompts(prompts: str | None) -> str:
+    """Which prompts a subtask that has the authors' templates ran with ("" for the others)."""
+    if prompts == "official":
+        return "prompts: official (the authors' templates)"
+    if prompts == "own":
+        return "prompts: own (engine wording, not comparable to the paper)"
+    return ""
+
+
 def fmt_span(started: float | None, ended: float | None) -> str:
     """"started X, ended Y" with whatever is known."""
     parts = [f"started {fmt_time(started)}" if started else "", f"ended {fmt_time(ended)}" if ended else ""]

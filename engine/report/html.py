@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from engine.report.format import fmt_ci, fmt_cost, fmt_num, fmt_policy, fmt_span, rank_colour
+from engine.report.format import fmt_ci, fmt_cost, fmt_num, fmt_policy, fmt_prompts, fmt_span, rank_colour
 from engine.report.svg import PALETTE, pillar_heatmap, radar_svg
 from engine.report.view import BreakdownTable, Drill, DrillItem, RankCell, Report, SubtaskDetail
 
@@ -176,7 +176,7 @@ def subtask(d: SubtaskDetail) -> str:
             f'<p>headline <code>{_e(d.headline)}</code> '
             f'({"higher" if d.direction == "higher" else "lower"} is better), '
             f'version {_e(d.version or "?")}{", judge <code>" + _e(d.judge) + "</code>" if d.judge else ""}'
-            f'{"; " + _e(policy) if policy else ""}</p>'
+            f'{"; " + _e(policy) if policy else ""}{"; " + _e(fmt_prompts(d.prompts)) if d.prompts else ""}</p>'
             f'<table class="metrics"><thead><tr>{hrow}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
             + (f"<ul>{reasons}</ul>" if reasons else "")
             + (f"<details><summary>Breakdown ({len(d.breakdown)} table{'s' if len(d.breakdown) > 1 else ''})</summary>"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from engine.report.format import fmt_ci, fmt_cost, fmt_num, fmt_policy, fmt_span
+from engine.report.format import fmt_ci, fmt_cost, fmt_num, fmt_policy, fmt_prompts, fmt_span
 from engine.report.view import BreakdownTable, RankCell, Report, SubtaskDetail
 
 ARROW = {"higher": "↑", "lower": "↓"}
@@ -67,7 +67,8 @@ def _subtask(d: SubtaskDetail) -> list[str]:
     out = [f"### {d.key}", "",
            f"headline `{d.headline}` ({'higher' if d.direction == 'higher' else 'lower'} is better), "
            f"version {d.version or '?'}" + (f", judge `{d.judge}`" if d.judge else "")
-           + (f"; {fmt_policy(d.unparseable, d.tie_break)}" if fmt_policy(d.unparseable, d.tie_break) else ""), ""]
+           + (f"; {fmt_policy(d.unparseable, d.tie_break)}" if fmt_policy(d.unparseable, d.tie_break) else "")
+           + (f"; {fmt_prompts(d.prompts)}" if d.prompts else ""), ""]
     judged = any(m.judge for m in d.metrics)
     head = ["model", "rank", "value", "n", "n_scored", "n_unparseable", "n_failed", "n_missing", "interval"]
     head += ["judged", "judge unparseable", "not judged", "judge retried"] if judged else []

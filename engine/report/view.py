@@ -111,6 +111,7 @@ class SubtaskDetail(msgspec.Struct, frozen=True, kw_only=True):
     breakdown: tuple[BreakdownTable, ...]
     unparseable: str | None = None  # "exclude" | "zero" ([pillars."<key>"] unparseable)
     tie_break: str | None = None  # breakdown key that orders equal values (higher first)
+    prompts: str | None = None  # "official" | "own", for the subtasks that have the authors' templates
 
 
 class JudgeCounts(msgspec.Struct, frozen=True, kw_only=True):
