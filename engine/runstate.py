@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import platform
-import sys
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -59,7 +58,3 @@ def packages() -> dict[str, str]:
 
 def config_doc(cfg: Config) -> dict[str, object]:
     return config_to_builtins(cfg)
-
-
-def argv() -> list[str]:
-    return list(sys.argv)
