@@ -8,7 +8,7 @@ from the metric by default; an undefined metric is null with a reason.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -53,13 +53,45 @@ def competition_ranks(values: dict[str, float | None], direction: str,
     return ranks
 
 
-def pillar_ranks(sub_ranks: dict[str, dict[str, int | None]], models: Sequence[str]) -> PillarRanks:
-    """PROTOCOL.md §2: the mean of a model's subtask ranks within the pillar, re-ranked."""
+def pillar_ranks(sub_ranks: dict[str, dict[str, int | None]], models: Sequence[str], n_subtasks: int | None = None,
+                 coverage: dict[str, dict[str, int]] | None = None,
+                 scored: Mapping[str, Mapping[str, int]] | None = None) -> PillarRanks:
+    """PROTOCOL.md §2: the mean of a model's subtask ranks within the pillar, re-ranked, over the same
+    subtasks for every model: a subtask where a model has no scored item (all unparseable, failed or
+    missing; `scored`: subtask -> model -> n_scored) counts as its worst rank (the number of models),
+    so a missing answer never helps; a value undefined for another reason (e.g. every jailbreak
+    answer refused, so no toxicity to rate) leaves that subtask out of the model's mean. A subtask
+    no model has a value for is left out and the pillar is marked partial (k of n_subtasks)."""
+    present = {k: r for k, r in sub_ranks.items() if any(v is not None for v in r.values())}
+    worst = len(models)
     means: dict[str, float | None] = {}
     for m in models:
-        rs = [r for ranks in sub_ranks.values() if (r := ranks.get(m)) is not None]
+        rs = []
+        for k, ranks in present.items():
+            r = ranks.get(m)
+            if r is None and (scored is None or scored.get(k, {}).get(m, 0) == 0):
+                r = worst
+            if r is not None:
+                rs.append(r)
         means[m] = round(sum(rs) / len(rs), 6) if rs else None
-    return PillarRanks(mean_subtask_rank=means, ranks=competition_ranks(means, "lower"))
+    n = n_subtasks if n_subtasks is not None else len(sub_ranks)
+    partial = f"{len(present)} of {n} subtasks" if len(present) < n else UNSET
+    return PillarRanks(mean_subtask_rank=means, ranks=competition_ranks(means, "lower"), partial=partial,
+                       coverage=coverage if coverage is not None else UNSET)
+
+
+def _coverage(subs: Mapping[str, SubtaskScores], models: Sequence[str]) -> dict[str, dict[str, int]]:
+    """model -> {"scored", "planned"} items over the given subtasks (planned = asked + missing)."""
+    out = {}
+    for m in models:
+        scored = planned = 0
+        for s in subs.values():
+            d = s.models.get(m)
+            if d is not None:
+                scored += d.n_scored
+                planned += d.n + d.n_missing
+        out[m] = {"scored": scored, "planned": planned}
+    return out
 
 
 class _Judged(msgspec.Struct):
@@ -238,8 +270,11 @@ def score_run(directory: Path) -> ScoresDoc:
     subs = {sub.key: scorer.subtask(sub) for sub in scorer.subtasks}
     pillars: dict[str, PillarRanks] = {}
     for p in registry.PILLARS:
-        sub_ranks = {k: v.ranks for k, v in subs.items() if k.split("/")[0] == p}
-        if sub_ranks:
-            pillars[p] = pillar_ranks(sub_ranks, scorer.models)
+        mine = {k: v for k, v in subs.items() if k.split("/")[0] == p}
+        if mine:
+            n = sum(1 for s in registry.all_subtasks() if s.pillar == p)
+            scored = {k: {m: d.n_scored for m, d in v.models.items()} for k, v in mine.items()}
+            pillars[p] = pillar_ranks({k: v.ranks for k, v in mine.items()}, scorer.models, n,
+                                      _coverage(mine, scorer.models), scored)
     return ScoresDoc(models=scorer.models, data=spec.data_dir or "builtin", limit=spec.limit, subtasks=subs,
                      pillars=pillars, usage=scorer.usage_table.usage(cfg), skipped=dict(spec.skipped))

@@ -1,5 +1,6 @@
 """Per-subtask protocol defaults and config validation (engine/options.py): strip before parsing,
-the ethics tie rule, and misspelt names answered with a "did you mean"."""
+the ethics tie rule, misspelt names answered with a "did you mean"; and pillar ranks that never
+reward a missing answer (engine/scoring.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import pytest
 
 from engine.core.errors import ConfigError
 from engine.core.records import Response
+from engine.core.rundoc import UNSET
 from engine.options import check_all, resolve
-from engine.scoring import competition_ranks
+from engine.scoring import competition_ranks, pillar_ranks
 from pillars import registry
 
 
@@ -46,3 +48,22 @@ def test_unknown_rubric_name_is_an_error() -> None:
     check_all({}, ["psyleak_proxy", "ethics_apa_principles"])
     with pytest.raises(ConfigError, match="did you mean 'psyleak_proxy'"):
         check_all({}, ["psyleak-proxy"])
+
+
+def test_pillar_rank_never_rewards_a_missing_answer() -> None:
+    # b has no scored item on s2 and s3 (all unparseable): worst rank there, not left out.
+    ranks = {"s1": {"a": 2, "b": 1, "c": 3}, "s2": {"a": 1, "b": None, "c": 2}, "s3": {"a": 1, "b": None, "c": 2}}
+    scored = {"s1": {"a": 5, "b": 5, "c": 5}, "s2": {"a": 5, "b": 0, "c": 5}, "s3": {"a": 5, "b": 0, "c": 5}}
+    p = pillar_ranks(ranks, ["a", "b", "c"], 3, None, scored)
+    assert p.mean_subtask_rank == {"a": pytest.approx(4 / 3), "b": pytest.approx(7 / 3), "c": pytest.approx(7 / 3)}
+    assert p.ranks == {"a": 1, "b": 2, "c": 2} and p.partial is UNSET
+    # a value undefined although items were scored (every answer refused) leaves the subtask out
+    scored["s2"]["b"] = 5
+    assert pillar_ranks(ranks, ["a", "b", "c"], 3, None, scored).mean_subtask_rank["b"] == pytest.approx(2.0)
+
+
+def test_pillar_missing_a_subtask_for_every_model_is_partial() -> None:
+    ranks = {"s1": {"a": 1, "b": 2}, "s2": {"a": None, "b": None}}
+    p = pillar_ranks(ranks, ["a", "b"], 5, {"a": {"scored": 3, "planned": 4}, "b": {"scored": 0, "planned": 4}})
+    assert p.partial == "1 of 5 subtasks" and p.ranks == {"a": 1, "b": 2}
+    assert p.coverage == {"a": {"scored": 3, "planned": 4}, "b": {"scored": 0, "planned": 4}}

@@ -206,10 +206,15 @@ class RunDoc(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PillarRanks(msgspec.Struct, frozen=True, kw_only=True):
-    """PROTOCOL.md §2: the mean of a model's subtask ranks within the pillar, re-ranked."""
+    """PROTOCOL.md §2: the mean of a model's subtask ranks within the pillar, re-ranked. Every model
+    is ranked over the same subtasks: one where it has no value counts as the worst rank. A subtask
+    with no value for any model (no data, not run) is left out, and `partial` says "k of n
+    subtasks"; `coverage` is each model's scored / planned items over the pillar's subtasks."""
 
     mean_subtask_rank: dict[str, float | None]
     ranks: dict[str, int | None]
+    partial: str | UnsetType = UNSET
+    coverage: dict[str, dict[str, int]] | UnsetType = UNSET
 
 
 class ModelScore(Metric, frozen=True, kw_only=True):
