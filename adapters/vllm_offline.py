@@ -175,6 +175,7 @@ class OfflineChat:
         self.chunks: list[int] = []  # sizes of the LLM.chat calls made (run.json, tests)
         self.last_chunk_at: float | None = None  # wall time the last chunk finished (run.json)
         self._pending: list[tuple[dict[str, object], asyncio.Future[Response]]] = []
+        self._chunks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._run_lock = asyncio.Lock()
 
@@ -198,7 +199,10 @@ class OfflineChat:
             self._timer = None
         batch, self._pending = self._pending[: self.chunk], self._pending[self.chunk:]
         if batch:
-            asyncio.ensure_future(self._run(batch))
+            # The loop keeps only weak references to tasks: hold each chunk's task until it is done.
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._chunks.add(task)
+            task.add_done_callback(self._chunks.discard)
         if self._pending:
             self._timer = asyncio.get_running_loop().call_later(GATHER_S, self._flush)
 
