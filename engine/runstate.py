@@ -40,10 +40,17 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def data_fingerprint(items_path: Path | None, data_dir: Path | None, pillar_options: Mapping[str, object]) -> str:
+def data_fingerprint(items_path: Path | None, data_dir: Path | None, pillar_options: Mapping[str, object],
+                     protocol: Mapping[str, str] | None = None) -> str:
+    """The items file, or the data dir with the [pillars.*] options and the prompt protocol of the
+    subtasks that have one (engine.spec.protocol_of; left out when empty, so runs without such
+    subtasks keep the fingerprint they had)."""
     if items_path is not None:
         return _digest({"items": file_digest(items_path)})
-    return _digest({"data_dir": str(data_dir.resolve()) if data_dir else "builtin", "options": pillar_options})
+    doc: dict[str, object] = {"data_dir": str(data_dir.resolve()) if data_dir else "builtin", "options": pillar_options}
+    if protocol:
+        doc["protocol"] = dict(protocol)
+    return _digest(doc)
 
 
 def packages() -> dict[str, str]:

@@ -8,6 +8,7 @@ on what a complete run holds.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from engine.core.subtask import Rubric, Subtask
 from engine.items import ItemFactory, custom_source, pillar_source
 from engine.options import resolve
 from pillars import registry
+from pillars.common.prompts import load_prompts
 
 
 def resolve_subtasks(pillars: tuple[str, ...]) -> tuple[str, ...]:
@@ -81,6 +83,28 @@ def subtasks(spec: RunSpec) -> list[Subtask]:
         return []
     data_dir = Path(spec.data_dir) if spec.data_dir else None
     return [resolve(k, spec.options.get(k), data_dir)[0] for k in spec.subtasks]
+
+
+def protocol_of(spec: RunSpec) -> dict[str, str]:
+    """For each selected subtask that has the authors' templates: the prompts it sends, "official:
+    <digest of the template bytes>" or "own" (the engine's wording; a change of that wording must
+    change this tag). Part of the run's data fingerprint, so a run started under another protocol
+    is refused on resume instead of silently regenerated; empty for runs of other subtasks, whose
+    fingerprint stays what it was."""
+    out: dict[str, str] = {}
+    data_dir = Path(spec.data_dir) if spec.data_dir else None
+    prompts = load_prompts(data_dir) if spec.items is None else None
+    for sub in subtasks(spec):
+        if not sub.prompt_files:
+            continue
+        if sub.prompts == "official" and prompts is not None:
+            h = hashlib.blake2b(digest_size=8)
+            for f in sub.prompt_files:
+                h.update(prompts[f].text.encode("utf-8") + b"\x1f")
+            out[sub.key] = f"official:{h.hexdigest()}"
+        else:
+            out[sub.key] = "own"
+    return out
 
 
 def rubrics_by_source(subs: Iterable[Subtask]) -> dict[str, list[tuple[Subtask, Rubric]]]:

@@ -4,6 +4,7 @@ are the authors' templates filled as their code fills them, and scores.json says
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,27 @@ def test_plan_says_official_own_and_skipped(tmp_path: Path) -> None:
     assert any(ln.startswith("skipped reliability/diagnosis: ") for ln in lines)
     built_in = run_engine("plan", cfg, "--pillars", "ethics")
     assert "prompts own (engine wording, not comparable to the paper): ethics/ethical_reasoning" in built_in.stdout.splitlines()
+
+
+def test_a_changed_prompt_protocol_is_refused_on_resume(tmp_path: Path) -> None:
+    shared = official_dir()
+    if not (shared / PROMPTS_DIR / "manifest.json").is_file():
+        pytest.skip("no official prompts in the shared data")
+    data = tmp_path / "data"
+    for name in ("confaide", "psyleak"):
+        shutil.copytree(shared / name, data / name)
+    srv = ThreadServer(middleware=_middleware([]))
+    try:
+        out = tmp_path / "run"
+        cfg = write_config(tmp_path / "c.toml", {"m": {"adapter": "openai", "base_url": srv.url, "model": "x"}},
+                           run={"output": str(out), "limit": 1}, extra='\n[judge]\nmodels = ["m"]\n')
+        args = ("run", cfg, "--pillars", "privacy", "--data-dir", data)
+        assert run_engine(*args).rc == 0  # own prompts: the data dir has no official-prompts/
+        assert run_engine(*args).rc == 0  # same protocol: resumes
+        shutil.copytree(shared / PROMPTS_DIR, data / PROMPTS_DIR)
+        res = run_engine(*args)  # now the authors' templates would be sent: not silently regenerated
+        assert res.rc == 2 and "prompt protocol changed" in res.stderr and "--fresh" in res.stderr
+        assert run_engine(*args, "--fresh").rc == 0
+    finally:
+        srv.stop()
+    assert json.loads((out / "scores.json").read_text())["subtasks"]["privacy/leakage"]["prompts"] == "official"

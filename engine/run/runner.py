@@ -34,7 +34,7 @@ from engine.run.ray import preflight
 from engine.run.signals import Interrupt, handled
 from engine.run.taskgroup import task_group
 from engine.runstate import data_fingerprint, model_fingerprint
-from engine.spec import item_factory, judge_plan, subtasks
+from engine.spec import item_factory, judge_plan, protocol_of, subtasks
 from engine.store.rundoc_io import read_run_if_any
 
 __all__ = ["RunOptions", "run"]  # the command line builds the options and calls run
@@ -53,7 +53,7 @@ async def run(cfg: Config, spec: RunSpec, opts: RunOptions | None = None, log: L
     planned_units = await _planned(factory, spec.samples)
     data_fp = await asyncio.to_thread(
         data_fingerprint, Path(spec.items) if spec.items else None,
-        Path(spec.data_dir) if spec.data_dir else None, cfg.pillars)
+        Path(spec.data_dir) if spec.data_dir else None, cfg.pillars, protocol_of(spec))
     inv = Invocation(cfg, spec, opts, factory, planned_units, data_fp, log)
     lock = sharding.make_lock(inv.out, opts.shard)
     lock.acquire()
@@ -94,8 +94,8 @@ def _resume(inv: Invocation) -> RunDoc | None:
 def _check_resume(prev: RunDoc, inv: Invocation) -> None:
     old = prev.fingerprint
     if old.data not in (None, inv.data_fp):
-        raise EngineError(f"{inv.out} holds a run over different data (items file or data dir changed); "
-                          "use another --output, or --fresh to start over there")
+        raise EngineError(f"{inv.out} holds a run over different data (items file, data dir, subtask options "
+                          "or prompt protocol changed); use another --output, or --fresh to start over there")
     for name, fp in old.models.items():
         cfg = inv.cfg.models.get(name)
         if cfg is not None and name in inv.spec.models and fp != model_fingerprint(cfg):
