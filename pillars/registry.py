@@ -7,6 +7,7 @@ for a subtask key), official data that is not there is DataUnavailable.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -49,8 +50,10 @@ def get(key: str) -> Subtask:
     for sub in subs:
         if sub.key == key:
             return sub
+    close = difflib.get_close_matches(key, [s.key for s in subs], n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     valid = ", ".join(s.key for s in subs)
-    raise UnknownSubtask(f"unknown subtask {key!r}; valid keys: {valid}")
+    raise UnknownSubtask(f"unknown subtask {key!r}{hint}; valid keys: {valid}")
 
 
 def select(pillars: Sequence[str]) -> tuple[Subtask, ...]:
@@ -62,8 +65,10 @@ def select(pillars: Sequence[str]) -> tuple[Subtask, ...]:
         return all_subtasks()
     unknown = sorted(wanted - set(PILLARS))
     if unknown:
+        close = difflib.get_close_matches(unknown[0], [*PILLARS, "all"], n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(
-            f"unknown pillar(s) {', '.join(unknown)}; valid ids: all, {', '.join(PILLARS)}"
+            f"unknown pillar(s) {', '.join(unknown)}{hint}; valid ids: all, {', '.join(PILLARS)}"
         )
     return tuple(sub for sub in all_subtasks() if sub.pillar in wanted)
 

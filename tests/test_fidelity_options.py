@@ -67,3 +67,10 @@ def test_pillar_missing_a_subtask_for_every_model_is_partial() -> None:
     p = pillar_ranks(ranks, ["a", "b"], 5, {"a": {"scored": 3, "planned": 4}, "b": {"scored": 0, "planned": 4}})
     assert p.partial == "1 of 5 subtasks" and p.ranks == {"a": 1, "b": 2}
     assert p.coverage == {"a": {"scored": 3, "planned": 4}, "b": {"scored": 0, "planned": 4}}
+
+
+def test_misspelt_pillar_and_subtask_keys_suggest_the_known_one() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'anti_sycophancy'"):
+        registry.select(["anti-sycophancy"])
+    with pytest.raises(ConfigError, match="did you mean 'privacy/leakage'"):
+        registry.get("privacy/leakge")
