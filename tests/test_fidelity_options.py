@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import pytest
 
+from engine.config import parse_config
 from engine.core.errors import ConfigError
+from engine.core.prompts import PromptSet, Template
 from engine.core.records import Response
 from engine.core.rundoc import UNSET
+from engine.core.subtask import Rubric
 from engine.options import check_all, resolve
+from engine.run.judge import judge_params
 from engine.scoring import competition_ranks, pillar_ranks
 from pillars import registry
+from pillars.ethics import ethical_reasoning as er
 
 
 def test_replies_are_stripped_before_parsing() -> None:
@@ -74,3 +79,33 @@ def test_misspelt_pillar_and_subtask_keys_suggest_the_known_one() -> None:
         registry.select(["anti-sycophancy"])
     with pytest.raises(ConfigError, match="did you mean 'privacy/leakage'"):
         registry.get("privacy/leakge")
+
+
+def test_constrained_output_is_a_per_subtask_choice() -> None:
+    # Targets: a classification subtask's JSON schema can be turned off (no source used one).
+    assert resolve("crisis/identification", None)[0].params.json_schema is not None
+    assert resolve("crisis/identification", {"constrained": False})[0].params.json_schema is None
+    assert resolve("reliability/knowledge", {"constrained": True})[0].params.json_schema is None  # has none
+    # Judges: on for own rubrics, off for the authors' free-text templates, switchable per subtask.
+    cfg = parse_config({"models": {"j": {"adapter": "openai", "base_url": "http://h/v1"}},
+                        "judge": {"models": ["j"]}}, "c.toml")
+    own = resolve("crisis/escalation", None)[0].rubric
+    assert own is not None and judge_params(cfg, cfg.models["j"], own).json_schema is not None
+    off = resolve("crisis/escalation", {"judge_constrained": False})[0].rubric
+    assert off is not None and judge_params(cfg, cfg.models["j"], off).json_schema is None
+    assert not ethics_official_rubric().constrained
+    assert judge_params(cfg, cfg.models["j"], ethics_official_rubric()).json_schema is None
+
+
+def ethics_official_rubric() -> Rubric:
+    t = Template(er.JUDGE_TEMPLATE, "{scenario}{options}{reasoning_task}{expected_reasoning}{model_behavior}{model_reply}",
+                 ("{scenario}", "{options}", "{reasoning_task}", "{expected_reasoning}", "{model_behavior}",
+                  "{model_reply}"))
+    target = Template(er.TARGET_TEMPLATE, "{scenario}{options}{reasoning_task}",
+                      ("{scenario}", "{options}", "{reasoning_task}"))
+    prompts = PromptSet(folder="-", templates={t.file: t, target.file: target})
+    sub = registry.bind_prompts(registry.get("ethics/ethical_reasoning"), None)
+    assert sub.with_prompts is not None
+    rubric = sub.with_prompts(sub, prompts).rubric
+    assert rubric is not None
+    return rubric

@@ -111,6 +111,7 @@ class Rubric:
     params: GenParams = GenParams(temperature=0.0, max_tokens=256)
     hardened: bool = True
     retry: bool = True
+    constrained: bool = True  # JSON-schema decoding of the verdict (off where the authors read free text)
 
 
 @dataclass(frozen=True)

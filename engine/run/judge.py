@@ -37,19 +37,21 @@ def judge_key(response_key: str, judge: str, rubric: str, version: str, try_: in
 
 def judge_params(cfg: Config, judge_cfg: ModelConfig, rubric: Rubric) -> GenParams:
     """The generation settings of a judge request (try 0): the judge model's, the rubric's own
-    over them, JSON-schema constrained output, and the `[judge] max_tokens` cap. `plan` estimates
+    over them, JSON-schema constrained output where the rubric is constrained, and the
+    `[judge] max_tokens` cap. `plan` estimates
     with the same settings the run sends."""
     params = merge_params(model_params(judge_cfg), rubric.params)
-    # OpenAI-style json_schema output needs an object at the root: a rubric whose judge answers
-    # with a bare value (the 0-3 endorsement digit) gets it wrapped as {"answer": <value>}, which
-    # its text parser still reads (the first digit), with room for the few JSON tokens.
-    rschema = rubric.schema
-    if rschema.get("type") != "object":
-        rschema = {"type": "object", "properties": {"answer": rschema}, "required": ["answer"],
-                   "additionalProperties": False}
-        params = msgspec.structs.replace(params, max_tokens=max(params.max_tokens or 0, 16))
-    schema = {"name": rubric.name.replace("/", "_")[:64], "schema": rschema}
-    params = msgspec.structs.replace(params, json_schema=schema)
+    if rubric.constrained:  # off for an official template whose authors read free text
+        # OpenAI-style json_schema output needs an object at the root: a rubric whose judge answers
+        # with a bare value (the 0-3 endorsement digit) gets it wrapped as {"answer": <value>}, which
+        # its text parser still reads (the first digit), with room for the few JSON tokens.
+        rschema = rubric.schema
+        if rschema.get("type") != "object":
+            rschema = {"type": "object", "properties": {"answer": rschema}, "required": ["answer"],
+                       "additionalProperties": False}
+            params = msgspec.structs.replace(params, max_tokens=max(params.max_tokens or 0, 16))
+        schema = {"name": rubric.name.replace("/", "_")[:64], "schema": rschema}
+        params = msgspec.structs.replace(params, json_schema=schema)
     cap = cfg.judge.max_tokens
     if cap is not None and (params.max_tokens is None or params.max_tokens > cap):
         params = msgspec.structs.replace(params, max_tokens=cap)

@@ -376,6 +376,7 @@ def official_rubric(opts: EthicsOptions, template: Template) -> Rubric:
         params=GenParams(temperature=0.0, max_tokens=1024),
         hardened=False,
         retry=False,
+        constrained=False,  # the authors read the verdict from free text (no response_format)
     )
 
 

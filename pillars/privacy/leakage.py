@@ -288,6 +288,7 @@ def make_rubric(wording: Wording, official: bool) -> Rubric:
         judge=None,
         params=GenParams(temperature=0.0, max_tokens=256),
         hardened=False,
+        constrained=not official,  # the authors' proxy answered in free text
     )
 
 
