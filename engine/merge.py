@@ -40,7 +40,7 @@ from engine.shards import Found, Partition, discover
 from engine.spec import merged_spec
 from engine.store.jsonl import describe, is_error, key_int, line_digest, line_key, whole_lines
 from engine.store.lock import OutputLock
-from engine.store.rundoc_io import read_doc, read_run_if_any, run_config, write_run
+from engine.store.rundoc_io import read_run_doc, read_run_if_any, run_config, write_run
 
 # -- combined view of shards (verify, merge) ---------------------------------------------------------
 
@@ -48,7 +48,7 @@ from engine.store.rundoc_io import read_doc, read_run_if_any, run_config, write_
 def _states(found: Found) -> dict[int, RunDoc]:
     docs: dict[int, RunDoc] = {}
     for i, p in sorted(found.states.items()):
-        doc = read_doc(p, RunDoc)
+        doc = read_run_doc(p)
         if doc is not None:
             docs[i] = doc
     return docs
@@ -78,7 +78,7 @@ def combined_doc(out: Path, found: Found, base: RunDoc | None) -> RunDoc:
             planned[m] = {**planned.get(m, {}), **p}
         models_fp.update(d.fingerprint.models)
     spec = _merge_specs(base.spec if base else None, (d.spec for d in docs))
-    fp = Fingerprint(data=last.fingerprint.data, models=models_fp)
+    fp = Fingerprint(data=last.fingerprint.data, models=models_fp, protocol=last.fingerprint.protocol)
     if base is None:
         return RunDoc(config=last.config, config_source=last.config_source, spec=spec, planned=planned, fingerprint=fp)
     return msgspec.structs.replace(base, config=last.config, config_source=last.config_source, spec=spec,

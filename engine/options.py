@@ -10,8 +10,8 @@ run.limit), `requery` (how many extra samples an unparseable answer gets, for su
 protocol re-asks: privacy/awareness defaults to 10, its authors asked until the answer parsed) and
 `strip` (true by default: every reply is stripped of surrounding whitespace before it is parsed
 and scored, as the authors' generate() returned it; judges still see the reply as sent),
-`constrained` (false: the target is asked without the JSON schema some classification subtasks
-send; no source of the paper used one) and `judge_constrained` (the rubric's verdict with or
+`constrained` (false by default: the target is asked in free text; true sends the JSON schema the
+five classification subtasks offer, which no source of the paper used) and `judge_constrained` (the rubric's verdict with or
 without a JSON schema; official templates whose authors read free text default to without). Every
 other key goes to the subtask module's `make_subtask(**options)`; a key it does not take is an
 error naming the keys it does take.
@@ -46,7 +46,7 @@ class EngineOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     temperature: float | None = None
     top_p: float | None = None
     strip: bool = True
-    constrained: bool | None = None  # false: no JSON-schema decoding for this subtask's target
+    constrained: bool = False  # true: the target's answer is decoded with the subtask's JSON schema
     judge_constrained: bool | None = None  # its rubric's verdict: on/off (None: the rubric's own)
 
 
@@ -102,7 +102,7 @@ def _resolve(key: str, frozen: Frozen, data_dir: str | None = None) -> tuple[Sub
     gen = {f: getattr(eng, f) for f in ("max_tokens", "temperature", "top_p") if getattr(eng, f) is not None}
     if gen:
         sub = dataclasses.replace(sub, params=msgspec.structs.replace(sub.params, **gen))
-    if eng.constrained is False and sub.params.json_schema is not None:
+    if not eng.constrained and sub.params.json_schema is not None:  # opt-in: no source of the paper used one
         sub = dataclasses.replace(sub, params=msgspec.structs.replace(sub.params, json_schema=None))
     if eng.judge_constrained is not None and sub.rubric is not None:
         sub = dataclasses.replace(sub, rubric=dataclasses.replace(sub.rubric, constrained=eng.judge_constrained))

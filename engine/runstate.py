@@ -40,6 +40,12 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+# Keys of a [pillars."<key>"] section that run.json's per-subtask protocol records (engine.spec
+# .protocols) instead of the data fingerprint: stating an old default explicitly (constrained =
+# true) resumes a run made under it, and a flip is refused naming what changed.
+PROTOCOL_KEYS = frozenset({"constrained", "judge_constrained"})
+
+
 def data_fingerprint(items_path: Path | None, data_dir: Path | None, pillar_options: Mapping[str, object],
                      protocol: Mapping[str, str] | None = None) -> str:
     """The items file, or the data dir with the [pillars.*] options and the prompt protocol of the
@@ -47,7 +53,9 @@ def data_fingerprint(items_path: Path | None, data_dir: Path | None, pillar_opti
     subtasks keep the fingerprint they had)."""
     if items_path is not None:
         return _digest({"items": file_digest(items_path)})
-    doc: dict[str, object] = {"data_dir": str(data_dir.resolve()) if data_dir else "builtin", "options": pillar_options}
+    options = {k: kept for k, v in pillar_options.items()
+               if (kept := {o: x for o, x in v.items() if o not in PROTOCOL_KEYS} if isinstance(v, Mapping) else v)}
+    doc: dict[str, object] = {"data_dir": str(data_dir.resolve()) if data_dir else "builtin", "options": options}
     if protocol:
         doc["protocol"] = dict(protocol)
     return _digest(doc)

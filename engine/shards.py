@@ -40,7 +40,7 @@ from engine.core.rundoc import PartitionDoc, RunDoc
 from engine.store.checkpoint import iter_records, scan_responses
 from engine.store.jsonl import is_error, key_int, line_key, whole_lines
 from engine.store.lock import OutputLock, ShardLock
-from engine.store.rundoc_io import read_doc, write_doc, write_run
+from engine.store.rundoc_io import read_run_doc, write_doc, write_run
 
 KINDS = ("responses", "errors", "judgments")
 _FILE = re.compile(r"^(?P<name>.+)\.shard-(?P<i>[0-9]+)-of-(?P<n>[0-9]+)\.jsonl$")
@@ -130,7 +130,7 @@ def state_name(shard: Shard) -> str:
 
 
 def read_state(out: Path, shard: Shard) -> RunDoc | None:
-    return read_doc(out / state_name(shard), RunDoc)
+    return read_run_doc(out / state_name(shard))
 
 
 def write_state(out: Path, shard: Shard | None, doc: RunDoc) -> None:

@@ -9,14 +9,15 @@ on what a complete run holds.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import msgspec
 
 from engine.config import Config
 from engine.core.errors import ConfigError, EngineError
-from engine.core.rundoc import Options, RunSpec
+from engine.core.prompts import PromptSet
+from engine.core.rundoc import Options, RunSpec, SubtaskProtocol
 from engine.core.subtask import Rubric, Subtask
 from engine.items import ItemFactory, custom_source, pillar_source
 from engine.options import resolve
@@ -91,20 +92,57 @@ def protocol_of(spec: RunSpec) -> dict[str, str]:
     change this tag). Part of the run's data fingerprint, so a run started under another protocol
     is refused on resume instead of silently regenerated; empty for runs of other subtasks, whose
     fingerprint stays what it was."""
-    out: dict[str, str] = {}
     data_dir = Path(spec.data_dir) if spec.data_dir else None
     prompts = load_prompts(data_dir) if spec.items is None else None
-    for sub in subtasks(spec):
-        if not sub.prompt_files:
-            continue
-        if sub.prompts == "official" and prompts is not None:
-            h = hashlib.blake2b(digest_size=8)
-            for f in sub.prompt_files:
-                h.update(prompts[f].text.encode("utf-8") + b"\x1f")
-            out[sub.key] = f"official:{h.hexdigest()}"
-        else:
-            out[sub.key] = "own"
+    return {sub.key: _prompt_tag(sub, prompts) for sub in subtasks(spec) if sub.prompt_files}
+
+
+def _prompt_tag(sub: Subtask, prompts: PromptSet | None) -> str:
+    if sub.prompts == "official" and prompts is not None:
+        h = hashlib.blake2b(digest_size=8)
+        for f in sub.prompt_files:
+            h.update(prompts[f].text.encode("utf-8") + b"\x1f")
+        return f"official:{h.hexdigest()}"
+    return "own"
+
+
+def protocols(spec: RunSpec, *, legacy: bool = False) -> dict[str, SubtaskProtocol]:
+    """Each selected subtask's protocol (run.json `fingerprint.protocol`). `legacy`: the protocol a
+    run.json without that record was made under: every target JSON schema and every judge schema
+    on, as the engine sent them before constrained output became opt-in."""
+    if spec.items is not None:
+        return {}
+    data_dir = Path(spec.data_dir) if spec.data_dir else None
+    prompts = load_prompts(data_dir)
+    out: dict[str, SubtaskProtocol] = {}
+    for key in spec.subtasks:
+        section = dict(spec.options.get(key) or {})
+        if legacy:
+            section = {"constrained": True, "judge_constrained": True, **section}
+        sub = resolve(key, section, data_dir)[0]
+        p = sub.params
+        out[key] = SubtaskProtocol(
+            prompts=_prompt_tag(sub, prompts) if sub.prompt_files else "own",
+            constrained=p.json_schema is not None,
+            judge_constrained=sub.rubric.constrained if sub.rubric is not None else None,
+            temperature=p.temperature, max_tokens=p.max_tokens, top_p=p.top_p)
     return out
+
+
+def protocol_change(old: Mapping[str, SubtaskProtocol], new: Mapping[str, SubtaskProtocol]) -> str | None:
+    """The first subtask whose protocol differs, and how ("crisis/severity: constrained true -> false")."""
+    for key, now in new.items():
+        was = old.get(key)
+        if was is None or was == now:
+            continue
+        diffs = [f"{f} {_show(getattr(was, f))} -> {_show(getattr(now, f))}" for f in SubtaskProtocol.__struct_fields__
+                 if getattr(was, f) != getattr(now, f)]
+        return f"{key}: {', '.join(diffs)}"
+    return None
+
+
+def _show(v: object) -> str:
+    return "unset" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def rubrics_by_source(subs: Iterable[Subtask]) -> dict[str, list[tuple[Subtask, Rubric]]]:

@@ -82,9 +82,12 @@ def test_misspelt_pillar_and_subtask_keys_suggest_the_known_one() -> None:
 
 
 def test_constrained_output_is_a_per_subtask_choice() -> None:
-    # Targets: a classification subtask's JSON schema can be turned off (no source used one).
-    assert resolve("crisis/identification", None)[0].params.json_schema is not None
-    assert resolve("crisis/identification", {"constrained": False})[0].params.json_schema is None
+    # Targets: free text by default (no source used a schema); constrained = true sends the schema.
+    for key in ("reliability/emotion_recognition", "reliability/diagnosis", "crisis/identification",
+                "crisis/severity", "robustness/diagnosis"):
+        assert resolve(key, None)[0].params.json_schema is None
+        assert resolve(key, {"constrained": False})[0].params.json_schema is None
+        assert resolve(key, {"constrained": True})[0].params.json_schema is not None
     assert resolve("reliability/knowledge", {"constrained": True})[0].params.json_schema is None  # has none
     # Judges: on for own rubrics, off for the authors' free-text templates, switchable per subtask.
     cfg = parse_config({"models": {"j": {"adapter": "openai", "base_url": "http://h/v1"}},

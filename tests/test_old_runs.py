@@ -1,6 +1,7 @@
 """Old run directories stay readable: the fixture in tests/fixtures/old_runs/ was written by the main
 before the floor-plan refactor (8ec0da8; generate.py says how), and today's code must verify it clean,
-score it to the same scores.json, report it to the same report.md and resume it without a request.
+score it to the same scores.json, report it to the same report.md and resume it without a request
+under the protocol it was made with (a resume under today's defaults is refused, naming it).
 
 A later protocol change (one that changes what a request looks like or how a subtask scores) may
 update the expected files here, saying so in its commit.
@@ -18,7 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import FixedPortServer, run_engine
+from tests.conftest import EngineResult, FixedPortServer, run_engine
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "old_runs"
 # Where generate.py wrote the runs: run.json and report.md name it.
@@ -77,21 +78,50 @@ def test_score_and_report_unchanged(tmp_path: Path, name: str) -> None:
     assert report_lines((out / "report.md").read_text(), out) == expected.splitlines()
 
 
-def test_resume_sends_nothing_and_writes_no_record(tmp_path: Path) -> None:
-    outs = {name: copy_run(tmp_path, name) for name in RUNS}
-    before = {name: {k: v for k, v in files(out).items() if k.split("/")[0] in RECORD_DIRS or k.startswith("shards/")}
-              for name, out in outs.items()}
+# The protocol the fixture was asked under: every classification target with its JSON schema (the
+# engine's default then; free text since constrained output became opt-in).
+OLD_PROTOCOL = "".join(f'\n[pillars."{k}"]\nconstrained = true\n' for k in (
+    "crisis/identification", "crisis/severity", "reliability/diagnosis", "robustness/diagnosis"))
+
+
+def resume_all(outs: dict[str, Path], config: Path) -> tuple[dict[str, EngineResult], list[int]]:
     servers = []
     with ports_held():
         try:
             for port in PORTS:
                 servers.append(FixedPortServer(port).start())
-            results = {name: run_engine("run", FIXTURE / "config.toml", "--output", out, *RUNS[name], timeout=120)
+            results = {name: run_engine("run", config, "--output", out, *RUNS[name], timeout=120)
                        for name, out in outs.items()}
             requests = [s.stats()["requests"] for s in servers]
         finally:
             for s in servers:
                 s.stop()
+    return results, requests
+
+
+def test_resume_under_todays_defaults_is_refused_naming_the_protocol(tmp_path: Path) -> None:
+    outs = {name: copy_run(tmp_path, name) for name in RUNS}
+    before = {name: files(out) for name, out in outs.items()}
+    results, requests = resume_all(outs, FIXTURE / "config.toml")
+    assert requests == [0, 0]
+    for name, out in outs.items():
+        res = results[name]
+        assert res.rc == 2, res.stderr
+        lines = res.err_lines()
+        assert len(lines) == 1 and "another protocol" in lines[0] and "crisis/" in lines[0], lines
+        assert "constrained true -> false" in lines[0] and "--fresh" in lines[0]
+        # .lock names the process that last held the directory: the refused run held it too.
+        assert {k: v for k, v in files(out).items() if k != ".lock"} == {
+            k: v for k, v in before[name].items() if k != ".lock"}
+
+
+def test_resume_under_the_old_protocol_sends_nothing_and_writes_no_record(tmp_path: Path) -> None:
+    outs = {name: copy_run(tmp_path, name) for name in RUNS}
+    config = tmp_path / "config.toml"
+    config.write_text((FIXTURE / "config.toml").read_text() + OLD_PROTOCOL)
+    before = {name: {k: v for k, v in files(out).items() if k.split("/")[0] in RECORD_DIRS or k.startswith("shards/")}
+              for name, out in outs.items()}
+    results, requests = resume_all(outs, config)
     assert requests == [0, 0]
     for name, out in outs.items():
         assert results[name].rc == 0, results[name].stderr

@@ -30,7 +30,7 @@ from engine.core.subtask import JudgeStats, Metric
 __all__ = [
     "UNSET", "BackendDoc", "BudgetDoc", "Fingerprint", "HistoryEntry", "JudgeStats", "LaneSummary", "Latency",
     "Metric", "ModelScore", "PartitionDoc", "PillarRanks", "RunDoc", "RunSpec", "ScoresDoc", "ServersDoc", "ShardRun",
-    "ShardState", "ShardsDoc", "SubtaskScores", "TokenCounts", "UnsetType", "UsageCost",
+    "ShardState", "ShardsDoc", "SubtaskProtocol", "SubtaskScores", "TokenCounts", "UnsetType", "UsageCost",
 ]
 
 Options = dict[str, dict[str, object]]  # [pillars."<key>"] sections, as TOML gives them
@@ -105,11 +105,27 @@ class LaneSummary(msgspec.Struct, frozen=True, kw_only=True):
 # --------------------------------------------------------------------------- run.json
 
 
+class SubtaskProtocol(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """How one subtask asks: what its request bodies (and so its record keys) depend on beyond the
+    items and the model. `prompts`: "own" or "official:<digest of the template bytes>";
+    `constrained`: the target's JSON schema is sent; `judge_constrained`: its rubric's verdict is
+    asked with one (None: not judged); the generation values the subtask sets (None: the model's)."""
+
+    prompts: str = "own"
+    constrained: bool = False
+    judge_constrained: bool | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+
+
 class Fingerprint(msgspec.Struct, frozen=True, kw_only=True):
-    """What a resume must match: the data, and each model's request settings."""
+    """What a resume must match: the data, each model's request settings and each subtask's
+    protocol (absent in run.json written before it was recorded: read as the protocol of then)."""
 
     data: str | None = None
     models: dict[str, str] = {}
+    protocol: dict[str, SubtaskProtocol] | UnsetType = UNSET
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):

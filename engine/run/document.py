@@ -18,6 +18,7 @@ import msgspec
 from adapters.servers.gpus import GpuPool
 from engine.config import Config
 from engine.core.rundoc import (
+    UNSET,
     BackendDoc,
     BudgetDoc,
     Fingerprint,
@@ -27,6 +28,8 @@ from engine.core.rundoc import (
     RunSpec,
     ServersDoc,
     ShardState,
+    SubtaskProtocol,
+    UnsetType,
 )
 from engine.costs import Budget
 from engine.runstate import config_doc, model_fingerprint, packages
@@ -35,6 +38,7 @@ from engine.spec import merged_spec
 
 
 def started(prev: RunDoc | None, cfg: Config, spec: RunSpec, *, config_source: str, data_fp: str,
+            protocol: Mapping[str, SubtaskProtocol] | None = None,
             planned_units: Mapping[str, int], shard: Shard | None = None,
             partition: Partition | None = None) -> RunDoc:
     """run.json while the run goes on: the previous document (a resumed or extended run) updated
@@ -47,12 +51,18 @@ def started(prev: RunDoc | None, cfg: Config, spec: RunSpec, *, config_source: s
     base = prev if prev is not None else RunDoc(config={}, spec=spec)
     doc = msgspec.structs.replace(
         base, format=1, config_source=config_source, config=config_doc(cfg),
-        spec=merged_spec(prev.spec if prev else None, spec), fingerprint=Fingerprint(data=data_fp, models=fingerprints),
+        spec=merged_spec(prev.spec if prev else None, spec), fingerprint=Fingerprint(
+            data=data_fp, models=fingerprints, protocol={**_recorded(prev), **(protocol or {})}),
         planned=planned, packages=packages(), started_at=time.time(), ended_at=None, status="running")
     if shard is not None and partition is not None:
         doc = msgspec.structs.replace(doc, shard=ShardState(index=shard.index, count=shard.count,
                                                             partition=partition.doc()))
     return doc
+
+
+def _recorded(prev: RunDoc | None) -> dict[str, SubtaskProtocol]:
+    p = prev.fingerprint.protocol if prev is not None else UNSET
+    return dict(p) if not isinstance(p, UnsetType) else {}
 
 
 def servers_doc(pool: GpuPool | None, launched: Mapping[str, Mapping[str, object]]) -> ServersDoc | None:

@@ -4,7 +4,7 @@ them before it builds the lanes (the invocation: config, spec, directory, shard,
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -12,7 +12,7 @@ from typing import Literal
 import msgspec
 
 from engine.config import Config
-from engine.core.rundoc import RunSpec
+from engine.core.rundoc import RunSpec, SubtaskProtocol
 from engine.items import ItemFactory
 from engine.shards import Partition, Shard
 
@@ -44,6 +44,7 @@ class Invocation:
     planned_units: Mapping[str, int]  # units per "pillar/subtask" of one target lane
     data_fp: str
     log: Log
+    protocol: Mapping[str, SubtaskProtocol] = field(default_factory=dict)  # engine.spec.protocols
 
     @property
     def out(self) -> Path:

@@ -20,7 +20,7 @@ from engine.config import Config
 from engine.core.adapter import ReplaysItems
 from engine.core.clock import Clock, LoopClock
 from engine.core.errors import EngineError
-from engine.core.rundoc import RunDoc, RunSpec
+from engine.core.rundoc import RunDoc, RunSpec, UnsetType
 from engine.costs import Budget
 from engine.items import ItemFactory, plan_counts
 from engine.run import document
@@ -34,7 +34,7 @@ from engine.run.ray import preflight
 from engine.run.signals import Interrupt, handled
 from engine.run.taskgroup import task_group
 from engine.runstate import data_fingerprint, model_fingerprint
-from engine.spec import item_factory, judge_plan, protocol_of, subtasks
+from engine.spec import item_factory, judge_plan, protocol_change, protocol_of, protocols, subtasks
 from engine.store.rundoc_io import read_run_if_any
 
 __all__ = ["RunOptions", "run"]  # the command line builds the options and calls run
@@ -54,7 +54,8 @@ async def run(cfg: Config, spec: RunSpec, opts: RunOptions | None = None, log: L
     data_fp = await asyncio.to_thread(
         data_fingerprint, Path(spec.items) if spec.items else None,
         Path(spec.data_dir) if spec.data_dir else None, cfg.pillars, protocol_of(spec))
-    inv = Invocation(cfg, spec, opts, factory, planned_units, data_fp, log)
+    protocol = await asyncio.to_thread(protocols, spec)
+    inv = Invocation(cfg, spec, opts, factory, planned_units, data_fp, log, protocol)
     lock = sharding.make_lock(inv.out, opts.shard)
     lock.acquire()
     try:
@@ -96,6 +97,12 @@ def _check_resume(prev: RunDoc, inv: Invocation) -> None:
     if old.data not in (None, inv.data_fp):
         raise EngineError(f"{inv.out} holds a run over different data (items file, data dir, subtask options "
                           "or prompt protocol changed); use another --output, or --fresh to start over there")
+    # A run.json from before the protocol was recorded was asked with every JSON schema on.
+    was = old.protocol if not isinstance(old.protocol, UnsetType) else protocols(inv.spec, legacy=True)
+    change = protocol_change(was, inv.protocol)
+    if change is not None:
+        raise EngineError(f"{inv.out} holds a run made under another protocol ({change}); "
+                          "use another --output, or --fresh to start over there")
     for name, fp in old.models.items():
         cfg = inv.cfg.models.get(name)
         if cfg is not None and name in inv.spec.models and fp != model_fingerprint(cfg):
@@ -124,7 +131,7 @@ async def _run_locked(inv: Invocation, prev: RunDoc | None) -> int:
     adapters = make_adapters(inv)
     pool = gpu_pool(inv)
     doc = document.started(prev, cfg, inv.spec, config_source=inv.opts.config_source, data_fp=inv.data_fp,
-                           planned_units=inv.planned_units, shard=inv.shard, partition=inv.partition)
+                           protocol=inv.protocol, planned_units=inv.planned_units, shard=inv.shard, partition=inv.partition)
     sharding.write_state(out, inv.shard, doc)
 
     stop = RunStop()

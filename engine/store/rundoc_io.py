@@ -18,7 +18,7 @@ import orjson
 
 from engine.config import Config, parse_config
 from engine.core.errors import CheckpointError, EngineError
-from engine.core.rundoc import RunDoc, ScoresDoc
+from engine.core.rundoc import RunDoc, ScoresDoc, UnsetType
 
 RUN_JSON = "run.json"
 SCORES_JSON = "scores.json"
@@ -41,6 +41,27 @@ def read_doc(path: Path, kind: type[D]) -> D | None:
     return _decode(path, kind)
 
 
+def read_run_doc(path: Path) -> RunDoc | None:
+    """A run.json or a shard's state file at `path` (None when there is none), as every reader
+    sees it: one written before `fingerprint.protocol` was recorded states its protocol."""
+    doc = read_doc(path, RunDoc)
+    return _with_old_protocol(doc) if doc is not None else None
+
+
+# The options that state the protocol of a run.json written before `fingerprint.protocol` was
+# recorded: every target's and judge's JSON schema was sent then (constrained output is opt-in
+# since), so verify, score and report expect the records that run made.
+OLD_PROTOCOL = {"constrained": True, "judge_constrained": True}
+
+
+def _with_old_protocol(doc: RunDoc) -> RunDoc:
+    if not isinstance(doc.fingerprint.protocol, UnsetType) or doc.spec.items is not None:
+        return doc
+    options = {k: {**OLD_PROTOCOL, **doc.spec.options.get(k, {})} for k in doc.spec.subtasks}
+    options.update({k: v for k, v in doc.spec.options.items() if k not in options})
+    return msgspec.structs.replace(doc, spec=msgspec.structs.replace(doc.spec, options=options))
+
+
 def write_doc(path: Path, doc: RunDoc | ScoresDoc, *, keep_unknown: bool = True) -> None:
     """`doc` as indented JSON at `path`, atomically; with `keep_unknown`, the top-level keys of the
     file it replaces that `doc` does not know are kept (after the known ones)."""
@@ -60,14 +81,14 @@ def write_doc(path: Path, doc: RunDoc | ScoresDoc, *, keep_unknown: bool = True)
 
 def read_run(directory: Path) -> RunDoc:
     """run.json of a run directory; an error when there is none."""
-    doc = read_doc(Path(directory) / RUN_JSON, RunDoc)
+    doc = read_run_doc(Path(directory) / RUN_JSON)
     if doc is None:
         raise EngineError(f"{directory}: no run.json; is this a run output directory?")
     return doc
 
 
 def read_run_if_any(directory: Path) -> RunDoc | None:
-    return read_doc(Path(directory) / RUN_JSON, RunDoc)
+    return read_run_doc(Path(directory) / RUN_JSON)
 
 
 def write_run(directory: Path, doc: RunDoc) -> None:
