@@ -254,7 +254,11 @@ class _Scorer:
                              judge=self.ranked_judge(sub.rubric), unparseable=eng.unparseable,
                              tie_break=eng.tie_break, models=models,
                              ranks=competition_ranks(values, sub.direction, tb),
-                             prompts=sub.prompts if sub.prompt_files else UNSET)
+                             prompts=sub.prompts if sub.prompt_files else UNSET,
+                             constrained=(sub.params.json_schema is not None
+                                          if registry.get(sub.key).params.json_schema is not None else UNSET),
+                             judge_constrained=sub.rubric.constrained if sub.rubric is not None else UNSET,
+                             judge_hardened=False if sub.rubric is not None and not sub.rubric.hardened else UNSET)
 
 
 def _number(v: object) -> float | None:

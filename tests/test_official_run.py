@@ -112,4 +112,6 @@ def test_a_changed_prompt_protocol_is_refused_on_resume(tmp_path: Path) -> None:
         assert run_engine(*args, "--fresh").rc == 0
     finally:
         srv.stop()
-    assert json.loads((out / "scores.json").read_text())["subtasks"]["privacy/leakage"]["prompts"] == "official"
+    leakage = json.loads((out / "scores.json").read_text())["subtasks"]["privacy/leakage"]
+    assert leakage["prompts"] == "official"
+    assert leakage["judge_hardened"] is False and leakage["judge_constrained"] is False

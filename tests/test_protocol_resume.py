@@ -31,6 +31,13 @@ def test_a_flipped_constrained_flag_is_refused_on_resume(tmp_path: Path, fake_se
     assert recorded["crisis/identification"] == {}  # own prompts, free text: defaults are omitted
     assert recorded["crisis/escalation"]["judge_constrained"] is True
     assert run_engine("run", free, *args).rc == 0  # the same protocol resumes
+    scores = orjson.loads((out / "scores.json").read_bytes())["subtasks"]
+    assert scores["crisis/identification"]["constrained"] is False
+    assert "judge_constrained" not in scores["crisis/identification"]  # not judged
+    assert scores["crisis/escalation"]["judge_constrained"] is True
+    assert "constrained" not in scores["crisis/escalation"] and "judge_hardened" not in scores["crisis/escalation"]
+    report = (out / "report.md").read_text()
+    assert "constrained: no" in report and "judge constrained: yes" in report
     before = files(out)
 
     flips = {'[pillars."crisis/identification"]\nconstrained = true\n': "crisis/identification: constrained false -> true",

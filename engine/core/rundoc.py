@@ -270,6 +270,12 @@ class SubtaskScores(msgspec.Struct, frozen=True, kw_only=True):
     # Only for subtasks that have the authors' templates (ethics, privacy): "official" when they
     # ran with them, "own" (engine wording, not comparable to the paper) when not.
     prompts: Literal["official", "own"] | UnsetType = UNSET
+    # Only for the subtasks whose target can be held to a JSON schema: whether it was (opt-in).
+    constrained: bool | UnsetType = UNSET
+    # Only for judged subtasks: whether the verdict was asked with a JSON schema; and `false` for a
+    # rubric sent in the authors' template, reply inserted raw (no injection hardening).
+    judge_constrained: bool | UnsetType = UNSET
+    judge_hardened: bool | UnsetType = UNSET
 
 
 class UsageCost(msgspec.Struct, frozen=True, kw_only=True):

@@ -218,8 +218,14 @@ def subtask_details(scores: ScoresDoc, models: tuple[ModelInfo, ...]) -> tuple[S
         out.append(SubtaskDetail(key=key, headline=s.headline, direction=s.direction, version=s.version,
                                  judge=s.judge, metrics=tuple(metrics), breakdown=breakdown_tables(per_model),
                                  unparseable=s.unparseable, tie_break=s.tie_break,
-                                 prompts=s.prompts if isinstance(s.prompts, str) else None))
+                                 prompts=s.prompts if isinstance(s.prompts, str) else None,
+                                 constrained=_flag(s.constrained), judge_constrained=_flag(s.judge_constrained),
+                                 judge_hardened=_flag(s.judge_hardened)))
     return tuple(out)
+
+
+def _flag(v: bool | UnsetType) -> bool | None:
+    return v if isinstance(v, bool) else None
 
 
 # --------------------------------------------------------------------------- judges

@@ -61,6 +61,20 @@ def fmt_prompts(prompts: str | None) -> str:
     return ""
 
 
+def fmt_protocol(prompts: str | None, constrained: bool | None, judge_constrained: bool | None,
+                 judge_hardened: bool | None) -> str:
+    """How a subtask asked, where scores.json says: its prompts, whether the target and the judge
+    were held to a JSON schema, and an official judge template sent unhardened ("" when none)."""
+    parts = [fmt_prompts(prompts)] if prompts else []
+    if constrained is not None:
+        parts.append(f"constrained: {'yes' if constrained else 'no'}")
+    if judge_constrained is not None:
+        parts.append(f"judge constrained: {'yes' if judge_constrained else 'no'}")
+    if judge_hardened is False:
+        parts.append("judge template as the authors sent it (reply inserted raw)")
+    return "; ".join(parts)
+
+
 def fmt_span(started: float | None, ended: float | None) -> str:
     """"started X, ended Y" with whatever is known."""
     parts = [f"started {fmt_time(started)}" if started else "", f"ended {fmt_time(ended)}" if ended else ""]

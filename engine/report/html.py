@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from engine.report.format import fmt_ci, fmt_cost, fmt_num, fmt_policy, fmt_prompts, fmt_span, rank_colour
+from engine.report.format import fmt_ci, fmt_cost, fmt_num, fmt_policy, fmt_protocol, fmt_span, rank_colour
 from engine.report.svg import PALETTE, pillar_heatmap, radar_svg
 from engine.report.view import BreakdownTable, Drill, DrillItem, RankCell, Report, SubtaskDetail
 
@@ -172,11 +172,12 @@ def subtask(d: SubtaskDetail) -> str:
     reasons = "".join(f'<li class="reason">{_e(m.model)}: {_e(m.reason)}</li>' for m in d.metrics if m.reason)
     bd = "".join(breakdown(b) for b in d.breakdown)
     policy = fmt_policy(d.unparseable, d.tie_break)
+    proto = fmt_protocol(d.prompts, d.constrained, d.judge_constrained, d.judge_hardened)
     return (f'<section class="subtask" id="{_anchor(d.key)}" data-subtask="{_attr(d.key)}"><h3>{_e(d.key)}</h3>'
             f'<p>headline <code>{_e(d.headline)}</code> '
             f'({"higher" if d.direction == "higher" else "lower"} is better), '
             f'version {_e(d.version or "?")}{", judge <code>" + _e(d.judge) + "</code>" if d.judge else ""}'
-            f'{"; " + _e(policy) if policy else ""}{"; " + _e(fmt_prompts(d.prompts)) if d.prompts else ""}</p>'
+            f'{"; " + _e(policy) if policy else ""}{"; " + _e(proto) if proto else ""}</p>'
             f'<table class="metrics"><thead><tr>{hrow}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
             + (f"<ul>{reasons}</ul>" if reasons else "")
             + (f"<details><summary>Breakdown ({len(d.breakdown)} table{'s' if len(d.breakdown) > 1 else ''})</summary>"

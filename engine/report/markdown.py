@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from engine.report.format import fmt_ci, fmt_cost, fmt_num, fmt_policy, fmt_prompts, fmt_span
+from engine.report.format import fmt_ci, fmt_cost, fmt_num, fmt_policy, fmt_protocol, fmt_span
 from engine.report.view import BreakdownTable, RankCell, Report, SubtaskDetail
 
 ARROW = {"higher": "↑", "lower": "↓"}
@@ -68,7 +68,8 @@ def _subtask(d: SubtaskDetail) -> list[str]:
            f"headline `{d.headline}` ({'higher' if d.direction == 'higher' else 'lower'} is better), "
            f"version {d.version or '?'}" + (f", judge `{d.judge}`" if d.judge else "")
            + (f"; {fmt_policy(d.unparseable, d.tie_break)}" if fmt_policy(d.unparseable, d.tie_break) else "")
-           + (f"; {fmt_prompts(d.prompts)}" if d.prompts else ""), ""]
+           + (f"; {proto}" if (proto := fmt_protocol(d.prompts, d.constrained, d.judge_constrained,
+                                                     d.judge_hardened)) else ""), ""]
     judged = any(m.judge for m in d.metrics)
     head = ["model", "rank", "value", "n", "n_scored", "n_unparseable", "n_failed", "n_missing", "interval"]
     head += ["judged", "judge unparseable", "not judged", "judge retried"] if judged else []

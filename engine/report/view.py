@@ -112,6 +112,9 @@ class SubtaskDetail(msgspec.Struct, frozen=True, kw_only=True):
     unparseable: str | None = None  # "exclude" | "zero" ([pillars."<key>"] unparseable)
     tie_break: str | None = None  # breakdown key that orders equal values (higher first)
     prompts: str | None = None  # "official" | "own", for the subtasks that have the authors' templates
+    constrained: bool | None = None  # target held to a JSON schema (None: the subtask offers none)
+    judge_constrained: bool | None = None  # None: not judged
+    judge_hardened: bool | None = None  # False: the authors' judge template, reply inserted raw
 
 
 class JudgeCounts(msgspec.Struct, frozen=True, kw_only=True):
