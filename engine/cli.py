@@ -6,7 +6,6 @@ Heavy imports happen inside the commands so that `--help` starts fast.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import sys
@@ -180,6 +179,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _event_loop(coro: Coroutine[object, object, T]) -> T:
     """The one event loop of a command: uvloop's where it is installed (Linux, macOS), else asyncio's."""
+    import asyncio  # here, not at the top: asyncio alone costs --help about 60 ms
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a core dependency on Linux/macOS
@@ -405,6 +405,8 @@ async def _until_signal(work: Coroutine[object, object, T]) -> tuple[T | None, i
     """Runs `work` until it ends or SIGINT/SIGTERM arrives: (result, 0) or (None, signum). The
     handlers are the loop's own, so a fetch started with SIGINT ignored (a background job of a
     script) still stops on it, and SIGTERM cleans up the same way (no `.part` file left)."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(work)
     got: list[int] = []
@@ -437,6 +439,8 @@ def _data_fetch(args: argparse.Namespace, manifest: Manifest, dest: Path, config
                         timeout=args.timeout, retries=args.retries)
     bar = _ByteBar(args.progress if args.progress is not None else sys.stderr.isatty())
     _log(f"data: fetching into {dest} from {f'mirror {mirror}' if mirror else 'upstream URLs'}")
+    import asyncio
+
     report, signum = asyncio.run(_until_signal(fetch(manifest, dest, opts, bar)))
     if report is None:
         _log(f"data fetch: stopped by {signal.Signals(signum).name}; no partial file was kept "

@@ -11,8 +11,9 @@ import pytest
 from engine.testing.fakeserver import FakeServerProcess
 from tests.conftest import count_lines, fake_model, verify_clean, write_config
 
-N_SMALL = 20_000
-N_BIG = 200_000
+# A tenfold range shows the flatness; benchmarks/bench_core.py (d) measures the peak over 1M items.
+N_SMALL = 10_000
+N_BIG = 100_000
 
 
 def _rss_kib(pid: int) -> int | None:
@@ -54,8 +55,7 @@ class _LineCounter:
 
 
 @pytest.mark.slow
-@pytest.mark.serial
-def test_rss_flat_from_20k_to_200k_items(tmp_path: Path, engine_procs) -> None:
+def test_rss_flat_from_10k_to_100k_items(tmp_path: Path, engine_procs) -> None:
     with FakeServerProcess({"log": False}) as srv:
         items = _write_many(tmp_path / "items.jsonl", N_BIG)
         cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(srv, max_concurrency=32)})
@@ -75,7 +75,8 @@ def test_rss_flat_from_20k_to_200k_items(tmp_path: Path, engine_procs) -> None:
                     rss_small, t_small = rss, time.monotonic()
                 elif rss_small is not None:
                     samples.append((lines, rss))
-            assert time.monotonic() - t0 < 240, f"too slow: {lines} lines after 240 s"
+            # A liveness guard, not a speed target: the run shares the machine with parallel tests.
+            assert time.monotonic() - t0 < 400, f"too slow: {lines} lines after 400 s"
             time.sleep(0.05)
         res = p.wait(timeout=30)
         elapsed = time.monotonic() - t0
@@ -85,9 +86,9 @@ def test_rss_flat_from_20k_to_200k_items(tmp_path: Path, engine_procs) -> None:
         late = [r for n, r in samples if n >= 0.9 * N_BIG] or [r for _, r in samples[-3:]]
         assert late, "no samples near the end of the run"
         growth_mib = (max(r for _, r in samples) - rss_small) / 1024
-        assert growth_mib <= 20, f"RSS grew {growth_mib:.1f} MiB from 20k to 200k items"
+        assert growth_mib <= 20, f"RSS grew {growth_mib:.1f} MiB from 10k to 100k items"
         rate = (N_BIG - N_SMALL) / max(time.monotonic() - t_small, 1e-9)
-        print(f"\n200k items in {elapsed:.1f} s ({rate:.0f} items/s after 20k); RSS at 20k "
+        print(f"\n100k items in {elapsed:.1f} s ({rate:.0f} items/s after 10k); RSS at 10k "
               f"{rss_small / 1024:.1f} MiB, growth to the end {growth_mib:.1f} MiB")
         assert srv.stats()["ok"] == N_BIG
     verify_clean(out)

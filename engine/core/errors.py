@@ -18,7 +18,10 @@ what, where, what to do.
 
 from __future__ import annotations
 
-from engine.core.records import ErrorKind
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # type only: keeps `import engine.cli` (and --help) from loading msgspec and orjson
+    from engine.core.records import ErrorKind
 
 
 class TrustMHError(Exception):
