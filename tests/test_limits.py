@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine.core.clock import VirtualClock
@@ -137,6 +137,7 @@ def test_pacer_late_wakeup_does_not_release_a_burst() -> None:
 # -- TokenWindow ------------------------------------------------------------------------------------
 
 
+@example(tpm=600.0, reqs=[(0.0, 0.5), (0.0, 0.75), (0.0, 0.625), (0.0, 0.625), (0.0, 0.625)])
 @settings(max_examples=60, deadline=None)
 @given(tpm=st.floats(min_value=600, max_value=60000),
        reqs=st.lists(st.tuples(st.floats(min_value=0, max_value=3), st.floats(min_value=0.0, max_value=1.0)),
@@ -161,9 +162,12 @@ def test_token_window_never_exceeds_capacity_in_any_window(tpm: float, reqs: lis
     admitted = arun(main)
     assert len(admitted) == len(charges)
     assert max_in_window([a for a, _ in admitted], weights=[float(t) for _, t in admitted]) <= cap + 1e-6
-    # Work-conserving: the whole set is admitted no later than a full-rate schedule allows.
+    # Work-conserving: the whole set is admitted no later than a full-rate schedule allows, plus the
+    # one cold-start hold of the window's first charge (hypothesis found 5 calls at t=0 admitted at
+    # 4.11 s against a bound of 4.06 s without it).
     total = sum(t for _, t in charges)
-    assert max(a for a, _ in admitted) <= max(at for at, _ in charges) + (total / cap + 1) * (1 + DEFAULT_MARGIN) + 1e-6
+    bound = max(at for at, _ in charges) + (total / cap + 1) * (1 + DEFAULT_MARGIN) + COLD_START_S
+    assert max(a for a, _ in admitted) <= bound + 1e-6
 
 
 def _tw(tpm: float = 600) -> tuple[VirtualClock, TokenWindow]:
