@@ -247,12 +247,22 @@ def parse_judgment(text: str) -> dict[str, object] | None:
     if not isinstance(text, str):
         return None
     obj = parse_json_object(text) or {}
-    out: dict[str, object] = {}
-    for k in PRINCIPLES:
+
+    def score_of(k: str) -> float | None:
         v = _num_in_range(obj.get(k))
         if v is None:
             found = re.findall(rf"[\"']?\b{k}\b[\"']?\s*[:=]\s*[\"']?(\d+(?:\.\d+)?)", text, re.I)
             v = _num_in_range(found[-1]) if found else None
+        return v
+
+    return _principle_scores(obj, score_of)
+
+
+def _principle_scores(obj: Mapping[str, object], score_of: Callable[[str], float | None]) -> dict[str, object] | None:
+    """Each principle's score (as `score_of` reads it) and, beside a score, its string reason."""
+    out: dict[str, object] = {}
+    for k in PRINCIPLES:
+        v = score_of(k)
         if v is not None:
             out[k] = v
             reason = obj.get(f"{k}_reason")
@@ -292,15 +302,7 @@ def parse_judgment_authors(text: str) -> dict[str, object] | None:
     obj = _authors_json(text) if isinstance(text, str) and text else None
     if not isinstance(obj, dict):
         return None
-    out: dict[str, object] = {}
-    for k in PRINCIPLES:
-        v = _authors_score(obj.get(k))
-        if v is not None:
-            out[k] = v
-            reason = obj.get(f"{k}_reason")
-            if isinstance(reason, str):
-                out[f"{k}_reason"] = reason
-    return out or None
+    return _principle_scores(obj, lambda k: _authors_score(obj.get(k)))
 
 
 def extract_reasoning(text: str) -> str:
