@@ -36,6 +36,7 @@ from engine.core.rundoc import (
     ShardsDoc,
     TokenCounts,
 )
+from engine.run.stats import add_hist, latency_of
 from engine.shards import Found, Partition, discover
 from engine.spec import merged_spec
 from engine.store.jsonl import describe, is_error, key_int, line_digest, line_key, whole_lines
@@ -209,18 +210,31 @@ def _least_finished(a: str, b: str) -> str:
     return a
 
 
+def _first(pick: Callable[[float, float], float], a: float | UnsetType, b: float | UnsetType) -> float | UnsetType:
+    if isinstance(a, UnsetType):
+        return b
+    return a if isinstance(b, UnsetType) else pick(a, b)
+
+
 def add_lanes(a: LaneSummary, b: LaneSummary) -> LaneSummary:
-    """One lane over two shards: counters summed, wall time the longest, latency percentiles the
-    highest shard's (an upper bound), state the least finished, the last message; where the lane
-    ran (ray) is the first shard's."""
+    """One lane over two shards: counters summed, wall time the longest, latency percentiles over
+    both histograms (shards written before histograms were kept: the highest shard's, an upper
+    bound), state the least finished, the last message; where the lane ran (ray) is the first
+    shard's."""
     summed = {f: getattr(a, f) + getattr(b, f) for f in _SUMMED}
     errors = dict(a.errors)
     for k, v in b.errors.items():
         errors[k] = errors.get(k, 0) + v
     tokens = TokenCounts(**{f: getattr(a.tokens, f) + getattr(b.tokens, f) for f in TokenCounts.__struct_fields__})
     latency = Latency(**{q: _worse(getattr(a.latency_s, q), getattr(b.latency_s, q)) for q in Latency.__struct_fields__})
+    hist: dict[int, int] | UnsetType = UNSET
+    if not isinstance(a.latency_hist, UnsetType) and not isinstance(b.latency_hist, UnsetType):
+        hist = add_hist(a.latency_hist, b.latency_hist)  # both histograms: exact percentiles over both
+        latency = latency_of(hist) if hist else latency
     return msgspec.structs.replace(
-        a, **summed, errors=errors, tokens=tokens, latency_s=latency, wall_s=_worse(a.wall_s, b.wall_s),
+        a, **summed, errors=errors, tokens=tokens, latency_s=latency, latency_hist=hist,
+        started_at=_first(min, a.started_at, b.started_at), ended_at=_first(max, a.ended_at, b.ended_at),
+        wall_s=_worse(a.wall_s, b.wall_s),
         state=_least_finished(a.state, b.state), message=b.message or a.message,
         actor_restarts=_opt_sum(a.actor_restarts, b.actor_restarts), cost=_opt_sum(a.cost, b.cost))
 

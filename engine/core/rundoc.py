@@ -100,6 +100,14 @@ class LaneSummary(msgspec.Struct, frozen=True, kw_only=True):
     pid: int | UnsetType = UNSET
     actor_restarts: int | UnsetType = UNSET
     cost: float | UnsetType = UNSET  # not written by the engine; shown by the report when present
+    # Across invocations (engine/run/stats.py `merge_invocations`); absent in run.json written before
+    # lanes were merged, whose `lanes` hold the last invocation only. In `lanes` the counters are
+    # summed over every invocation and wall_s is their summed running time; in a `history` entry
+    # they are that invocation's.
+    started_at: float | UnsetType = UNSET  # wall clock: the first invocation's start
+    ended_at: float | UnsetType = UNSET  # the last invocation's end
+    invocations: int | UnsetType = UNSET
+    latency_hist: dict[int, int] | UnsetType = UNSET  # log bucket (5% wide, stats.py) -> requests
 
 
 # --------------------------------------------------------------------------- run.json
@@ -134,6 +142,7 @@ class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
     status: str | None = None
     argv: list[str] = []
     merged_shards: int | UnsetType = UNSET  # a `merge`, not a run
+    lanes: dict[str, LaneSummary] | UnsetType = UNSET  # this invocation's lane statistics
 
 
 class PartitionDoc(msgspec.Struct, frozen=True, kw_only=True):

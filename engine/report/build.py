@@ -370,7 +370,10 @@ def lanes(run: RunDoc) -> tuple[LanePerf, ...]:
             latency_p50=lat.p50, latency_p95=lat.p95, latency_p99=lat.p99,
             retries=d.retries, rate_limited=d.rate_limited, errors=dict(d.errors),
             wait_s=d.wait_s, busy_s=d.busy_s, wall_s=d.wall_s, tokens=msgspec.structs.asdict(d.tokens),
-            cost=d.cost if not isinstance(d.cost, UnsetType) else None))
+            cost=d.cost if not isinstance(d.cost, UnsetType) else None,
+            invocations=d.invocations if not isinstance(d.invocations, UnsetType) else None,
+            started_at=d.started_at if not isinstance(d.started_at, UnsetType) else None,
+            ended_at=d.ended_at if not isinstance(d.ended_at, UnsetType) else None))
     return tuple(out)
 
 
@@ -520,8 +523,12 @@ def build_report(inputs: ReportInputs, *, per_subtask: int = 5) -> Report:
     configured = _table(run.config, "judge").get("models")
     judges = tuple(dict.fromkeys([*(map(str, configured) if isinstance(configured, list) else ()),
                                   *inputs.judgments]))
+    perf = lanes(run)
+    # Lanes merged over invocations (run.json since they are): the run's span is the first start to
+    # the last end; an older run.json keeps the last invocation's, as it always reported.
+    first = run.history[0].started_at if run.history and any(ln.invocations for ln in perf) else None
     info = RunInfo(directory=inputs.directory, status=run.status, config_source=run.config_source,
-                   started_at=run.started_at, ended_at=run.ended_at,
+                   started_at=first or run.started_at, ended_at=run.ended_at,
                    data=(scores.data if scores else None) or spec.data_dir or "builtin",
                    limit=spec.limit, samples=spec.samples, judges=judges)
     return Report(
@@ -531,7 +538,7 @@ def build_report(inputs: ReportInputs, *, per_subtask: int = 5) -> Report:
         judge_counts=judge_counts(scores) if scores else (),
         judge_agreement=judge_agreement(parsed, ranked) if len(parsed) > 1 else (),
         keyword_agreement=keyword_agreement(scores) if scores else (),
-        lanes=lanes(run), tokens=token_use(run, inputs.records, inputs.judgments),
+        lanes=perf, tokens=token_use(run, inputs.records, inputs.judgments),
         drilldown=drilldown(inputs, list(dict.fromkeys([*spec_keys, *ranked])), [m.name for m in models],
                             ranked, parsed, per_subtask, options, spec.data_dir) if per_subtask > 0 else (),
         notes=tuple(notes))

@@ -212,7 +212,9 @@ def performance(r: Report) -> str:
         return ""
     out = ['<section id="performance"><h2>Run performance</h2>']
     if r.lanes:
-        out.append("<p>Per lane, from run.json (this run's process; a resumed run counts from its restart):</p>")
+        out.append("<p>Per lane, from run.json, over every invocation of this run (wall s: their summed running "
+                   "time; rates over it):</p>" if any(ln.invocations for ln in r.lanes) else
+                   "<p>Per lane, from run.json (this run's process; a resumed run counts from its restart):</p>")
         out.append(table(
             ["lane", "state", "done", "judged", "req/s", "out tok/s", "p50 s", "p95 s", "p99 s", "retries", "429s",
              "errors", "wait s", "busy s", "wall s", "prompt tok", "completion tok", "cost"],

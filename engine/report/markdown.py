@@ -113,7 +113,10 @@ def _judges(r: Report) -> list[str]:
 def _perf(r: Report) -> list[str]:
     out = []
     if r.lanes:
-        out += ["## Run performance", "", "Per lane, this run's process (a resumed run counts from its restart):", ""]
+        merged = any(ln.invocations for ln in r.lanes)
+        out += ["## Run performance", "", "Per lane, over every invocation of this run (wall s: their summed "
+                "running time; rates over it):" if merged
+                else "Per lane, this run's process (a resumed run counts from its restart):", ""]
         out += table(["lane", "state", "done", "judged", "req/s", "out tok/s", "p50 s", "p95 s", "p99 s", "retries",
                       "429s", "errors", "wait s", "busy s", "wall s", "cost"],
                      [[ln.model, ln.state or "", ln.done, ln.judged, ln.requests_per_s, ln.output_tokens_per_s,

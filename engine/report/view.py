@@ -164,6 +164,9 @@ class LanePerf(msgspec.Struct, frozen=True, kw_only=True):
     wall_s: float | None
     tokens: dict[str, int]
     cost: float | None = None
+    invocations: int | None = None  # merged over this many invocations (None: a run.json from before)
+    started_at: float | None = None  # the first invocation's start (wall clock)
+    ended_at: float | None = None  # the last one's end
 
 
 class TokenUse(msgspec.Struct, frozen=True, kw_only=True):

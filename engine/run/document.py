@@ -32,6 +32,7 @@ from engine.core.rundoc import (
     UnsetType,
 )
 from engine.costs import Budget
+from engine.run.stats import merge_invocations
 from engine.runstate import config_doc, model_fingerprint, packages
 from engine.shards import Partition, Shard
 from engine.spec import merged_spec
@@ -75,16 +76,18 @@ def servers_doc(pool: GpuPool | None, launched: Mapping[str, Mapping[str, object
 
 def finished(doc: RunDoc, *, status: str, lanes: Mapping[str, LaneSummary], budget: Budget | None,
              ray_address: str | None, backend: str, servers: ServersDoc | None) -> RunDoc:
-    """run.json at the end: how the run ended, each lane's counters (merged over earlier
-    invocations' lanes), the budget and the servers; one more history entry."""
+    """run.json at the end: how the run ended, each lane's counters (this invocation's in its history
+    entry; in `lanes` merged with the earlier invocations', `stats.merge_invocations`), the budget and
+    the servers; one more history entry."""
     ended = time.time()
+    before = doc.lane_map
     return msgspec.structs.replace(
         doc,
         backend=BackendDoc(kind="ray", address=ray_address) if backend == "ray" else doc.backend,
         budget=BudgetDoc(limit_usd=budget.limit, spent_usd=round(budget.spent, 6), exhausted=budget.exhausted)
         if budget is not None else doc.budget,
-        lanes={**doc.lane_map, **lanes},
+        lanes={**before, **{name: merge_invocations(before.get(name), lane) for name, lane in lanes.items()}},
         servers=servers if servers is not None else doc.servers,
         ended_at=ended, status=status,
         history=[*doc.history, HistoryEntry(started_at=doc.started_at, ended_at=ended, status=status,
-                                            argv=sys.argv[1:])])
+                                            argv=sys.argv[1:], lanes=dict(lanes))])

@@ -1,14 +1,17 @@
-"""Per-lane counters for progress bars, run.json and the report."""
+"""Per-lane counters for progress bars, run.json and the report, and their merge over the
+invocations of a resumed run (`merge_invocations`)."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TypeVar
 
-from engine.core.rundoc import LaneSummary, Latency, TokenCounts
+import msgspec
+
+from engine.core.rundoc import UNSET, LaneSummary, Latency, TokenCounts, UnsetType
 
 _BASE = math.log(1.05)
 _INV_BASE = 1.0 / _BASE
@@ -72,16 +75,7 @@ class LaneStats:
         self._lat[int(_log(seconds if seconds > 1e-6 else 1e-6) * _INV_BASE)] += 1
 
     def percentile(self, q: float) -> float | None:
-        total = sum(self._lat.values())
-        if not total:
-            return None
-        rank = q * total
-        acc = 0
-        for b in sorted(self._lat):
-            acc += self._lat[b]
-            if acc >= rank:
-                return round(math.exp((b + 0.5) * _BASE), 6)
-        return None
+        return percentile(self._lat, q)
 
     def summary(self) -> LaneSummary:
         """run.json `lanes.<model>`."""
@@ -95,6 +89,82 @@ class LaneStats:
             wall_s=round(wall, 3) if wall else None,
             requests_per_s=round(self.done / wall, 3) if wall else None,
             output_tokens_per_s=round(self.completion_tokens / wall, 3) if wall else None,
-            latency_s=Latency(p50=self.percentile(0.5), p95=self.percentile(0.95), p99=self.percentile(0.99)),
+            latency_s=latency_of(self._lat),
             tokens=TokenCounts(prompt=self.prompt_tokens, completion=self.completion_tokens,
-                               reasoning=self.reasoning_tokens, cached=self.cached_tokens))
+                               reasoning=self.reasoning_tokens, cached=self.cached_tokens),
+            started_at=self.started if self.started is not None else UNSET,
+            ended_at=self.ended if self.ended is not None else UNSET,
+            invocations=1, latency_hist=dict(sorted(self._lat.items())))
+
+
+def percentile(hist: Mapping[int, int], q: float) -> float | None:
+    """The q-quantile of a latency histogram (bucket -> count), at its bucket's midpoint."""
+    total = sum(hist.values())
+    if not total:
+        return None
+    rank = q * total
+    acc = 0
+    for b in sorted(hist):
+        acc += hist[b]
+        if acc >= rank:
+            return round(math.exp((b + 0.5) * _BASE), 6)
+    return None
+
+
+def latency_of(hist: Mapping[int, int]) -> Latency:
+    return Latency(p50=percentile(hist, 0.5), p95=percentile(hist, 0.95), p99=percentile(hist, 0.99))
+
+
+def add_hist(a: Mapping[int, int], b: Mapping[int, int]) -> dict[int, int]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + v
+    return dict(sorted(out.items()))
+
+
+# Counters of one invocation that add up over a resumed run's invocations; planned, skipped and
+# exhausted describe where the run stands now, so the merged view takes the last invocation's.
+_ADDED = ("done", "judged", "ok", "fatal", "sent", "retries", "rate_limited", "limit_pushbacks", "truncated",
+          "requeried", "wait_s", "busy_s")
+
+
+def _opt_add(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else round(a + b, 3)
+
+
+def merge_invocations(before: LaneSummary | None, now: LaneSummary) -> LaneSummary:
+    """run.json `lanes.<model>` over every invocation of a run: `before` is the merged view so far
+    (or, in a run.json written before merging, the last invocation's statistics), `now` this
+    invocation's. Requests, tokens, errors and times are summed; wall_s is the summed running time
+    (the pauses between invocations left out) and the rates are over it; latency percentiles are
+    over the summed histogram (where `before` has none, over this invocation's only); the span
+    runs from the first start to the last end."""
+    if before is None:
+        return now
+    errors = dict(before.errors)
+    for k, v in now.errors.items():
+        errors[k] = errors.get(k, 0) + v
+    tokens = TokenCounts(**{f: getattr(before.tokens, f) + getattr(now.tokens, f)
+                            for f in TokenCounts.__struct_fields__})
+    hist = add_hist(_hist(before), _hist(now))
+    wall = _opt_add(before.wall_s, now.wall_s)
+    done = before.done + now.done
+    summed: dict[str, float] = {f: getattr(before, f) + getattr(now, f) for f in _ADDED}
+    summed["wait_s"], summed["busy_s"] = round(summed["wait_s"], 3), round(summed["busy_s"], 3)
+    return msgspec.structs.replace(
+        now, **summed, errors=errors, tokens=tokens,
+        wall_s=wall, requests_per_s=round(done / wall, 3) if wall else None,
+        output_tokens_per_s=round(tokens.completion / wall, 3) if wall else None,
+        latency_s=latency_of(hist) if hist else now.latency_s, latency_hist=hist,
+        started_at=before.started_at if not isinstance(before.started_at, UnsetType) else now.started_at,
+        ended_at=now.ended_at if not isinstance(now.ended_at, UnsetType) else before.ended_at,
+        invocations=_count(before) + _count(now))
+
+
+def _hist(lane: LaneSummary) -> Mapping[int, int]:
+    return lane.latency_hist if not isinstance(lane.latency_hist, UnsetType) else {}
+
+
+def _count(lane: LaneSummary) -> int:
+    return lane.invocations if not isinstance(lane.invocations, UnsetType) else 1
+
