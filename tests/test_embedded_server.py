@@ -246,6 +246,13 @@ def test_embedded_argv_is_pure_and_complete():
     }  # fmt: skip
 
 
+def test_threads_default_to_every_cpu_the_process_may_use():
+    assert emb.LlamaSettings().threads == 0
+    argv = emb.embedded_argv(emb.LlamaSettings(), "/models/x.gguf", 1)
+    assert argv[argv.index("--threads") + 1] == str(len(os.sched_getaffinity(0)))
+    assert emb.compute_threads(3) == 3
+
+
 def test_embedded_server_params_are_deterministic():
     pytest.importorskip("xllamacpp")
     from adapters.servers import embedded_server as es

@@ -8,8 +8,8 @@
 shuts the HTTP server down. This module blocks until SIGTERM/SIGINT, then shuts down cleanly.
 
 Defaults aim at reproducible output: per-slot KV cache (kv_unified off) and no prompt caching or
-cache reuse, so a greedy answer is byte-identical alone or under concurrent load. One compute
-thread by default: on a busy 2-core box ggml's spinning barrier with 2 threads can collapse.
+cache reuse, so a greedy answer is byte-identical alone or under concurrent load. The caller
+passes the compute threads (the engine: every CPU the process may use, adapters.servers.llama).
 It prints nothing itself; llama.cpp logs to stderr.
 """
 

@@ -48,11 +48,21 @@ class LlamaSettings(msgspec.Struct, frozen=True, kw_only=True):
     alias: str = "smollm2-135m"  # the model name the server answers to
     slots: Positive = 4  # parallel sequences (continuous batching)
     ctx_per_slot: Annotated[int, msgspec.Meta(ge=16)] = 2048  # tokens per slot (prompt + completion)
-    threads: Positive = 1  # compute threads; 1 is steadiest on small shared machines
+    threads: Annotated[int, msgspec.Meta(ge=0)] = 0  # compute threads; 0 = every CPU this process may use
     seed: Annotated[int, msgspec.Meta(ge=0)] = 0  # server default sampling seed (requests may override)
     startup_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     http_threads: Annotated[int, msgspec.Meta(ge=0)] = 0  # HTTP worker threads; 0 = max(16, 4 * slots)
     log_level: Literal["error", "warn", "info", "debug"] = "info"  # llama.cpp log verbosity
+
+
+def compute_threads(requested: int) -> int:
+    """`requested`, or with 0 every CPU this process may run on (its affinity mask, which Slurm
+    and taskset narrow; os.cpu_count() counts the whole machine)."""
+    if requested > 0:
+        return requested
+    if sys.platform == "linux":
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def require_local_extra() -> None:
@@ -70,7 +80,7 @@ def embedded_argv(opts: LlamaSettings, model_path: str | Path, port: int) -> lis
         "--alias", opts.alias,
         "--slots", str(opts.slots),
         "--ctx-per-slot", str(opts.ctx_per_slot),
-        "--threads", str(opts.threads),
+        "--threads", str(compute_threads(opts.threads)),
         "--seed", str(opts.seed),
         "--http-threads", str(opts.http_threads),
         "--log-level", opts.log_level,
