@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # type only: keeps `import engine.cli` (and --help) from loading msgspec and orjson
+if TYPE_CHECKING:  # type only: the error tree loads without msgspec and orjson
     from engine.core.records import ErrorKind
 
 

@@ -7,5 +7,5 @@
 - `derive.py`: files built locally from other pinned files of the same dataset.
 
 The `python -m engine data fetch | list` command (arguments, printing, the event loop and signal
-handling) lives in engine/cli.py.
+handling) lives in engine/cli/commands.py.
 """

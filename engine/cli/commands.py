@@ -1,24 +1,37 @@
-"""`python -m engine`: the only place that prints and the only `asyncio.run`.
+"""The commands of `python -m engine` (engine/cli/__init__.py parses): with the parser, the only place
+that prints, and the only event loops (`_event_loop`, the data fetch's `asyncio.run`).
 
-Heavy imports happen inside the commands so that `--help` starts fast.
+What only some commands need and costs start-up time (the report's view and formatting, the data fetch's
+aiohttp, verify, merge, plan) is imported inside those commands.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
+import msgspec
+
+from engine import spec as runspec
+from engine.config import Config, default_config, load_config
 from engine.core.errors import ConfigError, DataError, EngineError
 from engine.core.prompts import PROMPTS_DIR
 from engine.core.rundoc import RunSpec
 from engine.datasets.manifest import Manifest, file_status, load_manifest, resolve_dest, resolve_mirror, select_datasets
 from engine.datasets.prompts import load_manifest as load_prompts_manifest
 from engine.datasets.prompts import template_status
+from engine.options import check_all
+from engine.run import runner
+from engine.scoring import score_run, write_scores
+from engine.shards import discover, parse_shard
+from engine.store.rundoc_io import load_run, read_run
+from pillars import registry
 
 T = TypeVar("T")
 
@@ -31,100 +44,14 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine", description="TrustMH-Bench evaluation engine")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
-    r = sub.add_parser("run", help="generate (and resume) a run")
-    r.add_argument("config", nargs="?", help="run config TOML (default: the shipped default config)")
-    r.add_argument("--output", help="output directory (default: run.output)")
-    r.add_argument("--models", help="comma-separated models keys to run (default: all)")
-    r.add_argument("--pillars", help="comma-separated pillar ids (default: run.pillars)")
-    r.add_argument("--limit", type=int, help="base items per subtask (0 = all)")
-    r.add_argument("--items", help="custom items JSONL (id + messages or prompt), sent through every model")
-    r.add_argument("--data-dir", help="official data laid out like shared/trustmh (default: built-in items)")
-    r.add_argument("--fresh", action="store_true", help="start over: move earlier results aside")
-    r.add_argument("--retry-errors", action="store_true", help="retry items whose final outcome was a fatal error")
-    r.add_argument("--budget", type=float, metavar="USD",
-                   help="stop dispatching before this invocation could spend more than USD (uses [prices])")
-    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars on stderr (default: when stderr is a terminal)")
-    r.add_argument("--shard", metavar="I/N",
-                   help="run only shard I of N (1-based; e.g. a Slurm array task), in its own files; "
-                        "combine with `merge DIR` when all N are done")
-    r.add_argument("--backend", choices=("local", "ray"), default="local",
-                   help="local: every lane in this process (default); ray: each lane in a Ray actor")
-    r.add_argument("--ray-address", metavar="ADDR",
-                   help="Ray cluster address for --backend ray (default: $RAY_ADDRESS, else a local Ray)")
-
-    v = sub.add_parser("verify", help="check a run directory is complete and duplicate-free")
-    v.add_argument("dir")
-
-    mg = sub.add_parser("merge", help="combine the shard files of `run --shard I/N` into the normal layout")
-    mg.add_argument("dir")
-
-    c = sub.add_parser("validate", help="check a config file")
-    c.add_argument("config")
-
-    sc = sub.add_parser("score", help="compute scores.json (metrics and ranks) for a run directory")
-    sc.add_argument("dir")
-
-    j = sub.add_parser("judge", help="(re-)judge an existing run without regenerating")
-    j.add_argument("dir")
-    j.add_argument("--judge", help="models key of the judge (default: the run's [judge] models)")
-    j.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
-
-    rp = sub.add_parser("report", help="write report.md and report.html for a run (or print one format)")
-    rp.add_argument("dir")
-    rp.add_argument("--format", choices=("md", "html", "json"), help="print this format (default: write both files)")
-    rp.add_argument("--output", help="with --format: write to this file instead of stdout")
-    rp.add_argument("--drill", type=int, default=5, help="drill-down items per subtask (0 = none)")
-
-    da = sub.add_parser("data", help="fetch (sha256-checked) or list the official datasets")
-    das = da.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    df = das.add_parser("fetch", help="download the official data into a folder laid out like shared/trustmh")
-    dl = das.add_parser("list", help="datasets, files, sizes, sources, and what is present and verified")
-    for x in (df, dl):
-        x.add_argument("--to", metavar="DIR", help="data folder (default: [data] cache, else $TRUSTMH_CACHE/data, "
-                       "else ~/.cache/trustmh-engine/data)")
-        x.add_argument("--only", metavar="DATASET,...", help="comma-separated dataset folders, or official-prompts (default: all)")
-        x.add_argument("--config", help="run config TOML whose [data] mirror / cache to use")
-        x.add_argument("--manifest", help="data manifest TOML (default: engine/data_manifest.toml)")
-    df.add_argument("--mirror", metavar="URL", help="fetch <URL>/<dataset>/<path> instead of upstream: http(s)://, "
-                    "file:// or a local folder (default: [data] mirror, else $TRUSTMH_DATA_MIRROR)")
-    df.add_argument("--force", action="store_true", help="re-download files that are already present and verified")
-    df.add_argument("--jobs", type=int, default=4, help="parallel downloads (default 4)")
-    df.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a try fails (default 60)")
-    df.add_argument("--retries", type=int, default=2, help="retries of a network error, with backoff (default 2)")
-    df.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                    help="byte progress bar on stderr (default: when stderr is a terminal)")
-
-    pl = sub.add_parser("plan", help="requests, tokens, cost and best-case time of a run, before any call")
-    pl.add_argument("config", nargs="?")
-    pl.add_argument("--output")
-    pl.add_argument("--models")
-    pl.add_argument("--pillars")
-    pl.add_argument("--limit", type=int)
-    pl.add_argument("--items")
-    pl.add_argument("--data-dir")
-
-    sub.add_parser("list", help="list pillars and subtasks")
-    return p
-
-
-def _load(path: str | None) -> tuple[Any, str]:
-    from engine.config import default_config, load_config
-
+def _load(path: str | None) -> tuple[Config, str]:
     if path is None:
         return default_config(), "default"
     return load_config(path), path
 
 
-def _spec(args: argparse.Namespace) -> tuple[Any, Any, str]:
+def _spec(args: argparse.Namespace) -> tuple[Config, RunSpec, str]:
     """Config + the run spec the command line asks for (shared by run and plan)."""
-    from engine import spec as runspec
-    from engine.options import check_all
-
     cfg, source = _load(args.config)
     if args.items and args.pillars:
         raise EngineError("--pillars and --items exclude each other: --items replaces the pillar items")
@@ -167,7 +94,7 @@ def _spec(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from engine.plan import build_plan, render_plan
+    from engine.plan import build_plan, render_plan  # lazy: only `plan` needs it
 
     cfg, spec, _ = _spec(args)
     out = Path(spec.output)
@@ -179,7 +106,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _event_loop(coro: Coroutine[object, object, T]) -> T:
     """The one event loop of a command: uvloop's where it is installed (Linux, macOS), else asyncio's."""
-    import asyncio  # here, not at the top: asyncio alone costs --help about 60 ms
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a core dependency on Linux/macOS
@@ -188,8 +114,6 @@ def _event_loop(coro: Coroutine[object, object, T]) -> T:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from engine.run import runner
-
     cfg, spec, source = _spec(args)
     items = spec.items
     progress = args.progress if args.progress is not None else (
@@ -198,8 +122,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise EngineError("--budget must be >= 0 (US dollars)")
     shard = None
     if args.shard is not None:
-        from engine.shards import parse_shard
-
         shard = parse_shard(args.shard)
     ray_address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
     if args.backend != "ray" and args.ray_address:
@@ -218,8 +140,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _finish_scores(out: Path) -> None:
-    from engine.scoring import score_run, write_scores
-
     scores = score_run(out)
     path = write_scores(out, scores)
     for key, sub in scores.subtasks.items():
@@ -236,8 +156,6 @@ def _fmt(v: float | None) -> str:
 
 def _merged_first(out: Path) -> None:
     """score/report read the normal layout: shard files must be merged first."""
-    from engine.shards import discover
-
     if discover(out):
         raise EngineError(f"{out} holds shard files that are not merged yet; run `python -m engine merge {out}` first")
 
@@ -249,11 +167,6 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    import msgspec
-
-    from engine.run import runner
-    from engine.store.rundoc_io import load_run
-
     out = Path(args.dir)
     doc, cfg = load_run(out)
     if args.judge:
@@ -269,8 +182,6 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from pillars import registry
-
     print(f"{'pillar/subtask':38} {'kind':15} {'judged':7} {'built-in':9} official data")
     for sub in registry.all_subtasks():
         n = sum(1 for _ in registry.load_items(sub, None)) if sub.kind != "derived" else 0
@@ -282,7 +193,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from engine.verify import verify
+    from engine.verify import verify  # lazy: only `verify` needs it
 
     report = verify(Path(args.dir))
     for line in report.lines:
@@ -291,23 +202,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from engine.merge import merge
+    from engine.merge import merge  # lazy: only `merge` needs it
 
     out = Path(args.dir)
     res = merge(out, log=_log)
     for line in res.lines:
         print(line)
     if res.merged:
-        from engine.store.rundoc_io import read_run
-
         if read_run(out).spec.items is None:
             _finish_scores(out)
     return res.code
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from engine.config import load_config
-
     cfg = load_config(args.config)
     print(f"{args.config}: ok ({len(cfg.models)} models: {', '.join(cfg.models)})")
     return 0
@@ -315,10 +222,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _write_reports(out: Path) -> None:
     """report.md + report.html next to scores.json; a failed report never fails the run."""
-    from engine.report import write_reports
+    from engine import report  # lazy for start-up time: a run of custom items writes no report
 
     try:
-        paths = write_reports(out)
+        paths = report.write_reports(out)
     except Exception as exc:
         _err(f"report: {type(exc).__name__}: {exc}; retry with `python -m engine report {out}`")
         return
@@ -326,7 +233,7 @@ def _write_reports(out: Path) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from engine.report import render, report_for, write_reports
+    from engine import report  # lazy for start-up time: only score, report and a finished run write one
 
     out = Path(args.dir)
     _merged_first(out)
@@ -335,11 +242,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.format is None:
         if args.output:
             raise EngineError("--output needs --format (without it, report.md and report.html go into DIR)")
-        for path in write_reports(out, per_subtask=args.drill):
+        for path in report.write_reports(out, per_subtask=args.drill):
             print(path)
         return 0
-    report, secrets = report_for(out, per_subtask=args.drill)
-    text = render(report, args.format, secrets)
+    view, secrets = report.report_for(out, per_subtask=args.drill)
+    text = report.render(view, args.format, secrets)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
@@ -405,8 +312,6 @@ async def _until_signal(work: Coroutine[object, object, T]) -> tuple[T | None, i
     """Runs `work` until it ends or SIGINT/SIGTERM arrives: (result, 0) or (None, signum). The
     handlers are the loop's own, so a fetch started with SIGINT ignored (a background job of a
     script) still stops on it, and SIGTERM cleans up the same way (no `.part` file left)."""
-    import asyncio
-
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(work)
     got: list[int] = []
@@ -429,19 +334,17 @@ async def _until_signal(work: Coroutine[object, object, T]) -> tuple[T | None, i
 
 
 def _data_fetch(args: argparse.Namespace, manifest: Manifest, dest: Path, config_mirror: str | None) -> int:
-    # Lazy for start-up time: the fetch loads aiohttp, which `data list` and --help do not need.
-    from engine.datasets.fetch import FetchOptions, fetch
+    # Lazy for start-up time: the fetch loads aiohttp, which `data list` and the other commands do not need.
+    from engine.datasets import fetch as fetching
 
     mirror = resolve_mirror(args.mirror, config_mirror)
     if args.jobs < 1 or args.retries < 0 or args.timeout <= 0:
         raise ConfigError("data fetch: --jobs must be >= 1, --retries >= 0 and --timeout > 0")
-    opts = FetchOptions(only=_split(args.only), mirror=mirror, force=args.force, jobs=args.jobs,
+    opts = fetching.FetchOptions(only=_split(args.only), mirror=mirror, force=args.force, jobs=args.jobs,
                         timeout=args.timeout, retries=args.retries)
     bar = _ByteBar(args.progress if args.progress is not None else sys.stderr.isatty())
     _log(f"data: fetching into {dest} from {f'mirror {mirror}' if mirror else 'upstream URLs'}")
-    import asyncio
-
-    report, signum = asyncio.run(_until_signal(fetch(manifest, dest, opts, bar)))
+    report, signum = asyncio.run(_until_signal(fetching.fetch(manifest, dest, opts, bar)))
     if report is None:
         _log(f"data fetch: stopped by {signal.Signals(signum).name}; no partial file was kept "
              "(verified files stay); rerun to continue")
@@ -510,12 +413,8 @@ COMMANDS = {"plan": cmd_plan, "run": cmd_run, "verify": cmd_verify, "validate": 
             "data": cmd_data}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help()
-        return 2
+def dispatch(args: argparse.Namespace) -> int:
+    """Runs the parsed command: its exit code; an EngineError is one line on stderr and its exit code."""
     try:
         return COMMANDS[args.command](args)
     except EngineError as exc:

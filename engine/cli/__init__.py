@@ -1,0 +1,102 @@
+"""`python -m engine`: the command line. This module only parses, so that `--help` and a mistyped flag
+answer at once; the commands (with the CLI's prints and its one event loop) are in engine/cli/commands.py,
+imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m engine", description="TrustMH-Bench evaluation engine")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="generate (and resume) a run")
+    r.add_argument("config", nargs="?", help="run config TOML (default: the shipped default config)")
+    r.add_argument("--output", help="output directory (default: run.output)")
+    r.add_argument("--models", help="comma-separated models keys to run (default: all)")
+    r.add_argument("--pillars", help="comma-separated pillar ids (default: run.pillars)")
+    r.add_argument("--limit", type=int, help="base items per subtask (0 = all)")
+    r.add_argument("--items", help="custom items JSONL (id + messages or prompt), sent through every model")
+    r.add_argument("--data-dir", help="official data laid out like shared/trustmh (default: built-in items)")
+    r.add_argument("--fresh", action="store_true", help="start over: move earlier results aside")
+    r.add_argument("--retry-errors", action="store_true", help="retry items whose final outcome was a fatal error")
+    r.add_argument("--budget", type=float, metavar="USD",
+                   help="stop dispatching before this invocation could spend more than USD (uses [prices])")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars on stderr (default: when stderr is a terminal)")
+    r.add_argument("--shard", metavar="I/N",
+                   help="run only shard I of N (1-based; e.g. a Slurm array task), in its own files; "
+                        "combine with `merge DIR` when all N are done")
+    r.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: every lane in this process (default); ray: each lane in a Ray actor")
+    r.add_argument("--ray-address", metavar="ADDR",
+                   help="Ray cluster address for --backend ray (default: $RAY_ADDRESS, else a local Ray)")
+
+    v = sub.add_parser("verify", help="check a run directory is complete and duplicate-free")
+    v.add_argument("dir")
+
+    mg = sub.add_parser("merge", help="combine the shard files of `run --shard I/N` into the normal layout")
+    mg.add_argument("dir")
+
+    c = sub.add_parser("validate", help="check a config file")
+    c.add_argument("config")
+
+    sc = sub.add_parser("score", help="compute scores.json (metrics and ranks) for a run directory")
+    sc.add_argument("dir")
+
+    j = sub.add_parser("judge", help="(re-)judge an existing run without regenerating")
+    j.add_argument("dir")
+    j.add_argument("--judge", help="models key of the judge (default: the run's [judge] models)")
+    j.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+
+    rp = sub.add_parser("report", help="write report.md and report.html for a run (or print one format)")
+    rp.add_argument("dir")
+    rp.add_argument("--format", choices=("md", "html", "json"), help="print this format (default: write both files)")
+    rp.add_argument("--output", help="with --format: write to this file instead of stdout")
+    rp.add_argument("--drill", type=int, default=5, help="drill-down items per subtask (0 = none)")
+
+    da = sub.add_parser("data", help="fetch (sha256-checked) or list the official datasets")
+    das = da.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    df = das.add_parser("fetch", help="download the official data into a folder laid out like shared/trustmh")
+    dl = das.add_parser("list", help="datasets, files, sizes, sources, and what is present and verified")
+    for x in (df, dl):
+        x.add_argument("--to", metavar="DIR", help="data folder (default: [data] cache, else $TRUSTMH_CACHE/data, "
+                       "else ~/.cache/trustmh-engine/data)")
+        x.add_argument("--only", metavar="DATASET,...", help="comma-separated dataset folders, or official-prompts (default: all)")
+        x.add_argument("--config", help="run config TOML whose [data] mirror / cache to use")
+        x.add_argument("--manifest", help="data manifest TOML (default: engine/data_manifest.toml)")
+    df.add_argument("--mirror", metavar="URL", help="fetch <URL>/<dataset>/<path> instead of upstream: http(s)://, "
+                    "file:// or a local folder (default: [data] mirror, else $TRUSTMH_DATA_MIRROR)")
+    df.add_argument("--force", action="store_true", help="re-download files that are already present and verified")
+    df.add_argument("--jobs", type=int, default=4, help="parallel downloads (default 4)")
+    df.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a try fails (default 60)")
+    df.add_argument("--retries", type=int, default=2, help="retries of a network error, with backoff (default 2)")
+    df.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="byte progress bar on stderr (default: when stderr is a terminal)")
+
+    pl = sub.add_parser("plan", help="requests, tokens, cost and best-case time of a run, before any call")
+    pl.add_argument("config", nargs="?")
+    pl.add_argument("--output")
+    pl.add_argument("--models")
+    pl.add_argument("--pillars")
+    pl.add_argument("--limit", type=int)
+    pl.add_argument("--items")
+    pl.add_argument("--data-dir")
+
+    sub.add_parser("list", help="list pillars and subtasks")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    # Lazy for start-up time: the commands load msgspec, the registries and the runner, which `--help`
+    # and a usage error never need (python -m engine --help: see benchmarks/RESULTS.md, case f).
+    from engine.cli import commands
+
+    return commands.dispatch(args)
