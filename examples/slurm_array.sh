@@ -37,7 +37,9 @@ if [ -z "${SLURM_ARRAY_TASK_ID:-}" ]; then
   exit 0
 fi
 
-args=(run "$CONFIG" --output "$OUT" --shard "${SLURM_ARRAY_TASK_ID}/${N}" --no-progress)
+# No bars in a log file: a start line, a status line every 60 s (progress per stage, rate, 429s,
+# errors, ETA) and the summary go to the job's output instead.
+args=(run "$CONFIG" --output "$OUT" --shard "${SLURM_ARRAY_TASK_ID}/${N}" --no-progress --status-every 60)
 if [ -n "$DATA" ]; then
   args+=(--data-dir "$DATA")
 fi

@@ -120,6 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.run.progress if cfg.run.progress is not None else sys.stderr.isatty())
     if args.budget is not None and args.budget < 0:
         raise EngineError("--budget must be >= 0 (US dollars)")
+    if args.status_every < 0:
+        raise EngineError("--status-every must be >= 0 (seconds; 0 = no status lines)")
     shard = None
     if args.shard is not None:
         shard = parse_shard(args.shard)
@@ -128,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise EngineError("--ray-address needs --backend ray")
     opts = runner.RunOptions(fresh=args.fresh, retry_errors=args.retry_errors, progress=progress,
                              config_source=source, budget_usd=args.budget, shard=shard, backend=args.backend,
-                             ray_address=ray_address)
+                             ray_address=ray_address, status_every=args.status_every)
     code = _event_loop(runner.run(cfg, spec, opts, log=_log))
     out = Path(spec.output)
     if shard is not None:

@@ -129,6 +129,7 @@ class JudgeHub:
                     max_out=params.max_tokens or 0)
         self.outstanding[judge] += 1
         self.submitted += 1
+        lane.stats.judge_queued += 1
         lane.judge_queue.put_nowait(unit)
 
     def on_judgment(self, jrec: JudgmentRecord, unit: Unit) -> None:

@@ -28,7 +28,7 @@ from engine.run.judge import JudgeHub
 from engine.run.lane import Lane, LaneIO, LanePolicy, OpenServer
 from engine.run.options import Invocation
 from engine.run.ray import RayAttempts, RayContext
-from engine.spec import judge_plan, subtasks
+from engine.spec import judge_plan, judges_for, rubrics_by_source, subtasks
 from engine.store.checkpoint import JsonlWriter, scan_responses
 
 
@@ -123,8 +123,20 @@ class LaneBuilder:
         for name in dict.fromkeys((*self.set.targets, *self.judge_names)):
             self.set.lanes.append(await self._lane(name, name in self.set.targets))
         if self.judge_names:
+            self._judge_estimates()
             self.set.hub = await self._hub()
         return self.set
+
+    def _judge_estimates(self) -> None:
+        """Each judge lane's expected judgments, for progress: every planned unit of a judged
+        subtask, once per target and judge of its rubrics."""
+        by_name = self.set.by_name()
+        by_source = rubrics_by_source(self.subs)
+        for key, units in self.inv.planned_units.items():
+            for _, rubric in by_source.get(key, ()):
+                for judge in judges_for(self.inv.cfg, rubric):
+                    if judge in by_name:
+                        by_name[judge].stats.judge_planned += units * len(self.set.targets)
 
     async def _lane(self, name: str, target: bool) -> Lane:
         inv, cfg, spec = self.inv, self.inv.cfg, self.inv.spec
@@ -149,6 +161,7 @@ class LaneBuilder:
                     policy=LanePolicy(samples=spec.samples, done=done, keep=keep, requery=requery),
                     open_server=None if self.set.ray is not None else open_server)  # Ray: the server runs by the actor
         lane.stats.planned = sum(inv.planned_units.values()) if target else 0
+        lane.stats.judge_resumed = len(self.judge_done.get(name, ()))
         if pool is not None and name in self.set.servers:
             lane.hooks.on_idle = functools.partial(pool.withdraw, name)
         if target and keep is not None:

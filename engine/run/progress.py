@@ -1,13 +1,74 @@
-"""tqdm bars on stderr: one per lane plus a total, refreshed twice a second (not per request)."""
+"""What a run shows while it goes: tqdm bars on stderr when it is a terminal (one per lane plus a
+total, refreshed twice a second, not per request), else one status line every N seconds for batch
+logs (Slurm, CI, nohup), where bars would be either absent or a mess of carriage returns.
+
+Both count generation and judging, and count work found already done (a resumed run) apart from
+this invocation's, so that rates and ETAs are over the work this process did.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Never, Protocol
 
 from tqdm import tqdm
 
 from engine.core.clock import Clock
 from engine.run.lane import Lane
+from engine.run.options import Log
+from engine.run.stats import LaneStats
+
+# Width when the terminal reports 0 columns (some ptys under CI runners and `script`): tqdm would
+# draw empty bars.
+FALLBACK_COLUMNS = 100
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage's counts: `resumed` were already in the output, `done` written by this process."""
+
+    planned: int = 0
+    resumed: int = 0
+    done: int = 0
+
+    @property
+    def complete(self) -> int:
+        return self.resumed + self.done
+
+    @property
+    def left(self) -> int:
+        return max(self.planned - self.complete, 0)
+
+    def __add__(self, other: Stage) -> Stage:
+        return Stage(self.planned + other.planned, self.resumed + other.resumed, self.done + other.done)
+
+
+class Counted(Protocol):
+    stats: LaneStats
+
+
+def generation(lane: Counted) -> Stage:
+    s = lane.stats
+    return Stage(max(s.planned, s.skipped + s.done), s.skipped, s.done)
+
+
+def judging(lane: Counted) -> Stage:
+    """A judge lane's judgments: planned is an estimate (items that opt out of judging and
+    re-asked unparseable verdicts make it differ) until its queue shows more."""
+    s = lane.stats
+    return Stage(max(s.judge_planned, s.judge_resumed + s.judge_queued), s.judge_resumed, s.judged)
+
+
+def _columns() -> int | None:
+    """None: the terminal has a width (tqdm follows it); else the fixed fallback."""
+    try:
+        cols = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError):
+        return FALLBACK_COLUMNS
+    return None if cols > 0 else FALLBACK_COLUMNS
 
 
 class Bars:
@@ -15,32 +76,32 @@ class Bars:
         self._lanes = lanes
         self._clock = clock
         self._interval = interval
-        total = sum(lane.stats.planned for lane in lanes)
-        self._total = tqdm(total=total, desc="total", position=0, file=sys.stderr, unit="req", dynamic_ncols=True)
+        ncols = _columns()
+        self._total = tqdm(total=0, desc="total", position=0, file=sys.stderr, unit="req",
+                           dynamic_ncols=ncols is None, ncols=ncols)
         # A lane's label names the node its Ray actor runs on (--backend ray).
-        self._bars = [tqdm(total=lane.stats.planned, desc=lane.label, position=i + 1,
-                           file=sys.stderr,
-                           unit="req", dynamic_ncols=True, leave=True) for i, lane in enumerate(lanes)]
+        self._bars = [tqdm(total=0, desc=lane.label, position=i + 1, leave=True, file=sys.stderr, unit="req",
+                           dynamic_ncols=ncols is None, ncols=ncols) for i, lane in enumerate(lanes)]
 
     def _refresh(self) -> None:
-        total = 0
+        whole = Stage()
         agg = {"inflight": 0, "retries": 0, "429": 0, "errors": 0}
         for lane, bar in zip(self._lanes, self._bars):
             s = lane.stats
-            n = s.skipped + s.done
-            bar.n = n
+            work = generation(lane) + judging(lane)
+            whole = whole + work
+            _show(bar, work)
             label = lane.label  # lane@node once its Ray actor runs
             if bar.desc.rstrip(": ") != label:
                 bar.set_description(label, refresh=False)
             errs = s.fatal + s.exhausted
             bar.set_postfix(inflight=s.in_flight, retries=s.retries, r429=s.rate_limited, err=errs, refresh=False)
             bar.refresh()
-            total += n
             agg["inflight"] += s.in_flight
             agg["retries"] += s.retries
             agg["429"] += s.rate_limited
             agg["errors"] += errs
-        self._total.n = total
+        _show(self._total, whole)
         self._total.set_postfix(inflight=agg["inflight"], retries=agg["retries"], r429=agg["429"],
                                 err=agg["errors"], refresh=False)
         self._total.refresh()
@@ -55,3 +116,57 @@ class Bars:
         self._refresh()
         for b in (*self._bars, self._total):
             b.close()
+
+
+def _show(bar: tqdm[Never], work: Stage) -> None:
+    # Resumed work is the bar's `initial`: tqdm's rate and ETA count only what this process did.
+    bar.total = work.planned
+    bar.initial = work.resumed
+    bar.n = work.complete
+
+
+class StatusLines:
+    """One line every `every` seconds through `log` (stderr): elapsed, per stage done/planned,
+    rate, in flight, retries, 429s, errors and an ETA."""
+
+    def __init__(self, lanes: Sequence[Counted], clock: Clock, every: float, log: Log) -> None:
+        self._lanes = lanes
+        self._clock = clock
+        self._every = every
+        self._log = log
+        self._start = clock.now()
+
+    def line(self) -> str:
+        gen = sum((generation(lane) for lane in self._lanes), Stage())
+        judge = sum((judging(lane) for lane in self._lanes), Stage())
+        elapsed = self._clock.now() - self._start
+        stats = [lane.stats for lane in self._lanes]
+        done = gen.done + judge.done
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = gen.left + judge.left
+        eta = fmt_duration(left / rate) if rate > 0 else "unknown" if left else "0s"
+        parts = [f"[{fmt_duration(elapsed)}] generation {gen.complete}/{gen.planned}"]
+        if judge.planned:
+            parts.append(f"judging {judge.complete}/{judge.planned}")
+        parts += [f"{rate:.2f} req/s", f"in flight {sum(s.in_flight for s in stats)}",
+                  f"retries {sum(s.retries for s in stats)}", f"429s {sum(s.rate_limited for s in stats)}",
+                  f"errors {sum(s.fatal + s.exhausted for s in stats)}", f"ETA {eta}"]
+        return "; ".join(parts)
+
+    async def run(self) -> None:
+        """A line every `every` seconds until cancelled (when the lanes are done)."""
+        while True:
+            await self._clock.sleep(self._every)
+            self._log(self.line())
+
+    def close(self) -> None:
+        """The summary follows from the runner; nothing to clear."""
+
+
+def fmt_duration(seconds: float) -> str:
+    s = int(seconds + 0.5)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

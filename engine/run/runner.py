@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from engine.run.judge import close_when_generated
 from engine.run.lane import Lane
 from engine.run.lanes import LaneBuilder, LaneSet, gpu_pool, make_adapters
 from engine.run.options import Invocation, Log, RunOptions
-from engine.run.progress import Bars
+from engine.run.progress import Bars, StatusLines
 from engine.run.ray import preflight
 from engine.run.signals import Interrupt, handled
 from engine.run.taskgroup import task_group
@@ -143,9 +144,10 @@ async def _run_locked(inv: Invocation, prev: RunDoc | None) -> int:
         lanes.halt_all()
 
     interrupt = Interrupt(stop_run, cfg.run.grace_period_s, inv.log)
+    _start_line(inv, lanes)
     try:
         with handled(interrupt):
-            await _drive(lanes, interrupt, stop, LoopClock(), inv.opts.progress)
+            await _drive(lanes, interrupt, stop, LoopClock(), _display(inv, lanes))
     finally:
         if lanes.ray is not None:
             lanes.ray.close()
@@ -170,11 +172,36 @@ def _budget(inv: Invocation) -> Budget | None:
     return Budget(inv.opts.budget_usd)
 
 
-async def _drive(lanes: LaneSet, interrupt: Interrupt, stop: RunStop, clock: Clock, progress: bool) -> None:
+def _start_line(inv: Invocation, lanes: LaneSet) -> None:
+    """What this invocation is about to do, in one line (a batch log's first)."""
+    targets = lanes.target_lanes()
+    planned = sum(lane.stats.planned for lane in targets)
+    resumed = sum(len(lane.policy.done) for lane in targets)
+    judged = sum(lane.stats.judge_planned for lane in lanes.lanes)
+    source = inv.opts.config_source or "default"
+    every = inv.opts.status_every
+    inv.log(f"run: config {source}; output {inv.out}; {len(targets)} model(s), {planned} generation requests "
+            f"({min(resumed, planned)} already in the output)" + (f", about {judged} judgments" if judged else "")
+            + ("" if inv.opts.progress or every <= 0 else f"; a status line every {every:g} s"))
+
+
+def _display(inv: Invocation, lanes: LaneSet) -> Callable[[Clock], Bars | StatusLines | None]:
+    """Bars (a terminal, or --progress), else status lines every --status-every seconds."""
+    opts = inv.opts
+
+    def make(clock: Clock) -> Bars | StatusLines | None:
+        if opts.progress:
+            return Bars(lanes.lanes, clock)
+        return StatusLines(lanes.lanes, clock, opts.status_every, inv.log) if opts.status_every > 0 else None
+    return make
+
+
+async def _drive(lanes: LaneSet, interrupt: Interrupt, stop: RunStop, clock: Clock,
+                 display: Callable[[Clock], Bars | StatusLines | None]) -> None:
     """Every lane on this loop, beside what watches them: the grace timer after a signal, the judge
-    hub's close, the GPU pool's close on a run-wide stop, the progress bars. The watchers end with
-    the lanes; a lane still running when the grace period ends is cancelled."""
-    bars = Bars(lanes.lanes, clock) if progress else None
+    hub's close, the GPU pool's close on a run-wide stop, the progress bars or status lines. The
+    watchers end with the lanes; a lane still running when the grace period ends is cancelled."""
+    bars = display(clock)
     running: list[asyncio.Task[None]] = []
 
     def cancel_lanes() -> None:

@@ -32,6 +32,11 @@ class LaneStats:
     skipped: int = 0  # already complete in the checkpoint
     done: int = 0  # final outcomes written this run
     judged: int = 0  # judgments written this run (as a judge lane)
+    # As a judge lane, for progress: judgments expected (an estimate made before the run), found
+    # already written, and handed to this lane so far.
+    judge_planned: int = 0
+    judge_resumed: int = 0
+    judge_queued: int = 0
     ok: int = _attempts(0)
     fatal: int = _attempts(0)
     exhausted: int = _attempts(0)  # retries or deadline ran out: no final outcome, retried next run
