@@ -26,8 +26,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="stop dispatching before this invocation could spend more than USD (uses [prices])")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars on stderr (default: when stderr is a terminal; without bars, status lines)")
-    r.add_argument("--status-every", type=float, default=30.0, metavar="SECONDS",
-                   help="without bars: a status line on stderr every SECONDS (default 30; 0 = none)")
+    r.add_argument("--status-every", type=float, default=30.0, metavar="S", help="without bars: a status line every S s (0 = none)")
     r.add_argument("--shard", metavar="I/N",
                    help="run only shard I of N (1-based; e.g. a Slurm array task), in its own files; "
                         "combine with `merge DIR` when all N are done")
