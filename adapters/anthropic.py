@@ -179,7 +179,13 @@ class AnthropicMessages:
         self._session = None
 
 
-@adapter("anthropic", caps=Capabilities(rate_limit_headers="anthropic"))
+# Defaults for `run --model anthropic:MODEL`: Anthropic's tier 1 (the lowest paid tier) allows
+# 50 RPM and, for Claude Sonnet 4.x, 30,000 input tokens per minute (8,000 output tokens per minute,
+# charged from max_tokens when a request starts); our one token window takes the input limit and the
+# anthropic-ratelimit-* headers slow the lane before the output limit is hit
+# (https://docs.claude.com/en/api/rate-limits, "Rate limits" table, Tier 1).
+@adapter("anthropic", caps=Capabilities(rate_limit_headers="anthropic", default_api_key_env="ANTHROPIC_API_KEY",
+                                        default_requests_per_minute=50, default_tokens_per_minute=30_000))
 def build_anthropic(ctx: BuildContext[AdapterOptions]) -> Built:
     return Built(AnthropicMessages(model=ctx.model_id, api_key=ctx.api_key(), base_url=ctx.model.base_url,
                                    concurrency=ctx.model.concurrency()))

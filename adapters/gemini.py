@@ -42,7 +42,7 @@ import orjson
 
 from adapters.http import error_for_status, load_transport, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_duration
-from adapters.registry import BuildContext, Built, adapter
+from adapters.registry import BuildContext, Built, Capabilities, adapter
 from engine.core.adapter import AdapterError
 from engine.core.config import AdapterOptions
 from engine.core.records import ErrorKind, GenParams, Message, Response, Usage
@@ -214,7 +214,12 @@ class GeminiGenerate:
         self._session = None
 
 
-@adapter("gemini")
+# Defaults for `run --model gemini:MODEL`: the Gemini API's tier 1 (a project with billing, the
+# lowest paid tier) allows 1,000 RPM / 1,000,000 TPM on gemini-2.5-flash and 150 RPM / 2,000,000 TPM
+# on gemini-2.5-pro; the lower of each is taken (https://ai.google.dev/gemini-api/docs/rate-limits,
+# "Tier 1"). GEMINI_API_KEY is the variable Google's SDKs and docs use.
+@adapter("gemini", caps=Capabilities(default_api_key_env="GEMINI_API_KEY", default_requests_per_minute=150,
+                                     default_tokens_per_minute=1_000_000))
 def build_gemini(ctx: BuildContext[AdapterOptions]) -> Built:
     return Built(GeminiGenerate(model=ctx.model_id, api_key=ctx.api_key(), base_url=ctx.model.base_url,
                                 concurrency=ctx.model.concurrency()))

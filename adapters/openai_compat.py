@@ -154,8 +154,15 @@ class OpenAIChat:
         self._session = None
 
 
+# Defaults for `run --model openai:MODEL`: OpenAI's usage tier 1 (the lowest paid tier) allows
+# 500 RPM and 30,000 TPM on gpt-4o / gpt-4.1 / o1 (gpt-4o-mini: 200,000 TPM); the lowest of the chat
+# models is taken, so no tier-1 account is over its limit (https://platform.openai.com/docs/guides/
+# rate-limits, "Usage tiers"; per-model limits on https://platform.openai.com/settings/organization/limits).
+# Override with --model-arg tokens_per_minute=... for a higher tier.
 @adapter("openai", required={"base_url": "e.g. https://api.openai.com/v1"},
-         caps=Capabilities(rate_limit_headers="openai"))
+         caps=Capabilities(rate_limit_headers="openai", default_base_url="https://api.openai.com/v1",
+                           default_api_key_env="OPENAI_API_KEY", default_requests_per_minute=500,
+                           default_tokens_per_minute=30_000))
 def build_openai(ctx: BuildContext[AdapterOptions]) -> Built:
     assert ctx.model.base_url  # required by the entry: checked when the config is read
     return Built(OpenAIChat(base_url=ctx.model.base_url, model=ctx.model_id, api_key=ctx.api_key(),

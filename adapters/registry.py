@@ -79,14 +79,22 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
                         read into `last_signal`
     streaming           can stream a reply (server-sent events)
     batch_api           has a provider batch API (submit many, collect later)
-    default_api_key_env the variable that holds its key when the config names none
-    default_requests_per_minute / default_tokens_per_minute  its published limits for when the
-                        config gives none (None: unknown)
+    default_base_url    the provider's own endpoint, for a model named on the command line
+                        (`run --model ADAPTER:MODEL`) without a base_url of its own
+    default_api_key_env the variable that holds its key, for such a model (conventional names:
+                        OPENAI_API_KEY, ...)
+    default_requests_per_minute / default_tokens_per_minute  its published limits for the lowest
+                        paid tier, for such a model (None: unknown, no limit)
+
+    The defaults describe the provider's own endpoint: a command-line model given a base_url of
+    its own (a self-hosted server speaking the same API) takes none of them; a config file's
+    [models.*] table takes none either (it says what it means).
     """
 
     rate_limit_headers: str | None = None
     streaming: bool = False
     batch_api: bool = False
+    default_base_url: str | None = None
     default_api_key_env: str | None = None
     default_requests_per_minute: float | None = None
     default_tokens_per_minute: float | None = None

@@ -67,6 +67,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+def valid_model_name(name: str) -> bool:
+    """A models key names files (responses/<name>.jsonl): letters, digits, '.', '_', '-'."""
+    return bool(_NAME.match(name))
+
+
 def _where(msg: str) -> tuple[str, str]:
     """Split msgspec's 'Expected `int`, got `str` - at `$.run.limit`' into (what, key path)."""
     what, _, at = msg.partition(" - at ")
@@ -123,13 +128,13 @@ def parse_config(raw: Mapping[str, object], source: str, *, stored: bool = False
     for name, body in models_raw.items():
         if not _NAME.match(name):
             raise ConfigError(f"{source}: model name `{name}` must be letters, digits, '.', '_' or '-' (it names files)")
-        models[name] = _parse_model(name, body, source, stored)
+        models[name] = parse_model(name, body, source, stored)
     cfg = msgspec.structs.replace(cfg, models=models)
-    _check(cfg, source)
+    check_config(cfg, source)
     return cfg
 
 
-def _parse_model(name: str, body: object, source: str, stored: bool) -> ModelConfig:
+def parse_model(name: str, body: object, source: str, stored: bool) -> ModelConfig:
     """One flat [models.<name>] table: the lane's keys, then its adapter's options."""
     prefix = f"models.{name}"
     if not isinstance(body, dict):
@@ -152,7 +157,7 @@ def _parse_model(name: str, body: object, source: str, stored: bool) -> ModelCon
     return msgspec.structs.replace(model, options=options)
 
 
-def _check(cfg: Config, source: str) -> None:
+def check_config(cfg: Config, source: str) -> None:
     if cfg.run.limit < 0 or cfg.run.samples < 1:
         raise ConfigError(f"{source}: run.limit must be >= 0 and run.samples >= 1")
     for name, m in cfg.models.items():

@@ -171,7 +171,8 @@ def judge_plan(cfg: Config, subs: list[Subtask]) -> tuple[str, ...]:
             judges = judges_for(cfg, rubric)
             if not judges:
                 raise EngineError(f"{sub.key} is judged (rubric {rubric.name}) but no judge is configured; "
-                                  "add [judge] models = [\"<models key>\"] to the config")
+                                  "add [judge] models = [\"<models key>\"] to the config, or --judge ADAPTER:MODEL "
+                                  "(e.g. --judge openai:gpt-4.1) to the command line")
             names.extend(judges)
     return tuple(dict.fromkeys(names))
 

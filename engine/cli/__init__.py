@@ -8,18 +8,49 @@ from __future__ import annotations
 import argparse
 
 
+class _NamedModel(argparse.Action):
+    """--model / --judge ADAPTER:MODEL start an entry of `named_models`; each --model-arg joins the
+    entry before it ([flag, spec, *model_args], in command-line order: engine/command_config.py)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        named: list[list[str]] = list(ns.named_models or [])
+        if option_string == "--model-arg":
+            if not named:
+                parser.error("--model-arg needs a --model (or --judge) before it: it sets a key of that model")
+            named[-1] = [*named[-1], str(values)]
+        else:
+            named.append([str(option_string), str(values)])
+        ns.named_models = named
+
+
+def _selection_args(p: argparse.ArgumentParser) -> None:
+    """What to run: shared by `run` and `plan`, so a plan is the plan of that run."""
+    p.add_argument("config", nargs="?", help="run config TOML (default: the shipped default config, "
+                   "or none when --model names the models)")
+    p.add_argument("--output", help="output directory (default: run.output)")
+    p.add_argument("--models", help="comma-separated models keys to run (default: all)")
+    p.add_argument("--pillars", help="comma-separated pillar ids (default: run.pillars)")
+    p.add_argument("--limit", type=int, help="base items per subtask (0 = all)")
+    p.add_argument("--items", help="custom items JSONL (id + messages or prompt), sent through every model")
+    p.add_argument("--data-dir", help="official data laid out like shared/trustmh (default: built-in items)")
+    p.set_defaults(named_models=[])
+    p.add_argument("--model", action=_NamedModel, metavar="ADAPTER:MODEL",
+                   help="a model to run, e.g. openai:gpt-4o-mini, anthropic:claude-sonnet-4-5, vllm:Qwen/Qwen3-8B "
+                        "(repeatable; added to the config's models; its models key is the name after the last '/')")
+    p.add_argument("--model-arg", action=_NamedModel, metavar="KEY=VALUE",
+                   help="a [models.*] key of the --model before it, value as in TOML (repeatable), e.g. "
+                        "base_url=http://host:8000/v1, max_tokens=256; key=NAME sets its models key")
+    p.add_argument("--judge", action=_NamedModel, metavar="ADAPTER:MODEL",
+                   help="the run's judge, e.g. openai:gpt-4.1, or a models key (replaces [judge] models)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine", description="TrustMH-Bench evaluation engine")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    r = sub.add_parser("run", help="generate (and resume) a run")
-    r.add_argument("config", nargs="?", help="run config TOML (default: the shipped default config)")
-    r.add_argument("--output", help="output directory (default: run.output)")
-    r.add_argument("--models", help="comma-separated models keys to run (default: all)")
-    r.add_argument("--pillars", help="comma-separated pillar ids (default: run.pillars)")
-    r.add_argument("--limit", type=int, help="base items per subtask (0 = all)")
-    r.add_argument("--items", help="custom items JSONL (id + messages or prompt), sent through every model")
-    r.add_argument("--data-dir", help="official data laid out like shared/trustmh (default: built-in items)")
+    r = sub.add_parser("run", help="generate (and resume) a run", allow_abbrev=False)
+    _selection_args(r)
     r.add_argument("--fresh", action="store_true", help="start over: move earlier results aside")
     r.add_argument("--retry-errors", action="store_true", help="retry items whose final outcome was a fatal error")
     r.add_argument("--budget", type=float, metavar="USD",
@@ -77,14 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     df.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="byte progress bar on stderr (default: when stderr is a terminal)")
 
-    pl = sub.add_parser("plan", help="requests, tokens, cost and best-case time of a run, before any call")
-    pl.add_argument("config", nargs="?")
-    pl.add_argument("--output")
-    pl.add_argument("--models")
-    pl.add_argument("--pillars")
-    pl.add_argument("--limit", type=int)
-    pl.add_argument("--items")
-    pl.add_argument("--data-dir")
+    pl = sub.add_parser("plan", help="requests, tokens, cost and best-case time of a run, before any call",
+                        allow_abbrev=False)
+    _selection_args(pl)
 
     sub.add_parser("list", help="list pillars and subtasks")
     return p

@@ -19,7 +19,8 @@ from typing import Protocol, TypeVar
 import msgspec
 
 from engine import spec as runspec
-from engine.config import Config, default_config, load_config
+from engine.command_config import resolve
+from engine.config import Config, load_config
 from engine.core.errors import ConfigError, DataError, EngineError
 from engine.core.prompts import PROMPTS_DIR
 from engine.core.rundoc import RunSpec
@@ -44,25 +45,18 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _load(path: str | None) -> tuple[Config, str]:
-    if path is None:
-        return default_config(), "default"
-    return load_config(path), path
-
-
 def _spec(args: argparse.Namespace) -> tuple[Config, RunSpec, str]:
     """Config + the run spec the command line asks for (shared by run and plan)."""
-    cfg, source = _load(args.config)
+    cfg, source, models = resolve(args.config, args.named_models)
     if args.items and args.pillars:
         raise EngineError("--pillars and --items exclude each other: --items replaces the pillar items")
-    models = tuple(cfg.models)
     if args.models:
         models = tuple(m.strip() for m in args.models.split(",") if m.strip())
         unknown = [m for m in models if m not in cfg.models]
         if unknown:
             raise EngineError(f"--models: {', '.join(unknown)} not in the config (known: {', '.join(cfg.models)})")
     if not models:
-        raise EngineError(f"{source}: no [models.<name>] sections; add at least one model")
+        raise EngineError(f"{source}: no [models.<name>] sections; add at least one model (or --model ADAPTER:MODEL)")
     limit = cfg.run.limit if args.limit is None else args.limit
     if limit < 0:
         raise EngineError("--limit must be >= 0")
@@ -262,7 +256,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     """`python -m engine data fetch | list`."""
     manifest = load_manifest(args.manifest)
-    cfg = _load(args.config)[0].data if args.config else None
+    cfg = resolve(args.config).cfg.data if args.config else None
     dest = resolve_dest(args.to, cfg.cache if cfg else None)
     if args.data_command == "list":
         return _data_list(manifest, dest, _split(args.only))
