@@ -301,6 +301,17 @@ def test_builtin_rows():
 # ---------------------------------------------------------------- registry
 
 
+def test_registry_ids_are_the_packages_it_loads():
+    """PILLARS is spelled out so that importing the registry loads no pillar package; it must name
+    the packages pillars/builtin.py loads, in the same (report) order, and each package's subtasks
+    must carry its id."""
+    from pillars import builtin
+
+    assert tuple(builtin.PACKAGES) == registry.PILLARS
+    for pid, subs in builtin.PACKAGES.items():
+        assert subs and {s.pillar for s in subs} == {pid}
+
+
 def test_registry_order_and_lookup():
     subs = registry.all_subtasks()
     keys = [s.key for s in subs]
