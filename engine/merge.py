@@ -200,6 +200,12 @@ def _opt_sum(a: float | UnsetType, b: float | UnsetType) -> float | UnsetType:
     return a if isinstance(b, UnsetType) else a + b
 
 
+def _opt_counts(a: dict[str, int] | UnsetType, b: dict[str, int] | UnsetType) -> dict[str, int] | UnsetType:
+    if isinstance(a, UnsetType) or isinstance(b, UnsetType):
+        return b if isinstance(a, UnsetType) else a
+    return {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}
+
+
 def _worse(a: float | None, b: float | None) -> float | None:
     return b if b is not None and (a is None or b > a) else a
 
@@ -236,7 +242,8 @@ def add_lanes(a: LaneSummary, b: LaneSummary) -> LaneSummary:
         started_at=_first(min, a.started_at, b.started_at), ended_at=_first(max, a.ended_at, b.ended_at),
         wall_s=_worse(a.wall_s, b.wall_s),
         state=_least_finished(a.state, b.state), message=b.message or a.message,
-        actor_restarts=_opt_sum(a.actor_restarts, b.actor_restarts), cost=_opt_sum(a.cost, b.cost))
+        actor_restarts=_opt_sum(a.actor_restarts, b.actor_restarts), cost=_opt_sum(a.cost, b.cost),
+        restart_causes=_opt_counts(a.restart_causes, b.restart_causes))
 
 
 def sum_lanes(runs: Iterable[dict[str, LaneSummary]]) -> dict[str, LaneSummary]:

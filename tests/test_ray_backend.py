@@ -4,11 +4,16 @@ and duplicate-free. Without Ray installed, one clear line naming the extra."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import importlib.util
 import os
 import re
 import signal
+import socketserver
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -48,17 +53,59 @@ needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="the ray extra is not installed (pip install 'trustmh-engine[ray]')")
 
 
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@contextlib.contextmanager
+def _listener(kind: str) -> Iterator[int]:
+    """A loopback service that is not Ray: an HTTP server, or a TCP server that never answers."""
+    if kind == "http":
+        srv: socketserver.TCPServer = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    else:
+        class Silent(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.recv(1 << 16)  # reads what the client says and never answers
+
+        srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Silent)
+        srv.daemon_threads = True
+    with srv:
+        t = threading.Thread(target=srv.serve_forever, daemon=True)
+        t.start()
+        try:
+            yield srv.server_address[1]
+        finally:
+            srv.shutdown()
+            t.join()
+
+
 @needs_ray
-def test_unreachable_ray_address_one_clear_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", ["closed-port", "http", "silent-tcp", "ray-client", "bad-form"])
+def test_a_failed_connection_exits_2_in_one_line_and_leaves_the_directory_as_it_was(
+        tmp_path: Path, case: str) -> None:
+    """The connection is made before DIR is touched (an earlier run.json stays byte-identical) and
+    never hangs: a closed port, a service that is not Ray, a ray:// address without Ray Client."""
     from tests.conftest import free_port
 
     items = write_items(tmp_path / "items.jsonl", 3)
     cfg = write_config(tmp_path / "c.toml", {"a": fake_model("http://127.0.0.1:9/v1")})
-    res = run_engine("run", cfg, "--items", items, "--output", tmp_path / "out", "--backend", "ray",
-                     env={"RAY_ADDRESS": f"127.0.0.1:{free_port()}"}, timeout=30)
-    assert res.rc == 2 and len(res.err_lines()) == 1 and "no Ray cluster answers" in res.stderr, res.stderr
-    assert not (tmp_path / "out").exists()
-    res = run_engine("run", cfg, "--items", items, "--output", tmp_path / "out", "--ray-address", "x:1")
+    out = tmp_path / "out"
+    (out / "responses").mkdir(parents=True)
+    (out / "run.json").write_bytes(b'{"format": 1, "status": "complete", "config": {}, "spec": {}}\n')
+    before = _snapshot(out)
+    client = "ray[client]" if importlib.util.find_spec("grpc") is None else "no Ray cluster answers"
+    want = {"closed-port": "no Ray cluster answers", "http": "no Ray cluster answered",
+            "silent-tcp": "no Ray cluster answered", "ray-client": client, "bad-form": "expected the head"}[case]
+    with contextlib.ExitStack() as stack:
+        port = free_port() if case in ("closed-port", "ray-client", "bad-form") else \
+            stack.enter_context(_listener(case.split("-")[0]))
+        address = {"ray-client": f"ray://127.0.0.1:{port}", "bad-form": f"http://127.0.0.1:{port}"}.get(
+            case, f"127.0.0.1:{port}")
+        res = run_engine("run", cfg, "--items", items, "--output", out, "--backend", "ray", "--no-progress",
+                         env={"RAY_ADDRESS": address}, timeout=30)
+    assert res.rc == 2 and len(res.err_lines()) == 1 and want in res.stderr, res.stderr
+    assert _snapshot(out) == before
+    res = run_engine("run", cfg, "--items", items, "--output", out, "--ray-address", "x:1")
     assert res.rc == 2 and "--ray-address needs --backend ray" in res.stderr
 
 
@@ -85,6 +132,10 @@ def test_ray_backend_gives_the_records_of_the_local_backend(tmp_path: Path, fake
         assert want and got == want, f
     doc = orjson.loads((remote / "run.json").read_bytes())
     assert doc["backend"]["kind"] == "ray" and doc["status"] == "complete"
+    import ray
+
+    assert doc["backend"]["version"] == doc["packages"]["ray"] == ray.__version__
+    assert len(doc["backend"]["nodes"]) == 1 and len(doc["backend"]["nodes"][0]["id"]) == 56
     for m in ("a", "b", "judge"):
         lane = doc["lanes"][m]
         assert lane["node"] and lane["pid"] > 0 and lane["actor_restarts"] == 0

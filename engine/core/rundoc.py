@@ -29,7 +29,7 @@ from engine.core.subtask import JudgeStats, Metric
 
 __all__ = [
     "UNSET", "BackendDoc", "BudgetDoc", "Fingerprint", "HistoryEntry", "JudgeStats", "LaneSummary", "Latency",
-    "Metric", "ModelScore", "PartitionDoc", "PillarRanks", "RunDoc", "RunSpec", "ScoresDoc", "ServersDoc", "ShardRun",
+    "Metric", "ModelScore", "PartitionDoc", "PillarRanks", "RayNode", "RunDoc", "RunSpec", "ScoresDoc", "ServersDoc", "ShardRun",
     "ShardState", "ShardsDoc", "SubtaskProtocol", "SubtaskScores", "TokenCounts", "UnsetType", "UsageCost",
 ]
 
@@ -96,9 +96,11 @@ class LaneSummary(msgspec.Struct, frozen=True, kw_only=True):
     tokens: TokenCounts = TokenCounts()
     # --backend ray: where the lane's actor ran (engine/run/ray.py)
     node: str | UnsetType = UNSET
+    node_id: str | UnsetType = UNSET
     host: str | UnsetType = UNSET
     pid: int | UnsetType = UNSET
-    actor_restarts: int | UnsetType = UNSET
+    actor_restarts: int | UnsetType = UNSET  # every replacement tried, whether or not it came up
+    restart_causes: dict[str, int] | UnsetType = UNSET  # Ray's error name -> how many restarts it caused
     cost: float | UnsetType = UNSET  # not written by the engine; shown by the report when present
     # Across invocations (engine/run/stats.py `merge_invocations`); absent in run.json written before
     # lanes were merged, whose `lanes` hold the last invocation only. In `lanes` the counters are
@@ -161,9 +163,18 @@ class ShardState(msgspec.Struct, frozen=True, kw_only=True):
     partition: PartitionDoc
 
 
+class RayNode(msgspec.Struct, frozen=True, kw_only=True):
+    id: str  # Ray's node id (hex): nodes on one host share an IP
+    ip: str
+
+
 class BackendDoc(msgspec.Struct, frozen=True, kw_only=True):
     kind: str
     address: str | None = None
+    # --backend ray (absent in run.json written before they were recorded): the driver's Ray
+    # version and the nodes alive when it connected
+    version: str | UnsetType = UNSET
+    nodes: list[RayNode] | UnsetType = UNSET
 
 
 class BudgetDoc(msgspec.Struct, frozen=True, kw_only=True):

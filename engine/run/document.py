@@ -75,15 +75,17 @@ def servers_doc(pool: GpuPool | None, launched: Mapping[str, Mapping[str, object
 
 
 def finished(doc: RunDoc, *, status: str, lanes: Mapping[str, LaneSummary], budget: Budget | None,
-             ray_address: str | None, backend: str, servers: ServersDoc | None) -> RunDoc:
+             backend: BackendDoc | None, servers: ServersDoc | None) -> RunDoc:
     """run.json at the end: how the run ended, each lane's counters (this invocation's in its history
-    entry; in `lanes` merged with the earlier invocations', `stats.merge_invocations`), the budget and
-    the servers; one more history entry."""
+    entry; in `lanes` merged with the earlier invocations', `stats.merge_invocations`), the budget,
+    the backend (None: local) and the servers; one more history entry."""
     ended = time.time()
     before = doc.lane_map
     return msgspec.structs.replace(
         doc,
-        backend=BackendDoc(kind="ray", address=ray_address) if backend == "ray" else doc.backend,
+        backend=backend if backend is not None else doc.backend,
+        packages={**doc.packages, "ray": backend.version} if backend is not None and isinstance(backend.version, str)
+        else doc.packages,
         budget=BudgetDoc(limit_usd=budget.limit, spent_usd=round(budget.spent, 6), exhausted=budget.exhausted)
         if budget is not None else doc.budget,
         lanes={**before, **{name: merge_invocations(before.get(name), lane) for name, lane in lanes.items()}},

@@ -27,7 +27,8 @@ from engine.run.attempt import Attempts, Brakes, LocalAttempts, RunStop, Spend
 from engine.run.judge import JudgeHub
 from engine.run.lane import Lane, LaneIO, LanePolicy, OpenServer
 from engine.run.options import Invocation
-from engine.run.ray import RayAttempts, RayContext
+from engine.run.ray import RayAttempts
+from engine.run.ray_connect import RayContext
 from engine.spec import judge_plan, judges_for, rubrics_by_source, subtasks
 from engine.store.checkpoint import JsonlWriter, scan_responses
 
@@ -103,7 +104,7 @@ class LaneBuilder:
     """Builds the lanes of one invocation, in order: targets, then judges not among them."""
 
     def __init__(self, inv: Invocation, adapters: dict[str, Built], pool: GpuPool | None, budget: Budget | None,
-                 stop: RunStop) -> None:
+                 stop: RunStop, ray: RayContext | None = None) -> None:
         self.inv = inv
         self.budget = budget
         self.stop = stop
@@ -113,13 +114,9 @@ class LaneBuilder:
         self.by_key = {s.key: s for s in self.subs}
         self.judge_done: dict[str, set[int]] = {}
         self.clock = LoopClock()
-        self.set = LaneSet([], inv.targets, [], adapters, pool)
+        self.set = LaneSet([], inv.targets, [], adapters, pool, ray)
 
     async def build(self) -> LaneSet:
-        inv = self.inv
-        if inv.opts.backend == "ray":  # each lane's requests run in a Ray actor; records still come here
-            self.set.ray = RayContext(inv.opts.ray_address, inv.log, inv.log_dir)
-            self.set.ray.connect()
         for name in dict.fromkeys((*self.set.targets, *self.judge_names)):
             self.set.lanes.append(await self._lane(name, name in self.set.targets))
         if self.judge_names:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import os
 import socket
 from contextlib import AbstractAsyncContextManager
@@ -42,38 +43,13 @@ from engine.core.errors import EngineError
 from engine.core.records import AttemptError, JudgmentRecord, Record
 from engine.core.secrets import api_key
 from engine.run.attempt import Brakes, LocalAttempts, RunStop, Sink, Spend
-from engine.run.options import Log
+from engine.run.ray_connect import RayContext
 from engine.run.stats import LaneStats
 from engine.run.units import Outcome, Unit
 
 MAX_RESTARTS = 3
-EXTRA = "pip install 'trustmh-engine[ray]'"
 # Ray has no type stubs: an actor class and its handles are typed as what they are, opaque.
 ActorHandle = Any
-
-
-def require_ray() -> None:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise EngineError(f"--backend ray needs Ray, an optional extra: {EXTRA}") from None
-
-
-def preflight(address: str | None, timeout: float = 5.0) -> None:
-    """Ray is installed and a given cluster address answers: checked before the output directory
-    is touched (ray.init on a wrong address retries for minutes)."""
-    require_ray()
-    if not address or address in ("auto", "local"):
-        return
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise EngineError(f"--ray-address {address}: expected HOST:PORT (or ray://HOST:PORT, auto)")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise EngineError(f"--ray-address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
-                          "check the address (ray status on the head node) or RAY_ADDRESS") from None
 
 
 def _actor_errors() -> tuple[type[BaseException], ...]:
@@ -171,49 +147,16 @@ class LaneActor:
 # -- on the driver ------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _actor_class() -> ActorHandle:
+    import ray
+
+    return ray.remote(LaneActor)
+
+
 def _resources(cfg: ModelConfig) -> dict[str, int]:
     need = registry.entry(cfg.adapter).lane_resources(cfg)
     return {"num_cpus": need.cpus, **({"num_gpus": need.gpus} if need.gpus else {})}
-
-
-class RayContext:
-    """The connection to Ray for one run: started before the lanes, shut down after them."""
-
-    def __init__(self, address: str | None, log: Log, log_dir: Path) -> None:
-        self.address = address
-        self.log = log
-        self.log_dir = log_dir
-        self.started_here = False
-        self.actor_cls: ActorHandle = None
-
-    def connect(self) -> None:
-        require_ray()
-        import logging
-
-        import ray
-
-        if not ray.is_initialized():
-            try:
-                if self.address:
-                    ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=False)
-                else:  # "local": a new instance, never a stale `ray start` cluster found on this machine
-                    ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR,
-                             log_to_driver=False)
-            except Exception as exc:
-                where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
-                raise EngineError(f"--backend ray: could not connect to {where} ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0] if str(exc) else ''}); check --ray-address / "
-                                  "RAY_ADDRESS") from None
-            self.started_here = True
-        self.actor_cls = ray.remote(LaneActor)
-        where = self.address or "a local Ray instance"
-        self.log(f"backend ray: {where}, {len(ray.nodes())} node(s)")
-
-    def close(self) -> None:
-        if self.started_here:
-            import ray
-
-            ray.shutdown()
 
 
 class RayAttempts:
@@ -295,7 +238,7 @@ class RayAttempts:
         if self.cfg.api_key_env:
             env[self.cfg.api_key_env] = api_key(self.cfg.api_key_env, self.name) or ""
         opts = {**_resources(self.cfg), "max_concurrency": self.cfg.concurrency() + 8, "max_restarts": 0}
-        actor = self._ctx.actor_cls.options(**opts).remote(self.name, self.cfg, str(self._ctx.log_dir), env)
+        actor = _actor_class().options(**opts).remote(self.name, self.cfg, str(self._ctx.log_dir), env)
         timeout = max(60.0, self.cfg.options.start_timeout_s())
         try:  # a wall-clock limit on the cluster's scheduling, not a lane timer
             info = await asyncio.wait_for(actor.where.remote(), timeout)

@@ -31,7 +31,7 @@ from engine.run.lane import Lane
 from engine.run.lanes import LaneBuilder, LaneSet, gpu_pool, make_adapters
 from engine.run.options import Invocation, Log, RunOptions
 from engine.run.progress import Bars, StatusLines
-from engine.run.ray import preflight
+from engine.run.ray_connect import RayContext, preflight
 from engine.run.signals import Interrupt, handled
 from engine.run.taskgroup import task_group
 from engine.runstate import data_fingerprint, model_fingerprint
@@ -57,13 +57,20 @@ async def run(cfg: Config, spec: RunSpec, opts: RunOptions | None = None, log: L
         Path(spec.data_dir) if spec.data_dir else None, cfg.pillars, protocol_of(spec))
     protocol = await asyncio.to_thread(protocols, spec)
     inv = Invocation(cfg, spec, opts, factory, planned_units, data_fp, log, protocol)
-    lock = sharding.make_lock(inv.out, opts.shard)
-    lock.acquire()
+    ray = RayContext(opts.ray_address, log, inv.log_dir) if opts.backend == "ray" else None
+    if ray is not None:  # connected (or refused in one line) before DIR is touched
+        ray.connect()
     try:
-        prev = _resume(inv)
-        return await _run_locked(inv, prev)
+        lock = sharding.make_lock(inv.out, opts.shard)
+        lock.acquire()
+        try:
+            prev = _resume(inv)
+            return await _run_locked(inv, prev, ray)
+        finally:
+            lock.release()
     finally:
-        lock.release()
+        if ray is not None:
+            ray.close()
 
 
 async def _planned(factory: ItemFactory, samples: int) -> dict[str, int]:
@@ -123,7 +130,7 @@ def _supersede(out: Path) -> Path | None:
     return dest
 
 
-async def _run_locked(inv: Invocation, prev: RunDoc | None) -> int:
+async def _run_locked(inv: Invocation, prev: RunDoc | None, ray: RayContext | None) -> int:
     cfg, out = inv.cfg, inv.out
     for folder in ("responses", "judgments", "errors"):
         (out / folder).mkdir(parents=True, exist_ok=True)
@@ -137,7 +144,7 @@ async def _run_locked(inv: Invocation, prev: RunDoc | None) -> int:
 
     stop = RunStop()
     budget = _budget(inv)
-    lanes = await LaneBuilder(inv, adapters, pool, budget, stop).build()
+    lanes = await LaneBuilder(inv, adapters, pool, budget, stop, ray).build()
 
     def stop_run() -> None:
         stop.set()
@@ -145,17 +152,15 @@ async def _run_locked(inv: Invocation, prev: RunDoc | None) -> int:
 
     interrupt = Interrupt(stop_run, cfg.run.grace_period_s, inv.log)
     _start_line(inv, lanes)
-    try:
-        with handled(interrupt):
-            await _drive(lanes, interrupt, stop, LoopClock(), _display(inv, lanes))
-    finally:
-        if lanes.ray is not None:
-            lanes.ray.close()
+    with handled(interrupt):
+        await _drive(lanes, interrupt, stop, LoopClock(), _display(inv, lanes))
+    if ray is not None:
+        ray.close()  # before run.json says the run ended: its actors are gone by then
 
     end = Ending(interrupt.signum, budget, [lane.name for lane in lanes.lanes
                                             if lane.stats.state != "complete" or lane.stats.exhausted])
     doc = document.finished(doc, status=end.status, lanes=lanes.summaries(), budget=budget,
-                            ray_address=inv.opts.ray_address, backend=inv.opts.backend,
+                            backend=ray.doc() if ray is not None else None,
                             servers=document.servers_doc(pool, lanes.launched()))
     sharding.write_state(out, inv.shard, doc)
     _summarize(lanes.lanes, inv.log)
