@@ -38,6 +38,7 @@ from engine.core.adapter import AdapterError
 from engine.core.config import AdapterOptions
 from engine.core.records import GenParams, Message, Response, Usage
 from engine.core.retry import parse_retry_after
+from engine.core.secrets import redact, remember
 
 if TYPE_CHECKING:
     import aiohttp
@@ -128,7 +129,8 @@ def parse_messages_response(raw: bytes, latency: float) -> Response:
                       completion_tokens=int(usage_raw.get("output_tokens") or 0),
                       cached_tokens=None if cache_read is None else int(cache_read))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-        raise AdapterError("malformed", f"response body is not a Messages API message: {raw[:120]!r}") from None
+        # A proxy may answer 200 with the request echoed, key and all.
+        raise AdapterError("malformed", redact(f"response body is not a Messages API message: {raw[:120]!r}")) from None
     model = data.get("model")
     finish = _STOP.get(stop_reason or "end_turn", "stop")
     return Response(text="".join(parts), finish_reason=finish,  # type: ignore[arg-type]
@@ -145,6 +147,7 @@ class AnthropicMessages:
         self.url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
         self.model = model
         self._secrets = (api_key,) if api_key else ()
+        remember(api_key)  # removed from everything written, even when not read through api_key_env
         self._headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         if api_key:
             self._headers["x-api-key"] = api_key

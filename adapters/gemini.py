@@ -47,6 +47,7 @@ from engine.core.adapter import AdapterError
 from engine.core.config import AdapterOptions
 from engine.core.records import ErrorKind, GenParams, Message, Response, Usage
 from engine.core.retry import parse_retry_after
+from engine.core.secrets import redact, remember
 
 if TYPE_CHECKING:
     import aiohttp
@@ -165,7 +166,8 @@ def parse_generate_response(raw: bytes, latency: float) -> Response:
                 texts.append(t)
         reason = cand.get("finishReason") or "STOP"
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError):
-        raise AdapterError("malformed", f"response body is not a GenerateContentResponse: {raw[:120]!r}") from None
+        # A proxy may answer 200 with the request echoed, key and all.
+        raise AdapterError("malformed", redact(f"response body is not a GenerateContentResponse: {raw[:120]!r}")) from None
     return Response(text="".join(texts), finish_reason=_FINISH.get(reason, "stop"),  # type: ignore[arg-type]
                     usage=usage, latency_s=round(latency, 6), server_model=server_model)
 
@@ -182,6 +184,7 @@ class GeminiGenerate:
         self.model = model.removeprefix("models/")
         self.url = f"{base}/models/{quote(self.model, safe='-._~')}:generateContent"
         self._secrets = (api_key,) if api_key else ()
+        remember(api_key)  # removed from everything written, even when not read through api_key_env
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["x-goog-api-key"] = api_key

@@ -23,6 +23,7 @@ from engine.core.adapter import AdapterError
 from engine.core.config import AdapterOptions
 from engine.core.records import ErrorKind, FinishReason, GenParams, Message, Response, Usage
 from engine.core.retry import parse_retry_after
+from engine.core.secrets import redact, remember
 
 if TYPE_CHECKING:
     import aiohttp
@@ -85,7 +86,8 @@ def parse_chat_response(raw: bytes, latency: float) -> Response:
         text = message.get("content")
         finish = choice.get("finish_reason") or "stop"
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
-        raise AdapterError("malformed", f"response body is not a chat completion: {raw[:120]!r}") from None
+        # A proxy may answer 200 with the request echoed, key and all.
+        raise AdapterError("malformed", redact(f"response body is not a chat completion: {raw[:120]!r}")) from None
     if text is None:
         # A refusal field (OpenAI structured outputs) or a filtered choice with no content.
         refusal = message.get("refusal")
@@ -117,6 +119,7 @@ class OpenAIChat:
         self.model = model
         self.reasoning = reasoning if reasoning is not None else model.startswith(("o1", "o3", "o4", "gpt-5"))
         self._secrets = (api_key,) if api_key else ()
+        remember(api_key)  # removed from everything written, even when not read through api_key_env
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"

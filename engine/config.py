@@ -23,6 +23,7 @@ import msgspec
 from adapters import registry
 from engine.core.config import AdapterOptions, ModelConfig
 from engine.core.errors import ConfigError
+from engine.core.secrets import looks_like_key, remember
 
 
 class RunConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -166,6 +167,11 @@ def check_config(cfg: Config, source: str) -> None:
         for key, hint in registry.entry(m.adapter).required.items():
             if not flat.get(key):
                 raise ConfigError(f"{where}.{key}: required for adapter `{m.adapter}` ({hint})")
+        if m.api_key_env and looks_like_key(m.api_key_env):
+            remember(m.api_key_env)  # whatever prints next must not show it either
+            raise ConfigError(f"{where}.api_key_env: holds what looks like a key itself, not the name of an "
+                              "environment variable (the value is not shown); export the key in a variable, e.g. "
+                              "OPENAI_API_KEY, and name that variable here")
         if m.concurrency() < 1 or m.max_attempts < 1:
             raise ConfigError(f"{where}: max_concurrency and max_attempts must be >= 1")
         if m.requests_per_minute < 0 or m.tokens_per_minute < 0:

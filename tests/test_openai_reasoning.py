@@ -156,7 +156,7 @@ def test_wrong_key_is_auth_and_the_echoed_key_is_redacted() -> None:
     async def fn(a: OpenAIChat, fake: OpenAIReasoningFake) -> None:
         e = await _err(a, a.build_body(MSGS, PARAMS))
         assert (e.kind, e.status) == ("auth", 401) and "Incorrect API key provided" in e.message
-        assert "***" in e.message  # the server echoed "sk-...wxyz"; the last 4 characters are hidden
+        assert "[redacted]" in e.message  # the server echoed "sk-...wxyz"; the last 4 characters are hidden
 
     wrong = "sk-proj-WRONGWRONG-99998888zzzz"
     with_fake(fn, key=wrong)

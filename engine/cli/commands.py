@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -24,6 +25,7 @@ from engine.config import Config, load_config
 from engine.core.errors import ConfigError, DataError, EngineError
 from engine.core.prompts import PROMPTS_DIR
 from engine.core.rundoc import RunSpec
+from engine.core.secrets import redact
 from engine.datasets.manifest import Manifest, file_status, load_manifest, resolve_dest, resolve_mirror, select_datasets
 from engine.datasets.prompts import load_manifest as load_prompts_manifest
 from engine.datasets.prompts import template_status
@@ -38,11 +40,16 @@ T = TypeVar("T")
 
 
 def _err(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr)
+    print(redact(f"error: {msg}"), file=sys.stderr)
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    print(redact(msg), file=sys.stderr, flush=True)
+
+
+def _out(line: str) -> None:
+    """A result line on stdout (verify's and merge's findings may quote error messages)."""
+    print(redact(line))
 
 
 def _spec(args: argparse.Namespace) -> tuple[Config, RunSpec, str]:
@@ -94,7 +101,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     out = Path(spec.output)
     plan = build_plan(cfg, spec, out if (out / "responses").is_dir() else None)
     for line in render_plan(cfg, plan):
-        print(line)
+        _out(line)
     return 0
 
 
@@ -193,7 +200,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     report = verify(Path(args.dir))
     for line in report.lines:
-        print(line)
+        _out(line)
     return 0 if report.clean else 1
 
 
@@ -203,7 +210,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     out = Path(args.dir)
     res = merge(out, log=_log)
     for line in res.lines:
-        print(line)
+        _out(line)
     if res.merged:
         if read_run(out).spec.items is None:
             _finish_scores(out)
@@ -420,3 +427,7 @@ def dispatch(args: argparse.Namespace) -> int:
         return 130
     except BrokenPipeError:
         os._exit(1)
+    except Exception:
+        # Not one of ours: the traceback is what helps, but its text may quote a key.
+        print(redact(traceback.format_exc()).rstrip(), file=sys.stderr)
+        return 1

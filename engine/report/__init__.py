@@ -21,6 +21,7 @@ import msgspec
 from engine.core.errors import EngineError
 from engine.core.records import Item, judgment_decoder
 from engine.core.rundoc import RunDoc, RunSpec, ScoresDoc
+from engine.core.secrets import redact, remember_env
 from engine.report.build import build_report
 from engine.report.html import render_html
 from engine.report.markdown import render_markdown
@@ -86,17 +87,10 @@ def _load_items(spec: RunSpec, notes: list[str]) -> dict[tuple[str, str, str], I
 
 def _secrets(run: RunDoc) -> tuple[str, ...]:
     """Values the environment holds for the run's api_key_env names (never written, only removed)."""
-    names = {m.get("api_key_env") for m in _models_of(run.config).values() if isinstance(m, Mapping)}
-    return tuple(v for n in sorted(x for x in names if isinstance(x, str) and x)
-                 if len(v := os.environ.get(n, "")) >= 8)
-
-
-def _scrub(text: str, secrets: tuple[str, ...]) -> str:
-    for s in secrets:
-        text = text.replace(s, "[redacted]")
-        if len(s) >= 16:  # providers echo keys partially ("sk-abcdefg...wxyz")
-            text = text.replace(s[:12], "[redacted]")
-    return text
+    names = [m.get("api_key_env") for m in _models_of(run.config).values() if isinstance(m, Mapping)]
+    values = tuple(os.environ.get(n, "") for n in sorted({x for x in names if isinstance(x, str) and x}))
+    remember_env(n for n in names if isinstance(n, str))
+    return tuple(v for v in values if v)
 
 
 def render(report: Report, fmt: str, secrets: tuple[str, ...] = ()) -> str:
@@ -108,7 +102,8 @@ def render(report: Report, fmt: str, secrets: tuple[str, ...] = ()) -> str:
         text = msgspec.json.format(msgspec.json.encode(report).decode(), indent=2) + "\n"
     else:
         raise ValueError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
-    return _scrub(text, secrets)
+    # Exact values only: the report quotes model answers, which key-shaped patterns must not touch.
+    return redact(text, secrets, shapes=False)
 
 
 def report_for(directory: Path, per_subtask: int = 5) -> tuple[Report, tuple[str, ...]]:

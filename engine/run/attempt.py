@@ -22,6 +22,7 @@ from engine.core.adapter import Adapter, AdapterError, HasLimitSignal
 from engine.core.clock import Clock
 from engine.core.records import AttemptError, ErrorInfo, JudgmentRecord, Record, Response
 from engine.core.retry import backoff_delay
+from engine.core.secrets import redact
 from engine.costs import Budget, cost
 from engine.run.limits import AdaptiveLimit, Pacer, TokenWindow
 from engine.run.stats import LaneStats
@@ -212,7 +213,7 @@ class LocalAttempts:
             try:
                 resp = await self.adapter.send(unit.body, min(cfg.timeout_s, remaining))
             except AdapterError as exc:
-                return exc
+                return _redacted(exc)
             finally:
                 stats.in_flight -= 1
                 stats.busy_s += clock.now() - t0
@@ -299,3 +300,13 @@ class LocalAttempts:
             item_id=unit.item.id, sample=unit.sample, attempt=attempt,
             error=ErrorInfo(kind=err.kind, status=err.status, message=err.message), final=final,
             at=round(time.time(), 3)))
+
+
+def _redacted(err: AdapterError) -> AdapterError:
+    """The error as the lane keeps it: its message may quote an error body, a header or a reply
+    that echoed the request, and it goes to errors/, run.json and stderr."""
+    message = redact(err.message)
+    if message == err.message:
+        return err
+    return AdapterError(err.kind, message, status=err.status, retry_after=err.retry_after,
+                        unreachable=err.unreachable)

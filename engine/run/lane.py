@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from engine.config import ModelConfig
 from engine.core.adapter import Adapter, LocalServer
 from engine.core.records import JudgmentRecord, Record, Response
+from engine.core.secrets import redact
 from engine.items import ItemFactory
 from engine.run.attempt import Attempts, Sink
 from engine.run.taskgroup import task_group
@@ -132,7 +133,8 @@ class Lane:
             raise
         except Exception as exc:  # a lane that cannot start (server died, ...) must not stop the others
             self.stats.state = "failed"
-            self.stats.message = f"{type(exc).__name__}: {exc}" if not str(exc).startswith(self.name) else str(exc)
+            text = f"{type(exc).__name__}: {exc}" if not str(exc).startswith(self.name) else str(exc)
+            self.stats.message = redact(text)
         finally:
             self.generation_done.set()
             self.stats.ended = time.time()

@@ -19,6 +19,7 @@ import msgspec
 
 from engine.core.errors import CheckpointError
 from engine.core.records import Record, record_decoder, record_encoder
+from engine.core.secrets import redact
 from engine.store.jsonl import ERROR_FIELD, chunks, key_int
 
 R = TypeVar("R")
@@ -199,7 +200,7 @@ class JsonlWriter:
     def put(self, record: msgspec.Struct) -> None:
         self._queue.put_nowait(record)
 
-    def _write(self, buf: bytearray) -> None:
+    def _write(self, buf: bytes | bytearray) -> None:
         view = memoryview(buf)
         while view:
             n = os.write(self._fd, view)
@@ -224,7 +225,8 @@ class JsonlWriter:
             for rec in batch:
                 record_encoder.encode_into(rec, buf, len(buf))
                 buf.extend(b"\n")
-            self._write(buf)
+            # A model that echoes the key (a proxy answering 200 with the request) keeps it out of the file.
+            self._write(redact(buf))
             self.written += len(batch)
             if self._on_written is not None:
                 self._on_written(batch)

@@ -19,6 +19,7 @@ import orjson
 from engine.config import Config, parse_config
 from engine.core.errors import CheckpointError, EngineError
 from engine.core.rundoc import RunDoc, ScoresDoc, UnsetType
+from engine.core.secrets import redact
 
 RUN_JSON = "run.json"
 SCORES_JSON = "scores.json"
@@ -75,7 +76,8 @@ def write_doc(path: Path, doc: RunDoc | ScoresDoc, *, keep_unknown: bool = True)
             known = set(type(doc).__struct_fields__)
             body.update({k: v for k, v in old.items() if k not in known and k not in body})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY))
+    data = orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+    tmp.write_bytes(redact(data))  # a lane's message may quote a server that echoed the key
     os.replace(tmp, path)
 
 

@@ -36,7 +36,9 @@ request body; `fake.count` counts requests that passed validation.
 Modes: ok, doc_example, max_tokens, refusal (Anthropic), cached, thinking (Gemini/OpenAI),
 safety, blocked, recitation, prohibited (Gemini), length_empty (OpenAI), 429, 529 (Anthropic),
 503, 500, 404, 403, malformed, malformed_shape, reset, hang, leaky_auth (an auth error echoing the
-key, to test redaction).
+key, to test redaction), echo_<status> (a plain-text reply with that status echoing the request line,
+every header, the key included, and the body, as some proxies do: echo_200, echo_400, echo_500), and
+echo_text (a well-formed answer whose text is that echo: a model that quotes its request).
 
 Replies are a pure function of the request (`reply_text`), so an end-to-end test can check every
 recorded text without asking the server.
@@ -57,7 +59,7 @@ from datetime import UTC, datetime
 import orjson
 from aiohttp import web
 
-from engine.testing.fakeserver import _abort
+from engine.testing.fakeserver import _abort, echo_request
 
 __all__ = ["ANTHROPIC_DOC_MESSAGE", "GEMINI_DOC_RESPONSE", "OPENAI_DOC_REASONING_COMPLETION", "AnthropicFake",
            "GeminiFake", "OpenAIReasoningFake", "ProviderFake", "reply_text", "run_in_thread", "start_fake"]
@@ -129,6 +131,10 @@ def _rfc3339(epoch: float) -> str:
 
 def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+async def _echo(request: web.Request) -> bytes:
+    return echo_request(request, await request.read())  # aiohttp keeps the body read before
 
 
 # -- base ---------------------------------------------------------------------------------------------
@@ -212,6 +218,8 @@ class ProviderFake:
         if mode == "malformed":
             return web.Response(body=b'{"id": "x", "content": [{"type": "te', status=200,
                                 content_type="application/json")
+        if mode.startswith("echo_") and mode[5:].isdigit():
+            return web.Response(status=int(mode[5:]), body=await _echo(request), content_type="text/plain")
         return None
 
 
@@ -355,7 +363,7 @@ class AnthropicFake(ProviderFake):
         if mode == "malformed_shape":
             return _json({"id": "msg_x", "type": "message", "role": "assistant", "content": "not-a-list"},
                          headers=headers)
-        text = reply_text(self.provider, prompt)
+        text = reply_text(self.provider, prompt) if mode != "echo_text" else (await _echo(request)).decode()
         stop_reason, stop_sequence = "end_turn", None
         if mode == "max_tokens":
             text, stop_reason = text[: max(1, body["max_tokens"])], "max_tokens"
@@ -495,7 +503,8 @@ class GeminiFake(ProviderFake):
         failed = self._mode_error(mode, model, key)
         if failed is not None:
             return failed
-        return self._answer(body, mode, model, prompt, in_tok)
+        echoed = (await _echo(request)).decode() if mode == "echo_text" else None
+        return self._answer(body, mode, model, prompt, in_tok, echoed)
 
     def _mode_error(self, mode: str, model: str, key: str) -> web.Response | None:
         """The scripted error or fixed document that `mode` answers with, or None for a reply."""
@@ -524,7 +533,8 @@ class GeminiFake(ProviderFake):
             return _json({"candidates": [{"content": {"parts": [{"text": 5}]}}]})
         return None
 
-    def _answer(self, body: dict[str, object], mode: str, model: str, prompt: str, in_tok: int) -> web.Response:
+    def _answer(self, body: dict[str, object], mode: str, model: str, prompt: str, in_tok: int,
+                text: str | None = None) -> web.Response:
         """A GenerateContentResponse for `prompt`, shaped by `mode` (blocked, safety, max_tokens, ...)."""
         model_version = self.served_model or model
         usage: dict[str, int] = {"promptTokenCount": in_tok}
@@ -539,7 +549,7 @@ class GeminiFake(ProviderFake):
             return _json({"candidates": [{"finishReason": reason, "index": 0, "safetyRatings": [
                 {"category": "HARM_CATEGORY_HARASSMENT", "probability": "HIGH", "blocked": True}]}],
                 "usageMetadata": prompt_only, "modelVersion": model_version})
-        text = reply_text(self.provider, prompt)
+        text = text if text is not None else reply_text(self.provider, prompt)
         finish = "STOP"
         gen = body.get("generationConfig")
         if mode == "max_tokens":
@@ -632,6 +642,8 @@ class OpenAIReasoningFake(ProviderFake):
         if mode == "doc_example":
             return _json(OPENAI_DOC_REASONING_COMPLETION, headers=headers)
         text, finish, reasoning = reply_text(self.provider, str(prompt)), "stop", 64
+        if mode == "echo_text":
+            text = (await _echo(request)).decode()
         if mode == "length_empty":
             # All of max_completion_tokens went to reasoning: empty content, finish_reason "length".
             text, finish = "", "length"

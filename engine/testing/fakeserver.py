@@ -29,7 +29,7 @@ Control plane (never logged, never faulted, never rate limited):
   re-seed the fault RNG and release hung requests
 
 Processing order of a chat request (documented because tests rely on it):
-parse -> ``require_key`` (401) -> validation (400) -> rpm/tpm limiter (429,
+parse -> ``require_key`` (401) -> validation (400) -> ``echo`` -> rpm/tpm limiter (429,
 no latency) -> one fault draw (reset / hang / 429 / 5xx / malformed) ->
 ``fail_first_n`` (503) -> latency -> reply.  Requests that pass the limiter
 consume quota even if a fault is injected afterwards, as on a real server.
@@ -78,6 +78,7 @@ __all__ = [
     "MALFORMED_KINDS",
     "body_hash",
     "count_prompt_tokens",
+    "echo_request",
     "expected_text",
     "key_fingerprint",
     "main",
@@ -143,6 +144,10 @@ class FakeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     #: {substring: reply}: if the last user message contains substring, reply
     #: with exactly that text (first match in insertion order wins).
     script: dict[str, str] = {}
+    #: {substring: HTTP status}: if the last user message contains substring, answer with that
+    #: status and a plain-text body that echoes the request line, every header (the key too) and
+    #: the body, as some proxies and gateways do (first match wins; checked after require_key).
+    echo: dict[str, int] = {}
     #: Record the per-request log (stats counters are always kept).
     log: bool = True
     #: Stop appending log entries after this many (they cost 22 bytes each).
@@ -404,6 +409,13 @@ def expected_text(body: Mapping[str, object], config: FakeConfig | Mapping[str, 
             reps = need // len(_FILLER) + 1
             text += (_FILLER * reps)[:need]
     return text
+
+
+def echo_request(request: web.BaseRequest, raw: bytes) -> bytes:
+    """What an echoing proxy answers: the request as it arrived, headers and all."""
+    head = [f"{request.method} {request.path_qs} HTTP/{request.version.major}.{request.version.minor}"]
+    head += [f"{k}: {v}" for k, v in request.headers.items()]
+    return ("\n".join(head) + "\n\n").encode() + raw
 
 
 def body_hash(body: object) -> str:
@@ -706,6 +718,8 @@ class FakeServer:
             self._record(t, kfp, bh, 400)
             return _error(400, problem, "invalid_request_error", None, "messages" if "messages" in problem else None)
 
+        if cfg.echo and (echoed := self._echo(request, raw, cfg, body, _Arrival(t, kfp, bh))) is not None:
+            return echoed
         prompt_tokens = count_prompt_tokens(body)
         if cfg.rpm is not None or cfg.tpm is not None:
             rejected = self._limit_rejection(cfg, kfp, bh, t, body, prompt_tokens)
@@ -757,6 +771,17 @@ class FakeServer:
             self._record(t, kfp, bh, 503)
             return _error(503, "The engine is currently overloaded, please try again later.", "server_error", None)
         return await self._reply(request, body, cfg, _Arrival(t, kfp, bh), prompt_tokens, malformed=fault == 5)
+
+    def _echo(self, request: web.Request, raw: bytes, cfg: FakeConfig, body: dict[str, object],
+              arrival: _Arrival) -> web.Response | None:
+        """The `echo` reply for this request, or None when its messages match no echo substring."""
+        last = _last_user_text(body["messages"])
+        status = next((code for sub, code in cfg.echo.items() if sub in last), None)
+        if status is None:
+            return None
+        t, kfp, bh = arrival
+        self._record(t, kfp, bh, _MALFORMED if status == 200 else status)  # a 200 echo is no answer
+        return web.Response(status=status, body=echo_request(request, raw), content_type="text/plain")
 
     def _fails_first(self, cfg: FakeConfig, messages: object) -> bool:
         """True for the first fail_first_n requests with these messages (each is counted)."""
