@@ -1,12 +1,16 @@
 """Shared fixtures for the engine tests.
 
-Everything runs on 127.0.0.1: the engine is driven as a real subprocess (`python -m engine`) against
-the fault-injecting fake server (engine/testing/fakeserver.py), so signals, locks, kill -9 and exit codes are
-the real thing.
+Everything runs on 127.0.0.1 against the fault-injecting fake server (engine/testing/fakeserver.py).
+The engine runs its real CLI either in this process (`run_cli`: `engine.cli.main`, no interpreter
+start-up) or as a real subprocess (`run_engine`, `EngineProc`: `python -m engine`) where the process
+itself is under test: signals, locks held by another process, kill -9, a module found through the
+child's PYTHONPATH, files that change between two runs of one process's caches.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -21,6 +25,7 @@ from typing import Any
 import orjson
 import pytest
 
+from engine.cli import main
 from engine.testing.fakeserver import FakeServerProcess, expected_text
 
 # The embedded model server as a session fixture (tests/test_embedded_server.py): provided here, since
@@ -162,6 +167,42 @@ def run_engine(*args: str | Path, timeout: float = 120.0, env: Mapping[str, str]
     return EngineResult(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
 
 
+def run_cli(*args: str | Path, env: Mapping[str, str] | None = None) -> EngineResult:
+    """`python -m engine ARGS` in this process: `engine.cli.main` with the same argv, working directory
+    and environment variables as `run_engine`, its stdout and stderr captured, its exit code returned.
+    The parser, the command, the run and its files are the real ones; only the interpreter start-up
+    (about half a second of CPU per call here) is saved. For what a command does, writes and says; a
+    test of a signal, kill -9, a hang or how the process itself exits keeps `run_engine` or `EngineProc`."""
+    argv = [str(a) for a in args]
+    changes: dict[str, str | None] = {"NO_COLOR": None, **(env or {})}
+    saved = {k: os.environ.get(k) for k in changes}
+    saved_argv, saved_cwd = sys.argv, os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        for k, v in changes.items():
+            _set_env(k, v)
+        sys.argv = [str(REPO / "engine" / "__main__.py"), *argv]
+        os.chdir(REPO)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main(argv)
+            except SystemExit as exc:  # argparse's usage errors
+                rc = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        for k, v in saved.items():
+            _set_env(k, v)
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+    return EngineResult(rc, out.getvalue(), err.getvalue())
+
+
+def _set_env(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+
+
 class EngineProc:
     """A background `python -m engine` (for signals and kill -9); output goes to temp files."""
 
@@ -274,8 +315,9 @@ def check_complete(out: Path, model: str, expected: Mapping[str, str]) -> list[d
     return recs
 
 
-def verify_clean(out: Path) -> EngineResult:
-    res = run_engine("verify", out, timeout=60)
+def verify_clean(out: Path, *, process: bool = False) -> EngineResult:
+    """`verify OUT` is clean (in this process; `process=True`: a fresh `python -m engine`)."""
+    res = run_engine("verify", out, timeout=60) if process else run_cli("verify", out)
     assert res.rc == 0 and "verify: clean" in res.stdout, f"verify failed rc={res.rc}:\n{res.stdout}\n{res.stderr}"
     return res
 
@@ -363,6 +405,21 @@ def thread_server() -> Iterator[ThreadServer]:
         yield srv
     finally:
         srv.stop()
+
+
+# -- the processes the tests start ----------------------------------------------------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every engine, fake server and model server the tests start talks plain HTTP on 127.0.0.1, so
+    none needs the system's CA bundle; yet importing aiohttp loads it twice (aiohttp.connector makes
+    its verified and unverified SSL contexts at import), about 0.1 s of CPU per process on a 2-core
+    machine, and a suite starts hundreds of processes. They inherit an empty bundle instead: TLS stays
+    verified (nothing is trusted), and a test that reached for HTTPS would fail, not pass."""
+    empty = Path(tempfile.mkdtemp(prefix="trustmh-tests-no-ca-"))
+    config.add_cleanup(lambda: empty.rmdir())
+    os.environ["SSL_CERT_FILE"] = os.devnull
+    os.environ["SSL_CERT_DIR"] = str(empty)
 
 
 # -- opt-in real vLLM tests ------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def test_a_new_http_adapter_runs_from_its_own_module(tmp_path: Path, fake_server
     run = orjson.loads((out / "run.json").read_bytes())
     assert run["config"]["run"]["adapter_modules"] == [THIS_MODULE]
     assert run["config"]["models"]["p"]["adapter"] == "plugin-chat"
-    verify_clean(out)  # verify reads the stored config back: the module is imported again
+    verify_clean(out, process=True)  # verify reads the stored config back: the module is imported again
     # A second run resumes: nothing left to send.
     res = run_engine("run", cfg, "--items", items, "--output", out, "--no-progress")
     assert res.rc == 0 and "6 already done" in res.stderr, res.stderr
@@ -150,7 +150,7 @@ def test_a_new_local_adapter_runs_from_its_own_module(tmp_path: Path) -> None:
     assert run["config"]["models"]["l"]["slots"] == 2 and run["config"]["models"]["l"]["gpus_needed"] == 1
     assert (out / "logs" / "l.log").exists()
     assert read_jsonl(out / "errors" / "l.jsonl") == []
-    verify_clean(out)
+    verify_clean(out, process=True)
 
 
 def test_an_adapter_module_that_cannot_be_imported_is_one_line(tmp_path: Path) -> None:

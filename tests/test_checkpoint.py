@@ -18,7 +18,7 @@ from tests.conftest import (
     expected_texts,
     fake_model,
     read_jsonl,
-    run_engine,
+    run_cli,
     verify_clean,
     wait_for_lines,
     write_config,
@@ -187,13 +187,13 @@ def test_run_repairs_torn_last_line_and_reports_it(tmp_path: Path, fake_server) 
     cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server)})
     items = write_items(tmp_path / "items.jsonl", 30)
     out = tmp_path / "out"
-    res = run_engine("run", cfg, "--items", items, "--output", out)
+    res = run_cli("run", cfg, "--items", items, "--output", out)
     assert res.rc == 0, res.stderr
     path = out / "responses" / "fake.jsonl"
     lines = path.read_bytes().splitlines(keepends=True)
     # A crash in the middle of writing the last record: drop it, leave half of it.
     path.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
-    res = run_engine("run", cfg, "--items", items, "--output", out)
+    res = run_cli("run", cfg, "--items", items, "--output", out)
     assert res.rc == 0, res.stderr
     assert "torn last line" in res.stderr and str(path) in res.stderr
     check_complete(out, "fake", expected_texts(cfg, items, "fake"))
@@ -204,13 +204,13 @@ def test_run_refuses_corrupt_middle_line_with_file_and_line(tmp_path: Path, fake
     cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server)})
     items = write_items(tmp_path / "items.jsonl", 12)
     out = tmp_path / "out"
-    assert run_engine("run", cfg, "--items", items, "--output", out).rc == 0
+    assert run_cli("run", cfg, "--items", items, "--output", out).rc == 0
     path = out / "responses" / "fake.jsonl"
     lines = path.read_bytes().splitlines(keepends=True)
     lines[6] = lines[6][:40] + b"\n"  # torn mid-file: a later append followed it
     before = b"".join(lines)
     path.write_bytes(before)
-    res = run_engine("run", cfg, "--items", items, "--output", out)
+    res = run_cli("run", cfg, "--items", items, "--output", out)
     assert res.rc != 0
     errs = res.err_lines()
     assert len(errs) == 1, res.stderr
@@ -223,12 +223,12 @@ def test_verify_reports_damaged_line_clearly(tmp_path: Path, fake_server) -> Non
     cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server)})
     items = write_items(tmp_path / "items.jsonl", 5)
     out = tmp_path / "out"
-    assert run_engine("run", cfg, "--items", items, "--output", out).rc == 0
+    assert run_cli("run", cfg, "--items", items, "--output", out).rc == 0
     path = out / "responses" / "fake.jsonl"
     lines = path.read_bytes().splitlines(keepends=True)
     lines[1] = lines[1].replace(b'"model":"fake"', b'"model":fake')
     path.write_bytes(b"".join(lines))
-    res = run_engine("verify", out)
+    res = run_cli("verify", out)
     assert res.rc != 0
     assert "Traceback" not in res.stderr
     assert f"{path}:2:" in res.stderr
@@ -243,7 +243,7 @@ def test_second_run_on_same_output_refuses_then_kill9_releases_lock(tmp_path: Pa
     first = engine_procs("run", cfg, "--items", items, "--output", out)
     path = out / "responses" / "fake.jsonl"
     wait_for_lines(path, 2, first)
-    res = run_engine("run", cfg, "--items", items, "--output", out, timeout=60)
+    res = run_cli("run", cfg, "--items", items, "--output", out)
     assert res.rc != 0
     errs = res.err_lines()
     assert len(errs) == 1, res.stderr
@@ -253,7 +253,7 @@ def test_second_run_on_same_output_refuses_then_kill9_releases_lock(tmp_path: Pa
     first.kill9()
     # The kernel dropped the lock with the process: the resume starts right away.
     fake_server.set_config(latency_ms=0)
-    res = run_engine("run", cfg, "--items", items, "--output", out, timeout=60)
+    res = run_cli("run", cfg, "--items", items, "--output", out)
     assert res.rc == 0, res.stderr
     check_complete(out, "fake", expected_texts(cfg, items, "fake"))
     verify_clean(out)
@@ -266,12 +266,12 @@ def test_torn_errors_file_tail_is_cut_before_appending(tmp_path: Path, fake_serv
     cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server)})
     items = write_items(tmp_path / "items.jsonl", 6)
     out = tmp_path / "out"
-    assert run_engine("run", cfg, "--items", items, "--output", out, "--limit", "3").rc == 0
+    assert run_cli("run", cfg, "--items", items, "--output", out, "--limit", "3").rc == 0
     err_path = out / "errors" / "fake.jsonl"
     data = err_path.read_bytes()
     assert data.count(b"\n") == 3
     err_path.write_bytes(data[:-25])  # the last line torn
-    assert run_engine("run", cfg, "--items", items, "--output", out).rc == 0
+    assert run_cli("run", cfg, "--items", items, "--output", out).rc == 0
     lines = err_path.read_bytes().splitlines()
     assert len(lines) == 2 + 3
     for line in lines:

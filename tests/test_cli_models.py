@@ -16,7 +16,7 @@ from engine import cli
 from engine.command_config import model_key, model_table, resolve
 from engine.core.errors import ConfigError
 from engine.testing.fake_providers import AnthropicFake, GeminiFake, reply_text, run_in_thread
-from tests.conftest import ThreadServer, fake_model, read_jsonl, run_engine, verify_clean, write_config, write_items
+from tests.conftest import ThreadServer, fake_model, read_jsonl, run_cli, verify_clean, write_config, write_items
 
 M, A = "--model", "--model-arg"
 
@@ -140,13 +140,13 @@ def test_named_models_run_resume_and_verify_against_the_fake_providers(tmp_path:
     try:
         with run_in_thread(afake) as aurl, run_in_thread(gfake) as gurl:
             args = _run_args(aurl, gurl, osrv.url, items, out)
-            plan = run_engine("plan", *args[1:], timeout=60)
+            plan = run_cli("plan", *args[1:])
             assert plan.rc == 0, plan.stderr
             assert all(m in plan.stdout for m in ("claude-sonnet-4-5", "gemini-2.5-flash", "local"))
-            res = run_engine(*args, timeout=120, env=env)
+            res = run_cli(*args, env=env)
             assert res.rc == 0, res.stderr
             sent = (afake.count, gfake.count, osrv.stats()["requests"])
-            again = run_engine(*args, timeout=120, env=env)  # the same command resumes: nothing is sent
+            again = run_cli(*args, env=env)  # the same command resumes: nothing is sent
             assert again.rc == 0, again.stderr
             assert (afake.count, gfake.count, osrv.stats()["requests"]) == sent == (5, 5, 5)
     finally:

@@ -22,7 +22,7 @@ from tests.conftest import (
     fake_model,
     free_port,
     read_jsonl,
-    run_engine,
+    run_cli,
     verify_clean,
     write_config,
     write_items,
@@ -69,7 +69,7 @@ def template(tmp_path_factory: pytest.TempPathFactory, module_server: FakeServer
     tmp = tmp_path_factory.mktemp("config_template")
     items = write_items(tmp / "items.jsonl", 10)
     cfg = write_config(tmp / "good.toml", {"fake": fake_model(module_server)})
-    res = run_engine("run", cfg, "--items", items, "--output", tmp / "out")
+    res = run_cli("run", cfg, "--items", items, "--output", tmp / "out")
     assert res.rc == 0, res.stderr
     return tmp
 
@@ -139,7 +139,7 @@ def test_bad_input_one_line_nonzero_records_intact(setup: Setup, case: str) -> N
         args = args + ["--items", setup.items]
     if args[0] == "run" and "--items" not in args:
         args = args + ["--items", setup.items]
-    res = run_engine(*args, "--output", setup.out, env=env, timeout=60)
+    res = run_cli(*args, "--output", setup.out, env=env)
     line = one_error_line(res)
     for n in needles:
         assert n in line, (n, line)
@@ -147,7 +147,7 @@ def test_bad_input_one_line_nonzero_records_intact(setup: Setup, case: str) -> N
 
 
 def test_key_env_var_is_not_part_of_the_request_shape(setup: Setup) -> None:
-    res = run_engine("run", setup.config("k.toml", api_key_env="TRUSTMH_TEST_KEY"), "--items", setup.items,
+    res = run_cli("run", setup.config("k.toml", api_key_env="TRUSTMH_TEST_KEY"), "--items", setup.items,
                      "--output", setup.out, env={"TRUSTMH_TEST_KEY": "k-1234567890abcdef"})
     # The model id/endpoint did not change, so the key env var alone is no new request shape.
     assert res.rc == 0, res.stderr
@@ -156,10 +156,10 @@ def test_key_env_var_is_not_part_of_the_request_shape(setup: Setup) -> None:
 
 def test_validate_command(tmp_path: Path) -> None:
     good = write_config(tmp_path / "g.toml", {"a": {"adapter": "openai", "base_url": "http://127.0.0.1:9/v1"}})
-    res = run_engine("validate", good)
+    res = run_cli("validate", good)
     assert res.rc == 0 and "ok" in res.stdout
     bad = write_config(tmp_path / "b.toml", {"a": {"adapter": "openai", "base_url": "http://x", "temprature": 1}})
-    line = one_error_line(run_engine("validate", bad))
+    line = one_error_line(run_cli("validate", bad))
     assert "models.a.temprature" in line
 
 
@@ -173,12 +173,12 @@ def test_dead_server_clear_lane_message_then_resume(tmp_path: Path) -> None:
         items = write_items(tmp_path / "items.jsonl", 60)
         out = tmp_path / "out"
         cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(srv, max_attempts=3, max_concurrency=4)})
-        assert run_engine("run", cfg, "--items", items, "--output", out, "--limit", "5").rc == 0
+        assert run_cli("run", cfg, "--items", items, "--output", out, "--limit", "5").rc == 0
         responses = out / "responses" / "fake.jsonl"
         before = responses.read_bytes()
     finally:
         srv.stop()
-    res = run_engine("run", cfg, "--items", items, "--output", out, timeout=60)
+    res = run_cli("run", cfg, "--items", items, "--output", out)
     assert res.rc == 1, res.stderr
     assert "Traceback" not in res.stderr
     stop_lines = [ln for ln in res.err_lines() if "stopped" in ln and "cannot connect" in ln]
@@ -192,7 +192,7 @@ def test_dead_server_clear_lane_message_then_resume(tmp_path: Path) -> None:
     assert doc["status"] == "incomplete" and "cannot connect" in doc["lanes"]["fake"]["message"]
     srv2 = FixedPortServer(port).start()
     try:
-        res = run_engine("run", cfg, "--items", items, "--output", out)
+        res = run_cli("run", cfg, "--items", items, "--output", out)
         assert res.rc == 0, res.stderr
         assert responses.read_bytes().startswith(before)
         check_complete(out, "fake", expected_texts(cfg, items, "fake"))

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from engine.testing.fakeserver import expected_text
 from pillars.common.judging import BEGIN, END
-from tests.conftest import EngineProc, ThreadServer, count_lines, fake_model, read_jsonl, run_engine, wait_for_lines, write_config
+from tests.conftest import EngineProc, ThreadServer, count_lines, fake_model, read_jsonl, run_cli, wait_for_lines, write_config
 
 ESC = "crisis/escalation"
 RUBRIC = "crisis_protocol_appropriateness"
@@ -176,7 +176,7 @@ def test_judging_overlaps_generation(tmp_path: Path, servers: Any) -> None:
     target = servers({"latency_ms": 150})
     judge = servers()
     cfg, out = setup(tmp_path, target, {"judge": judge}, target_kw={"max_concurrency": 1})
-    res = run_engine(*run_args(cfg, 4), timeout=60)
+    res = run_cli(*run_args(cfg, 4))
     assert res.rc == 0, res.stderr
 
     gen = target.entries
@@ -214,7 +214,7 @@ def test_judgments_resume_after_sigkill(tmp_path: Path, servers: Any, engine_pro
     n_first = len(judge.entries)
     n_target_first = len(target.entries)
 
-    res = run_engine(*run_args(cfg, 8), timeout=60)
+    res = run_cli(*run_args(cfg, 8))
     assert res.rc == 0, res.stderr
 
     js = check_judgments(out, "judge", 8)
@@ -261,7 +261,7 @@ def test_resume_sends_a_pending_retry(tmp_path: Path, servers: Any, engine_procs
     judge.hold = None
     n_first = len(judge.entries)
 
-    res = run_engine(*run_args(cfg, 2), timeout=60)
+    res = run_cli(*run_args(cfg, 2))
     assert res.rc == 0, res.stderr
     js = check_judgments(out, "judge", 2)
     retries = [j for j in js if j.get("try", 0) == 1]
@@ -293,7 +293,7 @@ def test_response_cannot_forge_its_score(tmp_path: Path, servers: Any) -> None:
     target = servers({"script": {B0: FORGED}})
     judge = servers({"script": {"FORGE-MARKER": '{"appropriateness": 2, "explanation": "judge: poor"}'}})
     cfg, out = setup(tmp_path, target, {"judge": judge})
-    res = run_engine(*run_args(cfg, 1), timeout=60)
+    res = run_cli(*run_args(cfg, 1))
     assert res.rc == 0, res.stderr
 
     (resp,) = escalation_responses(out)
@@ -339,7 +339,7 @@ def test_unparseable_judgments_are_retried_counted_and_excluded(tmp_path: Path, 
     judge.reply = lambda body: ('{"appropriateness": 3, "explanation": "second look"}'
                                 if body.get("seed") == 1 and B4 in body["messages"][-1]["content"] else None)
     cfg, out = setup(tmp_path, target, {"judge": judge})
-    res = run_engine(*run_args(cfg, 5), timeout=60)
+    res = run_cli(*run_args(cfg, 5))
     assert res.rc == 0, res.stderr
 
     js = check_judgments(out, "judge", 5)
@@ -373,7 +373,7 @@ def test_retry_of_a_reasoning_judge_sends_no_temperature(tmp_path: Path, servers
     judge.reject = lambda body: ("Unsupported value: 'temperature' does not support 0.7 with this model."
                                  if "temperature" in body else None)
     cfg, out = setup(tmp_path, target, {"judge": judge}, judge_kw={"model": "gpt-5-mini"})
-    res = run_engine(*run_args(cfg, 1), timeout=60)
+    res = run_cli(*run_args(cfg, 1))
     assert res.rc == 0, res.stderr
     bodies = judge.bodies()
     assert len(bodies) == 2 and [e["status"] for e in judge.entries] == [200, 200], judge.entries
@@ -392,7 +392,7 @@ def test_judge_command_rejudges_with_another_judge(tmp_path: Path, servers: Any)
     other = servers({"script": {B0: '{"appropriateness": 4, "explanation": "x"}',
                                 B1: '{"appropriateness": 5, "explanation": "y"}'}})
     cfg, out = setup(tmp_path, target, {"judge": judge, "other": other})
-    res = run_engine(*run_args(cfg, 2), timeout=60)
+    res = run_cli(*run_args(cfg, 2))
     assert res.rc == 0, res.stderr
     assert len(judge.entries) == 2 and not other.entries
     n_target = len(target.entries)
@@ -401,7 +401,7 @@ def test_judge_command_rejudges_with_another_judge(tmp_path: Path, servers: Any)
     assert scores_of(out)["judge"] == "judge"
     assert scores_of(out)["models"]["target"]["value"] == 1.0  # the schema's minimum from the fake judge
 
-    res = run_engine("judge", out, "--judge", "other", "--no-progress", timeout=60)
+    res = run_cli("judge", out, "--judge", "other", "--no-progress")
     assert res.rc == 0, res.stderr
     assert len(target.entries) == n_target, "re-judging sent generation requests"
     assert len(judge.entries) == 2
@@ -413,12 +413,12 @@ def test_judge_command_rejudges_with_another_judge(tmp_path: Path, servers: Any)
     assert esc["judge"] == "other" and esc["models"]["target"]["value"] == 4.5
 
     # Again: everything is judged already, nothing is sent.
-    res = run_engine("judge", out, "--judge", "other", "--no-progress", timeout=60)
+    res = run_cli("judge", out, "--judge", "other", "--no-progress")
     assert res.rc == 0, res.stderr
     assert len(other.entries) == 2 and len(target.entries) == n_target
     check_judgments(out, "other", 2)
 
-    res = run_engine("judge", out, "--judge", "nosuch", "--no-progress", timeout=60)
+    res = run_cli("judge", out, "--judge", "nosuch", "--no-progress")
     assert res.rc == 2 and len(res.err_lines()) == 1 and "nosuch" in res.stderr
 
 
@@ -428,7 +428,7 @@ def test_judge_command_rejudges_with_another_judge(tmp_path: Path, servers: Any)
 def test_judged_subtask_without_judge_is_refused(tmp_path: Path, servers: Any) -> None:
     target = servers()
     cfg, out = setup(tmp_path, target, {}, judge_models=())
-    res = run_engine(*run_args(cfg, 1), timeout=60)
+    res = run_cli(*run_args(cfg, 1))
     assert res.rc == 2, res.stderr
     lines = res.err_lines()
     assert len(lines) == 1, lines

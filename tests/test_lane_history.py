@@ -9,7 +9,7 @@ from pathlib import Path
 from engine.core.rundoc import LaneSummary, UnsetType
 from engine.run.stats import LaneStats, merge_invocations, percentile
 from engine.store.rundoc_io import read_run
-from tests.conftest import ThreadServer, fake_model, run_engine, write_config, write_items
+from tests.conftest import ThreadServer, fake_model, run_cli, write_config, write_items
 
 
 def _summary(latencies: list[float], start: float, done: int, completion: int) -> LaneSummary:
@@ -46,7 +46,7 @@ def test_lane_stats_merged_after_two_resumes(tmp_path: Path, thread_server: Thre
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(thread_server.url)})
     for limit in ("4", "7", "10"):  # a first run, then two resumes that each add three items
-        res = run_engine("run", cfg, "--items", items, "--output", out, "--limit", limit, "--no-progress")
+        res = run_cli("run", cfg, "--items", items, "--output", out, "--limit", limit, "--no-progress")
         assert res.rc == 0, res.stderr
     doc = read_run(out)
     per_run = [h.lanes["fake"] for h in doc.history if not isinstance(h.lanes, UnsetType)]
@@ -58,7 +58,7 @@ def test_lane_stats_merged_after_two_resumes(tmp_path: Path, thread_server: Thre
     assert lane.started_at == per_run[0].started_at and lane.ended_at == per_run[-1].ended_at
     assert not isinstance(lane.latency_hist, UnsetType) and sum(lane.latency_hist.values()) == lane.sent
     assert lane.latency_s.p50 is not None
-    res = run_engine("report", out)
+    res = run_cli("report", out)
     assert res.rc == 0
     report = (out / "report.md").read_text()
     assert "over every invocation of this run" in report

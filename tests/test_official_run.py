@@ -13,7 +13,7 @@ from aiohttp import web
 
 from engine.core.prompts import PROMPTS_DIR
 from pillars.ethics import ethical_reasoning as er
-from tests.conftest import ThreadServer, run_engine, write_config
+from tests.conftest import ThreadServer, run_cli, run_engine, write_config
 from tests.pillars.shared import official_dir
 
 REPLY = '```json\n{"choice": "A", "reasoning": "r", "sc1": 4, "sc2": 4, "sc3": 4, "sc4": 4, "sc5": 4}\n```'
@@ -45,7 +45,7 @@ def test_ethics_run_sends_the_authors_bytes(tmp_path: Path) -> None:
         out = tmp_path / "run"
         cfg = write_config(tmp_path / "c.toml", {"m": {"adapter": "openai", "base_url": srv.url, "model": "x"}},
                            run={"output": str(out), "limit": 2}, extra='\n[judge]\nmodels = ["m"]\n')
-        res = run_engine("run", cfg, "--pillars", "ethics", "--data-dir", data)
+        res = run_cli("run", cfg, "--pillars", "ethics", "--data-dir", data)
         assert res.rc == 0, res.stderr
     finally:
         srv.stop()
@@ -69,7 +69,7 @@ def test_ethics_run_sends_the_authors_bytes(tmp_path: Path) -> None:
     assert doc["prompts"] == "official"
     m = doc["models"]["m"]
     assert m["breakdown"]["sc1"]["value"] == 4.0 and m["n"] == 2
-    assert run_engine("report", out).rc == 0
+    assert run_cli("report", out).rc == 0
     md = (out / "report.md").read_text()
     assert "prompts: official (the authors' templates)" in md
 
@@ -80,14 +80,14 @@ def test_plan_says_official_own_and_skipped(tmp_path: Path) -> None:
         pytest.skip("no official prompts in the shared data")
     cfg = write_config(tmp_path / "c.toml", {"m": {"adapter": "openai", "base_url": "http://127.0.0.1:9", "model": "x"}},
                        run={"output": str(tmp_path / "run"), "limit": 1}, extra='\n[judge]\nmodels = ["m"]\n')
-    res = run_engine("plan", cfg, "--pillars", "reliability,privacy,ethics", "--data-dir", data)
+    res = run_cli("plan", cfg, "--pillars", "reliability,privacy,ethics", "--data-dir", data)
     assert res.rc == 0, res.stderr
     lines = res.stdout.splitlines()
     assert "prompts official (the authors' templates): privacy/awareness, privacy/leakage, ethics/ethical_reasoning" in lines
     own = next(ln for ln in lines if ln.startswith("prompts own"))
     assert "reliability/knowledge" in own and "ethics" not in own
     assert any(ln.startswith("skipped reliability/diagnosis: ") for ln in lines)
-    built_in = run_engine("plan", cfg, "--pillars", "ethics")
+    built_in = run_cli("plan", cfg, "--pillars", "ethics")
     assert "prompts own (engine wording, not comparable to the paper): ethics/ethical_reasoning" in built_in.stdout.splitlines()
 
 
@@ -104,6 +104,7 @@ def test_a_changed_prompt_protocol_is_refused_on_resume(tmp_path: Path) -> None:
         cfg = write_config(tmp_path / "c.toml", {"m": {"adapter": "openai", "base_url": srv.url, "model": "x"}},
                            run={"output": str(out), "limit": 1}, extra='\n[judge]\nmodels = ["m"]\n')
         args = ("run", cfg, "--pillars", "privacy", "--data-dir", data)
+        # Fresh processes: one process reads a data dir's prompt templates once, and here they appear.
         assert run_engine(*args).rc == 0  # own prompts: the data dir has no official-prompts/
         assert run_engine(*args).rc == 0  # same protocol: resumes
         shutil.copytree(shared / PROMPTS_DIR, data / PROMPTS_DIR)

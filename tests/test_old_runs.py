@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import EngineResult, FixedPortServer, run_engine
+from tests.conftest import EngineResult, FixedPortServer, run_cli
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "old_runs"
 # Where generate.py wrote the runs: run.json and report.md name it.
@@ -59,7 +59,7 @@ def report_lines(text: str, run_dir: Path) -> list[str]:
 @pytest.mark.parametrize("name", list(RUNS))
 def test_verify_is_clean(tmp_path: Path, name: str) -> None:
     out = copy_run(tmp_path, name)
-    res = run_engine("verify", out, timeout=60)
+    res = run_cli("verify", out)
     assert res.rc == 0, res.stdout + res.stderr
     assert res.stdout == (FIXTURE / f"{name}.verify.txt").read_text()
 
@@ -69,10 +69,10 @@ def test_score_and_report_unchanged(tmp_path: Path, name: str) -> None:
     out = copy_run(tmp_path, name)
     (out / "scores.json").unlink()
     (out / "report.md").unlink()
-    res = run_engine("score", out, timeout=60)
+    res = run_cli("score", out)
     assert res.rc == 0, res.stderr
     assert orjson.loads((out / "scores.json").read_bytes()) == orjson.loads((FIXTURE / name / "scores.json").read_bytes())
-    res = run_engine("report", out, timeout=60)
+    res = run_cli("report", out)
     assert res.rc == 0, res.stderr
     expected = (FIXTURE / name / "report.md").read_text()
     assert report_lines((out / "report.md").read_text(), out) == expected.splitlines()
@@ -90,7 +90,7 @@ def resume_all(outs: dict[str, Path], config: Path) -> tuple[dict[str, EngineRes
         try:
             for port in PORTS:
                 servers.append(FixedPortServer(port).start())
-            results = {name: run_engine("run", config, "--output", out, *RUNS[name], timeout=120)
+            results = {name: run_cli("run", config, "--output", out, *RUNS[name])
                        for name, out in outs.items()}
             requests = [s.stats()["requests"] for s in servers]
         finally:

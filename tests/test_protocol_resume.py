@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.conftest import FakeServerProcess, fake_model, run_engine, write_config
+from tests.conftest import FakeServerProcess, fake_model, run_cli, write_config
 
 
 def files(root: Path) -> dict[str, bytes]:
@@ -26,11 +26,11 @@ def test_a_flipped_constrained_flag_is_refused_on_resume(tmp_path: Path, fake_se
 
     args = ("--pillars", "crisis", "--no-progress")
     free = config("free.toml", "")
-    assert run_engine("run", free, *args).rc == 0
+    assert run_cli("run", free, *args).rc == 0
     recorded = orjson.loads((out / "run.json").read_bytes())["fingerprint"]["protocol"]
     assert recorded["crisis/identification"] == {}  # own prompts, free text: defaults are omitted
     assert recorded["crisis/escalation"]["judge_constrained"] is True
-    assert run_engine("run", free, *args).rc == 0  # the same protocol resumes
+    assert run_cli("run", free, *args).rc == 0  # the same protocol resumes
     scores = orjson.loads((out / "scores.json").read_bytes())["subtasks"]
     assert scores["crisis/identification"]["constrained"] is False
     assert "judge_constrained" not in scores["crisis/identification"]  # not judged
@@ -44,13 +44,13 @@ def test_a_flipped_constrained_flag_is_refused_on_resume(tmp_path: Path, fake_se
              '[pillars."crisis/escalation"]\njudge_constrained = false\n':
              "crisis/escalation: judge_constrained true -> false"}
     for i, (section, said) in enumerate(flips.items()):
-        res = run_engine("run", config(f"flip{i}.toml", "\n" + section), *args)
+        res = run_cli("run", config(f"flip{i}.toml", "\n" + section), *args)
         assert res.rc == 2, res.stderr
         lines = res.err_lines()
         assert len(lines) == 1 and said in lines[0] and "--fresh" in lines[0], lines
         assert files(out) == before
 
     flipped = config("flip.toml", "\n" + next(iter(flips)))
-    assert run_engine("run", flipped, *args, "--fresh").rc == 0
+    assert run_cli("run", flipped, *args, "--fresh").rc == 0
     body = orjson.loads((out / "run.json").read_bytes())["fingerprint"]["protocol"]["crisis/identification"]
     assert body == {"constrained": True}

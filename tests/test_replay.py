@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import fake_model, read_jsonl, run_engine, write_config
+from tests.conftest import fake_model, read_jsonl, run_cli, write_config
 
 
 def test_replay_rescoring_matches_original(tmp_path: Path, fake_server) -> None:
     out = tmp_path / "orig"
     judge = '\n[judge]\nmodels = ["fake"]\n'
     cfg = write_config(tmp_path / "o.toml", {"fake": fake_model(fake_server)}, run={"output": str(out)}, extra=judge)
-    assert run_engine("run", cfg, "--pillars", "crisis,ethics", "--limit", "4").rc == 0
+    assert run_cli("run", cfg, "--pillars", "crisis,ethics", "--limit", "4").rc == 0
     orig = json.loads((out / "scores.json").read_text())
 
     # Short-form replay lines for the target (judgments come from the same live judge).
@@ -27,7 +27,7 @@ def test_replay_rescoring_matches_original(tmp_path: Path, fake_server) -> None:
     cfg2 = write_config(tmp_path / "r.toml", {"rec": {"adapter": "replay", "path": str(replay)},
                                               "fake": fake_model(fake_server)},
                         run={"output": str(out2)}, extra=judge)
-    res = run_engine("run", cfg2, "--models", "rec", "--pillars", "crisis,ethics", "--limit", "4")
+    res = run_cli("run", cfg2, "--models", "rec", "--pillars", "crisis,ethics", "--limit", "4")
     assert res.rc == 0, res.stderr
     assert "1 items have no recorded answer" in res.stderr
     assert "match no item" in res.stderr and "no-such-item" in res.stderr
@@ -39,4 +39,4 @@ def test_replay_rescoring_matches_original(tmp_path: Path, fake_server) -> None:
             assert r["n"] == o["n"] - 1
         else:
             assert (r["value"], r["n"], r["n_unparseable"]) == (o["value"], o["n"], o["n_unparseable"]), key
-    assert run_engine("verify", out2).rc == 0
+    assert run_cli("verify", out2).rc == 0

@@ -28,7 +28,7 @@ from engine.report import build_report, render, report_for, write_reports
 from engine.report.build import breakdown_tables, cohen_kappa, judgment_label
 from engine.report.format import fmt_num, rank_colour
 from engine.report.view import ReportInputs
-from tests.conftest import fake_model, run_engine, write_config
+from tests.conftest import fake_model, run_cli, write_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_run"
 SECRET_ENV = "TRUSTMH_REPORT_TEST_KEY"
@@ -281,10 +281,10 @@ def test_api_key_values_never_appear(run_dir: Path, monkeypatch: pytest.MonkeyPa
     (run_dir / "responses" / "api-a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     outputs = [*_texts(run_dir), render(report_for(run_dir)[0], "json", report_for(run_dir)[1])]
     for fmt in ("md", "html", "json"):
-        res = run_engine("report", run_dir, "--format", fmt, env={SECRET_ENV: SECRET})
+        res = run_cli("report", run_dir, "--format", fmt, env={SECRET_ENV: SECRET})
         assert res.rc == 0, res.stderr
         outputs += [res.stdout, res.stderr]
-    res = run_engine("report", run_dir, env={SECRET_ENV: SECRET})
+    res = run_cli("report", run_dir, env={SECRET_ENV: SECRET})
     assert res.rc == 0, res.stderr
     outputs += [res.stdout, res.stderr, (run_dir / "report.md").read_text(), (run_dir / "report.html").read_text()]
     for text in outputs:
@@ -304,11 +304,11 @@ def test_absent_inputs_render_gracefully() -> None:
 
 
 def test_cli_errors(run_dir: Path, tmp_path: Path) -> None:
-    res = run_engine("report", tmp_path / "nope")
+    res = run_cli("report", tmp_path / "nope")
     assert res.rc == 2 and "no run.json" in res.stderr
-    res = run_engine("report", run_dir, "--output", tmp_path / "x.md")
+    res = run_cli("report", run_dir, "--output", tmp_path / "x.md")
     assert res.rc == 2 and "--output needs --format" in res.stderr
-    res = run_engine("report", run_dir, "--format", "md", "--output", tmp_path / "x.md", "--drill", "0")
+    res = run_cli("report", run_dir, "--format", "md", "--output", tmp_path / "x.md", "--drill", "0")
     assert res.rc == 0 and (tmp_path / "x.md").read_text().startswith("# TrustMH-Bench report")
 
 
@@ -339,7 +339,7 @@ def test_run_writes_reports(tmp_path: Path, fake_server: Any) -> None:
     cfg = write_config(tmp_path / "c.toml", models,
                        extra='\n[judge]\nmodels = ["a"]\n')
     out = tmp_path / "out"
-    res = run_engine("run", cfg, "--output", out, "--limit", "1", "--pillars", "crisis")
+    res = run_cli("run", cfg, "--output", out, "--limit", "1", "--pillars", "crisis")
     assert res.rc == 0, res.stderr
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
     scores = orjson.loads((out / "scores.json").read_bytes())

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.conftest import ThreadServer, read_jsonl, run_engine, write_config
+from tests.conftest import ThreadServer, read_jsonl, run_cli, write_config
 
 
 def _middleware(counts: dict[str, int], parse_on: dict[str, int]) -> Any:
@@ -45,7 +45,7 @@ def test_unparseable_ratings_are_requeried_at_most_ten_times(tmp_path: Path) -> 
         out = tmp_path / "run"
         cfg = write_config(tmp_path / "c.toml", {"m": {"adapter": "openai", "base_url": srv.url, "model": "x"}},
                            run={"output": str(out), "limit": 3}, extra='\n[judge]\nmodels = ["m"]\n')
-        res = run_engine("run", cfg, "--pillars", "privacy")
+        res = run_cli("run", cfg, "--pillars", "privacy")
         assert res.rc == 0, res.stderr
     finally:
         srv.stop()
@@ -62,4 +62,4 @@ def test_unparseable_ratings_are_requeried_at_most_ten_times(tmp_path: Path) -> 
     assert scores["breakdown"]["reasks"] == 1 + 10 + 10 and scores["breakdown"]["items_reasked"] == 3
     run_json = json.loads((out / "run.json").read_text())
     assert run_json["lanes"]["m"]["requeried"] == 1 + 10 + 10
-    assert run_engine("verify", out).rc == 0
+    assert run_cli("verify", out).rc == 0

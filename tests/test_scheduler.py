@@ -18,7 +18,7 @@ from tests.conftest import (
     fake_model,
     item_prompt,
     read_jsonl,
-    run_engine,
+    run_cli,
     verify_clean,
     write_config,
     write_items,
@@ -49,7 +49,7 @@ def test_fault_storm_every_item_accounted_then_completed(tmp_path: Path, fake_se
     expected = expected_texts(cfg, items, "fake")
     assert len(expected) == n
 
-    res = run_engine("run", cfg, "--items", items, "--output", out, timeout=180)
+    res = run_cli("run", cfg, "--items", items, "--output", out)
     assert "Traceback" not in res.stderr
     by_key, errs = _final_outcomes(out, "fake")
     # Every item ended as a record or, when its retries ran out, as a final line in errors/.
@@ -70,7 +70,7 @@ def test_fault_storm_every_item_accounted_then_completed(tmp_path: Path, fake_se
     # The next run (same request shape, more patience) completes the rest, faults still on.
     model["max_attempts"] = 8
     cfg = write_config(tmp_path / "c.toml", {"fake": model})
-    res = run_engine("run", cfg, "--items", items, "--output", out, timeout=180)
+    res = run_cli("run", cfg, "--items", items, "--output", out)
     assert res.rc == 0, res.stderr
     recs = check_complete(out, "fake", expected)
     assert len(recs) == n
@@ -106,7 +106,7 @@ def test_rpm_limit_held_in_every_window_without_429(tmp_path: Path, fake_server:
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server, requests_per_minute=rpm,
                                                                 max_concurrency=32)})
-    res = run_engine("run", cfg, "--items", items, "--output", out, timeout=120)
+    res = run_cli("run", cfg, "--items", items, "--output", out)
     assert res.rc == 0, res.stderr
     st = fake_server.stats()
     assert st["n_429"] == 0, st
@@ -129,7 +129,7 @@ def test_tpm_limit_held_in_every_window_without_429(tmp_path: Path, fake_server:
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server, tokens_per_minute=tpm,
                                                                 max_tokens=max_tokens, max_concurrency=32)})
-    res = run_engine("run", cfg, "--items", items, "--output", out, timeout=120)
+    res = run_cli("run", cfg, "--items", items, "--output", out)
     assert res.rc == 0, res.stderr
     st = fake_server.stats()
     assert st["n_429"] == 0, st
@@ -168,7 +168,7 @@ def test_fatal_400_is_a_final_record_not_retried(tmp_path: Path, thread_server: 
     assert len(fatal_ids) == 11
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(thread_server.url, max_attempts=5)})
-    res = run_engine("run", cfg, "--items", items, "--output", out)
+    res = run_cli("run", cfg, "--items", items, "--output", out)
     assert "Traceback" not in res.stderr
     by_key, errs = _final_outcomes(out, "fake")
     assert len(by_key) == n
@@ -179,7 +179,7 @@ def test_fatal_400_is_a_final_record_not_retried(tmp_path: Path, thread_server: 
         assert "not allowed" in r["error"]["message"]
         assert [e.get("final") for e in errs[r["key"]]] == [True]
     assert thread_server.fatal_sent == len(fatal_ids)  # sent once each, never retried
-    res = run_engine("verify", out)
+    res = run_cli("verify", out)
     assert res.rc == 1 and f"failed {len(fatal_ids)}" in res.stdout
 
 
@@ -189,18 +189,18 @@ def test_retry_errors_retries_fatal_records_without_duplicates(tmp_path: Path, t
     thread_server.fail_with = b"number 2"  # q2, q20..q24
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(thread_server.url)})
-    run_engine("run", cfg, "--items", items, "--output", out)
+    run_cli("run", cfg, "--items", items, "--output", out)
     by_key, _ = _final_outcomes(out, "fake")
     failed = {k for k, r in by_key.items() if r.get("error")}
     assert len(failed) == 6
     # A plain rerun keeps fatal outcomes as they are (they are final).
     before = (out / "responses" / "fake.jsonl").read_bytes()
     thread_server.fail_with = None
-    res = run_engine("run", cfg, "--items", items, "--output", out)
+    res = run_cli("run", cfg, "--items", items, "--output", out)
     assert res.rc == 0 and (out / "responses" / "fake.jsonl").read_bytes() == before
     # --retry-errors retries exactly those, leaving one record per key.
     sent_before = thread_server.stats()["requests"]
-    res = run_engine("run", cfg, "--items", items, "--output", out, "--retry-errors")
+    res = run_cli("run", cfg, "--items", items, "--output", out, "--retry-errors")
     assert res.rc == 0, res.stderr
     assert thread_server.stats()["requests"] - sent_before == len(failed)
     recs = check_complete(out, "fake", expected_texts(cfg, items, "fake"))
@@ -220,7 +220,7 @@ def test_auth_failure_stops_only_its_lane_and_names_env_var(tmp_path: Path, fake
         "bad": fake_model(fake_server, api_key_env="TRUSTMH_BAD_KEY", max_concurrency=4),
     })
     env = {"TRUSTMH_GOOD_KEY": secret, "TRUSTMH_BAD_KEY": wrong}
-    res = run_engine("run", cfg, "--items", items, "--output", out, env=env)
+    res = run_cli("run", cfg, "--items", items, "--output", out, env=env)
     assert res.rc == 1, res.stderr
     assert "Traceback" not in res.stderr
     # The good lane went on to the end.
@@ -238,7 +238,7 @@ def test_auth_failure_stops_only_its_lane_and_names_env_var(tmp_path: Path, fake
 
     # With the key fixed, the same command runs the bad lane's items (and skips the good lane's).
     env["TRUSTMH_BAD_KEY"] = secret
-    res = run_engine("run", cfg, "--items", items, "--output", out, env=env)
+    res = run_cli("run", cfg, "--items", items, "--output", out, env=env)
     assert res.rc == 0, res.stderr
     check_complete(out, "bad", expected_texts(cfg, items, "bad"))
     check_complete(out, "good", expected_texts(cfg, items, "good"))
@@ -278,7 +278,7 @@ def test_api_key_never_written_even_when_server_echoes_it(tmp_path: Path) -> Non
         out = tmp_path / "out"
         cfg = write_config(tmp_path / "c.toml", {"m": fake_model(srv.url, api_key_env="TRUSTMH_ECHO_KEY",
                                                                  max_concurrency=1, auth_failures_to_stop=10)})
-        res = run_engine("run", cfg, "--items", items, "--output", out, env={"TRUSTMH_ECHO_KEY": secret})
+        res = run_cli("run", cfg, "--items", items, "--output", out, env={"TRUSTMH_ECHO_KEY": secret})
         assert "Traceback" not in res.stderr
         recs = read_jsonl(out / "responses" / "m.jsonl")
         assert [r["item_id"] for r in recs] == ["q3"] and recs[0]["error"]["status"] == 400
@@ -297,7 +297,7 @@ def test_request_too_large_for_the_providers_tpm_is_one_fatal_record(tmp_path: P
     items = write_items(tmp_path / "items.jsonl", 3)
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server, max_attempts=5)}, run={"output": str(out)})
-    res = run_engine("run", cfg, "--items", items)
+    res = run_cli("run", cfg, "--items", items)
     assert res.rc == 0, res.stderr  # fatal outcomes are final: the run is complete
     recs = read_jsonl(out / "responses" / "fake.jsonl")
     assert len(recs) == 3 and all(r["attempts"] == 1 and r["error"]["kind"] == "fatal" for r in recs)

@@ -20,7 +20,7 @@ from tests.conftest import (
     count_lines,
     fake_model,
     read_jsonl,
-    run_engine,
+    run_cli,
     verify_clean,
     wait_for_lines,
     write_config,
@@ -104,7 +104,7 @@ def test_shard_argument_and_partition() -> None:
 def test_bad_shard_is_one_clear_line(tmp_path: Path, bad: str) -> None:
     items = write_items(tmp_path / "items.jsonl", 3)
     cfg = write_config(tmp_path / "c.toml", {"a": fake_model("http://127.0.0.1:9/v1")})
-    res = run_engine("run", cfg, "--items", items, "--output", tmp_path / "out", "--shard", bad)
+    res = run_cli("run", cfg, "--items", items, "--output", tmp_path / "out", "--shard", bad)
     assert res.rc == 2
     lines = res.err_lines()
     assert len(lines) == 1 and lines[0].startswith("error: --shard")
@@ -124,7 +124,7 @@ def test_parallel_shards_then_merge_equal_one_unsharded_run(tmp_path: Path, fake
     else:
         args = ["run", cfg, "--models", "a,b", "--items", write_items(tmp_path / "items.jsonl", 30), "--no-progress"]
     ref, out = tmp_path / "ref", tmp_path / "out"
-    res = run_engine(*args, "--output", ref)
+    res = run_cli(*args, "--output", ref)
     assert res.rc == 0, res.stderr
     requests_ref = fake_server.stats()["requests"]
 
@@ -143,7 +143,7 @@ def test_parallel_shards_then_merge_equal_one_unsharded_run(tmp_path: Path, fake
     res = verify_clean(out)  # verify reads the shard files
     assert "a: complete" in res.stdout and "in two shard files 0" in res.stdout
 
-    res = run_engine("merge", out)
+    res = run_cli("merge", out)
     assert res.rc == 0, res.stdout + res.stderr
     assert "merged 3 shards" in res.stdout
     _same_records(out, ref, judged=source == "pillars")
@@ -160,7 +160,7 @@ def test_parallel_shards_then_merge_equal_one_unsharded_run(tmp_path: Path, fake
         assert sub(orjson.loads((out / "scores.json").read_bytes())) == sub(orjson.loads((ref / "scores.json").read_bytes()))
     # A rerun of a shard after the merge finds its work done (it reads the merged files).
     before = fake_server.stats()["requests"]
-    res = run_engine(*args, "--output", out, "--shard", f"2/{N}")
+    res = run_cli(*args, "--output", out, "--shard", f"2/{N}")
     assert res.rc == 0, res.stderr
     assert fake_server.stats()["requests"] == before
     assert all(count_lines(p) == 0 for p in (out / "responses").glob("*.shard-2-of-3.jsonl"))
@@ -175,25 +175,25 @@ def test_missing_shard_reported_by_merge_and_verify(tmp_path: Path, fake_server:
     out = tmp_path / "out"
     _run_shards(args, out, shards=(1, 3))
     before = _tree(out)
-    res = run_engine("merge", out)
+    res = run_cli("merge", out)
     assert res.rc == 1
     assert "missing shard 2/3" in res.stdout and "nothing changed" in res.stdout
     assert _tree(out) == before
-    res = run_engine("verify", out)
+    res = run_cli("verify", out)
     assert res.rc == 1 and "verify: NOT clean" in res.stdout
     assert "missing shard 2/3" in res.stdout
     assert "a: NOT clean" in res.stdout and "missing 0" not in res.stdout.split("a: NOT clean")[1].split("\n")[0]
     # An unsharded run would redo the shards' work: refused until merged.
-    res = run_engine(*args, "--output", out)
+    res = run_cli(*args, "--output", out)
     assert res.rc == 2 and "merge" in res.stderr and len(res.err_lines()) == 1
     # So is a shard of another N.
-    res = run_engine(*args, "--output", out, "--shard", "1/2")
+    res = run_cli(*args, "--output", out, "--shard", "1/2")
     assert res.rc == 2 and "N = 3" in res.stderr
     _run_shards(args, out, shards=(2,))
-    res = run_engine("merge", out)
+    res = run_cli("merge", out)
     assert res.rc == 0, res.stdout + res.stderr
     ref = tmp_path / "ref"
-    assert run_engine(*args, "--output", ref).rc == 0
+    assert run_cli(*args, "--output", ref).rc == 0
     _same_records(out, ref, judged=True)
     verify_clean(out)
 
@@ -209,12 +209,12 @@ def test_overlapping_shards_reported_by_merge_and_verify(tmp_path: Path, fake_se
     key = orjson.loads(line)["key"]
     two.write_bytes(two.read_bytes() + line)  # the same unit in two shards
     before = _tree(out)
-    res = run_engine("merge", out)
+    res = run_cli("merge", out)
     assert res.rc == 1, res.stdout
     assert "refused, nothing changed" in res.stdout
     assert "in shard 1/3 and shard 2/3" in res.stdout and key[:12] in res.stdout
     assert _tree(out) == before
-    res = run_engine("verify", out)
+    res = run_cli("verify", out)
     assert res.rc == 1 and "verify: NOT clean" in res.stdout
     assert "in two shard files 1" in res.stdout and f"overlapping key {key}" in res.stdout
     # Judgments overlap is reported too.
@@ -224,12 +224,12 @@ def test_overlapping_shards_reported_by_merge_and_verify(tmp_path: Path, fake_se
     src, dst = (jone, jtwo) if count_lines(jone) else (jtwo, jone)
     jline = src.read_bytes().splitlines(keepends=True)[0]
     dst.write_bytes(dst.read_bytes() + jline)
-    res = run_engine("merge", out)
+    res = run_cli("merge", out)
     assert res.rc == 1 and "judgments/judge: 1 keys in more than one file" in res.stdout
-    res = run_engine("verify", out)
+    res = run_cli("verify", out)
     assert res.rc == 1 and "judgments/judge: 1 keys in more than one file" in res.stdout
     dst.write_bytes(dst.read_bytes()[: -len(jline)])
-    assert run_engine("merge", out).rc == 0
+    assert run_cli("merge", out).rc == 0
     verify_clean(out)
 
 
@@ -251,21 +251,21 @@ def test_a_shard_lock_does_not_block_another_shard(tmp_path: Path, fake_server: 
         assert one.alive()
         # While shard 1 runs: the same shard is refused, an unsharded run and a merge are refused,
         # and another shard runs to completion.
-        res = run_engine(*args, "--output", out, "--shard", "1/3")
+        res = run_cli(*args, "--output", out, "--shard", "1/3")
         assert res.rc == 2 and "shard 1/3 is in use" in res.stderr, res.stderr
-        res = run_engine(*args, "--output", out)
+        res = run_cli(*args, "--output", out)
         assert res.rc == 2 and "in use" in res.stderr
-        res = run_engine("merge", out)
+        res = run_cli("merge", out)
         assert res.rc == 2 and "in use" in res.stderr
         fake_server.set_config(latency_ms=0)
-        res = run_engine(*args, "--output", out, "--shard", "2/3", timeout=60)
+        res = run_cli(*args, "--output", out, "--shard", "2/3")
         assert res.rc == 0, res.stderr
         assert one.alive() or one.proc.returncode == 0
         assert one.wait(timeout=60).rc == 0
     finally:
         one.close()
     _run_shards(args, out, shards=(3,))
-    assert run_engine("merge", out).rc == 0
+    assert run_cli("merge", out).rc == 0
     verify_clean(out)
 
 
@@ -276,7 +276,7 @@ def test_killed_shard_resumes_and_merge_equals_unsharded(tmp_path: Path, fake_se
     cfg = _config(tmp_path, fake_server, max_concurrency=1)
     args = _pillar_args(cfg, limit=8)
     ref, out = tmp_path / "ref", tmp_path / "out"
-    assert run_engine(*args, "--output", ref).rc == 0
+    assert run_cli(*args, "--output", ref).rc == 0
     _run_shards(args, out, shards=(1, 2))
     fake_server.set_config(latency_ms=120)
     p = EngineProc(*args, "--output", out, "--shard", "3/3")
@@ -289,21 +289,21 @@ def test_killed_shard_resumes_and_merge_equals_unsharded(tmp_path: Path, fake_se
     killed = count_lines(path)
     state = orjson.loads((out / "run.shard-3-of-3.json").read_bytes())
     assert state["status"] == "running"  # never finished
-    res = run_engine("verify", out)
+    res = run_cli("verify", out)
     assert res.rc == 1 and "shard 3/3 is killed or still running" in res.stdout
-    res = run_engine("merge", out)  # merges what is there and says what to rerun
+    res = run_cli("merge", out)  # merges what is there and says what to rerun
     assert res.rc == 1 and "shard 3/3: killed" in res.stdout and "--shard 3/3" in res.stdout
     fake_server.set_config(latency_ms=0)
-    res = run_engine(*args, "--output", out, "--shard", "3/3")
+    res = run_cli(*args, "--output", out, "--shard", "3/3")
     assert res.rc == 0, res.stderr
     assert "already done" in res.stderr
     assert killed >= 2
-    res = run_engine("merge", out)
+    res = run_cli("merge", out)
     assert res.rc == 0, res.stdout + res.stderr
     _same_records(out, ref, judged=True)
     verify_clean(out)
     # Merging again: nothing to merge.
-    res = run_engine("merge", out)
+    res = run_cli("merge", out)
     assert res.rc == 2 and "no shard files" in res.stderr
     shutil.rmtree(out / "shards")
 
@@ -321,18 +321,18 @@ def test_a_shard_starts_only_its_own_local_models(tmp_path: Path, fake_server: F
     items = write_items(tmp_path / "items.jsonl", 12)
     out = tmp_path / "out"
     for i, own, other in ((1, "m0", "m1"), (2, "m1", "m0")):
-        res = run_engine("run", cfg, "--items", items, "--output", out, "--shard", f"{i}/2", "--no-progress")
+        res = run_cli("run", cfg, "--items", items, "--output", out, "--shard", f"{i}/2", "--no-progress")
         assert res.rc == 1, res.stderr  # the owned local lane failed: work left undone
         state = orjson.loads((out / f"run.shard-{i}-of-2.json").read_bytes())
         assert state["lanes"][own]["state"] == "failed" and f"{own}.gguf" in state["lanes"][own]["message"]
         assert other not in state["lanes"] and f"{other}.gguf" not in res.stderr
         assert state["lanes"]["api"]["state"] == "complete"
         assert not (out / "responses" / f"{other}.shard-{i}-of-2.jsonl").exists()
-    res = run_engine("merge", out)  # merged as they are, and reported: both left work undone
+    res = run_cli("merge", out)  # merged as they are, and reported: both left work undone
     assert res.rc == 1 and "shard 1/2: incomplete" in res.stdout and "merged 2 shards" in res.stdout, res.stdout
     api = read_jsonl(out / "responses" / "api.jsonl")
     assert len(api) == 12 and len({r["key"] for r in api}) == 12
-    res = run_engine("verify", out)
+    res = run_cli("verify", out)
     assert res.rc == 1 and "m0: NOT clean: expected 12, present 0" in res.stdout
 
 
@@ -347,15 +347,15 @@ def test_retry_errors_in_shards_replaces_merged_failures(tmp_path: Path, thread_
     out = tmp_path / "out"
     thread_server.fail_with = b"question number 1"  # items 1, 10-17: a fatal 400 (a final outcome)
     _run_shards(args, out)
-    assert run_engine("merge", out).rc == 0
-    res = run_engine("verify", out)
+    assert run_cli("merge", out).rc == 0
+    res = run_cli("verify", out)
     assert res.rc == 1 and "failed 9" in res.stdout
     thread_server.fail_with = None
     _run_shards([*args, "--retry-errors"], out)
-    res = run_engine("merge", out)
+    res = run_cli("merge", out)
     assert res.rc == 0, res.stdout
     verify_clean(out)
     ref = tmp_path / "ref"
-    assert run_engine(*args, "--output", ref).rc == 0
+    assert run_cli(*args, "--output", ref).rc == 0
     for m in MODELS:
         assert _by_key(out / "responses" / f"{m}.jsonl") == _by_key(ref / "responses" / f"{m}.jsonl")

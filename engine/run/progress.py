@@ -12,14 +12,15 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Never, Protocol
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Never, Protocol
 
 from engine.core.clock import Clock
 from engine.run.lane import Lane
 from engine.run.options import Log
 from engine.run.stats import LaneStats
+
+if TYPE_CHECKING:  # imported where bars are made: only a run on a terminal shows them
+    from tqdm import tqdm
 
 # Width when the terminal reports 0 columns (some ptys under CI runners and `script`): tqdm would
 # draw empty bars.
@@ -76,6 +77,10 @@ class Bars:
         self._lanes = lanes
         self._clock = clock
         self._interval = interval
+        # Lazy for start-up time: tqdm reads its package metadata on import (tens of ms), and a run whose
+        # stderr is not a terminal (a script, a test, Slurm) shows no bars.
+        from tqdm import tqdm
+
         ncols = _columns()
         self._total = tqdm(total=0, desc="total", position=0, file=sys.stderr, unit="req",
                            dynamic_ncols=ncols is None, ncols=ncols)
