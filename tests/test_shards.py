@@ -236,10 +236,11 @@ def test_overlapping_shards_reported_by_merge_and_verify(tmp_path: Path, fake_se
 # -- locks -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.serial
 def test_a_shard_lock_does_not_block_another_shard(tmp_path: Path, fake_server: FakeServerProcess) -> None:
-    # Shard 1 must still run while three more engine processes start one after another: at 150 ms
-    # it finished first on a loaded 2-core machine (8 units a lane), and the unsharded run got in.
+    # Shard 1 (its own process, holding its lock) must still run while the three refusals below are
+    # tried: at 150 ms a unit it once finished first on a loaded 2-core machine, when each refusal was
+    # a new interpreter, and the unsharded run got in. They run in this process now (no start-up),
+    # and 600 ms a unit gives shard 1 about 4 s more than they take, in the parallel phase too.
     fake_server.set_config(latency_ms=600)
     cfg = _config(tmp_path, fake_server, max_concurrency=1)
     items = write_items(tmp_path / "items.jsonl", 24)
