@@ -16,14 +16,15 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, get_args, get_origin
 
 import msgspec
 
 from adapters import registry
-from engine.core.config import AdapterOptions, ModelConfig
+from engine.core.config import AdapterOptions, ModelConfig, did_you_mean, number_problem
 from engine.core.errors import ConfigError
 from engine.core.secrets import looks_like_key, remember
+from engine.options import problems as pillar_problems
 
 
 class RunConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -72,6 +73,10 @@ def valid_model_name(name: str) -> bool:
     """A models key names files (responses/<name>.jsonl): letters, digits, '.', '_', '-'."""
     return bool(_NAME.match(name))
 
+# More workers than this only cost memory (about 1 KB each: 1,000,000 took 1.07 GB and 18 s to start
+# for 2,000 items) and file descriptors; no server serves that many requests of one client at once.
+MAX_CONCURRENCY = 10_000
+
 
 def _where(msg: str) -> tuple[str, str]:
     """Split msgspec's 'Expected `int`, got `str` - at `$.run.limit`' into (what, key path)."""
@@ -80,26 +85,64 @@ def _where(msg: str) -> tuple[str, str]:
     return what, key
 
 
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
 T = TypeVar("T", bound=msgspec.Struct)
 
 
+def _struct_of(typ: object) -> type[msgspec.Struct] | None:
+    return typ if isinstance(typ, type) and issubclass(typ, msgspec.Struct) else None
+
+
+def _field_problems(value: object, typ: object, source: str, key: str) -> list[str]:
+    """A field's value against its type; a table of Structs (or a dict of them) is checked key by key."""
+    struct = _struct_of(typ)
+    if struct is not None and isinstance(value, dict):
+        return _problems(value, struct, source, key)
+    if get_origin(typ) is dict and isinstance(value, dict):
+        inner = _struct_of(get_args(typ)[1])
+        if inner is not None:
+            return [p for k, v in value.items() for p in _field_problems(v, inner, source, _join(key, str(k)))]
+    try:
+        msgspec.convert(value, typ)
+    except msgspec.ValidationError as exc:
+        what, sub = _where(str(exc))
+        full = _join(key, sub if sub != "(top level)" else "")
+        return [f"{source}: key `{full}`: {what[0].lower() + what[1:]}"]
+    return []
+
+
+def _problems(raw: Mapping[str, object], typ: type[msgspec.Struct], source: str, prefix: str) -> list[str]:
+    """Every unknown key (with the closest allowed one), missing key and wrongly typed value of one
+    table, all at once."""
+    fields = {f.name: f for f in msgspec.structs.fields(typ)}
+    out: list[str] = []
+    for name, value in raw.items():
+        key = _join(prefix, name)
+        f = fields.get(name)
+        if f is None:
+            out.append(f"{source}: unknown key `{key}`{did_you_mean(name, fields)} "
+                       f"(allowed here: {', '.join(sorted(fields))})")
+        else:
+            out += _field_problems(value, f.type, source, key)
+    out += [f"{source}: missing required key `{_join(prefix, n)}`" for n, f in fields.items()
+            if f.required and n not in raw]
+    return out
+
+
 def _convert(raw: object, typ: type[T], source: str, prefix: str) -> T:
+    """`raw` as `typ`, or a ConfigError listing every problem of the table."""
     try:
         return msgspec.convert(raw, typ)
     except msgspec.ValidationError as exc:
-        what, key = _where(str(exc))
-        if what.startswith("Object contains unknown field"):
-            field = what.split("`")[1]
-            key = ".".join(p for p in (prefix, key if key != "(top level)" else "", field) if p)
-            allowed = ", ".join(sorted(typ.__struct_fields__))
-            nested = "." in key[len(prefix) + 1:]  # a key inside a table of this one: its fields are not these
-            raise ConfigError(f"{source}: unknown key `{key}`" + ("" if nested else f" (allowed here: {allowed})")) from None
-        if what.startswith("Object missing required field"):
-            field = what.split("`")[1]
-            key = ".".join(p for p in (prefix, key if key != "(top level)" else "", field) if p)
-            raise ConfigError(f"{source}: missing required key `{key}`") from None
-        full = ".".join(p for p in (prefix, key if key != "(top level)" else "") if p)
-        raise ConfigError(f"{source}: key `{full}`: {what[0].lower() + what[1:]}") from None
+        problems = _problems(raw, typ, source, prefix) if isinstance(raw, dict) else []
+        if not problems:
+            what, key = _where(str(exc))
+            full = _join(prefix, key if key != "(top level)" else "")
+            problems = [f"{source}: key `{full or prefix}`: {what[0].lower() + what[1:]}"]
+        raise ConfigError.of(problems) from None
 
 
 _LANE_KEYS = frozenset(ModelConfig.__struct_fields__) - {"options"}
@@ -118,20 +161,36 @@ FORMAT1_OPTION_KEYS: dict[str, object] = {
 
 
 def parse_config(raw: Mapping[str, object], source: str, *, stored: bool = False) -> Config:
-    """`stored`: `raw` is a config as run.json holds it (`config_to_builtins`), not a TOML file."""
+    """`stored`: `raw` is a config as run.json holds it (`config_to_builtins`), not a TOML file.
+    Every problem is reported at once: one ConfigError, one line per problem."""
     models_raw = raw.get("models", {})
     if not isinstance(models_raw, dict):
         raise ConfigError(f"{source}: `models` must be a table of [models.<name>] sections")
     rest = {k: v for k, v in raw.items() if k != "models"}
-    cfg: Config = _convert(rest, Config, source, "")
+    problems: list[str] = []
+    try:
+        cfg: Config = _convert(rest, Config, source, "")
+    except ConfigError as exc:
+        problems += exc.problems
+        cfg = Config()
     registry.load_modules(cfg.run.adapter_modules)
     models: dict[str, ModelConfig] = {}
     for name, body in models_raw.items():
         if not _NAME.match(name):
-            raise ConfigError(f"{source}: model name `{name}` must be letters, digits, '.', '_' or '-' (it names files)")
-        models[name] = parse_model(name, body, source, stored)
+            problems.append(f"{source}: model name `{name}` must be letters, digits, '.', '_' or '-' (it names files)")
+            continue
+        try:
+            models[name] = parse_model(name, body, source, stored)
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:  # values are checked once the types are right: a wrong type is its own line
+        raise ConfigError.of(problems)
     cfg = msgspec.structs.replace(cfg, models=models)
-    check_config(cfg, source)
+    problems = _check(cfg, source)
+    if not stored:  # a stored config passed these when its run started; the subtasks may have changed since
+        problems += [f"{source}: {p}" for p in pillar_problems(cfg.pillars, cfg.judge.rubrics)]
+    if problems:
+        raise ConfigError.of(problems)
     return cfg
 
 
@@ -141,53 +200,104 @@ def parse_model(name: str, body: object, source: str, stored: bool) -> ModelConf
     if not isinstance(body, dict):
         model: ModelConfig = _convert(body, ModelConfig, source, prefix)  # msgspec's "expected object"
         return model
-    model = _convert({k: v for k, v in body.items() if k in _LANE_KEYS}, ModelConfig, source, prefix)
-    entry = registry.find(model.adapter)
-    if entry is None:
-        raise ConfigError(f"{source}: {prefix}.adapter: unknown adapter `{model.adapter}` "
-                          f"(known: {', '.join(registry.names())}; others through run.adapter_modules)")
-    own = entry.options.__struct_fields__
+    adapter = body.get("adapter")
+    entry = registry.find(adapter) if isinstance(adapter, str) else None
+    if isinstance(adapter, str) and entry is None:
+        raise ConfigError(f"{source}: {prefix}.adapter: unknown adapter `{adapter}` "
+                          f"(known: {', '.join(registry.names())}; others through run.adapter_modules)"
+                          f"{did_you_mean(adapter, registry.names())}")
+    own = entry.options.__struct_fields__ if entry is not None else ()
     rest = {k: v for k, v in body.items() if k not in _LANE_KEYS
             and not (stored and k in FORMAT1_OPTION_KEYS and k not in own)}
-    unknown = [k for k in rest if k not in own]
-    if unknown:
-        allowed = ", ".join(sorted({*_LANE_KEYS, *own}))
-        raise ConfigError(f"{source}: unknown key `{prefix}.{unknown[0]}` for adapter `{model.adapter}` "
-                          f"(allowed here: {allowed})")
-    options: AdapterOptions = _convert(rest, entry.options, source, prefix)
+    problems = _problems({k: v for k, v in body.items() if k in _LANE_KEYS}, ModelConfig, source, prefix)
+    problems = [p for p in problems if "`options`" not in p]
+    allowed = sorted({*_LANE_KEYS, *own})
+    for k in rest:
+        if entry is not None and k not in own:
+            problems.append(f"{source}: unknown key `{prefix}.{k}` for adapter `{adapter}`{did_you_mean(k, allowed)} "
+                            f"(allowed here: {', '.join(allowed)})")
+    if entry is not None:
+        problems += [p for p in _problems({k: v for k, v in rest.items() if k in own}, entry.options, source, prefix)]
+    if problems:
+        raise ConfigError.of(problems)
+    model = msgspec.convert({k: v for k, v in body.items() if k in _LANE_KEYS}, ModelConfig)
+    assert entry is not None  # a missing adapter key is a problem above
+    options: AdapterOptions = msgspec.convert(rest, entry.options)
     return msgspec.structs.replace(model, options=options)
 
 
+# Keys whose value must be a finite number >= 0 (> 0 where zero makes no sense); NaN and infinity
+# would pass every comparison below unnoticed, so each is checked for finiteness first.
+_AT_LEAST_0 = ("requests_per_minute", "tokens_per_minute", "backoff_base_s", "backoff_max_s", "temperature")
+_ABOVE_0 = ("timeout_s", "deadline_s", "top_p")
+_AT_LEAST_1 = ("max_attempts", "auth_failures_to_stop", "max_tokens", "context_tokens")
+
+
+def _model_problems(name: str, m: ModelConfig, where: str) -> list[str]:
+    out: list[str] = []
+    checks = [(k, 0.0, False) for k in _AT_LEAST_0] + [(k, 0.0, True) for k in _ABOVE_0] + \
+             [(k, 1.0, False) for k in _AT_LEAST_1]
+    for key, minimum, strict in checks:
+        what = number_problem(getattr(m, key), minimum=minimum, strict=strict)
+        if what:
+            out.append(f"{where}.{key}: {what}")
+    if m.top_p is not None and m.top_p > 1:
+        out.append(f"{where}.top_p: must be in (0, 1], got {m.top_p}")
+    if not 1 <= m.concurrency() <= MAX_CONCURRENCY:
+        out.append(f"{where}.max_concurrency: must be between 1 and {MAX_CONCURRENCY}, got {m.concurrency()} "
+                   "(requests in flight at once)")
+    if m.tpm_accounting not in ("max", "usage"):
+        out.append(f"{where}.tpm_accounting: expected \"max\" or \"usage\", got \"{m.tpm_accounting}\"")
+    flat = model_to_builtins(m)
+    for key, hint in registry.entry(m.adapter).required.items():
+        if not flat.get(key):
+            out.append(f"{where}.{key}: required for adapter `{m.adapter}` ({hint})")
+    if m.api_key_env and looks_like_key(m.api_key_env):
+        remember(m.api_key_env)  # whatever prints next must not show it either
+        out.append(f"{where}.api_key_env: holds what looks like a key itself, not the name of an "
+                   "environment variable (the value is not shown); export the key in a variable, e.g. "
+                   "OPENAI_API_KEY, and name that variable here")
+    out += [f"{where}.{key}: {what}" for key, what in m.options.problems()]
+    return out
+
+
 def check_config(cfg: Config, source: str) -> None:
-    if cfg.run.limit < 0 or cfg.run.samples < 1:
-        raise ConfigError(f"{source}: run.limit must be >= 0 and run.samples >= 1")
+    """The values of a config whose types are right (every problem at once)."""
+    problems = _check(cfg, source)
+    if problems:
+        raise ConfigError.of(problems)
+
+
+def _check(cfg: Config, source: str) -> list[str]:
+    """Values the types alone do not rule out, every one of them."""
+    out: list[str] = []
+    if cfg.run.limit < 0:
+        out.append(f"{source}: run.limit: must be >= 0 (0 = all items), got {cfg.run.limit}")
+    if cfg.run.samples < 1:
+        out.append(f"{source}: run.samples: must be >= 1, got {cfg.run.samples}")
+    if (what := number_problem(cfg.run.grace_period_s)):
+        out.append(f"{source}: run.grace_period_s: {what}")
+    if not cfg.run.output.strip():
+        out.append(f"{source}: run.output: must name a directory, got an empty string")
     for name, m in cfg.models.items():
-        where = f"{source}: models.{name}"
-        flat = model_to_builtins(m)
-        for key, hint in registry.entry(m.adapter).required.items():
-            if not flat.get(key):
-                raise ConfigError(f"{where}.{key}: required for adapter `{m.adapter}` ({hint})")
-        if m.api_key_env and looks_like_key(m.api_key_env):
-            remember(m.api_key_env)  # whatever prints next must not show it either
-            raise ConfigError(f"{where}.api_key_env: holds what looks like a key itself, not the name of an "
-                              "environment variable (the value is not shown); export the key in a variable, e.g. "
-                              "OPENAI_API_KEY, and name that variable here")
-        if m.concurrency() < 1 or m.max_attempts < 1:
-            raise ConfigError(f"{where}: max_concurrency and max_attempts must be >= 1")
-        if m.requests_per_minute < 0 or m.tokens_per_minute < 0:
-            raise ConfigError(f"{where}: requests_per_minute / tokens_per_minute must be >= 0 (0 = no limit)")
-        if m.tpm_accounting not in ("max", "usage"):
-            raise ConfigError(f"{where}.tpm_accounting: expected \"max\" or \"usage\", got \"{m.tpm_accounting}\"")
-        for key, what in m.options.problems():
-            raise ConfigError(f"{where}.{key}: {what}")
+        out += _model_problems(name, m, f"{source}: models.{name}")
     if cfg.run.gpus is not None and (any(g < 0 for g in cfg.run.gpus) or len(set(cfg.run.gpus)) != len(cfg.run.gpus)):
-        raise ConfigError(f"{source}: run.gpus must be distinct GPU indices >= 0, e.g. [0, 1]")
+        out.append(f"{source}: run.gpus must be distinct GPU indices >= 0, e.g. [0, 1]")
     for j in cfg.judge.models:
         if j not in cfg.models:
-            raise ConfigError(f"{source}: judge.models names `{j}`, which is not a [models.{j}] section")
+            out.append(f"{source}: judge.models names `{j}`, which is not a [models.{j}] section"
+                       f"{did_you_mean(j, cfg.models)}")
     for rubric, j in cfg.judge.rubrics.items():
         if j not in cfg.models:
-            raise ConfigError(f"{source}: judge.rubrics.{rubric} names `{j}`, which is not a [models.{j}] section")
+            out.append(f"{source}: judge.rubrics.{rubric} names `{j}`, which is not a [models.{j}] section"
+                       f"{did_you_mean(j, cfg.models)}")
+    if (what := number_problem(cfg.judge.max_tokens, minimum=1)):
+        out.append(f"{source}: judge.max_tokens: {what}")
+    for name, price in cfg.prices.items():
+        for key in ("input_per_mtok", "output_per_mtok"):
+            if (what := number_problem(getattr(price, key))):
+                out.append(f"{source}: prices.{name}.{key}: {what}")
+    return out
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -59,12 +59,17 @@ def custom_items(path: Path, limit: int = 0) -> Iterator[Item]:
         n = 0
         for line_no, line in enumerate(f, 1):
             line = line.strip()
+            if line_no == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf").strip()  # a UTF-8 BOM (Windows editors write one)
             if not line:
                 continue
             yield _custom_item(line, path, line_no)
             n += 1
             if limit and n >= limit:
                 return
+    if n == 0:
+        raise EngineError(f"--items {path}: no items (the file is empty or blank); pass a JSONL file with one "
+                          "item per line")
 
 
 class WorkItem(msgspec.Struct, frozen=True):

@@ -23,7 +23,6 @@ With a data dir, a subtask that has the authors' templates there is rebuilt with
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import msgspec
 
+from engine.core.config import did_you_mean, number_problem
 from engine.core.errors import ConfigError
 from engine.core.records import Item, Response
 from engine.core.subtask import ItemScore, Judgment, Scorer, Subtask
@@ -147,27 +147,49 @@ def _made(key: str, base: Subtask, rest: dict[str, object]) -> Subtask:
 
 def _did_you_mean(unknown: list[str], known: Iterable[str]) -> str:
     """ "; did you mean X?" for the first unknown name that is close to a known one, else ""."""
-    for name in unknown:
-        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-        if close:
-            return f"; did you mean {close[0]!r}?"
-    return ""
+    return next((hint for name in unknown if (hint := did_you_mean(name, known))), "")
+
+
+def _number_problems(key: str, eng: EngineOptions) -> list[str]:
+    checks = {"limit": number_problem(eng.limit), "requery": number_problem(eng.requery),
+              "max_tokens": number_problem(eng.max_tokens, minimum=1),
+              "temperature": number_problem(eng.temperature),
+              "top_p": number_problem(eng.top_p, strict=True) or (
+                  f"must be in (0, 1], got {eng.top_p}" if eng.top_p is not None and eng.top_p > 1 else None)}
+    return [f'[pillars."{key}"].{k}: {what}' for k, what in checks.items() if what]
 
 
 def check_all(pillars_options: Mapping[str, Mapping[str, object]],
               rubrics: Iterable[str] = ()) -> None:
     """Validates every [pillars.*] section and the [judge] rubrics names up front (config errors
-    before any work); a misspelt name says which known one it resembles."""
+    before any work), all at once: one ConfigError, one line per problem; a misspelt name says
+    which known one it resembles."""
+    raise_all(problems(pillars_options, rubrics))
+
+
+def raise_all(found: list[str]) -> None:
+    if found:
+        raise ConfigError.of(found)
+
+
+def problems(pillars_options: Mapping[str, Mapping[str, object]], rubrics: Iterable[str] = ()) -> list[str]:
+    """check_all's findings, one line each (engine/config.py prefixes them with the file)."""
     if not pillars_options and not rubrics:
-        return  # nothing to check: the pillar packages stay unloaded (a run of custom items)
+        return []  # nothing to check: the pillar packages stay unloaded (a run of custom items)
     valid = {s.key for s in registry.all_subtasks()}
+    out: list[str] = []
     for key, opts in pillars_options.items():
         if key not in valid:
-            raise ConfigError(f'[pillars."{key}"]: no such subtask{_did_you_mean([key], valid)} '
-                              f'(valid: {", ".join(sorted(valid))})')
-        resolve(key, opts)
+            out.append(f'[pillars."{key}"]: no such subtask{_did_you_mean([key], valid)} '
+                       f'(valid: {", ".join(sorted(valid))})')
+            continue
+        try:
+            out += _number_problems(key, resolve(key, opts)[1])
+        except ConfigError as exc:
+            out += exc.problems
     known = {s.rubric.name for s in registry.all_subtasks() if s.rubric is not None}
     for name in rubrics:
         if name not in known:
-            raise ConfigError(f"[judge] rubrics.{name}: no such rubric{_did_you_mean([name], known)} "
-                              f"(known: {', '.join(sorted(known))})")
+            out.append(f"[judge] rubrics.{name}: no such rubric{_did_you_mean([name], known)} "
+                       f"(known: {', '.join(sorted(known))})")
+    return out

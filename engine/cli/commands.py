@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import signal
 import sys
@@ -40,7 +41,8 @@ T = TypeVar("T")
 
 
 def _err(msg: str) -> None:
-    print(redact(f"error: {msg}"), file=sys.stderr)
+    for line in msg.split("\n"):  # several config problems at once: one line each
+        print(redact(f"error: {line}"), file=sys.stderr)
 
 
 def _log(msg: str) -> None:
@@ -88,7 +90,9 @@ def _spec(args: argparse.Namespace) -> tuple[Config, RunSpec, str]:
                 raise EngineError(f"--data-dir {data_dir}: none of the selected subtasks has its data there; "
                                   "run `python -m engine data fetch` or drop --data-dir for the built-in items")
     check_all(cfg.pillars, cfg.judge.rubrics)
-    spec = RunSpec(output=args.output or cfg.run.output, models=models, items=items, data_dir=data_dir,
+    if args.output is not None and not args.output.strip():
+        raise EngineError("--output is empty; pass the run's output directory (or leave it out for run.output)")
+    spec = RunSpec(output=cfg.run.output if args.output is None else args.output, models=models, items=items, data_dir=data_dir,
                    subtasks=subtasks, limit=limit, samples=cfg.run.samples, options=cfg.pillars,
                    skipped=skipped)
     return cfg, spec, source
@@ -119,8 +123,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     items = spec.items
     progress = args.progress if args.progress is not None else (
         cfg.run.progress if cfg.run.progress is not None else sys.stderr.isatty())
-    if args.budget is not None and args.budget < 0:
-        raise EngineError("--budget must be >= 0 (US dollars)")
+    if args.budget is not None and not 0 <= args.budget < math.inf:
+        raise EngineError(f"--budget must be a finite number >= 0 (US dollars), got {args.budget}")
     if args.status_every < 0:
         raise EngineError("--status-every must be >= 0 (seconds; 0 = no status lines)")
     shard = None
@@ -341,7 +345,7 @@ def _data_fetch(args: argparse.Namespace, manifest: Manifest, dest: Path, config
     from engine.datasets import fetch as fetching
 
     mirror = resolve_mirror(args.mirror, config_mirror)
-    if args.jobs < 1 or args.retries < 0 or args.timeout <= 0:
+    if args.jobs < 1 or args.retries < 0 or not 0 < args.timeout < math.inf:
         raise ConfigError("data fetch: --jobs must be >= 1, --retries >= 0 and --timeout > 0")
     opts = fetching.FetchOptions(only=_split(args.only), mirror=mirror, force=args.force, jobs=args.jobs,
                         timeout=args.timeout, retries=args.retries)

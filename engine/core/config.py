@@ -9,9 +9,32 @@ engine/config.py; these Structs live here because adapters read them and may not
 
 from __future__ import annotations
 
+import difflib
+import math
+from collections.abc import Iterable
+
 import msgspec
 
-__all__ = ["AdapterOptions", "ModelConfig"]
+__all__ = ["AdapterOptions", "ModelConfig", "did_you_mean", "number_problem"]
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """ "; did you mean 'X'?" when `name` is close to one of `known` (difflib), else ""."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def number_problem(value: object, *, minimum: float = 0.0, strict: bool = False) -> str | None:
+    """What is wrong with a number that must be finite and >= `minimum` (> with `strict`), or None
+    (also for None and non-numbers, which the types rule on). NaN passes every comparison, so
+    finiteness is checked first."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    if not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if value < minimum or (strict and value == minimum):
+        return f"must be {'>' if strict else '>='} {minimum:g}, got {value}"
+    return None
 
 
 class AdapterOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

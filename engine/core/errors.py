@@ -35,7 +35,15 @@ class EngineError(TrustMHError):
 
 
 class ConfigError(EngineError):
-    pass
+    """Several problems found at once are one error, one line each (`of`, `problems`)."""
+
+    @classmethod
+    def of(cls, problems: list[str]) -> ConfigError:
+        return cls("\n".join(problems))
+
+    @property
+    def problems(self) -> list[str]:
+        return str(self).split("\n")
 
 
 class CheckpointError(EngineError):

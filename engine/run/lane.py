@@ -187,8 +187,11 @@ class Lane:
         wake-up per item) was a measurable share of the engine's CPU."""
         self.stats.state = "running"
         feed = _Feed(self, first, pending)
+        n = self.cfg.concurrency()
+        if self.judge_queue is None and self.stats.planned > 0:
+            n = min(n, self.stats.planned)  # no more workers than units: each idle one only costs memory
         async with task_group() as tg:
-            for _ in range(self.cfg.concurrency()):
+            for _ in range(n):
                 tg.create_task(self._worker(feed))
 
     async def _worker(self, feed: _Feed) -> None:

@@ -69,7 +69,9 @@ class LaneSet:
 
 
 def make_adapters(inv: Invocation) -> dict[str, Built]:
-    names = () if inv.opts.judge_only else inv.spec.models
+    """Every lane's adapter (targets and judges): a missing key fails here, before DIR is touched."""
+    judges = judge_plan(inv.cfg, subtasks(inv.spec))
+    names = dict.fromkeys((*(() if inv.opts.judge_only else inv.spec.models), *judges))
     return {name: make_adapter(name, inv.cfg.models[name], inv.log_dir, progress=inv.log) for name in names}
 
 
@@ -113,11 +115,20 @@ class LaneBuilder:
         self.requery_n = requery_limits(self.subs, inv.spec.options)
         self.by_key = {s.key: s for s in self.subs}
         self.judge_done: dict[str, set[int]] = {}
+        self.done: dict[str, set[int]] = {}  # each lane's keys already written (its resume scan)
         self.clock = LoopClock()
         self.set = LaneSet([], inv.targets, [], adapters, pool, ray)
 
     async def build(self) -> LaneSet:
-        for name in dict.fromkeys((*self.set.targets, *self.judge_names)):
+        inv = self.inv
+        names = list(dict.fromkeys((*self.set.targets, *self.judge_names)))
+        # Every resume scan before any writer opens a file: a corrupt line refuses with nothing created.
+        for name in names:
+            self.done[name] = await self._done("responses", name,
+                                               drop_errors=inv.opts.retry_errors and name in self.set.targets)
+            if name in self.judge_names:
+                self.judge_done[name] = await self._done("judgments", name, drop_errors=False)
+        for name in names:
             self.set.lanes.append(await self._lane(name, name in self.set.targets))
         if self.judge_names:
             self._judge_estimates()
@@ -139,10 +150,9 @@ class LaneBuilder:
         inv, cfg, spec = self.inv, self.inv.cfg, self.inv.spec
         if name not in self.set.adapters:
             self.set.adapters[name] = make_adapter(name, cfg.models[name], inv.log_dir, progress=inv.log)
-        done = await self._done("responses", name, drop_errors=inv.opts.retry_errors and target)
+        done = self.done[name]
         io = LaneIO(self._writer("responses", name), self._writer("errors", name))
         if name in self.judge_names:
-            self.judge_done[name] = await self._done("judgments", name, drop_errors=False)
             io = LaneIO(io.responses, io.errors, self._writer("judgments", name), asyncio.Queue())
         adapter, server = self.set.adapters[name]
         open_server: OpenServer | None = server

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapters.registry import Built
 from adapters.servers.gpus import GpuPool
 from engine import shards as sharding
 from engine.config import Config
@@ -57,20 +58,42 @@ async def run(cfg: Config, spec: RunSpec, opts: RunOptions | None = None, log: L
         Path(spec.data_dir) if spec.data_dir else None, cfg.pillars, protocol_of(spec))
     protocol = await asyncio.to_thread(protocols, spec)
     inv = Invocation(cfg, spec, opts, factory, planned_units, data_fp, log, protocol)
+    _check_output(inv.out)
+    # Adapters first: a missing key or unknown adapter fails before the directory is touched; then
+    # GPU placement of local lanes: a model that cannot fit is an error before anything is written.
+    adapters = make_adapters(inv)
+    pool = gpu_pool(inv)
     ray = RayContext(opts.ray_address, log, inv.log_dir) if opts.backend == "ray" else None
     if ray is not None:  # connected (or refused in one line) before DIR is touched
         ray.connect()
     try:
         lock = sharding.make_lock(inv.out, opts.shard)
-        lock.acquire()
+        try:
+            lock.acquire()
+        except OSError as exc:
+            raise EngineError(f"cannot use output directory {inv.out}: {exc.strerror or exc}; "
+                              "pass a writable --output (or run.output)") from None
         try:
             prev = _resume(inv)
-            return await _run_locked(inv, prev, ray)
+            return await _run_locked(inv, prev, adapters, pool, ray)
         finally:
             lock.release()
     finally:
         if ray is not None:
             ray.close()
+
+
+def _check_output(out: Path) -> None:
+    """The output path names a directory (or nothing yet) under directories: refused before the lock
+    would create anything."""
+    if not str(out).strip():
+        raise EngineError("--output / run.output is empty; pass the run's output directory")
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "--output" if p == out else f"--output {out}: its parent"
+                raise EngineError(f"{what} {p} exists and is not a directory; pass a directory (new or an earlier run's)")
+            break
 
 
 async def _planned(factory: ItemFactory, samples: int) -> dict[str, int]:
@@ -130,21 +153,19 @@ def _supersede(out: Path) -> Path | None:
     return dest
 
 
-async def _run_locked(inv: Invocation, prev: RunDoc | None, ray: RayContext | None) -> int:
+async def _run_locked(inv: Invocation, prev: RunDoc | None, adapters: dict[str, Built], pool: GpuPool | None,
+                      ray: RayContext | None) -> int:
     cfg, out = inv.cfg, inv.out
+    stop = RunStop()
+    budget = _budget(inv)
+    # The lanes' resume scans can still refuse (a corrupt record line): run.json is rewritten and
+    # the folders made only once they have passed.
+    lanes = await LaneBuilder(inv, adapters, pool, budget, stop, ray).build()
     for folder in ("responses", "judgments", "errors"):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    # Adapters first: a missing key or unknown adapter fails before anything is written; then GPU
-    # placement of local lanes: a model that cannot fit is an error before anything is written.
-    adapters = make_adapters(inv)
-    pool = gpu_pool(inv)
     doc = document.started(prev, cfg, inv.spec, config_source=inv.opts.config_source, data_fp=inv.data_fp,
                            protocol=inv.protocol, planned_units=inv.planned_units, shard=inv.shard, partition=inv.partition)
     sharding.write_state(out, inv.shard, doc)
-
-    stop = RunStop()
-    budget = _budget(inv)
-    lanes = await LaneBuilder(inv, adapters, pool, budget, stop, ray).build()
 
     def stop_run() -> None:
         stop.set()

@@ -52,7 +52,9 @@ class ScanResult(msgspec.Struct, kw_only=True):
 
 
 def repair_torn_tail(path: Path) -> int:
-    """Cuts an unterminated last line (a write torn by a crash). Returns the bytes removed."""
+    """Cuts an unterminated last line (a write torn by a crash). Returns the bytes removed. A last
+    line that is a whole record lacking only its newline (a crash between the two) is kept: its
+    newline is added."""
     size = path.stat().st_size
     if size == 0:
         return 0
@@ -73,8 +75,21 @@ def repair_torn_tail(path: Path) -> int:
             pos -= step
         else:
             cut = 0
+        f.seek(cut)
+        tail = f.read()
+        if _KEY_LINE.fullmatch(tail) and _is_json(tail):
+            f.write(b"\n")
+            return 0
         f.truncate(cut)
         return size - cut
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        msgspec.json.decode(line)
+    except msgspec.DecodeError:
+        return False
+    return True
 
 
 def _bad_line(path: Path, first: int, chunk: bytes) -> CheckpointError:
@@ -149,11 +164,16 @@ def iter_records(path: Path, decoder: msgspec.json.Decoder[Any] = record_decoder
             records = decoder.decode_lines(chunk)
         except msgspec.DecodeError as exc:
             # The resume scan only reads keys; a line damaged after its key surfaces here.
-            for i, line in enumerate(chunk.split(b"\n")):
+            lines = chunk.split(b"\n")
+            for i, line in enumerate(lines):
                 if line.strip():
                     try:
                         decoder.decode(line)
                     except msgspec.DecodeError as line_exc:
+                        if i == len(lines) - 1:  # unterminated, so the file's last line: a write a kill cut short
+                            raise CheckpointError(
+                                f"{path}:{first + i}: a torn last line left by an interrupted run; rerun the same "
+                                "`run` command once (it cuts the line and redoes that record), then this") from None
                         raise CheckpointError(f"{path}:{first + i}: not a valid record ({line_exc}); move the file "
                                               "aside or repair that line, then rerun") from None
             raise CheckpointError(f"{path}: unreadable records near line {first} ({exc})") from None
