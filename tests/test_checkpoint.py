@@ -236,7 +236,7 @@ def test_verify_reports_damaged_line_clearly(tmp_path: Path, fake_server) -> Non
 
 def test_second_run_on_same_output_refuses_then_kill9_releases_lock(tmp_path: Path, fake_server,
                                                                      engine_procs) -> None:
-    fake_server.set_config(latency_ms=150)
+    fake_server.set_config(latency_ms=400)
     cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server, max_concurrency=2)})
     items = write_items(tmp_path / "items.jsonl", 60)
     out = tmp_path / "out"
