@@ -71,7 +71,7 @@ def test_without_a_config_the_run_has_exactly_the_models_named() -> None:
 def test_with_a_config_the_models_are_added(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "c.toml", {"local": fake_model("http://127.0.0.1:9/v1"),
                                              "judge0": fake_model("http://127.0.0.1:9/v1")},
-                       extra='\n[judge]\nmodels = ["judge0"]\nrubrics = { emotional_support = "judge0" }\n')
+                       extra='\n[judge]\nmodels = ["judge0"]\nrubrics = { "esconv-support-1to5" = "judge0" }\n')
     r = resolve(str(cfg), [[M, "openai:gpt-4o-mini"]])
     assert list(r.cfg.models) == ["local", "judge0", "gpt-4o-mini"] == list(r.targets)
     assert r.cfg.judge.models == ("judge0",) and r.source == f"{cfg} + --model openai:gpt-4o-mini"
