@@ -6,6 +6,33 @@ imported when a command runs.
 from __future__ import annotations
 
 import argparse
+import sys
+
+EPILOG = """most common commands:
+  python -m engine run                          every subtask on the built-in items, embedded model (no key)
+  python -m engine run CONFIG --output DIR      your models; rerun the same command to resume
+  python -m engine verify DIR                   is DIR complete and duplicate-free? (exit 1 if not)
+
+more: python -m engine COMMAND --help; README.md (configuration, exit codes); docs/bad-inputs.md"""
+
+
+class _Version(argparse.Action):
+    """--version: the installed package's version, looked up only when asked (start-up time)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kw: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the engine's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("trustmh-engine")
+        except PackageNotFoundError:  # a source checkout that was never installed
+            v = "unknown (not installed; see pyproject.toml)"
+        parser._print_message(f"trustmh-engine {v}\n", sys.stdout)  # as argparse's own "version" action
+        parser.exit()
 
 
 class _NamedModel(argparse.Action):
@@ -46,7 +73,9 @@ def _selection_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine", description="TrustMH-Bench evaluation engine")
+    p = argparse.ArgumentParser(prog="python -m engine", description="TrustMH-Bench evaluation engine",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     r = sub.add_parser("run", help="generate (and resume) a run", allow_abbrev=False)
@@ -67,24 +96,25 @@ def _parser() -> argparse.ArgumentParser:
                    help="Ray cluster address for --backend ray (default: $RAY_ADDRESS, else a local Ray)")
 
     v = sub.add_parser("verify", help="check a run directory is complete and duplicate-free")
-    v.add_argument("dir")
+    v.add_argument("dir", help="a run's output directory")
 
     mg = sub.add_parser("merge", help="combine the shard files of `run --shard I/N` into the normal layout")
-    mg.add_argument("dir")
+    mg.add_argument("dir", help="the output directory the shards wrote into")
 
     c = sub.add_parser("validate", help="check a config file")
-    c.add_argument("config")
+    c.add_argument("config", help="run config TOML: every problem is listed, one line each")
 
     sc = sub.add_parser("score", help="compute scores.json (metrics and ranks) for a run directory")
-    sc.add_argument("dir")
+    sc.add_argument("dir", help="a run's output directory")
 
     j = sub.add_parser("judge", help="(re-)judge an existing run without regenerating")
-    j.add_argument("dir")
+    j.add_argument("dir", help="a run's output directory (its responses are judged, none regenerated)")
     j.add_argument("--judge", help="models key of the judge (default: the run's [judge] models)")
-    j.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    j.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars on stderr (default: when stderr is a terminal)")
 
     rp = sub.add_parser("report", help="write report.md and report.html for a run (or print one format)")
-    rp.add_argument("dir")
+    rp.add_argument("dir", help="a run's output directory")
     rp.add_argument("--format", choices=("md", "html", "json"), help="print this format (default: write both files)")
     rp.add_argument("--output", help="with --format: write to this file instead of stdout")
     rp.add_argument("--drill", type=int, default=5, help="drill-down items per subtask (0 = none)")
