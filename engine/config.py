@@ -228,8 +228,9 @@ def parse_model(name: str, body: object, source: str, stored: bool) -> ModelConf
 
 # Keys whose value must be a finite number >= 0 (> 0 where zero makes no sense); NaN and infinity
 # would pass every comparison below unnoticed, so each is checked for finiteness first.
-_AT_LEAST_0 = ("requests_per_minute", "tokens_per_minute", "backoff_base_s", "backoff_max_s", "temperature")
-_ABOVE_0 = ("timeout_s", "deadline_s", "top_p")
+_AT_LEAST_0 = ("requests_per_minute", "tokens_per_minute", "backoff_base_s", "backoff_max_s", "temperature",
+               "breaker_failures", "breaker_max_pause_s")
+_ABOVE_0 = ("timeout_s", "deadline_s", "top_p", "breaker_probe_s")
 _AT_LEAST_1 = ("max_attempts", "auth_failures_to_stop", "max_tokens", "context_tokens")
 
 

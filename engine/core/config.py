@@ -88,6 +88,13 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # Prompt + max_tokens must fit here, or the prompt is truncated by engine/truncate.py's rule.
     # None: the adapter's default (options.context_window; unknown for API models).
     context_tokens: int | None = None
+    # Circuit breaker (engine/run/breaker.py): this many systematic failures of one kind (5xx,
+    # malformed body, connection refused/lost) with no success between pause the lane (0 = never);
+    # probes follow after breaker_probe_s, doubling, and the lane stops once the pause would pass
+    # breaker_max_pause_s.
+    breaker_failures: int = 20
+    breaker_probe_s: float = 5.0
+    breaker_max_pause_s: float = 300.0
     # The adapter's own keys (flat in the TOML table). Not a TOML key itself.
     options: AdapterOptions = msgspec.field(default_factory=AdapterOptions)
 

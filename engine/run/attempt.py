@@ -5,7 +5,9 @@ classify -> backoff (`LocalAttempts`); with `--backend ray`, the same loop insid
 An attempt ends as a final outcome (a response, or a fatal error that is a result), a retry after
 backoff, or, when retries or the deadline run out, a line in errors/ and nothing in responses/ (so
 the next run retries it). Repeated auth failures, or a server that nothing reaches, stop only their
-lane. Every wait (pacing, token window, backoff) is on the injected clock.
+lane; a server failing every request the same way pauses it, and stops it unless it recovers
+(engine/run/breaker.py). Every wait (pacing, token window, backoff, the breaker's probes) is on the
+injected clock.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from engine.core.records import AttemptError, ErrorInfo, JudgmentRecord, Record,
 from engine.core.retry import backoff_delay
 from engine.core.secrets import redact
 from engine.costs import Budget, cost
+from engine.run.breaker import Breaker
 from engine.run.limits import AdaptiveLimit, Pacer, TokenWindow
 from engine.run.stats import LaneStats
 from engine.run.units import Outcome, Unit
@@ -41,40 +44,47 @@ class RunStop:
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
-        self._followers: list[asyncio.Event] = []
+        self._followers: list[Callable[[], None]] = []
 
     def set(self) -> None:
         self.event.set()
-        for ev in self._followers:
-            ev.set()
+        for hook in self._followers:
+            hook()
 
     def is_set(self) -> bool:
         return self.event.is_set()
 
-    def follow(self, ev: asyncio.Event) -> None:
-        self._followers.append(ev)
+    def follow(self, hook: Callable[[], None]) -> None:
+        """Calls `hook` when the run stops (at once if it has)."""
+        self._followers.append(hook)
         if self.event.is_set():
-            ev.set()
+            hook()
 
 
 class Brakes:
     """What stops one lane: the run-wide stop, or its own halt (auth failures, a dead server or
-    actor). `wake` is set by either, so one clock wait covers both."""
+    actor, the circuit breaker). `wake` is set by either, so one clock wait covers both."""
 
     def __init__(self, run: RunStop) -> None:
         self.run = run
         self.halted = asyncio.Event()
         self.wake = asyncio.Event()
         self.on_halt: list[Callable[[], None]] = []  # e.g. wake a judge worker waiting for work
-        run.follow(self.wake)
+        self.on_wake: list[Callable[[], None]] = []  # on halt or run stop: e.g. workers of a paused lane
+        run.follow(self._woken)
 
     @property
     def stopping(self) -> bool:
         return self.wake.is_set()
 
+    def _woken(self) -> None:
+        self.wake.set()
+        for hook in self.on_wake:
+            hook()
+
     def halt(self) -> None:
         self.halted.set()
-        self.wake.set()
+        self._woken()
         for hook in self.on_halt:
             hook()
 
@@ -150,6 +160,8 @@ class LocalAttempts:
         self.pacer = Pacer(cfg.requests_per_minute or math.inf, clock.now, clock.sleep)
         self.tokens = TokenWindow(cfg.tokens_per_minute, clock.now, clock.sleep) if cfg.tokens_per_minute else None
         self._auth_failures = 0
+        self.breaker = Breaker(name, cfg, clock)
+        brakes.on_wake.append(self.breaker.notify)
 
     def placement(self) -> dict[str, object]:
         return {}
@@ -162,19 +174,35 @@ class LocalAttempts:
         attempt = 0
         unreachable = 0  # attempts that could not even connect
         ok_before = self.stats.ok
+        breaker = self.breaker
         while not self.brakes.stopping:
+            probe = False
+            if breaker.opened_at is not None:  # paused: wait for the probe's turn or its answer
+                admitted = await breaker.admit(self.brakes.wake)
+                if admitted is None:
+                    return None
+                probe = admitted
             attempt += 1
             sent = await self._send(unit, attempt, deadline)
             if sent is None:
+                breaker.settle(None, probe)
                 return None
             if isinstance(sent, Response):
                 self._succeeded(sent)
+                if breaker.counts or probe or breaker.opened_at is not None:
+                    breaker.settle(sent, probe)
+                else:
+                    breaker.reached = True
                 return Outcome(attempts=attempt, response=sent)
             unreachable += sent.unreachable
             # Every attempt failed to connect and nothing else got through meanwhile: the server
-            # is down or the URL is wrong; retrying every other item would take hours.
-            down = unreachable == attempt and self.stats.ok == ok_before
+            # is down or the URL is wrong; retrying every other item would take hours. (While
+            # the breaker holds the lane, it decides when to give up.)
+            down = unreachable == attempt and self.stats.ok == ok_before and breaker.opened_at is None
             step = self._failed(unit, attempt, sent, deadline, down)
+            verdict = breaker.settle(sent, probe)
+            if verdict is not None and not self.brakes.halted.is_set():
+                self._stop_lane(verdict)
             if isinstance(step, Outcome) or step is None:
                 return step
             await self.clock.wait(self.brakes.wake, step)
