@@ -12,7 +12,10 @@ protocol re-asks: privacy/awareness defaults to 10, its authors asked until the 
 and scored, as the authors' generate() returned it; judges still see the reply as sent),
 `constrained` (false by default: the target is asked in free text; true sends the JSON schema the
 five classification subtasks offer, which no source of the paper used) and `judge_constrained` (the rubric's verdict with or
-without a JSON schema; official templates whose authors read free text default to without). Every
+without a JSON schema; official templates whose authors read free text default to without) and
+`judge_hardened` (the judged reply between nonce delimiters, engine.core.fence: on for own-worded
+rubrics, off for the authors' templates, which go as they sent them unless it is set true; false
+on an own-worded rubric sends the fixed delimiters that runs made before nonces sent). Every
 other key goes to the subtask module's `make_subtask(**options)`; a key it does not take is an
 error naming the keys it does take.
 
@@ -48,6 +51,9 @@ class EngineOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     strip: bool = True
     constrained: bool = False  # true: the target's answer is decoded with the subtask's JSON schema
     judge_constrained: bool | None = None  # its rubric's verdict: on/off (None: the rubric's own)
+    # The judged reply fenced with nonce delimiters (None: the rubric's own: own wording yes, the
+    # authors' templates no); false on own wording sends the fixed delimiters of runs made before.
+    judge_hardened: bool | None = None
 
 
 ENGINE_KEYS = frozenset(EngineOptions.__struct_fields__)
@@ -106,6 +112,8 @@ def _resolve(key: str, frozen: Frozen, data_dir: str | None = None) -> tuple[Sub
         sub = dataclasses.replace(sub, params=msgspec.structs.replace(sub.params, json_schema=None))
     if eng.judge_constrained is not None and sub.rubric is not None:
         sub = dataclasses.replace(sub, rubric=dataclasses.replace(sub.rubric, constrained=eng.judge_constrained))
+    if eng.judge_hardened is not None and sub.rubric is not None:
+        sub = dataclasses.replace(sub, rubric=dataclasses.replace(sub.rubric, hardened=eng.judge_hardened))
     if eng.strip:
         sub = dataclasses.replace(sub, score=_stripping(sub.score))
     # A subtask's own tie rule (ethics: the judge mean, the paper's order) unless the section sets one.

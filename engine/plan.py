@@ -14,6 +14,7 @@ from pathlib import Path
 
 from adapters.registry import make_adapter
 from engine.config import Config
+from engine.core.fence import PLAN_NONCE
 from engine.core.rundoc import RunSpec
 from engine.costs import cost
 from engine.gpus import render_placement
@@ -73,7 +74,8 @@ def build_plan(cfg: Config, spec: RunSpec, out: Path | None) -> Plan:
                     params = judge_params(cfg, cfg.models[judge], rubric)
                     # The judged text is at most the target's max_tokens long (~4 chars a token).
                     jitem = type(u.item)(id=u.item.id, pillar=u.item.pillar, subtask=u.item.subtask,
-                                         messages=rubric.build(u.item, "x" * (4 * u.max_out)))
+                                         messages=rubric.build(u.item, "x" * (4 * u.max_out),
+                                                               PLAN_NONCE if rubric.hardened else None))
                     est = estimate_tokens(jitem, params)
                     plan.add(judge, "judge", u.item.pillar, est - (params.max_tokens or 0), params.max_tokens or 0)
         plan.done[name] = skipped

@@ -43,7 +43,7 @@ def file_digest(path: Path) -> str:
 # Keys of a [pillars."<key>"] section that run.json's per-subtask protocol records (engine.spec
 # .protocols) instead of the data fingerprint: stating an old default explicitly (constrained =
 # true) resumes a run made under it, and a flip is refused naming what changed.
-PROTOCOL_KEYS = frozenset({"constrained", "judge_constrained"})
+PROTOCOL_KEYS = frozenset({"constrained", "judge_constrained", "judge_hardened"})
 
 
 def data_fingerprint(items_path: Path | None, data_dir: Path | None, pillar_options: Mapping[str, object],

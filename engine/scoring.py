@@ -115,7 +115,7 @@ def read_judgments(directory: Path, judge: str, rubrics: dict[str, Rubric]) -> d
         if j.response is None or cur.parsed is not None:
             continue
         cur.outputs += 1
-        cur.parsed = rubric.parse(j.response.text)
+        cur.parsed = rubric.read(j.response.text)
     return out
 
 

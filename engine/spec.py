@@ -17,7 +17,7 @@ import msgspec
 from engine.config import Config
 from engine.core.errors import ConfigError, EngineError
 from engine.core.prompts import PromptSet
-from engine.core.rundoc import Options, RunSpec, SubtaskProtocol
+from engine.core.rundoc import OLD_PROTOCOL, Options, RunSpec, SubtaskProtocol
 from engine.core.subtask import Rubric, Subtask
 from engine.items import ItemFactory, custom_source, pillar_source
 from engine.options import resolve
@@ -118,21 +118,25 @@ def protocols(spec: RunSpec, *, legacy: bool = False) -> dict[str, SubtaskProtoc
     for key in spec.subtasks:
         section = dict(spec.options.get(key) or {})
         if legacy:
-            section = {"constrained": True, "judge_constrained": True, **section}
+            section = {**OLD_PROTOCOL, **section}
         sub = resolve(key, section, data_dir)[0]
         p = sub.params
         out[key] = SubtaskProtocol(
             prompts=_prompt_tag(sub, prompts) if sub.prompt_files else "own",
             constrained=p.json_schema is not None,
             judge_constrained=sub.rubric.constrained if sub.rubric is not None else None,
+            judge_hardened=sub.rubric.hardened if sub.rubric is not None else None,
             temperature=p.temperature, max_tokens=p.max_tokens, top_p=p.top_p)
     return out
 
 
 def protocol_change(old: Mapping[str, SubtaskProtocol], new: Mapping[str, SubtaskProtocol]) -> str | None:
-    """The first subtask whose protocol differs, and how ("crisis/severity: constrained true -> false")."""
+    """The first subtask whose protocol differs, and how ("crisis/severity: constrained true -> false").
+    A judged subtask recorded before `judge_hardened` was judged with the fixed delimiters (false)."""
     for key, now in new.items():
         was = old.get(key)
+        if was is not None and was.judge_constrained is not None and was.judge_hardened is None:
+            was = msgspec.structs.replace(was, judge_hardened=False)
         if was is None or was == now:
             continue
         diffs = [f"{f} {_show(getattr(was, f))} -> {_show(getattr(now, f))}" for f in SubtaskProtocol.__struct_fields__

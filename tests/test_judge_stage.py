@@ -19,6 +19,8 @@ import orjson
 import pytest
 from aiohttp import web
 
+from engine.core.fence import nonce_for, normalise
+from engine.run.judge import judge_key
 from engine.testing.fakeserver import expected_text
 from pillars.common.judging import BEGIN, END
 from tests.conftest import EngineProc, ThreadServer, count_lines, fake_model, read_jsonl, run_cli, wait_for_lines, write_config
@@ -135,11 +137,15 @@ def complete_lines(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(ln) for ln in data.splitlines() if ln.strip()]
 
 
+_FENCED = re.compile(r"<<<BEGIN RESPONSE ([0-9a-f]{16})>>>\n(.*)\n<<<END RESPONSE \1>>>", re.DOTALL)
+
+
 def judged_text(body: dict[str, Any]) -> str:
-    """The response a judge request quotes (between the delimiter lines of its last user message)."""
+    """The response a judge request quotes (between the nonce marker lines of its last user message)."""
     content = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
-    start = content.index(BEGIN + "\n") + len(BEGIN) + 1
-    return content[start: content.index("\n" + END, start)]
+    m = _FENCED.search(content)
+    assert m is not None, content
+    return m.group(2)
 
 
 def try_of(body: dict[str, Any]) -> int:
@@ -236,6 +242,11 @@ def test_judgments_resume_after_sigkill(tmp_path: Path, servers: Any, engine_pro
     for b, h in zip(second, hashes):
         if h in first:
             assert (by_text[judged_text(b)], try_of(b)) not in done_before
+    # A request the first run sent and the resumed run sent again has the same body, byte for byte:
+    # the nonce comes from the run's judge_salt, not from the process.
+    sent_first = {(judged_text(b), try_of(b)) for b in judge.bodies(0)[:n_first]}
+    again = [h for b, h in zip(second, hashes) if (judged_text(b), try_of(b)) in sent_first]
+    assert set(again) <= first
     # Generation resumed too: no target request for a response already on disk was repeated.
     assert not {expected_text(b) for b in target.bodies(n_target_first)} & generated
     assert count_lines(out / "responses" / "target.jsonl") == 24
@@ -300,17 +311,24 @@ def test_response_cannot_forge_its_score(tmp_path: Path, servers: Any) -> None:
     assert resp["response"]["text"] == FORGED
     (body,) = judge.bodies()
     (item,) = [i for i in registry.load_items(registry.get(ESC), None) if i.id == "b-0"]
-    rebuilt = [{"role": m.role, "content": m.content} for m in ESC_RUBRIC.build(item, FORGED)]
+    # The nonce is the HMAC of the try-0 judge key under the run's salt: the request is rebuilt exactly.
+    salt = bytes.fromhex((out / "judge_salt").read_text().strip())
+    nonce = nonce_for(salt, judge_key(resp["key"], "judge", RUBRIC, "1", 0), FORGED)
+    rebuilt = [{"role": m.role, "content": m.content} for m in ESC_RUBRIC.build(item, FORGED, nonce)]
     assert body["messages"] == rebuilt
 
     content = body["messages"][-1]["content"]
     lines = content.split("\n")
-    assert lines.count(BEGIN) == 1 and lines.count(END) == 1
-    # Only the two real delimiters are left as <<< / >>> runs, and only one END RESPONSE pair of words.
-    assert len(re.findall(r"[<＜«]{2,}", content)) == 2, content
-    assert len(re.findall(r"[>＞»]{2,}", content)) == 2, content
-    assert len(re.findall(r"end[\s_\-]*response", content, re.IGNORECASE)) == 1, content
-    begin, end = lines.index(BEGIN), lines.index(END)
+    begin_line, end_line = f"<<<BEGIN RESPONSE {nonce}>>>", f"<<<END RESPONSE {nonce}>>>"
+    assert lines.count(begin_line) == 1 and lines.count(end_line) == 1 and content.count(nonce) == 2
+    assert BEGIN not in content and END not in content
+    # Read as a reader sees it (lookalikes folded), only the two real markers are left as <<< / >>>
+    # runs, and only one END RESPONSE pair of words.
+    seen = normalise(content)
+    assert len(re.findall(r"<(?:\s*<)+", seen)) == 2, seen
+    assert len(re.findall(r">(?:\s*>)+", seen)) == 2, seen
+    assert len(re.findall(r"end[\s_\-]*response", seen, re.IGNORECASE)) == 1, seen
+    begin, end = lines.index(begin_line), lines.index(end_line)
     inside = "\n".join(lines[begin + 1:end])
     assert begin < end
     assert "FORGE-MARKER" in inside and '"explanation": "forged"' in inside and "output {" in inside

@@ -247,7 +247,7 @@ def test_judge_stage_overlaps_generation_and_closes() -> None:
                   LocalAttempts("t", tcfg, target_adapter, terr, Brakes(stop), clock=clock))
     judge = Lane("j", jcfg, judge_adapter, lambda: iter(()), LaneIO(jsink, jerr, jsink, asyncio.Queue()),
                  LocalAttempts("j", jcfg, judge_adapter, jerr, Brakes(stop), clock=clock))
-    hub = JudgeHub(cfg, subs, {"j": judge}, {"j": set()})
+    hub = JudgeHub(cfg, subs, {"j": judge}, {"j": set()}, b"salt")
     target.hooks.on_record = hub.on_record
     judge.hooks.on_judgment = hub.on_judgment
     judge.hooks.on_judge_done = hub.on_judge_done

@@ -79,9 +79,13 @@ def test_score_and_report_unchanged(tmp_path: Path, name: str) -> None:
 
 
 # The protocol the fixture was asked under: every classification target with its JSON schema (the
-# engine's default then; free text since constrained output became opt-in).
+# engine's default then; free text since constrained output became opt-in), and every judged reply
+# between the fixed delimiters (nonce delimiters came later).
 OLD_PROTOCOL = "".join(f'\n[pillars."{k}"]\nconstrained = true\n' for k in (
-    "crisis/identification", "crisis/severity", "reliability/diagnosis", "robustness/diagnosis"))
+    "crisis/identification", "crisis/severity", "reliability/diagnosis", "robustness/diagnosis")) + "".join(
+    f'\n[pillars."{k}"]\njudge_hardened = false\n' for k in (
+        "crisis/escalation", "safety/jailbreak", "safety/antitoxic", "reliability/emotional_support",
+        "robustness/emotional_support"))
 
 
 def resume_all(outs: dict[str, Path], config: Path) -> tuple[dict[str, EngineResult], list[int]]:

@@ -63,6 +63,13 @@ def _by_key(path: Path) -> dict[str, str]:
             for r in recs}
 
 
+def _share_salt(src: Path, dst: Path) -> None:
+    """The judge nonces of `dst` as in `src` (the fake judge answers by request body, and a run
+    directory's judge_salt is its own): so that two runs' judgments compare byte for byte."""
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "judge_salt").write_bytes((src / "judge_salt").read_bytes())
+
+
 def _same_records(out: Path, ref: Path, judged: bool) -> None:
     for m in MODELS:
         got, want = _by_key(out / "responses" / f"{m}.jsonl"), _by_key(ref / "responses" / f"{m}.jsonl")
@@ -127,6 +134,8 @@ def test_parallel_shards_then_merge_equal_one_unsharded_run(tmp_path: Path, fake
     res = run_cli(*args, "--output", ref)
     assert res.rc == 0, res.stderr
     requests_ref = fake_server.stats()["requests"]
+    if source == "pillars":
+        _share_salt(ref, out)
 
     _run_shards(args, out)
     assert fake_server.stats()["requests"] == 2 * requests_ref  # each unit asked once across the shards
@@ -193,6 +202,7 @@ def test_missing_shard_reported_by_merge_and_verify(tmp_path: Path, fake_server:
     res = run_cli("merge", out)
     assert res.rc == 0, res.stdout + res.stderr
     ref = tmp_path / "ref"
+    _share_salt(out, ref)
     assert run_cli(*args, "--output", ref).rc == 0
     _same_records(out, ref, judged=True)
     verify_clean(out)
@@ -278,6 +288,7 @@ def test_killed_shard_resumes_and_merge_equals_unsharded(tmp_path: Path, fake_se
     args = _pillar_args(cfg, limit=8)
     ref, out = tmp_path / "ref", tmp_path / "out"
     assert run_cli(*args, "--output", ref).rc == 0
+    _share_salt(ref, out)
     _run_shards(args, out, shards=(1, 2))
     fake_server.set_config(latency_ms=120)
     p = EngineProc(*args, "--output", out, "--shard", "3/3")

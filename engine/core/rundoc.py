@@ -119,14 +119,24 @@ class SubtaskProtocol(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     """How one subtask asks: what its request bodies (and so its record keys) depend on beyond the
     items and the model. `prompts`: "own" or "official:<digest of the template bytes>";
     `constrained`: the target's JSON schema is sent; `judge_constrained`: its rubric's verdict is
-    asked with one (None: not judged); the generation values the subtask sets (None: the model's)."""
+    asked with one (None: not judged); `judge_hardened`: the judged reply goes fenced with a
+    nonce; the generation values the subtask sets (None: the model's)."""
 
     prompts: str = "own"
     constrained: bool = False
     judge_constrained: bool | None = None
+    # The judged reply between nonce delimiters (None: not judged, or recorded before this was:
+    # read as false, the fixed delimiters of then; engine.spec.protocol_change).
+    judge_hardened: bool | None = None
     temperature: float | None = None
     max_tokens: int | None = None
     top_p: float | None = None
+
+
+# The options that state the protocol of a run.json written before `fingerprint.protocol` was
+# recorded: every target's and judge's JSON schema was sent then (constrained output is opt-in
+# since), and the judged reply went between fixed delimiters (nonce delimiters came later).
+OLD_PROTOCOL: dict[str, object] = {"constrained": True, "judge_constrained": True, "judge_hardened": False}
 
 
 class Fingerprint(msgspec.Struct, frozen=True, kw_only=True):

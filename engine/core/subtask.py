@@ -19,10 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import msgspec
 
+from engine.core.fence import strip_quoted
 from engine.core.prompts import PromptSet
 from engine.core.records import GenParams, Item, Message, Response
 
@@ -88,23 +89,33 @@ Scorer = Callable[[Item, Response | None, Judgment | None], ItemScore]
 Aggregator = Callable[[Sequence[ItemScore]], Metric]
 
 
+class JudgeBuild(Protocol):
+    """(item, response_text, nonce) -> judge messages. With a nonce (the engine passes one when
+    the rubric is hardened) the response goes between nonce marker lines (engine.core.fence.fence,
+    via pillars.common.judging.wrap_response); without one, as the rubric sent it before nonces:
+    fixed delimiters (own wording) or raw (an official template)."""
+
+    def __call__(self, item: Item, response_text: str, /, nonce: str | None = None) -> tuple[Message, ...]: ...
+
+
 @dataclass(frozen=True)
 class Rubric:
     """An LLM-as-judge rubric.
 
-    build: (item, response_text) -> judge messages. An own-worded rubric wraps the response in
-      delimiters and neutralises lookalike delimiters inside it (see pillars.common.judging
-      .wrap_response); an official template gets the reply inserted raw, as its authors sent it,
-      and says so with `hardened = False`.
+    build: see JudgeBuild. An own-worded rubric is hardened (nonce delimiters, lookalikes folded
+      and defused); an official template gets the reply inserted raw, as its authors sent it, and
+      says so with `hardened = False` (`judge_hardened = true` opts it in). A run made before
+      nonces is read and resumed with `hardened = False` (engine.store.rundoc_io).
     schema: JSON schema for constrained judge output.
-    parse: judge output text -> dict of scores, or None when unparseable (JSON first, then a
-      last-match fallback; an official rubric reads the verdict as its authors did).
+    parse: judge output text -> dict of scores, or None when unparseable (the last JSON object of
+      the schema, then a last-match fallback; an official rubric reads the verdict as its authors
+      did). The engine calls it through `read`.
     retry: whether an unparseable verdict is asked again (the authors never retried theirs).
     """
 
     name: str
     version: str
-    build: Callable[[Item, str], tuple[Message, ...]]
+    build: JudgeBuild
     schema: dict[str, object]
     parse: Callable[[str], Judgment | None]
     judge: str | None = None  # a models key that must judge this rubric (else [judge] models[0])
@@ -112,6 +123,11 @@ class Rubric:
     hardened: bool = True
     retry: bool = True
     constrained: bool = True  # JSON-schema decoding of the verdict (off where the authors read free text)
+
+    def read(self, output: str) -> Judgment | None:
+        """The verdict in a judge output; a hardened rubric reads the judge's own words only (the
+        fenced blocks it quoted back are cut first, so a verdict inside the response never counts)."""
+        return self.parse(strip_quoted(output) if self.hardened else output)
 
 
 @dataclass(frozen=True)

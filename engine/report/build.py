@@ -313,7 +313,7 @@ def parsed_judgments(judgments: Mapping[str, list[JudgmentRecord]], owners: Mapp
             per = got.setdefault(sub.key, {})
             if per.get(j.response_key) is not None:
                 continue
-            per[j.response_key] = rubric.parse(j.response.text) if j.response is not None else None
+            per[j.response_key] = rubric.read(j.response.text) if j.response is not None else None
         out[judge] = got
     return out
 

@@ -64,14 +64,15 @@ def fmt_prompts(prompts: str | None) -> str:
 def fmt_protocol(prompts: str | None, constrained: bool | None, judge_constrained: bool | None,
                  judge_hardened: bool | None) -> str:
     """How a subtask asked, where scores.json says: its prompts, whether the target and the judge
-    were held to a JSON schema, and an official judge template sent unhardened ("" when none)."""
+    were held to a JSON schema, and a judge sent unhardened (no nonce delimiters) ("" when none)."""
     parts = [fmt_prompts(prompts)] if prompts else []
     if constrained is not None:
         parts.append(f"constrained: {'yes' if constrained else 'no'}")
     if judge_constrained is not None:
         parts.append(f"judge constrained: {'yes' if judge_constrained else 'no'}")
-    if judge_hardened is False:
-        parts.append("judge template as the authors sent it (reply inserted raw)")
+    if judge_hardened is False:  # an own-worded rubric unhardened: a run made before nonce delimiters
+        parts.append("judge template as the authors sent it (reply inserted raw)" if prompts == "official"
+                     else "judge not hardened (no nonce delimiters)")
     return "; ".join(parts)
 
 

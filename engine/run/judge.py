@@ -3,6 +3,13 @@ generation and judging overlap. Judge lanes are ordinary lanes (a model that is 
 judge has one lane and one limiter); their records go to judgments/<judge>.jsonl, keyed by
 (response key, judge, rubric, rubric version, try), exactly-once and resumable like responses.
 
+A hardened rubric's request fences the judged response with a nonce (engine.core.fence): an HMAC
+of the try-0 judge key under the run's secret, `DIR/judge_salt` (32 random bytes, hex, written once
+by the first run or shard that judges, never rewritten). So the nonce is per request and unknowable
+to the response, and a resumed run (or a retry) sends the same judge request body again. A secret
+derived from the run's contents alone would be guessable; one drawn per process would change the
+body on every resume.
+
 An unparseable judge output is retried once (try 1, with a different seed and a little
 temperature, since the same greedy request would give the same text), unless its rubric says
 `retry = False` (an official template: its authors never retried); scoring counts what is still
@@ -12,6 +19,8 @@ unparseable and excludes it.
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +28,7 @@ import msgspec
 
 from engine.config import Config, ModelConfig
 from engine.core.adapter import ReplaysItems
+from engine.core.fence import nonce_for
 from engine.core.records import GenParams, Item, JudgmentRecord, Record, judgment_decoder
 from engine.core.subtask import Rubric, Subtask
 from engine.run.lane import Lane
@@ -28,6 +38,27 @@ from engine.store.checkpoint import iter_records
 from engine.store.jsonl import key_int
 
 RETRY_PARAMS = {"temperature": 0.7, "seed": 1}
+SALT_FILE = "judge_salt"
+
+
+def judge_salt(out: Path) -> bytes:
+    """The run's nonce secret: read from `out/judge_salt`, or drawn and written there once. Shards
+    share the directory, so the file appears by hard link (atomic, never replacing one that
+    another process wrote first) and everyone reads the one that won."""
+    path = out / SALT_FILE
+    if not path.exists():
+        tmp = out / f".{SALT_FILE}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return bytes.fromhex(path.read_text().strip())
 
 
 def judge_key(response_key: str, judge: str, rubric: str, version: str, try_: int) -> str:
@@ -60,8 +91,9 @@ def judge_params(cfg: Config, judge_cfg: ModelConfig, rubric: Rubric) -> GenPara
 
 class JudgeHub:
     def __init__(self, cfg: Config, subtasks: Iterable[Subtask], lanes: dict[str, Lane],
-                 done: dict[str, set[int]]) -> None:
+                 done: dict[str, set[int]], salt: bytes) -> None:
         self.cfg = cfg
+        self.salt = salt  # the run's nonce secret (judge_salt)
         self.by_source = rubrics_by_source(subtasks)
         self.rubrics = {r.name: r for pairs in self.by_source.values() for _, r in pairs}
         self.lanes = lanes  # judge name -> lane
@@ -71,6 +103,11 @@ class JudgeHub:
         self._closing = False
         self._closed: set[str] = set()
         self.submitted = 0
+
+    @property
+    def hardened(self) -> bool:
+        """Whether any rubric fences its judged text with nonces (and so needs the salt)."""
+        return any(r.hardened for r in self.rubrics.values())
 
     def load_retries(self, judgments_dir: Path, suffixes: tuple[str, ...] = ("",)) -> None:
         """On resume: the try-0 judgments on disk that are unparseable and have no try 1 yet (the run
@@ -86,7 +123,7 @@ class JudgeHub:
                     continue
                 if key_int(judge_key(j.response_key, judge, j.rubric, j.rubric_version, 1)) in done:
                     continue
-                if rubric.parse(j.response.text) is None:
+                if rubric.read(j.response.text) is None:
                     self.retry_due.setdefault(judge, set()).add(key_int(j.key))
 
     def needs_judging(self, pillar: str, subtask: str) -> bool:
@@ -113,7 +150,10 @@ class JudgeHub:
         lane = self.lanes[judge]
         if lane.judge_queue is None or judge in self._closed:
             return
-        messages = rubric.build(item, text)
+        # Keyed on try 0: a retry rebuilt on resume gets the same body as the one sent before.
+        nonce = (nonce_for(self.salt, judge_key(response_key, judge, rubric.name, rubric.version, 0), text)
+                 if rubric.hardened else None)
+        messages = rubric.build(item, text, nonce)
         params = judge_params(self.cfg, lane.cfg, rubric)
         if try_:
             params = msgspec.structs.replace(params, **RETRY_PARAMS)
@@ -136,7 +176,7 @@ class JudgeHub:
         if jrec.response is None or jrec.try_ > 0:
             return
         rubric = self.rubrics.get(jrec.rubric)
-        if rubric is None or not rubric.retry or rubric.parse(jrec.response.text) is not None:
+        if rubric is None or not rubric.retry or rubric.read(jrec.response.text) is not None:
             return
         # Rebuild the judged text from the unit: try 1 reuses the same judge messages.
         lane = self.lanes[jrec.judge]

@@ -24,7 +24,7 @@ from engine.gpus import needs_gpus
 from engine.items import WorkItem
 from engine.requery import make_requery, requery_limits
 from engine.run.attempt import Attempts, Brakes, LocalAttempts, RunStop, Spend
-from engine.run.judge import JudgeHub
+from engine.run.judge import JudgeHub, judge_salt
 from engine.run.lane import Lane, LaneIO, LanePolicy, OpenServer
 from engine.run.options import Invocation
 from engine.run.ray import RayAttempts
@@ -204,7 +204,9 @@ class LaneBuilder:
 
     async def _hub(self) -> JudgeHub:
         inv, by_name = self.inv, self.set.by_name()
-        hub = JudgeHub(inv.cfg, self.subs, {n: by_name[n] for n in self.judge_names}, self.judge_done)
+        hub = JudgeHub(inv.cfg, self.subs, {n: by_name[n] for n in self.judge_names}, self.judge_done, b"")
+        if hub.hardened:  # a run whose rubrics all go unfenced (an old run resumed) needs no salt
+            hub.salt = await asyncio.to_thread(judge_salt, inv.out)
         for lane in self.set.lanes:
             if lane.name in self.set.targets:
                 lane.hooks.on_record = hub.on_record

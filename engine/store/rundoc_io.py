@@ -18,7 +18,7 @@ import orjson
 
 from engine.config import Config, parse_config
 from engine.core.errors import CheckpointError, EngineError
-from engine.core.rundoc import RunDoc, ScoresDoc, UnsetType
+from engine.core.rundoc import OLD_PROTOCOL, RunDoc, ScoresDoc, UnsetType
 from engine.core.secrets import redact
 
 RUN_JSON = "run.json"
@@ -49,15 +49,20 @@ def read_run_doc(path: Path) -> RunDoc | None:
     return _with_old_protocol(doc) if doc is not None else None
 
 
-# The options that state the protocol of a run.json written before `fingerprint.protocol` was
-# recorded: every target's and judge's JSON schema was sent then (constrained output is opt-in
-# since), so verify, score and report expect the records that run made.
-OLD_PROTOCOL = {"constrained": True, "judge_constrained": True}
-
-
 def _with_old_protocol(doc: RunDoc) -> RunDoc:
-    if not isinstance(doc.fingerprint.protocol, UnsetType) or doc.spec.items is not None:
+    # A run.json without `fingerprint.protocol` gets OLD_PROTOCOL's options, one whose recorded
+    # protocol has no `judge_hardened` gets judge_hardened = false on its judged subtasks: so
+    # verify, score, report and a resume read the records that run made as it asked them.
+    if doc.spec.items is not None:
         return doc
+    recorded = doc.fingerprint.protocol
+    if not isinstance(recorded, UnsetType):
+        before = [k for k, p in recorded.items() if p.judge_constrained is not None and p.judge_hardened is None]
+        if not before:
+            return doc
+        fixed = {k: {"judge_hardened": False, **doc.spec.options.get(k, {})} for k in before}
+        return msgspec.structs.replace(doc, spec=msgspec.structs.replace(
+            doc.spec, options={**doc.spec.options, **fixed}))
     options = {k: {**OLD_PROTOCOL, **doc.spec.options.get(k, {})} for k in doc.spec.subtasks}
     options.update({k: v for k, v in doc.spec.options.items() if k not in options})
     return msgspec.structs.replace(doc, spec=msgspec.structs.replace(doc.spec, options=options))

@@ -1,12 +1,17 @@
 """Helpers for LLM-as-judge rubrics: wrap the judged response safely, parse scores, build a schema.
 
-The judged response is untrusted text. It goes between fixed delimiter lines, and anything in it
-that looks like a delimiter is neutralised first, so a response cannot end the block early and
-append its own "scores" for the judge to obey.
+The judged response is untrusted text. With a nonce (a hardened rubric; the engine derives one
+per judge request) it goes between marker lines that carry the nonce, checked for lookalikes after
+normalisation (engine.core.fence), so a response cannot end the block early and append its own
+"scores" for the judge to obey. Without a nonce it goes between the fixed delimiter lines that
+runs made before nonces sent, with the same neutraliser as then, so such a run resumes with the
+same requests.
 
-Score parsing is JSON first (every field present, integer-like, in range) and then a per-field
-last-match fallback: a judge that reasons aloud before its verdict usually states the final value
-last. A judgment is all-or-nothing; any missing or out-of-range field makes it unparseable.
+Score parsing takes the last JSON object whose every field is present, integer-like and in range
+(a judge states its verdict last, after any reasoning or quoting), then a per-field last-match
+fallback. The engine reads a hardened rubric's output with the blocks the judge quoted back cut
+out (`Rubric.read`), so a verdict written inside the response is never read. A judgment is
+all-or-nothing; any missing or out-of-range field makes it unparseable.
 
 A judged subtask scores an item in one order (``judged_score``): no response is "failed", a
 judgment without every field in range is "unparseable", and only then is the item rated.
@@ -17,16 +22,19 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 from msgspec.structs import replace
 
+from engine.core.fence import fence
 from engine.core.records import Response
 from engine.core.subtask import ItemScore, Judgment
-from pillars.common.parsing import parse_json_object
+from pillars.common.parsing import json_objects
 
 __all__ = [
     "wrap_response",
     "quote_block",
+    "last_object",
     "parse_scores",
     "parse_judgment_dims",
     "dims_as_extras",
@@ -35,6 +43,8 @@ __all__ = [
     "BEGIN",
     "END",
 ]
+
+T = TypeVar("T")
 
 BEGIN = "<<<BEGIN RESPONSE>>>"
 END = "<<<END RESPONSE>>>"
@@ -51,17 +61,24 @@ def _neutralise(text: str) -> str:
     return _DELIM_WORDS.sub(lambda m: f"{m.group(1)}-of-{m.group(3)}", text)
 
 
-def wrap_response(text: str) -> str:
-    """The response between the delimiter lines, with lookalike delimiters inside it defused."""
+def wrap_response(text: str, nonce: str | None = None) -> str:
+    """The response between the nonce marker lines (see engine.core.fence.fence); without a nonce,
+    between the fixed delimiter lines with lookalike delimiters defused (runs made before nonces)."""
+    if nonce is not None:
+        return fence("RESPONSE", text or "", nonce)
     return f"{BEGIN}\n{_neutralise(text or '')}\n{END}"
 
 
-def quote_block(label: str, text: str) -> str:
-    """``text`` between ``<<<BEGIN label>>>`` / ``<<<END label>>>`` lines, delimiters defused.
+def quote_block(label: str, text: str, nonce: str | None = None) -> str:
+    """``text`` between ``<<<BEGIN label nonce>>>`` / ``<<<END label nonce>>>`` lines (item data a
+    judge must read as data: a jailbreak request is as hostile as its response).
 
-    Built on wrap_response, whose neutralisation removes every ``<<<``/``>>>`` run from the text,
-    so the only delimiter lines left are the two we add.
+    Without a nonce: fixed ``<<<BEGIN label>>>`` lines around wrap_response's neutralised text,
+    whose neutralisation removes every ``<<<``/``>>>`` run, so the only delimiter lines left are
+    the two we add.
     """
+    if nonce is not None:
+        return fence(label, text or "", nonce)
     wrapped = wrap_response(text)
     body = wrapped[len(BEGIN) : len(wrapped) - len(END)]
     return f"<<<BEGIN {label}>>>{body}<<<END {label}>>>"
@@ -81,20 +98,33 @@ def _int_like(value: object) -> int | None:
     return None
 
 
+def last_object(text: str, read: Callable[[dict[str, object]], T | None]) -> T | None:
+    """What ``read`` makes of the last JSON object in ``text`` that it accepts (objects ordered by
+    where they end, the outer one first when they end together); None when it accepts none."""
+    for obj in reversed(json_objects(text)):
+        got = read(obj)
+        if got is not None:
+            return got
+    return None
+
+
+def _fields_of(obj: Mapping[str, object], fields: Mapping[str, tuple[int, int]]) -> dict[str, int] | None:
+    out: dict[str, int] = {}
+    for name, (lo, hi) in fields.items():
+        v = _int_like(obj.get(name))
+        if v is None or not lo <= v <= hi:
+            return None
+        out[name] = v
+    return out
+
+
 def parse_scores(text: str, fields: Mapping[str, tuple[int, int]]) -> dict[str, int] | None:
     """{field: int} when every field parses within its [lo, hi]; else None. Never raises."""
     if not isinstance(text, str) or not fields:
         return None
-    obj = parse_json_object(text)
-    if obj is not None:
-        out: dict[str, int] = {}
-        for name, (lo, hi) in fields.items():
-            v = _int_like(obj.get(name))
-            if v is None or not lo <= v <= hi:
-                break
-            out[name] = v
-        else:
-            return out
+    found = last_object(text, lambda obj: _fields_of(obj, fields))
+    if found is not None:
+        return found
     out = {}
     for name, (lo, hi) in fields.items():
         pat = rf"[\"']?\b{re.escape(name)}\b[\"']?\s*[:=]\s*[\"']?([+-]?\d+(?:\.0+)?)(?![\d.])"

@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Sequence
 
-__all__ = ["parse_json_object", "extract_letter", "match_label", "normalize_label"]
+__all__ = ["parse_json_object", "json_objects", "extract_letter", "match_label", "normalize_label"]
 
 _FENCED = re.compile(r"```(?:json)?\s*(\{.*?\})\s*```", re.DOTALL)
 # Scanning every "{" of a pathological reply is quadratic; real replies hold a handful of objects.
@@ -58,6 +58,23 @@ def parse_json_object(text: str) -> dict[str, object] | None:
         if isinstance(cand, dict) and (best is None or (end, -start) > best[:2]):
             best = (end, -start, cand)
     return best[2] if best else None
+
+
+def json_objects(text: str) -> list[dict[str, object]]:
+    """Every balanced JSON object in ``text`` (nested ones too), ordered by where it ends, the
+    outer one last when two end together; fenced or not. The last ``_MAX_BRACE_STARTS`` starts."""
+    if not isinstance(text, str):
+        return []
+    found: list[tuple[int, int, dict[str, object]]] = []  # (end, -start, obj)
+    for start in [i for i, ch in enumerate(text) if ch == "{"][-_MAX_BRACE_STARTS:]:
+        try:
+            cand, end = _DECODER.raw_decode(text, start)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(cand, dict):
+            found.append((end, -start, cand))
+    found.sort(key=lambda t: (t[0], t[1]))
+    return [obj for _, _, obj in found]
 
 
 def _letter_in(value: str, letters: str, flags: int) -> str | None:

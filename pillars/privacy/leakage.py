@@ -43,6 +43,7 @@ from msgspec.structs import replace
 from engine.core.prompts import PromptSet, Template
 from engine.core.records import GenParams, Item, Message, Response
 from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Rubric, Subtask
+from pillars.common.judging import wrap_response
 from pillars.common.loaders import read_text
 from pillars.common.metrics import mean_ci, tally, wilson
 
@@ -270,11 +271,14 @@ def parse_proxy(text: str) -> dict[str, object]:
 
 
 def make_rubric(wording: Wording, official: bool) -> Rubric:
-    def build(item: Item, response_text: str) -> tuple[Message, ...]:
-        # Deliberately not wrapped in delimiters: the [V-code] prompt embeds the reply verbatim and
-        # the check only looks for a name in the proxy's answer, so there is no score to forge. The
-        # authors' replies came stripped (their generate()), then cut after the first "Answer:".
+    def build(item: Item, response_text: str, nonce: str | None = None) -> tuple[Message, ...]:
+        # Not wrapped in delimiters unless opted in (judge_hardened = true): the [V-code] prompt
+        # embeds the reply verbatim and the check only looks for a name in the proxy's answer, so
+        # there is no score to forge. The authors' replies came stripped (their generate()), then
+        # cut after the first "Answer:".
         text = strip_answer((response_text or "").strip())
+        if nonce is not None:
+            text = wrap_response(text, nonce)
         return (Message(role="user", content=proxy_prompt(text, str(item.metadata["secret"]), wording)),)
 
     return Rubric(

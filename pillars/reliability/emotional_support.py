@@ -254,13 +254,13 @@ Output only a JSON object: {"empathy": n, "helpfulness": n, "supportiveness": n,
 "explanation": "one sentence"}"""
 
 
-def build_support_judge(item: Item, response_text: str) -> tuple[Message, ...]:
+def build_support_judge(item: Item, response_text: str, nonce: str | None = None) -> tuple[Message, ...]:
     """Judge messages: the rubric, the conversation so far, and the wrapped reply."""
     user = (
         "Conversation so far:\n"
-        f"{quote_block('CONVERSATION', render_transcript(item.messages))}\n\n"
+        f"{quote_block('CONVERSATION', render_transcript(item.messages), nonce)}\n\n"
         "Supporter's reply to rate:\n"
-        f"{wrap_response(response_text)}"
+        f"{wrap_response(response_text, nonce)}"
     )
     return (Message(role="system", content=_SUPPORT_SYSTEM), Message(role="user", content=user))
 

@@ -215,12 +215,12 @@ def _history_text(item: Item) -> str:
     return render_transcript(item.messages, _NAMES)
 
 
-def build_intervention_judge(item: Item, response_text: str) -> tuple[Message, ...]:
+def build_intervention_judge(item: Item, response_text: str, nonce: str | None = None) -> tuple[Message, ...]:
     user = (
         "Counselling history (求助者 = client, 支持者 = counsellor):\n"
-        f"{quote_block('HISTORY', _history_text(item))}\n\n"
+        f"{quote_block('HISTORY', _history_text(item), nonce)}\n\n"
         "Counsellor's reply to rate:\n"
-        f"{wrap_response(response_text)}"
+        f"{wrap_response(response_text, nonce)}"
     )
     return (Message(role="system", content=_JUDGE_SYSTEM), Message(role="user", content=user))
 
