@@ -38,6 +38,9 @@ class RunConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     # Modules imported before the models are read, so that the adapters they register can be named
     # (README "Adding an adapter"). Added after format 1: left out of run.json while empty.
     adapter_modules: tuple[str, ...] = ()
+    # A response cache folder shared across runs (`run --cache DIR`; engine/store/response_cache.py);
+    # None: off. Added after format 1: left out of run.json while unset.
+    cache: str | None = None
 
 
 class JudgeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -341,5 +344,7 @@ def config_to_builtins(cfg: Config) -> dict[str, object]:
     run: dict[str, object] = msgspec.to_builtins(cfg.run)
     if not cfg.run.adapter_modules:
         del run["adapter_modules"]
+    if cfg.run.cache is None:
+        del run["cache"]
     doc["run"] = run
     return doc

@@ -87,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars on stderr (default: when stderr is a terminal; without bars, status lines)")
     r.add_argument("--status-every", type=float, default=30.0, metavar="S", help="without bars: a status line every S s (0 = none)")
+    r.add_argument("--cache", metavar="DIR", help="response cache shared across runs: identical requests are "
+                   "answered from DIR instead of being sent (default: [run] cache, else off)")
     r.add_argument("--shard", metavar="I/N",
                    help="run only shard I of N (1-based; e.g. a Slurm array task), in its own files; "
                         "combine with `merge DIR` when all N are done")
@@ -142,8 +144,21 @@ def _parser() -> argparse.ArgumentParser:
                         allow_abbrev=False)
     _selection_args(pl)
 
+    _cache_parser(sub)
     sub.add_parser("list", help="list pillars and subtasks")
     return p
+
+
+def _cache_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ca = sub.add_parser("cache", help="what a response cache (run --cache DIR) holds, or prune it")
+    cas = ca.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    cas.add_parser("stats", help="entries, size, age and models of a cache").add_argument(
+        "dir", help="the cache folder (what run --cache / [run] cache named)")
+    cp = cas.add_parser("prune", help="delete old entries, or the oldest until the cache fits a size")
+    cp.add_argument("dir", help="the cache folder (runs using it meanwhile just see misses)")
+    cp.add_argument("--older-than", metavar="AGE", help="delete entries older than AGE: 90d, 12h, 30m or seconds")
+    cp.add_argument("--max-size", metavar="SIZE", help="then delete the oldest until responses take at most SIZE: "
+                    "500M, 2G or bytes")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Coroutine
 from pathlib import Path
@@ -34,6 +35,7 @@ from engine.options import check_all
 from engine.run import runner
 from engine.scoring import score_run, write_scores
 from engine.shards import discover, parse_shard
+from engine.store.response_cache import cache_stats, open_db, prune
 from engine.store.rundoc_io import load_run, read_run
 from pillars import registry
 
@@ -133,6 +135,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     ray_address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
     if args.backend != "ray" and args.ray_address:
         raise EngineError("--ray-address needs --backend ray")
+    if args.cache:
+        cfg = msgspec.structs.replace(cfg, run=msgspec.structs.replace(cfg.run, cache=args.cache))
+    if cfg.run.cache:  # an unusable folder is refused before the output directory is touched
+        open_db(Path(cfg.run.cache)).close()
     opts = runner.RunOptions(fresh=args.fresh, retry_errors=args.retry_errors, progress=progress,
                              config_source=source, budget_usd=args.budget, shard=shard, backend=args.backend,
                              ray_address=ray_address, status_every=args.status_every)
@@ -415,9 +421,48 @@ def _data_list(manifest: Manifest, dest: Path, only: tuple[str, ...] | None) -> 
     return 0
 
 
+# -- cache stats | prune ------------------------------------------------------------------------------
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "k": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30,
+          "T": 1 << 40}
+
+
+def _amount(flag: str, text: str, units: str) -> float:
+    """'90d' / '500M' as seconds / bytes; units: the suffixes this flag takes."""
+    num, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "")
+    try:
+        value = float(num) * _UNITS[unit]
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise EngineError(f"{flag} {text}: expected a number with an optional unit ({', '.join(units)})")
+    return value
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """`python -m engine cache stats | prune DIR`."""
+    directory = Path(args.dir)
+    if args.cache_command == "prune":
+        if args.older_than is None and args.max_size is None:
+            raise EngineError("cache prune: give --older-than AGE and/or --max-size SIZE")
+        age = _amount("--older-than", args.older_than, "smhd") if args.older_than is not None else None
+        size = int(_amount("--max-size", args.max_size, "kKMGT")) if args.max_size is not None else None
+        n = prune(directory, older_than_s=age, max_bytes=size)
+        print(f"{directory}: deleted {n} entries")
+    st = cache_stats(directory)
+    when = ("-" if st.oldest is None or st.newest is None else
+            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(st.oldest))} .. "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(st.newest))}")
+    print(f"{directory}: {st.entries} responses, {_fmt_size(st.value_bytes)} of responses, "
+          f"{_fmt_size(st.file_bytes)} on disk; created {when}")
+    for label, n in st.by_label.items():
+        print(f"  {n:>8}  {label}")
+    return 0
+
+
 COMMANDS = {"plan": cmd_plan, "run": cmd_run, "verify": cmd_verify, "validate": cmd_validate, "score": cmd_score,
             "judge": cmd_judge, "list": cmd_list, "report": cmd_report, "merge": cmd_merge,
-            "data": cmd_data}
+            "data": cmd_data, "cache": cmd_cache}
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -110,6 +110,9 @@ class LaneSummary(msgspec.Struct, frozen=True, kw_only=True):
     ended_at: float | UnsetType = UNSET  # the last invocation's end
     invocations: int | UnsetType = UNSET
     latency_hist: dict[int, int] | UnsetType = UNSET  # log bucket (5% wide, stats.py) -> requests
+    # With a response cache (run --cache): units answered from it, and units it did not hold.
+    cache_hits: int | UnsetType = UNSET
+    cache_misses: int | UnsetType = UNSET
 
 
 # --------------------------------------------------------------------------- run.json

@@ -21,6 +21,7 @@ from engine.core.records import JudgmentRecord, Record, Response
 from engine.core.secrets import redact
 from engine.items import ItemFactory
 from engine.run.attempt import Attempts, Sink
+from engine.run.cache import LaneCache
 from engine.run.taskgroup import task_group
 from engine.run.units import Outcome, Unit, lane_units
 from engine.store.jsonl import key_int
@@ -38,6 +39,7 @@ class LaneIO:
     judgments: Sink | None = None  # a judge lane's judgments/<judge>.jsonl
     # Judge work arrives while the run goes on; None in the queue means no more will come.
     judge_queue: asyncio.Queue[Unit | None] | None = None
+    cache: LaneCache | None = None  # the response cache shared across runs (run --cache), or None
 
 
 @dataclass(frozen=True)
@@ -204,9 +206,14 @@ class Lane:
         feed.end_walk()
 
     async def _process(self, unit: Unit) -> None:
-        outcome = await self.attempts.run(unit)
+        cache = self.io.cache
+        outcome = await cache.lookup(unit) if cache is not None else None
         if outcome is None:
-            return
+            outcome = await self.attempts.run(unit)
+            if outcome is None:
+                return
+            if cache is not None:
+                cache.keep(unit, outcome)
         self._emit(unit, outcome)
         requery = self.policy.requery
         if outcome.response is not None and requery is not None and unit.judge is None:

@@ -6,9 +6,11 @@ Ray actor), and the judge hub that joins target lanes to judge lanes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgspec
 
@@ -24,6 +26,7 @@ from engine.gpus import needs_gpus
 from engine.items import WorkItem
 from engine.requery import make_requery, requery_limits
 from engine.run.attempt import Attempts, Brakes, LocalAttempts, RunStop, Spend
+from engine.run.cache import LaneCache
 from engine.run.judge import JudgeHub, judge_salt
 from engine.run.lane import Lane, LaneIO, LanePolicy, OpenServer
 from engine.run.options import Invocation
@@ -31,6 +34,7 @@ from engine.run.ray import RayAttempts
 from engine.run.ray_connect import RayContext
 from engine.spec import judge_plan, judges_for, rubrics_by_source, subtasks
 from engine.store.checkpoint import JsonlWriter, scan_responses
+from engine.store.response_cache import ResponseCache
 
 
 @dataclass
@@ -45,6 +49,7 @@ class LaneSet:
     ray: RayContext | None = None
     hub: JudgeHub | None = None
     servers: dict[str, dict[str, object]] = field(default_factory=dict)  # GPU placement per local lane
+    cache: ResponseCache | None = None  # run --cache / [run] cache: closed with the writers
 
     def by_name(self) -> dict[str, Lane]:
         return {lane.name: lane for lane in self.lanes}
@@ -128,6 +133,9 @@ class LaneBuilder:
                                                drop_errors=inv.opts.retry_errors and name in self.set.targets)
             if name in self.judge_names:
                 self.judge_done[name] = await self._done("judgments", name, drop_errors=False)
+        if inv.cfg.run.cache:
+            self.set.cache = ResponseCache(Path(inv.cfg.run.cache))
+            await self.set.cache.open()
         for name in names:
             self.set.lanes.append(await self._lane(name, name in self.set.targets))
         if self.judge_names:
@@ -163,8 +171,10 @@ class LaneBuilder:
         part, shard = inv.partition, inv.shard
         keep = part.keep(name, shard.index) if part is not None and shard is not None else None
         requery = make_requery(name, self.by_key, self.requery_n, spec.samples) if target else None
-        lane = Lane(name, cfg.models[name], adapter, inv.factory if target else _no_items, io,
-                    self._attempts(name, adapter, io),
+        attempts = self._attempts(name, adapter, io)
+        if self.set.cache is not None:
+            io = dataclasses.replace(io, cache=LaneCache(self.set.cache, name, cfg.models[name], attempts.stats))
+        lane = Lane(name, cfg.models[name], adapter, inv.factory if target else _no_items, io, attempts,
                     policy=LanePolicy(samples=spec.samples, done=done, keep=keep, requery=requery),
                     open_server=None if self.set.ray is not None else open_server)  # Ray: the server runs by the actor
         lane.stats.planned = sum(inv.planned_units.values()) if target else 0

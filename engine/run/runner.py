@@ -185,6 +185,8 @@ async def _run_locked(inv: Invocation, prev: RunDoc | None, adapters: dict[str, 
                             servers=document.servers_doc(pool, lanes.launched()))
     sharding.write_state(out, inv.shard, doc)
     _summarize(lanes.lanes, inv.log)
+    if lanes.cache is not None:
+        _cache_line(lanes, inv.log)
     return end.exit_code(out, inv.log)
 
 
@@ -257,6 +259,8 @@ async def _drive(lanes: LaneSet, interrupt: Interrupt, stop: RunStop, clock: Clo
             bars.close()
         for w in lanes.writers:
             await w.close()
+        if lanes.cache is not None:
+            await lanes.cache.aclose()
 
 
 async def _close_pool_on_stop(stop: RunStop, pool: GpuPool) -> None:
@@ -276,6 +280,15 @@ def _summarize(lanes: list[Lane], log: Log) -> None:
         if isinstance(lane.adapter, ReplaysItems):
             for note in lane.adapter.notes(complete=s.state == "complete"):
                 log(f"  {note}")
+
+
+def _cache_line(lanes: LaneSet, log: Log) -> None:
+    assert lanes.cache is not None
+    hits = sum(lane.stats.cache_hits for lane in lanes.lanes)
+    misses = sum(lane.stats.cache_misses for lane in lanes.lanes)
+    log(f"response cache {lanes.cache.directory}: {hits} hits, {misses} misses"
+        + (f"; a cache operation failed ({lanes.cache.failed}): those responses were paid for, not stored"
+           if lanes.cache.failed else ""))
 
 
 @dataclass(frozen=True)

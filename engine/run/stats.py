@@ -47,6 +47,11 @@ class LaneStats:
     truncated: int = 0  # prompts cut to fit the model's context (engine/truncate.py)
     limit_pushbacks: int = _attempts(0)  # lane held because provider headers said the limit was near
     in_flight: int = 0
+    # The response cache (engine/run/cache.py), when the run has one: units answered from it (no
+    # request, no limit spent) and units it did not hold (then sent as usual).
+    cache_used: bool = False
+    cache_hits: int = 0
+    cache_misses: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     wait_s: float = _attempts(0.0)  # time spent waiting on rate limits
     busy_s: float = _attempts(0.0)  # summed request time
@@ -99,7 +104,9 @@ class LaneStats:
                                reasoning=self.reasoning_tokens, cached=self.cached_tokens),
             started_at=self.started if self.started is not None else UNSET,
             ended_at=self.ended if self.ended is not None else UNSET,
-            invocations=1, latency_hist=dict(sorted(self._lat.items())))
+            invocations=1, latency_hist=dict(sorted(self._lat.items())),
+            cache_hits=self.cache_hits if self.cache_used else UNSET,
+            cache_misses=self.cache_misses if self.cache_used else UNSET)
 
 
 def percentile(hist: Mapping[int, int], q: float) -> float | None:
@@ -133,6 +140,11 @@ _ADDED = ("done", "judged", "ok", "fatal", "sent", "retries", "rate_limited", "l
           "requeried", "wait_s", "busy_s")
 
 
+def _add_set(a: int | UnsetType, b: int | UnsetType) -> int | UnsetType:
+    """Counters written only by some invocations (the cache's): summed over those that have them."""
+    return b if isinstance(a, UnsetType) else a if isinstance(b, UnsetType) else a + b
+
+
 def _opt_add(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else round(a + b, 3)
 
@@ -163,7 +175,8 @@ def merge_invocations(before: LaneSummary | None, now: LaneSummary) -> LaneSumma
         latency_s=latency_of(hist) if hist else now.latency_s, latency_hist=hist,
         started_at=before.started_at if not isinstance(before.started_at, UnsetType) else now.started_at,
         ended_at=now.ended_at if not isinstance(now.ended_at, UnsetType) else before.ended_at,
-        invocations=_count(before) + _count(now))
+        invocations=_count(before) + _count(now),
+        cache_hits=_add_set(before.cache_hits, now.cache_hits), cache_misses=_add_set(before.cache_misses, now.cache_misses))
 
 
 def _hist(lane: LaneSummary) -> Mapping[int, int]:
