@@ -170,6 +170,7 @@ def test_fatal_400_is_a_final_record_not_retried(tmp_path: Path, thread_server: 
     cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(thread_server.url, max_attempts=5)})
     res = run_cli("run", cfg, "--items", items, "--output", out)
     assert "Traceback" not in res.stderr
+    assert res.rc == 1 and "11 fatal error(s)" in res.err_lines()[-1], res.stderr
     by_key, errs = _final_outcomes(out, "fake")
     assert len(by_key) == n
     failed = {r["item_id"]: r for r in by_key.values() if r.get("error")}
@@ -189,15 +190,21 @@ def test_retry_errors_retries_fatal_records_without_duplicates(tmp_path: Path, t
     thread_server.fail_with = b"number 2"  # q2, q20..q24
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(thread_server.url)})
-    run_cli("run", cfg, "--items", items, "--output", out)
+    res = run_cli("run", cfg, "--items", items, "--output", out)
+    # Items that ended without a response make the run exit 1, as verify does (issue 16).
+    assert res.rc == 1 and "6 fatal error(s), 0 out of retries" in res.err_lines()[-1], res.stderr
     by_key, _ = _final_outcomes(out, "fake")
     failed = {k for k, r in by_key.items() if r.get("error")}
     assert len(failed) == 6
-    # A plain rerun keeps fatal outcomes as they are (they are final).
+    # A plain rerun keeps fatal outcomes as they are (they are final), and still says they failed;
+    # --allow-failures exits 0 on them.
     before = (out / "responses" / "fake.jsonl").read_bytes()
     thread_server.fail_with = None
     res = run_cli("run", cfg, "--items", items, "--output", out)
-    assert res.rc == 0 and (out / "responses" / "fake.jsonl").read_bytes() == before
+    assert res.rc == 1 and "6 fatal error(s)" in res.err_lines()[-1], res.stderr
+    res = run_cli("run", cfg, "--items", items, "--output", out, "--allow-failures")
+    assert res.rc == 0 and "allowed by --allow-failures" in res.err_lines()[-1], res.stderr
+    assert (out / "responses" / "fake.jsonl").read_bytes() == before
     # --retry-errors retries exactly those, leaving one record per key.
     sent_before = thread_server.stats()["requests"]
     res = run_cli("run", cfg, "--items", items, "--output", out, "--retry-errors")
@@ -298,7 +305,8 @@ def test_request_too_large_for_the_providers_tpm_is_one_fatal_record(tmp_path: P
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server, max_attempts=5)}, run={"output": str(out)})
     res = run_cli("run", cfg, "--items", items)
-    assert res.rc == 0, res.stderr  # fatal outcomes are final: the run is complete
+    # Fatal outcomes are final (the run goes on), but items without a response exit 1 (issue 16).
+    assert res.rc == 1 and "3 fatal error(s)" in res.err_lines()[-1], res.stderr
     recs = read_jsonl(out / "responses" / "fake.jsonl")
     assert len(recs) == 3 and all(r["attempts"] == 1 and r["error"]["kind"] == "fatal" for r in recs)
     assert all("tokens per min (TPM): Limit 600" in r["error"]["message"] for r in recs)

@@ -377,7 +377,8 @@ def test_offline_lane_feeds_chunks_and_isolates_a_failing_prompt(tmp_path: Path)
     env = {"PYTHONPATH": f"{REPO}{':'}{REPO / 'tests' / 'fake_vllm'}", "FAKE_VLLM_LOG": str(log)}
     # A fresh process: the stand-in vllm package is found through its PYTHONPATH.
     res = run_engine("run", cfg, "--items", items, env=env)
-    assert res.rc == 0, res.stderr  # a fatal outcome is final: the run is complete
+    # A fatal outcome is final (the lane completes), and the item without a response exits 1.
+    assert res.rc == 1 and "1 fatal error(s)" in res.err_lines()[-1], res.stderr
     recs = {r["item_id"]: r for r in read_jsonl(out / "responses" / "off.jsonl")}
     assert len(recs) == 10
     assert recs["q0"]["response"]["text"] == "offline:org/off:question 0"

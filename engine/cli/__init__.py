@@ -82,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     _selection_args(r)
     r.add_argument("--fresh", action="store_true", help="start over: move earlier results aside")
     r.add_argument("--retry-errors", action="store_true", help="retry items whose final outcome was a fatal error")
+    r.add_argument("--allow-failures", action="store_true", help="exit 0 although some items got no response")
     r.add_argument("--budget", type=float, metavar="USD",
                    help="stop dispatching before this invocation could spend more than USD (uses [prices])")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

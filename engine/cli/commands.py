@@ -139,17 +139,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = msgspec.structs.replace(cfg, run=msgspec.structs.replace(cfg.run, cache=args.cache))
     if cfg.run.cache:  # an unusable folder is refused before the output directory is touched
         open_db(Path(cfg.run.cache)).close()
-    opts = runner.RunOptions(fresh=args.fresh, retry_errors=args.retry_errors, progress=progress,
+    opts = runner.RunOptions(fresh=args.fresh, retry_errors=args.retry_errors, allow_failures=args.allow_failures,
+                             progress=progress,
                              config_source=source, budget_usd=args.budget, shard=shard, backend=args.backend,
                              ray_address=ray_address, status_every=args.status_every)
-    code = _event_loop(runner.run(cfg, spec, opts, log=_log))
+    end = _event_loop(runner.run(cfg, spec, opts, log=_log))
     out = Path(spec.output)
     if shard is not None:
         _log(f"shard {shard}: when all {shard.count} shards have finished, run `python -m engine merge {out}`")
-    elif items is None and code in (0, 1, 3):
+    elif items is None and end.code in (0, 1, 3):
         _finish_scores(out)
     _log(f"results: {out.resolve()}")
-    return code
+    _log(end.line)
+    return end.code
 
 
 def _finish_scores(out: Path) -> None:
@@ -188,10 +190,11 @@ def cmd_judge(args: argparse.Namespace) -> int:
         cfg = msgspec.structs.replace(cfg, judge=msgspec.structs.replace(cfg.judge, models=(args.judge,), rubrics={}))
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     opts = runner.RunOptions(progress=progress, config_source=doc.config_source, judge_only=True)
-    code = _event_loop(runner.run(cfg, doc.spec, opts, log=_log))
-    if code in (0, 1):
+    end = _event_loop(runner.run(cfg, doc.spec, opts, log=_log))
+    if end.code in (0, 1):
         _finish_scores(out)
-    return code
+    _log(end.line)
+    return end.code
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -8,7 +8,9 @@ what, where, what to do.
      │    ├── LockedError               another process holds the output directory (exit 2)
      │    ├── DataError                 a dataset cannot be fetched, verified or read (exit 2)
      │    │    └── DataUnavailable      the data a subtask needs is absent (a run skips the subtask)
-     │    └── ServerError               a local model server could not be started or died
+     │    ├── ServerError               a local model server could not be started or died
+     │    └── StorageError              a checkpoint or state file could not be written (disk full,
+     │                                  file-size limit, I/O error): the run stops at once (exit 4)
      └── AdapterError(kind, status, retry_after, unreachable)
                                         one classified failure of one attempt; the lane decides
                                         what follows (retry, stop, record), never the adapter
@@ -18,6 +20,7 @@ what, where, what to do.
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # type only: the error tree loads without msgspec and orjson
@@ -64,6 +67,42 @@ class DataUnavailable(DataError):
 
 class ServerError(EngineError):
     """A local model server (embedded llama.cpp, managed vLLM) failed to start or died."""
+
+
+class StorageError(EngineError):
+    """A write, flush or fsync of a run's files failed. The run stops dispatching at once; what is
+    on disk stays valid (whole lines, or a torn last line the next run cuts) and the same command
+    resumes once the cause is fixed."""
+
+    exit_code = 4
+
+    def __init__(self, failure: str, advice: str = "free space and rerun the same command", note: str = "") -> None:
+        super().__init__(f"{failure}; {note + '; ' if note else ''}{advice}")
+        self.failure = failure
+        self.advice = advice
+
+    def noted(self, note: str) -> StorageError:
+        """The same failure with what the run did about it (between what failed and what to do)."""
+        return StorageError(self.failure, self.advice, note)
+
+    @classmethod
+    def of(cls, exc: OSError, path: object, what: str = "write") -> StorageError:
+        """The one line for `exc`: what failed, which file, what to do."""
+        code = exc.errno
+        reason = exc.strerror or str(exc)
+        name = errno.errorcode.get(code, "") if code is not None else ""
+        if code == errno.EFBIG:
+            advice = "raise the file-size limit (ulimit -f) or free space, then rerun the same command"
+        elif code in (errno.ENOSPC, errno.EDQUOT):
+            advice = "free space and rerun the same command"
+        else:
+            advice = "check the disk, free space and rerun the same command"
+        return cls(f"could not {what} {path}: {reason}{f' ({name})' if name else ''}", advice)
+
+
+# A disk that cannot take more: these end a run with StorageError; other OSErrors (permissions, a
+# missing directory) are bad input.
+STORAGE_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 
 RETRYABLE: frozenset[str] = frozenset({"rate_limited", "transient", "timeout", "malformed"})

@@ -238,6 +238,9 @@ class RunDoc(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float | None = None
     ended_at: float | None = None
     status: str = "running"
+    # Why the run stopped when it could not write its files (status "storage_failed"): the line it
+    # printed. Cleared by the next run.
+    failure: str | UnsetType = UNSET
     history: list[HistoryEntry] = []
     shard: ShardState | UnsetType = UNSET
     backend: BackendDoc | UnsetType = UNSET

@@ -209,7 +209,7 @@ class LocalAttempts:
         return None
 
     async def _send(self, unit: Unit, attempt: int, deadline: float) -> Response | AdapterError | None:
-        """One request through the lane's limits; None when the budget or the deadline ends the unit."""
+        """One request through the lane's limits; None when the budget, the deadline or a stop ends the unit."""
         cfg, stats, clock = self.cfg, self.stats, self.clock
         await self.limit.acquire()
         try:
@@ -219,6 +219,8 @@ class LocalAttempts:
             if self.tokens is not None:
                 entry, waited = await self.tokens.acquire(unit.est_tokens)
                 stats.wait_s += waited
+            if self.brakes.stopping:  # stopped while this attempt waited (a signal, a failed disk)
+                return None
             reserved = 0.0
             if self.spend is not None:
                 got = self.spend.reserve(unit)

@@ -54,7 +54,8 @@ def started(prev: RunDoc | None, cfg: Config, spec: RunSpec, *, config_source: s
         base, format=1, config_source=config_source, config=config_doc(cfg),
         spec=merged_spec(prev.spec if prev else None, spec), fingerprint=Fingerprint(
             data=data_fp, models=fingerprints, protocol={**_recorded(prev), **(protocol or {})}),
-        planned=planned, packages=packages(), started_at=time.time(), ended_at=None, status="running")
+        planned=planned, packages=packages(), started_at=time.time(), ended_at=None, status="running",
+        failure=UNSET)
     if shard is not None and partition is not None:
         doc = msgspec.structs.replace(doc, shard=ShardState(index=shard.index, count=shard.count,
                                                             partition=partition.doc()))
@@ -75,10 +76,11 @@ def servers_doc(pool: GpuPool | None, launched: Mapping[str, Mapping[str, object
 
 
 def finished(doc: RunDoc, *, status: str, lanes: Mapping[str, LaneSummary], budget: Budget | None,
-             backend: BackendDoc | None, servers: ServersDoc | None) -> RunDoc:
+             backend: BackendDoc | None, servers: ServersDoc | None, failure: str | None = None) -> RunDoc:
     """run.json at the end: how the run ended, each lane's counters (this invocation's in its history
     entry; in `lanes` merged with the earlier invocations', `stats.merge_invocations`), the budget,
-    the backend (None: local) and the servers; one more history entry."""
+    the backend (None: local), the servers and, when the disk failed, the line saying so; one more
+    history entry."""
     ended = time.time()
     before = doc.lane_map
     return msgspec.structs.replace(
@@ -90,6 +92,6 @@ def finished(doc: RunDoc, *, status: str, lanes: Mapping[str, LaneSummary], budg
         if budget is not None else doc.budget,
         lanes={**before, **{name: merge_invocations(before.get(name), lane) for name, lane in lanes.items()}},
         servers=servers if servers is not None else doc.servers,
-        ended_at=ended, status=status,
+        ended_at=ended, status=status, failure=failure if failure is not None else UNSET,
         history=[*doc.history, HistoryEntry(started_at=doc.started_at, ended_at=ended, status=status,
                                             argv=sys.argv[1:], lanes=dict(lanes))])

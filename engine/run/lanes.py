@@ -50,6 +50,7 @@ class LaneSet:
     hub: JudgeHub | None = None
     servers: dict[str, dict[str, object]] = field(default_factory=dict)  # GPU placement per local lane
     cache: ResponseCache | None = None  # run --cache / [run] cache: closed with the writers
+    prior_fatal: dict[str, int] = field(default_factory=dict)  # fatal-error responses already on disk, per lane
 
     def by_name(self) -> dict[str, Lane]:
         return {lane.name: lane for lane in self.lanes}
@@ -205,6 +206,8 @@ class LaneBuilder:
         inv = self.inv
         path = inv.out / folder / f"{name}{inv.suffix}.jsonl"
         scan = await asyncio.to_thread(scan_responses, path, drop_errors=drop_errors)
+        if folder == "responses" and not drop_errors:  # --retry-errors sends them again instead
+            self.set.prior_fatal[name] = scan.errors
         if scan.torn_bytes:
             inv.log(f"{path}: cut a torn last line ({scan.torn_bytes} bytes) left by an interrupted run")
         if inv.shard is not None:

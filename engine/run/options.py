@@ -24,6 +24,7 @@ class RunOptions(msgspec.Struct, frozen=True, kw_only=True):
 
     fresh: bool = False  # move earlier results aside and start over
     retry_errors: bool = False  # send final errors again
+    allow_failures: bool = False  # exit 0 although some items ended without a response
     judge_only: bool = False  # `judge DIR`: no target lanes, only the judges
     budget_usd: float | None = None
     shard: Shard | None = None  # this invocation runs that part of the work, in its own files

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from adapters.registry import Built
 from adapters.servers.gpus import GpuPool
@@ -21,7 +22,7 @@ from engine import shards as sharding
 from engine.config import Config
 from engine.core.adapter import ReplaysItems
 from engine.core.clock import Clock, LoopClock
-from engine.core.errors import EngineError
+from engine.core.errors import EngineError, StorageError
 from engine.core.rundoc import RunDoc, RunSpec, UnsetType
 from engine.costs import Budget
 from engine.items import ItemFactory, plan_counts
@@ -34,19 +35,26 @@ from engine.run.options import Invocation, Log, RunOptions
 from engine.run.progress import Bars, StatusLines
 from engine.run.ray_connect import RayContext, preflight
 from engine.run.signals import Interrupt, handled
+from engine.run.storage import StorageFailure
 from engine.run.taskgroup import task_group
 from engine.runstate import data_fingerprint, model_fingerprint
 from engine.spec import item_factory, judge_plan, protocol_change, protocol_of, protocols, subtasks
 from engine.store.rundoc_io import read_run_if_any
 
-__all__ = ["RunOptions", "run"]  # the command line builds the options and calls run
+__all__ = ["RunOptions", "RunResult", "run"]  # the command line builds the options and calls run
 
 def _quiet(line: str) -> None:
     return None
 
 
-async def run(cfg: Config, spec: RunSpec, opts: RunOptions | None = None, log: Log = _quiet) -> int:
-    """Runs `spec` (or, with opts.shard, that part of it) into spec.output; returns the exit code."""
+class RunResult(NamedTuple):
+    code: int  # the exit code
+    line: str  # how it ended, with the counts: the command's last line
+
+
+async def run(cfg: Config, spec: RunSpec, opts: RunOptions | None = None, log: Log = _quiet) -> RunResult:
+    """Runs `spec` (or, with opts.shard, that part of it) into spec.output. A disk that fails
+    ends it with StorageError (exit 4) once run.json says so."""
     opts = opts or RunOptions()
     if opts.backend == "ray":  # Ray is installed and the cluster answers, before DIR is touched
         await asyncio.to_thread(preflight, opts.ray_address)
@@ -154,7 +162,7 @@ def _supersede(out: Path) -> Path | None:
 
 
 async def _run_locked(inv: Invocation, prev: RunDoc | None, adapters: dict[str, Built], pool: GpuPool | None,
-                      ray: RayContext | None) -> int:
+                      ray: RayContext | None) -> RunResult:
     cfg, out = inv.cfg, inv.out
     stop = RunStop()
     budget = _budget(inv)
@@ -172,22 +180,32 @@ async def _run_locked(inv: Invocation, prev: RunDoc | None, adapters: dict[str, 
         lanes.halt_all()
 
     interrupt = Interrupt(stop_run, cfg.run.grace_period_s, inv.log)
+    storage = StorageFailure(stop_run, cfg.run.grace_period_s, inv.log)
+    for w in lanes.writers:
+        w.on_error = storage
     _start_line(inv, lanes)
     with handled(interrupt):
-        await _drive(lanes, interrupt, stop, LoopClock(), _display(inv, lanes))
+        await _drive(lanes, Watchers(interrupt, storage, stop), LoopClock(), _display(inv, lanes))
     if ray is not None:
         ray.close()  # before run.json says the run ended: its actors are gone by then
 
-    end = Ending(interrupt.signum, budget, [lane.name for lane in lanes.lanes
-                                            if lane.stats.state != "complete" or lane.stats.exhausted])
+    failure = storage.final(lanes.writers) if storage.error is not None else None
+    end = Ending(interrupt.signum, budget, lanes.lanes, lanes.prior_fatal, failure)
     doc = document.finished(doc, status=end.status, lanes=lanes.summaries(), budget=budget,
                             backend=ray.doc() if ray is not None else None,
-                            servers=document.servers_doc(pool, lanes.launched()))
-    sharding.write_state(out, inv.shard, doc)
+                            servers=document.servers_doc(pool, lanes.launched()),
+                            failure=str(failure) if failure is not None else None)
+    try:
+        sharding.write_state(out, inv.shard, doc)
+    except StorageError:
+        if failure is None:
+            raise
     _summarize(lanes.lanes, inv.log)
     if lanes.cache is not None:
         _cache_line(lanes, inv.log)
-    return end.exit_code(out, inv.log)
+    if failure is not None:
+        raise failure
+    return end.result(out, inv.opts.allow_failures)
 
 
 def _budget(inv: Invocation) -> Budget | None:
@@ -224,11 +242,21 @@ def _display(inv: Invocation, lanes: LaneSet) -> Callable[[Clock], Bars | Status
     return make
 
 
-async def _drive(lanes: LaneSet, interrupt: Interrupt, stop: RunStop, clock: Clock,
+@dataclass(frozen=True)
+class Watchers:
+    """What stops a run: a signal, a failed disk (each with its grace timer), any run-wide stop."""
+
+    interrupt: Interrupt
+    storage: StorageFailure
+    stop: RunStop
+
+
+async def _drive(lanes: LaneSet, watch: Watchers, clock: Clock,
                  display: Callable[[Clock], Bars | StatusLines | None]) -> None:
-    """Every lane on this loop, beside what watches them: the grace timer after a signal, the judge
-    hub's close, the GPU pool's close on a run-wide stop, the progress bars or status lines. The
-    watchers end with the lanes; a lane still running when the grace period ends is cancelled."""
+    """Every lane on this loop, beside what watches them: the grace timer after a signal or a failed
+    write, the judge hub's close, the GPU pool's close on a run-wide stop, the progress bars or
+    status lines. The watchers end with the lanes; a lane still running when the grace period ends
+    is cancelled."""
     bars = display(clock)
     running: list[asyncio.Task[None]] = []
 
@@ -240,11 +268,12 @@ async def _drive(lanes: LaneSet, interrupt: Interrupt, stop: RunStop, clock: Clo
         w.start()
     try:
         async with task_group() as tg:
-            watchers = [tg.create_task(interrupt.enforce_grace(clock, cancel_lanes))]
+            watchers = [tg.create_task(watch.interrupt.enforce_grace(clock, cancel_lanes)),
+                        tg.create_task(watch.storage.enforce_grace(clock, cancel_lanes))]
             if lanes.hub is not None:
                 watchers.append(tg.create_task(close_when_generated(lanes.hub, lanes.target_lanes())))
             if lanes.pool is not None:
-                watchers.append(tg.create_task(_close_pool_on_stop(stop, lanes.pool)))
+                watchers.append(tg.create_task(_close_pool_on_stop(watch.stop, lanes.pool)))
             if bars is not None:
                 watchers.append(tg.create_task(bars.run()))
             try:
@@ -293,32 +322,62 @@ def _cache_line(lanes: LaneSet, log: Log) -> None:
 
 @dataclass(frozen=True)
 class Ending:
-    """How the run ended: run.json's status and the exit code (a signal first, then the budget,
-    then lanes with work left)."""
+    """How the run ended: run.json's status and the exit code with its line (a failed disk first,
+    then a signal, the budget, lanes that stopped with work left, and items without a response)."""
 
     signum: int | None
     budget: Budget | None
-    incomplete: list[str]
+    lanes: list[Lane]
+    prior_fatal: Mapping[str, int]  # fatal-error records already in the checkpoint, per lane
+    storage: StorageError | None = None
 
     @property
     def over_budget(self) -> bool:
         return self.budget is not None and self.budget.exhausted
 
     @property
+    def undone(self) -> list[str]:
+        """Lanes that stopped before their work was through (auth, a dead server, a stop)."""
+        return [lane.name for lane in self.lanes if lane.stats.state not in ("complete", "incomplete")]
+
+    @property
+    def fatal(self) -> int:
+        return sum(lane.stats.fatal for lane in self.lanes) + sum(self.prior_fatal.values())
+
+    @property
+    def exhausted(self) -> int:
+        return sum(lane.stats.exhausted for lane in self.lanes)
+
+    @property
     def status(self) -> str:
+        if self.storage is not None:
+            return "storage_failed"
         if self.signum is not None:
             return "interrupted"
-        return "budget" if self.over_budget else "incomplete" if self.incomplete else "complete"
+        if self.over_budget:
+            return "budget"
+        return "incomplete" if self.undone or self.exhausted else "complete"
 
-    def exit_code(self, out: Path, log: Log) -> int:
+    def counts(self) -> str:
+        done = sum(lane.stats.done + lane.stats.judged for lane in self.lanes)
+        skipped = sum(lane.stats.skipped for lane in self.lanes)
+        return (f"{self.fatal} fatal error(s), {self.exhausted} out of retries; "
+                f"{done} written this run, {skipped} already done")
+
+    def result(self, out: Path, allow_failures: bool) -> RunResult:
+        counts = self.counts()
         if self.over_budget and self.signum is None:
             assert self.budget is not None
-            log(f"stopped: {self.budget.message}")
-            return 3
+            return RunResult(3, f"stopped: {self.budget.message} ({counts})")
         if self.signum is not None:
-            log(f"interrupted: rerun the same command to resume ({out})")
-            return 128 + self.signum
-        if self.incomplete:
-            log(f"incomplete: lanes {', '.join(self.incomplete)} left work undone; rerun the same command to retry it")
-            return 1
-        return 0
+            return RunResult(128 + self.signum, f"interrupted: rerun the same command to resume ({out}) ({counts})")
+        if self.undone:
+            return RunResult(1, f"incomplete: lanes {', '.join(self.undone)} left work undone; rerun the same "
+                                f"command to retry it ({counts})")
+        if self.fatal or self.exhausted:
+            todo = "rerun the same command to retry those out of retries, with --retry-errors the fatal ones"
+            if allow_failures:
+                return RunResult(0, f"finished with failures, allowed by --allow-failures ({counts}); {todo}")
+            return RunResult(1, f"finished with failures ({counts}): exit 1; {todo}; "
+                                "--allow-failures exits 0 when some failures are expected")
+        return RunResult(0, f"complete ({counts})")

@@ -9,6 +9,7 @@ work unit is dispatched once per run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ from typing import Any, TypeVar, overload
 
 import msgspec
 
-from engine.core.errors import CheckpointError
+from engine.core.errors import CheckpointError, StorageError
 from engine.core.records import Record, record_decoder, record_encoder
 from engine.core.secrets import redact
 from engine.store.jsonl import ERROR_FIELD, chunks, key_int
@@ -180,12 +181,27 @@ def iter_records(path: Path, decoder: msgspec.json.Decoder[Any] = record_decoder
         yield from records
 
 
+WriteFn = Callable[[int, memoryview], int]
+
+
 class JsonlWriter:
     """The only writer of one JSONL file. Producers `put` Structs; a task appends them in batches
-    (one write per loop turn's worth of records) and fsyncs at least once per `fsync_interval`."""
+    (one write per loop turn's worth of records) and fsyncs at least once per `fsync_interval`.
+
+    Records not yet on disk are those put since the task's last turn: each lane worker puts at most
+    one record per loop turn (every record needs a network reply first), so they never exceed the
+    lane's max_concurrency; `high_water` keeps the most there ever were, for the tests.
+
+    A failed write or fsync (disk full, file-size limit, I/O error) is reported once to `on_error`
+    as a StorageError and ends the task: what was put afterwards stays in memory, and `close` makes
+    one last try to append it (whole lines continue where the failed write stopped, so no record
+    is written twice; a torn last line is cut by the next run's scan)."""
+
+    _os_write: WriteFn = staticmethod(os.write)  # tests inject a disk that fills up
 
     def __init__(self, path: Path, *, fsync_interval: float = 1.0,
-                 on_written: Callable[[list[msgspec.Struct]], None] | None = None) -> None:
+                 on_written: Callable[[list[msgspec.Struct]], None] | None = None,
+                 on_error: Callable[[StorageError], None] | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         if path.exists():
@@ -196,12 +212,17 @@ class JsonlWriter:
         self._queue: asyncio.Queue[msgspec.Struct | None] = asyncio.Queue()
         self._interval = fsync_interval
         self._on_written = on_written
+        self.on_error = on_error
         self._sync: asyncio.Future[None] | None = None
         self._last_sync = 0.0
         self._dirty = False
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.written = 0
+        self.high_water = 0
+        self.error: StorageError | None = None
+        self.unsaved = 0  # records that never reached the file after a failure (retried next run)
+        self._unwritten = bytearray()  # the bytes a failed write left over, in order
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"writer:{self.path.name}")
@@ -211,20 +232,46 @@ class JsonlWriter:
         self._last_sync = loop.time()
         self._dirty = False
         self._sync = loop.run_in_executor(None, os.fsync, self._fd)
+        self._sync.add_done_callback(self._synced)
+
+    def _synced(self, fut: asyncio.Future[None]) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if isinstance(exc, OSError):
+            self._fail(exc, "fsync")
 
     def _timed_sync(self) -> None:
         self._timer = None
-        if self._dirty and (self._sync is None or self._sync.done()) and self._fd >= 0:
+        if self._dirty and (self._sync is None or self._sync.done()) and self._fd >= 0 and self.error is None:
             self._start_sync()
 
     def put(self, record: msgspec.Struct) -> None:
-        self._queue.put_nowait(record)
+        q = self._queue
+        q.put_nowait(record)
+        n = q.qsize()
+        if n > self.high_water:
+            self.high_water = n
 
-    def _write(self, buf: bytes | bytearray) -> None:
+    def _fail(self, exc: OSError, what: str) -> None:
+        if self.error is not None:
+            return
+        self.error = StorageError.of(exc, self.path, what)
+        if self.on_error is not None:
+            self.on_error(self.error)
+
+    def _write(self, buf: bytearray | bytes) -> bool:
+        """Appends `buf` (whole lines); on failure keeps what did not get written and says so."""
         view = memoryview(buf)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = self._os_write(self._fd, view)
+                view = view[n:]
+        except OSError as exc:
+            self._unwritten += view
+            self._fail(exc, "write")
+            return False
+        finally:
+            view.release()
+        return True
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -246,7 +293,8 @@ class JsonlWriter:
                 record_encoder.encode_into(rec, buf, len(buf))
                 buf.extend(b"\n")
             # A model that echoes the key (a proxy answering 200 with the request) keeps it out of the file.
-            self._write(redact(buf))
+            if not self._write(redact(buf)) or self.error is not None:
+                break  # the disk failed: what comes now stays in memory until close
             self.written += len(batch)
             if self._on_written is not None:
                 self._on_written(batch)
@@ -260,14 +308,39 @@ class JsonlWriter:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._sync is not None:
-            await self._sync
-        await loop.run_in_executor(None, os.fsync, self._fd)
+        await self._final_sync()
+
+    async def _final_sync(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if self._sync is not None:
+                await self._sync
+            await loop.run_in_executor(None, os.fsync, self._fd)
+        except OSError as exc:
+            self._fail(exc, "fsync")
+
+    def _salvage(self) -> None:
+        """After a failure: one more try to append what is still in memory (the disk may have room
+        for some of it); what does not fit is counted, and retried by the next run."""
+        rest = bytearray()
+        while not self._queue.empty():
+            rec = self._queue.get_nowait()
+            if rec is not None:
+                record_encoder.encode_into(rec, rest, len(rest))
+                rest.extend(b"\n")
+        buf = self._unwritten + redact(rest)  # the left-over bytes were redacted before the failed write
+        self._unwritten = bytearray()
+        if not buf or self._write(buf):
+            with contextlib.suppress(OSError):  # already failed once: the first error is the one reported
+                os.fsync(self._fd)
+        self.unsaved = self._unwritten.count(b"\n")
 
     async def close(self) -> None:
-        """Flushes everything put so far and fsyncs."""
+        """Flushes everything put so far and fsyncs (after a failure: what still fits)."""
         if self._task is not None:
             self._queue.put_nowait(None)
             await self._task
             self._task = None
+        if self.error is not None:
+            self._salvage()
         os.close(self._fd)

@@ -1,7 +1,8 @@
 """Reading and writing the run documents (engine/core/rundoc.py) in a run directory: run.json, a
 shard's run.shard-I-of-N.json and scores.json.
 
-Each write is atomic (temp file + rename) and keeps the top-level keys this code does not know
+Each write is atomic (temp file + rename; a write the disk refuses leaves the old file as it was
+and raises StorageError) and keeps the top-level keys this code does not know
 from the file it replaces, so a run.json written by a newer engine keeps its extra fields when an
 older one resumes the run. A missing or unreadable document is one `EngineError` line that says
 which file and what to do.
@@ -9,6 +10,7 @@ which file and what to do.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TypeVar
@@ -17,7 +19,7 @@ import msgspec
 import orjson
 
 from engine.config import Config, parse_config
-from engine.core.errors import CheckpointError, EngineError
+from engine.core.errors import STORAGE_ERRNOS, CheckpointError, EngineError, StorageError
 from engine.core.rundoc import OLD_PROTOCOL, RunDoc, ScoresDoc, UnsetType
 from engine.core.secrets import redact
 
@@ -82,8 +84,16 @@ def write_doc(path: Path, doc: RunDoc | ScoresDoc, *, keep_unknown: bool = True)
             body.update({k: v for k, v in old.items() if k not in known and k not in body})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
-    tmp.write_bytes(redact(data))  # a lane's message may quote a server that echoed the key
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(redact(data))  # a lane's message may quote a server that echoed the key
+        os.replace(tmp, path)
+    except OSError as exc:
+        # The document it would replace stays as it was; no half-written temp file is left.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if exc.errno in STORAGE_ERRNOS:
+            raise StorageError.of(exc, path) from None
+        raise
 
 
 def read_run(directory: Path) -> RunDoc:

@@ -1,0 +1,231 @@
+"""A disk that fails mid-run (issue 16): the first failed write stops dispatch on every lane at
+once, in-flight requests finish into memory, what fits is written, run.json says what happened (or
+stays as it was when it cannot be written either), the run exits 4 with one line, and the same
+command resumes exactly once the disk has room. Without root: an ENOSPC-raising write injected
+in-process, and a subprocess under a lowered RLIMIT_FSIZE (EFBIG)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+import resource
+import signal
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+
+from engine import cli
+from engine.core.errors import StorageError
+from engine.core.rundoc import RunDoc, RunSpec, UnsetType
+from engine.store.checkpoint import JsonlWriter
+from engine.store.rundoc_io import read_run, write_doc
+from engine.testing.fakeserver import FakeServerProcess
+from tests.conftest import (
+    PY,
+    REPO,
+    ThreadServer,
+    check_complete,
+    count_lines,
+    engine_env,
+    expected_texts,
+    fake_model,
+    run_engine,
+    verify_clean,
+    write_config,
+    write_items,
+)
+
+CONCURRENCY = 8
+
+
+class FillingDisk:
+    """os.write for the run's responses file on a disk with `room` bytes left: a write that does not
+    fit is cut short (a torn line, as a real disk gives), the next one raises ENOSPC. Other files
+    are written normally."""
+
+    def __init__(self, room: int, server: ThreadServer) -> None:
+        self.room = room
+        self.server = server
+        self.requests_at_failure: int | None = None
+
+    def __call__(self, fd: int, data: memoryview) -> int:
+        if "/responses/" not in os.readlink(f"/proc/self/fd/{fd}"):
+            return os.write(fd, data)
+        if self.room <= 0:
+            if self.requests_at_failure is None:
+                self.requests_at_failure = self.server.server.requests
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = os.write(fd, data[: self.room])
+        self.room -= n
+        return n
+
+    @property
+    def full(self) -> bool:
+        return self.requests_at_failure is not None
+
+
+def _run_in_process(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, list[str]]:
+    rc = cli.main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return rc, [ln for ln in err.splitlines() if ln.strip()]
+
+
+def _setup(tmp_path: Path, server: ThreadServer, n: int) -> tuple[Path, Path, Path]:
+    server.server.set_config(latency_ms=15, latency_jitter_ms=10, seed=3)
+    items = write_items(tmp_path / "items.jsonl", n)
+    cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(server.url, max_concurrency=CONCURRENCY)},
+                       run={"grace_period_s": 5})
+    return items, cfg, tmp_path / "out"
+
+
+def test_enospc_stops_every_request_then_the_same_command_resumes_exactly(
+        tmp_path: Path, thread_server: ThreadServer, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    n = 400
+    items, cfg, out = _setup(tmp_path, thread_server, n)
+    disk = FillingDisk(12_000, thread_server)
+    monkeypatch.setattr(JsonlWriter, "_os_write", staticmethod(disk))
+    rc, err = _run_in_process(capsys, "run", cfg, "--items", items, "--output", out)
+    path = out / "responses" / "fake.jsonl"
+    assert rc == 4, err
+    assert disk.requests_at_failure is not None
+    # Requests that reached the server after the failure: only those already in flight.
+    after = thread_server.server.requests - disk.requests_at_failure
+    assert after <= CONCURRENCY, after
+    assert thread_server.server.requests < n // 2
+    last = err[-1]
+    assert last.startswith(f"error: could not write {path}: No space left on device (ENOSPC); the run stopped sending")
+    assert last.endswith("free space and rerun the same command")
+    doc = read_run(out)
+    assert doc.status == "storage_failed" and isinstance(doc.failure, str) and "ENOSPC" in doc.failure
+    assert not path.read_bytes().endswith(b"\n")  # the failed write tore the last line
+
+    monkeypatch.undo()
+    rc, err = _run_in_process(capsys, "run", cfg, "--items", items, "--output", out)
+    assert rc == 0, err
+    assert "torn last line" in "\n".join(err)
+    check_complete(out, "fake", expected_texts(cfg, items, "fake"))
+    doc = read_run(out)
+    assert doc.status == "complete" and isinstance(doc.failure, UnsetType)
+    verify_clean(out)
+
+
+def test_run_json_stays_as_it_was_when_it_cannot_be_written_either(
+        tmp_path: Path, thread_server: ThreadServer, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    n = 200
+    items, cfg, out = _setup(tmp_path, thread_server, n)
+    disk = FillingDisk(6_000, thread_server)
+    monkeypatch.setattr(JsonlWriter, "_os_write", staticmethod(disk))
+    write_bytes = pathlib.Path.write_bytes
+
+    def full_for_run_json(self: Path, data: bytes) -> int:
+        if disk.full and self.name.startswith(".run.json."):
+            with open(self, "wb") as f:
+                f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full_for_run_json)
+    rc, err = _run_in_process(capsys, "run", cfg, "--items", items, "--output", out)
+    assert rc == 4, err
+    assert "No space left on device (ENOSPC)" in err[-1] and "/responses/fake.jsonl" in err[-1]
+    monkeypatch.undo()
+    # The run.json written when the run started, whole; no temp file left beside it.
+    assert read_run(out).status == "running"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".run.json")] == []
+
+    rc, err = _run_in_process(capsys, "run", cfg, "--items", items, "--output", out)
+    assert rc == 0, err
+    check_complete(out, "fake", expected_texts(cfg, items, "fake"))
+    verify_clean(out)
+
+
+def test_write_doc_that_the_disk_refuses_keeps_the_old_document(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "run.json"
+    old = RunDoc(config={}, spec=RunSpec(models=("m",), output=str(tmp_path)), status="running")
+    write_doc(path, old)
+    before = path.read_bytes()
+
+    def no_room(self: Path, data: bytes) -> int:
+        with open(self, "wb") as f:
+            f.write(data[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", no_room)
+    with pytest.raises(StorageError) as ei:
+        write_doc(path, RunDoc(config={}, spec=RunSpec(models=("m",), output=str(tmp_path)), status="complete"))
+    assert ei.value.exit_code == 4
+    assert str(ei.value) == (f"could not write {path}: No space left on device (ENOSPC); "
+                             "free space and rerun the same command")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+
+
+def test_records_not_yet_on_disk_never_exceed_max_concurrency(
+        tmp_path: Path, thread_server: ThreadServer, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """What a kill -9 can lose: records put for the writer and not yet written. The writer takes
+    everything queued each loop turn, and a worker puts at most one record per turn."""
+    thread_server.server.set_config(latency_ms=2, latency_jitter_ms=6, seed=5)
+    items = write_items(tmp_path / "items.jsonl", 1500)
+    cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(thread_server.url, max_concurrency=CONCURRENCY)})
+    high: dict[str, int] = {}
+    close = JsonlWriter.close
+
+    async def record_high_water(self: JsonlWriter) -> None:
+        await close(self)
+        high[self.path.parent.name] = self.high_water
+
+    monkeypatch.setattr(JsonlWriter, "close", record_high_water)
+    rc, err = _run_in_process(capsys, "run", cfg, "--items", items, "--output", tmp_path / "out")
+    assert rc == 0, err
+    assert 1 <= high["responses"] <= CONCURRENCY, high
+
+
+def test_file_size_limit_stops_the_run_with_exit_4_then_resumes(tmp_path: Path, fake_server: FakeServerProcess) -> None:
+    """A real EFBIG: the engine in a subprocess whose file-size limit is lowered (SIGXFSZ ignored,
+    so that the write fails instead of killing the process)."""
+    n = 300
+    fake_server.set_config(latency_ms=10, latency_jitter_ms=10, seed=2)
+    items = write_items(tmp_path / "items.jsonl", n)
+    cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server, max_concurrency=CONCURRENCY)},
+                       run={"grace_period_s": 5})
+    out = tmp_path / "out"
+    limit = 30_000
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    p = subprocess.run([PY, "-m", "engine", "run", str(cfg), "--items", str(items), "--output", str(out)],
+                       cwd=str(REPO), env=engine_env(), capture_output=True, timeout=120,
+                       stdin=subprocess.DEVNULL, preexec_fn=small_files)
+    err = [ln for ln in p.stderr.decode().splitlines() if ln.strip()]
+    path = out / "responses" / "fake.jsonl"
+    assert p.returncode == 4, err
+    assert "Traceback" not in p.stderr.decode()
+    last = err[-1]
+    assert last.startswith(f"error: could not write {path}: File too large (EFBIG); the run stopped sending at once")
+    assert last.endswith("raise the file-size limit (ulimit -f) or free space, then rerun the same command")
+    assert path.stat().st_size == limit
+    lines = count_lines(path)
+    unsaved = int(last.split("(")[2].split(" ")[0]) if "could not be saved" in last else 0
+    sent = fake_server.stats()["requests"]
+    # Every request sent is a record on disk or one the run could not save; those are at most
+    # what was in flight and what waited for the writer when the disk failed.
+    assert sent == lines + unsaved and unsaved <= 2 * CONCURRENCY, (sent, lines, unsaved)
+    doc = orjson.loads((out / "run.json").read_bytes())
+    assert doc["status"] == "storage_failed" and "EFBIG" in doc["failure"]
+
+    res = run_engine("run", cfg, "--items", items, "--output", out)
+    assert res.rc == 0, res.stderr
+    recs = check_complete(out, "fake", expected_texts(cfg, items, "fake"))
+    assert len(recs) == n
+    assert fake_server.stats()["requests"] == sent + n - lines  # each missing item asked once more
+    assert "failure" not in orjson.loads((out / "run.json").read_bytes())
+    verify_clean(out)
