@@ -243,7 +243,8 @@ def add_lanes(a: LaneSummary, b: LaneSummary) -> LaneSummary:
         wall_s=_worse(a.wall_s, b.wall_s),
         state=_least_finished(a.state, b.state), message=b.message or a.message,
         actor_restarts=_opt_sum(a.actor_restarts, b.actor_restarts), cost=_opt_sum(a.cost, b.cost),
-        restart_causes=_opt_counts(a.restart_causes, b.restart_causes))
+        restart_causes=_opt_counts(a.restart_causes, b.restart_causes),
+        cache_hits=_opt_sum(a.cache_hits, b.cache_hits), cache_misses=_opt_sum(a.cache_misses, b.cache_misses))
 
 
 def sum_lanes(runs: Iterable[dict[str, LaneSummary]]) -> dict[str, LaneSummary]:

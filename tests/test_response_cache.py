@@ -86,6 +86,26 @@ def test_hit_across_two_output_directories_sends_nothing(tmp_path: Path) -> None
         verify_clean(out)
 
 
+def test_shards_reuse_what_an_earlier_run_paid_for(tmp_path: Path) -> None:
+    n = 10
+    items = write_items(tmp_path / "items.jsonl", n)
+    srv = ThreadServer()
+    try:
+        cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(srv.url)})
+        args = ("--items", items, "--cache", tmp_path / "cache")
+        assert run_cli("run", cfg, *args, "--output", tmp_path / "whole").rc == 0
+        for i in (1, 2):
+            res = run_cli("run", cfg, *args, "--output", tmp_path / "sharded", "--shard", f"{i}/2")
+            assert res.rc == 0, res.stderr
+        assert srv.stats()["requests"] == n
+    finally:
+        srv.stop()
+    assert run_cli("merge", tmp_path / "sharded").rc == 0
+    lane = _lane(tmp_path / "sharded", "fake")
+    assert (lane["cache_hits"], lane["cache_misses"], lane["sent"]) == (n, 0, 0)
+    verify_clean(tmp_path / "sharded")
+
+
 def test_errors_are_never_cached(tmp_path: Path) -> None:
     items = write_items(tmp_path / "items.jsonl", 6)
     srv = ThreadServer()
