@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -173,3 +174,28 @@ def test_killed_actor_is_replaced_and_records_are_complete(tmp_path: Path, fake_
     doc = orjson.loads((out / "run.json").read_bytes())
     assert doc["lanes"]["fake"]["actor_restarts"] == 1 and doc["lanes"]["fake"]["done"] == 80
     verify_clean(out)
+
+
+@needs_ray
+def test_the_breaker_stops_a_ray_lane_and_the_other_lane_completes(tmp_path: Path, fake_server: FakeServerProcess,
+                                                                   make_server: Any) -> None:
+    """The circuit breaker runs in the lane's actor (LocalAttempts there); its stop line reaches the
+    driver's run.json and stderr, and the other lane finishes."""
+    bad = make_server({"p_5xx": 1.0})
+    items = write_items(tmp_path / "items.jsonl", 10)
+    breaker = {"breaker_failures": 3, "breaker_probe_s": 0.2, "breaker_max_pause_s": 1.0}
+    cfg = write_config(tmp_path / "c.toml", {
+        "bad": fake_model(bad, max_concurrency=1, max_attempts=100, backoff_base_s=0.01, backoff_max_s=0.02,
+                          **breaker),
+        "good": fake_model(fake_server)})
+    out = tmp_path / "out"
+    res = run_engine("run", cfg, "--items", items, "--output", out, "--backend", "ray", "--no-progress", timeout=120)
+    assert res.rc == 1 and "Traceback" not in res.stderr, res.stderr
+    stop = [ln for ln in res.err_lines() if "lane bad stopped" in ln]
+    assert len(stop) == 1 and bad.url in stop[0] and "failed 3 times in a row (5xx)" in stop[0], res.stderr
+    # 3 failures open it; probes at +0.2 and +0.6 s; the next (+1.4 s) would pass 1 s: stop.
+    assert bad.stats()["requests"] == 5
+    doc = orjson.loads((out / "run.json").read_bytes())
+    assert doc["lanes"]["bad"]["state"] == "stopped" and "Last error: HTTP 50" in doc["lanes"]["bad"]["message"]
+    assert doc["lanes"]["good"]["state"] == "complete" and doc["lanes"]["good"]["done"] == 10
+    assert not (out / "responses" / "bad.jsonl").exists() or not read_jsonl(out / "responses" / "bad.jsonl")
