@@ -27,7 +27,7 @@ from engine.costs import Budget
 from engine.items import ItemFactory, WorkItem, pillar_source
 from engine.run.attempt import Brakes, LocalAttempts, RunStop, Spend
 from engine.run.judge import JudgeHub, close_when_generated
-from engine.run.lane import Lane, LaneIO
+from engine.run.lane import Lane, LaneIO, LanePolicy
 from engine.run.signals import Interrupt
 from engine.spec import subtasks
 from engine.testing.fakeserver import SERVER_KEY, FakeServer, start_in_loop
@@ -304,3 +304,82 @@ def test_first_signal_stops_dispatch_and_the_grace_period_cancels_in_flight() ->
     assert clock.now() == pytest.approx(40.0)
     assert rig.lane.stats.state == "interrupted" and not rig.responses.records
     assert interrupt.signum == signal.SIGINT and "SIGINT: no new requests" in lines[0]
+
+
+def _wired(hub: JudgeHub, target: Lane, judge: Lane) -> None:
+    """The hooks engine/run/lanes.py sets: records to the hub, the gate on generation."""
+    target.hooks.on_record = hub.on_record
+    target.hooks.gate = hub.gate
+    judge.hooks.on_judgment = hub.on_judgment
+    judge.hooks.on_judge_done = hub.on_judge_done
+    judge.hooks.on_end = lambda: hub.judge_ended(judge.name)
+
+
+def _slow_judge_rig(clock: VirtualClock, samples: int) -> tuple[Config, list[Subtask], Lane, Lane, ListSink, ListSink]:
+    cfg, subs, factory = _judge_setup(24)
+    tcfg, jcfg = cfg.models["t"], cfg.models["j"]
+    stop = RunStop()
+    tsink, terr, jsink, jerr = ListSink(), ListSink(), ListSink(), ListSink()
+    target_adapter, judge_adapter = Scripted(clock, "I cannot help with that.", 0.1), Scripted(clock, "yes", 1.0)
+    target = Lane("t", tcfg, target_adapter, factory, LaneIO(tsink, terr),
+                  LocalAttempts("t", tcfg, target_adapter, terr, Brakes(stop), clock=clock),
+                  policy=LanePolicy(samples=samples))
+    judge = Lane("j", jcfg, judge_adapter, lambda: iter(()), LaneIO(jsink, jerr, jsink, asyncio.Queue()),
+                 LocalAttempts("j", jcfg, judge_adapter, jerr, Brakes(stop), clock=clock))
+    return cfg, subs, target, judge, tsink, jsink
+
+
+def test_a_slow_judge_holds_generation_back_with_a_bounded_backlog() -> None:
+    """Targets 20x faster than the judge: without backpressure all 240 judge units would wait in
+    memory; with a backlog of 4 at most 4 + the target's 2 workers' worth are held at once."""
+    clock = VirtualClock()
+    cfg, subs, target, judge, tsink, jsink = _slow_judge_rig(clock, samples=10)
+    hub = JudgeHub(cfg, subs, {"j": judge}, {"j": set()}, b"salt", backlog=4)
+    _wired(hub, target, judge)
+    asyncio.run(clock.run(target.run(), judge.run(), close_when_generated(hub, [target])))
+    responses = [r for r in tsink.records if isinstance(r, Record)]
+    judgments = [r for r in jsink.records if isinstance(r, JudgmentRecord)]
+    assert len(responses) == 240 and target.stats.state == "complete" and judge.stats.state == "complete"
+    assert {j.response_key for j in judgments} == {r.key for r in responses}
+    assert 4 <= hub.peak <= 4 + 2, hub.peak
+    assert hub.gate.is_set()
+
+
+def test_a_judge_that_stops_does_not_hold_generation_forever() -> None:
+    clock = VirtualClock()
+    cfg, subs, target, judge, tsink, jsink = _slow_judge_rig(clock, samples=10)
+    hub = JudgeHub(cfg, subs, {"j": judge}, {"j": set()}, b"salt", backlog=4)
+    _wired(hub, target, judge)
+
+    async def stop_judge() -> None:
+        await clock.sleep(20.0)
+        judge.halt()
+
+    asyncio.run(clock.run(target.run(), judge.run(), close_when_generated(hub, [target]), stop_judge()))
+    responses = [r for r in tsink.records if isinstance(r, Record)]
+    assert len(responses) == 240 and target.stats.state == "complete"
+    assert 0 < len([r for r in jsink.records if isinstance(r, JudgmentRecord)]) < 240
+
+
+def test_a_lane_that_judges_its_own_responses_is_not_held_by_itself() -> None:
+    """One model as target and judge: its workers wait for room by doing the judge work."""
+    clock = VirtualClock()
+    raw = {"models": {"t": {"adapter": "openai", "base_url": "http://unused", "model": "x", "max_concurrency": 2}},
+           "judge": {"models": ["t"]}}
+    cfg = parse_config(raw, "test")
+    spec = RunSpec(output="unused", models=("t",), subtasks=("safety/jailbreak",), limit=24)
+    subs = subtasks(spec)
+    stop = RunStop()
+    sink, err = ListSink(), ListSink()
+    adapter = Scripted(clock, "yes", 0.5)
+    lane = Lane("t", cfg.models["t"], adapter, pillar_source(spec.subtasks, None, 24, {}),
+                LaneIO(sink, err, sink, asyncio.Queue()),
+                LocalAttempts("t", cfg.models["t"], adapter, err, Brakes(stop), clock=clock),
+                policy=LanePolicy(samples=5))
+    hub = JudgeHub(cfg, subs, {"t": lane}, {"t": set()}, b"salt", backlog=2)
+    _wired(hub, lane, lane)
+    asyncio.run(clock.run(lane.run(), close_when_generated(hub, [lane])))
+    responses = [r for r in sink.records if isinstance(r, Record)]
+    judgments = [r for r in sink.records if isinstance(r, JudgmentRecord)]
+    assert len(responses) == 120 and len(judgments) == 120 and lane.stats.state == "complete"
+    assert hub.peak <= 2 + 2, hub.peak

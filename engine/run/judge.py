@@ -18,6 +18,7 @@ unparseable and excludes it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import secrets
@@ -38,6 +39,10 @@ from engine.store.checkpoint import iter_records
 from engine.store.jsonl import key_int
 
 RETRY_PARAMS = {"temperature": 0.7, "seed": 1}
+# Judge units held per judge before generation waits: enough to keep every judge worker busy, few
+# enough that memory stays flat however far the targets could run ahead (~3 KB a unit).
+BACKLOG_PER_WORKER = 4
+MIN_BACKLOG = 64
 SALT_FILE = "judge_salt"
 
 
@@ -91,7 +96,7 @@ def judge_params(cfg: Config, judge_cfg: ModelConfig, rubric: Rubric) -> GenPara
 
 class JudgeHub:
     def __init__(self, cfg: Config, subtasks: Iterable[Subtask], lanes: dict[str, Lane],
-                 done: dict[str, set[int]], salt: bytes) -> None:
+                 done: dict[str, set[int]], salt: bytes, backlog: int | None = None) -> None:
         self.cfg = cfg
         self.salt = salt  # the run's nonce secret (judge_salt)
         self.by_source = rubrics_by_source(subtasks)
@@ -103,6 +108,21 @@ class JudgeHub:
         self._closing = False
         self._closed: set[str] = set()
         self.submitted = 0
+        # Backpressure: a judge lane that is running and holds `backlog` units (queued or in
+        # flight) clears the gate, and the target lanes' generation waits until every running
+        # judge is down to half. A judge that is not running yet (its server starting, waiting for
+        # GPUs a target holds) never holds generation back, nor one that has ended.
+        self.backlog = {name: backlog or max(MIN_BACKLOG, BACKLOG_PER_WORKER * lane.cfg.concurrency())
+                        for name, lane in lanes.items()}
+        self.gate = asyncio.Event()
+        self.gate.set()
+        # The same bound for the earlier responses a resumed run judges (`earlier`, fed by
+        # close_when_generated), whether or not the judge runs yet: that feed holds no GPU.
+        self.room = asyncio.Event()
+        self.room.set()
+        self.earlier: list[tuple[Record, Item]] = []
+        self._ended: set[str] = set()
+        self.peak = 0  # the most judge units held at once (all judges)
 
     @property
     def hardened(self) -> bool:
@@ -167,10 +187,44 @@ class JudgeHub:
         unit = Unit(jitem, sample, body, key, estimate_tokens(jitem, params),
                     JudgeTask(response_key, model, rubric.name, rubric.version, try_, judge),
                     max_out=params.max_tokens or 0)
+        lane.stats.judge_queued += 1
+        self._queue(judge, unit)
+
+    def _queue(self, judge: str, unit: Unit) -> None:
         self.outstanding[judge] += 1
         self.submitted += 1
-        lane.stats.judge_queued += 1
-        lane.judge_queue.put_nowait(unit)
+        self.peak = max(self.peak, sum(self.outstanding.values()))
+        queue = self.lanes[judge].judge_queue
+        assert queue is not None
+        queue.put_nowait(unit)
+        if self.outstanding[judge] >= self.backlog[judge]:
+            self.room.clear()
+            if self._running(judge):
+                self.gate.clear()
+
+    def _running(self, judge: str) -> bool:
+        return judge not in self._ended and self.lanes[judge].stats.state == "running"
+
+    def _refresh_gate(self) -> None:
+        if not self.gate.is_set() and all(self.outstanding[n] <= self.backlog[n] // 2 or not self._running(n)
+                                          for n in self.lanes):
+            self.gate.set()
+        if not self.room.is_set() and all(self.outstanding[n] <= self.backlog[n] // 2 or n in self._ended
+                                          for n in self.lanes):
+            self.room.set()
+
+    async def feed_earlier(self) -> None:
+        """Submits the earlier responses without a judgment, never more than the backlog at once."""
+        earlier, self.earlier = self.earlier, []
+        for rec, item in earlier:
+            if not self.room.is_set():
+                await self.room.wait()
+            self.submit_record(rec, item)
+
+    def judge_ended(self, judge: str) -> None:
+        """A judge lane ended (done, failed, halted): what it still holds will not drain."""
+        self._ended.add(judge)
+        self._refresh_gate()
 
     def on_judgment(self, jrec: JudgmentRecord, unit: Unit) -> None:
         if jrec.response is None or jrec.try_ > 0:
@@ -189,13 +243,12 @@ class JudgeHub:
         retry = Unit(unit.item, unit.sample, body, key, unit.est_tokens,
                      JudgeTask(jrec.response_key, jrec.model, jrec.rubric, jrec.rubric_version, 1, jrec.judge),
                      max_out=unit.max_out)
-        self.outstanding[jrec.judge] += 1
-        self.submitted += 1
-        lane.judge_queue.put_nowait(retry)
+        self._queue(jrec.judge, retry)
 
     def on_judge_done(self, unit: Unit) -> None:
         assert unit.judge is not None
         self.outstanding[unit.judge.judge] -= 1
+        self._refresh_gate()
         self._maybe_close()
 
     def generation_finished(self) -> None:
@@ -218,6 +271,7 @@ class JudgeHub:
 
 
 async def close_when_generated(hub: JudgeHub, targets: list[Lane]) -> None:
+    await hub.feed_earlier()
     for lane in targets:  # all of them: the order of waiting does not matter
         await lane.generation_done.wait()
     hub.generation_finished()

@@ -64,6 +64,11 @@ class LaneHooks:
     # Called when the lane has no generation work (complete, or a judge waiting for responses)
     # and when it ends: GPU placement (adapters/servers/gpus.py) then holds nobody back.
     on_idle: Callable[[], None] | None = None
+    # When the lane has ended (complete, failed, stopped): the judge hub stops waiting for it.
+    on_end: Callable[[], None] | None = None
+    # Cleared while the judges are behind (engine.run.judge.JudgeHub.gate): generation waits, judge
+    # work a lane also does goes on. None: generation never waits.
+    gate: asyncio.Event | None = None
 
 
 class Lane:
@@ -141,6 +146,8 @@ class Lane:
             self.generation_done.set()
             self.stats.ended = time.time()
             self._idle()
+            if self.hooks.on_end is not None:
+                self.hooks.on_end()
             await self.adapter.aclose()
             await self.attempts.aclose()
 
@@ -266,6 +273,11 @@ class _Feed:
                 return self.carry.pop()
             if jq is not None and not self.judge_closed and not jq.empty():
                 unit = jq.get_nowait()
+            elif self.walk is not None and (gate := self.lane.hooks.gate) is not None and not gate.is_set():
+                got = await self._paused(gate)
+                if isinstance(got, _Again):
+                    continue
+                unit = got
             else:
                 unit = self._next_walk()
                 if unit is not None:
@@ -273,13 +285,31 @@ class _Feed:
                 if jq is None or self.judge_closed:
                     return None
                 unit = await jq.get()
-            if unit is not None:
+            if unit is not None or jq is None:
                 return unit
             # No more judge work: wake the next worker waiting on the queue (it passes this on in
             # turn); generation units may still be left for all of them.
             self.judge_closed = True
             jq.put_nowait(None)
         return None
+
+    async def _paused(self, gate: asyncio.Event) -> Unit | None | _Again:
+        """Generation waits for the judges to catch up: back when the gate opens or the lane stops
+        (_AGAIN), or with a judge unit (or None: no more judge work) when this lane judges too."""
+        jq = self.jq
+        get = asyncio.ensure_future(jq.get()) if jq is not None and not self.judge_closed else None
+        waits = {asyncio.ensure_future(gate.wait()), asyncio.ensure_future(self.lane.brakes.wake.wait())}
+        try:
+            await asyncio.wait(waits | ({get} if get is not None else set()), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if get is None:
+            return _AGAIN
+        if get.done():
+            return get.result()
+        get.cancel()  # a Queue.get cancelled before it returned leaves the item in the queue
+        return _AGAIN
 
     def _next_walk(self) -> Unit | None:
         if self.walk is None:
@@ -303,6 +333,13 @@ class _Feed:
     def _settled(self) -> None:
         if self.walk is None and self.in_flight == 0:
             self.lane.generation_done.set()
+
+
+class _Again:
+    """_Feed._paused's "look again"."""
+
+
+_AGAIN = _Again()
 
 
 def _chain(first: Unit, rest: Iterator[Unit]) -> Iterator[Unit]:

@@ -223,16 +223,16 @@ class LaneBuilder:
         for lane in self.set.lanes:
             if lane.name in self.set.targets:
                 lane.hooks.on_record = hub.on_record
+                lane.hooks.gate = hub.gate
             if lane.name in self.judge_names:
                 lane.hooks.on_judgment = hub.on_judgment
                 lane.hooks.on_judge_done = hub.on_judge_done
+                lane.hooks.on_end = functools.partial(hub.judge_ended, lane.name)
         suffixes = ("", inv.suffix) if inv.shard is not None else ("",)
         await asyncio.to_thread(hub.load_retries, inv.out / "judgments", suffixes)
-        backlog = await asyncio.to_thread(_unjudged, inv, hub)
-        for rec, item in backlog:
-            hub.submit_record(rec, item)
-        if backlog:
-            inv.log(f"judging {hub.submitted} earlier responses that have no judgment yet")
+        hub.earlier = await asyncio.to_thread(_unjudged, inv, hub)  # fed as the backlog allows
+        if hub.earlier:
+            inv.log(f"judging {len(hub.earlier)} earlier responses that have no judgment yet")
         return hub
 
 
