@@ -33,10 +33,12 @@ def _needles(key: str) -> tuple[bytes, ...]:
     return (key.encode(), key[:12].encode(), key[-12:].encode())
 
 
-def _assert_nowhere(out: Path, console: str) -> None:
+def _assert_nowhere(out: Path, console: str, *, outputs: bool = True) -> None:
     files = [p for p in out.rglob("*") if p.is_file()]
-    assert {"run.json", "report.md", "report.html"} <= {p.name for p in files}
-    assert any(p.parent.name == "errors" for p in files) and any(p.parent.name == "responses" for p in files)
+    assert files
+    if outputs:
+        assert {"run.json", "report.md", "report.html"} <= {p.name for p in files}
+        assert any(p.parent.name == "errors" for p in files) and any(p.parent.name == "responses" for p in files)
     for key in (OA_KEY, AN_KEY, GE_KEY):
         for n in _needles(key):
             assert n.decode() not in console, f"{key} reached the console"
@@ -69,7 +71,7 @@ def test_echoing_servers_leak_no_key_anywhere(tmp_path: Path) -> None:
                        **common},
             })
             env = {"RX_OA_KEY": OA_KEY, "RX_AN_KEY": AN_KEY, "RX_GE_KEY": GE_KEY}
-            run = run_engine("run", cfg, "--items", items, "--output", out, env=env)
+            run = run_engine("run", cfg, "--items", items, "--output", out, "--cache", tmp_path / "cache", env=env)
     finally:
         oa.stop()
     assert run.rc == 1 and "Traceback" not in run.stderr, run.stderr  # q0/q1 of oa ran out of retries
@@ -78,6 +80,7 @@ def test_echoing_servers_leak_no_key_anywhere(tmp_path: Path) -> None:
     assert report.rc == 0, report.stderr
     console = "".join(r.stdout + r.stderr for r in (run, verify, report))
     _assert_nowhere(out, console)
+    _assert_nowhere(tmp_path / "cache", "", outputs=False)  # the response cache keeps answers too
 
     # Every echo path was taken, and each left a redacted trace.
     oa_errs = read_jsonl(out / "errors" / "oa.jsonl")

@@ -34,6 +34,7 @@ import orjson
 
 from engine.core.errors import ConfigError
 from engine.core.records import Response
+from engine.core.secrets import redact
 
 __all__ = ["CacheStats", "ResponseCache", "cache_key", "cache_stats", "open_db", "prune"]
 
@@ -107,7 +108,8 @@ class ResponseCache:
         """Queues a write; the ones queued in this loop turn go in one transaction."""
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._pending.append((key, label, _encode(response), time.time()))
+        # Persisted like a record: a key value the answer echoes is removed (engine/core/secrets.py).
+        self._pending.append((key, label, redact(_encode(response)), time.time()))
 
     def _flush(self) -> None:
         rows, self._pending = self._pending, []
