@@ -315,7 +315,7 @@ class _ByteBar:
         if self._bar is not None:
             from tqdm import tqdm
 
-            tqdm.write(msg, file=sys.stderr)
+            tqdm.write(redact(msg), file=sys.stderr)  # as _log: one redact for stderr
         else:
             _log(msg)
 
