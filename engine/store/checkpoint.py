@@ -103,11 +103,11 @@ def _bad_line(path: Path, first: int, chunk: bytes) -> CheckpointError:
         try:
             msgspec.json.decode(line)
         except msgspec.DecodeError as exc:
-            problem = str(exc)
+            problem = str(exc) if line.strip() else "empty line"
         else:
             if _KEY_LINE.fullmatch(line):
                 continue
-            problem = "no leading \"key\" field" if line.strip() else "empty line"
+            problem = "no leading \"key\" field"
         return CheckpointError(
             f"{path}:{first + i}: not a valid record ({problem}); move the file aside or repair that line, then rerun"
         )
