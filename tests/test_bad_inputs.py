@@ -431,12 +431,16 @@ CASES: list[Case] = [
          "  lane fake stopped: cannot connect to http://127.0.0.1:9/v1/chat/completions: *; start the server or "
          "fix its base_url, then rerun"),
     Case(SERVER, "every request answered 503", lambda c: _new(c), 1,
-         "incomplete: lanes fake left work undone; rerun the same command to retry it", server={"p_5xx": 1.0}),
+         "finished with failures (0 fatal error(s), 3 out of retries; 0 written this run, 0 already done): exit 1; "
+         "rerun the same command to retry those out of retries, *", server={"p_5xx": 1.0}),
     Case(SERVER, "every reply a malformed body", lambda c: _new(c), 1,
-         "incomplete: lanes fake left work undone; rerun the same command to retry it", server={"p_malformed": 1.0}),
+         "finished with failures (0 fatal error(s), 3 out of retries; *): exit 1; *", server={"p_malformed": 1.0}),
     Case(SERVER, "wrong key (401)", lambda c: _new(c, cfg=c.cfg(api_key_env="TRUSTMH_BAD_KEY")), 1,
          "  lane fake stopped after 3 authentication failures (HTTP 401: *); check TRUSTMH_BAD_KEY and rerun", server={"require_key": "right"}, env={"TRUSTMH_BAD_KEY": "wrong"}),
-    Case(SERVER, "every request answered 404 (fatal, never retried)", lambda c: _new(c), 0,
+    Case(SERVER, "every request answered 404 (fatal, never retried)", lambda c: _new(c), 1,
+         "finished with failures (3 fatal error(s), 0 out of retries; *): exit 1; *with --retry-errors the fatal ones; "
+         "--allow-failures exits 0 when some failures are expected", server={"echo": {"question": 404}}),
+    Case(SERVER, "every request answered 404, with --allow-failures", lambda c: _new(c, "--allow-failures"), 0,
          "fake: complete; 3 written this run (0 ok, 3 fatal), *", server={"echo": {"question": 404}}),
     Case(SERVER, "a 503 on each item's first try, then answers", lambda c: _new(c), 0,
          "fake: complete; 3 written this run (3 ok, 0 fatal), *", server={"fail_first_n": 1}),
