@@ -172,11 +172,11 @@ def parse_config(raw: Mapping[str, object], source: str, *, stored: bool = False
     rest = {k: v for k, v in raw.items() if k != "models"}
     problems: list[str] = []
     try:
-        cfg: Config = _convert(rest, Config, source, "")
+        cfg: Config | None = _convert(rest, Config, source, "")
     except ConfigError as exc:
         problems += exc.problems
-        cfg = Config()
-    registry.load_modules(cfg.run.adapter_modules)
+        cfg = None
+    registry.load_modules(cfg.run.adapter_modules if cfg is not None else ())
     models: dict[str, ModelConfig] = {}
     for name, body in models_raw.items():
         if not _NAME.match(name):
@@ -186,10 +186,12 @@ def parse_config(raw: Mapping[str, object], source: str, *, stored: bool = False
             models[name] = parse_model(name, body, source, stored)
         except ConfigError as exc:
             problems += exc.problems
-    if problems:  # values are checked once the types are right: a wrong type is its own line
+    # Values are checked wherever the types were right, so one pass lists both kinds of problem.
+    if cfg is None:
+        problems += [p for name, m in models.items() for p in _model_problems(m, f"{source}: models.{name}")]
         raise ConfigError.of(problems)
     cfg = msgspec.structs.replace(cfg, models=models)
-    problems = _check(cfg, source)
+    problems += _check(cfg, source, names=set(models_raw))
     if not stored:  # a stored config passed these when its run started; the subtasks may have changed since
         problems += [f"{source}: {p}" for p in pillar_problems(cfg.pillars, cfg.judge.rubrics)]
     if problems:
@@ -237,7 +239,7 @@ _ABOVE_0 = ("timeout_s", "deadline_s", "top_p", "breaker_probe_s")
 _AT_LEAST_1 = ("max_attempts", "auth_failures_to_stop", "max_tokens", "context_tokens")
 
 
-def _model_problems(name: str, m: ModelConfig, where: str) -> list[str]:
+def _model_problems(m: ModelConfig, where: str) -> list[str]:
     out: list[str] = []
     checks = [(k, 0.0, False) for k in _AT_LEAST_0] + [(k, 0.0, True) for k in _ABOVE_0] + \
              [(k, 1.0, False) for k in _AT_LEAST_1]
@@ -272,8 +274,10 @@ def check_config(cfg: Config, source: str) -> None:
         raise ConfigError.of(problems)
 
 
-def _check(cfg: Config, source: str) -> list[str]:
-    """Values the types alone do not rule out, every one of them."""
+def _check(cfg: Config, source: str, names: set[str] | None = None) -> list[str]:
+    """Values the types alone do not rule out, every one of them. `names`: every models key the
+    config has (those whose table has problems of its own too), which judge keys may name."""
+    names = set(cfg.models) if names is None else names
     out: list[str] = []
     if cfg.run.limit < 0:
         out.append(f"{source}: run.limit: must be >= 0 (0 = all items), got {cfg.run.limit}")
@@ -284,15 +288,15 @@ def _check(cfg: Config, source: str) -> list[str]:
     if not cfg.run.output.strip():
         out.append(f"{source}: run.output: must name a directory, got an empty string")
     for name, m in cfg.models.items():
-        out += _model_problems(name, m, f"{source}: models.{name}")
+        out += _model_problems(m, f"{source}: models.{name}")
     if cfg.run.gpus is not None and (any(g < 0 for g in cfg.run.gpus) or len(set(cfg.run.gpus)) != len(cfg.run.gpus)):
         out.append(f"{source}: run.gpus must be distinct GPU indices >= 0, e.g. [0, 1]")
     for j in cfg.judge.models:
-        if j not in cfg.models:
+        if j not in names:
             out.append(f"{source}: judge.models names `{j}`, which is not a [models.{j}] section"
                        f"{did_you_mean(j, cfg.models)}")
     for rubric, j in cfg.judge.rubrics.items():
-        if j not in cfg.models:
+        if j not in names:
             out.append(f"{source}: judge.rubrics.{rubric} names `{j}`, which is not a [models.{j}] section"
                        f"{did_you_mean(j, cfg.models)}")
     if (what := number_problem(cfg.judge.max_tokens, minimum=1)):

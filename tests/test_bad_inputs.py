@@ -277,8 +277,10 @@ CASES: list[Case] = [
          "error: <dir>/c.toml: [pillars.\"crisis/severity\"].temperature: must be a finite number, got nan"),
     Case(CONFIG, "negative price", _toml(f"{_M}[prices.fake]\ninput_per_mtok = -1\n"), 2,
          "error: <dir>/c.toml: prices.fake.input_per_mtok: must be >= 0, got -1.0"),
-    Case(CONFIG, "several problems at once", _toml(f"[run]\nlimt = 3\n{_M}timeout_s = \"x\"\nmax_concurency = 4\n"), 2,
-         "error: <dir>/c.toml: unknown key `run.limt`; did you mean 'limit'? *", lines=3),
+    Case(CONFIG, "several problems at once (types and values)",
+         _toml(f"[run]\nlimt = 3\n{_M}timeout_s = \"x\"\nmax_concurency = 4\n"
+               f"{_M.replace('fake', 'other')}temperature = -1\n"), 2,
+         "error: <dir>/c.toml: unknown key `run.limt`; did you mean 'limit'? *", lines=4),
     Case(CONFIG, "config without models", _toml("[run]\nlimit = 1\n"), 2,
          "error: <dir>/c.toml: no [models.<name>] sections; add at least one model*"),
     Case(CONFIG, "validate: a bad config", lambda c: ["validate", c.toml(f"{_M}timeout_s = -1\n")], 2,
