@@ -234,7 +234,7 @@ def parse_model(name: str, body: object, source: str, stored: bool) -> ModelConf
 # Keys whose value must be a finite number >= 0 (> 0 where zero makes no sense); NaN and infinity
 # would pass every comparison below unnoticed, so each is checked for finiteness first.
 _AT_LEAST_0 = ("requests_per_minute", "tokens_per_minute", "backoff_base_s", "backoff_max_s", "temperature",
-               "breaker_failures", "breaker_max_pause_s")
+               "breaker_failures", "breaker_max_pause_s", "ray_max_restarts")
 _ABOVE_0 = ("timeout_s", "deadline_s", "top_p", "breaker_probe_s")
 _AT_LEAST_1 = ("max_attempts", "auth_failures_to_stop", "max_tokens", "context_tokens")
 
@@ -247,6 +247,9 @@ def _model_problems(m: ModelConfig, where: str) -> list[str]:
         what = number_problem(getattr(m, key), minimum=minimum, strict=strict)
         if what:
             out.append(f"{where}.{key}: {what}")
+    for res, amount in m.ray_resources.items():
+        if (what := number_problem(amount, strict=True)):
+            out.append(f"{where}.ray_resources.{res}: {what}")
     if m.top_p is not None and m.top_p > 1:
         out.append(f"{where}.top_p: must be in (0, 1], got {m.top_p}")
     if not 1 <= m.concurrency() <= MAX_CONCURRENCY:
@@ -329,12 +332,18 @@ def default_config() -> Config:
     return parse_config(tomllib.loads(res.read_text("utf-8")), "default config (engine/default.toml)")
 
 
+_LATER_LANE_KEYS: dict[str, object] = {"ray_resources": {}, "ray_max_restarts": 3}
+
+
 def model_to_builtins(m: ModelConfig) -> dict[str, object]:
     """One model as run.json holds it: flat, the lane's keys then the format-1 option keys (see
     FORMAT1_OPTION_KEYS), then the adapter's other keys."""
     doc: dict[str, object] = msgspec.to_builtins(m)
     options: dict[str, object] = msgspec.to_builtins(m.options)
     del doc["options"]
+    for key, default in _LATER_LANE_KEYS.items():
+        if doc.get(key) == default:
+            del doc[key]  # run.json written before these keys existed stays byte-identical
     for key, default in FORMAT1_OPTION_KEYS.items():
         doc[key] = options.pop(key) if key in options else list(default) if isinstance(default, list) else default
     doc.update(options)

@@ -80,6 +80,8 @@ def _toml_value(v: Any) -> str:
         return orjson.dumps(v).decode()  # a JSON string is a valid TOML basic string
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"no TOML for {v!r}")
 
 
@@ -428,12 +430,17 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-vllm", action="store_true", default=False,
                      help="run tests marked `vllm` (they need vLLM installed and a GPU)")
+    parser.addoption("--run-ray-cluster", action="store_true", default=False,
+                     help="run tests marked `ray_cluster` (a multi-node Ray cluster started on this machine)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--run-vllm"):
-        return
-    skip = pytest.mark.skip(reason="needs real vLLM: opt in with --run-vllm")
-    for item in items:
-        if "vllm" in item.keywords:
-            item.add_marker(skip)
+    opt_in = {"vllm": ("--run-vllm", "needs real vLLM"),
+              "ray_cluster": ("--run-ray-cluster", "starts a multi-node Ray cluster (a minute on two cores)")}
+    for marker, (flag, why) in opt_in.items():
+        if config.getoption(flag):
+            continue
+        skip = pytest.mark.skip(reason=f"{why}: opt in with {flag}")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)

@@ -167,12 +167,13 @@ def test_killed_actor_is_replaced_and_records_are_complete(tmp_path: Path, fake_
     finally:
         p.close()
     assert res.rc == 0, res.stderr
-    assert "Ray actor died" in res.stderr and "restarting it (1/3)" in res.stderr
+    assert "Ray actor lost" in res.stderr and "starting another (1/3)" in res.stderr
     pids = [int(x) for x in re.findall(r"lane fake: Ray actor on node \S+ \(.*, pid (\d+)\)", res.stderr)]
     assert len(pids) == 2 and pids[0] == pid != pids[1]
     check_complete(out, "fake", expected_texts(cfg, items, "fake"))
     doc = orjson.loads((out / "run.json").read_bytes())
     assert doc["lanes"]["fake"]["actor_restarts"] == 1 and doc["lanes"]["fake"]["done"] == 80
+    assert sum(doc["lanes"]["fake"]["restart_causes"].values()) == 1
     verify_clean(out)
 
 

@@ -95,6 +95,11 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     breaker_failures: int = 20
     breaker_probe_s: float = 5.0
     breaker_max_pause_s: float = 300.0
+    # --backend ray (added after format 1: left out of run.json while default): Ray custom resources
+    # the lane's actor asks for (pins the lane to nodes that offer them), and how many times a lost
+    # actor is replaced before the lane fails.
+    ray_resources: dict[str, float] = {}
+    ray_max_restarts: int = 3
     # The adapter's own keys (flat in the TOML table). Not a TOML key itself.
     options: AdapterOptions = msgspec.field(default_factory=AdapterOptions)
 

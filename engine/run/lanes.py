@@ -192,7 +192,7 @@ class LaneBuilder:
         price = cfg.prices.get(name)
         spend = Spend(self.budget, price, name, self.stop) if self.budget is not None and price is not None else None
         if self.set.ray is not None:
-            return RayAttempts(name, cfg.models[name], io.errors, brakes, self.set.ray, spend=spend)
+            return RayAttempts(name, cfg.models[name], io.errors, brakes, self.set.ray, spend=spend, clock=self.clock)
         return LocalAttempts(name, cfg.models[name], adapter, io.errors, brakes, clock=self.clock, spend=spend)
 
     def _writer(self, folder: str, name: str) -> JsonlWriter:

@@ -10,16 +10,22 @@ driver worker sends one unit to the actor and gets back that unit's outcome, its
 and the actor's counters; the driver writes them. So the files, the keys and resume are exactly
 those of the local backend.
 
-A dead actor (node lost, process killed: `RayActorError`) is replaced by a new one (up to
-`MAX_RESTARTS` per lane) and the units it held are sent again: their records were never written,
-so nothing is duplicated; at worst a request is made twice. Other lanes go on meanwhile.
+A lost actor (its process killed, its node lost: `ActorDiedError`, `ActorUnavailableError`, ...)
+is replaced and the units it held are sent again: their records were never written, so nothing is
+duplicated; at worst a request is made twice. Other lanes go on meanwhile. Replacing is retried
+until an actor answers, up to `ray_max_restarts` tries per lane, each after a short backoff on the
+lane's clock: when a node is lost, the first error comes at once but Ray declares the node dead
+only after its health checks fail (~15 s here), so a replacement placed by Ray alone can land on
+the dead node and die before it answers. Each replacement is steered (a soft node affinity) to an
+alive node where none of this lane's actors was lost; every try and its cause count in run.json.
 
 Resources: API lanes ask for no CPU or GPU (they wait on the network); embedded lanes ask for
 `threads` CPUs; vLLM lanes for `tensor_parallel_size` GPUs. Every node needs this package
 installed (`pip install 'trustmh-engine[ray]'`); an API lane's key goes to its actor with the
 actor's arguments (the variable named by `api_key_env`, read on the driver).
 
-run.json `lanes.<model>` gains `node`, `pid` and `actor_restarts`; progress bars name the node.
+run.json `lanes.<model>` gains `node` (IP), `node_id` (Ray's), `pid`, `actor_restarts` and
+`restart_causes`; progress bars name the node; Ray's full text of each loss goes to logs/ray.log.
 """
 
 from __future__ import annotations
@@ -37,17 +43,17 @@ from typing import Any
 
 from adapters import registry
 from adapters.registry import make_adapter
-from engine.core.clock import LoopClock
+from engine.core.clock import Clock, LoopClock
 from engine.core.config import ModelConfig
 from engine.core.errors import EngineError
 from engine.core.records import AttemptError, JudgmentRecord, Record
 from engine.core.secrets import api_key
 from engine.run.attempt import Brakes, LocalAttempts, RunStop, Sink, Spend
-from engine.run.ray_connect import RayContext
+from engine.run.ray_connect import RayContext, pick_node
 from engine.run.stats import LaneStats
 from engine.run.units import Outcome, Unit
 
-MAX_RESTARTS = 3
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # before the 1st, 2nd, ... replacement (the last repeats)
 # Ray has no type stubs: an actor class and its handles are typed as what they are, opaque.
 ActorHandle = Any
 
@@ -100,12 +106,14 @@ class LaneActor:
         self._seq = 0
 
     def where(self) -> dict[str, object]:
-        node = None
+        node, node_id = None, ""
         with contextlib.suppress(Exception):  # placement is informational
             import ray
 
             node = ray.util.get_node_ip_address()
-        return {"node": node or socket.gethostname(), "host": socket.gethostname(), "pid": os.getpid()}
+            node_id = ray.get_runtime_context().get_node_id()
+        return {"node": node or socket.gethostname(), "node_id": node_id, "host": socket.gethostname(),
+                "pid": os.getpid()}
 
     async def _ready(self) -> LocalAttempts:
         if self._attempts is not None:
@@ -154,9 +162,16 @@ def _actor_class() -> ActorHandle:
     return ray.remote(LaneActor)
 
 
-def _resources(cfg: ModelConfig) -> dict[str, int]:
+def _resources(cfg: ModelConfig) -> dict[str, object]:
     need = registry.entry(cfg.adapter).lane_resources(cfg)
-    return {"num_cpus": need.cpus, **({"num_gpus": need.gpus} if need.gpus else {})}
+    return {"num_cpus": need.cpus, **({"num_gpus": need.gpus} if need.gpus else {}),
+            **({"resources": dict(cfg.ray_resources)} if cfg.ray_resources else {})}
+
+
+def _need(cfg: ModelConfig) -> dict[str, float]:
+    """The lane's resources in Ray's node-totals names."""
+    need = registry.entry(cfg.adapter).lane_resources(cfg)
+    return {"CPU": need.cpus, **({"GPU": need.gpus} if need.gpus else {}), **cfg.ray_resources}
 
 
 class RayAttempts:
@@ -165,7 +180,7 @@ class RayAttempts:
     resources (a GPU lane with its work done never waits for a GPU)."""
 
     def __init__(self, name: str, cfg: ModelConfig, errors: Sink, brakes: Brakes, ctx: RayContext, *,
-                 spend: Spend | None = None) -> None:
+                 spend: Spend | None = None, clock: Clock | None = None) -> None:
         self.name = name
         self.cfg = cfg
         self.errors = errors
@@ -177,14 +192,21 @@ class RayAttempts:
         self._incarnation = 0
         self._snaps: dict[int, Snapshot] = {}
         self._restart_lock = asyncio.Lock()
-        self.restarts = 0
+        self.clock = clock or LoopClock()
+        self.restarts = 0  # every replacement tried, whether or not it came up
+        self.causes: dict[str, int] = {}  # Ray's error name -> replacements it caused
+        self._lost_on: set[str] = set()  # nodes where this lane's actor was lost
         self._failed = False
         self._placement: dict[str, object] = {}
         self._dead: tuple[type[BaseException], ...] = _actor_errors()
         brakes.on_halt.append(self._halt_actor)
 
     def placement(self) -> dict[str, object]:
-        return dict(self._placement)
+        """run.json's `lanes.<model>` additions: where the actor ran, its replacements and their causes."""
+        if not self._placement and not self.restarts:
+            return {}
+        return {**self._placement, "actor_restarts": self.restarts,
+                **({"restart_causes": dict(self.causes)} if self.causes else {})}
 
     async def run(self, unit: Unit) -> Outcome | None:
         if self.brakes.stopping:
@@ -234,22 +256,38 @@ class RayAttempts:
             return errors, outcome, snap, inc
 
     async def start_actor(self) -> None:
+        """A new actor for this lane, once it answers; raises EngineError when the cluster cannot
+        place it in time, and Ray's dead-actor errors when it dies first."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         env: dict[str, str] = {}
         if self.cfg.api_key_env:
             env[self.cfg.api_key_env] = api_key(self.cfg.api_key_env, self.name) or ""
         opts = {**_resources(self.cfg), "max_concurrency": self.cfg.concurrency() + 8, "max_restarts": 0}
+        if self._lost_on:  # away from where this lane's actors were lost, if another node can hold it
+            node = await asyncio.to_thread(pick_node, _need(self.cfg), self._lost_on)
+            if node is not None:
+                opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=True)
         actor = _actor_class().options(**opts).remote(self.name, self.cfg, str(self._ctx.log_dir), env)
         timeout = max(60.0, self.cfg.options.start_timeout_s())
         try:  # a wall-clock limit on the cluster's scheduling, not a lane timer
             info = await asyncio.wait_for(actor.where.remote(), timeout)
         except TimeoutError:
+            with contextlib.suppress(Exception):  # it may still be scheduled later: it must not linger
+                ray.kill(actor)
             raise EngineError(f"lane {self.name}: no Ray node could start its actor within {timeout:.0f} s "
-                              f"(needs {_resources(self.cfg)}); check the cluster's free resources") from None
+                              f"(needs {_need(self.cfg)}); check the cluster's free resources") from None
+        except self._dead:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+            raise
         self._actor = actor
         self._incarnation += 1
         self._placement = {"node": info["node"], "host": info["host"], "pid": info["pid"],
-                           "actor_restarts": self.restarts}
-        self._ctx.log(f"lane {self.name}: Ray actor on node {info['node']} ({info['host']}, pid {info['pid']})")
+                           **({"node_id": info["node_id"]} if info["node_id"] else {})}
+        node_id = f"node id {str(info['node_id'])[:8]}, " if info["node_id"] else ""  # one host, many nodes
+        self._ctx.log(f"lane {self.name}: Ray actor on node {info['node']} ({node_id}{info['host']}, pid {info['pid']})")
 
     async def _first_start(self) -> None:
         async with self._restart_lock:
@@ -258,10 +296,12 @@ class RayAttempts:
             try:
                 await self.start_actor()
             except EngineError as err:
-                self._failed = True
                 self._fail(str(err))
+            except self._dead as exc:  # lost before it answered: replaced like any lost actor
+                await self._replace(exc)
 
     def _fail(self, message: str) -> None:
+        self._failed = True
         self.stats.state = "failed"
         self.stats.message = message
         self.brakes.halt()
@@ -273,19 +313,36 @@ class RayAttempts:
             if incarnation != self._incarnation or self._actor is None:
                 return  # another worker already replaced it (or the lane gave up)
             old, self._actor = self._actor, None
-            with contextlib.suppress(Exception):  # it is dead already
+            with contextlib.suppress(Exception):  # it is lost already
                 ray.kill(old)
+            node = self._placement.get("node_id")
+            if isinstance(node, str):
+                self._lost_on.add(node)
+            await self._replace(exc)
+
+    async def _replace(self, exc: BaseException) -> None:
+        """Replacement actors until one answers, each try counted (the caller holds the lock)."""
+        budget = self.cfg.ray_max_restarts
+        while not self.brakes.stopping:
+            cause = type(exc).__name__
             self.restarts += 1
-            if self.restarts > MAX_RESTARTS:
-                self._fail(f"lane {self.name}: its Ray actor died {self.restarts} times "
-                           f"({type(exc).__name__}); rerun to resume")
+            self.causes[cause] = self.causes.get(cause, 0) + 1
+            self._ctx.note(f"lane {self.name}: Ray actor lost ({cause}), replacement {self.restarts}/{budget}:\n{exc}")
+            if self.restarts > budget:
+                self._fail(f"lane {self.name}: its Ray actor was lost {self.restarts} times (last: {cause}; "
+                           f"ray_max_restarts = {budget}; Ray's text in logs/ray.log); rerun to resume")
                 return
-            self._ctx.log(f"lane {self.name}: Ray actor died ({type(exc).__name__}); restarting it "
-                          f"({self.restarts}/{MAX_RESTARTS}); its units in flight are sent again")
+            self._ctx.log(f"lane {self.name}: Ray actor lost ({cause}); starting another ({self.restarts}/{budget}); "
+                          "its units in flight are sent again")
+            await self.clock.sleep(RESTART_BACKOFF_S[min(self.restarts, len(RESTART_BACKOFF_S)) - 1])
             try:
                 await self.start_actor()
+                return
             except EngineError as err:
                 self._fail(str(err))
+                return
+            except self._dead as lost:  # placed where Ray had not yet declared the node dead
+                exc = lost
 
     def _absorb(self, incarnation: int, snap: Snapshot) -> None:
         cur = self._snaps.get(incarnation)

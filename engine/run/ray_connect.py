@@ -18,6 +18,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
@@ -150,12 +152,32 @@ class RayContext:
         return BackendDoc(kind="ray", address=self.address, version=self.version,
                           nodes=[RayNode(id=n.id, ip=n.ip) for n in self.nodes])
 
+    def note(self, text: str) -> None:
+        """Ray's full text of a lost actor, to DIR/logs/ray.log (the lane's message keeps one line)."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / "ray.log", "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text.rstrip()}\n")
+
     def close(self) -> None:
         if self.started_here:
             import ray
 
             ray.shutdown()
             self.started_here = False
+
+
+def pick_node(need: Mapping[str, float], avoid: set[str]) -> str | None:
+    """An alive node that is not in `avoid` and has `need` ({resource: amount}, Ray's names: CPU,
+    GPU, custom) in its totals; None: no such node (Ray places the actor as it likes). A node whose
+    actor was just lost may still be listed alive: Ray declares a node dead only after its health
+    checks fail, seconds later."""
+    import ray
+
+    for n in ray.nodes():
+        have = n.get("Resources", {})
+        if n.get("Alive") and n["NodeID"] not in avoid and all(have.get(k, 0) >= v for k, v in need.items()):
+            return str(n["NodeID"])
+    return None
 
 
 def alive_nodes() -> list[ProbeNode]:
