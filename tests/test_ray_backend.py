@@ -124,6 +124,8 @@ def test_ray_backend_gives_the_records_of_the_local_backend(tmp_path: Path, fake
     args = ["run", cfg, "--models", "a,b", "--pillars", "crisis", "--limit", "4", "--no-progress"]
     local, remote = tmp_path / "local", tmp_path / "ray"
     assert run_engine(*args, "--output", local).rc == 0
+    remote.mkdir()  # the same judge nonces (engine/run/judge.py): the same judge requests, so the same replies
+    (remote / "judge_salt").write_bytes((local / "judge_salt").read_bytes())
     res = run_engine(*args, "--output", remote, "--backend", "ray", timeout=120)
     assert res.rc == 0, res.stderr
     for m in ("a", "b", "judge"):
