@@ -22,6 +22,12 @@ Cases
   e  resume scan of a 1M-record responses file (scan_responses in-process, best of 3) and a
      `python -m engine run` where every key is already done.
   f  `python -m engine --help` start-up, median of 10.
+  g  exactly-once at scale: 1M items (--quick: 200k), concurrency 64, a 5% fault mix at the server
+     (1% resets, 1% 429s, 2% 5xx, 1% malformed bodies), the engine killed with SIGKILL at 25%, 50%
+     and 75% of the records and rerun each time, then run to the end: `verify` must exit 0 (no
+     missing, duplicated or failed record), peak RSS over every run <= 150 MiB; the server's
+     duplicates_ok counts answers asked again after a kill (at most in flight + not yet written,
+     2 x 64 per kill).
 """
 
 from __future__ import annotations
@@ -61,7 +67,11 @@ GOALS = {
     "d_rss_mib": 150.0,
     "e_scan_s": 3.0,
     "f_help_s": 1.0,
+    "g_rss_mib": 150.0,
 }
+# (g): 5% of requests fail in a way the engine retries; fast backoff and 10 attempts, so that no
+# item runs out of retries (0.05^10) and the final run is complete.
+FAULTS = {"p_reset": 0.01, "p_429": 0.01, "p_5xx": 0.02, "p_malformed": 0.01, "retry_after_s": 0.05, "seed": 7}
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,10 +117,10 @@ def make_items(path: Path, n: int, seed: int = 1) -> Path:
     return path
 
 
-def write_config(path: Path, url: str, concurrency: int, rpm: float = 0.0) -> Path:
+def write_config(path: Path, url: str, concurrency: int, rpm: float = 0.0, extra: str = "") -> Path:
     path.write_text(
         f'[run]\nprogress = false\n\n[models.{MODEL}]\nadapter = "openai"\nbase_url = "{url}"\n'
-        f"max_concurrency = {concurrency}\nrequests_per_minute = {rpm}\n"
+        f"max_concurrency = {concurrency}\nrequests_per_minute = {rpm}\n{extra}"
     )
     return path
 
@@ -188,7 +198,8 @@ class Watched:
 
 
 def run_watched(cmd: list[str], *, watch: Path | None = None, interval: float = 0.01,
-                mem_every: float = 0.25, log: Path | None = None) -> Watched:
+                mem_every: float = 0.25, log: Path | None = None, kill_at: int | None = None) -> Watched:
+    """Runs `cmd` to its end, or (kill_at) SIGKILLs it once `watch` holds that many lines."""
     log_f = open(log, "wb") if log else tempfile.TemporaryFile()
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, cwd=str(ROOT), env=_env(), stdin=subprocess.DEVNULL, stdout=log_f,
@@ -215,6 +226,9 @@ def run_watched(cmd: list[str], *, watch: Path | None = None, interval: float = 
             if c is not None:
                 cpu = c
             samples.append((now, lines, cpu))
+            if kill_at is not None and lines >= kill_at:
+                p.kill()
+                kill_at = None
             if now >= next_mem:
                 rss, h = _proc_mem(p.pid)
                 if rss:
@@ -650,6 +664,52 @@ class Bench:
                        med < GOALS["f_help_s"])
 
 
+    # (g) ------------------------------------------------------------------------------------
+    def case_g(self, c: int = 64, n: int | None = None) -> None:
+        n = n or (200_000 if self.quick else 1_000_000)
+        print(f"(g) {n:,} items, 5% faults, kill -9 at 25/50/75%, then to the end; verify", flush=True)
+        items = self.items(1_000_000)
+        cfg = write_config(self.work / "g.toml", self.url, c,
+                           extra="backoff_base_s = 0.05\nbackoff_max_s = 0.5\nmax_attempts = 10\n")
+        out = self.work / "out-g"
+        if out.exists():
+            shutil.rmtree(out)
+        self.server(**FAULTS)
+        path = out / "responses" / f"{MODEL}.jsonl"
+        extra = ("--limit", str(n)) if n != 1_000_000 else ()
+        runs: list[Watched] = []
+        at_kill: list[int] = []
+        for frac in (0.25, 0.5, 0.75):
+            w = run_watched(engine_cmd(cfg, items, out, *extra), watch=path, interval=0.05, mem_every=0.05,
+                            kill_at=int(frac * n))
+            runs.append(w)
+            at_kill.append(w.lines)
+        final = run_watched(engine_cmd(cfg, items, out, *extra), watch=path, interval=0.05, mem_every=0.05)
+        runs.append(final)
+        st = self.srv.stats()
+        dup = st["duplicates_ok"]
+        assert isinstance(dup, int)
+        t = time.perf_counter()
+        v = subprocess.run([PY, "-m", "engine", "verify", str(out)], cwd=str(ROOT), env=_env(), capture_output=True,
+                           text=True)
+        verify_s = time.perf_counter() - t
+        with open(path, "rb") as f:
+            lines = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+        peak = max(w.hwm_kib for w in runs) / 1024
+        T = self.table
+        killed = [w.rc for w in runs[:3]]
+        T.add("g", f"{n:,} items, 5% faults, 3 x kill -9: `verify` exit code", str(v.returncode), "", "0",
+              v.returncode == 0 and lines == n)
+        T.add("g", "  records in responses/ / verify's last line", f"{lines:,} / {v.stdout.strip().splitlines()[-1:]}")
+        T.add("g", "  peak RSS over the 4 runs (VmHWM, polled every 50 ms)", f"{peak:.1f} MiB", "",
+              f"<= {GOALS['g_rss_mib']:.0f} MiB", peak <= GOALS["g_rss_mib"])
+        T.add("g", "  answers asked again after the kills (server duplicates_ok)", f"{dup}", "", f"<= {3 * 2 * c}",
+              dup <= 3 * 2 * c)
+        T.note(f"(g) kills at {', '.join(f'{x:,}' for x in at_kill)} records (exit {killed}); final run exit {final.rc}, "
+               f"wall {final.wall:.1f} s, last line: {final.out.strip().splitlines()[-1:]}; walls "
+               f"{', '.join(f'{w.wall:.1f}' for w in runs)} s, CPU {sum(w.cpu for w in runs):.1f} s; server "
+               f"{st['requests']:,} requests, {st['ok']:,} ok, by status {st['by_status']}; verify took {verify_s:.1f} s")
+
 def _engine_attr(module: str, name: str) -> Any:
     """A constant of the engine as the working tree has it now (read in a child, so that this
     process never holds a stale copy of code other people are editing)."""
@@ -707,7 +767,7 @@ def make_checkpoint(cfg_path: Path, items: Path, path: Path, seed: int = 2) -> i
 # --------------------------------------------------------------------------------------------
 
 
-CASES = "abcdef"
+CASES = "abcdefg"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -716,8 +776,8 @@ def main(argv: list[str] | None = None) -> int:
         url, items, n, c = raw[1:5]
         return bare_main(url, items, int(n), int(c))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", default=",".join(CASES), help="comma-separated cases from a,b,c,d,e,f (default: all)")
-    ap.add_argument("--quick", action="store_true", help="(c) 300 items instead of 1,200; (d) 200k items instead of 1M")
+    ap.add_argument("--only", default=",".join(CASES), help="comma-separated cases from a,b,c,d,e,f,g (default: all)")
+    ap.add_argument("--quick", action="store_true", help="(c) 300 items instead of 1,200; (d), (g) 200k items instead of 1M")
     ap.add_argument("--repeat", type=int, default=3, help="(a): engine runs, interleaved with bare runs (default 3)")
     ap.add_argument("--no-append", action="store_true", help=f"print only; do not append to {RESULTS.name}")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (items, outputs)")

@@ -13,6 +13,7 @@ import resource
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -34,6 +35,7 @@ from tests.conftest import (
     fake_model,
     run_engine,
     verify_clean,
+    wait_for_lines,
     write_config,
     write_items,
 )
@@ -228,4 +230,28 @@ def test_file_size_limit_stops_the_run_with_exit_4_then_resumes(tmp_path: Path, 
     assert len(recs) == n
     assert fake_server.stats()["requests"] == sent + n - lines  # each missing item asked once more
     assert "failure" not in orjson.loads((out / "run.json").read_bytes())
+    verify_clean(out)
+
+
+def test_kill9_loses_at_most_what_was_in_flight_or_waiting_for_the_writer(
+        tmp_path: Path, fake_server: FakeServerProcess, engine_procs: Any) -> None:
+    """The same bound seen from outside: answers the server sent that are not on disk when the
+    engine is killed are at most max_concurrency in flight plus max_concurrency waiting for the
+    writer; the rerun asks only for what is missing and ends exact."""
+    n = 600
+    fake_server.set_config(latency_ms=10, latency_jitter_ms=10, seed=4)
+    items = write_items(tmp_path / "items.jsonl", n)
+    cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server, max_concurrency=CONCURRENCY)})
+    out = tmp_path / "out"
+    path = out / "responses" / "fake.jsonl"
+    p = engine_procs("run", cfg, "--items", items, "--output", out)
+    wait_for_lines(path, n // 3, p, timeout=60)
+    p.kill9()
+    answered = fake_server.stats()["ok"]
+    on_disk = count_lines(path)  # whole lines: a torn last one is cut by the rerun
+    assert 0 <= answered - on_disk <= 2 * CONCURRENCY, (answered, on_disk)
+    res = run_engine("run", cfg, "--items", items, "--output", out)
+    assert res.rc == 0, res.stderr
+    assert fake_server.stats()["ok"] == answered + n - on_disk
+    check_complete(out, "fake", expected_texts(cfg, items, "fake"))
     verify_clean(out)
