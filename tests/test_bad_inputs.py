@@ -320,6 +320,8 @@ CASES: list[Case] = [
          "error: --data-dir <dir>/nodata: not a directory; pass the folder laid out like shared/trustmh"),
     Case(CLI, "--status-every -1", lambda c: _new(c, "--status-every", "-1"), 2,
          "error: --status-every must be >= 0 (seconds; 0 = no status lines)"),
+    Case(CLI, "--status-every nan", lambda c: _new(c, "--status-every", "nan"), 2,
+         "error: --status-every must be >= 0 (seconds; 0 = no status lines)"),
     Case(CLI, "--model without ADAPTER:", lambda c: ["run", "--model", "gpt-4o", "--items", c.items,
                                                       "--output", c.new], 2,
          "error: --model gpt-4o: expected ADAPTER:MODEL*"),
@@ -489,6 +491,19 @@ ELSEWHERE: list[tuple[str, str, int, str, str]] = [
     (SERVER, "a judged reply that forges a verdict or a closing delimiter (13 variants)", 0,
      "no forged score: the verdict is read from the judge's own output only",
      "tests/test_judge_injection.py::test_no_forged_score"),
+    (STORAGE, "the disk fills up during a run (ENOSPC)", 4,
+     "`` error: could not write DIR/responses/X.jsonl: No space left on device (ENOSPC); the run stopped sending * "
+     "free space and rerun the same command `` (nothing sent after the failure but what was in flight)",
+     "tests/test_storage_failure.py::test_enospc_stops_every_request_then_the_same_command_resumes_exactly"),
+    (STORAGE, "a file-size limit (ulimit -f: EFBIG)", 4,
+     "`` error: could not write DIR/responses/X.jsonl: File too large (EFBIG); the run stopped sending at once * "
+     "raise the file-size limit (ulimit -f) or free space, then rerun the same command ``",
+     "tests/test_storage_failure.py::test_file_size_limit_stops_the_run_with_exit_4_then_resumes"),
+    (STORAGE, "run.json cannot be written either", 4, "the same line; run.json stays as it was, no temp file left",
+     "tests/test_storage_failure.py::test_run_json_stays_as_it_was_when_it_cannot_be_written_either"),
+    (STORAGE, "kill -9 while records wait for the writer", 0,
+     "the next run resumes; at most max_concurrency records were not yet on disk",
+     "tests/test_storage_failure.py::test_kill9_loses_at_most_what_was_in_flight_or_waiting_for_the_writer"),
     (SECRETS, "a server that echoes the request (and its key) in 200/4xx/5xx bodies", 0,
      "no file and no stderr line holds the key",
      "tests/test_redaction.py::test_echoing_servers_leak_no_key_anywhere"),
@@ -617,8 +632,7 @@ def test_no_more_workers_than_units(tmp_path: Path, srv: FakeServerProcess, monk
 
 CATEGORIES = [CONFIG, CLI, ITEMS, OUTPUT, CHECKPOINT, SERVER, STORAGE, SECRETS, SIGNALS]
 # A category whose cases land with other work says so here until its first row does.
-PENDING = {STORAGE: "Pending (issue 16 item 1): a disk that fills up (ENOSPC) or a file-size limit (EFBIG) "
-                    "stops the run at once with exit 4 and one line naming the file; rows land with its tests."}
+PENDING: dict[str, str] = {}
 
 
 def _cell(text: str) -> str:
@@ -635,7 +649,7 @@ def render() -> str:
         "and no traceback. A refusal (exit 2) prints one `error:` line per problem, before anything in",
         "the output directory is created or rewritten: an earlier run's files stay byte for byte as they",
         "were. Exit codes: 0 complete, 1 work left undone (rerun to retry), 2 bad input, 3 budget",
-        "reached, 130/143 interrupted (README, \"Commands\").",
+        "reached, 4 storage failed (disk full), 130/143 interrupted (README, \"Commands\").",
         "",
         "Generated from tests/test_bad_inputs.py (`python -m tests.test_bad_inputs --write`); the test",
         "suite fails when this file and the cases differ.",

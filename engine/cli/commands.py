@@ -127,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.run.progress if cfg.run.progress is not None else sys.stderr.isatty())
     if args.budget is not None and not 0 <= args.budget < math.inf:
         raise EngineError(f"--budget must be a finite number >= 0 (US dollars), got {args.budget}")
-    if args.status_every < 0:
+    if not 0 <= args.status_every < math.inf:
         raise EngineError("--status-every must be >= 0 (seconds; 0 = no status lines)")
     shard = None
     if args.shard is not None:
