@@ -1,14 +1,16 @@
-"""The command line explains itself: `--version`, help text on every argument of every command, and
-the three most common commands in `--help`."""
+"""The command line explains itself: `--version`, help text on every argument of every command, the
+three most common commands in `--help`, and a console summary that fits a terminal."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 from collections.abc import Iterator
 from importlib.metadata import version
+from pathlib import Path
 
 from engine.cli import _parser
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 
 def _parsers(p: argparse.ArgumentParser, name: str = "python -m engine") -> Iterator[tuple[str, argparse.ArgumentParser]]:
@@ -32,3 +34,15 @@ def test_version_and_the_epilog() -> None:
     assert res.rc == 0
     epilog = res.stdout.split("most common commands:")[1]
     assert [line.split()[3] for line in epilog.strip().splitlines()[:3]] == ["run", "run", "verify"]
+
+
+def test_the_console_summary_is_pillar_ranks_per_model(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(REPO / "tests" / "fixtures" / "old_runs" / "plain", run)
+    res = run_cli("score", run)
+    assert res.rc == 0, res.stderr
+    lines = res.err_lines()
+    at = lines.index("pillar ranks (1 = best; * = some subtasks without a value):")
+    assert lines[at + 1].split() == ["model", "reliability*", "crisis", "safety", "robustness"]
+    assert [ln.split() for ln in lines[at + 2:at + 4]] == [["alpha", "1", "1", "1", "1"], ["beta", "1", "2", "2", "2"]]
+    assert lines[-1].startswith("report: ") and all(len(ln) <= 100 for ln in lines[at:at + 4])

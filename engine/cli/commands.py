@@ -26,7 +26,7 @@ from engine.command_config import resolve
 from engine.config import Config, load_config
 from engine.core.errors import ConfigError, DataError, EngineError
 from engine.core.prompts import PROMPTS_DIR
-from engine.core.rundoc import RunSpec
+from engine.core.rundoc import RunSpec, ScoresDoc, UnsetType
 from engine.core.secrets import redact
 from engine.datasets.manifest import Manifest, file_status, load_manifest, resolve_dest, resolve_mirror, select_datasets
 from engine.datasets.prompts import load_manifest as load_prompts_manifest
@@ -157,16 +157,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _finish_scores(out: Path) -> None:
     scores = score_run(out)
     path = write_scores(out, scores)
-    for key, sub in scores.subtasks.items():
-        vals = ", ".join(f"{m}={_fmt(d.value)} (n={d.n}, unparseable={d.n_unparseable}, failed={d.n_failed})"
-                         for m, d in sub.models.items())
-        _log(f"  {key}: {sub.headline}: {vals}")
-    _log(f"scores: {path.resolve()}")
+    for line in _rank_table(scores):
+        _log(line)
+    _log(f"scores: {path.resolve()} ({len(scores.subtasks)} subtasks; each subtask's values are in the report)")
     _write_reports(out)
 
 
-def _fmt(v: float | None) -> str:
-    return "null" if v is None else f"{v:.3f}"
+def _rank_table(scores: ScoresDoc) -> list[str]:
+    """The console summary: one row per model, its rank in each pillar (1 = best; `-` where it has
+    none); a partial pillar (some subtasks without a value) is marked `*`. Subtask values go to the
+    report, where there is room for them."""
+    pillars = list(scores.pillars)
+    if not pillars:
+        return []
+    width = max(len(m) for m in scores.models)
+    head = " ".join(f"{p + ('*' if not isinstance(scores.pillars[p].partial, UnsetType) else ''):>{max(len(p) + 1, 4)}}"
+                    for p in pillars)
+    lines = ["pillar ranks (1 = best; * = some subtasks without a value):", f"  {'model':<{width}} {head}"]
+    for m in scores.models:
+        cells = " ".join(f"{_rank(scores.pillars[p].ranks.get(m)):>{max(len(p) + 1, 4)}}" for p in pillars)
+        lines.append(f"  {m:<{width}} {cells}")
+    return lines
+
+
+def _rank(r: int | None) -> str:
+    return "-" if r is None else str(r)
 
 
 def _merged_first(out: Path) -> None:
