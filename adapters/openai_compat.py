@@ -165,7 +165,7 @@ class OpenAIChat:
 @adapter("openai", required={"base_url": "e.g. https://api.openai.com/v1"},
          caps=Capabilities(rate_limit_headers="openai", default_base_url="https://api.openai.com/v1",
                            default_api_key_env="OPENAI_API_KEY", default_requests_per_minute=500,
-                           default_tokens_per_minute=30_000))
+                           default_tokens_per_minute=30_000, tokenizer="tiktoken"))
 def build_openai(ctx: BuildContext[AdapterOptions]) -> Built:
     assert ctx.model.base_url  # required by the entry: checked when the config is read
     return Built(OpenAIChat(base_url=ctx.model.base_url, model=ctx.model_id, api_key=ctx.api_key(),

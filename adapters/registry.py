@@ -85,6 +85,8 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
                         OPENAI_API_KEY, ...)
     default_requests_per_minute / default_tokens_per_minute  its published limits for the lowest
                         paid tier, for such a model (None: unknown, no limit)
+    tokenizer           whose tokenizer its model ids name ("tiktoken": OpenAI's encodings, used by
+                        engine/tokens.py where the id is one of theirs); None: estimated
 
     The defaults describe the provider's own endpoint: a command-line model given a base_url of
     its own (a self-hosted server speaking the same API) takes none of them; a config file's
@@ -98,6 +100,7 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     default_api_key_env: str | None = None
     default_requests_per_minute: float | None = None
     default_tokens_per_minute: float | None = None
+    tokenizer: str | None = None
 
 
 def _no_gpus(model: ModelConfig, options: AdapterOptions, pinned: bool) -> int:

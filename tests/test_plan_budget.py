@@ -14,7 +14,7 @@ JUDGE = '\n[judge]\nmodels = ["fake"]\n[prices.fake]\ninput_per_mtok = 2.5\noutp
 def _plan_requests(stdout: str) -> dict[tuple[str, str, str], int]:
     out = {}
     for line in stdout.splitlines():
-        m = re.match(r"^(\S+)\s+(target|judge)\s+(\S+)\s+(\d+)\s", line)
+        m = re.match(r"^(\S+)\s+(target|judge)\s+([a-z_]+)\s+(\d+)\s", line)  # --verbose rows, not the pivot
         if m:
             out[(m[1], m[2], m[3])] = int(m[4])
     return out
@@ -24,7 +24,7 @@ def test_plan_matches_the_requests_a_run_makes(tmp_path: Path, fake_server) -> N
     out = tmp_path / "run"
     cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server, requests_per_minute=6000)},
                        run={"output": str(out), "limit": 3}, extra=JUDGE)
-    res = run_cli("plan", cfg, "--pillars", "crisis,safety,privacy")
+    res = run_cli("plan", cfg, "--pillars", "crisis,safety,privacy", "--verbose")
     assert res.rc == 0, res.stderr
     planned = _plan_requests(res.stdout)
     assert "rate limits allow it in" in res.stdout and "estimated cost $" in res.stdout
@@ -46,7 +46,7 @@ def test_plan_matches_the_requests_a_run_makes(tmp_path: Path, fake_server) -> N
     assert usage["total"]["cost_usd"] > 0
     assert set(usage["target"]) == {"crisis", "safety", "privacy"}
     # After the run, the plan shows nothing left to do.
-    again = _plan_requests(run_cli("plan", cfg, "--pillars", "crisis,safety,privacy").stdout)
+    again = _plan_requests(run_cli("plan", cfg, "--pillars", "crisis,safety,privacy", "--verbose").stdout)
     assert sum(v for (m, role, p), v in again.items() if role == "target") == 0
 
 

@@ -68,7 +68,9 @@ def _spec(args: argparse.Namespace) -> tuple[Config, RunSpec, str]:
             raise EngineError(f"--models: {', '.join(unknown)} not in the config (known: {', '.join(cfg.models)})")
     if not models:
         raise EngineError(f"{source}: no [models.<name>] sections; add at least one model (or --model ADAPTER:MODEL)")
-    limit = cfg.run.limit if args.limit is None else args.limit
+    # The config's limit sizes the pillar subtasks; a custom items file runs every line unless
+    # --limit says otherwise (the default config's limit = 3 once cut a user's file silently).
+    limit = args.limit if args.limit is not None else 0 if args.items else cfg.run.limit
     if limit < 0:
         raise EngineError("--limit must be >= 0")
     items = None
@@ -106,7 +108,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cfg, spec, _ = _spec(args)
     out = Path(spec.output)
     plan = build_plan(cfg, spec, out if (out / "responses").is_dir() else None)
-    for line in render_plan(cfg, plan):
+    for line in render_plan(cfg, plan, verbose=args.verbose):
         _out(line)
     return 0
 

@@ -37,6 +37,7 @@ from engine.run.units import JudgeTask, Unit, estimate_tokens, merge_params, mod
 from engine.spec import judges_for, rubrics_by_source
 from engine.store.checkpoint import iter_records
 from engine.store.jsonl import key_int
+from engine.tokens import counter_for
 
 RETRY_PARAMS = {"temperature": 0.7, "seed": 1}
 # Judge units held per judge before generation waits: enough to keep every judge worker busy, few
@@ -184,7 +185,7 @@ class JudgeHub:
                 return
         else:
             body = lane.adapter.build_body(messages, params)
-        unit = Unit(jitem, sample, body, key, estimate_tokens(jitem, params),
+        unit = Unit(jitem, sample, body, key, estimate_tokens(jitem, params, counter_for(lane.cfg, judge)),
                     JudgeTask(response_key, model, rubric.name, rubric.version, try_, judge),
                     max_out=params.max_tokens or 0)
         lane.stats.judge_queued += 1

@@ -19,6 +19,7 @@ from typing import NamedTuple
 from adapters.registry import Built
 from adapters.servers.gpus import GpuPool
 from engine import shards as sharding
+from engine import throughput
 from engine.config import Config
 from engine.core.adapter import ReplaysItems
 from engine.core.clock import Clock, LoopClock
@@ -200,6 +201,10 @@ async def _run_locked(inv: Invocation, prev: RunDoc | None, adapters: dict[str, 
     except StorageError:
         if failure is None:
             raise
+    try:
+        throughput.record(cfg, doc.lane_map)
+    except OSError:
+        pass  # only `plan`'s time estimate reads it: a read-only cache never fails a run
     _summarize(lanes.lanes, inv.log)
     if lanes.cache is not None:
         _cache_line(lanes, inv.log)

@@ -6,7 +6,6 @@ what a complete run holds and what it will cost.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import msgspec
@@ -15,6 +14,7 @@ from engine.config import ModelConfig
 from engine.core.adapter import Adapter, ReplaysItems
 from engine.core.records import ErrorInfo, GenParams, Item, Response, request_key
 from engine.items import ItemFactory, WorkItem
+from engine.tokens import ESTIMATE, TokenCounter, counter_for
 from engine.truncate import fit
 
 
@@ -61,11 +61,11 @@ def merge_params(base: GenParams, override: GenParams | None) -> GenParams:
     return msgspec.structs.replace(base, **changes)
 
 
-def estimate_tokens(item: Item, params: GenParams) -> int:
-    """Charge before the call: ~4 characters per prompt token plus the completion budget, the way
-    OpenAI counts a request against TPM at admission."""
-    chars = sum(len(m.content) for m in item.messages)
-    return math.ceil(chars / 4) + (params.max_tokens or 0)
+def estimate_tokens(item: Item, params: GenParams, counter: TokenCounter = ESTIMATE) -> int:
+    """Charge before the call: the prompt's tokens (engine/tokens.py: the model's tokenizer where
+    one works offline, else ~4 characters a token and CJK characters more) plus the completion
+    budget, the way OpenAI counts a request against TPM at admission."""
+    return counter.tokens([m.content for m in item.messages]) + (params.max_tokens or 0)
 
 
 def lane_units(name: str, cfg: ModelConfig, adapter: Adapter, items: ItemFactory, samples: int) -> Iterator[Unit]:
@@ -74,11 +74,12 @@ def lane_units(name: str, cfg: ModelConfig, adapter: Adapter, items: ItemFactory
     base = model_params(cfg)
     body_for = adapter.body_for if isinstance(adapter, ReplaysItems) else None  # bodies name items, not prompts
     context = cfg.context_window()
+    counter = counter_for(cfg, name)
     for w in items():
         params = merge_params(base, w.params)
         if context is not None and body_for is None:
             w = WorkItem(fit(w.item, context, params.max_tokens or 0), w.params)
-        est = estimate_tokens(w.item, params)
+        est = estimate_tokens(w.item, params, counter)
         if body_for is not None:
             for s in range(samples):
                 rbody = body_for(w.item, s)
