@@ -21,7 +21,7 @@ import pytest
 from engine import cli
 from engine.core.errors import StorageError
 from engine.core.rundoc import RunDoc, RunSpec, UnsetType
-from engine.store.checkpoint import JsonlWriter
+from engine.store.checkpoint import JsonlWriter, scan_responses
 from engine.store.rundoc_io import read_run, write_doc
 from engine.testing.fakeserver import FakeServerProcess
 from tests.conftest import (
@@ -39,6 +39,7 @@ from tests.conftest import (
     write_config,
     write_items,
 )
+from tests.test_checkpoint import rec, write_records
 
 CONCURRENCY = 8
 
@@ -255,3 +256,22 @@ def test_kill9_loses_at_most_what_was_in_flight_or_waiting_for_the_writer(
     assert fake_server.stats()["ok"] == answered + n - on_disk
     check_complete(out, "fake", expected_texts(cfg, items, "fake"))
     verify_clean(out)
+
+
+def test_retry_errors_rewrite_that_the_disk_refuses_keeps_the_checkpoint(tmp_path: Path) -> None:
+    """--retry-errors rewrites the responses file without its fatal records; under a file-size
+    limit that rewrite fails with EFBIG: one StorageError, the file as it was, no temp file."""
+    path = tmp_path / "r.jsonl"
+    before = write_records(path, [rec(i, error=i % 2 == 1) for i in range(40)])
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) // 4, hard))
+    try:
+        with pytest.raises(StorageError) as ei:
+            scan_responses(path, drop_errors=True)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+    assert ei.value.exit_code == 4 and "File too large (EFBIG)" in str(ei.value)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["r.jsonl"]

@@ -18,7 +18,7 @@ from typing import Any, TypeVar, overload
 
 import msgspec
 
-from engine.core.errors import CheckpointError, StorageError
+from engine.core.errors import STORAGE_ERRNOS, CheckpointError, StorageError
 from engine.core.records import Record, record_decoder, record_encoder
 from engine.core.secrets import redact
 from engine.store.jsonl import ERROR_FIELD, chunks, key_int
@@ -141,15 +141,27 @@ def scan_responses(path: Path, *, drop_errors: bool = False) -> ScanResult:
             result.done.update(int(k, 16) for k in keys)
         result.records += lines
     if keep is not None and result.errors:
-        tmp = path.with_suffix(".jsonl.tmp")
+        _rewrite(path, keep)
+        result.records = len(keep)
+    return result
+
+
+def _rewrite(path: Path, lines: list[bytes]) -> None:
+    """`path` holding `lines`, atomically; a disk that refuses leaves the old file as it was."""
+    tmp = path.with_suffix(".jsonl.tmp")
+    try:
         with open(tmp, "wb") as f:
-            for line in keep:
+            for line in lines:
                 f.write(line + b"\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        result.records = len(keep)
-    return result
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if exc.errno in STORAGE_ERRNOS:
+            raise StorageError.of(exc, tmp) from None
+        raise
 
 
 @overload
@@ -202,13 +214,18 @@ class JsonlWriter:
     def __init__(self, path: Path, *, fsync_interval: float = 1.0,
                  on_written: Callable[[list[msgspec.Struct]], None] | None = None,
                  on_error: Callable[[StorageError], None] | None = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        if path.exists():
-            # A crash can tear the last line of any checkpoint (errors/ included, which no scan
-            # reads): cut it, or the first whole line appended would follow a corrupt one.
-            repair_torn_tail(path)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists():
+                # A crash can tear the last line of any checkpoint (errors/ included, which no scan
+                # reads): cut it, or the first whole line appended would follow a corrupt one.
+                repair_torn_tail(path)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno in STORAGE_ERRNOS:  # a full disk before the run sends anything
+                raise StorageError.of(exc, path, "open") from None
+            raise
         self._queue: asyncio.Queue[msgspec.Struct | None] = asyncio.Queue()
         self._interval = fsync_interval
         self._on_written = on_written
