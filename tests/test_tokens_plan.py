@@ -118,3 +118,26 @@ def test_local_throughput_is_recorded_by_a_run_and_read_by_plan(tmp_path: Path) 
     # An earlier run in the output directory speaks first.
     here = measured(cfg, "emb", {"emb": _lane(10, 1000, 10.0)}, store)
     assert here is not None and here.tokens_per_s == 100.0
+
+
+def test_items_run_runs_every_line_and_reports_responses(tmp_path: Path, fake_server: Any) -> None:
+    items = write_items(tmp_path / "items.jsonl", 5)
+    out = tmp_path / "out"
+    # The config's limit sizes pillar subtasks; the items file runs whole.
+    cfg = write_config(tmp_path / "c.toml", {"a": fake_model(fake_server), "b": fake_model(fake_server)},
+                       run={"output": str(out), "limit": 2})
+    res = run_engine("run", cfg, "--items", items)
+    assert res.rc == 0, res.stderr
+    assert len((out / "responses" / "a.jsonl").read_text().splitlines()) == 5
+    report = (out / "report.md").read_text()
+    assert f"- data: items file {items};" in report
+    assert "engine score" not in report
+    section = report.split("## Responses", 1)[1].splitlines()
+    assert section[4].startswith("| item | prompt | a | b |")
+    assert section[6].startswith("| q0 | question number 0: how are you today? | ")
+    assert sum(1 for ln in section if ln.startswith("| q")) == 5
+    assert "report.html" in res.stderr and "<h2>Responses</h2>" in (out / "report.html").read_text()
+    score = run_engine("score", out)
+    assert score.rc == 2 and "custom --items run" in score.stderr and "report" in score.stderr
+    assert run_engine("run", cfg, "--items", items, "--limit", "2", "--output", tmp_path / "two").rc == 0
+    assert len((tmp_path / "two" / "responses" / "a.jsonl").read_text().splitlines()) == 2

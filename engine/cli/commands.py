@@ -149,8 +149,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(spec.output)
     if shard is not None:
         _log(f"shard {shard}: when all {shard.count} shards have finished, run `python -m engine merge {out}`")
-    elif items is None and end.code in (0, 1, 3):
-        _finish_scores(out)
+    elif end.code in (0, 1, 3):
+        if items is None:
+            _finish_scores(out)
+        else:  # custom items have no metric: the report's prompt x model table is the result
+            _write_reports(out)
     _log(f"results: {out.resolve()}")
     _log(end.line)
     return end.code
@@ -193,8 +196,12 @@ def _merged_first(out: Path) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    _merged_first(Path(args.dir))
-    _finish_scores(Path(args.dir))
+    out = Path(args.dir)
+    _merged_first(out)
+    if read_run(out).spec.items is not None:
+        raise EngineError(f"{out} is a custom --items run: custom items have no metric to score; "
+                          f"`python -m engine report {out}` shows every prompt and response")
+    _finish_scores(out)
     return 0
 
 

@@ -73,8 +73,8 @@ def _read_scores(directory: Path, run: RunDoc, notes: list[str]) -> ScoresDoc | 
 
 
 def _load_items(spec: RunSpec, notes: list[str]) -> dict[tuple[str, str, str], Item] | None:
-    if spec.items is not None:
-        notes.append("a custom --items run: no pillar metrics; the drill-down shows item ids only")
+    if spec.items is not None and not Path(spec.items).is_file():
+        notes.append(f"a custom --items run whose items file {spec.items} is not here: responses without prompts")
         return None
     try:
         factory = item_factory(spec)

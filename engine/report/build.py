@@ -45,6 +45,8 @@ from engine.report.view import (
     RankTable,
     Report,
     ReportInputs,
+    ResponseCell,
+    ResponseRow,
     RunInfo,
     SubtaskDetail,
     SubtaskRow,
@@ -419,6 +421,34 @@ def item_direction(sub: Subtask) -> str:
 _STATUS_BADNESS = {"failed": 3, "unparseable": 2, "unknown": 1, "scored": 0, "missing": -1}
 
 
+def responses(inputs: ReportInputs, models: Sequence[str]) -> tuple[ResponseRow, ...]:
+    """A custom --items run: every (item, sample) in file order with each model's response."""
+    by_unit: dict[tuple[str, int], dict[str, Record]] = {}
+    for model in models:
+        for r in inputs.records.get(model, ()):
+            by_unit.setdefault((r.item_id, r.sample), {}).setdefault(model, r)
+    items = {k[2]: v for k, v in (inputs.items or {}).items()}  # file order
+    ids = [*items, *sorted({i for i, _ in by_unit} - set(items))]
+    samples = sorted({s for _, s in by_unit}) or [0]
+    order = [(i, s) for i in ids for s in samples if (i, s) in by_unit or s == 0]
+    rows = []
+    for item_id, sample in order:
+        got = by_unit.get((item_id, sample), {})
+        item = items.get(item_id)
+        cells = tuple(_cell(m, got.get(m)) for m in models)
+        rows.append(ResponseRow(item_id=item_id, sample=sample, cells=cells,
+                                prompt=_clip(item.messages[-1].content) if item and item.messages else None))
+    return tuple(rows)
+
+
+def _cell(model: str, rec: Record | None) -> ResponseCell:
+    if rec is None:
+        return ResponseCell(model=model, status="missing")
+    if rec.response is None:
+        return ResponseCell(model=model, status="failed")
+    return ResponseCell(model=model, text=_clip(rec.response.text))
+
+
 def _clip(text: str | None) -> str | None:
     if text is None or len(text) <= TEXT_LIMIT:
         return text
@@ -518,8 +548,10 @@ def build_report(inputs: ReportInputs, *, per_subtask: int = 5) -> Report:
     owners = _rubric_owners(list(dict.fromkeys([*spec_keys, *ranked])), options, spec.data_dir)
     parsed = parsed_judgments(inputs.judgments, owners)
     notes = list(inputs.notes)
-    if scores is None:
-        notes.append("no scores.json: ranks and metrics are not shown (run `python -m engine score DIR`)")
+    if spec.items is not None:
+        notes.append("a custom --items run: custom items have no metric; every prompt and model's response is below")
+    elif scores is None:
+        notes.append(f"no scores.json: ranks and metrics are not shown (run `python -m engine score {inputs.directory}`)")
     configured = _table(run.config, "judge").get("models")
     judges = tuple(dict.fromkeys([*(map(str, configured) if isinstance(configured, list) else ()),
                                   *inputs.judgments]))
@@ -529,7 +561,8 @@ def build_report(inputs: ReportInputs, *, per_subtask: int = 5) -> Report:
     first = run.history[0].started_at if run.history and any(ln.invocations for ln in perf) else None
     info = RunInfo(directory=inputs.directory, status=run.status, config_source=run.config_source,
                    started_at=first or run.started_at, ended_at=run.ended_at,
-                   data=(scores.data if scores else None) or spec.data_dir or "builtin",
+                   data=f"items file {spec.items}" if spec.items is not None
+                   else (scores.data if scores else None) or spec.data_dir or "builtin",
                    limit=spec.limit, samples=spec.samples, judges=judges)
     return Report(
         title="TrustMH-Bench report", run=info, models=models, rank_table=table,
@@ -541,4 +574,5 @@ def build_report(inputs: ReportInputs, *, per_subtask: int = 5) -> Report:
         lanes=perf, tokens=token_use(run, inputs.records, inputs.judgments),
         drilldown=drilldown(inputs, list(dict.fromkeys([*spec_keys, *ranked])), [m.name for m in models],
                             ranked, parsed, per_subtask, options, spec.data_dir) if per_subtask > 0 else (),
-        notes=tuple(notes))
+        notes=tuple(notes),
+        responses=responses(inputs, [m.name for m in models]) if spec.items is not None else ())

@@ -280,7 +280,7 @@ def render_html(r: Report) -> str:
             "models: " + ", ".join(f"<code>{_e(m.name)}</code> ({_e(m.group)}, {_e(m.adapter)}, {_e(m.model_id)})"
                                    for m in r.models)]
     nav = [("ranks", "Rank table", r.rank_table), ("radar", "Pillar ranks", r.radars),
-           ("subtasks", "Subtasks", r.subtasks),
+           ("subtasks", "Subtasks", r.subtasks), ("responses", "Responses", r.responses),
            ("judges", "Judges", r.judge_counts or r.judge_agreement or r.keyword_agreement),
            ("performance", "Performance", r.lanes or r.tokens), ("drilldown", "Drill-down", r.drilldown)]
     body = [f"<header><h1>{_e(r.title)}</h1><ul class=\"meta\">" + "".join(f"<li>{m}</li>" for m in meta) + "</ul>",
@@ -289,6 +289,14 @@ def render_html(r: Report) -> str:
             rank_table(r), charts(r)]
     if r.subtasks:
         body.append('<section id="subtasks"><h2>Subtasks</h2>' + "".join(subtask(d) for d in r.subtasks) + "</section>")
+    if r.responses:
+        models = [c.model for c in r.responses[0].cells]
+        body.append('<section id="responses"><h2>Responses</h2><p>Every custom item (its last message) and each '
+                    "model's response:</p>" + table(
+                        ["item", "prompt", *models],
+                        [[row.item_id + (f" #{row.sample}" if row.sample else ""), row.prompt or "",
+                          *(c.text if c.text is not None else f"({c.status})" for c in row.cells)]
+                         for row in r.responses]) + "</section>")
     body += [judges(r), performance(r)]
     if r.drilldown:
         body.append('<section id="drilldown"><h2>Drill-down</h2><p>Per subtask, a sample of items with every '

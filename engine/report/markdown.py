@@ -132,6 +132,18 @@ def _perf(r: Report) -> list[str]:
     return out
 
 
+def _responses(r: Report) -> list[str]:
+    """A custom --items run: prompt x model."""
+    if not r.responses:
+        return []
+    models = [c.model for c in r.responses[0].cells]
+    out = ["## Responses", "", "Every custom item (its last message) and each model's response:", ""]
+    return out + table(["item", "prompt", *models],
+                       [[f"{row.item_id}" + (f" #{row.sample}" if row.sample else ""), row.prompt or "",
+                         *(c.text if c.text is not None else f"({c.status})" for c in row.cells)]
+                        for row in r.responses])
+
+
 def render_markdown(r: Report) -> str:
     run = r.run
     span = fmt_span(run.started_at, run.ended_at)
@@ -145,6 +157,7 @@ def render_markdown(r: Report) -> str:
         out += ["## Subtasks", ""]
         for d in r.subtasks:
             out += _subtask(d)
+    out += _responses(r)
     out += _judges(r)
     out += _perf(r)
     if r.drilldown:

@@ -225,6 +225,21 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     judges: tuple[str, ...]
 
 
+class ResponseCell(msgspec.Struct, frozen=True, kw_only=True):
+    model: str
+    text: str | None = None  # clipped; None: failed or missing
+    status: str = "ok"  # ok | failed | missing
+
+
+class ResponseRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One custom item of an --items run: its prompt (the last message) and each model's answer."""
+
+    item_id: str
+    sample: int = 0
+    prompt: str | None = None
+    cells: tuple[ResponseCell, ...] = ()
+
+
 class Report(msgspec.Struct, frozen=True, kw_only=True):
     format: int = 1
     title: str
@@ -240,6 +255,7 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     tokens: tuple[TokenUse, ...]
     drilldown: tuple[Drill, ...]
     notes: tuple[str, ...]
+    responses: tuple[ResponseRow, ...] = ()  # a custom --items run: prompt x model
 
 
 class ReportInputs(msgspec.Struct, frozen=True, kw_only=True):
