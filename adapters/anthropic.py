@@ -27,13 +27,14 @@ Rate-limit headers (https://platform.claude.com/docs/en/api/rate-limits) of ever
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from adapters.http import error_for_status, load_transport, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_anthropic
 from adapters.registry import BuildContext, Built, Capabilities, adapter
+from adapters.sse import Event, cut_short, post_sse, timed
 from engine.core.adapter import AdapterError
 from engine.core.config import AdapterOptions
 from engine.core.records import GenParams, Message, Response, Usage
@@ -138,14 +139,64 @@ def parse_messages_response(raw: bytes, latency: float) -> Response:
                     server_model=model if isinstance(model, str) else None)
 
 
+def _event(ev: Event) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(ev.data)
+    except orjson.JSONDecodeError:
+        raise AdapterError("malformed", redact(f"stream event is not JSON: {ev.data[:120]!r}")) from None
+    if not isinstance(obj, dict):
+        raise AdapterError("malformed", redact(f"stream event is not a Messages API event: {ev.data[:120]!r}"))
+    if obj.get("type") == "error":
+        # An error after the 200 (overloaded_error, api_error): the attempt failed, try again.
+        raise AdapterError("transient", redact(f"error mid-stream: {anthropic_error_message(ev.data)}"))
+    return obj
+
+
+def stream_document(events: list[Event]) -> tuple[dict[str, object], list[float]]:
+    """The Message that a stream of Messages API events adds up to (message_start's message, the
+    text of each content block from its content_block_delta events, message_delta's stop_reason
+    and usage) and the arrival time of each non-empty text delta."""
+    message: dict[str, Any] | None = None
+    blocks: dict[int, dict[str, Any]] = {}
+    marks: list[float] = []
+    stopped = False
+    for ev in events:
+        obj = _event(ev)
+        kind = obj.get("type")
+        if kind == "message_start" and isinstance(obj.get("message"), dict):
+            message = dict(obj["message"])
+        elif kind == "content_block_start" and isinstance(obj.get("content_block"), dict):
+            blocks[int(obj.get("index") or 0)] = dict(obj["content_block"])
+        elif kind == "content_block_delta":
+            delta = obj.get("delta") or {}
+            piece = delta.get("text") if isinstance(delta, dict) and delta.get("type") == "text_delta" else None
+            if isinstance(piece, str) and piece:
+                block = blocks.setdefault(int(obj.get("index") or 0), {"type": "text", "text": ""})
+                block["text"] = str(block.get("text") or "") + piece
+                marks.append(ev.at)
+        elif kind == "message_delta" and message is not None:
+            delta = obj.get("delta") or {}
+            if isinstance(delta, dict):
+                message.update({k: v for k, v in delta.items() if k in ("stop_reason", "stop_sequence")})
+            if isinstance(obj.get("usage"), dict):  # cumulative counts
+                message["usage"] = {**(message.get("usage") or {}), **obj["usage"]}
+        elif kind == "message_stop":
+            stopped = True
+    if message is None or not stopped:
+        raise cut_short("its message_stop event")
+    message["content"] = [blocks[i] for i in sorted(blocks)]
+    return message, marks
+
+
 class AnthropicMessages:
     """Adapter for one lane. `base_url` may end in `/v1` or not; `session` may be injected (tests)."""
 
     def __init__(self, *, model: str, api_key: str | None, concurrency: int, base_url: str | None = None,
-                 session: aiohttp.ClientSession | None = None) -> None:
+                 session: aiohttp.ClientSession | None = None, stream: bool = False) -> None:
         base = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.url = base + ("/messages" if base.endswith("/v1") else "/v1/messages")
         self.model = model
+        self.stream = stream
         self._secrets = (api_key,) if api_key else ()
         remember(api_key)  # removed from everything written, even when not read through api_key_env
         self._headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
@@ -166,6 +217,8 @@ class AnthropicMessages:
         return anthropic_body(self.model, messages, params)
 
     async def send(self, body: dict[str, object], timeout: float) -> Response:
+        if self.stream:
+            return await self.send_streamed(body, timeout)
         session = self._get_session()
         start = time.perf_counter()
         status, raw, headers = await post_json(session, self.url, orjson.dumps(body), self._headers, timeout,
@@ -175,6 +228,17 @@ class AnthropicMessages:
             raise error_for_status(status, anthropic_error_message(raw), secrets=self._secrets,
                                    retry_after=parse_retry_after(headers))
         return parse_messages_response(raw, time.perf_counter() - start)
+
+    async def send_streamed(self, body: dict[str, object], timeout: float,
+                            marks: list[float] | None = None) -> Response:
+        got = await post_sse(self._get_session(), self.url, orjson.dumps({**body, "stream": True}), self._headers,
+                             timeout, self._secrets)
+        self.last_signal = parse_anthropic(got.headers)
+        if got.status != 200:
+            raise error_for_status(got.status, anthropic_error_message(got.raw), secrets=self._secrets,
+                                   retry_after=parse_retry_after(got.headers))
+        doc, pieces = stream_document(got.events)
+        return timed(parse_messages_response(orjson.dumps(doc), 0.0), got, pieces, marks)
 
     async def aclose(self) -> None:
         if self._session is not None and self._owns_session:
@@ -187,8 +251,8 @@ class AnthropicMessages:
 # charged from max_tokens when a request starts); our one token window takes the input limit and the
 # anthropic-ratelimit-* headers slow the lane before the output limit is hit
 # (https://docs.claude.com/en/api/rate-limits, "Rate limits" table, Tier 1).
-@adapter("anthropic", caps=Capabilities(rate_limit_headers="anthropic", default_api_key_env="ANTHROPIC_API_KEY",
+@adapter("anthropic", caps=Capabilities(rate_limit_headers="anthropic", streaming=True, default_api_key_env="ANTHROPIC_API_KEY",
                                         default_requests_per_minute=50, default_tokens_per_minute=30_000))
 def build_anthropic(ctx: BuildContext[AdapterOptions]) -> Built:
     return Built(AnthropicMessages(model=ctx.model_id, api_key=ctx.api_key(), base_url=ctx.model.base_url,
-                                   concurrency=ctx.model.concurrency()))
+                                   concurrency=ctx.model.concurrency(), stream=ctx.model.stream))

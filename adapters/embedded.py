@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from adapters.openai_compat import OpenAIChat
-from adapters.registry import BuildContext, Built, Resources, adapter
+from adapters.registry import BuildContext, Built, Capabilities, Resources, adapter
 from adapters.servers.llama import LlamaSettings, embedded_server
 from adapters.servers.managed import ManagedServer
 from adapters.servers.model_files import Progress
@@ -74,13 +74,13 @@ def _resources(options: EmbeddedOptions) -> Resources:
 
 
 @adapter("embedded", options=EmbeddedOptions, local=True, gpus=_gpus, resources=_resources,
-         shaping=("model_path", "ctx_per_slot"))
+         shaping=("model_path", "ctx_per_slot"), caps=Capabilities(streaming=True))
 def build_embedded(ctx: BuildContext[EmbeddedOptions]) -> Built:
     o = ctx.options
     alias = ctx.model.model or DEFAULT_ALIAS
     # The server's address is only known once it runs; build_body never needs it.
     client = OpenAIChat(base_url="http://127.0.0.1:0/v1", model=alias, api_key=None,
-                        concurrency=ctx.model.concurrency(), reasoning=False)
+                        concurrency=ctx.model.concurrency(), reasoning=False, stream=ctx.model.stream)
     settings = LlamaSettings(model_path=o.model_path, alias=alias, slots=o.slots, ctx_per_slot=o.ctx_per_slot,
                              threads=o.threads, seed=ctx.model.seed or 0, startup_timeout_s=o.startup_timeout_s)
     return Built(client, EmbeddedServer(settings, ctx.log_dir / f"{ctx.name}.log", ctx.progress))

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
@@ -43,6 +43,7 @@ import orjson
 from adapters.http import error_for_status, load_transport, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_duration
 from adapters.registry import BuildContext, Built, Capabilities, adapter
+from adapters.sse import Event, cut_short, post_sse, timed
 from engine.core.adapter import AdapterError
 from engine.core.config import AdapterOptions
 from engine.core.records import ErrorKind, GenParams, Message, Response, Usage
@@ -172,17 +173,64 @@ def parse_generate_response(raw: bytes, latency: float) -> Response:
                     usage=usage, latency_s=round(latency, 6), server_model=server_model)
 
 
+def _chunk(ev: Event) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(ev.data)
+    except orjson.JSONDecodeError:
+        raise AdapterError("malformed", redact(f"stream event is not JSON: {ev.data[:120]!r}")) from None
+    if not isinstance(obj, dict):
+        raise AdapterError("malformed", redact(f"stream event is not a GenerateContentResponse: {ev.data[:120]!r}"))
+    if isinstance(obj.get("error"), dict):
+        raise AdapterError("transient", redact(f"error mid-stream: {str(obj['error'].get('message'))[:300]}"))
+    return obj
+
+
+def stream_document(events: list[Event]) -> tuple[dict[str, object], list[float]]:
+    """The GenerateContentResponse that a `streamGenerateContent?alt=sse` stream adds up to: each
+    event is a whole response holding the next parts of candidate 0; usageMetadata, finishReason
+    and modelVersion are the latest seen. Also the arrival time of each event with new text.
+    There is no end marker: the stream is complete once a candidate has a finishReason (or the
+    prompt was blocked)."""
+    doc: dict[str, object] = {}
+    parts: list[object] = []
+    finish: object = None
+    marks: list[float] = []
+    for ev in events:
+        obj = _chunk(ev)
+        for key in ("usageMetadata", "modelVersion", "promptFeedback"):
+            if obj.get(key) is not None:
+                doc[key] = obj[key]
+        candidates = obj.get("candidates")
+        if not isinstance(candidates, list) or not candidates or not isinstance(candidates[0], dict):
+            continue
+        cand = candidates[0]
+        new = (cand.get("content") or {}).get("parts") or []
+        parts.extend(new)
+        if any(isinstance(p, dict) and not p.get("thought") and p.get("text") for p in new):
+            marks.append(ev.at)
+        finish = cand.get("finishReason") or finish
+    feedback = doc.get("promptFeedback")
+    blocked = isinstance(feedback, dict) and feedback.get("blockReason")
+    if finish is None and not blocked:
+        raise cut_short("a candidate's finishReason")
+    if finish is not None or parts:
+        doc["candidates"] = [{"content": {"role": "model", "parts": parts}, "finishReason": finish}]
+    return doc, marks
+
+
 class GeminiGenerate:
     """Adapter for one lane. `base_url` may end in `/v1beta` (or `/v1`) or not; `session` may be
     injected (tests). `model` may be given with or without the `models/` prefix."""
 
     def __init__(self, *, model: str, api_key: str | None, concurrency: int, base_url: str | None = None,
-                 session: aiohttp.ClientSession | None = None) -> None:
+                 session: aiohttp.ClientSession | None = None, stream: bool = False) -> None:
         base = (base_url or DEFAULT_BASE_URL).rstrip("/")
         if not base.endswith(("/v1beta", "/v1")):
             base += "/v1beta"
         self.model = model.removeprefix("models/")
         self.url = f"{base}/models/{quote(self.model, safe='-._~')}:generateContent"
+        self.stream_url = f"{base}/models/{quote(self.model, safe='-._~')}:streamGenerateContent?alt=sse"
+        self.stream = stream
         self._secrets = (api_key,) if api_key else ()
         remember(api_key)  # removed from everything written, even when not read through api_key_env
         self._headers = {"Content-Type": "application/json"}
@@ -203,6 +251,8 @@ class GeminiGenerate:
         return gemini_body(messages, params)
 
     async def send(self, body: dict[str, object], timeout: float) -> Response:
+        if self.stream:
+            return await self.send_streamed(body, timeout)
         session = self._get_session()
         start = time.perf_counter()
         status, raw, headers = await post_json(session, self.url, orjson.dumps(body), self._headers, timeout,
@@ -210,6 +260,15 @@ class GeminiGenerate:
         if status != 200:
             raise gemini_error(status, raw, headers, self._secrets)
         return parse_generate_response(raw, time.perf_counter() - start)
+
+    async def send_streamed(self, body: dict[str, object], timeout: float,
+                            marks: list[float] | None = None) -> Response:
+        got = await post_sse(self._get_session(), self.stream_url, orjson.dumps(body), self._headers, timeout,
+                             self._secrets)
+        if got.status != 200:
+            raise gemini_error(got.status, got.raw, got.headers, self._secrets)
+        doc, pieces = stream_document(got.events)
+        return timed(parse_generate_response(orjson.dumps(doc), 0.0), got, pieces, marks)
 
     async def aclose(self) -> None:
         if self._session is not None and self._owns_session:
@@ -221,8 +280,8 @@ class GeminiGenerate:
 # lowest paid tier) allows 1,000 RPM / 1,000,000 TPM on gemini-2.5-flash and 150 RPM / 2,000,000 TPM
 # on gemini-2.5-pro; the lower of each is taken (https://ai.google.dev/gemini-api/docs/rate-limits,
 # "Tier 1"). GEMINI_API_KEY is the variable Google's SDKs and docs use.
-@adapter("gemini", caps=Capabilities(default_api_key_env="GEMINI_API_KEY", default_requests_per_minute=150,
+@adapter("gemini", caps=Capabilities(streaming=True, default_api_key_env="GEMINI_API_KEY", default_requests_per_minute=150,
                                      default_tokens_per_minute=1_000_000))
 def build_gemini(ctx: BuildContext[AdapterOptions]) -> Built:
     return Built(GeminiGenerate(model=ctx.model_id, api_key=ctx.api_key(), base_url=ctx.model.base_url,
-                                concurrency=ctx.model.concurrency()))
+                                concurrency=ctx.model.concurrency(), stream=ctx.model.stream))

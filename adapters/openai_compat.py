@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from adapters.http import error_for_status, load_transport, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_openai
 from adapters.registry import BuildContext, Built, Capabilities, adapter
+from adapters.sse import Event, cut_short, post_sse, timed
 from engine.core.adapter import AdapterError
 from engine.core.config import AdapterOptions
 from engine.core.records import ErrorKind, FinishReason, GenParams, Message, Response, Usage
@@ -110,13 +111,67 @@ def parse_chat_response(raw: bytes, latency: float) -> Response:
                     latency_s=round(latency, 6), server_model=data.get("model"))
 
 
+def _chunk(data: bytes) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise AdapterError("malformed", redact(f"stream event is not JSON: {data[:120]!r}")) from None
+    if not isinstance(obj, dict):
+        raise AdapterError("malformed", redact(f"stream event is not a chat completion chunk: {data[:120]!r}"))
+    if isinstance(obj.get("error"), dict | str):
+        # vLLM and llama.cpp report a failure after the 200 as one `data: {"error": ...}` event.
+        raise AdapterError("transient", redact(f"error mid-stream: {_error_message(data)}"))
+    return obj
+
+
+def stream_document(events: list[Event]) -> tuple[dict[str, object], list[float]]:
+    """The chat completion that a stream of `chat.completion.chunk` events adds up to (what the
+    non-streamed reply would have been) and the arrival time of each non-empty text piece."""
+    text: list[str] = []
+    refusal: list[str] = []
+    marks: list[float] = []
+    finish: object = None
+    usage: object = None
+    model: object = None
+    done = False
+    for ev in events:
+        if ev.data == b"[DONE]":
+            done = True
+            break
+        obj = _chunk(ev.data)
+        model = obj.get("model", model)
+        if obj.get("usage"):
+            usage = obj["usage"]
+        choices = obj.get("choices")
+        if not isinstance(choices, list) or not choices:
+            continue
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        piece = delta.get("content")
+        if isinstance(piece, str) and piece:
+            text.append(piece)
+            marks.append(ev.at)
+        if isinstance(delta.get("refusal"), str):
+            refusal.append(delta["refusal"])
+        finish = choice.get("finish_reason") or finish
+    if not done:
+        raise cut_short("its `data: [DONE]` line")
+    message: dict[str, object] = {"content": "".join(text) if text or not refusal else None}
+    if refusal:
+        message["refusal"] = "".join(refusal)
+    return {"model": model, "choices": [{"message": message, "finish_reason": finish}], "usage": usage}, marks
+
+
 class OpenAIChat:
-    """Adapter for one lane. `session` may be injected (tests); otherwise one is made lazily."""
+    """Adapter for one lane. `session` may be injected (tests); otherwise one is made lazily.
+    With `stream`, every `send` is streamed (`send_streamed`)."""
 
     def __init__(self, *, base_url: str, model: str, api_key: str | None, concurrency: int,
-                 reasoning: bool | None = None, session: aiohttp.ClientSession | None = None) -> None:
+                 reasoning: bool | None = None, session: aiohttp.ClientSession | None = None,
+                 stream: bool = False) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
+        self.stream = stream
         self.reasoning = reasoning if reasoning is not None else model.startswith(("o1", "o3", "o4", "gpt-5"))
         self._secrets = (api_key,) if api_key else ()
         remember(api_key)  # removed from everything written, even when not read through api_key_env
@@ -142,6 +197,8 @@ class OpenAIChat:
         return openai_body(self.model, messages, params, reasoning=self.reasoning)
 
     async def send(self, body: dict[str, object], timeout: float) -> Response:
+        if self.stream:
+            return await self.send_streamed(body, timeout)
         session = self._get_session()
         start = time.perf_counter()
         status, raw, headers = await post_json(session, self.url, orjson.dumps(body), self._headers, timeout,
@@ -150,6 +207,17 @@ class OpenAIChat:
         if status != 200:
             raise classify_status(status, raw, headers, self._secrets)
         return parse_chat_response(raw, time.perf_counter() - start)
+
+    async def send_streamed(self, body: dict[str, object], timeout: float,
+                            marks: list[float] | None = None) -> Response:
+        wire = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        got = await post_sse(self._get_session(), self.url, orjson.dumps(wire), self._headers, timeout,
+                             self._secrets)
+        self.last_signal = parse_openai(got.headers)
+        if got.status != 200:
+            raise classify_status(got.status, got.raw, got.headers, self._secrets)
+        doc, pieces = stream_document(got.events)
+        return timed(parse_chat_response(orjson.dumps(doc), 0.0), got, pieces, marks)
 
     async def aclose(self) -> None:
         if self._session is not None and self._owns_session:
@@ -163,10 +231,11 @@ class OpenAIChat:
 # rate-limits, "Usage tiers"; per-model limits on https://platform.openai.com/settings/organization/limits).
 # Override with --model-arg tokens_per_minute=... for a higher tier.
 @adapter("openai", required={"base_url": "e.g. https://api.openai.com/v1"},
-         caps=Capabilities(rate_limit_headers="openai", default_base_url="https://api.openai.com/v1",
+         caps=Capabilities(rate_limit_headers="openai", streaming=True, chat_completions=True,
+                           default_base_url="https://api.openai.com/v1",
                            default_api_key_env="OPENAI_API_KEY", default_requests_per_minute=500,
                            default_tokens_per_minute=30_000, tokenizer="tiktoken"))
 def build_openai(ctx: BuildContext[AdapterOptions]) -> Built:
     assert ctx.model.base_url  # required by the entry: checked when the config is read
     return Built(OpenAIChat(base_url=ctx.model.base_url, model=ctx.model_id, api_key=ctx.api_key(),
-                            concurrency=ctx.model.concurrency()))
+                            concurrency=ctx.model.concurrency(), stream=ctx.model.stream))

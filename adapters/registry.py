@@ -77,7 +77,10 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
 
     rate_limit_headers  the family of rate-limit headers its replies carry ("openai", "anthropic"),
                         read into `last_signal`
-    streaming           can stream a reply (server-sent events)
+    streaming           can stream a reply (server-sent events): its adapter is a
+                        `StreamsReplies` and honours `stream = true`
+    chat_completions    speaks OpenAI's Chat Completions at {base_url}/chat/completions (what
+                        `engine bench --base-url` drives when no configured model is named)
     batch_api           has a provider batch API (submit many, collect later)
     default_base_url    the provider's own endpoint, for a model named on the command line
                         (`run --model ADAPTER:MODEL`) without a base_url of its own
@@ -95,6 +98,7 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
 
     rate_limit_headers: str | None = None
     streaming: bool = False
+    chat_completions: bool = False
     batch_api: bool = False
     default_base_url: str | None = None
     default_api_key_env: str | None = None

@@ -19,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, packages_distributions, ver
 from pathlib import Path
 
 from adapters.openai_compat import OpenAIChat
-from adapters.registry import BuildContext, Built, Resources, adapter
+from adapters.registry import BuildContext, Built, Capabilities, Resources, adapter
 from adapters.servers.managed import ManagedServer, ManagedServerError
 from engine.core.adapter import Adapter
 from engine.core.config import AdapterOptions, ModelConfig
@@ -277,15 +277,17 @@ class VllmServer:
             await server.stop()
 
 
-@adapter("vllm", options=VllmOptions, local=True, gpus=vllm_gpus, resources=vllm_resources, shaping=SHAPING)
+@adapter("vllm", options=VllmOptions, local=True, gpus=vllm_gpus, resources=vllm_resources, shaping=SHAPING,
+         caps=Capabilities(streaming=True))
 def build_vllm(ctx: BuildContext[VllmOptions]) -> Built:
     name, cfg = ctx.name, ctx.model
     model = request_model(name, cfg)
     key = ctx.api_key()
     if cfg.base_url:  # an already running server: nothing to launch
         return Built(OpenAIChat(base_url=cfg.base_url, model=model, api_key=key,
-                                concurrency=cfg.concurrency()))
-    client = OpenAIChat(base_url="http://127.0.0.1:0/v1", model=model, api_key=None, concurrency=cfg.concurrency())
+                                concurrency=cfg.concurrency(), stream=cfg.stream))
+    client = OpenAIChat(base_url="http://127.0.0.1:0/v1", model=model, api_key=None, concurrency=cfg.concurrency(),
+                        stream=cfg.stream)
     command = None
     if ctx.with_secrets:  # else bodies only (plan, verify): nothing on this machine is checked
         check_chat_template(name, ctx.options)

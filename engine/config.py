@@ -257,6 +257,9 @@ def _model_problems(m: ModelConfig, where: str) -> list[str]:
                    "(requests in flight at once)")
     if m.tpm_accounting not in ("max", "usage"):
         out.append(f"{where}.tpm_accounting: expected \"max\" or \"usage\", got \"{m.tpm_accounting}\"")
+    if m.stream and not registry.entry(m.adapter).caps.streaming:
+        out.append(f"{where}.stream: adapter `{m.adapter}` cannot stream; remove `stream = true` or use an "
+                   "adapter that streams (see README \"Streaming\")")
     flat = model_to_builtins(m)
     for key, hint in registry.entry(m.adapter).required.items():
         if not flat.get(key):
@@ -332,7 +335,7 @@ def default_config() -> Config:
     return parse_config(tomllib.loads(res.read_text("utf-8")), "default config (engine/default.toml)")
 
 
-_LATER_LANE_KEYS: dict[str, object] = {"ray_resources": {}, "ray_max_restarts": 3}
+_LATER_LANE_KEYS: dict[str, object] = {"ray_resources": {}, "ray_max_restarts": 3, "stream": False}
 
 
 def model_to_builtins(m: ModelConfig) -> dict[str, object]:

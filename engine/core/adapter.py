@@ -9,6 +9,8 @@ Optional capabilities:
   HasLimitSignal   the provider's rate-limit headers of the latest reply (`last_signal`)
   ReplaysItems     answers come from a recording, found by item rather than by prompt (`body_for`),
                    with end-of-run notes about what was (not) matched (`notes`)
+  StreamsReplies   can send a request as a stream (`send_streamed`): the same Response as `send`
+                   plus ttft_s and token timing; declared with `caps.streaming` in the registry
   LocalServer      what opening a local model server yields: the lane watches it and stops when it dies
 
 A local adapter's build also returns a `ServerOpener`: what starts its model for a lane, with its
@@ -26,7 +28,7 @@ from engine.core.errors import AdapterError
 from engine.core.records import GenParams, Item, Message, Response
 
 __all__ = ["Adapter", "AdapterError", "HasLimitSignal", "LimitSignalLike", "LocalServer", "ReplaysItems",
-           "ServerOpener"]
+           "ServerOpener", "StreamsReplies"]
 
 
 class Adapter(Protocol):
@@ -65,6 +67,16 @@ class ReplaysItems(Protocol):
 
     def notes(self, complete: bool) -> list[str]:
         """Lines for the end-of-run summary (items without a recording, recordings matching nothing)."""
+        ...
+
+
+@runtime_checkable
+class StreamsReplies(Protocol):
+    async def send_streamed(self, body: dict[str, object], timeout: float,
+                            marks: list[float] | None = None) -> Response:
+        """One attempt, streamed: text, finish reason and usage as `send` would return them, plus
+        `ttft_s` and `timing`. The stream fields are added here, never to `body` (the key's bytes).
+        `marks` (when given) gets the perf_counter time of each text piece (inter-token latency)."""
         ...
 
 

@@ -100,6 +100,9 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # actor is replaced before the lane fails.
     ray_resources: dict[str, float] = {}
     ray_max_restarts: int = 3
+    # Ask for the reply as server-sent events (adapters whose registry entry declares
+    # caps.streaming) and record ttft_s and token timing. Never part of the request key.
+    stream: bool = False
     # The adapter's own keys (flat in the TOML table). Not a TOML key itself.
     options: AdapterOptions = msgspec.field(default_factory=AdapterOptions)
 

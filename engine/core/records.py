@@ -52,12 +52,30 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     cached_tokens: int | None = None
 
 
+class TokenTiming(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """When a streamed reply's text arrived, after its first piece (README "Streaming").
+
+    tpot_s     (end - first piece) / (completion tokens - 1): time per output token after the first
+    itl_*_s    gaps between consecutive text pieces (inter-token latency), median / 99th percentile
+    chunks     text pieces received (a server may send several tokens in one)
+    """
+
+    tpot_s: float = 0.0
+    itl_median_s: float = 0.0
+    itl_p99_s: float = 0.0
+    chunks: int = 0
+
+
 class Response(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     text: str
     finish_reason: FinishReason
     usage: Usage = Usage()
     latency_s: float = 0.0
     server_model: str | None = None
+    # Streamed replies only (`stream = true`): seconds from send to the first text piece, and the
+    # timing of the rest. Absent otherwise, so non-streamed records keep their bytes.
+    ttft_s: float | None = None
+    timing: TokenTiming | None = None
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

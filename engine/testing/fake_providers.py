@@ -55,6 +55,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -155,6 +156,7 @@ class ProviderFake:
         self.requests_limit = requests_limit
         self.tokens_limit = tokens_limit
         self.served_model = served_model
+        self.token_delay_ms = 0.0  # between streamed events
         self._script: collections.deque[str] = collections.deque()
         self.requests: list[dict[str, object]] = []
         self.count = 0  # requests that passed validation
@@ -206,6 +208,33 @@ class ProviderFake:
         self._window_tokens += tokens
         return (max(0, self.requests_limit - self._window_requests), max(0, self.tokens_limit - self._window_tokens),
                 self._window_start + 60.0)
+
+    async def _sse(self, request: web.Request, events: list[tuple[str, object]], mode: str,
+                   headers: dict[str, str] | None = None) -> web.StreamResponse:
+        """A 200 `text/event-stream` of (event name or "", data) events, text pieces
+        `token_delay_ms` apart. Modes: stream_cut drops the connection halfway; stream_error sends
+        the provider's error event halfway (`error_event`) and ends the stream."""
+        resp = web.StreamResponse(status=200, headers={**(headers or {}), "Content-Type": "text/event-stream",
+                                                       "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        half = len(events) // 2
+        for i, (name, data) in enumerate(events):
+            if i == half and mode == "stream_cut":
+                _abort(request)
+                return resp
+            if i == half and mode == "stream_error":
+                name, data = self.error_event()
+            if i and self.token_delay_ms:
+                await asyncio.sleep(self.token_delay_ms / 1000.0)
+            await resp.write((f"event: {name}\n".encode() if name else b"") + b"data: " + orjson.dumps(data) + b"\n\n")
+            if i == half and mode == "stream_error":
+                break
+        await resp.write_eof()
+        return resp
+
+    def error_event(self) -> tuple[str, object]:
+        """The event a provider sends when it fails after the 200."""
+        raise NotImplementedError
 
     async def _fault(self, request: web.Request, mode: str) -> web.StreamResponse | None:
         """Transport-level modes shared by all fakes."""
@@ -374,10 +403,70 @@ class AnthropicFake(ProviderFake):
         if mode == "cached":
             usage.update({"input_tokens": 3, "cache_creation_input_tokens": 0, "cache_read_input_tokens": in_tok})
         content = [{"type": "text", "text": text}] if text else []
-        return _json({"id": "msg_fake" + hashlib.blake2b(orjson.dumps(body), digest_size=6).hexdigest(),
-                      "type": "message", "role": "assistant", "content": content,
-                      "model": self.served_model or body["model"], "stop_reason": stop_reason,
-                      "stop_sequence": stop_sequence, "usage": usage}, headers=headers)
+        message = {"id": "msg_fake" + hashlib.blake2b(orjson.dumps(body), digest_size=6).hexdigest(),
+                   "type": "message", "role": "assistant", "content": content,
+                   "model": self.served_model or body["model"], "stop_reason": stop_reason,
+                   "stop_sequence": stop_sequence, "usage": usage}
+        if body.get("stream") is True:
+            return await self._sse(request, anthropic_events(message), mode, headers)
+        return _json(message, headers=headers)
+
+    def error_event(self) -> tuple[str, object]:
+        # https://platform.claude.com/docs/en/build-with-claude/streaming ("Error events")
+        return "error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+
+
+def _pieces(text: str) -> list[str]:
+    return [text[i : i + 4] for i in range(0, len(text), 4)] or [""]
+
+
+def anthropic_events(message: dict[str, Any]) -> list[tuple[str, object]]:
+    """The Messages API stream of `message` (https://platform.claude.com/docs/en/build-with-claude/
+    streaming): message_start (empty content, output_tokens 1), per content block a
+    content_block_start, one text_delta per token, content_block_stop, then message_delta (stop
+    reason, cumulative output_tokens) and message_stop; a ping after the first block starts."""
+    usage = dict(message["usage"])
+    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}
+    events: list[tuple[str, object]] = [("message_start", {"type": "message_start", "message": start})]
+    for i, block in enumerate(message["content"]):
+        events.append(("content_block_start", {"type": "content_block_start", "index": i,
+                                               "content_block": {"type": "text", "text": ""}}))
+        if i == 0:
+            events.append(("ping", {"type": "ping"}))
+        events += [("content_block_delta", {"type": "content_block_delta", "index": i,
+                                            "delta": {"type": "text_delta", "text": piece}})
+                   for piece in _pieces(block["text"])]
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": i}))
+    events.append(("message_delta", {"type": "message_delta", "delta": {"stop_reason": message["stop_reason"],
+                                                                        "stop_sequence": message["stop_sequence"]},
+                                     "usage": {"output_tokens": usage["output_tokens"]}}))
+    events.append(("message_stop", {"type": "message_stop"}))
+    return events
+
+
+def gemini_events(doc: dict[str, Any]) -> list[tuple[str, object]]:
+    """The `streamGenerateContent?alt=sse` stream of a GenerateContentResponse: one response per
+    token of each part (partial usageMetadata), the last one with finishReason and the full usage;
+    a reply without candidates (blocked prompt) or without parts is one event. No end marker."""
+    candidates = doc.get("candidates")
+    if not isinstance(candidates, list) or not candidates:
+        return [("", doc)]
+    cand = candidates[0]
+    parts = (cand.get("content") or {}).get("parts") or []
+    if not parts:
+        return [("", doc)]
+    usage = doc["usageMetadata"]
+    partial = {"promptTokenCount": usage["promptTokenCount"]}
+    chunks: list[dict[str, object]] = [{**p, "text": piece} for p in parts for piece in _pieces(p["text"])]
+    events: list[tuple[str, object]] = []
+    for k, part in enumerate(chunks):
+        last = k == len(chunks) - 1
+        c: dict[str, object] = {"content": {"parts": [part], "role": "model"}, "index": 0}
+        if last:
+            c["finishReason"] = cand["finishReason"]
+        events.append(("", {"candidates": [c], "usageMetadata": usage if last else partial,
+                            "modelVersion": doc["modelVersion"]}))
+    return events
 
 
 # -- Gemini -------------------------------------------------------------------------------------------
@@ -466,7 +555,10 @@ class GeminiFake(ProviderFake):
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         model, _, method = request.match_info["target"].partition(":")
-        if method != "generateContent":
+        stream = method == "streamGenerateContent"
+        if stream and request.query.get("alt") != "sse":
+            return _gemini_error(400, "this fake streams only as server-sent events (alt=sse)")
+        if method != "generateContent" and not stream:
             return _gemini_error(404, f"Method not found: {method or '(none)'}")
         key = request.headers.get("x-goog-api-key") or request.query.get("key")
         if not key:
@@ -504,7 +596,12 @@ class GeminiFake(ProviderFake):
         if failed is not None:
             return failed
         echoed = (await _echo(request)).decode() if mode == "echo_text" else None
-        return self._answer(body, mode, model, prompt, in_tok, echoed)
+        doc = self._answer(body, mode, model, prompt, in_tok, echoed)
+        return await self._sse(request, gemini_events(doc), mode) if stream else _json(doc)
+
+    def error_event(self) -> tuple[str, object]:
+        return "", {"error": {"code": 503, "message": "The model is overloaded. Please try again later.",
+                              "status": "UNAVAILABLE"}}
 
     def _mode_error(self, mode: str, model: str, key: str) -> web.Response | None:
         """The scripted error or fixed document that `mode` answers with, or None for a reply."""
@@ -534,21 +631,21 @@ class GeminiFake(ProviderFake):
         return None
 
     def _answer(self, body: dict[str, object], mode: str, model: str, prompt: str, in_tok: int,
-                text: str | None = None) -> web.Response:
+                text: str | None = None) -> dict[str, object]:
         """A GenerateContentResponse for `prompt`, shaped by `mode` (blocked, safety, max_tokens, ...)."""
         model_version = self.served_model or model
         usage: dict[str, int] = {"promptTokenCount": in_tok}
         prompt_only = {**usage, "totalTokenCount": in_tok}  # usage of a reply without candidates
         if mode == "blocked":
             # https://ai.google.dev/api/generate-content#PromptFeedback: no candidates at all
-            return _json({"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": [
+            return {"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": [
                 {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}]},
-                "usageMetadata": prompt_only, "modelVersion": model_version})
+                "usageMetadata": prompt_only, "modelVersion": model_version}
         if mode in ("safety", "recitation", "prohibited"):
             reason = {"safety": "SAFETY", "recitation": "RECITATION", "prohibited": "PROHIBITED_CONTENT"}[mode]
-            return _json({"candidates": [{"finishReason": reason, "index": 0, "safetyRatings": [
+            return {"candidates": [{"finishReason": reason, "index": 0, "safetyRatings": [
                 {"category": "HARM_CATEGORY_HARASSMENT", "probability": "HIGH", "blocked": True}]}],
-                "usageMetadata": prompt_only, "modelVersion": model_version})
+                "usageMetadata": prompt_only, "modelVersion": model_version}
         text = text if text is not None else reply_text(self.provider, prompt)
         finish = "STOP"
         gen = body.get("generationConfig")
@@ -564,9 +661,8 @@ class GeminiFake(ProviderFake):
             usage["cachedContentTokenCount"] = in_tok
         usage["totalTokenCount"] = sum(v for v in usage.values())
         candidate = {"content": {"parts": parts, "role": "model"}, "finishReason": finish, "index": 0}
-        return _json({"candidates": [candidate],
-                      "usageMetadata": usage, "modelVersion": model_version,
-                      "responseId": hashlib.blake2b(orjson.dumps(body), digest_size=6).hexdigest()})
+        return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model_version,
+                "responseId": hashlib.blake2b(orjson.dumps(body), digest_size=6).hexdigest()}
 
 
 # -- OpenAI reasoning models --------------------------------------------------------------------------

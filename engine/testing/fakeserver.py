@@ -118,6 +118,15 @@ class FakeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     #: Uniform extra delay in [0, latency_jitter_ms], from its own RNG so that
     #: turning jitter on does not change the fault sequence.
     latency_jitter_ms: float = 0.0
+    #: Latency model of a reply's tokens (one token = 4 characters of text): latency_ms (+ jitter)
+    #: is the time to the first token, then each further token follows token_delay_ms later (+ a
+    #: uniform [0, token_jitter_ms]). A stream sends one event per token when token_delay_ms > 0,
+    #: on an absolute schedule (a late wake-up does not delay the tokens after it); a non-streamed
+    #: reply comes whole once its last token is due.
+    token_delay_ms: float = 0.0
+    token_jitter_ms: float = 0.0
+    #: Streams only: drop the connection after this many events (a stream cut mid-way).
+    stream_cut_after: int | None = None
     seed: int = 0
     # Fault probabilities.  One uniform draw per admitted request picks at most
     # one fault, so they are mutually exclusive and must sum to <= 1.
@@ -159,8 +168,8 @@ class FakeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             raise ValueError("fault probabilities must be within [0, 1]")
         if sum(probs) > 1.0 + 1e-9:
             raise ValueError("fault probabilities must sum to <= 1 (one draw picks one fault)")
-        if self.latency_ms < 0 or self.latency_jitter_ms < 0 or self.hang_s < 0:
-            raise ValueError("latency_ms, latency_jitter_ms and hang_s must be >= 0")
+        if min(self.latency_ms, self.latency_jitter_ms, self.hang_s, self.token_delay_ms, self.token_jitter_ms) < 0:
+            raise ValueError("latency_ms, latency_jitter_ms, token_delay_ms, token_jitter_ms and hang_s must be >= 0")
         if self.retry_after_s < 0:
             raise ValueError("retry_after_s must be >= 0")
         if self.fail_first_n < 0 or self.log_max < 0:
@@ -500,6 +509,19 @@ def _abort(request: web.BaseRequest) -> None:
         except (OSError, AttributeError):
             pass
     transport.abort()
+
+
+def _token_due(rng: random.Random, cfg: FakeConfig, t0: float, k: int) -> float:
+    """When token k (0 = the first, sent at t0) is due: the schedule is absolute, so a late wake-up
+    under load does not push back every token after it."""
+    due = t0 + k * cfg.token_delay_ms / 1000.0
+    return due + rng.uniform(0.0, cfg.token_jitter_ms) / 1000.0 if cfg.token_jitter_ms else due
+
+
+async def _sleep_until(when: float) -> None:
+    delay = when - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
 
 
 class _Arrival(NamedTuple):
@@ -859,6 +881,8 @@ class FakeServer:
         self.completion_tokens += completion_tokens
         if body.get("stream") is True:
             return await self._stream(request, body, cfg, rid, created, text, usage)
+        if cfg.token_delay_ms > 0 and completion_tokens > 1:
+            await _sleep_until(_token_due(self._jitter_rng, cfg, time.monotonic(), completion_tokens - 1))
         payload = {
             "id": rid,
             "object": "chat.completion",
@@ -937,19 +961,33 @@ class FakeServer:
             obj = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
             return b"data: " + orjson.dumps(obj) + b"\n\n"
 
-        parts = [chunk({"role": "assistant", "content": ""}, None)]
-        step = max(1, -(-len(text) // 4))  # at most 4 content chunks
-        for i in range(0, len(text), step):
-            parts.append(chunk({"content": text[i : i + step]}, None))
-        parts.append(chunk({}, "stop"))
+        paced = cfg.token_delay_ms > 0
+        step = 4 if paced else max(1, -(-len(text) // 4))  # one token per event, else at most 4 events
+        pieces = [chunk({"content": text[i : i + step]}, None) for i in range(0, len(text), step)]
+        tail = [chunk({}, "stop")]
         opts = body.get("stream_options")
         if isinstance(opts, dict) and opts.get("include_usage"):
-            parts.append(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
-        parts.append(b"data: [DONE]\n\n")
-        for p in parts:
-            await resp.write(p)
-        await resp.write_eof()
+            tail.append(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
+        tail.append(b"data: [DONE]\n\n")
+        await self._send_events(request, resp, cfg, [chunk({"role": "assistant", "content": ""}, None)], pieces, tail)
         return resp
+
+    async def _send_events(self, request: web.Request, resp: web.StreamResponse, cfg: FakeConfig,
+                           head: list[bytes], pieces: list[bytes], tail: list[bytes]) -> None:
+        """Writes a stream: `head` events, then the token `pieces` on the latency model's schedule
+        (the first one now), then `tail`; drops the connection after `stream_cut_after` events."""
+        t0 = time.monotonic()
+        sent = 0
+        for i, event in enumerate([*head, *pieces, *tail]):
+            if cfg.stream_cut_after is not None and sent >= cfg.stream_cut_after:
+                _abort(request)
+                return
+            k = i - len(head)
+            if cfg.token_delay_ms > 0 and 0 < k < len(pieces):
+                await _sleep_until(_token_due(self._jitter_rng, cfg, t0, k))
+            await resp.write(event)
+            sent += 1
+        await resp.write_eof()
 
     async def _models(self, request: web.Request) -> web.Response:
         data = {"object": "list", "data": [{"id": self.config.served_model, "object": "model", "owned_by": "fake"}]}

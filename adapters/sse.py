@@ -1,0 +1,131 @@
+"""Streamed replies (server-sent events) shared by the HTTP adapters: one POST whose 200 body is read
+as SSE events, each stamped with its arrival time, and the token timing summary of a reply.
+
+Each protocol module turns its provider's events back into the document its non-streamed parser
+reads, so that a streamed reply's text, finish reason and usage are the non-streamed ones by
+construction; only `ttft_s` and `timing` are added.
+
+Failures: a non-200 reply comes back whole (status, body, headers) for the adapter's own status
+mapping; a connection that drops or a stream that ends before its provider's final event is a
+`transient` error (retried by the lane; nothing of the partial reply is kept); a timeout covers
+the whole stream.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, NamedTuple
+
+import msgspec
+
+from adapters.http import _timeout
+from engine.core.adapter import AdapterError
+from engine.core.records import Response, TokenTiming
+from engine.core.secrets import redact
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["Event", "Streamed", "cut_short", "post_sse", "timed", "token_timing"]
+
+
+class Event(NamedTuple):
+    """One SSE event: its `event:` name ("" when none), its data lines joined, when it arrived."""
+
+    name: str
+    data: bytes
+    at: float
+
+
+class Streamed(NamedTuple):
+    status: int
+    raw: bytes  # the body of a non-200 reply; empty for a stream
+    headers: Mapping[str, str]
+    events: list[Event]
+    start: float  # perf_counter when the request was sent
+    end: float  # perf_counter when the stream ended
+
+
+async def _read_events(resp: aiohttp.ClientResponse) -> list[Event]:
+    events: list[Event] = []
+    name = ""
+    data: list[bytes] = []
+    clock = time.perf_counter
+    async for line in resp.content:
+        line = line.rstrip(b"\r\n")
+        if not line:
+            if data:
+                events.append(Event(name, b"\n".join(data), clock()))
+            name, data = "", []
+        elif line.startswith(b"data:"):
+            data.append(line[6:] if line[5:6] == b" " else line[5:])
+        elif line.startswith(b"event:"):
+            name = line[6:].strip().decode("utf-8", "replace")
+        # comments (":" ...), id: and retry: lines carry nothing a reply needs
+    if data:  # a last event without its blank line
+        events.append(Event(name, b"\n".join(data), clock()))
+    return events
+
+
+async def post_sse(session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str],
+                   timeout: float, secrets: tuple[str, ...]) -> Streamed:
+    """One streamed POST. Transport failures are classified as in `adapters.http.post_json`, except
+    that a body cut short is `transient` (a dropped stream is worth another attempt)."""
+    import aiohttp  # loaded by load_transport already: a dict lookup
+
+    start = time.perf_counter()
+    try:
+        async with session.post(url, data=data, headers=headers,
+                                timeout=_timeout(max(0.1, round(timeout, 1)))) as resp:
+            if resp.status != 200:
+                raw = await resp.read()
+                return Streamed(resp.status, raw, resp.headers, [], start, time.perf_counter())
+            events = await _read_events(resp)
+            return Streamed(200, b"", resp.headers, events, start, time.perf_counter())
+    except TimeoutError:
+        raise AdapterError("timeout", f"no complete stream within {timeout:.1f} s") from None
+    except aiohttp.ClientConnectorError as exc:
+        reason = exc.os_error.strerror if exc.os_error is not None and exc.os_error.strerror else str(exc)
+        raise AdapterError("transient", redact(f"cannot connect to {url}: {reason}", secrets),
+                           unreachable=True) from None
+    except aiohttp.ClientError as exc:  # ClientPayloadError included: the stream was cut
+        raise AdapterError("transient", redact(f"stream cut: {type(exc).__name__}: {exc}", secrets)) from None
+
+
+def cut_short(what: str) -> AdapterError:
+    """The error for a stream that ended cleanly but before its provider's final event."""
+    return AdapterError("transient", f"stream ended before {what}; the reply is incomplete")
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), on sorted values."""
+    if not sorted_values:
+        return 0.0
+    pos = (len(sorted_values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def token_timing(start: float, marks: list[float], end: float, completion_tokens: int) -> tuple[float, TokenTiming]:
+    """(ttft_s, timing) from the send time, the arrival times of the text pieces and the stream's
+    end. TPOT follows `vllm bench serve`: (end - first piece) / (output tokens - 1)."""
+    if not marks:
+        return round(end - start, 6), TokenTiming()
+    gaps = sorted(b - a for a, b in zip(marks, marks[1:], strict=False))
+    tpot = (end - marks[0]) / (completion_tokens - 1) if completion_tokens > 1 else 0.0
+    return round(marks[0] - start, 6), TokenTiming(
+        tpot_s=round(tpot, 6), itl_median_s=round(_percentile(gaps, 0.5), 6),
+        itl_p99_s=round(_percentile(gaps, 0.99), 6), chunks=len(marks))
+
+
+def timed(resp: Response, streamed: Streamed, marks: list[float], out: list[float] | None) -> Response:
+    """`resp` (parsed from the rebuilt document) with the stream's latency, ttft_s and timing; the
+    text pieces' arrival times are also appended to `out` when given (the bench's ITL)."""
+    tokens = resp.usage.completion_tokens or len(marks)  # a server that sends no usage: one token a piece
+    ttft, timing = token_timing(streamed.start, marks, streamed.end, tokens)
+    if out is not None:
+        out.extend(marks)
+    return msgspec.structs.replace(resp, latency_s=round(streamed.end - streamed.start, 6), ttft_s=ttft,
+                                   timing=timing)

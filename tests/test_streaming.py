@@ -1,0 +1,264 @@
+"""Streamed replies (issue 19 item 1): each adapter that declares `caps.streaming` against its fake
+speaking the provider's real SSE format; text, finish reason and usage equal to the non-streamed
+reply, ttft_s and token timing recorded; a stream cut or failing mid-way is a retryable error and
+nothing of it is kept; `stream = true` is refused for an adapter that cannot stream; the request
+key is the same streamed or not.
+
+Wire formats: OpenAI Chat Completions `stream: true` + `stream_options.include_usage` (chunks, a
+usage chunk with empty choices, `data: [DONE]`); Anthropic Messages events (message_start,
+content_block_start/delta/stop, message_delta with cumulative usage, message_stop, error);
+Gemini `:streamGenerateContent?alt=sse` (each event a GenerateContentResponse, no end marker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.anthropic import AnthropicMessages
+from adapters.gemini import GeminiGenerate
+from adapters.openai_compat import OpenAIChat
+from adapters.registry import entry, make_adapter, names
+from adapters.sse import token_timing
+from engine.config import load_config
+from engine.core.adapter import AdapterError, StreamsReplies
+from engine.core.config import ModelConfig
+from engine.core.errors import ConfigError
+from engine.core.records import GenParams, Message, Response, record_encoder, request_key
+from engine.testing.fake_providers import AnthropicFake, GeminiFake, ProviderFake, start_fake
+from engine.testing.fakeserver import SERVER_KEY, start_in_loop
+from tests.conftest import fake_model, read_jsonl, run_cli, verify_clean, write_config, write_items
+
+KEY = "test-key-0123456789"
+MSGS = (Message(role="system", content="be brief"),
+        Message(role="user", content="tell me something rather long about streams"))
+PARAMS = GenParams(max_tokens=64, temperature=0.0)
+
+Adapter = OpenAIChat | AnthropicMessages | GeminiGenerate
+Check = Callable[[Adapter, Adapter], Awaitable[None]]
+
+
+def _with_provider(kind: str, fn: Check, **fake_kw: Any) -> None:
+    """fn(plain adapter, streaming adapter) against the fake of `kind`."""
+    async def main() -> None:
+        fake: ProviderFake = AnthropicFake(api_key=KEY) if kind == "anthropic" else GeminiFake(api_key=KEY)
+        for k, v in fake_kw.items():
+            setattr(fake, k, v)
+        runner, url = await start_fake(fake)
+        cls = AnthropicMessages if kind == "anthropic" else GeminiGenerate
+        model = "claude-sonnet-4-5" if kind == "anthropic" else "gemini-2.5-flash"
+        plain = cls(model=model, api_key=KEY, concurrency=4, base_url=url)
+        streamed = cls(model=model, api_key=KEY, concurrency=4, base_url=url, stream=True)
+        try:
+            await fn(plain, streamed)
+        finally:
+            await plain.aclose()
+            await streamed.aclose()
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def _with_openai(config: dict[str, Any], fn: Check) -> None:
+    async def main() -> None:
+        runner, url = await start_in_loop(config)
+        plain = OpenAIChat(base_url=url, model="fake-model", api_key=None, concurrency=4)
+        streamed = OpenAIChat(base_url=url, model="fake-model", api_key=None, concurrency=4, stream=True)
+        try:
+            await fn(plain, streamed)
+        finally:
+            await plain.aclose()
+            await streamed.aclose()
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def _same_reply(a: Response, b: Response) -> None:
+    assert b.text == a.text and b.text
+    assert b.finish_reason == a.finish_reason
+    assert b.usage == a.usage
+    assert b.server_model == a.server_model
+    assert a.ttft_s is None and a.timing is None  # a non-streamed record keeps its bytes
+    assert b.ttft_s is not None and 0 < b.ttft_s <= b.latency_s
+    assert b.timing is not None and b.timing.chunks >= 1
+
+
+def _run(kind: str, fn: Check, **kw: Any) -> None:
+    if kind == "openai":
+        _with_openai(kw.get("config", {"completion_tokens": 24}), fn)
+    else:
+        _with_provider(kind, fn, **{k: v for k, v in kw.items() if k != "config"})
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
+def test_streamed_reply_equals_the_plain_one_with_ttft(kind: str) -> None:
+    async def fn(plain: Adapter, streamed: Adapter) -> None:
+        body = plain.build_body(MSGS, PARAMS)
+        assert streamed.build_body(MSGS, PARAMS) == body  # the key's bytes: no stream field
+        assert "stream" not in body and "stream_options" not in body
+        a = await plain.send(body, 5.0)
+        b = await streamed.send(body, 5.0)
+        _same_reply(a, b)
+        assert isinstance(streamed, StreamsReplies)
+        marks: list[float] = []
+        c = await streamed.send_streamed(body, 5.0, marks)
+        assert c.text == a.text and len(marks) == c.timing.chunks if c.timing else False
+        assert marks == sorted(marks)
+
+    _run(kind, fn)
+
+
+def test_openai_latency_model_shows_in_ttft_and_tpot() -> None:
+    """TTFT = latency_ms, one event per token every token_delay_ms: ttft and tpot near them
+    (generous bounds: behaviour, not speed)."""
+    async def fn(plain: Adapter, streamed: Adapter) -> None:
+        r = await streamed.send(plain.build_body(MSGS, PARAMS), 10.0)
+        assert r.usage.completion_tokens == 12 and r.timing is not None
+        assert r.timing.chunks == 12
+        assert 0.04 <= (r.ttft_s or 0) < 0.5
+        assert 0.015 <= r.timing.tpot_s < 0.2
+        assert 0.015 <= r.timing.itl_median_s < 0.2
+        whole = await plain.send(plain.build_body(MSGS, PARAMS), 10.0)
+        assert whole.latency_s >= 0.04 + 11 * 0.02 * 0.9  # a plain reply waits for its last token
+
+    _with_openai({"completion_tokens": 12, "latency_ms": 40, "token_delay_ms": 20}, fn)
+
+
+def test_openai_stream_cut_mid_way_is_transient() -> None:
+    async def fn(plain: Adapter, streamed: Adapter) -> None:
+        with pytest.raises(AdapterError) as ei:
+            await streamed.send(plain.build_body(MSGS, PARAMS), 5.0)
+        assert ei.value.kind == "transient"
+
+    _with_openai({"completion_tokens": 24, "token_delay_ms": 1, "stream_cut_after": 3}, fn)
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "gemini"])
+@pytest.mark.parametrize("mode", ["stream_cut", "stream_error"])
+def test_provider_stream_failing_mid_way_is_transient(kind: str, mode: str) -> None:
+    async def fn(plain: Adapter, streamed: Adapter) -> None:
+        with pytest.raises(AdapterError) as ei:
+            await streamed.send(plain.build_body(MSGS, PARAMS), 5.0)
+        assert ei.value.kind == "transient"
+        assert KEY not in ei.value.message
+
+    _with_provider(kind, fn, mode=mode)
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "gemini"])
+@pytest.mark.parametrize("mode", ["429", "503", "403"])
+def test_status_errors_classified_as_when_not_streamed(kind: str, mode: str) -> None:
+    async def fn(plain: Adapter, streamed: Adapter) -> None:
+        body = plain.build_body(MSGS, PARAMS)
+        with pytest.raises(AdapterError) as e1:
+            await plain.send(body, 5.0)
+        with pytest.raises(AdapterError) as e2:
+            await streamed.send(body, 5.0)
+        assert (e2.value.kind, e2.value.status) == (e1.value.kind, e1.value.status)
+
+    _with_provider(kind, fn, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["max_tokens", "refusal", "cached"])
+def test_anthropic_modes_equal_when_streamed(mode: str) -> None:
+    async def fn(plain: Adapter, streamed: Adapter) -> None:
+        body = plain.build_body(MSGS, PARAMS)
+        a, b = await plain.send(body, 5.0), await streamed.send(body, 5.0)
+        assert (b.text, b.finish_reason, b.usage) == (a.text, a.finish_reason, a.usage)
+
+    _with_provider("anthropic", fn, mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["thinking", "blocked", "safety", "max_tokens"])
+def test_gemini_modes_equal_when_streamed(mode: str) -> None:
+    async def fn(plain: Adapter, streamed: Adapter) -> None:
+        body = plain.build_body(MSGS, PARAMS)
+        a, b = await plain.send(body, 5.0), await streamed.send(body, 5.0)
+        assert (b.text, b.finish_reason, b.usage) == (a.text, a.finish_reason, a.usage)
+
+    _with_provider("gemini", fn, mode=mode)
+
+
+def test_token_timing_is_vllm_tpot_and_itl() -> None:
+    ttft, t = token_timing(10.0, [10.5, 10.6, 10.8, 11.0], 11.0, 5)
+    assert ttft == 0.5
+    assert t.tpot_s == pytest.approx(0.125)  # (11.0 - 10.5) / (5 - 1)
+    assert t.itl_median_s == pytest.approx(0.2) and t.chunks == 4
+    assert t.itl_p99_s == pytest.approx(0.2)
+    ttft, t = token_timing(1.0, [], 2.0, 0)
+    assert ttft == 1.0 and t.chunks == 0
+
+
+def test_streaming_is_a_declared_capability() -> None:
+    streaming = {n for n in names() if entry(n).caps.streaming}
+    assert {"openai", "anthropic", "gemini"} <= streaming
+    for n in streaming:
+        cfg = ModelConfig(adapter=n, base_url="http://127.0.0.1:9/v1", model="m", stream=True)
+        e = entry(n)
+        if e.local:
+            continue  # building a local one checks the machine; its client is an OpenAIChat
+        built = make_adapter("m", cfg, Path("."), with_secrets=False)
+        assert isinstance(built.adapter, StreamsReplies)
+
+
+def test_stream_true_refused_for_an_adapter_that_cannot_stream(tmp_path: Path) -> None:
+    cannot = next(n for n in names() if not entry(n).caps.streaming and not entry(n).local)
+    path = write_config(tmp_path / "c.toml", {"m": {"adapter": cannot, "stream": True, "path": str(tmp_path / "r.jsonl")}})
+    with pytest.raises(ConfigError, match="cannot stream"):
+        load_config(path)
+
+
+def test_record_of_a_streamed_reply_round_trips_and_old_records_keep_their_bytes() -> None:
+    plain = Response(text="x", finish_reason="stop")
+    assert b"ttft" not in record_encoder.encode(plain) and b"timing" not in record_encoder.encode(plain)
+    key = request_key("m", "p", "s", "i", 0, {"model": "m"})
+    assert key == request_key("m", "p", "s", "i", 0, {"model": "m"})
+
+
+def test_fakeserver_streams_one_event_per_token_on_the_latency_model() -> None:
+    async def main() -> None:
+        runner, url = await start_in_loop({"completion_tokens": 8, "token_delay_ms": 5})
+        srv = runner.app[SERVER_KEY]
+        a = OpenAIChat(base_url=url, model="fake-model", api_key=None, concurrency=2, stream=True)
+        try:
+            r = await a.send(a.build_body(MSGS, PARAMS), 5.0)
+            assert r.timing is not None and r.timing.chunks == 8 == r.usage.completion_tokens
+            assert srv.requests == 1
+        finally:
+            await a.aclose()
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def test_a_streamed_run_records_ttft_and_shares_keys_with_a_plain_run(tmp_path: Path, thread_server: Any) -> None:
+    """End to end through the lane: `stream = true` records ttft_s/timing; the keys (and texts)
+    are those of the non-streamed run; streams cut mid-way are retried and leave no partial record."""
+    items = write_items(tmp_path / "items.jsonl", 6)
+    plain_cfg = write_config(tmp_path / "plain.toml", {"m": fake_model(thread_server.url)})
+    stream_cfg = write_config(tmp_path / "stream.toml", {"m": fake_model(thread_server.url, stream=True)})
+    assert run_cli("run", plain_cfg, "--items", items, "--output", tmp_path / "plain").rc == 0
+    thread_server.server.set_config(stream_cut_after=2)
+    asyncio.run_coroutine_threadsafe(_later(thread_server), thread_server._loop)
+    res = run_cli("run", stream_cfg, "--items", items, "--output", tmp_path / "stream")
+    assert res.rc == 0, res.stderr
+    plain = {r["key"]: r for r in read_jsonl(tmp_path / "plain" / "responses" / "m.jsonl")}
+    streamed = {r["key"]: r for r in read_jsonl(tmp_path / "stream" / "responses" / "m.jsonl")}
+    assert set(plain) == set(streamed) and len(plain) == 6
+    for k, r in streamed.items():
+        assert r["response"]["text"] == plain[k]["response"]["text"]
+        assert r["response"]["ttft_s"] > 0 and r["response"]["timing"]["chunks"] >= 1
+        assert "ttft_s" not in plain[k]["response"]
+    assert any(r["attempts"] > 1 for r in streamed.values())  # the cut streams were retried
+    verify_clean(tmp_path / "stream")
+
+
+async def _later(srv: Any) -> None:
+    """Lets the first streams be cut, then heals the server."""
+    await asyncio.sleep(0.3)
+    srv.server.set_config(stream_cut_after=None)
