@@ -1,5 +1,6 @@
 """`verify DIR`: recompute the expected (model, pillar, subtask, item, sample) set from run.json and
-compare it with responses/: missing, duplicated, failed and unexpected records. A directory with
+compare it with responses/: missing, duplicated, failed and unexpected records; then judgments/
+the same way (engine/verify_judgments.py). A directory with
 unmerged shards (`run --shard I/N`) is checked as a whole: every shard file is read, and missing
 shards and keys in more than one file (overlap) are reported."""
 
@@ -18,6 +19,7 @@ from engine.shards import discover
 from engine.spec import item_factory
 from engine.store.checkpoint import iter_records
 from engine.store.rundoc_io import RUN_JSON, read_run_if_any, run_config
+from engine.verify_judgments import JudgmentCheck
 
 
 class VerifyReport(msgspec.Struct, kw_only=True):
@@ -27,6 +29,9 @@ class VerifyReport(msgspec.Struct, kw_only=True):
     duplicated: int = 0
     failed: int = 0
     overlapping: int = 0
+    judgments_missing: int = 0
+    judgments_duplicated: int = 0
+    judgments_failed: int = 0
 
 
 def verify(directory: Path) -> VerifyReport:
@@ -43,12 +48,15 @@ def verify(directory: Path) -> VerifyReport:
     cfg = run_config(doc, f"{directory}/{RUN_JSON}")
     spec = doc.spec
     factory = item_factory(spec)
+    judged = JudgmentCheck(cfg, spec, directory)
     for name in spec.models:
         if name not in cfg.models:
             continue
         adapter, _ = make_adapter(name, cfg.models[name], directory / "logs", with_secrets=False)
-        expected = {u.key: (f"{u.item.pillar}/{u.item.subtask}", u.item.id, u.sample)
-                    for u in lane_units(name, cfg.models[name], adapter, factory, spec.samples)}
+        expected: dict[str, tuple[str, str, int]] = {}
+        for u in lane_units(name, cfg.models[name], adapter, factory, spec.samples):
+            expected[u.key] = (f"{u.item.pillar}/{u.item.subtask}", u.item.id, u.sample)
+            judged.plan(u)
         seen = Counter[str]()
         failed: list[str] = []
         files = [directory / "responses" / f"{name}.jsonl"]
@@ -65,6 +73,8 @@ def verify(directory: Path) -> VerifyReport:
                     overlap[rec.key] = None
                 local.add(rec.key)
                 seen[rec.key] += 1
+                if rec.response is not None:
+                    judged.answered.add(rec.key)
                 if rec.error is not None and rec.key in expected:
                     failed.append(f"{rec.pillar}/{rec.subtask} {rec.item_id} #{rec.sample}: {rec.error.kind} {rec.error.message[:80]}")
         missing = [k for k in expected if k not in seen]
@@ -89,12 +99,15 @@ def verify(directory: Path) -> VerifyReport:
             lines.append(f"  failed {failure}")
         if len(failed) > 10:
             lines.append(f"  ... and {len(failed) - 10} more failed (rerun with --retry-errors to retry them)")
+    jlines, jt = judged.check(directory, found)
+    lines += jlines
     if found:
         jl = judgment_overlaps(directory, found)
         lines += jl
         totals["shards"] += len(jl)
     clean = not (totals["missing"] or totals["duplicated"] or totals["failed"] or totals["overlapping"]
-                 or totals["shards"])
+                 or totals["shards"] or jt.missing or jt.duplicated or jt.failed)
     lines.append("verify: clean" if clean else "verify: NOT clean")
     return VerifyReport(clean=clean, lines=lines, missing=totals["missing"], duplicated=totals["duplicated"],
-                        failed=totals["failed"], overlapping=totals["overlapping"])
+                        failed=totals["failed"], overlapping=totals["overlapping"], judgments_missing=jt.missing,
+                        judgments_duplicated=jt.duplicated, judgments_failed=jt.failed)
