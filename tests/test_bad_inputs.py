@@ -411,6 +411,8 @@ CASES: list[Case] = [
     Case(CHECKPOINT, "a damaged record line: run refuses, run.json untouched", lambda c: _run(c), 2,
          "error: <dir>/run/responses/fake.jsonl:2: not a valid record (*); move the file aside or repair that line, then rerun",
          setup=_corrupt_middle),
+    Case(CHECKPOINT, "a damaged record line with --retry-errors (which rewrites files)", lambda c: _run(c, "--retry-errors"), 2,
+         "error: <dir>/run/responses/fake.jsonl:2: not a valid record (*); *", setup=_corrupt_middle),
     Case(CHECKPOINT, "a blank line between records", lambda c: _run(c), 2,
          "error: <dir>/run/responses/fake.jsonl:2: not a valid record (empty line); *", setup=_blank_middle),
     Case(CHECKPOINT, "a line without the leading key", lambda c: _run(c), 2,

@@ -129,11 +129,16 @@ class LaneBuilder:
         inv = self.inv
         names = list(dict.fromkeys((*self.set.targets, *self.judge_names)))
         # Every resume scan before any writer opens a file: a corrupt line refuses with nothing created.
+        # --retry-errors rewrites the files it drops errors from, so those go last, once every plain
+        # scan (the one that can refuse) has passed.
+        dropping = [n for n in names if inv.opts.retry_errors and n in self.set.targets]
         for name in names:
-            self.done[name] = await self._done("responses", name,
-                                               drop_errors=inv.opts.retry_errors and name in self.set.targets)
+            self.done[name] = await self._done("responses", name, drop_errors=False)
             if name in self.judge_names:
                 self.judge_done[name] = await self._done("judgments", name, drop_errors=False)
+        for name in dropping:
+            self.done[name] = await self._done("responses", name, drop_errors=True)
+            self.set.prior_fatal.pop(name, None)  # its fatal records are gone: they are sent again
         if inv.cfg.run.cache:
             self.set.cache = ResponseCache(Path(inv.cfg.run.cache))
             await self.set.cache.open()
