@@ -403,7 +403,8 @@ CASES: list[Case] = [
     Case(OUTPUT, "report: a directory that does not exist", lambda c: ["report", c.new], 2,
          "error: <dir>/new: no run.json; is this a run output directory?"),
     Case(OUTPUT, "score: a custom --items run", lambda c: ["score", c.run], 2,
-         "error: <dir>/run: a custom --items run has no pillar metrics to score"),
+         "error: <dir>/run is a custom --items run: custom items have no metric to score; "
+         "`python -m engine report <dir>/run` shows every prompt and response"),
     Case(OUTPUT, "score: shard files not merged yet", lambda c: ["score", c.run], 2,
          "error: <dir>/run holds shard files that are not merged yet; run `python -m engine merge <dir>/run` first",
          setup=_shard_file),
