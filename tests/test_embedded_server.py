@@ -249,12 +249,12 @@ def test_embedded_argv_is_pure_and_complete():
 
 def test_threads_default_to_every_cpu_the_process_may_use():
     assert emb.LlamaSettings().threads == 0
-    argv = emb.embedded_argv(emb.LlamaSettings(), "/models/x.gguf", 1)
     cpus = len(os.sched_getaffinity(0))
-    assert 1 <= int(argv[argv.index("--threads") + 1]) <= cpus
-    assert emb.compute_threads(0, load=0.2) == cpus  # a quiet machine: all of them
-    assert emb.compute_threads(0, load=cpus + 5.0) == 1  # a busy one: one
-    assert emb.compute_threads(3, load=100.0) == 3  # a number given is kept
+    assert 1 <= emb.compute_threads(0) <= cpus
+    assert emb.compute_threads(0, busy=0.2) == cpus  # a quiet machine: all of them
+    assert emb.compute_threads(0, busy=cpus + 5.0) == 1  # a busy one: one
+    assert emb.compute_threads(3, busy=100.0) == 3  # a number given is kept
+    assert 0.0 <= emb.busy_cpus(0.05) <= (os.cpu_count() or 1)
 
 
 def test_embedded_server_params_are_deterministic():

@@ -16,6 +16,7 @@ import asyncio
 import importlib.util
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -55,17 +56,37 @@ class LlamaSettings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: Literal["error", "warn", "info", "debug"] = "info"  # llama.cpp log verbosity
 
 
-def compute_threads(requested: int, load: float | None = None) -> int:
+def compute_threads(requested: int, busy: float | None = None) -> int:
     """`requested`, or with 0 every CPU this process may run on (its affinity mask, which Slurm
-    and taskset narrow; os.cpu_count() counts the whole machine) that is not already busy (the
-    1-minute load average, `load` in tests). Not more: ggml's threads meet at a spinning barrier
-    after every operation, so one thread descheduled by another process stalls the others (on a
-    2-core machine under load, 2 threads measured slower than 1)."""
+    and taskset narrow; os.cpu_count() counts the whole machine) that other processes are not
+    keeping busy right now (`busy_cpus`; `busy` in tests). Not more: ggml's threads meet at a
+    spinning barrier after every operation, so one thread descheduled by another process stalls
+    the others (on a 2-core machine under load, 2 threads measured slower than 1)."""
     if requested > 0:
         return requested
     cpus = len(os.sched_getaffinity(0)) if sys.platform == "linux" else os.cpu_count() or 1
-    busy = os.getloadavg()[0] if load is None else load
+    busy = busy_cpus() if busy is None else busy
     return max(1, min(cpus, int(cpus - busy + 0.5)))
+
+
+def busy_cpus(window_s: float = 0.3) -> float:
+    """CPUs in use now: from /proc/stat over a short window (the load average lags by a minute, so
+    the `pip install` just before a first run would still count), else the 1-minute load average."""
+    try:
+        first = _cpu_times()
+        time.sleep(window_s)
+        second = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]
+    total, idle = second[0] - first[0], second[1] - first[1]
+    return (os.cpu_count() or 1) * (1 - idle / total) if total > 0 else 0.0
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(all jiffies, idle + iowait jiffies) of the machine, from /proc/stat's first line."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return sum(fields), fields[3] + fields[4]
 
 
 def require_local_extra() -> None:
@@ -83,7 +104,7 @@ def embedded_argv(opts: LlamaSettings, model_path: str | Path, port: int) -> lis
         "--alias", opts.alias,
         "--slots", str(opts.slots),
         "--ctx-per-slot", str(opts.ctx_per_slot),
-        "--threads", str(compute_threads(opts.threads)),
+        "--threads", str(opts.threads),
         "--seed", str(opts.seed),
         "--http-threads", str(opts.http_threads),
         "--log-level", opts.log_level,
@@ -110,6 +131,8 @@ async def launch_embedded(
     """Resolve the GGUF, start the server and wait until it is healthy. The caller stops it."""
     require_local_extra()
     model = await resolve_model_path(opts, progress)
+    if opts.threads == 0:  # measured now, when the server starts (after the model file is there)
+        opts = msgspec.structs.replace(opts, threads=await asyncio.to_thread(compute_threads, 0))
     server = ManagedServer(
         lambda port: embedded_argv(opts, model, port),
         log_path=log_path,
