@@ -301,6 +301,8 @@ CASES: list[Case] = [
          "python -m engine: error: argument COMMAND: invalid choice: 'rn' *", usage=True),
     Case(CLI, "--models names no model", lambda c: _new(c, "--models", "ghost"), 2,
          "error: --models: ghost not in the config (known: fake)"),
+    Case(CLI, "misspelt --models", lambda c: _new(c, "--models", "fkae"), 2,
+         "error: --models: fkae not in the config (known: fake); did you mean 'fake'?"),
     Case(CLI, "--pillars with --items", lambda c: _new(c, "--pillars", "safety"), 2,
          "error: --pillars and --items exclude each other: --items replaces the pillar items"),
     Case(CLI, "misspelt --pillars", lambda c: ["run", c.cfg(), "--pillars", "safty", "--output", c.new], 2,

@@ -24,6 +24,7 @@ import msgspec
 from engine import spec as runspec
 from engine.command_config import resolve
 from engine.config import Config, load_config
+from engine.core.config import did_you_mean
 from engine.core.errors import ConfigError, DataError, EngineError
 from engine.core.prompts import PROMPTS_DIR
 from engine.core.rundoc import RunSpec, ScoresDoc, UnsetType
@@ -65,7 +66,8 @@ def _spec(args: argparse.Namespace) -> tuple[Config, RunSpec, str]:
         models = tuple(m.strip() for m in args.models.split(",") if m.strip())
         unknown = [m for m in models if m not in cfg.models]
         if unknown:
-            raise EngineError(f"--models: {', '.join(unknown)} not in the config (known: {', '.join(cfg.models)})")
+            raise EngineError(f"--models: {', '.join(unknown)} not in the config (known: {', '.join(cfg.models)})"
+                              f"{did_you_mean(unknown[0], cfg.models)}")
     if not models:
         raise EngineError(f"{source}: no [models.<name>] sections; add at least one model (or --model ADAPTER:MODEL)")
     # The config's limit sizes the pillar subtasks; a custom items file runs every line unless
