@@ -228,11 +228,13 @@ def _start_line(inv: Invocation, lanes: LaneSet) -> None:
     targets = lanes.target_lanes()
     planned = sum(lane.stats.planned for lane in targets)
     resumed = sum(len(lane.policy.done) for lane in targets)
-    judged = sum(lane.stats.judge_planned for lane in lanes.lanes)
+    # Judge-only (`judge DIR`): no estimate, but the earlier responses already queued for judging.
+    judged = sum(max(lane.stats.judge_planned, lane.stats.judge_queued) for lane in lanes.lanes)
     source = inv.opts.config_source or "default"
     every = inv.opts.status_every
-    inv.log(f"run: config {source}; output {inv.out}; {len(targets)} model(s), {planned} generation requests "
-            f"({min(resumed, planned)} already in the output)" + (f", about {judged} judgments" if judged else "")
+    work = [f"{len(targets)} model(s), {planned} generation requests ({min(resumed, planned)} already in the output)"
+            if targets else "", f"about {judged} judgments" if judged else ""]
+    inv.log(f"run: config {source}; output {inv.out}; " + (", ".join(w for w in work if w) or "nothing to send")
             + ("" if inv.opts.progress or every <= 0 else f"; a status line every {every:g} s"))
 
 
