@@ -147,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--verbose", action="store_true", help="also one row per model, role and pillar")
 
     _cache_parser(sub)
+    _bench_parser(sub)
     sub.add_parser("list", help="list pillars and subtasks")
     return p
 
@@ -161,6 +162,37 @@ def _cache_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cp.add_argument("--older-than", metavar="AGE", help="delete entries older than AGE: 90d, 12h, 30m or seconds")
     cp.add_argument("--max-size", metavar="SIZE", help="then delete the oldest until responses take at most SIZE: "
                     "500M, 2G or bytes")
+
+
+def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    b = sub.add_parser("bench", help="load a model server with streamed requests: TTFT/TPOT/ITL/E2EL, throughput, "
+                       "goodput (as vllm bench serve)", allow_abbrev=False)
+    b.add_argument("--base-url", metavar="URL", help="server root, e.g. http://127.0.0.1:8000 (a URL ending in /v1 "
+                   "is accepted too)")
+    b.add_argument("--endpoint", default="/v1/chat/completions", help="path of the chat completions endpoint "
+                   "(default /v1/chat/completions; replies are streamed)")
+    b.add_argument("--model", metavar="NAME", help="model id to request (with --base-url)")
+    b.add_argument("--config", help="run config TOML: bench its models instead of --base-url")
+    b.add_argument("--models", help="with --config: comma-separated models keys (default: all)")
+    b.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the key to send (default: "
+                   "OPENAI_API_KEY when set; else no key)")
+    b.add_argument("--request-rate", type=float, default=float("inf"), metavar="R",
+                   help="open-loop arrivals per second (default inf: all at once)")
+    b.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of the arrivals (1 = Poisson)")
+    b.add_argument("--max-concurrency", type=int, metavar="C", help="at most C requests in flight (closed loop "
+                   "with rate inf)")
+    b.add_argument("--num-prompts", type=int, default=200, metavar="N", help="requests measured (default 200)")
+    b.add_argument("--warmup", type=int, default=0, metavar="N", help="extra requests sent first, not counted")
+    b.add_argument("--items", help="prompts from this items JSONL (id + messages or prompt), repeated as needed")
+    b.add_argument("--input-len", type=int, default=128, metavar="T", help="synthetic prompts of T words "
+                   "(about T tokens; default 128) when no --items")
+    b.add_argument("--output-len", type=int, default=128, metavar="T", help="max tokens per reply (default 128)")
+    b.add_argument("--goodput", nargs="+", metavar="NAME:MS", help="SLOs for request_goodput: ttft:MS tpot:MS e2el:MS")
+    b.add_argument("--seed", type=int, default=0, help="seed of the prompts and arrivals (default 0)")
+    b.add_argument("--timeout-s", type=float, default=600.0, help="per request (default 600)")
+    b.add_argument("--result-file", metavar="PATH", help="write the result JSON (vllm bench serve's field names)")
+    b.add_argument("--sweep", metavar="KNOB=V1,V2,...", help="rate=1,2,4,inf or concurrency=1,8,64: one result "
+                   "JSON per point (PATH-rate-4.json, ...) and PATH.svg of latency against throughput")
 
 
 def main(argv: list[str] | None = None) -> int:

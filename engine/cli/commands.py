@@ -22,6 +22,10 @@ from typing import Protocol, TypeVar
 import msgspec
 
 from engine import spec as runspec
+from engine.bench.metrics import parse_goodput
+from engine.bench.result import bottleneck_warning, sweep_svg, table
+from engine.bench.session import Load, Point, parse_sweep, run_points
+from engine.bench.setup import Target, bodies, config_targets, item_prompts, synthetic_prompts, url_target
 from engine.command_config import resolve
 from engine.config import Config, load_config
 from engine.core.config import did_you_mean
@@ -489,9 +493,94 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_problems(args: argparse.Namespace) -> list[str]:
+    out = []
+    if bool(args.base_url) == bool(args.config):
+        out.append("bench: give either --base-url URL --model NAME (a running server) or --config FILE (its models)")
+    if args.base_url and not args.model:
+        out.append("--model: required with --base-url (the model id the server serves)")
+    for flag, value, minimum in (("--num-prompts", args.num_prompts, 1), ("--warmup", args.warmup, 0),
+                                 ("--input-len", args.input_len, 1), ("--output-len", args.output_len, 1),
+                                 ("--max-concurrency", args.max_concurrency or 1, 1)):
+        if value < minimum:
+            out.append(f"{flag}: must be >= {minimum}, got {value}")
+    for flag, x in (("--request-rate", args.request_rate), ("--burstiness", args.burstiness),
+                    ("--timeout-s", args.timeout_s)):
+        if not x > 0 or (flag != "--request-rate" and math.isinf(x)):
+            out.append(f"{flag}: must be a positive number, got {x}")
+    if args.sweep and not args.result_file:
+        out.append("--sweep: needs --result-file PATH (each point writes PATH-<point>.json, and PATH.svg)")
+    return out
+
+
+def _bench_path(base: Path, label: str, tag: str, many: bool, sweep: bool, suffix: str) -> Path:
+    stem = base.stem + (f"-{label.replace('/', '_')}" if many else "") + (f"-{tag}" if sweep and suffix == ".json" else "")
+    return base.with_name(stem + suffix)
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as exc:
+        raise EngineError(f"cannot write {path}: {exc.strerror}; pass a writable --result-file") from None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    problems = _bench_problems(args)
+    try:
+        slo = parse_goodput(args.goodput or [])
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise ConfigError.of(problems)
+    n, warm = args.num_prompts, args.warmup
+    concurrency = args.max_concurrency or n + warm
+    targets = [url_target(args.base_url, args.endpoint, args.model, args.api_key_env, concurrency)] if args.base_url \
+        else config_targets(args.config, _split(args.models), concurrency)
+    points = parse_sweep(args.sweep, args.request_rate, args.max_concurrency) if args.sweep \
+        else [Point(args.request_rate, args.max_concurrency)]
+    prompts = item_prompts(Path(args.items), n + warm) if args.items else synthetic_prompts(n + warm, args.input_len,
+                                                                                           args.seed)
+    load = Load(num_prompts=n, burstiness=args.burstiness, seed=args.seed, timeout_s=args.timeout_s, slo=slo)
+    base = Path(args.result_file) if args.result_file else None
+    failed = 0
+
+    async def measure(target: Target) -> None:
+        nonlocal failed
+        reqs = bodies(target, prompts, args.output_len)
+        docs: list[dict[str, object]] = []
+
+        def on_point(point: Point, doc: dict[str, object]) -> None:
+            nonlocal failed
+            _log(f"bench: {target.label}, {point.tag()}")
+            for line in table(doc):
+                _out(line)
+            warning = bottleneck_warning(doc, point.rate, point.max_concurrency)
+            if warning:
+                _log(warning)
+            failed += int(doc["failed"])  # type: ignore[call-overload]  # an int summarize wrote
+            if base is not None:
+                path = _bench_path(base, target.label, point.tag(), len(targets) > 1, bool(args.sweep), ".json")
+                _write(path, msgspec.json.encode(doc))
+            docs.append(doc)
+
+        await run_points(target, reqs[warm:], reqs[:warm], points, load, on_point)
+        if base is not None and args.sweep:
+            _write(_bench_path(base, target.label, "", len(targets) > 1, True, ".svg"),
+                   sweep_svg(docs, target.label).encode())
+
+    async def measure_all() -> None:
+        for target in targets:
+            await measure(target)
+
+    _event_loop(measure_all())
+    return 1 if failed else 0
+
+
 COMMANDS = {"plan": cmd_plan, "run": cmd_run, "verify": cmd_verify, "validate": cmd_validate, "score": cmd_score,
             "judge": cmd_judge, "list": cmd_list, "report": cmd_report, "merge": cmd_merge,
-            "data": cmd_data, "cache": cmd_cache}
+            "data": cmd_data, "cache": cmd_cache, "bench": cmd_bench}
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -1,0 +1,82 @@
+"""One `bench` invocation: the points to measure (one, or a --sweep of rates or concurrencies) and
+the measurement of each against one target, in one event loop."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
+
+from engine.bench.arrivals import arrival_times
+from engine.bench.load import drive, warm_up
+from engine.bench.metrics import send_lag_stats, summarize
+from engine.bench.result import result_doc
+from engine.bench.setup import Target
+from engine.core.errors import ConfigError
+
+__all__ = ["Load", "Point", "parse_sweep", "run_points"]
+
+
+class Point(NamedTuple):
+    rate: float  # requests per second (inf: all at once)
+    max_concurrency: int | None  # None: no cap
+
+    def tag(self) -> str:
+        """What names this point's result file: rate-4, rate-inf, concurrency-8."""
+        if self.max_concurrency is not None and math.isinf(self.rate):
+            return f"concurrency-{self.max_concurrency}"
+        return f"rate-{self.rate:g}"
+
+
+class Load(NamedTuple):
+    num_prompts: int
+    burstiness: float
+    seed: int
+    timeout_s: float
+    slo: Mapping[str, float]
+
+
+def parse_sweep(spec: str, rate: float, max_concurrency: int | None) -> list[Point]:
+    """`rate=1,2,4,inf` or `concurrency=1,8,64` -> the points, in order; the other knob stays as given."""
+    knob, sep, values = spec.partition("=")
+    if not sep or knob not in ("rate", "concurrency") or not values:
+        raise ConfigError(f"--sweep {spec!r}: expected rate=R1,R2,... or concurrency=C1,C2,...")
+    out = []
+    for v in values.split(","):
+        try:
+            x = float(v)
+        except ValueError:
+            raise ConfigError(f"--sweep {spec!r}: {v!r} is not a number") from None
+        if knob == "rate" and not x > 0:
+            raise ConfigError(f"--sweep {spec!r}: rates must be > 0 (or inf)")
+        if knob == "concurrency" and (not math.isfinite(x) or x < 1 or x != int(x)):
+            raise ConfigError(f"--sweep {spec!r}: concurrencies must be whole numbers >= 1")
+        out.append(Point(x, max_concurrency) if knob == "rate" else Point(rate, int(x)))
+    return out
+
+
+async def run_points(target: Target, bodies: Sequence[dict[str, object]], warm: Sequence[dict[str, object]],
+                     points: Sequence[Point], load: Load, on_point: Callable[[Point, dict[str, object]], None]) -> None:
+    """Measures each point in turn (warm-up requests first, not counted) and hands its result
+    document to `on_point`; closes the target's client at the end."""
+    client = target.client
+    try:
+        for point in points:
+            if warm:
+                await warm_up(client.send_streamed, warm, load.timeout_s)
+            planned = arrival_times(len(bodies), point.rate, load.burstiness, load.seed)
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            outcomes, duration = await drive(client.send_streamed, bodies, planned,
+                                             max_concurrency=point.max_concurrency, timeout_s=load.timeout_s)
+            wall = max(time.perf_counter() - wall0, 1e-9)
+            client_stats = {**send_lag_stats(outcomes), "client_cpu_fraction": (time.process_time() - cpu0) / wall}
+            errors = sorted({o.error for o in outcomes if not o.ok})
+            doc = result_doc(summarize(outcomes, duration, load.slo or None), backend=target.backend, label=target.label,
+                             model_id=target.model_id, num_prompts=len(bodies), rate=point.rate,
+                             burstiness=load.burstiness, max_concurrency=point.max_concurrency,
+                             client=client_stats, date=time.strftime("%Y%m%d-%H%M%S"))
+            doc["errors"] = errors[:20]
+            on_point(point, doc)
+    finally:
+        await target.built.adapter.aclose()

@@ -1,0 +1,167 @@
+"""`python -m engine bench` (issue 19 item 2): the pure parts (arrivals, percentiles, metrics,
+goodput, URLs, sweeps) on known inputs, and whole runs against the fake server with a latency
+model (TTFT = latency_ms, one token every token_delay_ms) whose medians the result must show,
+with generous bounds: behaviour, never speed (speed is benchmarks/bench_serve.py)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from engine.bench.arrivals import arrival_times
+from engine.bench.metrics import Outcome, parse_goodput, percentile, send_lag_stats, summarize
+from engine.bench.result import bottleneck_warning, sweep_svg
+from engine.bench.session import Point, parse_sweep
+from engine.bench.setup import adapter_base_url, chat_url, synthetic_prompts
+from engine.core.errors import ConfigError
+from tests.conftest import run_cli, write_config, write_items
+
+VLLM_FIELDS = ["completed", "failed", "request_throughput", "output_throughput", "total_token_throughput",
+               "request_goodput", "total_input_tokens", "total_output_tokens", "duration"] + [
+    f"{s}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el") for s in ("mean", "median", "std", "p90", "p99")]
+
+
+def test_poisson_arrivals_have_the_rate_and_gamma_the_burstiness() -> None:
+    t = arrival_times(20_000, 100.0, 1.0, seed=1)
+    gaps = [b - a for a, b in zip(t, t[1:], strict=False)]
+    assert t[0] == 0.0 and gaps == [abs(g) for g in gaps]
+    assert statistics.fmean(gaps) == pytest.approx(0.01, rel=0.03)
+    assert statistics.pstdev(gaps) / statistics.fmean(gaps) == pytest.approx(1.0, rel=0.05)  # exponential
+    regular = arrival_times(20_000, 100.0, 4.0, seed=1)
+    rg = [b - a for a, b in zip(regular, regular[1:], strict=False)]
+    assert statistics.fmean(rg) == pytest.approx(0.01, rel=0.03)
+    assert statistics.pstdev(rg) / statistics.fmean(rg) == pytest.approx(0.5, rel=0.05)  # 1/sqrt(shape)
+    assert arrival_times(5, math.inf) == [0.0] * 5
+    assert arrival_times(50, 10.0, seed=3) == arrival_times(50, 10.0, seed=3) != arrival_times(50, 10.0, seed=4)
+
+
+def test_percentile_is_numpys_linear() -> None:
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert percentile([1.0, 2.0, 3.0, 4.0], 99) == pytest.approx(3.97)
+    assert percentile([], 99) == 0.0
+
+
+def test_summarize_follows_vllms_definitions() -> None:
+    ok = [Outcome(planned=0.0, sent=0.001, ok=True, prompt_tokens=10, output_tokens=5, ttft_s=0.1, latency_s=0.5,
+                  itl_s=(0.1, 0.1, 0.1, 0.1)),
+          Outcome(planned=0.1, sent=0.103, ok=True, prompt_tokens=10, output_tokens=1, ttft_s=0.3, latency_s=0.3),
+          Outcome(planned=0.2, sent=0.2, ok=False, error="transient: x")]
+    m = summarize(ok, 2.0, {"ttft": 200.0})
+    assert (m["completed"], m["failed"]) == (2, 1)
+    assert m["request_throughput"] == 1.0 and m["output_throughput"] == 3.0 and m["total_token_throughput"] == 13.0
+    assert m["median_tpot_ms"] == pytest.approx(100.0)  # (500 - 100) / (5 - 1); one-token replies have no TPOT
+    assert m["median_itl_ms"] == pytest.approx(100.0) and m["mean_ttft_ms"] == pytest.approx(200.0)
+    assert m["request_goodput"] == 0.5  # only the first meets ttft <= 200 ms
+    assert summarize(ok, 2.0)["request_goodput"] is None
+    assert set(VLLM_FIELDS) <= set(m)
+    lag = send_lag_stats(ok)
+    assert lag["send_lag_p50_ms"] == pytest.approx(1.0) and lag["send_lag_max_ms"] == pytest.approx(3.0)
+
+
+def test_goodput_and_sweep_parsing() -> None:
+    assert parse_goodput(["ttft:200", "e2el:1500.5"]) == {"ttft": 200.0, "e2el": 1500.5}
+    for bad in (["ttft"], ["itl:5"], ["ttft:x"], ["tpot:-1"]):
+        with pytest.raises(ValueError, match="--goodput"):
+            parse_goodput(bad)
+    assert parse_sweep("rate=1,2.5,inf", math.inf, None) == [Point(1.0, None), Point(2.5, None), Point(math.inf, None)]
+    assert [p.tag() for p in parse_sweep("concurrency=1,8", math.inf, None)] == ["concurrency-1", "concurrency-8"]
+    for bad in ("rate", "speed=1", "rate=0", "concurrency=1.5", "rate=a"):
+        with pytest.raises(ConfigError, match="--sweep"):
+            parse_sweep(bad, math.inf, None)
+
+
+def test_base_url_with_or_without_v1_is_not_doubled() -> None:
+    want = "http://h:8000/v1/chat/completions"
+    for base in ("http://h:8000", "http://h:8000/", "http://h:8000/v1", "http://h:8000/v1/"):
+        assert chat_url(base, "/v1/chat/completions") == want
+    assert chat_url("http://h:8000/v1", "chat/completions") == want
+    assert adapter_base_url(want) == "http://h:8000/v1"
+    with pytest.raises(ConfigError, match="chat completions"):
+        adapter_base_url("http://h:8000/v1/completions")
+
+
+def test_synthetic_prompts_are_distinct_and_seeded() -> None:
+    a = synthetic_prompts(20, 64, seed=1)
+    assert len({m[0].content for m in a}) == 20 and all(len(m[0].content.split()) == 64 for m in a)
+    assert a == synthetic_prompts(20, 64, seed=1) != synthetic_prompts(20, 64, seed=2)
+
+
+def test_warning_names_a_late_client_and_a_busy_one() -> None:
+    assert bottleneck_warning({"send_lag_p99_ms": 0.5, "client_cpu_fraction": 0.2}, 100.0, None) is None
+    w = bottleneck_warning({"send_lag_p99_ms": 30.0, "client_cpu_fraction": 0.95}, 100.0, None)
+    assert w and "late" in w and "busy" in w
+    assert bottleneck_warning({"send_lag_p99_ms": 30.0}, 100.0, 8) is None  # closed loop: waiting is queueing
+
+
+def _root(url: str) -> str:
+    return url.removesuffix("/v1")
+
+
+def test_bench_against_the_latency_model(tmp_path: Path, thread_server: Any) -> None:
+    """a = 40 ms to the first token, b = 10 ms per token: the medians show them; every request
+    is counted once, warm-ups never; the result file has vllm's field names."""
+    thread_server.server.set_config(latency_ms=40, token_delay_ms=10, completion_tokens="max_tokens")
+    out = tmp_path / "r.json"
+    res = run_cli("bench", "--base-url", _root(thread_server.url), "--model", "fake-model", "--request-rate", "40",
+                  "--num-prompts", "30", "--warmup", "3", "--output-len", "8", "--input-len", "16",
+                  "--goodput", "ttft:10000", "--result-file", out)
+    assert res.rc == 0, res.stderr
+    doc = orjson.loads(out.read_bytes())
+    assert set(VLLM_FIELDS) <= set(doc) and doc["request_rate"] == 40.0
+    assert doc["completed"] == 30 and doc["failed"] == 0 and doc["total_output_tokens"] == 30 * 8
+    assert thread_server.server.requests == 33
+    assert 35 <= doc["median_ttft_ms"] < 400
+    assert 8 <= doc["median_tpot_ms"] < 100 and 5 <= doc["median_itl_ms"] < 100
+    assert doc["request_goodput"] == pytest.approx(doc["request_throughput"])
+    assert "Median TTFT (ms):" in res.stdout and "Send lag p99 (ms):" in res.stdout
+
+
+def test_sweep_writes_one_result_per_point_and_an_svg(tmp_path: Path, thread_server: Any) -> None:
+    out = tmp_path / "sw.json"
+    res = run_cli("bench", "--base-url", thread_server.url, "--model", "fake-model", "--num-prompts", "6",
+                  "--output-len", "4", "--sweep", "concurrency=1,3", "--result-file", out)
+    assert res.rc == 0, res.stderr
+    docs = [orjson.loads((tmp_path / f"sw-concurrency-{c}.json").read_bytes()) for c in (1, 3)]
+    assert [d["max_concurrency"] for d in docs] == [1, 3] and all(d["completed"] == 6 for d in docs)
+    svg = (tmp_path / "sw.svg").read_text()
+    assert svg.startswith("<svg") and svg.count("<polyline") == 3
+    assert sweep_svg(docs, "x").count("<circle") == 6
+
+
+def test_items_file_prompts_and_a_configured_model(tmp_path: Path, thread_server: Any) -> None:
+    items = write_items(tmp_path / "items.jsonl", 3)
+    cfg = write_config(tmp_path / "c.toml", {"m": {"adapter": "openai", "base_url": thread_server.url,
+                                                  "model": "fake-model"}})
+    res = run_cli("bench", "--config", cfg, "--models", "m", "--items", items, "--num-prompts", "5")
+    assert res.rc == 0, res.stderr
+    assert thread_server.server.requests == 5 and "Successful requests:                     5" in res.stdout
+
+
+def test_a_key_is_sent_only_when_configured(tmp_path: Path, thread_server: Any) -> None:
+    thread_server.server.set_config(require_key="sk-bench-0123456789abcdef")
+    args = ["bench", "--base-url", thread_server.url, "--model", "fake-model", "--num-prompts", "2"]
+    without = run_cli(*args, env={"OPENAI_API_KEY": None})  # type: ignore[dict-item]  # None unsets it
+    assert without.rc == 1 and "Failed requests:                         2" in without.stdout
+    assert "sk-bench" not in without.stdout + without.stderr
+    with_key = run_cli(*args, env={"OPENAI_API_KEY": "sk-bench-0123456789abcdef"})
+    assert with_key.rc == 0, with_key.stderr
+    named = run_cli(*args, "--api-key-env", "MY_KEY", env={"MY_KEY": "sk-bench-0123456789abcdef"})
+    assert named.rc == 0, named.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "either --base-url"),
+    (["--base-url", "http://127.0.0.1:9"], "--model: required"),
+    (["--base-url", "http://127.0.0.1:9", "--model", "m", "--goodput", "itl:3"], "--goodput"),
+    (["--base-url", "http://127.0.0.1:9", "--model", "m", "--request-rate", "0"], "--request-rate"),
+    (["--base-url", "http://127.0.0.1:9", "--model", "m", "--endpoint", "/v1/completions"], "chat completions"),
+    (["--base-url", "http://127.0.0.1:9", "--model", "m", "--sweep", "rate=1,2"], "--result-file"),
+])
+def test_bad_bench_arguments_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    res = run_cli("bench", *args)
+    assert res.rc == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
