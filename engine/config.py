@@ -215,14 +215,13 @@ def parse_model(name: str, body: object, source: str, stored: bool) -> ModelConf
     rest = {k: v for k, v in body.items() if k not in _LANE_KEYS
             and not (stored and k in FORMAT1_OPTION_KEYS and k not in own)}
     problems = _problems({k: v for k, v in body.items() if k in _LANE_KEYS}, ModelConfig, source, prefix)
-    problems = [p for p in problems if "`options`" not in p]
     allowed = sorted({*_LANE_KEYS, *own})
     for k in rest:
         if entry is not None and k not in own:
             problems.append(f"{source}: unknown key `{prefix}.{k}` for adapter `{adapter}`{did_you_mean(k, allowed)} "
                             f"(allowed here: {', '.join(allowed)})")
     if entry is not None:
-        problems += [p for p in _problems({k: v for k, v in rest.items() if k in own}, entry.options, source, prefix)]
+        problems += _problems({k: v for k, v in rest.items() if k in own}, entry.options, source, prefix)
     if problems:
         raise ConfigError.of(problems)
     model = msgspec.convert({k: v for k, v in body.items() if k in _LANE_KEYS}, ModelConfig)
