@@ -54,3 +54,34 @@ def test_a_flipped_constrained_flag_is_refused_on_resume(tmp_path: Path, fake_se
     assert run_cli("run", flipped, *args, "--fresh").rc == 0
     body = orjson.loads((out / "run.json").read_bytes())["fingerprint"]["protocol"]["crisis/identification"]
     assert body == {"constrained": True}
+
+
+def test_a_run_judged_before_nonce_delimiters_resumes_only_when_stated(tmp_path: Path,
+                                                                        fake_server: FakeServerProcess) -> None:
+    """A run.json whose protocol has no judge_hardened (written before nonce delimiters) was judged
+    with the fixed delimiters: resuming it under today's default is refused naming the change, and
+    `judge_hardened = false` resumes it, sending nothing, its scores marked unhardened."""
+    out = tmp_path / "out"
+
+    def config(name: str, sections: str) -> Path:
+        return write_config(tmp_path / name, {"m": fake_model(fake_server)}, run={"output": str(out), "limit": 1},
+                            extra='\n[judge]\nmodels = ["m"]\n' + sections)
+
+    args = ("--pillars", "crisis", "--no-progress")
+    plain = config("plain.toml", "")
+    assert run_cli("run", plain, *args).rc == 0
+    doc = orjson.loads((out / "run.json").read_bytes())
+    assert doc["fingerprint"]["protocol"]["crisis/escalation"]["judge_hardened"] is True
+    del doc["fingerprint"]["protocol"]["crisis/escalation"]["judge_hardened"]
+    (out / "run.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    before = files(out)
+    res = run_cli("run", plain, *args)
+    assert res.rc == 2 and "crisis/escalation: judge_hardened false -> true" in res.stderr, res.stderr
+    assert files(out) == before
+
+    sent = fake_server.stats()["requests"]
+    stated = config("stated.toml", '\n[pillars."crisis/escalation"]\njudge_hardened = false\n')
+    res = run_cli("run", stated, *args)
+    assert res.rc == 0, res.stderr
+    assert fake_server.stats()["requests"] == sent
+    assert orjson.loads((out / "scores.json").read_bytes())["subtasks"]["crisis/escalation"]["judge_hardened"] is False
