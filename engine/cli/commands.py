@@ -594,6 +594,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return 130
     except BrokenPipeError:
         os._exit(1)
+    except OSError as exc:  # a path the command was given cannot be read or written: one line, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        _err(f"{where}{exc.strerror or exc}; check the path and its permissions, then rerun")
+        return 2
     except Exception:
         # Not one of ours: the traceback is what helps, but its text may quote a key.
         print(redact(traceback.format_exc()).rstrip(), file=sys.stderr)
