@@ -7,6 +7,11 @@ keys are typed here so that a typo is an error, not a silent default.
 A `[models.<name>]` table is flat: the lane's keys (engine.core.config.ModelConfig) and the keys of
 its adapter (the options Struct its registry entry declares). Parsing splits the table, and
 `config_to_builtins` writes it flat again, in run.json's format-1 layout.
+
+Errors come all at once: `parse_config` collects every unknown key (with the closest allowed one and
+the keys allowed there), wrong type, out-of-range or non-finite value, and bad [pillars.*] or [judge]
+name of a file, and raises one ConfigError with a line per problem (the CLI prints each as an
+`error:` line). Every case a test checks is in docs/bad-inputs.md.
 """
 
 from __future__ import annotations
