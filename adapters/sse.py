@@ -47,24 +47,37 @@ class Streamed(NamedTuple):
     end: float  # perf_counter when the stream ended
 
 
-async def _read_events(resp: aiohttp.ClientResponse) -> list[Event]:
-    events: list[Event] = []
+def _event(block: bytes, at: float) -> Event | None:
     name = ""
     data: list[bytes] = []
-    clock = time.perf_counter
-    async for line in resp.content:
-        line = line.rstrip(b"\r\n")
-        if not line:
-            if data:
-                events.append(Event(name, b"\n".join(data), clock()))
-            name, data = "", []
-        elif line.startswith(b"data:"):
+    for line in block.split(b"\n"):
+        if line.startswith(b"data:"):
             data.append(line[6:] if line[5:6] == b" " else line[5:])
         elif line.startswith(b"event:"):
             name = line[6:].strip().decode("utf-8", "replace")
         # comments (":" ...), id: and retry: lines carry nothing a reply needs
-    if data:  # a last event without its blank line
-        events.append(Event(name, b"\n".join(data), clock()))
+    return Event(name, b"\n".join(data), at) if data else None
+
+
+async def _read_events(resp: aiohttp.ClientResponse) -> list[Event]:
+    """The events of an SSE body, each stamped when the bytes that completed it arrived. Read in
+    whatever pieces the socket delivers (not line by line: a third of the client's CPU per event)."""
+    events: list[Event] = []
+    clock = time.perf_counter
+    buf = b""
+    async for piece in resp.content.iter_any():
+        buf += piece
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")  # CRLF framing is allowed; a lone \r split across pieces waits
+        if b"\n\n" not in buf:
+            continue
+        *blocks, buf = buf.split(b"\n\n")
+        at = clock()
+        for block in blocks:
+            if (ev := _event(block, at)) is not None:
+                events.append(ev)
+    if buf.strip() and (ev := _event(buf.strip(b"\n"), clock())) is not None:  # a last event without its blank line
+        events.append(ev)
     return events
 
 
