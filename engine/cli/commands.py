@@ -268,7 +268,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _write_reports(out: Path) -> None:
     """report.md + report.html next to scores.json; a failed report never fails the run."""
-    from engine import report  # lazy for start-up time: a run of custom items writes no report
+    from engine import report  # lazy for start-up time: only a finished run, score and merge write one
 
     try:
         paths = report.write_reports(out)
