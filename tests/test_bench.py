@@ -17,7 +17,7 @@ from engine.bench.arrivals import arrival_times
 from engine.bench.metrics import Outcome, parse_goodput, percentile, send_lag_stats, summarize
 from engine.bench.result import bottleneck_warning, sweep_svg
 from engine.bench.session import Point, parse_sweep
-from engine.bench.setup import adapter_base_url, chat_url, synthetic_prompts
+from engine.bench.setup import adapter_base_url, chat_url, pillar_prompts, synthetic_prompts
 from engine.core.errors import ConfigError
 from tests.conftest import run_cli, write_config, write_items
 
@@ -165,3 +165,18 @@ def test_a_key_is_sent_only_when_configured(tmp_path: Path, thread_server: Any) 
 def test_bad_bench_arguments_are_one_line_and_exit_2(args: list[str], message: str) -> None:
     res = run_cli("bench", *args)
     assert res.rc == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_pillar_prompts_are_a_runs_messages_and_closed_loop_has_no_send_lag(tmp_path: Path, thread_server: Any) -> None:
+    out = tmp_path / "p.json"
+    res = run_cli("bench", "--base-url", thread_server.url, "--model", "fake-model", "--pillars", "all",
+                  "--num-prompts", "5", "--max-concurrency", "2", "--result-file", out)
+    assert res.rc == 0, res.stderr
+    doc = orjson.loads(out.read_bytes())
+    assert doc["completed"] == 5 and doc["request_rate"] == "inf" and doc["send_lag_p99_ms"] is None
+    assert "n/a (rate inf)" in res.stdout
+    prompts = pillar_prompts(["all"], 5, seed=0)
+    assert len(prompts) == 5 and all(p and p[-1].content for p in prompts)
+    assert prompts == pillar_prompts(["all"], 5, seed=0)
+    with pytest.raises(ConfigError, match="--pillars"):
+        pillar_prompts(["no-such-pillar"], 1, seed=0)

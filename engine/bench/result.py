@@ -11,7 +11,7 @@ __all__ = ["bottleneck_warning", "result_doc", "sweep_svg", "table"]
 
 
 def result_doc(metrics: Mapping[str, object], *, backend: str, label: str, model_id: str, num_prompts: int,
-               rate: float, burstiness: float, max_concurrency: int | None, client: Mapping[str, float],
+               rate: float, burstiness: float, max_concurrency: int | None, client: Mapping[str, float | None],
                date: str) -> dict[str, object]:
     """vllm's top-level fields (request_rate "inf" as vllm writes it), the metrics, then ours
     (send lag, client CPU)."""
@@ -62,7 +62,8 @@ def table(doc: Mapping[str, object]) -> list[str]:
     lines.append(f"{' Client ':-^50}")
     for label, key in (("Send lag p50 (ms):", "send_lag_p50_ms"), ("Send lag p99 (ms):", "send_lag_p99_ms"),
                        ("Client CPU (fraction of one core):", "client_cpu_fraction")):
-        lines.append(f"{label:<40} {float(doc[key]):.3f}")  # type: ignore[arg-type]  # floats we wrote
+        value = doc.get(key)
+        lines.append(f"{label:<40} {'n/a (rate inf)' if value is None else f'{float(value):.3f}'}")  # type: ignore[arg-type]  # floats we wrote
     lines.append("=" * 50)
     return lines
 

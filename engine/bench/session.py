@@ -70,7 +70,9 @@ async def run_points(target: Target, bodies: Sequence[dict[str, object]], warm: 
             outcomes, duration = await drive(client.send_streamed, bodies, planned,
                                              max_concurrency=point.max_concurrency, timeout_s=load.timeout_s)
             wall = max(time.perf_counter() - wall0, 1e-9)
-            client_stats = {**send_lag_stats(outcomes), "client_cpu_fraction": (time.process_time() - cpu0) / wall}
+            # With every request due at once there is no schedule to keep: a lag would only be queueing.
+            lags = send_lag_stats(outcomes) if math.isfinite(point.rate) else dict.fromkeys(send_lag_stats([]))
+            client_stats = {**lags, "client_cpu_fraction": (time.process_time() - cpu0) / wall}
             errors = sorted({o.error for o in outcomes if not o.ok})
             doc = result_doc(summarize(outcomes, duration, load.slo or None), backend=target.backend, label=target.label,
                              model_id=target.model_id, num_prompts=len(bodies), rate=point.rate,

@@ -25,9 +25,10 @@ from engine.core.adapter import StreamsReplies
 from engine.core.config import ModelConfig
 from engine.core.errors import ConfigError
 from engine.core.records import GenParams, Message
-from engine.items import custom_items
+from engine.items import custom_items, pillar_source
+from engine.spec import resolve_subtasks
 
-__all__ = ["Target", "adapter_base_url", "bodies", "chat_url", "config_targets", "item_prompts", "synthetic_prompts",
+__all__ = ["Target", "adapter_base_url", "bodies", "chat_url", "config_targets", "item_prompts", "pillar_prompts", "synthetic_prompts",
            "url_target"]
 
 _CHAT = "/chat/completions"
@@ -120,6 +121,17 @@ def item_prompts(path: Path, n: int) -> list[tuple[Message, ...]]:
     if not items:
         raise ConfigError(f"--items: {path} holds no items; give a JSONL file with one item per line")
     return [items[i % len(items)] for i in range(n)]
+
+
+def pillar_prompts(pillars: Sequence[str], n: int, seed: int) -> list[tuple[Message, ...]]:
+    """n prompts drawn (seeded) from the built-in items of these pillars ("all": every pillar),
+    each item's messages exactly as a run sends them; repeated when there are fewer items."""
+    factory = pillar_source(resolve_subtasks(tuple(pillars)), None, 0)
+    pool = [w.item.messages for w in factory()]
+    if not pool:
+        raise ConfigError(f"--pillars {','.join(pillars)}: no built-in items; name other pillars or pass --items")
+    random.Random(seed).shuffle(pool)
+    return [pool[i % len(pool)] for i in range(n)]
 
 
 def bodies(target: Target, prompts: Sequence[tuple[Message, ...]], output_len: int) -> list[dict[str, object]]:

@@ -184,8 +184,10 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     b.add_argument("--num-prompts", type=int, default=200, metavar="N", help="requests measured (default 200)")
     b.add_argument("--warmup", type=int, default=0, metavar="N", help="extra requests sent first, not counted")
     b.add_argument("--items", help="prompts from this items JSONL (id + messages or prompt), repeated as needed")
+    b.add_argument("--pillars", metavar="IDS", help="prompts drawn from the built-in items of these pillars "
+                   "(comma-separated, or all), as a run sends them")
     b.add_argument("--input-len", type=int, default=128, metavar="T", help="synthetic prompts of T words "
-                   "(about T tokens; default 128) when no --items")
+                   "(about T tokens; default 128) when neither --items nor --pillars")
     b.add_argument("--output-len", type=int, default=128, metavar="T", help="max tokens per reply (default 128)")
     b.add_argument("--goodput", nargs="+", metavar="NAME:MS", help="SLOs for request_goodput: ttft:MS tpot:MS e2el:MS")
     b.add_argument("--seed", type=int, default=0, help="seed of the prompts and arrivals (default 0)")

@@ -25,7 +25,7 @@ from engine import spec as runspec
 from engine.bench.metrics import parse_goodput
 from engine.bench.result import bottleneck_warning, sweep_svg, table
 from engine.bench.session import Load, Point, parse_sweep, run_points
-from engine.bench.setup import Target, bodies, config_targets, item_prompts, synthetic_prompts, url_target
+from engine.bench.setup import Target, bodies, config_targets, item_prompts, pillar_prompts, synthetic_prompts, url_target
 from engine.command_config import resolve
 from engine.config import Config, load_config
 from engine.core.config import did_you_mean
@@ -508,6 +508,8 @@ def _bench_problems(args: argparse.Namespace) -> list[str]:
                     ("--timeout-s", args.timeout_s)):
         if not x > 0 or (flag != "--request-rate" and math.isinf(x)):
             out.append(f"{flag}: must be a positive number, got {x}")
+    if args.items and args.pillars:
+        out.append("bench: give --items or --pillars, not both")
     if args.sweep and not args.result_file:
         out.append("--sweep: needs --result-file PATH (each point writes PATH-<point>.json, and PATH.svg)")
     return out
@@ -540,8 +542,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         else config_targets(args.config, _split(args.models), concurrency)
     points = parse_sweep(args.sweep, args.request_rate, args.max_concurrency) if args.sweep \
         else [Point(args.request_rate, args.max_concurrency)]
-    prompts = item_prompts(Path(args.items), n + warm) if args.items else synthetic_prompts(n + warm, args.input_len,
-                                                                                           args.seed)
+    prompts = item_prompts(Path(args.items), n + warm) if args.items else \
+        pillar_prompts(_split(args.pillars) or (), n + warm, args.seed) if args.pillars else \
+        synthetic_prompts(n + warm, args.input_len, args.seed)
     load = Load(num_prompts=n, burstiness=args.burstiness, seed=args.seed, timeout_s=args.timeout_s, slo=slo)
     base = Path(args.result_file) if args.result_file else None
     failed = 0
