@@ -6,8 +6,9 @@ resume scan, the workers of each lane, the judge hub, the budget, re-queries and
 checkpoint writer per file. What moves into the lane's actor is the lane's `Attempts`: the
 adapter (and, for local models, the model server), the lane's limits (adaptive concurrency,
 request pacing, token window) and its retries (`LocalAttempts`, unchanged, inside the actor). A
-driver worker sends one unit to the actor and gets back that unit's outcome, its failed attempts
-and the actor's counters; the driver writes them. So the files, the keys and resume are exactly
+driver worker hands its unit over and gets back that unit's outcome and failed attempts (the
+units of one turn of the driver's loop travel in one actor call, `BATCH_MAX` at most, with the
+actor's counters coming back once per call); the driver writes them. So the files, the keys and resume are exactly
 those of the local backend.
 
 A lost actor (its process killed, its node lost: `ActorDiedError`, `ActorUnavailableError`, ...)
@@ -53,6 +54,12 @@ from engine.run.ray_connect import RayContext, pick_node
 from engine.run.stats import LaneStats
 from engine.run.units import Outcome, Unit
 
+# Units of one lane that are ready in the same turn of the driver's loop go to the actor in one
+# call, at most this many: a Ray call costs far more CPU than a unit, and what frees a lane's
+# workers (a batch's answers) frees them together, so batches form by themselves. The batch's
+# answers come back together: a slow unit holds its batch's workers (at most BATCH_MAX - 1) until
+# it ends.
+BATCH_MAX = 16
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # before the 1st, 2nd, ... replacement (the last repeats)
 # Ray has no type stubs: an actor class and its handles are typed as what they are, opaque.
 ActorHandle = Any
@@ -132,13 +139,19 @@ class LaneActor:
             self._attempts = attempts
             return attempts
 
-    async def process(self, unit: Unit) -> tuple[list[AttemptError], Outcome | None, Snapshot]:
+    async def process(self, units: list[Unit]) -> tuple[list[tuple[list[AttemptError], Outcome | None]], Snapshot]:
+        """Each unit's failed attempts and outcome (the units run at once, each in its own task),
+        and the counters after them."""
         attempts = await self._ready()
-        out: list[AttemptError] = []
-        _sink.set(out)
-        outcome = await attempts.run(unit)
+
+        async def one(unit: Unit) -> tuple[list[AttemptError], Outcome | None]:
+            out: list[AttemptError] = []
+            _sink.set(out)  # this task's own context
+            return out, await attempts.run(unit)
+
+        results = await asyncio.gather(*(one(u) for u in units))
         self._seq += 1
-        return out, outcome, Snapshot(self._seq, attempts.stats.copy(), attempts.brakes.halted.is_set())
+        return list(results), Snapshot(self._seq, attempts.stats.copy(), attempts.brakes.halted.is_set())
 
     def halt(self) -> None:
         if self._attempts is not None:
@@ -153,6 +166,15 @@ class LaneActor:
 
 
 # -- on the driver ------------------------------------------------------------------------------------
+
+
+Answer = tuple[list[AttemptError], Outcome | None, Snapshot | None]  # one unit's, from a batch
+
+
+def _retrieved(fut: asyncio.Future[Answer]) -> None:
+    # A worker cancelled while its unit was away never reads the answer: nor must asyncio complain.
+    if not fut.cancelled():
+        fut.exception()
 
 
 @functools.cache
@@ -198,6 +220,8 @@ class RayAttempts:
         self._lost_on: set[str] = set()  # nodes where this lane's actor was lost
         self._failed = False
         self._placement: dict[str, object] = {}
+        self._pending: list[tuple[ActorHandle, Unit, asyncio.Future[Answer]]] = []
+        self._sending: set[asyncio.Future[None]] = set()
         self._dead: tuple[type[BaseException], ...] = _actor_errors()
         brakes.on_halt.append(self._halt_actor)
 
@@ -229,16 +253,17 @@ class RayAttempts:
         if result is None:
             return None
         errors, outcome, snap, incarnation = result
-        self._absorb(incarnation, snap)
+        if snap is not None:
+            self._absorb(incarnation, snap)
         for rec in errors:
             self.errors.put(rec)
-        if snap.halted and not self.brakes.halted.is_set():
+        if snap is not None and snap.halted and not self.brakes.halted.is_set():
             self.stats.state = snap.stats.state
             self.stats.message = snap.stats.message
             self.brakes.halt()
         return outcome
 
-    async def _call(self, unit: Unit) -> tuple[list[AttemptError], Outcome | None, Snapshot, int] | None:
+    async def _call(self, unit: Unit) -> tuple[list[AttemptError], Outcome | None, Snapshot | None, int] | None:
         """The actor's answer for `unit`; a dead actor is replaced and the unit sent again (its
         records were never written: nothing is duplicated)."""
         while True:
@@ -247,13 +272,47 @@ class RayAttempts:
                 return None
             self.stats.in_flight += 1
             try:
-                errors, outcome, snap = await actor.process.remote(unit)
+                errors, outcome, snap = await self._submit(actor, unit)
             except self._dead as exc:
                 await self._restart(inc, exc)
                 continue
             finally:
                 self.stats.in_flight -= 1
             return errors, outcome, snap, inc
+
+    def _submit(self, actor: ActorHandle, unit: Unit) -> asyncio.Future[Answer]:
+        """`unit`'s answer, sent with the other units submitted in this turn of the loop."""
+        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(_retrieved)
+        self._pending.append((actor, unit, fut))
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        by_actor: dict[int, list[tuple[ActorHandle, Unit, asyncio.Future[Answer]]]] = {}
+        for entry in pending:
+            by_actor.setdefault(id(entry[0]), []).append(entry)
+        for group in by_actor.values():
+            for i in range(0, len(group), BATCH_MAX):
+                task = asyncio.ensure_future(self._send(group[i:i + BATCH_MAX]))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[ActorHandle, Unit, asyncio.Future[Answer]]]) -> None:
+        try:
+            results, snap = await batch[0][0].process.remote([unit for _, unit, _ in batch])
+        except BaseException as exc:  # each unit's worker decides (a lost actor: replace it, send again)
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for i, ((_, _, fut), (errors, outcome)) in enumerate(zip(batch, results, strict=True)):
+            if not fut.done():
+                fut.set_result((errors, outcome, snap if i == 0 else None))
 
     async def start_actor(self) -> None:
         """A new actor for this lane, once it answers; raises EngineError when the cluster cannot
