@@ -118,8 +118,9 @@ def _chunk(data: bytes) -> dict[str, Any]:
         raise AdapterError("malformed", redact(f"stream event is not JSON: {data[:120]!r}")) from None
     if not isinstance(obj, dict):
         raise AdapterError("malformed", redact(f"stream event is not a chat completion chunk: {data[:120]!r}"))
-    if isinstance(obj.get("error"), dict | str):
-        # vLLM and llama.cpp report a failure after the 200 as one `data: {"error": ...}` event.
+    if isinstance(obj.get("error"), dict | str) or obj.get("object") == "error":
+        # vLLM and llama.cpp report a failure after the 200 as one `data: {"error": ...}` event
+        # (older vLLM: `{"object": "error", "message": ...}`).
         raise AdapterError("transient", redact(f"error mid-stream: {_error_message(data)}"))
     return obj
 

@@ -21,9 +21,9 @@ import pytest
 
 from adapters.anthropic import AnthropicMessages
 from adapters.gemini import GeminiGenerate
-from adapters.openai_compat import OpenAIChat
+from adapters.openai_compat import OpenAIChat, stream_document
 from adapters.registry import entry, make_adapter, names
-from adapters.sse import token_timing
+from adapters.sse import Event, token_timing
 from engine.config import load_config
 from engine.core.adapter import AdapterError, StreamsReplies
 from engine.core.config import ModelConfig
@@ -262,3 +262,14 @@ async def _later(srv: Any) -> None:
     """Lets the first streams be cut, then heals the server."""
     await asyncio.sleep(0.3)
     srv.server.set_config(stream_cut_after=None)
+
+
+@pytest.mark.parametrize("event", [b'{"error": {"message": "engine died", "type": "server_error"}}',
+                                   b'{"object": "error", "message": "engine died", "type": "InternalServerError"}'])
+def test_openai_error_event_after_the_200_is_transient(event: bytes) -> None:
+    ok = Event("", b'{"choices": [{"delta": {"content": "hi"}, "finish_reason": null}]}', 1.0)
+    with pytest.raises(AdapterError) as ei:
+        stream_document([ok, Event("", event, 2.0), Event("", b"[DONE]", 3.0)])
+    assert ei.value.kind == "transient" and "engine died" in ei.value.message
+    with pytest.raises(AdapterError, match="DONE"):
+        stream_document([ok])  # ended without [DONE]: incomplete, retried
