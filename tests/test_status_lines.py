@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -80,9 +82,25 @@ def test_bars_count_resumed_work_as_initial_and_fall_back_to_a_fixed_width(monke
         assert (bar.total, bar.initial, bar.n) == (50, 20, 25)
         bar.close()
     monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((0, 0)))
-    assert progress._columns() == progress.FALLBACK_COLUMNS
+    assert progress._shape() == (progress.FALLBACK_COLUMNS, progress.FALLBACK_ROWS)
     monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((120, 40)))
-    assert progress._columns() is None
+    assert progress._shape() is None
+
+
+def test_bars_are_drawn_on_a_pty_that_reports_no_size(tmp_path: Path, make_server: Any) -> None:
+    """`script` gives the run a pty of 0 x 0 (as some CI runners do): the bars still show."""
+    if shutil.which("script") is None:
+        raise AssertionError("util-linux `script` is needed for this test")
+    srv = make_server({"latency_ms": 50})
+    items = write_items(tmp_path / "items.jsonl", 8)
+    cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(srv, max_concurrency=2)})
+    cmd = shlex.join([sys.executable, "-m", "engine", "run", str(cfg), "--items", str(items), "--output",
+                      str(tmp_path / "out"), "--progress"])
+    res = subprocess.run(["script", "-qec", f"stty cols 0 rows 0; {cmd}", "/dev/null"], cwd=str(REPO), env=engine_env(),
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stdout
+    assert re.search(r"total: 100%\|.*\| 8/8", res.stdout), res.stdout
+    assert re.search(r"fake: 100%\|.*\| 8/8", res.stdout), res.stdout
 
 
 def test_durations() -> None:

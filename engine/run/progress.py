@@ -22,9 +22,10 @@ from engine.run.stats import LaneStats
 if TYPE_CHECKING:  # imported where bars are made: only a run on a terminal shows them
     from tqdm import tqdm
 
-# Width when the terminal reports 0 columns (some ptys under CI runners and `script`): tqdm would
-# draw empty bars.
+# Width and height when the terminal reports 0 columns or rows (a pty under `script`, some CI
+# runners): tqdm would draw nothing.
 FALLBACK_COLUMNS = 100
+FALLBACK_ROWS = 50
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,15 @@ def judging(lane: Counted) -> Stage:
     return Stage(max(s.judge_planned, s.judge_resumed + s.judge_queued), s.judge_resumed, s.judged)
 
 
-def _columns() -> int | None:
-    """None: the terminal has a width (tqdm follows it); else the fixed fallback."""
+def _shape() -> tuple[int, int] | None:
+    """None: the terminal has a size (tqdm follows it); else a fixed (columns, rows)."""
     try:
-        cols = os.get_terminal_size(sys.stderr.fileno()).columns
+        size = os.get_terminal_size(sys.stderr.fileno())
     except (OSError, ValueError):
-        return FALLBACK_COLUMNS
-    return None if cols > 0 else FALLBACK_COLUMNS
+        return FALLBACK_COLUMNS, FALLBACK_ROWS
+    if size.columns > 0 and size.lines > 0:
+        return None
+    return size.columns if size.columns > 0 else FALLBACK_COLUMNS, size.lines if size.lines > 0 else FALLBACK_ROWS
 
 
 class Bars:
@@ -81,12 +84,13 @@ class Bars:
         # stderr is not a terminal (a script, a test, Slurm) shows no bars.
         from tqdm import tqdm
 
-        ncols = _columns()
+        shape = _shape()
+        ncols, nrows = shape if shape is not None else (None, None)
         self._total = tqdm(total=0, desc="total", position=0, file=sys.stderr, unit="req",
-                           dynamic_ncols=ncols is None, ncols=ncols)
+                           dynamic_ncols=shape is None, ncols=ncols, nrows=nrows)
         # A lane's label names the node its Ray actor runs on (--backend ray).
         self._bars = [tqdm(total=0, desc=lane.label, position=i + 1, leave=True, file=sys.stderr, unit="req",
-                           dynamic_ncols=ncols is None, ncols=ncols) for i, lane in enumerate(lanes)]
+                           dynamic_ncols=shape is None, ncols=ncols, nrows=nrows) for i, lane in enumerate(lanes)]
 
     def _refresh(self) -> None:
         whole = Stage()
