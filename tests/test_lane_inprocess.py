@@ -383,3 +383,21 @@ def test_a_lane_that_judges_its_own_responses_is_not_held_by_itself() -> None:
     judgments = [r for r in sink.records if isinstance(r, JudgmentRecord)]
     assert len(responses) == 120 and len(judgments) == 120 and lane.stats.state == "complete"
     assert hub.peak <= 2 + 2, hub.peak
+
+
+def test_earlier_responses_of_a_resumed_run_are_fed_within_the_backlog() -> None:
+    """A resumed run's responses without a judgment go to the judge as the backlog allows, even
+    before the judge runs: never more than the backlog in memory (a fed iterator, not a list)."""
+    clock = VirtualClock()
+    cfg, subs, target, judge, _, jsink = _slow_judge_rig(clock, samples=1)
+    hub = JudgeHub(cfg, subs, {"j": judge}, {"j": set()}, b"salt", backlog=4)
+    _wired(hub, target, judge)
+    items = [w.item for w in pillar_source(("safety/jailbreak",), None, 24, {})()]
+    earlier = [(Record(key=f"{i.id}-{s:03d}".ljust(32, "0"), model="t", pillar=i.pillar, subtask=i.subtask,
+                       item_id=i.id, sample=s, attempts=1, response=Response(text="I cannot help with that.", finish_reason="stop")), i)
+               for i in items for s in range(10)]
+    hub.earlier = iter(earlier)
+    asyncio.run(clock.run(judge.run(), close_when_generated(hub, [])))
+    judgments = [r for r in jsink.records if isinstance(r, JudgmentRecord)]
+    assert {j.response_key for j in judgments} == {r.key for r, _ in earlier} and len(judgments) == 240
+    assert hub.peak <= 4, hub.peak

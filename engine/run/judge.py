@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -44,6 +45,7 @@ RETRY_PARAMS = {"temperature": 0.7, "seed": 1}
 # enough that memory stays flat however far the targets could run ahead (~3 KB a unit).
 BACKLOG_PER_WORKER = 4
 MIN_BACKLOG = 64
+EARLIER_BATCH = 256  # earlier responses read from disk per thread hop when a resumed run feeds them
 SALT_FILE = "judge_salt"
 
 
@@ -121,7 +123,7 @@ class JudgeHub:
         # close_when_generated), whether or not the judge runs yet: that feed holds no GPU.
         self.room = asyncio.Event()
         self.room.set()
-        self.earlier: list[tuple[Record, Item]] = []
+        self.earlier: Iterator[tuple[Record, Item]] = iter(())
         self._ended: set[str] = set()
         self.peak = 0  # the most judge units held at once (all judges)
 
@@ -215,12 +217,23 @@ class JudgeHub:
             self.room.set()
 
     async def feed_earlier(self) -> None:
-        """Submits the earlier responses without a judgment, never more than the backlog at once."""
-        earlier, self.earlier = self.earlier, []
-        for rec, item in earlier:
-            if not self.room.is_set():
-                await self.room.wait()
-            self.submit_record(rec, item)
+        """Submits the earlier responses without a judgment, never more than the backlog at once;
+        they are read from disk in batches, off the event loop."""
+        earlier, self.earlier = self.earlier, iter(())
+        while batch := await asyncio.to_thread(lambda: list(itertools.islice(earlier, EARLIER_BATCH))):
+            for rec, item in batch:
+                if not self.room.is_set():
+                    await self.room.wait()
+                self.submit_record(rec, item)
+
+    def owes(self, rec: Record) -> bool:
+        """Whether a response still lacks a judgment it is owed: a try 0 not on disk, or a due try 1."""
+        for _, rubric in self.by_source.get(f"{rec.pillar}/{rec.subtask}", ()):
+            for judge in judges_for(self.cfg, rubric):
+                k = key_int(judge_key(rec.key, judge, rubric.name, rubric.version, 0))
+                if k not in self.done.get(judge, ()) or k in self.retry_due.get(judge, ()):
+                    return True
+        return False
 
     def judge_ended(self, judge: str) -> None:
         """A judge lane ended (done, failed, halted): what it still holds will not drain."""

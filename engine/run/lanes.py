@@ -34,6 +34,7 @@ from engine.run.ray import RayAttempts
 from engine.run.ray_connect import RayContext
 from engine.spec import judge_plan, judges_for, rubrics_by_source, subtasks
 from engine.store.checkpoint import JsonlWriter, scan_responses
+from engine.store.jsonl import key_int
 from engine.store.response_cache import ResponseCache
 
 
@@ -235,28 +236,45 @@ class LaneBuilder:
                 lane.hooks.on_end = functools.partial(hub.judge_ended, lane.name)
         suffixes = ("", inv.suffix) if inv.shard is not None else ("",)
         await asyncio.to_thread(hub.load_retries, inv.out / "judgments", suffixes)
-        hub.earlier = await asyncio.to_thread(_unjudged, inv, hub)  # fed as the backlog allows
-        if hub.earlier:
-            inv.log(f"judging {len(hub.earlier)} earlier responses that have no judgment yet")
+        owed, hub.earlier = await asyncio.to_thread(_unjudged, inv, hub)  # fed as the backlog allows
+        if owed:
+            inv.log(f"judging {owed} earlier responses that have no judgment yet")
         return hub
 
 
-def _unjudged(inv: Invocation, hub: JudgeHub) -> list[tuple[Record, Item]]:
-    """Responses already on disk whose judgments are missing (a resumed or re-judged run); a shard
-    reads its own file and the merged records it owns."""
-    wanted: dict[tuple[str, str], Record] = {}
+def _owed_records(inv: Invocation, hub: JudgeHub) -> Iterator[Record]:
+    """Responses on disk that still owe a judgment; a shard reads its own file and the merged
+    records it owns."""
     for name in inv.spec.models:
         for rec in sharding.iter_sources(sharding.response_sources(inv.out, name, inv.shard, inv.partition)):
-            if rec.response is not None and hub.needs_judging(rec.pillar, rec.subtask):
-                wanted[(rec.key, name)] = rec
-    if not wanted:
-        return []
-    needed = {(r.pillar, r.subtask, r.item_id) for r in wanted.values()}
+            if rec.response is not None and hub.needs_judging(rec.pillar, rec.subtask) and hub.owes(rec):
+                yield rec
+
+
+def _unjudged(inv: Invocation, hub: JudgeHub) -> tuple[int, Iterator[tuple[Record, Item]]]:
+    """How many responses already on disk owe a judgment (a resumed or re-judged run), and an
+    iterator that reads them again with their items. Nothing per record is held: a resumed run of
+    a million judged responses keeps the item identities it needs, not the records."""
+    needed: set[tuple[str, str, str]] = set()
+    owed = 0
+    for rec in _owed_records(inv, hub):
+        needed.add((rec.pillar, rec.subtask, rec.item_id))
+        owed += 1
+    if not owed:
+        return 0, iter(())
     items: dict[tuple[str, str, str], Item] = {}
     for w in inv.factory():
         k = (w.item.pillar, w.item.subtask, w.item.id)
         if k in needed:
             items[k] = w.item
-    return [(r, items[(r.pillar, r.subtask, r.item_id)]) for r in wanted.values()
-            if (r.pillar, r.subtask, r.item_id) in items]
+
+    def again() -> Iterator[tuple[Record, Item]]:
+        sent: set[int] = set()  # a shard's sources may hold a key twice (its file and the merged one)
+        for rec in _owed_records(inv, hub):
+            item = items.get((rec.pillar, rec.subtask, rec.item_id))
+            if item is not None and (k := key_int(rec.key)) not in sent:
+                sent.add(k)
+                yield rec, item
+
+    return owed, again()
 
