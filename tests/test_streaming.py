@@ -273,3 +273,32 @@ def test_openai_error_event_after_the_200_is_transient(event: bytes) -> None:
     assert ei.value.kind == "transient" and "engine died" in ei.value.message
     with pytest.raises(AdapterError, match="DONE"):
         stream_document([ok])  # ended without [DONE]: incomplete, retried
+
+
+def test_the_real_llama_cpp_server_streams_what_it_answers_whole(embedded_server: Any) -> None:
+    """Against the embedded llama.cpp server (greedy): the streamed reply's text, finish reason and
+    usage equal the non-streamed one's (its SSE, include_usage and [DONE] as a real server sends
+    them), with a first-token time and one timing piece per token or so; and `bench` against it
+    completes every request with TTFT and TPOT > 0."""
+    url, alias = embedded_server.base_url, embedded_server.alias
+    params = GenParams(max_tokens=16, temperature=0.0, seed=0)
+    msgs = (Message(role="user", content="Name two animals."),)
+
+    async def main() -> tuple[Response, Response]:
+        plain = OpenAIChat(base_url=url, model=alias, api_key=None, concurrency=2, reasoning=False)
+        streamed = OpenAIChat(base_url=url, model=alias, api_key=None, concurrency=2, reasoning=False, stream=True)
+        try:
+            body = plain.build_body(msgs, params)
+            return await plain.send(body, 60.0), await streamed.send(body, 60.0)
+        finally:
+            await plain.aclose()
+            await streamed.aclose()
+
+    a, b = asyncio.run(main())
+    assert (b.text, b.finish_reason, b.usage.completion_tokens) == (a.text, a.finish_reason, a.usage.completion_tokens)
+    assert b.usage.prompt_tokens == a.usage.prompt_tokens > 0
+    assert b.ttft_s is not None and b.timing is not None and b.timing.chunks >= 1
+    res = run_cli("bench", "--base-url", embedded_server.root_url, "--model", alias, "--num-prompts", "4",
+                  "--max-concurrency", "2", "--input-len", "16", "--output-len", "8")
+    assert res.rc == 0, res.stderr
+    assert "Successful requests:                     4" in res.stdout
