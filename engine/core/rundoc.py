@@ -99,7 +99,7 @@ class LaneSummary(msgspec.Struct, frozen=True, kw_only=True):
     node_id: str | UnsetType = UNSET
     host: str | UnsetType = UNSET
     pid: int | UnsetType = UNSET
-    actor_restarts: int | UnsetType = UNSET  # every replacement tried, whether or not it came up
+    actor_restarts: int | UnsetType = UNSET  # every loss of the lane's actor (a replacement that died too counts)
     restart_causes: dict[str, int] | UnsetType = UNSET  # Ray's error name -> how many restarts it caused
     cost: float | UnsetType = UNSET  # not written by the engine; shown by the report when present
     # Across invocations (engine/run/stats.py `merge_invocations`); absent in run.json written before

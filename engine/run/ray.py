@@ -18,7 +18,7 @@ until an actor answers, up to `ray_max_restarts` tries per lane, each after a sh
 lane's clock: when a node is lost, the first error comes at once but Ray declares the node dead
 only after its health checks fail (~15 s here), so a replacement placed by Ray alone can land on
 the dead node and die before it answers. Each replacement is steered (a soft node affinity) to an
-alive node where none of this lane's actors was lost; every try and its cause count in run.json.
+alive node where none of this lane's actors was lost; every loss and its cause count in run.json.
 
 Resources: API lanes ask for no CPU or GPU (they wait on the network); embedded lanes ask for
 `threads` CPUs; vLLM lanes for `tensor_parallel_size` GPUs. Every node needs this package
@@ -215,7 +215,7 @@ class RayAttempts:
         self._snaps: dict[int, Snapshot] = {}
         self._restart_lock = asyncio.Lock()
         self.clock = clock or LoopClock()
-        self.restarts = 0  # every replacement tried, whether or not it came up
+        self.restarts = 0  # every loss of this lane's actor (each replaced while ray_max_restarts allows)
         self.causes: dict[str, int] = {}  # Ray's error name -> replacements it caused
         self._lost_on: set[str] = set()  # nodes where this lane's actor was lost
         self._failed = False
