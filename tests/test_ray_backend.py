@@ -202,3 +202,24 @@ def test_the_breaker_stops_a_ray_lane_and_the_other_lane_completes(tmp_path: Pat
     assert doc["lanes"]["bad"]["state"] == "stopped" and "Last error: HTTP 50" in doc["lanes"]["bad"]["message"]
     assert doc["lanes"]["good"]["state"] == "complete" and doc["lanes"]["good"]["done"] == 10
     assert not (out / "responses" / "bad.jsonl").exists() or not read_jsonl(out / "responses" / "bad.jsonl")
+
+
+@needs_ray
+def test_driver_killed_then_resumed_completes_exactly_once(tmp_path: Path, fake_server: FakeServerProcess) -> None:
+    """kill -9 of the driver takes the lane's actor with it (the driver owns it); the same command
+    again resumes from the checkpoint: every key once, verify clean (README, "What survives")."""
+    fake_server.set_config(latency_ms=60)
+    items = write_items(tmp_path / "items.jsonl", 80)
+    cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server, max_concurrency=4)})
+    out = tmp_path / "out"
+    args = ("run", cfg, "--items", items, "--output", out, "--backend", "ray", "--no-progress")
+    p = EngineProc(*args)
+    try:
+        wait_for_lines(out / "responses" / "fake.jsonl", 12, p, timeout=90)
+        p.kill9()
+    finally:
+        p.close()
+    res = run_engine(*args, timeout=120)
+    assert res.rc == 0, res.stderr
+    check_complete(out, "fake", expected_texts(cfg, items, "fake"))
+    verify_clean(out)
