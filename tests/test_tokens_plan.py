@@ -16,7 +16,7 @@ from engine.core.rundoc import LaneSummary, RunSpec, TokenCounts
 from engine.spec import item_factory
 from engine.throughput import measured, record
 from engine.tokens import ESTIMATE, counter_for, script_aware
-from tests.conftest import fake_model, run_engine, write_config, write_items
+from tests.conftest import fake_model, run_cli, write_config, write_items
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "trustmh"
 CHINESE = {None: ("reliability/intervention",), "official": ("reliability/intervention", "privacy/leakage")}
@@ -80,7 +80,7 @@ def test_plan_says_where_items_come_from_and_pivots(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "c.toml", {"mini": fake_model("http://127.0.0.1:9/v1", model="gpt-4o-mini"),
                                              "other": fake_model("http://127.0.0.1:9/v1")},
                        run={"output": str(tmp_path / "out"), "limit": 2})
-    res = run_engine("plan", cfg, "--pillars", "reliability,crisis")
+    res = run_cli("plan", cfg, "--pillars", "reliability,crisis")
     assert res.rc == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0].startswith("items: built-in demo items") and "--limit 2" in lines[0]
@@ -93,11 +93,11 @@ def test_plan_says_where_items_come_from_and_pivots(tmp_path: Path) -> None:
     assert any(ln.startswith("mini: ") and "(tokenizer o200k_base (bpe-openai))" in ln for ln in lines)
     assert any(ln.startswith("other: ") and "(script-aware estimate" in ln for ln in lines)
     assert not any(" target " in ln and ln.split()[2] == "crisis" for ln in lines)  # flat rows only with --verbose
-    verbose = run_engine("plan", cfg, "--pillars", "reliability,crisis", "--verbose").stdout.splitlines()
+    verbose = run_cli("plan", cfg, "--pillars", "reliability,crisis", "--verbose").stdout.splitlines()
     assert any(ln.split()[:3] == ["mini", "target", "crisis"] for ln in verbose)
 
     items = write_items(tmp_path / "items.jsonl", 7)
-    first = run_engine("plan", cfg, "--items", items).stdout.splitlines()[0]
+    first = run_cli("plan", cfg, "--items", items).stdout.splitlines()[0]
     assert first == f"items: items file {items}: 7 items (every line)"
 
 
@@ -126,7 +126,7 @@ def test_items_run_runs_every_line_and_reports_responses(tmp_path: Path, fake_se
     # The config's limit sizes pillar subtasks; the items file runs whole.
     cfg = write_config(tmp_path / "c.toml", {"a": fake_model(fake_server), "b": fake_model(fake_server)},
                        run={"output": str(out), "limit": 2})
-    res = run_engine("run", cfg, "--items", items)
+    res = run_cli("run", cfg, "--items", items)
     assert res.rc == 0, res.stderr
     assert len((out / "responses" / "a.jsonl").read_text().splitlines()) == 5
     report = (out / "report.md").read_text()
@@ -137,7 +137,7 @@ def test_items_run_runs_every_line_and_reports_responses(tmp_path: Path, fake_se
     assert section[6].startswith("| q0 | question number 0: how are you today? | ")
     assert sum(1 for ln in section if ln.startswith("| q")) == 5
     assert "report.html" in res.stderr and "<h2>Responses</h2>" in (out / "report.html").read_text()
-    score = run_engine("score", out)
+    score = run_cli("score", out)
     assert score.rc == 2 and "custom --items run" in score.stderr and "report" in score.stderr
-    assert run_engine("run", cfg, "--items", items, "--limit", "2", "--output", tmp_path / "two").rc == 0
+    assert run_cli("run", cfg, "--items", items, "--limit", "2", "--output", tmp_path / "two").rc == 0
     assert len((tmp_path / "two" / "responses" / "a.jsonl").read_text().splitlines()) == 2
