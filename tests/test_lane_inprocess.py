@@ -386,7 +386,7 @@ def test_a_lane_that_judges_its_own_responses_is_not_held_by_itself() -> None:
 
 
 def test_earlier_responses_of_a_resumed_run_are_fed_within_the_backlog() -> None:
-    """A resumed run's responses without a judgment go to the judge as the backlog allows, even
+    """A resumed run's 120 responses without a judgment go to the judge as the backlog allows, even
     before the judge runs: never more than the backlog in memory (a fed iterator, not a list)."""
     clock = VirtualClock()
     cfg, subs, target, judge, _, jsink = _slow_judge_rig(clock, samples=1)
@@ -395,9 +395,21 @@ def test_earlier_responses_of_a_resumed_run_are_fed_within_the_backlog() -> None
     items = [w.item for w in pillar_source(("safety/jailbreak",), None, 24, {})()]
     earlier = [(Record(key=f"{i.id}-{s:03d}".ljust(32, "0"), model="t", pillar=i.pillar, subtask=i.subtask,
                        item_id=i.id, sample=s, attempts=1, response=Response(text="I cannot help with that.", finish_reason="stop")), i)
-               for i in items for s in range(10)]
+               for i in items for s in range(5)]
     hub.earlier = iter(earlier)
-    asyncio.run(clock.run(judge.run(), close_when_generated(hub, [])))
+    done = asyncio.Event()
+
+    async def work() -> None:
+        await asyncio.gather(judge.run(), close_when_generated(hub, []))
+        done.set()
+
+    async def ticker() -> None:
+        # feed_earlier reads its batches in a thread, which the virtual clock cannot see: a sleeper
+        # that always wakes keeps it from calling that wait a deadlock.
+        while not done.is_set():
+            await clock.sleep(0.25)
+
+    asyncio.run(clock.run(work(), ticker()))
     judgments = [r for r in jsink.records if isinstance(r, JudgmentRecord)]
-    assert {j.response_key for j in judgments} == {r.key for r, _ in earlier} and len(judgments) == 240
+    assert {j.response_key for j in judgments} == {r.key for r, _ in earlier} and len(judgments) == 120
     assert hub.peak <= 4, hub.peak
