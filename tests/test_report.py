@@ -24,11 +24,11 @@ import orjson
 import pytest
 
 from engine.core.rundoc import RunDoc, RunSpec
-from engine.report import build_report, render, report_for, write_reports
+from engine.report import build_report, load_inputs, render, report_for, write_reports
 from engine.report.build import breakdown_tables, cohen_kappa, judgment_label
 from engine.report.format import fmt_num, rank_colour
 from engine.report.view import ReportInputs
-from tests.conftest import fake_model, run_cli, write_config
+from tests.conftest import fake_model, run_cli, write_config, write_items
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_run"
 SECRET_ENV = "TRUSTMH_REPORT_TEST_KEY"
@@ -397,3 +397,36 @@ def test_html_in_headless_chromium(run_dir: Path, scores: dict[str, Any], tmp_pa
     assert 'class="ranks"' in dom and len(cells) == 3 * (len(scores["subtasks"]) + 1)  # + the unscored row
     if os.environ.get("TRUSTMH_REPORT_SHOT"):  # keep a screenshot to look at
         shutil.copy(png, os.environ["TRUSTMH_REPORT_SHOT"])
+
+
+def test_items_report_is_bounded_and_counts_every_item(tmp_path: Path, fake_server: Any) -> None:
+    """An --items run with more items than the Responses table shows: the first ones in file order,
+    a line that says how many of how many and where the rest are, and counts over every item; the
+    loader keeps only the shown items' records (a 1M-item run's report held every one)."""
+    items, out = write_items(tmp_path / "items.jsonl", 12), tmp_path / "out"
+    cfg = write_config(tmp_path / "c.toml", {"a": fake_model(fake_server), "b": fake_model(fake_server)},
+                       run={"output": str(out)})
+    assert run_cli("run", cfg, "--items", items).rc == 0
+    a, b = out / "responses" / "a.jsonl", out / "responses" / "b.jsonl"
+    lines = a.read_bytes().splitlines()
+    failed = next(i for i, ln in enumerate(lines) if orjson.loads(ln)["item_id"] == "q9")
+    rec = orjson.loads(lines[failed])
+    rec.update(response=None, error={"kind": "server", "status": 500, "message": "boom", "retryable": False})
+    lines[failed] = orjson.dumps(rec)
+    a.write_bytes(b"\n".join(lines) + b"\n")
+    b.write_bytes(b"".join(ln + b"\n" for ln in b.read_bytes().splitlines() if orjson.loads(ln)["item_id"] != "q1"))
+    inputs = load_inputs(out, response_rows=5)
+    assert {m: sorted(r.item_id for r in rs) for m, rs in inputs.records.items()} == {
+        "a": ["q0", "q1", "q2", "q3", "q4"], "b": ["q0", "q2", "q3", "q4"]}
+    write_reports(out, response_rows=5)
+    md = (out / "report.md").read_text()
+    section = md.split("## Responses", 1)[1].split("\n## ", 1)[0]
+    assert [ln.split(" | ")[0] for ln in section.splitlines() if ln.startswith("| q")] == [f"| q{i}" for i in range(5)]
+    assert "| q1 | question number 1: how are you today? | reply:" in section and section.count("(missing)") == 1
+    assert f"Showing 5 of 12 items (the first, in file order); every response is in {out / 'responses'}/*.jsonl" in section
+    assert "| a | 11 | 1 | 0 |" in section and "| b | 11 | 0 | 1 |" in section
+    assert re.search(r"^\| a \| 12 \| 110 \| ", md, re.M) and re.search(r"^\| b \| 11 \| 110 \| ", md, re.M)
+    page = (out / "report.html").read_text()
+    assert "Showing 5 of 12 items" in page and len(re.findall(r"<td>q\d+</td>", page)) == 5
+    report = report_for(out, response_rows=50)[0]
+    assert len(report.responses) == 12 and report.responses_shown and not report.responses_shown.truncated

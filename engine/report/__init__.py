@@ -2,7 +2,9 @@
 
 Public API:
 - `load_inputs(directory)` reads run.json, scores.json (computed in memory when absent), the
-  response and judgment records and, where they can be rebuilt, the items (the only I/O here);
+  response and judgment records and, where they can be rebuilt, the items (the only I/O here); of a
+  custom --items run it keeps only the first `response_rows` items and their records, streaming the
+  rest into per-model counts, so a 1M-item run's report holds ~500 records, not 1M;
 - `build.build_report(inputs, per_subtask=5)` builds the typed `Report` (view.py; pure);
 - `render(report, fmt)` gives the text ("md", "html" or "json"), with any API key value that the
   environment holds for the run's `api_key_env` names blanked out as a last line of defence;
@@ -19,37 +21,76 @@ from pathlib import Path
 import msgspec
 
 from engine.core.errors import EngineError
-from engine.core.records import Item, judgment_decoder
+from engine.core.records import Item, Record, judgment_decoder
 from engine.core.rundoc import RunDoc, RunSpec, ScoresDoc
 from engine.core.secrets import redact, remember_env
 from engine.report.build import build_report
 from engine.report.html import render_html
 from engine.report.markdown import render_markdown
-from engine.report.view import Report, ReportInputs
+from engine.report.view import Report, ReportInputs, ResponsesShown, ResponseTally
 from engine.scoring import score_run
 from engine.spec import item_factory
 from engine.store.checkpoint import iter_records
 from engine.store.rundoc_io import read_run, read_scores
 
-__all__ = ["FORMATS", "Report", "ReportInputs", "build_report", "load_inputs", "render", "report_for", "write_reports"]
+__all__ = ["FORMATS", "RESPONSE_ROWS", "Report", "ReportInputs", "build_report", "load_inputs", "render", "report_for", "write_reports"]
 
 FORMATS = ("md", "html", "json")
 FILES = {"md": "report.md", "html": "report.html"}
+RESPONSE_ROWS = 500  # items (file order) an --items run's Responses table shows; the rest are only counted
 
 
-def load_inputs(directory: Path) -> ReportInputs:
+def load_inputs(directory: Path, response_rows: int = RESPONSE_ROWS) -> ReportInputs:
     directory = Path(directory)
     run = read_run(directory)
     notes: list[str] = []
     scores = _read_scores(directory, run, notes)
     spec = run.spec
     models = list(spec.models or _models_of(run.config))
-    records = {m: list(iter_records(directory / "responses" / f"{m}.jsonl")) for m in models}
     judgments = {p.stem: list(iter_records(p, judgment_decoder))
                  for p in sorted((directory / "judgments").glob("*.jsonl"))}
-    items = _load_items(spec, notes)
+    if spec.items is not None:
+        items, total = _load_items(spec, notes, keep=response_rows)
+        records, shown = _stream_responses(directory, run, models, items, total, response_rows)
+        return ReportInputs(directory=str(directory), run=run, scores=scores, records=records, judgments=judgments,
+                            items=items, notes=tuple(notes), responses_shown=shown)
+    records = {m: list(iter_records(directory / "responses" / f"{m}.jsonl")) for m in models}
+    items, _ = _load_items(spec, notes)
     return ReportInputs(directory=str(directory), run=run, scores=scores, records=records, judgments=judgments,
                         items=items, notes=tuple(notes))
+
+
+def _stream_responses(directory: Path, run: RunDoc, models: list[str], items: Mapping[tuple[str, str, str], Item] | None,
+                      total: int | None, rows: int) -> tuple[dict[str, list[Record]], ResponsesShown]:
+    """An --items run's records, one at a time: those of the shown items are kept (of the first `rows`
+    item ids met when the items file is not here), every one is counted. A checkpoint never holds a
+    key twice, so counting needs no set of the keys seen."""
+    shown = {k[2] for k in items} if items is not None else set()
+    units = None if total is None else total * max(run.spec.samples, 1)
+    records: dict[str, list[Record]] = {}
+    tallies = []
+    dropped = False
+    for m in models:
+        kept = records[m] = []
+        ok = failed = prompt = completion = 0
+        for r in iter_records(directory / "responses" / f"{m}.jsonl"):
+            if r.response is None:
+                failed += 1
+            else:
+                ok += 1
+                prompt += r.response.usage.prompt_tokens
+                completion += r.response.usage.completion_tokens
+            if items is None and len(shown) < rows:
+                shown.add(r.item_id)
+            if r.item_id in shown:
+                kept.append(r)
+            else:
+                dropped = True
+        tallies.append(ResponseTally(model=m, ok=ok, failed=failed, prompt_tokens=prompt, completion_tokens=completion,
+                                     missing=None if units is None else max(units - ok - failed, 0)))
+    n = len(items) if items is not None else len(shown)
+    return records, ResponsesShown(shown=n, total=total, truncated=dropped or (total is not None and total > n),
+                                   folder=str(directory / "responses"), models=tuple(tallies))
 
 
 def _models_of(config: Mapping[str, object]) -> Mapping[str, object]:
@@ -72,17 +113,25 @@ def _read_scores(directory: Path, run: RunDoc, notes: list[str]) -> ScoresDoc | 
     return scores
 
 
-def _load_items(spec: RunSpec, notes: list[str]) -> dict[tuple[str, str, str], Item] | None:
+def _load_items(spec: RunSpec, notes: list[str],
+                keep: int | None = None) -> tuple[dict[tuple[str, str, str], Item] | None, int | None]:
+    """The items (the first `keep` of them when given; the others are only counted) and how many
+    there are; (None, None) when they cannot be rebuilt."""
     if spec.items is not None and not Path(spec.items).is_file():
         notes.append(f"a custom --items run whose items file {spec.items} is not here: responses without prompts")
-        return None
+        return None, None
+    items: dict[tuple[str, str, str], Item] = {}
+    total = 0
     try:
-        factory = item_factory(spec)
-        return {(w.item.pillar, w.item.subtask, w.item.id): w.item for w in factory()}
+        for w in item_factory(spec)():
+            total += 1
+            if keep is None or total <= keep:
+                items[(w.item.pillar, w.item.subtask, w.item.id)] = w.item
     except (EngineError, OSError, ValueError, KeyError, msgspec.ValidationError) as exc:
         reason = exc.args[0] if exc.args else exc
         notes.append(f"items could not be rebuilt ({reason}); the drill-down shows item ids and is not re-scored")
-        return None
+        return None, None
+    return items, total
 
 
 def _secrets(run: RunDoc) -> tuple[str, ...]:
@@ -106,14 +155,15 @@ def render(report: Report, fmt: str, secrets: tuple[str, ...] = ()) -> str:
     return redact(text, secrets, shapes=False)
 
 
-def report_for(directory: Path, per_subtask: int = 5) -> tuple[Report, tuple[str, ...]]:
-    inputs = load_inputs(Path(directory))
+def report_for(directory: Path, per_subtask: int = 5,
+               response_rows: int = RESPONSE_ROWS) -> tuple[Report, tuple[str, ...]]:
+    inputs = load_inputs(Path(directory), response_rows)
     return build_report(inputs, per_subtask=per_subtask), _secrets(inputs.run)
 
 
-def write_reports(directory: Path, per_subtask: int = 5) -> list[Path]:
+def write_reports(directory: Path, per_subtask: int = 5, response_rows: int = RESPONSE_ROWS) -> list[Path]:
     directory = Path(directory)
-    report, secrets = report_for(directory, per_subtask)
+    report, secrets = report_for(directory, per_subtask, response_rows)
     paths = []
     for fmt, name in FILES.items():
         path = directory / name

@@ -47,6 +47,7 @@ from engine.report.view import (
     ReportInputs,
     ResponseCell,
     ResponseRow,
+    ResponsesShown,
     RunInfo,
     SubtaskDetail,
     SubtaskRow,
@@ -380,20 +381,26 @@ def lanes(run: RunDoc) -> tuple[LanePerf, ...]:
 
 
 def token_use(run: RunDoc, records: Mapping[str, list[Record]],
-              judgments: Mapping[str, list[JudgmentRecord]]) -> tuple[TokenUse, ...]:
+              judgments: Mapping[str, list[JudgmentRecord]], shown: ResponsesShown | None = None) -> tuple[TokenUse, ...]:
+    """Tokens per model; of an --items run, from the loader's counts over every record (`records`
+    holds only the shown items' records there)."""
     prices = _table(run.config, "prices")
+    tallies = {t.model: t for t in shown.models} if shown is not None else {}
     out = []
     for model in dict.fromkeys([*records, *judgments]):
         rs = [r.response for r in records.get(model, ()) if r.response is not None]
         js = [j.response for j in judgments.get(model, ()) if j.response is not None]
         p, c = sum(r.usage.prompt_tokens for r in rs), sum(r.usage.completion_tokens for r in rs)
+        n = len(records.get(model, ()))
+        if (t := tallies.get(model)) is not None:
+            p, c, n = t.prompt_tokens, t.completion_tokens, t.ok + t.failed
         jp, jc = sum(r.usage.prompt_tokens for r in js), sum(r.usage.completion_tokens for r in js)
         price = _table(prices, model)
         cost = None
         if price:
             cost = ((p + jp) * _float(price.get("input_per_mtok", 0))
                     + (c + jc) * _float(price.get("output_per_mtok", 0))) / 1e6
-        out.append(TokenUse(model=model, responses=len(records.get(model, ())), prompt_tokens=p, completion_tokens=c,
+        out.append(TokenUse(model=model, responses=n, prompt_tokens=p, completion_tokens=c,
                             judgments=len(judgments.get(model, ())), judge_prompt_tokens=jp,
                             judge_completion_tokens=jc, cost=cost))
     return tuple(out)
@@ -422,7 +429,8 @@ _STATUS_BADNESS = {"failed": 3, "unparseable": 2, "unknown": 1, "scored": 0, "mi
 
 
 def responses(inputs: ReportInputs, models: Sequence[str]) -> tuple[ResponseRow, ...]:
-    """A custom --items run: every (item, sample) in file order with each model's response."""
+    """A custom --items run: every (item, sample) the loader kept (the first RESPONSE_ROWS items) in
+    file order with each model's response."""
     by_unit: dict[tuple[str, int], dict[str, Record]] = {}
     for model in models:
         for r in inputs.records.get(model, ()):
@@ -548,7 +556,11 @@ def build_report(inputs: ReportInputs, *, per_subtask: int = 5) -> Report:
     owners = _rubric_owners(list(dict.fromkeys([*spec_keys, *ranked])), options, spec.data_dir)
     parsed = parsed_judgments(inputs.judgments, owners)
     notes = list(inputs.notes)
-    if spec.items is not None:
+    shown = inputs.responses_shown
+    if spec.items is not None and shown is not None and shown.truncated:
+        notes.append(f"a custom --items run: custom items have no metric; the first {shown.shown} items' prompts and "
+                     "responses are below")
+    elif spec.items is not None:
         notes.append("a custom --items run: custom items have no metric; every prompt and model's response is below")
     elif scores is None:
         notes.append(f"no scores.json: ranks and metrics are not shown (run `python -m engine score {inputs.directory}`)")
@@ -571,8 +583,9 @@ def build_report(inputs: ReportInputs, *, per_subtask: int = 5) -> Report:
         judge_counts=judge_counts(scores) if scores else (),
         judge_agreement=judge_agreement(parsed, ranked) if len(parsed) > 1 else (),
         keyword_agreement=keyword_agreement(scores) if scores else (),
-        lanes=perf, tokens=token_use(run, inputs.records, inputs.judgments),
+        lanes=perf, tokens=token_use(run, inputs.records, inputs.judgments, shown),
         drilldown=drilldown(inputs, list(dict.fromkeys([*spec_keys, *ranked])), [m.name for m in models],
                             ranked, parsed, per_subtask, options, spec.data_dir) if per_subtask > 0 else (),
         notes=tuple(notes),
-        responses=responses(inputs, [m.name for m in models]) if spec.items is not None else ())
+        responses=responses(inputs, [m.name for m in models]) if spec.items is not None else (),
+        responses_shown=shown if spec.items is not None else None)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import math
 
+from engine.report.view import ResponsesShown
+
+RESPONSES_INTRO = "Every custom item (its last message) and each model's response:"
+
 
 def fmt_num(v: object, digits: int = 3) -> str:
     """Numbers as every renderer prints them: ints as is, floats with `digits` decimals."""
@@ -21,6 +25,23 @@ def fmt_num(v: object, digits: int = 3) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(fmt_num(x, digits) for x in v) + "]"
     return str(v)
+
+
+def responses_intro(shown: ResponsesShown | None) -> str:
+    """The Responses section's first line: a bounded table says how much it shows and where the rest is."""
+    if shown is None or not shown.truncated:
+        return RESPONSES_INTRO
+    total = "?" if shown.total is None else str(shown.total)
+    return (f"Showing {shown.shown} of {total} items (the first, in file order); every response is in "
+            f"{shown.folder}/*.jsonl. Each shown item (its last message) and each model's response:")
+
+
+def responses_counts(shown: ResponsesShown | None) -> tuple[list[str], list[list[object]]]:
+    """Per model over every item of a bounded table (head, rows); no rows when the table shows all."""
+    head = ["model", "ok", "failed", "missing"]
+    if shown is None or not shown.truncated:
+        return head, []
+    return head, [[t.model, t.ok, t.failed, "?" if t.missing is None else t.missing] for t in shown.models]
 
 
 def fmt_cost(v: float | None) -> str:

@@ -7,7 +7,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from engine.report.format import fmt_ci, fmt_cost, fmt_num, fmt_policy, fmt_protocol, fmt_span, rank_colour
+from engine.report.format import (
+    fmt_ci,
+    fmt_cost,
+    fmt_num,
+    fmt_policy,
+    fmt_protocol,
+    fmt_span,
+    rank_colour,
+    responses_counts,
+    responses_intro,
+)
 from engine.report.svg import PALETTE, pillar_heatmap, radar_svg
 from engine.report.view import BreakdownTable, Drill, DrillItem, RankCell, Report, SubtaskDetail
 
@@ -291,8 +301,10 @@ def render_html(r: Report) -> str:
         body.append('<section id="subtasks"><h2>Subtasks</h2>' + "".join(subtask(d) for d in r.subtasks) + "</section>")
     if r.responses:
         models = [c.model for c in r.responses[0].cells]
-        body.append('<section id="responses"><h2>Responses</h2><p>Every custom item (its last message) and each '
-                    "model's response:</p>" + table(
+        head, counts = responses_counts(r.responses_shown)
+        body.append('<section id="responses"><h2>Responses</h2>'
+                    + (f"<p>Every item's records, per model:</p>{table(head, counts)}" if counts else "")
+                    + f"<p>{escape(responses_intro(r.responses_shown), quote=False)}</p>" + table(
                         ["item", "prompt", *models],
                         [[row.item_id + (f" #{row.sample}" if row.sample else ""), row.prompt or "",
                           *(c.text if c.text is not None else f"({c.status})" for c in row.cells)]

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from engine.report.format import fmt_ci, fmt_cost, fmt_num, fmt_policy, fmt_protocol, fmt_span
+from engine.report.format import (
+    fmt_ci,
+    fmt_cost,
+    fmt_num,
+    fmt_policy,
+    fmt_protocol,
+    fmt_span,
+    responses_counts,
+    responses_intro,
+)
 from engine.report.view import BreakdownTable, RankCell, Report, SubtaskDetail
 
 ARROW = {"higher": "↑", "lower": "↓"}
@@ -137,7 +146,11 @@ def _responses(r: Report) -> list[str]:
     if not r.responses:
         return []
     models = [c.model for c in r.responses[0].cells]
-    out = ["## Responses", "", "Every custom item (its last message) and each model's response:", ""]
+    head, counts = responses_counts(r.responses_shown)
+    out = ["## Responses", ""]
+    if counts:
+        out += ["Every item's records, per model:", "", *table(head, counts)]
+    out += [responses_intro(r.responses_shown), ""]
     return out + table(["item", "prompt", *models],
                        [[f"{row.item_id}" + (f" #{row.sample}" if row.sample else ""), row.prompt or "",
                          *(c.text if c.text is not None else f"({c.status})" for c in row.cells)]

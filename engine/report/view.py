@@ -240,6 +240,28 @@ class ResponseRow(msgspec.Struct, frozen=True, kw_only=True):
     cells: tuple[ResponseCell, ...] = ()
 
 
+class ResponseTally(msgspec.Struct, frozen=True, kw_only=True):
+    """One model's records of an --items run, counted over every item while the loader streams them."""
+
+    model: str
+    ok: int = 0
+    failed: int = 0  # a record without a response
+    missing: int | None = None  # (item, sample) units without a record; None: the items file is not here
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ResponsesShown(msgspec.Struct, frozen=True, kw_only=True):
+    """How much of an --items run the Responses table shows: a bounded head in file order (a 1M-item
+    table is of no use to a reader and would hold every record); the tallies cover every item."""
+
+    shown: int  # items in the table
+    total: int | None  # items in the items file (None: the file is not here)
+    truncated: bool
+    folder: str  # where every response is (DIR/responses)
+    models: tuple[ResponseTally, ...] = ()
+
+
 class Report(msgspec.Struct, frozen=True, kw_only=True):
     format: int = 1
     title: str
@@ -256,6 +278,7 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     drilldown: tuple[Drill, ...]
     notes: tuple[str, ...]
     responses: tuple[ResponseRow, ...] = ()  # a custom --items run: prompt x model
+    responses_shown: ResponsesShown | None = None  # a custom --items run: the table's bound and the totals
 
 
 class ReportInputs(msgspec.Struct, frozen=True, kw_only=True):
@@ -269,3 +292,6 @@ class ReportInputs(msgspec.Struct, frozen=True, kw_only=True):
     judgments: dict[str, list[JudgmentRecord]]  # judge -> judge outputs
     items: dict[tuple[str, str, str], Item] | None
     notes: tuple[str, ...] = ()
+    # A custom --items run: `records` and `items` hold only the items the Responses table shows;
+    # the counts over every item are here.
+    responses_shown: ResponsesShown | None = None
