@@ -21,7 +21,7 @@ import msgspec
 from engine.core.errors import STORAGE_ERRNOS, CheckpointError, StorageError
 from engine.core.records import Record, record_decoder, record_encoder
 from engine.core.secrets import redact
-from engine.store.jsonl import ERROR_FIELD, chunks, key_int
+from engine.store.jsonl import DECODE_CHUNK, ERROR_FIELD, chunks, key_int
 
 R = TypeVar("R")
 
@@ -172,7 +172,7 @@ def iter_records(path: Path, decoder: msgspec.json.Decoder[Any] = record_decoder
     """Decodes every record of a JSONL checkpoint (verify, score and report read this way)."""
     if not path.exists():
         return
-    for first, chunk, _ in chunks(path):
+    for first, chunk, _ in chunks(path, DECODE_CHUNK):
         try:
             records = decoder.decode_lines(chunk)
         except msgspec.DecodeError as exc:
