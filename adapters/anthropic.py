@@ -34,7 +34,7 @@ import orjson
 from adapters.http import error_for_status, load_transport, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_anthropic
 from adapters.registry import BuildContext, Built, Capabilities, adapter
-from adapters.sse import Event, cut_short, post_sse, timed
+from adapters.sse import Event, cut_short, event_object, post_sse, timed
 from engine.core.adapter import AdapterError
 from engine.core.config import AdapterOptions
 from engine.core.records import GenParams, Message, Response, Usage
@@ -140,12 +140,7 @@ def parse_messages_response(raw: bytes, latency: float) -> Response:
 
 
 def _event(ev: Event) -> dict[str, Any]:
-    try:
-        obj = orjson.loads(ev.data)
-    except orjson.JSONDecodeError:
-        raise AdapterError("malformed", redact(f"stream event is not JSON: {ev.data[:120]!r}")) from None
-    if not isinstance(obj, dict):
-        raise AdapterError("malformed", redact(f"stream event is not a Messages API event: {ev.data[:120]!r}"))
+    obj = event_object(ev.data, "a Messages API event")
     if obj.get("type") == "error":
         # An error after the 200 (overloaded_error, api_error): the attempt failed, try again.
         raise AdapterError("transient", redact(f"error mid-stream: {anthropic_error_message(ev.data)}"))

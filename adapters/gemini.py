@@ -43,7 +43,7 @@ import orjson
 from adapters.http import error_for_status, load_transport, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_duration
 from adapters.registry import BuildContext, Built, Capabilities, adapter
-from adapters.sse import Event, cut_short, post_sse, timed
+from adapters.sse import Event, cut_short, event_object, post_sse, timed
 from engine.core.adapter import AdapterError
 from engine.core.config import AdapterOptions
 from engine.core.records import ErrorKind, GenParams, Message, Response, Usage
@@ -174,12 +174,7 @@ def parse_generate_response(raw: bytes, latency: float) -> Response:
 
 
 def _chunk(ev: Event) -> dict[str, Any]:
-    try:
-        obj = orjson.loads(ev.data)
-    except orjson.JSONDecodeError:
-        raise AdapterError("malformed", redact(f"stream event is not JSON: {ev.data[:120]!r}")) from None
-    if not isinstance(obj, dict):
-        raise AdapterError("malformed", redact(f"stream event is not a GenerateContentResponse: {ev.data[:120]!r}"))
+    obj = event_object(ev.data, "a GenerateContentResponse")
     if isinstance(obj.get("error"), dict):
         raise AdapterError("transient", redact(f"error mid-stream: {str(obj['error'].get('message'))[:300]}"))
     return obj

@@ -19,7 +19,7 @@ import orjson
 from adapters.http import error_for_status, load_transport, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_openai
 from adapters.registry import BuildContext, Built, Capabilities, adapter
-from adapters.sse import Event, cut_short, post_sse, timed
+from adapters.sse import Event, cut_short, event_object, post_sse, timed
 from engine.core.adapter import AdapterError
 from engine.core.config import AdapterOptions
 from engine.core.records import ErrorKind, FinishReason, GenParams, Message, Response, Usage
@@ -112,12 +112,7 @@ def parse_chat_response(raw: bytes, latency: float) -> Response:
 
 
 def _chunk(data: bytes) -> dict[str, Any]:
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise AdapterError("malformed", redact(f"stream event is not JSON: {data[:120]!r}")) from None
-    if not isinstance(obj, dict):
-        raise AdapterError("malformed", redact(f"stream event is not a chat completion chunk: {data[:120]!r}"))
+    obj = event_object(data, "a chat completion chunk")
     if isinstance(obj.get("error"), dict | str) or obj.get("object") == "error":
         # vLLM and llama.cpp report a failure after the 200 as one `data: {"error": ...}` event
         # (older vLLM: `{"object": "error", "message": ...}`).

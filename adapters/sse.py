@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
+import orjson
 
 from adapters.http import _timeout
 from engine.core.adapter import AdapterError
@@ -122,6 +123,17 @@ async def _post_fresh_if_stale(session: aiohttp.ClientSession, url: str, data: b
         if isinstance(exc, aiohttp.ClientConnectorError):
             raise
         return await session.post(url, data=data, headers=headers, timeout=t)
+
+
+def event_object(data: bytes, what: str) -> dict[str, Any]:
+    """One stream event's JSON object, or a `malformed` error naming what the event should be."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise AdapterError("malformed", redact(f"stream event is not JSON: {data[:120]!r}")) from None
+    if not isinstance(obj, dict):
+        raise AdapterError("malformed", redact(f"stream event is not {what}: {data[:120]!r}"))
+    return obj
 
 
 def cut_short(what: str) -> AdapterError:
