@@ -74,7 +74,7 @@ def _resources(options: EmbeddedOptions) -> Resources:
 
 
 @adapter("embedded", options=EmbeddedOptions, local=True, gpus=_gpus, resources=_resources,
-         shaping=("model_path", "ctx_per_slot"), caps=Capabilities(streaming=True))
+         shaping=("model_path", "ctx_per_slot"), caps=Capabilities(streaming=True, ignore_eos=True))
 def build_embedded(ctx: BuildContext[EmbeddedOptions]) -> Built:
     o = ctx.options
     alias = ctx.model.model or DEFAULT_ALIAS

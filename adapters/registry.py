@@ -90,6 +90,10 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
                         paid tier, for such a model (None: unknown, no limit)
     tokenizer           whose tokenizer its model ids name ("tiktoken": OpenAI's encodings, used by
                         engine/tokens.py where the id is one of theirs); None: estimated
+    ignore_eos          its server takes vLLM's sampling extras `ignore_eos` and `min_tokens` in a
+                        Chat Completions body (vLLM; llama.cpp's server takes ignore_eos and
+                        ignores min_tokens): `engine bench` sends them so every reply is
+                        --output-len tokens long, as `vllm bench serve --ignore-eos` does
 
     The defaults describe the provider's own endpoint: a command-line model given a base_url of
     its own (a self-hosted server speaking the same API) takes none of them; a config file's
@@ -105,6 +109,7 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     default_requests_per_minute: float | None = None
     default_tokens_per_minute: float | None = None
     tokenizer: str | None = None
+    ignore_eos: bool = False
 
 
 def _no_gpus(model: ModelConfig, options: AdapterOptions, pinned: bool) -> int:

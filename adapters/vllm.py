@@ -278,7 +278,7 @@ class VllmServer:
 
 
 @adapter("vllm", options=VllmOptions, local=True, gpus=vllm_gpus, resources=vllm_resources, shaping=SHAPING,
-         caps=Capabilities(streaming=True))
+         caps=Capabilities(streaming=True, ignore_eos=True))
 def build_vllm(ctx: BuildContext[VllmOptions]) -> Built:
     name, cfg = ctx.name, ctx.model
     model = request_model(name, cfg)

@@ -1,5 +1,6 @@
 """Prompt token estimates for the limiter's charge, `plan` and `--budget`: a real tokenizer where one
-works offline, else an estimate that knows Chinese, Japanese and Korean text is dense.
+works offline, else an estimate that knows Chinese, Japanese and Korean text is dense. Also the
+tokenizer `bench --tokenizer` cuts synthetic prompts to an exact length with (`load_tokenizer`).
 
 - OpenAI's models (an adapter whose registry entry says `tokenizer="tiktoken"`, and a model id that
   OpenAI's encodings know: gpt-4o, gpt-4.1, o3, ...): their tiktoken encoding, from the optional
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 from adapters import registry
 from engine.core.config import ModelConfig
+from engine.core.errors import ConfigError
 
 CJK_TOKENS = 1.5
 # CJK ideographs (with extension A and compatibility), kana, hangul, and the fullwidth/CJK punctuation
@@ -76,3 +78,44 @@ def _openai(model_id: str) -> TokenCounter:
         return ESTIMATE
     enc = bpe_openai.get_encoding(name)
     return TokenCounter(f"tokenizer {name} (bpe-openai)", lambda text: len(enc.encode(text, disallowed_special=())))
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """A tokenizer that also decodes, for prompts of an exact token length (`bench --tokenizer`)."""
+
+    name: str
+    encode: Callable[[str], list[int]]
+    decode: Callable[[list[int]], str]
+
+
+_ENCODINGS = ("o200k_base", "cl100k_base")
+
+
+def load_tokenizer(name: str) -> Tokenizer:
+    """`bench --tokenizer NAME`: an OpenAI encoding (o200k_base, cl100k_base) or an OpenAI model id
+    through bpe-openai, else a Hugging Face tokenizer (a local folder or a hub id) through
+    `transformers` (vLLM installs it). A ConfigError of one line when neither can load it."""
+    enc_name = name if name in _ENCODINGS else next((e for p, e in _PREFIXES if name.startswith(p)), None)
+    if enc_name is not None:
+        try:
+            import bpe_openai  # optional (the `tokens` extra), loaded only when asked for
+        except ImportError:
+            raise ConfigError(f"--tokenizer {name}: OpenAI's encodings need the optional bpe-openai package "
+                              "(pip install 'trustmh-engine[tokens]')") from None
+        enc = bpe_openai.get_encoding(enc_name)
+        return Tokenizer(f"{enc_name} (bpe-openai)", lambda text: list(enc.encode(text, disallowed_special=())),
+                         lambda ids: str(enc.decode(ids)))
+    try:
+        import transformers  # optional (comes with vLLM): only a Hugging Face tokenizer needs it
+    except ImportError:
+        raise ConfigError(f"--tokenizer {name}: a Hugging Face tokenizer needs the `transformers` package "
+                          "(pip install transformers; pip install '.[vllm]' brings it), or name an OpenAI "
+                          f"encoding ({', '.join(_ENCODINGS)})") from None
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(name)
+    except Exception as exc:  # transformers raises OSError, ValueError or hub errors for a bad name
+        raise ConfigError(f"--tokenizer {name}: cannot load it ({type(exc).__name__}); give a folder holding "
+                          "tokenizer files or a Hugging Face model id") from None
+    return Tokenizer(f"{name} (transformers)", lambda text: list(tok.encode(text, add_special_tokens=False)),
+                     lambda ids: str(tok.decode(ids)))

@@ -17,8 +17,18 @@ from engine.bench.arrivals import arrival_times
 from engine.bench.metrics import Outcome, parse_goodput, percentile, send_lag_stats, summarize
 from engine.bench.result import bottleneck_warning, sweep_svg
 from engine.bench.session import Point, parse_sweep
-from engine.bench.setup import adapter_base_url, chat_url, pillar_prompts, synthetic_prompts
+from engine.bench.setup import (
+    adapter_base_url,
+    bodies,
+    chat_url,
+    config_targets,
+    pillar_prompts,
+    sends_ignore_eos,
+    synthetic_prompts,
+    url_target,
+)
 from engine.core.errors import ConfigError
+from engine.tokens import load_tokenizer
 from tests.conftest import run_cli, write_config, write_items
 
 VLLM_FIELDS = ["completed", "failed", "request_throughput", "output_throughput", "total_token_throughput",
@@ -91,6 +101,37 @@ def test_synthetic_prompts_are_distinct_and_seeded() -> None:
     assert a == synthetic_prompts(20, 64, seed=1) != synthetic_prompts(20, 64, seed=2)
 
 
+def test_synthetic_prompts_cut_to_exact_tokens_with_a_tokenizer() -> None:
+    """--tokenizer o200k_base (bpe-openai, a test dependency): each prompt is input_len tokens (a
+    re-encoding of the decoded cut may differ by one where the cut splits a merge), still distinct."""
+    tok = load_tokenizer("o200k_base")
+    for n_tokens in (1, 7, 200):
+        prompts = synthetic_prompts(10, n_tokens, seed=3, tokenizer=tok)
+        assert n_tokens == 1 or len({p[0].content for p in prompts}) == 10
+        assert all(abs(len(tok.encode(p[0].content)) - n_tokens) <= 1 for p in prompts)
+    assert load_tokenizer("gpt-4o-mini").name.startswith("o200k_base")
+    with pytest.raises(ConfigError, match="--tokenizer no/such: .*transformers"):
+        load_tokenizer("no/such")  # transformers is not a test dependency: the line says what to install
+
+
+def test_ignore_eos_is_sent_where_the_adapter_declares_it_or_when_asked(tmp_path: Path) -> None:
+    prompts = synthetic_prompts(2, 4, seed=0)
+    url = url_target("http://127.0.0.1:9", "/v1/chat/completions", "m", None, 4)  # openai: OpenAI's API refuses it
+    assert sends_ignore_eos(url, None) is False and sends_ignore_eos(url, True) is True
+    plain = bodies(url, prompts, 16)
+    assert "ignore_eos" not in plain[0] and plain[0]["max_tokens"] == 16 and plain[0]["temperature"] == 0.0
+    forced = bodies(url, prompts, 16, ignore_eos=True)
+    assert all(b["ignore_eos"] is True and b["min_tokens"] == 16 for b in forced)
+    cfg = write_config(tmp_path / "c.toml", {
+        "v": {"adapter": "vllm", "model": "org/m", "base_url": "http://127.0.0.1:9/v1"},  # a running vLLM server
+        "a": {"adapter": "anthropic", "model": "claude-x", "base_url": "http://127.0.0.1:9"}})
+    vllm, anthropic = config_targets(str(cfg), ["v", "a"], 4)
+    assert sends_ignore_eos(vllm, None) is True and sends_ignore_eos(vllm, False) is False
+    assert sends_ignore_eos(anthropic, None) is False
+    with pytest.raises(ConfigError, match="--ignore-eos: a .*anthropic"):
+        sends_ignore_eos(anthropic, True)
+
+
 def test_warning_names_a_late_client_and_a_busy_one() -> None:
     assert bottleneck_warning({"send_lag_p99_ms": 0.5, "client_cpu_fraction": 0.2}, 100.0, None) is None
     w = bottleneck_warning({"send_lag_p99_ms": 30.0, "client_cpu_fraction": 0.95}, 100.0, None)
@@ -115,6 +156,10 @@ def test_bench_against_the_latency_model(tmp_path: Path, thread_server: Any) -> 
     assert set(VLLM_FIELDS) <= set(doc) and doc["request_rate"] == 40.0
     assert doc["completed"] == 30 and doc["failed"] == 0 and doc["total_output_tokens"] == 30 * 8
     assert thread_server.server.requests == 33
+    # The fake takes vLLM's extras (its reply length is max_tokens either way): forcing them costs nothing.
+    forced = run_cli("bench", "--base-url", thread_server.url, "--model", "fake-model", "--num-prompts", "3",
+                     "--output-len", "8", "--input-len", "12", "--tokenizer", "o200k_base", "--ignore-eos")
+    assert forced.rc == 0, forced.stderr
     assert 35 <= doc["median_ttft_ms"] < 400
     assert 8 <= doc["median_tpot_ms"] < 100 and 5 <= doc["median_itl_ms"] < 100
     assert doc["request_goodput"] == pytest.approx(doc["request_throughput"])

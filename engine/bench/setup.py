@@ -1,5 +1,6 @@
 """What a benchmark sends and to whom: the target (a server root given as --base-url, or models of
-a config file) and the prompts (synthetic of a given length, or an items file).
+a config file) and the prompts (synthetic of a given length in words, or in tokens of a given
+tokenizer; an items file; the pillars' items).
 
 A --base-url target is driven by the registered adapter that declares `caps.chat_completions`
 (Chat Completions over HTTP) and `caps.streaming`; a configured model by its own adapter, which
@@ -16,6 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -25,11 +27,13 @@ from engine.core.adapter import StreamsReplies
 from engine.core.config import ModelConfig
 from engine.core.errors import ConfigError
 from engine.core.records import GenParams, Message
+from engine.core.secrets import looks_like_key, remember
 from engine.items import custom_items, pillar_source
 from engine.spec import resolve_subtasks
+from engine.tokens import Tokenizer
 
-__all__ = ["Target", "adapter_base_url", "bodies", "chat_url", "config_targets", "item_prompts", "pillar_prompts", "synthetic_prompts",
-           "url_target"]
+__all__ = ["Target", "adapter_base_url", "bodies", "chat_url", "check_base_url", "config_targets", "item_prompts", "pillar_prompts", "sends_ignore_eos",
+           "synthetic_prompts", "url_target"]
 
 _CHAT = "/chat/completions"
 
@@ -80,7 +84,27 @@ def _client(label: str, model_id: str, cfg: ModelConfig) -> Target:
     return Target(label, model_id, cfg.adapter, built, built.adapter)
 
 
+def check_base_url(base_url: str) -> None:
+    """--base-url must be an http(s) server root; a ConfigError of one line otherwise."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--base-url {base_url}: expected a server root like http://127.0.0.1:8000 (http or https, "
+                          "with a host)")
+    try:
+        parts.port  # noqa: B018  # reading it validates it
+    except ValueError:
+        raise ConfigError(f"--base-url {base_url}: the port is not a number from 0 to 65535") from None
+
+
 def url_target(base_url: str, endpoint: str, model: str, api_key_env: str | None, concurrency: int) -> Target:
+    check_base_url(base_url)
+    if api_key_env and looks_like_key(api_key_env):
+        remember(api_key_env)  # redacted from anything printed later
+        raise ConfigError("--api-key-env: holds what looks like a key itself, not the name of an environment variable "
+                          "(the value is not shown); export the key in a variable and name that variable")
+    if api_key_env and not os.environ.get(api_key_env):
+        raise ConfigError(f"--api-key-env: environment variable {api_key_env} is not set; export it, or drop "
+                          "--api-key-env to send no key")
     name = _chat_adapter()
     default_env = registry.entry(name).caps.default_api_key_env
     key_env = api_key_env or (default_env if default_env and os.environ.get(default_env) else None)
@@ -109,10 +133,22 @@ _WORDS = ("the", "of", "and", "to", "in", "is", "you", "that", "it", "he", "was"
           "not", "what", "all", "were", "we", "when", "your", "can", "said", "there", "use", "an", "each")
 
 
-def synthetic_prompts(n: int, input_len: int, seed: int) -> list[tuple[Message, ...]]:
-    """n distinct prompts of `input_len` words each (distinct, so no prefix cache serves them)."""
+def synthetic_prompts(n: int, input_len: int, seed: int, tokenizer: Tokenizer | None = None) -> list[tuple[Message, ...]]:
+    """n distinct prompts (distinct, so no prefix cache serves them) of `input_len` words each, or,
+    with a tokenizer, of `input_len` tokens each: the words' first input_len tokens, decoded (as
+    `vllm bench serve`'s random prompts; a re-encoding may differ by a token where a cut merges)."""
     rng = random.Random(seed)
-    return [(Message(role="user", content=" ".join(rng.choices(_WORDS, k=max(1, input_len)))),) for _ in range(n)]
+    out: list[tuple[Message, ...]] = []
+    for _ in range(n):
+        text = " ".join(rng.choices(_WORDS, k=max(1, input_len)))
+        if tokenizer is not None:
+            ids = tokenizer.encode(text)
+            while len(ids) < input_len:  # a tokenizer that merges common words: more words
+                text += " " + " ".join(rng.choices(_WORDS, k=input_len))
+                ids = tokenizer.encode(text)
+            text = tokenizer.decode(ids[:input_len])
+        out.append((Message(role="user", content=text),))
+    return out
 
 
 def item_prompts(path: Path, n: int) -> list[tuple[Message, ...]]:
@@ -134,7 +170,29 @@ def pillar_prompts(pillars: Sequence[str], n: int, seed: int) -> list[tuple[Mess
     return [pool[i % len(pool)] for i in range(n)]
 
 
-def bodies(target: Target, prompts: Sequence[tuple[Message, ...]], output_len: int) -> list[dict[str, object]]:
-    """Request bodies as `vllm bench serve` sends them: temperature 0, max tokens = output_len."""
+def sends_ignore_eos(target: Target, wanted: bool | None) -> bool:
+    """Whether bodies carry `ignore_eos` and `min_tokens`: --ignore-eos / --no-ignore-eos, else when
+    the target's adapter declares that its server takes them (`caps.ignore_eos`). Forcing them on
+    is for a Chat Completions server the user knows takes them (a --base-url server: vLLM, SGLang,
+    llama.cpp), as with `vllm bench serve --ignore-eos`; another wire format has no such field."""
+    caps = registry.entry(target.backend).caps
+    if wanted is None:
+        return caps.ignore_eos
+    if wanted and not (caps.ignore_eos or caps.chat_completions):
+        raise ConfigError(f"--ignore-eos: {target.label} (adapter `{target.backend}`) does not speak Chat Completions "
+                          "and has no ignore_eos; drop --ignore-eos")
+    return wanted
+
+
+def bodies(target: Target, prompts: Sequence[tuple[Message, ...]], output_len: int,
+           ignore_eos: bool = False) -> list[dict[str, object]]:
+    """Request bodies as `vllm bench serve` sends them: temperature 0, max tokens = output_len;
+    with ignore_eos also `ignore_eos: true` and `min_tokens = output_len`, so that every reply is
+    output_len tokens long whatever the model would say."""
     params = GenParams(max_tokens=output_len, temperature=0.0)
-    return [target.built.adapter.build_body(m, params) for m in prompts]
+    out = [target.built.adapter.build_body(m, params) for m in prompts]
+    if ignore_eos:
+        for body in out:
+            body["ignore_eos"] = True
+            body["min_tokens"] = output_len
+    return out

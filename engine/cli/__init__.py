@@ -187,8 +187,15 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     b.add_argument("--pillars", metavar="IDS", help="prompts drawn from the built-in items of these pillars "
                    "(comma-separated, or all), as a run sends them")
     b.add_argument("--input-len", type=int, default=128, metavar="T", help="synthetic prompts of T words "
-                   "(about T tokens; default 128) when neither --items nor --pillars")
+                   "(about T tokens; exactly T with --tokenizer; default 128) when neither --items nor --pillars")
+    b.add_argument("--tokenizer", metavar="NAME", help="cut synthetic prompts to --input-len tokens of this "
+                   "tokenizer: an OpenAI encoding (o200k_base, cl100k_base; bpe-openai) or a Hugging Face folder "
+                   "or id (needs transformers)")
     b.add_argument("--output-len", type=int, default=128, metavar="T", help="max tokens per reply (default 128)")
+    b.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=None, help="send ignore_eos "
+                   "and min_tokens = --output-len, so every reply has --output-len tokens (default: where the "
+                   "adapter declares that its server takes them, e.g. vllm; --ignore-eos for a --base-url server "
+                   "that does)")
     b.add_argument("--goodput", nargs="+", metavar="NAME:MS", help="SLOs for request_goodput: ttft:MS tpot:MS e2el:MS")
     b.add_argument("--seed", type=int, default=0, help="seed of the prompts and arrivals (default 0)")
     b.add_argument("--timeout-s", type=float, default=600.0, help="per request (default 600)")

@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 import msgspec
 
@@ -25,7 +25,7 @@ from engine import spec as runspec
 from engine.bench.metrics import parse_goodput
 from engine.bench.result import bottleneck_warning, sweep_svg, table
 from engine.bench.session import Load, Point, parse_sweep, run_points
-from engine.bench.setup import Target, bodies, config_targets, item_prompts, pillar_prompts, synthetic_prompts, url_target
+from engine.bench.setup import Target, bodies, config_targets, item_prompts, pillar_prompts, sends_ignore_eos, synthetic_prompts, url_target
 from engine.command_config import resolve
 from engine.config import Config, load_config
 from engine.core.config import did_you_mean
@@ -42,6 +42,7 @@ from engine.scoring import score_run, write_scores
 from engine.shards import discover, parse_shard
 from engine.store.response_cache import cache_stats, open_db, prune
 from engine.store.rundoc_io import load_run, read_run
+from engine.tokens import load_tokenizer
 from pillars import registry
 
 T = TypeVar("T")
@@ -512,12 +513,31 @@ def _bench_problems(args: argparse.Namespace) -> list[str]:
         out.append("bench: give --items or --pillars, not both")
     if args.sweep and not args.result_file:
         out.append("--sweep: needs --result-file PATH (each point writes PATH-<point>.json, and PATH.svg)")
+    if args.tokenizer and (args.items or args.pillars):
+        out.append("--tokenizer: cuts synthetic prompts only; drop it with --items or --pillars")
+    if args.result_file and (why := _check_writable(Path(args.result_file))):
+        out.append(why)
     return out
 
 
 def _bench_path(base: Path, label: str, tag: str, many: bool, sweep: bool, suffix: str) -> Path:
     stem = base.stem + (f"-{label.replace('/', '_')}" if many else "") + (f"-{tag}" if sweep and suffix == ".json" else "")
     return base.with_name(stem + suffix)
+
+
+def _check_writable(path: Path) -> str | None:
+    """Why a --result-file cannot be written (checked before the first request, so a long benchmark
+    never ends in a failed write), or None. Creates nothing."""
+    if path.is_dir():
+        return f"--result-file {path}: is a directory; name a file"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"--result-file {path}: {parent} is not a directory; name a file in a folder"
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"--result-file {path}: not writable here (permission denied); name a file in a folder you can write"
+    return None
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -542,16 +562,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         else config_targets(args.config, _split(args.models), concurrency)
     points = parse_sweep(args.sweep, args.request_rate, args.max_concurrency) if args.sweep \
         else [Point(args.request_rate, args.max_concurrency)]
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     prompts = item_prompts(Path(args.items), n + warm) if args.items else \
         pillar_prompts(_split(args.pillars) or (), n + warm, args.seed) if args.pillars else \
-        synthetic_prompts(n + warm, args.input_len, args.seed)
+        synthetic_prompts(n + warm, args.input_len, args.seed, tokenizer)
+    ignore_eos = {t.label: sends_ignore_eos(t, args.ignore_eos) for t in targets}
     load = Load(num_prompts=n, burstiness=args.burstiness, seed=args.seed, timeout_s=args.timeout_s, slo=slo)
     base = Path(args.result_file) if args.result_file else None
     failed = 0
 
     async def measure(target: Target) -> None:
         nonlocal failed
-        reqs = bodies(target, prompts, args.output_len)
+        reqs = bodies(target, prompts, args.output_len, ignore_eos[target.label])
         docs: list[dict[str, object]] = []
 
         def on_point(point: Point, doc: dict[str, object]) -> None:
@@ -560,7 +582,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             for line in table(doc):
                 _out(line)
             warning = bottleneck_warning(doc, point.rate, point.max_concurrency)
-            if warning:
+            if doc["completed"] == 0:  # nothing came back: say why, not how busy the client was
+                errors = cast(list[str], doc["errors"])
+                _log(f"bench: all {doc['failed']} requests failed; " + "; ".join(errors[:3])
+                     + "; check that the server runs there (and the key), then rerun")
+            elif warning:
                 _log(warning)
             failed += int(doc["failed"])  # type: ignore[call-overload]  # an int summarize wrote
             if base is not None:
