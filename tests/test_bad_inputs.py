@@ -177,6 +177,7 @@ SERVER = "server behaviour"
 STORAGE = "storage"
 SECRETS = "secrets"
 SIGNALS = "signals"
+BENCH = "bench"
 
 CASES: list[Case] = [
     # -- config -----------------------------------------------------------------------------------
@@ -471,6 +472,90 @@ CASES: list[Case] = [
          "environment variable (the value is not shown); *"),
 ]
 
+
+def _bench(*extra: Any, url: str = "http://127.0.0.1:9") -> Callable[[Ctx], list[Any]]:
+    """`bench` against a server root (default: nothing listens there; refusals never connect)."""
+    return lambda c: ["bench", "--base-url", url, "--model", "fake-model", "--num-prompts", "2", *extra]
+
+
+def _bench_live(*extra: Any) -> Callable[[Ctx], list[Any]]:
+    """`bench` against the case's fake server."""
+    return lambda c: _bench(*extra, url=c.srv.url.removesuffix("/v1"))(c)
+
+
+_KEY = "sk-" + "A1b2C3d4" * 4
+CASES += [
+    # -- bench ------------------------------------------------------------------------------------
+    Case(BENCH, "neither --base-url nor --config", lambda c: ["bench"], 2,
+         "error: bench: give either --base-url URL --model NAME (a running server) or --config FILE (its models)"),
+    Case(BENCH, "--base-url without --model", lambda c: ["bench", "--base-url", "http://127.0.0.1:9"], 2,
+         "error: --model: required with --base-url (the model id the server serves)"),
+    Case(BENCH, "--base-url without a scheme", lambda c: ["bench", "--base-url", "localhost:8000", "--model", "m"], 2,
+         "error: --base-url localhost:8000: expected a server root like http://127.0.0.1:8000 (http or https, with a host)"),
+    Case(BENCH, "--base-url with a port out of range", lambda c: ["bench", "--base-url", "http://h:99999", "--model", "m"], 2,
+         "error: --base-url http://h:99999: the port is not a number from 0 to 65535"),
+    Case(BENCH, "--endpoint that is not chat completions", _bench("--endpoint", "/v1/completions"), 2,
+         "error: --endpoint: http://127.0.0.1:9/v1/completions is not a chat completions endpoint; *"),
+    Case(BENCH, "--request-rate 0", _bench("--request-rate", "0"), 2,
+         "error: --request-rate: must be a positive number, got 0.0"),
+    Case(BENCH, "negative --request-rate", _bench("--request-rate", "-2"), 2,
+         "error: --request-rate: must be a positive number, got -2.0"),
+    Case(BENCH, "--request-rate nan", _bench("--request-rate", "nan"), 2,
+         "error: --request-rate: must be a positive number, got nan"),
+    Case(BENCH, "--request-rate not a number", _bench("--request-rate", "fast"), 2,
+         "python -m engine bench: error: argument --request-rate: invalid float value: 'fast'", usage=True),
+    Case(BENCH, "--burstiness 0", _bench("--burstiness", "0"), 2,
+         "error: --burstiness: must be a positive number, got 0.0"),
+    Case(BENCH, "--num-prompts 0", _bench("--num-prompts", "0"), 2, "error: --num-prompts: must be >= 1, got 0"),
+    Case(BENCH, "--max-concurrency 0", _bench("--max-concurrency", "0"), 2,
+         "error: --max-concurrency: must be >= 1, got 0"),
+    Case(BENCH, "--output-len 0", _bench("--output-len", "0"), 2, "error: --output-len: must be >= 1, got 0"),
+    Case(BENCH, "--goodput without a limit", _bench("--goodput", "ttft"), 2,
+         "error: --goodput 'ttft': expected NAME:MS with NAME one of ttft, tpot, e2el"),
+    Case(BENCH, "--goodput of an unknown metric", _bench("--goodput", "itl:5"), 2,
+         "error: --goodput 'itl:5': expected NAME:MS with NAME one of ttft, tpot, e2el"),
+    Case(BENCH, "--goodput with a negative limit", _bench("--goodput", "ttft:-1"), 2,
+         "error: --goodput 'ttft:-1': the limit must be a positive number of milliseconds"),
+    Case(BENCH, "--sweep of an unknown knob", lambda c: _bench("--sweep", "speed=1", "--result-file", c.tmp / "r.json")(c), 2,
+         "error: --sweep 'speed=1': expected rate=R1,R2,... or concurrency=C1,C2,..."),
+    Case(BENCH, "--sweep with a zero rate", lambda c: _bench("--sweep", "rate=0,1", "--result-file", c.tmp / "r.json")(c), 2,
+         "error: --sweep 'rate=0,1': rates must be > 0 (or inf)"),
+    Case(BENCH, "--sweep with a fractional concurrency", lambda c: _bench("--sweep", "concurrency=1.5",
+                                                                           "--result-file", c.tmp / "r.json")(c), 2,
+         "error: --sweep 'concurrency=1.5': concurrencies must be whole numbers >= 1"),
+    Case(BENCH, "--sweep without --result-file", _bench("--sweep", "rate=1,2"), 2,
+         "error: --sweep: needs --result-file PATH (each point writes PATH-<point>.json, and PATH.svg)"),
+    Case(BENCH, "--result-file in a folder that is a file", lambda c: _bench("--result-file", c.items / "r.json")(c), 2,
+         "error: --result-file <dir>/items.jsonl/r.json: <dir>/items.jsonl is not a directory; name a file in a folder"),
+    Case(BENCH, "--result-file is a directory", lambda c: _bench("--result-file", c.tmp)(c), 2,
+         "error: --result-file <dir>: is a directory; name a file"),
+    Case(BENCH, "--items file does not exist", lambda c: _bench("--items", c.tmp / "nope.jsonl")(c), 2,
+         "error: cannot read items file <dir>/nope.jsonl: No such file or directory; pass a readable JSONL file to --items"),
+    Case(BENCH, "--tokenizer with --items", lambda c: _bench("--tokenizer", "o200k_base", "--items", c.items)(c), 2,
+         "error: --tokenizer: cuts synthetic prompts only; drop it with --items or --pillars"),
+    Case(BENCH, "--api-key-env names an unset variable", _bench("--api-key-env", "TRUSTMH_UNSET_KEY"), 2,
+         "error: --api-key-env: environment variable TRUSTMH_UNSET_KEY is not set; export it, or drop --api-key-env "
+         "to send no key"),
+    Case(BENCH, "--api-key-env holds the key itself", _bench("--api-key-env", _KEY), 2,
+         "error: --api-key-env: holds what looks like a key itself, not the name of an environment variable (the value "
+         "is not shown); *"),
+    Case(BENCH, "--config model whose adapter cannot stream", lambda c: ["bench", "--config", c.toml(
+        f'[models.r]\nadapter = "replay"\npath = "{c.items}"\n')], 2,
+         "error: models.r: adapter `replay` cannot stream, and bench measures streamed replies (TTFT, ITL); *"),
+    Case(BENCH, "--ignore-eos for an adapter without Chat Completions", lambda c: ["bench", "--config", c.toml(
+        '[models.a]\nadapter = "anthropic"\nmodel = "c"\nbase_url = "http://127.0.0.1:9"\n'), "--ignore-eos"], 2,
+         "error: --ignore-eos: a (adapter `anthropic`) does not speak Chat Completions and has no ignore_eos; "
+         "drop --ignore-eos"),
+    Case(BENCH, "nothing listens at --base-url", _bench(), 1,
+         "bench: all 2 requests failed; transient: cannot connect to http://127.0.0.1:9/v1/chat/completions: *; "
+         "check that the server runs there (and the key), then rerun"),
+    Case(BENCH, "every request answered 503", _bench_live(), 1,
+         "bench: all 2 requests failed; *503*; check that the server runs there (and the key), then rerun",
+         server={"p_5xx": 1.0}),
+    Case(BENCH, "wrong key (401)", _bench_live("--api-key-env", "TRUSTMH_BAD_KEY"), 1,
+         "bench: all 2 requests failed; *401*", server={"require_key": "right"}, env={"TRUSTMH_BAD_KEY": "wrong"}),
+]
+
 # Cases whose check needs a subprocess (a signal, kill -9, a file-size limit) or a fixture of its own:
 # (category, what, exit code, message, test that covers it as path::function).
 ELSEWHERE: list[tuple[str, str, int, str, str]] = [
@@ -642,7 +727,7 @@ def test_no_more_workers_than_units(tmp_path: Path, srv: FakeServerProcess, monk
 
 # -- the table ---------------------------------------------------------------------------------------
 
-CATEGORIES = [CONFIG, CLI, ITEMS, OUTPUT, CHECKPOINT, SERVER, STORAGE, SECRETS, SIGNALS]
+CATEGORIES = [CONFIG, CLI, ITEMS, OUTPUT, CHECKPOINT, SERVER, STORAGE, SECRETS, SIGNALS, BENCH]
 # A category whose cases land with other work says so here until its first row does.
 PENDING: dict[str, str] = {}
 

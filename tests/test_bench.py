@@ -110,8 +110,8 @@ def test_synthetic_prompts_cut_to_exact_tokens_with_a_tokenizer() -> None:
         assert n_tokens == 1 or len({p[0].content for p in prompts}) == 10
         assert all(abs(len(tok.encode(p[0].content)) - n_tokens) <= 1 for p in prompts)
     assert load_tokenizer("gpt-4o-mini").name.startswith("o200k_base")
-    with pytest.raises(ConfigError, match="--tokenizer no/such: .*transformers"):
-        load_tokenizer("no/such")  # transformers is not a test dependency: the line says what to install
+    with pytest.raises(ConfigError, match="--tokenizer no/such: "):
+        load_tokenizer("no/such")  # without transformers the line says what to install; with it, what failed
 
 
 def test_ignore_eos_is_sent_where_the_adapter_declares_it_or_when_asked(tmp_path: Path) -> None:

@@ -502,7 +502,7 @@ def _bench_problems(args: argparse.Namespace) -> list[str]:
         out.append("--model: required with --base-url (the model id the server serves)")
     for flag, value, minimum in (("--num-prompts", args.num_prompts, 1), ("--warmup", args.warmup, 0),
                                  ("--input-len", args.input_len, 1), ("--output-len", args.output_len, 1),
-                                 ("--max-concurrency", args.max_concurrency or 1, 1)):
+                                 ("--max-concurrency", 1 if args.max_concurrency is None else args.max_concurrency, 1)):
         if value < minimum:
             out.append(f"{flag}: must be >= {minimum}, got {value}")
     for flag, x in (("--request-rate", args.request_rate), ("--burstiness", args.burstiness),
