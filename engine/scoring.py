@@ -8,7 +8,7 @@ from the metric by default; an undefined metric is null with a reason.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -27,7 +27,7 @@ from engine.store.checkpoint import iter_records
 from engine.store.rundoc_io import load_run, write_scores
 from pillars import registry
 
-__all__ = ["competition_ranks", "pillar_ranks", "read_judgments", "score_run", "write_scores"]
+__all__ = ["SubtaskItems", "competition_ranks", "item_scores", "pillar_ranks", "read_judgments", "score_run", "write_scores"]
 
 Records = dict[tuple[str, str, str, int], Record]  # (pillar, subtask, item id, sample) -> record
 
@@ -282,3 +282,35 @@ def score_run(directory: Path) -> ScoresDoc:
                                       _coverage(mine, scorer.models), scored)
     return ScoresDoc(models=scorer.models, data=spec.data_dir or "builtin", limit=spec.limit, subtasks=subs,
                      pillars=pillars, usage=scorer.usage_table.usage(cfg), skipped=dict(spec.skipped))
+
+
+class SubtaskItems(msgspec.Struct, frozen=True, kw_only=True):
+    """One subtask's per-item scores, exactly those its metric in scores.json aggregates, with the
+    items and records they came from (what the report's item browser shows)."""
+
+    key: str
+    subtask: Subtask
+    items: list[Item]  # the generating subtask's items (a derived subtask scores its source's)
+    scores: dict[str, list[ItemScore]]  # model -> one per (item, sample) with a record
+    records: dict[str, Records]  # model -> that model's records (every subtask; look up by key)
+    judge: str | None  # the ranked judge of the subtask's rubric (or of its source's, when derived)
+
+
+def item_scores(directory: Path) -> Iterator[SubtaskItems]:
+    """Per subtask in run order, every model's per-item scores as `score_run` computes them
+    (re-queries, source verdicts and unparseable policy included), one subtask at a time."""
+    doc, cfg = load_run(directory)
+    if doc.spec.items is not None:
+        raise EngineError(f"{directory}: a custom --items run has no per-item scores")
+    scorer = _Scorer(directory, cfg, doc.spec)
+    for sub in scorer.subtasks:
+        gen_key = sub.generates_from
+        gen = sub if gen_key == sub.key else resolve(gen_key, doc.spec.options.get(gen_key), scorer.data_dir)[0]
+        items = scorer.items_of(gen)
+        eng = scorer.resolved[sub.key][1]
+        for m in scorer.models:
+            scorer.metric(sub, eng, items, m)
+        src = scorer.resolved[sub.source][0].rubric if sub.source and sub.source in scorer.resolved else None
+        judge = scorer.ranked_judge(sub.rubric or src)
+        yield SubtaskItems(key=sub.key, subtask=sub, items=items, records=scorer.records, judge=judge,
+                           scores={m: scorer.cache[(sub.key, m)] for m in scorer.models})

@@ -25,10 +25,11 @@ from engine.core.records import Item, Record, judgment_decoder
 from engine.core.rundoc import RunDoc, RunSpec, ScoresDoc
 from engine.core.secrets import redact, remember_env
 from engine.report.build import build_report
+from engine.report.explore import board, item_views
 from engine.report.html import render_html
 from engine.report.markdown import render_markdown
 from engine.report.view import Report, ReportInputs, ResponsesShown, ResponseTally
-from engine.scoring import score_run
+from engine.scoring import item_scores, score_run
 from engine.spec import item_factory
 from engine.store.checkpoint import iter_records
 from engine.store.rundoc_io import read_run, read_scores
@@ -146,7 +147,7 @@ def render(report: Report, fmt: str, secrets: tuple[str, ...] = ()) -> str:
     if fmt == "md":
         text = render_markdown(report)
     elif fmt == "html":
-        text = render_html(report)
+        text = render_html(report, secrets)
     elif fmt == "json":
         text = msgspec.json.format(msgspec.json.encode(report).decode(), indent=2) + "\n"
     else:
@@ -158,7 +159,13 @@ def render(report: Report, fmt: str, secrets: tuple[str, ...] = ()) -> str:
 def report_for(directory: Path, per_subtask: int = 5,
                response_rows: int = RESPONSE_ROWS) -> tuple[Report, tuple[str, ...]]:
     inputs = load_inputs(Path(directory), response_rows)
-    return build_report(inputs, per_subtask=per_subtask), _secrets(inputs.run)
+    report = build_report(inputs, per_subtask=per_subtask)
+    models = [m.name for m in report.models]
+    runnable = inputs.scores is not None and inputs.run.spec.items is None and inputs.items is not None
+    items, note = item_views(inputs, models, (lambda: item_scores(Path(directory))) if runnable else None)
+    report = msgspec.structs.replace(report, items=items, notes=(*report.notes, *([note] if note else ())),
+                                     board=board(inputs.scores, models) if inputs.scores else None)
+    return report, _secrets(inputs.run)
 
 
 def write_reports(directory: Path, per_subtask: int = 5, response_rows: int = RESPONSE_ROWS) -> list[Path]:

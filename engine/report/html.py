@@ -1,12 +1,16 @@
-"""The report as ONE self-contained HTML file: inline CSS and SVG, no script, no external request
-(a Content-Security-Policy forbids any). Every text is escaped. Numeric cells carry data-*
-attributes (exact values) so tests and tools can read the numbers back."""
+"""The report as ONE self-contained HTML file: inline CSS and SVG, one inline script (the leaderboard
+and the item browser, explore_js; allowed by its hash), no external request (a Content-Security-
+Policy forbids any). Every text is escaped (the script inserts text only). Numeric cells carry
+data-* attributes (exact values) so tests and tools can read the numbers back."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from html import escape
 
+from engine.report.explore_html import board_section, browser_section
+from engine.report.explore_js import CSS as EXPLORE_CSS
+from engine.report.explore_js import script_hash, script_tag
 from engine.report.format import (
     fmt_ci,
     fmt_cost,
@@ -22,7 +26,8 @@ from engine.report.svg import PALETTE, pillar_heatmap, radar_svg
 from engine.report.view import BreakdownTable, Drill, DrillItem, RankCell, Report, SubtaskDetail
 
 ARROW = {"higher": "↑", "lower": "↓"}
-CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
+CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; "
+       f"script-src {script_hash()}")
 
 CSS = """
 :root { color-scheme: light; }
@@ -279,7 +284,7 @@ def drill(d: Drill) -> str:
             f"{len(d.items)} of {d.total} items</summary><p class=\"hl\">{_e(d.order)}</p>{items}</details>")
 
 
-def render_html(r: Report) -> str:
+def render_html(r: Report, secrets: tuple[str, ...] = ()) -> str:
     run = r.run
     title = f"{r.title} — {run.directory}"
     span = fmt_span(run.started_at, run.ended_at)
@@ -289,14 +294,14 @@ def render_html(r: Report) -> str:
             f"{_e(', '.join(run.judges) or 'none')}",
             "models: " + ", ".join(f"<code>{_e(m.name)}</code> ({_e(m.group)}, {_e(m.adapter)}, {_e(m.model_id)})"
                                    for m in r.models)]
-    nav = [("ranks", "Rank table", r.rank_table), ("radar", "Pillar ranks", r.radars),
-           ("subtasks", "Subtasks", r.subtasks), ("responses", "Responses", r.responses),
+    nav = [("leaderboard", "Leaderboard", r.board), ("ranks", "Rank table", r.rank_table), ("radar", "Pillar ranks", r.radars),
+           ("subtasks", "Subtasks", r.subtasks), ("responses", "Responses", r.responses), ("items", "Items", r.items),
            ("judges", "Judges", r.judge_counts or r.judge_agreement or r.keyword_agreement),
            ("performance", "Performance", r.lanes or r.tokens), ("drilldown", "Drill-down", r.drilldown)]
     body = [f"<header><h1>{_e(r.title)}</h1><ul class=\"meta\">" + "".join(f"<li>{m}</li>" for m in meta) + "</ul>",
             "<nav>" + "".join(f'<a href="#{a}">{t}</a>' for a, t, present in nav if present) + "</nav></header>",
             *(f'<p class="note">{_e(n)}</p>' for n in r.notes),
-            rank_table(r), charts(r)]
+            board_section(r.board) if r.board else "", rank_table(r), charts(r)]
     if r.subtasks:
         body.append('<section id="subtasks"><h2>Subtasks</h2>' + "".join(subtask(d) for d in r.subtasks) + "</section>")
     if r.responses:
@@ -309,6 +314,8 @@ def render_html(r: Report) -> str:
                         [[row.item_id + (f" #{row.sample}" if row.sample else ""), row.prompt or "",
                           *(c.text if c.text is not None else f"({c.status})" for c in row.cells)]
                          for row in r.responses]) + "</section>")
+    if r.items:
+        body.append(browser_section(r.items, [m.name for m in r.models], secrets))
     body += [judges(r), performance(r)]
     if r.drilldown:
         body.append('<section id="drilldown"><h2>Drill-down</h2><p>Per subtask, a sample of items with every '
@@ -317,5 +324,5 @@ def render_html(r: Report) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>\n"
-            + "\n".join(b for b in body if b) + "\n</body></html>\n")
+            f"<title>{_e(title)}</title><style>{CSS}{EXPLORE_CSS}</style></head><body>\n"
+            + "\n".join(b for b in body if b) + f"\n{script_tag()}\n</body></html>\n")

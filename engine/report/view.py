@@ -262,6 +262,55 @@ class ResponsesShown(msgspec.Struct, frozen=True, kw_only=True):
     models: tuple[ResponseTally, ...] = ()
 
 
+class Answer(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    model: str
+    outcome: str  # one of engine.report.explore.OUTCOMES
+    text: str | None = None  # the raw response
+    parsed: str | None = None  # the parsed answer (the scorer's label)
+    score: float | None = None  # the per-item value the metric aggregates
+    judge: str | None = None  # the ranked judge whose verdict this is
+    verdict: dict[str, object] | None = None  # its parsed judgment
+    judge_score: float | None = None  # one number of the verdict (build.judgment_label), for the score filter
+    rationale: str | None = None  # the verdict's own explanation field, else the judge's raw output
+    error: str | None = None
+    finish: str | None = None
+
+
+class ItemView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    subtask: str  # pillar/subtask key
+    id: str
+    sample: int = 0
+    prompt: tuple[Message, ...] | None = None  # None: the items could not be rebuilt
+    reference: object = None
+    answers: tuple[Answer, ...] = ()  # one per model, in the report's model order
+
+
+class BoardCell(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    rank: int | None = None
+    value: float | None = None  # the metric (subtask) or the mean subtask rank (pillar)
+    ci: tuple[float, float] | None = None
+    scored: int | None = None  # coverage: items scored / planned, and what was not scored
+    planned: int | None = None
+    unparseable: int | None = None
+    refused: int | None = None
+    failed: int | None = None
+    reason: str | None = None
+    absent: bool = False  # the model has no entry for this subtask in scores.json
+
+
+class BoardRow(msgspec.Struct, frozen=True, kw_only=True):
+    key: str  # pillar id, or pillar/subtask
+    headline: str | None = None
+    direction: str | None = None
+    cells: tuple[BoardCell, ...]  # in Board.models order
+    subtasks: tuple[BoardRow, ...] = ()
+
+
+class Board(msgspec.Struct, frozen=True, kw_only=True):
+    models: tuple[str, ...]
+    pillars: tuple[BoardRow, ...]
+
+
 class Report(msgspec.Struct, frozen=True, kw_only=True):
     format: int = 1
     title: str
@@ -279,6 +328,8 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     notes: tuple[str, ...]
     responses: tuple[ResponseRow, ...] = ()  # a custom --items run: prompt x model
     responses_shown: ResponsesShown | None = None  # a custom --items run: the table's bound and the totals
+    board: Board | None = None  # the leaderboard (pillar rows expanding to subtasks, coverage per cell)
+    items: tuple[ItemView, ...] = ()  # every item with every model's answer (the item browser)
 
 
 class ReportInputs(msgspec.Struct, frozen=True, kw_only=True):

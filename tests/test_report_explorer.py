@@ -1,0 +1,169 @@
+"""The report's item browser and leaderboard (issue 18 item 1) on a small generated run directory
+(benchmarks/gen_explore_run.py: replay models with synthetic answers, one of them `<script>` /
+`onerror=` markup): every item is in the view model and in the page, the outcome counts equal
+scores.json, and in headless Chromium (engine/testing/cdp.py) the filters, search and side-by-side view show
+those numbers with no console message, no network request and the markup shown as text."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from benchmarks.gen_explore_run import XSS, generate
+from engine.report import render, report_for, write_reports
+from engine.report.view import Report
+from engine.testing.cdp import CHROMIUM, Chromium
+
+MODELS = ["model-00", "model-01", "model-02"]
+SCORED = ("correct", "incorrect", "scored", "refused")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(tmp_path_factory.mktemp("explore"), n_models=3, limit=3)
+
+
+@pytest.fixture(scope="module")
+def scores(run: Path) -> dict[str, Any]:
+    return orjson.loads((run / "scores.json").read_bytes())
+
+
+@pytest.fixture(scope="module")
+def report(run: Path) -> Report:
+    return report_for(run)[0]
+
+
+def _counts(report: Report) -> Counter[tuple[str, str, str]]:
+    return Counter((it.subtask, a.model, a.outcome) for it in report.items for a in it.answers)
+
+
+def test_every_item_with_outcomes_equal_to_scores(report: Report, scores: dict[str, Any]) -> None:
+    c = _counts(report)
+    assert set(scores["subtasks"]) == {it.subtask for it in report.items} and len(scores["subtasks"]) == 19
+    for key, s in scores["subtasks"].items():
+        for m, d in s["models"].items():
+            assert sum(c[(key, m, o)] for o in SCORED) == d["n_scored"], (key, m)
+            assert c[(key, m, "unparseable")] == d["n_unparseable"], (key, m)
+            assert c[(key, m, "error")] == d["n_failed"] and c[(key, m, "missing")] == d["n_missing"], (key, m)
+    assert all(len(it.answers) == 3 and it.prompt for it in report.items)
+    judged = [a for it in report.items for a in it.answers if a.verdict]
+    assert judged and all(a.judge == "judge" and a.rationale for a in judged)
+
+
+def test_json_format_is_the_full_view_model(report: Report, run: Path) -> None:
+    doc = orjson.loads(render(report, "json"))
+    assert len(doc["items"]) == len(report.items)
+    xss = [(it, a) for it in doc["items"] for a in it["answers"] if a.get("text") == XSS]
+    assert len(xss) == 1 and xss[0][0]["prompt"][0]["content"]
+    assert doc["board"]["models"] == MODELS and [p["key"] for p in doc["board"]["pillars"]][0] == "reliability"
+    one = next(a for it in doc["items"] for a in it["answers"] if a["outcome"] == "correct")
+    assert one["parsed"] is not None and one["score"] == 1.0
+
+
+def _select(page: Chromium, name: str, value: str) -> dict[str, str]:
+    page.eval(f"""(() => {{ const s = document.querySelector('#items [data-f="{name}"]');
+        s.value = {orjson.dumps(value).decode()}; s.dispatchEvent(new Event('change')); }})()""")
+    return page.eval("Object.assign({}, document.querySelector('#items').dataset)")
+
+
+def _type(page: Chromium, name: str, value: str) -> dict[str, str]:
+    page.eval(f"""(() => {{ const s = document.querySelector('#items [data-f="{name}"]');
+        s.value = {orjson.dumps(value).decode()}; s.dispatchEvent(new Event('input')); }})()""")
+    return page.eval("Object.assign({}, document.querySelector('#items').dataset)")
+
+
+def _board_checks(page: Chromium, scores: dict[str, Any]) -> None:
+    page.eval("document.querySelectorAll('#board button.toggle').forEach((b, i) => i || b.click())")
+    page.eval("document.querySelectorAll('#board button.toggle').forEach((b) => b.textContent.startsWith('▸') && b.click())")
+    cells = page.eval("""[...document.querySelectorAll('#board td.bcell[data-scored]')].map((td) =>
+        Object.assign({}, td.dataset))""")
+    assert len(cells) == 19 * 3
+    for c in cells:
+        d = scores["subtasks"][c["key"]]["models"][c["model"]]
+        assert (int(c["scored"]), int(c["planned"])) == (d["n_scored"], d["n"] + d["n_missing"]), c
+        assert (int(c["unparseable"]), int(c["failed"])) == (d["n_unparseable"], d["n_failed"])
+        rank = scores["subtasks"][c["key"]]["ranks"][c["model"]]
+        assert c["rank"] == ("null" if rank is None else str(rank))
+    # a model's header orders the pillars by its pillar rank
+    page.eval("document.querySelector('#board th.mhead[data-model=\"model-00\"]').click()")
+    order = page.eval("[...document.querySelectorAll('#board tr.prow')].map((tr) => tr.dataset.key)")
+    ranks = scores["pillars"]
+    assert order == sorted(order, key=lambda p: (ranks[p]["ranks"]["model-00"] or 99, list(ranks).index(p)))
+
+
+def _browser_checks(page: Chromium, report: Report, scores: dict[str, Any]) -> None:
+    root = page.eval("Object.assign({}, document.querySelector('#items').dataset)")
+    assert int(root["items"]) == len(report.items) and int(root["answers"]) == 3 * len(report.items)
+    c = _counts(report)
+    key = "crisis/identification"
+    d = scores["subtasks"][key]["models"]["model-00"]
+    _select(page, "subtask", key)
+    _select(page, "model", "model-00")
+    got = _select(page, "outcome", "unparseable")
+    assert int(got["answers"]) == d["n_unparseable"] == c[(key, "model-00", "unparseable")]
+    scored = 0
+    for o in SCORED:
+        scored += int(_select(page, "outcome", o)["answers"])
+    assert scored == d["n_scored"]
+    # judge score range (a judged subtask), against the view model
+    key = "crisis/escalation"
+    _select(page, "outcome", "")
+    _select(page, "subtask", key)
+    _type(page, "smin", "3")
+    got = _type(page, "smax", "4")
+    want = sum(1 for it in report.items if it.subtask == key for a in it.answers
+               if a.model == "model-00" and a.judge_score is not None and 3 <= a.judge_score <= 4)
+    assert int(got["answers"]) == want
+    for name in ("smin", "smax"):
+        _type(page, name, "")
+    for name in ("subtask", "model"):
+        _select(page, name, "")
+    # search over responses finds the markup answer; the side-by-side view shows it as text
+    got = _type(page, "q", "onerror=alert")
+    assert got["items"] == "1" and got["answers"] == "1"
+    page.eval("document.querySelector('#items tr.irow').click()")
+    cols = page.eval("""[...document.querySelectorAll('#items [data-f="detail"] .col')].map((c) =>
+        [c.dataset.model, c.dataset.outcome, c.querySelector('pre.resp').textContent])""")
+    assert [m for m, _, _ in cols] == MODELS and XSS in [t for _, _, t in cols]
+    assert page.eval("document.querySelectorAll('img, iframe, object').length") == 0
+    assert page.eval("document.querySelectorAll('script').length") == 4  # the page's own: none was added
+    item = next(it for it in report.items if any(a.text == XSS for a in it.answers))
+    assert [o for _, o, _ in cols] == [a.outcome for a in item.answers]
+    assert page.eval("document.querySelector('#items [data-f=\"detail\"] h3').textContent").endswith(item.id)
+    # a prompt word finds the items that hold it
+    _type(page, "q", "")
+    word = "lithium"
+    want_items = sum(1 for it in report.items if word in "\n".join(m.content for m in it.prompt or ()).lower()
+                     or any(word in (a.text or "").lower() for a in it.answers))
+    assert int(_type(page, "q", "LITHIUM".lower())["items"]) == want_items > 0
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs `chromium` on PATH (Debian: apt-get install -y chromium)")
+def test_report_in_headless_chromium(run: Path, report: Report, scores: dict[str, Any]) -> None:
+    page_path = write_reports(run)[1]
+    html = page_path.read_text()
+    assert XSS not in html and "<img" not in html  # escaped in the drill-down, compressed in the items
+    with Chromium(width=1400, height=1000) as page:
+        url = f"file://{page_path}"
+        page.open(url)
+        page.wait("document.querySelector('#items').dataset.ready")
+        _board_checks(page, scores)
+        _browser_checks(page, report, scores)
+        assert page.console == [], page.console
+        assert page.requests == [url]  # the page itself, nothing else
+        if os.environ.get("TRUSTMH_REPORT_SHOT_DIR"):  # README's screenshots (committed once)
+            _screenshots(page, Path(os.environ["TRUSTMH_REPORT_SHOT_DIR"]))
+
+
+def _screenshots(page: Chromium, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    _type(page, "q", "")
+    _select(page, "subtask", "reliability/knowledge")
+    page.eval("document.querySelector('#items tr.irow').click()")
+    page.eval("document.querySelector('#items').scrollIntoView()")
+    (folder / "report-items.png").write_bytes(page.screenshot())
