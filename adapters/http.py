@@ -16,7 +16,7 @@ Status mapping (the providers agree on it):
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from engine.core.adapter import AdapterError
@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 # (report, a run refused by its lock) should not pay aiohttp's import (a few hundred ms on a busy
 # machine).
 
-__all__ = ["TRANSIENT_STATUSES", "error_for_status", "load_transport", "new_session", "post_json"]
+__all__ = ["TRANSIENT_STATUSES", "error_for_status", "load_transport", "new_session", "post_json", "request",
+           "stream_lines"]
 
 
 def load_transport() -> None:
@@ -90,11 +91,18 @@ async def post_json(session: aiohttp.ClientSession, url: str, data: bytes, heade
     failures: timeout -> timeout, truncated body -> malformed, nothing listening -> transient with
     `unreachable` set (the scheduler stops a lane whose every attempt cannot connect), any other
     client error (reset, disconnect) -> transient. Messages pass through `redact`."""
+    return await request(session, "POST", url, data, headers, timeout, secrets)
+
+
+async def request(session: aiohttp.ClientSession, method: str, url: str, data: object, headers: Mapping[str, str],
+                  timeout: float, secrets: tuple[str, ...]) -> tuple[int, bytes, Mapping[str, str]]:
+    """`post_json` for any method and body aiohttp takes (bytes, a multipart form streamed from a
+    file, an async generator of bytes): batch APIs upload files and poll with GET."""
     import aiohttp  # loaded by load_transport already: a dict lookup
 
     try:
-        async with session.post(url, data=data, headers=headers,
-                                timeout=_timeout(max(0.1, round(timeout, 1)))) as resp:
+        async with session.request(method, url, data=data, headers=headers,
+                                   timeout=_timeout(max(0.1, round(timeout, 1)))) as resp:
             raw = await resp.read()
             return resp.status, raw, resp.headers
     except TimeoutError:
@@ -105,5 +113,38 @@ async def post_json(session: aiohttp.ClientSession, url: str, data: bytes, heade
         reason = exc.os_error.strerror if exc.os_error is not None and exc.os_error.strerror else str(exc)
         raise AdapterError("transient", redact(f"cannot connect to {url}: {reason}", secrets),
                            unreachable=True) from None
+    except aiohttp.ClientError as exc:
+        raise AdapterError("transient", redact(f"{type(exc).__name__}: {exc}", secrets)) from None
+
+
+async def stream_lines(session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], timeout: float,
+                       secrets: tuple[str, ...], on_status: Callable[[int, bytes, Mapping[str, str]], AdapterError],
+                       ) -> AsyncIterator[bytes]:
+    """The lines of a GET's body as they arrive (a batch's results: never held whole). A status
+    other than 200 raises `on_status(...)`; a body cut short raises malformed, after the whole
+    lines before the cut were yielded (the caller reads again and skips what it took). `timeout`
+    bounds each read, not the whole download."""
+    import aiohttp  # loaded by load_transport already: a dict lookup
+
+    try:
+        async with session.get(url, headers=headers,
+                               timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)) as resp:
+            if resp.status != 200:
+                raise on_status(resp.status, await resp.read(), resp.headers)
+            rest = b""
+            async for block in resp.content.iter_chunked(1 << 16):
+                lines = (rest + block).split(b"\n")
+                rest = lines.pop()
+                for line in lines:
+                    if line.strip():
+                        yield line
+            if rest.strip():
+                yield rest
+    except TimeoutError:
+        raise AdapterError("timeout", f"no data within {timeout:.1f} s") from None
+    except aiohttp.ClientPayloadError as exc:
+        raise AdapterError("malformed", redact(f"results cut short: {exc}", secrets)) from None
+    except aiohttp.ClientConnectorError as exc:
+        raise AdapterError("transient", redact(f"cannot connect to {url}: {exc}", secrets), unreachable=True) from None
     except aiohttp.ClientError as exc:
         raise AdapterError("transient", redact(f"{type(exc).__name__}: {exc}", secrets)) from None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from adapters.http import error_for_status, load_transport, new_session, post_json
+from adapters.openai_batch import OpenAIBatches
 from adapters.ratelimit_headers import LimitSignal, parse_openai
 from adapters.registry import BuildContext, Built, Capabilities, adapter
 from adapters.sse import Event, cut_short, event_object, post_sse, timed
@@ -158,22 +159,23 @@ def stream_document(events: list[Event]) -> tuple[dict[str, object], list[float]
     return {"model": model, "choices": [{"message": message, "finish_reason": finish}], "usage": usage}, marks
 
 
-class OpenAIChat:
+class OpenAIChat(OpenAIBatches):
     """Adapter for one lane. `session` may be injected (tests); otherwise one is made lazily.
-    With `stream`, every `send` is streamed (`send_streamed`)."""
+    With `stream`, every `send` is streamed (`send_streamed`). Batch lanes use the Batch API at
+    the same base_url (adapters/openai_batch.py)."""
 
     def __init__(self, *, base_url: str, model: str, api_key: str | None, concurrency: int,
                  reasoning: bool | None = None, session: aiohttp.ClientSession | None = None,
                  stream: bool = False) -> None:
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.base = base_url.rstrip("/")
+        self.url = self.base + "/chat/completions"
         self.model = model
         self.stream = stream
         self.reasoning = reasoning if reasoning is not None else model.startswith(("o1", "o3", "o4", "gpt-5"))
         self._secrets = (api_key,) if api_key else ()
         remember(api_key)  # removed from everything written, even when not read through api_key_env
-        self._headers = {"Content-Type": "application/json"}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._headers = {"Content-Type": "application/json", **self._auth}
         self._concurrency = concurrency
         load_transport()
         self._session = session
@@ -187,7 +189,14 @@ class OpenAIChat:
 
     def point_at(self, base_url: str) -> None:
         """Send to a server whose address is known only once it runs (local servers)."""
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.base = base_url.rstrip("/")
+        self.url = self.base + "/chat/completions"
+
+    def _status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> AdapterError:
+        return classify_status(status, raw, headers, self._secrets)
+
+    def _chat_response(self, raw: bytes) -> Response:
+        return parse_chat_response(raw, 0.0)
 
     def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, object]:
         return openai_body(self.model, messages, params, reasoning=self.reasoning)
@@ -227,7 +236,7 @@ class OpenAIChat:
 # rate-limits, "Usage tiers"; per-model limits on https://platform.openai.com/settings/organization/limits).
 # Override with --model-arg tokens_per_minute=... for a higher tier.
 @adapter("openai", required={"base_url": "e.g. https://api.openai.com/v1"},
-         caps=Capabilities(rate_limit_headers="openai", streaming=True, chat_completions=True,
+         caps=Capabilities(rate_limit_headers="openai", streaming=True, chat_completions=True, batch_api=True,
                            default_base_url="https://api.openai.com/v1",
                            default_api_key_env="OPENAI_API_KEY", default_requests_per_minute=500,
                            default_tokens_per_minute=30_000, tokenizer="tiktoken"))

@@ -81,7 +81,9 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
                         `StreamsReplies` and honours `stream = true`
     chat_completions    speaks OpenAI's Chat Completions at {base_url}/chat/completions (what
                         `engine bench --base-url` drives when no configured model is named)
-    batch_api           has a provider batch API (submit many, collect later)
+    batch_api           has a provider batch API (submit many, collect later): its adapter is a
+                        `SubmitsBatches` (with the provider's documented limits) and honours
+                        `batch = true` / `run --batch`
     default_base_url    the provider's own endpoint, for a model named on the command line
                         (`run --model ADAPTER:MODEL`) without a base_url of its own
     default_api_key_env the variable that holds its key, for such a model (conventional names:

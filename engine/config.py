@@ -238,9 +238,10 @@ def parse_model(name: str, body: object, source: str, stored: bool) -> ModelConf
 # Keys whose value must be a finite number >= 0 (> 0 where zero makes no sense); NaN and infinity
 # would pass every comparison below unnoticed, so each is checked for finiteness first.
 _AT_LEAST_0 = ("requests_per_minute", "tokens_per_minute", "backoff_base_s", "backoff_max_s", "temperature",
-               "breaker_failures", "breaker_max_pause_s", "ray_max_restarts")
-_ABOVE_0 = ("timeout_s", "deadline_s", "top_p", "breaker_probe_s")
-_AT_LEAST_1 = ("max_attempts", "auth_failures_to_stop", "max_tokens", "context_tokens")
+               "breaker_failures", "breaker_max_pause_s", "ray_max_restarts", "batch_wait_s")
+_ABOVE_0 = ("timeout_s", "deadline_s", "top_p", "breaker_probe_s", "batch_poll_s", "batch_poll_max_s")
+_AT_LEAST_1 = ("max_attempts", "auth_failures_to_stop", "max_tokens", "context_tokens", "batch_max_requests",
+               "batch_max_bytes")
 
 
 def _model_problems(m: ModelConfig, where: str) -> list[str]:
@@ -264,6 +265,9 @@ def _model_problems(m: ModelConfig, where: str) -> list[str]:
     if m.stream and not registry.entry(m.adapter).caps.streaming:
         out.append(f"{where}.stream: adapter `{m.adapter}` cannot stream; remove `stream = true` or use an "
                    "adapter that streams (see README \"Streaming\")")
+    if m.batch and not registry.entry(m.adapter).caps.batch_api:
+        out.append(f"{where}.batch: adapter `{m.adapter}` has no batch API; remove `batch = true` or use an "
+                   "adapter that has one (see README \"Batch lanes\")")
     flat = model_to_builtins(m)
     for key, hint in registry.entry(m.adapter).required.items():
         if not flat.get(key):
@@ -318,6 +322,13 @@ def _check(cfg: Config, source: str, names: set[str] | None = None) -> list[str]
     return out
 
 
+def batched(cfg: Config) -> Config:
+    """`run --batch`: `batch = true` on every model whose adapter has a provider batch API."""
+    models = {name: msgspec.structs.replace(m, batch=True) if registry.entry(m.adapter).caps.batch_api else m
+              for name, m in cfg.models.items()}
+    return msgspec.structs.replace(cfg, models=models)
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     p = Path(path)
     try:
@@ -339,7 +350,9 @@ def default_config() -> Config:
     return parse_config(tomllib.loads(res.read_text("utf-8")), "default config (engine/default.toml)")
 
 
-_LATER_LANE_KEYS: dict[str, object] = {"ray_resources": {}, "ray_max_restarts": 3, "stream": False}
+_LATER_LANE_KEYS: dict[str, object] = {"ray_resources": {}, "ray_max_restarts": 3, "stream": False, "batch": False,
+                                       "batch_max_requests": None, "batch_max_bytes": None, "batch_wait_s": 60.0,
+                                       "batch_poll_s": 30.0, "batch_poll_max_s": 600.0, "batch_window": "24h"}
 
 
 def model_to_builtins(m: ModelConfig) -> dict[str, object]:

@@ -72,6 +72,10 @@ def _selection_args(p: argparse.ArgumentParser) -> None:
                    help="the run's judge, e.g. openai:gpt-4.1, or a models key (replaces [judge] models)")
 
 
+BATCH_HELP = ("send every model whose adapter has a provider batch API (the judge's too) as batch jobs, at the "
+              "batch price (README \"Batch lanes\"); same as `batch = true` on each")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine", description="TrustMH-Bench evaluation engine",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars on stderr (default: when stderr is a terminal; without bars, status lines)")
     r.add_argument("--status-every", type=float, default=30.0, metavar="S", help="without bars: a status line every S s (0 = none)")
+    r.add_argument("--batch", action="store_true", help=BATCH_HELP)
     r.add_argument("--cache", metavar="DIR", help="response cache shared across runs: identical requests are "
                    "answered from DIR instead of being sent (default: [run] cache, else off)")
     r.add_argument("--shard", metavar="I/N",

@@ -27,7 +27,7 @@ from engine.bench.result import bottleneck_warning, sweep_svg, table
 from engine.bench.session import Load, Point, parse_sweep, run_points
 from engine.bench.setup import Target, bodies, config_targets, item_prompts, pillar_prompts, sends_ignore_eos, synthetic_prompts, url_target
 from engine.command_config import resolve
-from engine.config import Config, load_config
+from engine.config import Config, batched, load_config
 from engine.core.config import did_you_mean
 from engine.core.errors import ConfigError, DataError, EngineError
 from engine.core.prompts import PROMPTS_DIR
@@ -146,6 +146,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise EngineError("--ray-address needs --backend ray")
     if args.cache:
         cfg = msgspec.structs.replace(cfg, run=msgspec.structs.replace(cfg.run, cache=args.cache))
+    if args.batch:
+        cfg = batched(cfg)
     if cfg.run.cache:  # an unusable folder is refused before the output directory is touched
         open_db(Path(cfg.run.cache)).close()
     opts = runner.RunOptions(fresh=args.fresh, retry_errors=args.retry_errors, allow_failures=args.allow_failures,

@@ -12,6 +12,9 @@ Optional capabilities:
   StreamsReplies   can send a request as a stream (`send_streamed`): the same Response as `send`
                    plus ttft_s and token timing; declared with `caps.streaming` in the registry
   LocalServer      what opening a local model server yields: the lane watches it and stops when it dies
+  SubmitsBatches   has the provider's batch API (submit many requests as one job, collect later at a
+                   lower price): builds a batch's input lines, submits, finds, polls and reads results;
+                   declared with `caps.batch_api` in the registry (engine/run/batching.py drives it)
 
 A local adapter's build also returns a `ServerOpener`: what starts its model for a lane, with its
 capabilities declared as attributes (`takes_gpus`, `info`) rather than found by probing.
@@ -19,16 +22,17 @@ capabilities declared as attributes (`takes_gpus`, `info`) rather than found by 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from engine.core.batch import BatchLimits, BatchResult, BatchStatus
 from engine.core.errors import AdapterError
 from engine.core.records import GenParams, Item, Message, Response
 
 __all__ = ["Adapter", "AdapterError", "HasLimitSignal", "LimitSignalLike", "LocalServer", "ReplaysItems",
-           "ServerOpener", "StreamsReplies"]
+           "ServerOpener", "StreamsReplies", "SubmitsBatches"]
 
 
 class Adapter(Protocol):
@@ -77,6 +81,37 @@ class StreamsReplies(Protocol):
         """One attempt, streamed: text, finish reason and usage as `send` would return them, plus
         `ttft_s` and `timing`. The stream fields are added here, never to `body` (the key's bytes).
         `marks` (when given) gets the perf_counter time of each text piece (inter-token latency)."""
+        ...
+
+
+@runtime_checkable
+class SubmitsBatches(Protocol):
+    """The provider's batch API. Every call raises AdapterError (classified like `send`'s) on
+    failure; none retries or sleeps. `custom_id` is the record key."""
+
+    batch_limits: BatchLimits
+
+    def batch_line(self, custom_id: str, body: dict[str, object]) -> bytes:
+        """One request of a batch's input as the provider takes it, one JSON line with its newline
+        (OpenAI: the input file's line; Anthropic and Gemini: an element of the request array)."""
+        ...
+
+    async def submit_batch(self, path: Path, local_id: str, window: str,
+                           on_file: Callable[[str], None]) -> BatchStatus:
+        """Submits the lines in `path` as one batch, streamed from the file. `local_id` goes along
+        where the provider keeps something of ours (OpenAI metadata, Gemini display name), so that
+        `find_batch` finds the batch after a crash; `on_file` gets an uploaded input file's id."""
+        ...
+
+    async def find_batch(self, local_id: str, keys: frozenset[str], since: float) -> BatchStatus | None:
+        """The batch submitted as `local_id` (holding `keys`, created after `since`, a Unix time),
+        or None when the provider has none: what resume asks before it submits again."""
+        ...
+
+    async def poll_batch(self, batch_id: str) -> BatchStatus: ...
+
+    def batch_results(self, status: BatchStatus) -> AsyncIterator[BatchResult]:
+        """The results of an ended batch, read as a stream (never held whole)."""
         ...
 
 

@@ -103,6 +103,16 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # Ask for the reply as server-sent events (adapters whose registry entry declares
     # caps.streaming) and record ttft_s and token timing. Never part of the request key.
     stream: bool = False
+    # Batch lane (README "Batch lanes"): send this lane's requests as provider batch jobs (adapters
+    # whose registry entry declares caps.batch_api), at the provider's batch price. Never part of
+    # the request key: a run may switch between batch and direct requests and resume.
+    batch: bool = False
+    batch_max_requests: int | None = None  # per batch; None: the provider's documented limit
+    batch_max_bytes: int | None = None  # per batch's input; None: the provider's documented limit
+    batch_wait_s: float = 60.0  # gather requests this long after the first before submitting
+    batch_poll_s: float = 30.0  # first poll interval; doubles up to batch_poll_max_s
+    batch_poll_max_s: float = 600.0
+    batch_window: str = "24h"  # the provider's completion window (OpenAI completion_window)
     # The adapter's own keys (flat in the TOML table). Not a TOML key itself.
     options: AdapterOptions = msgspec.field(default_factory=AdapterOptions)
 

@@ -17,7 +17,7 @@ import msgspec
 from adapters.registry import Built, make_adapter
 from adapters.servers.gpus import GpuPool, check_fits, detect_gpus, placed
 from engine import shards as sharding
-from engine.core.adapter import Adapter
+from engine.core.adapter import Adapter, SubmitsBatches
 from engine.core.clock import LoopClock
 from engine.core.records import Item, Record
 from engine.core.rundoc import LaneSummary
@@ -26,6 +26,7 @@ from engine.gpus import needs_gpus
 from engine.items import WorkItem
 from engine.requery import make_requery, requery_limits
 from engine.run.attempt import Attempts, Brakes, LocalAttempts, RunStop, Spend
+from engine.run.batching import BatchAttempts, BatchSettings
 from engine.run.cache import LaneCache
 from engine.run.judge import JudgeHub, judge_salt
 from engine.run.lane import Lane, LaneIO, LanePolicy, OpenServer
@@ -33,6 +34,7 @@ from engine.run.options import Invocation
 from engine.run.ray import RayAttempts
 from engine.run.ray_connect import RayContext
 from engine.spec import judge_plan, judges_for, rubrics_by_source, subtasks
+from engine.store.batch_journal import BatchJournal
 from engine.store.checkpoint import JsonlWriter, scan_responses
 from engine.store.jsonl import key_int
 from engine.store.response_cache import ResponseCache
@@ -179,9 +181,12 @@ class LaneBuilder:
         keep = part.keep(name, shard.index) if part is not None and shard is not None else None
         requery = make_requery(name, self.by_key, self.requery_n, spec.samples) if target else None
         attempts = self._attempts(name, adapter, io)
+        lane_cfg = cfg.models[name]
+        if isinstance(attempts, BatchAttempts):  # a worker per unit of a batch: each waits for its batch
+            lane_cfg = msgspec.structs.replace(lane_cfg, max_concurrency=attempts.settings.max_requests)
         if self.set.cache is not None:
             io = dataclasses.replace(io, cache=LaneCache(self.set.cache, name, cfg.models[name], attempts.stats))
-        lane = Lane(name, cfg.models[name], adapter, inv.factory if target else _no_items, io, attempts,
+        lane = Lane(name, lane_cfg, adapter, inv.factory if target else _no_items, io, attempts,
                     policy=LanePolicy(samples=spec.samples, done=done, keep=keep, requery=requery),
                     open_server=None if self.set.ray is not None else open_server)  # Ray: the server runs by the actor
         lane.stats.planned = sum(inv.planned_units.values()) if target else 0
@@ -197,9 +202,26 @@ class LaneBuilder:
         brakes = Brakes(self.stop)
         price = cfg.prices.get(name)
         spend = Spend(self.budget, price, name, self.stop) if self.budget is not None and price is not None else None
+        model = cfg.models[name]
+        if model.batch and isinstance(adapter, SubmitsBatches):  # the journal stays with the driver under Ray
+            return self._batch_attempts(name, adapter, io, brakes)
         if self.set.ray is not None:
             return RayAttempts(name, cfg.models[name], io.errors, brakes, self.set.ray, spend=spend, clock=self.clock)
         return LocalAttempts(name, cfg.models[name], adapter, io.errors, brakes, clock=self.clock, spend=spend)
+
+    def _batch_attempts(self, name: str, adapter: SubmitsBatches, io: LaneIO, brakes: Brakes) -> BatchAttempts:
+        inv = self.inv
+        writers = [w for w in (io.responses, io.errors, io.judgments) if isinstance(w, JsonlWriter)]
+
+        async def flush() -> None:
+            for w in writers:
+                await w.sync()
+
+        stem = f"{name}{inv.suffix}"
+        settings = BatchSettings.of(inv.cfg.models[name], adapter, inv.out / "batches" / stem)
+        return BatchAttempts(name, inv.cfg.models[name], adapter, io.errors, brakes,
+                             BatchJournal(inv.out / "batches" / f"{stem}.jsonl"), settings, clock=self.clock,
+                             flush=flush, done=self.done[name] | self.judge_done.get(name, set()))
 
     def _writer(self, folder: str, name: str) -> JsonlWriter:
         w = JsonlWriter(self.inv.out / folder / f"{name}{self.inv.suffix}.jsonl")

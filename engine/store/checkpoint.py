@@ -236,6 +236,8 @@ class JsonlWriter:
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.written = 0
+        self.put_count = 0
+        self._progress = asyncio.Event()  # set after each write: what `sync` waits on
         self.high_water = 0
         self.error: StorageError | None = None
         self.unsaved = 0  # records that never reached the file after a failure (retried next run)
@@ -264,6 +266,7 @@ class JsonlWriter:
     def put(self, record: msgspec.Struct) -> None:
         q = self._queue
         q.put_nowait(record)
+        self.put_count += 1
         n = q.qsize()
         if n > self.high_water:
             self.high_water = n
@@ -311,8 +314,10 @@ class JsonlWriter:
                 buf.extend(b"\n")
             # A model that echoes the key (a proxy answering 200 with the request) keeps it out of the file.
             if not self._write(redact(buf)) or self.error is not None:
+                self._progress.set()
                 break  # the disk failed: what comes now stays in memory until close
             self.written += len(batch)
+            self._progress.set()
             if self._on_written is not None:
                 self._on_written(batch)
             now = loop.time()
@@ -326,6 +331,16 @@ class JsonlWriter:
             self._timer.cancel()
             self._timer = None
         await self._final_sync()
+
+    async def sync(self) -> None:
+        """Returns once every record put so far is written and fsynced: a batch lane journals that
+        a batch ended only after its results are on disk (engine/run/batching.py)."""
+        target = self.put_count
+        while self.written < target and self.error is None and self._task is not None and not self._task.done():
+            self._progress.clear()
+            await self._progress.wait()
+        if self.error is None and self._fd >= 0:
+            await self._final_sync()
 
     async def _final_sync(self) -> None:
         loop = asyncio.get_running_loop()
