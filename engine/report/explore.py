@@ -145,13 +145,15 @@ def _answer(model: str, rec: Record | None, sc: ItemScore | None, kind: str, jud
 def record_views(records: Mapping[str, Sequence[Record]], items: Mapping[tuple[str, str, str], Item] | None,
                  models: Sequence[str]) -> list[ItemView]:
     """Items without scores (an --items run, or a run whose items cannot be scored here): every
-    (item, sample) with a record, in record order, each model's answer or error."""
+    (item, sample) with a record, in items file order (then the others), each model's answer or error."""
     by_unit: dict[tuple[str, str, str, int], dict[str, Record]] = {}
     for m in models:
         for r in records.get(m, ()):
             by_unit.setdefault((r.pillar, r.subtask, r.item_id, r.sample), {})[m] = r
+    place = {k: i for i, k in enumerate(items or ())}  # file order; records come in completion order
     out = []
-    for (pillar, name, item_id, sample), got in by_unit.items():
+    for (pillar, name, item_id, sample), got in sorted(by_unit.items(), key=lambda kv: (
+            place.get(kv[0][:3], len(place)), kv[0][3])):
         item = items.get((pillar, name, item_id)) if items is not None else None
         answers = tuple(
             Answer(model=m, outcome="missing") if (rec := got.get(m)) is None else
