@@ -16,9 +16,11 @@ import msgspec
 from engine.config import Config
 from engine.core.errors import EngineError
 from engine.core.records import Item, Record, judgment_decoder
-from engine.core.rundoc import UNSET, ModelScore, PillarRanks, RunSpec, ScoresDoc, SubtaskScores
+from engine.core.rundoc import UNSET, IntervalsDoc, ModelScore, PillarRanks, RunSpec, ScoresDoc, SubtaskScores
+from engine.core.stats import RESAMPLES
 from engine.core.subtask import ItemScore, JudgeStats, Judgment, Rubric, Subtask
 from engine.costs import UsageTable
+from engine.intervals import tied, with_interval
 from engine.items import limited
 from engine.options import EngineOptions, resolve
 from engine.requery import requery_limits, requery_samples
@@ -170,8 +172,9 @@ def _item_scores(sub: Subtask, rubric: Rubric | None, items: Iterable[Item], sam
 class _Scorer:
     """One scoring pass over a run directory: the records read once, each subtask scored per model."""
 
-    def __init__(self, directory: Path, cfg: Config, spec: RunSpec) -> None:
-        self.cfg, self.spec = cfg, spec
+    def __init__(self, directory: Path, cfg: Config, spec: RunSpec, seed: int | None = 0) -> None:
+        """`seed`: of the bootstrap intervals; None: no intervals (the per-item views need none)."""
+        self.cfg, self.spec, self.seed = cfg, spec, seed
         self.data_dir = Path(spec.data_dir) if spec.data_dir else None
         self.resolved = {k: resolve(k, spec.options.get(k), self.data_dir) for k in spec.subtasks}
         self.subtasks = [self.resolved[k][0] for k in spec.subtasks]
@@ -191,6 +194,8 @@ class _Scorer:
                     self.usage_table.add(j.judge, "judge", j.pillar, j.response.usage)
         self.requery_n = requery_limits(self.subtasks, spec.options)
         self.cache: dict[tuple[str, str], list[ItemScore]] = {}
+        # What the aggregate saw: the scores, a robustness subtask's clean ones added, the unparseable policy applied.
+        self.inputs: dict[tuple[str, str], list[ItemScore]] = {}
 
     def _read_records(self, directory: Path, model: str) -> Records:
         out: Records = {}
@@ -240,7 +245,11 @@ class _Scorer:
         if eng.unparseable == "zero":
             agg_input = [msgspec.structs.replace(x, status="scored", value=0.0) if x.status == "unparseable" else x
                          for x in agg_input]
-        return ModelScore.of(sub.aggregate(agg_input), missing, jstats if rubric is not None else None)
+        self.inputs[(sub.key, model)] = agg_input
+        metric = sub.aggregate(agg_input)
+        if self.seed is not None:
+            metric = with_interval(metric, sub.aggregate, agg_input, seed=self.seed, key=f"{sub.key}/{model}")
+        return ModelScore.of(metric, missing, jstats if rubric is not None else None)
 
     def subtask(self, sub: Subtask) -> SubtaskScores:
         eng = self.resolved[sub.key][1]
@@ -254,6 +263,7 @@ class _Scorer:
                              judge=self.ranked_judge(sub.rubric), unparseable=eng.unparseable,
                              tie_break=eng.tie_break, models=models,
                              ranks=competition_ranks(values, sub.direction, tb),
+                             tied=tied({m: s.ci for m, s in models.items()}),
                              prompts=sub.prompts if sub.prompt_files else UNSET,
                              constrained=(sub.params.json_schema is not None
                                           if registry.get(sub.key).params.json_schema is not None else UNSET),
@@ -265,12 +275,13 @@ def _number(v: object) -> float | None:
     return float(v) if isinstance(v, (int, float)) else None
 
 
-def score_run(directory: Path) -> ScoresDoc:
+def score_run(directory: Path, seed: int = 0) -> ScoresDoc:
+    """`seed`: the bootstrap intervals' (`score --seed`); the same seed gives the same scores.json."""
     doc, cfg = load_run(directory)
     spec = doc.spec
     if spec.items is not None:
         raise EngineError(f"{directory}: a custom --items run has no pillar metrics to score")
-    scorer = _Scorer(directory, cfg, spec)
+    scorer = _Scorer(directory, cfg, spec, seed)
     subs = {sub.key: scorer.subtask(sub) for sub in scorer.subtasks}
     pillars: dict[str, PillarRanks] = {}
     for p in registry.PILLARS:
@@ -281,7 +292,8 @@ def score_run(directory: Path) -> ScoresDoc:
             pillars[p] = pillar_ranks({k: v.ranks for k, v in mine.items()}, scorer.models, n,
                                       _coverage(mine, scorer.models), scored)
     return ScoresDoc(models=scorer.models, data=spec.data_dir or "builtin", limit=spec.limit, subtasks=subs,
-                     pillars=pillars, usage=scorer.usage_table.usage(cfg), skipped=dict(spec.skipped))
+                     pillars=pillars, usage=scorer.usage_table.usage(cfg), skipped=dict(spec.skipped),
+                     intervals=IntervalsDoc(bootstrap_seed=seed, bootstrap_resamples=RESAMPLES))
 
 
 class SubtaskItems(msgspec.Struct, frozen=True, kw_only=True):
@@ -294,6 +306,8 @@ class SubtaskItems(msgspec.Struct, frozen=True, kw_only=True):
     scores: dict[str, list[ItemScore]]  # model -> one per (item, sample) with a record
     records: dict[str, Records]  # model -> that model's records (every subtask; look up by key)
     judge: str | None  # the ranked judge of the subtask's rubric (or of its source's, when derived)
+    # model -> what `subtask.aggregate` gets for that model (compare's paired bootstrap re-runs it)
+    inputs: dict[str, list[ItemScore]] = {}
 
 
 def item_scores(directory: Path) -> Iterator[SubtaskItems]:
@@ -302,7 +316,7 @@ def item_scores(directory: Path) -> Iterator[SubtaskItems]:
     doc, cfg = load_run(directory)
     if doc.spec.items is not None:
         raise EngineError(f"{directory}: a custom --items run has no per-item scores")
-    scorer = _Scorer(directory, cfg, doc.spec)
+    scorer = _Scorer(directory, cfg, doc.spec, seed=None)
     for sub in scorer.subtasks:
         gen_key = sub.generates_from
         gen = sub if gen_key == sub.key else resolve(gen_key, doc.spec.options.get(gen_key), scorer.data_dir)[0]
@@ -313,4 +327,5 @@ def item_scores(directory: Path) -> Iterator[SubtaskItems]:
         src = scorer.resolved[sub.source][0].rubric if sub.source and sub.source in scorer.resolved else None
         judge = scorer.ranked_judge(sub.rubric or src)
         yield SubtaskItems(key=sub.key, subtask=sub, items=items, records=scorer.records, judge=judge,
-                           scores={m: scorer.cache[(sub.key, m)] for m in scorer.models})
+                           scores={m: scorer.cache[(sub.key, m)] for m in scorer.models},
+                           inputs={m: scorer.inputs.pop((sub.key, m)) for m in scorer.models})

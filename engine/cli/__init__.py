@@ -114,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("score", help="compute scores.json (metrics and ranks) for a run directory")
     sc.add_argument("dir", help="a run's output directory")
+    sc.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals (default 0; same seed, same scores.json)")
 
     j = sub.add_parser("judge", help="(re-)judge an existing run without regenerating")
     j.add_argument("dir", help="a run's output directory (its responses are judged, none regenerated)")

@@ -168,8 +168,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return end.code
 
 
-def _finish_scores(out: Path) -> None:
-    scores = score_run(out)
+def _finish_scores(out: Path, seed: int = 0) -> None:
+    scores = score_run(out, seed)
     path = write_scores(out, scores)
     for line in _rank_table(scores):
         _log(line)
@@ -210,7 +210,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if read_run(out).spec.items is not None:
         raise EngineError(f"{out} is a custom --items run: custom items have no metric to score; "
                           f"`python -m engine report {out}` shows every prompt and response")
-    _finish_scores(out)
+    _finish_scores(out, args.seed)
     return 0
 
 

@@ -28,7 +28,7 @@ from msgspec import UNSET, UnsetType
 from engine.core.subtask import JudgeStats, Metric
 
 __all__ = [
-    "UNSET", "BackendDoc", "BudgetDoc", "Fingerprint", "HistoryEntry", "JudgeStats", "LaneSummary", "Latency",
+    "UNSET", "BackendDoc", "BudgetDoc", "Fingerprint", "HistoryEntry", "IntervalsDoc", "JudgeStats", "LaneSummary", "Latency",
     "Metric", "ModelScore", "PartitionDoc", "PillarRanks", "RayNode", "RunDoc", "RunSpec", "ScoresDoc", "ServersDoc", "ShardRun",
     "ShardState", "ShardsDoc", "SubtaskProtocol", "SubtaskScores", "TokenCounts", "UnsetType", "UsageCost",
 ]
@@ -275,6 +275,7 @@ class ModelScore(Metric, frozen=True, kw_only=True):
 
     judge: JudgeStats | UnsetType = UNSET  # type: ignore[assignment]  # absent, not null, when unjudged
     reason: str | UnsetType = UNSET  # type: ignore[assignment]  # absent, not null, without a reason
+    ci_reason: str | UnsetType = UNSET  # type: ignore[assignment]  # absent, not null, when ci is set or value null
 
     @classmethod
     def of(cls, m: Metric, n_missing: int, judge: JudgeStats | None) -> ModelScore:
@@ -283,7 +284,8 @@ class ModelScore(Metric, frozen=True, kw_only=True):
             reason = m.reason or "undefined"
         return cls(value=m.value, n=m.n, n_scored=m.n_scored, n_unparseable=m.n_unparseable, n_failed=m.n_failed,
                    n_missing=n_missing, ci=m.ci, breakdown=m.breakdown,
-                   judge=judge if judge is not None else UNSET, reason=reason)
+                   judge=judge if judge is not None else UNSET, reason=reason,
+                   ci_reason=m.ci_reason if m.ci_reason is not None and m.value is not None else UNSET)
 
     @property
     def why(self) -> str | None:
@@ -312,6 +314,9 @@ class SubtaskScores(msgspec.Struct, frozen=True, kw_only=True):
     # rubric sent in the authors' template, reply inserted raw (no injection hardening).
     judge_constrained: bool | UnsetType = UNSET
     judge_hardened: bool | UnsetType = UNSET
+    # Statistically tied: model -> the other models whose 95% interval overlaps its own (a model
+    # without an interval is absent). `ranks` stays the paper's competition rank beside it.
+    tied: dict[str, list[str]] | UnsetType = UNSET
 
 
 class UsageCost(msgspec.Struct, frozen=True, kw_only=True):
@@ -323,6 +328,15 @@ class UsageCost(msgspec.Struct, frozen=True, kw_only=True):
     reasoning_tokens: int = 0
     cached_tokens: int = 0
     cost_usd: float | None = None  # None: no [prices.<model>]
+
+
+class IntervalsDoc(msgspec.Struct, frozen=True, kw_only=True):
+    """scores.json `intervals`: how the `ci` fields were made (`score --seed`, README "Uncertainty")."""
+
+    level: float = 0.95
+    bootstrap_seed: int = 0
+    bootstrap_resamples: int = 1000  # fewer (>= 200) for large subtasks: engine/intervals.py `resamples_for`
+    tied: str = "95% intervals overlap"
 
 
 class ScoresDoc(msgspec.Struct, frozen=True, kw_only=True):
@@ -337,3 +351,4 @@ class ScoresDoc(msgspec.Struct, frozen=True, kw_only=True):
     # -> UsageCost (a role and "total" share one level, so that level has no Struct)
     usage: dict[str, dict[str, object]] = {}
     skipped: dict[str, str] = {}
+    intervals: IntervalsDoc | UnsetType = UNSET  # absent in scores made before intervals

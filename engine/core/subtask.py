@@ -67,6 +67,9 @@ class JudgeStats(msgspec.Struct, frozen=True, kw_only=True):
 
 class Metric(msgspec.Struct, frozen=True, kw_only=True):
     """A subtask's metric for one model. value None means undefined, and then `reason` says why.
+    `ci` is its 95% interval: the analytic one an aggregate knows (Wilson for a rate, Fisher z for a
+    Pearson r, the normal interval of a mean), else the engine's seeded bootstrap over items
+    (engine/intervals.py); null with `ci_reason` where undefined.
 
     The one metric shape: `aggregate` fills what it sees, the scorer adds `n_missing` (no record)
     and `judge`; scores.json stores it (engine/core/rundoc.py `ModelScore`, the same fields) and
@@ -82,6 +85,8 @@ class Metric(msgspec.Struct, frozen=True, kw_only=True):
     breakdown: dict[str, object] = {}
     judge: JudgeStats | None = None
     reason: str | None = None
+    # Why `ci` is null although `value` is not (e.g. one item: no spread to resample).
+    ci_reason: str | None = None
 
 
 # (item, response or None when generation failed, parsed judgment or None) -> ItemScore

@@ -109,8 +109,9 @@ def rank_table(scores: ScoresDoc, spec_keys: Sequence[str], models: tuple[ModelI
                 if s is None or d is None:
                     cells.append(RankCell(model=info.name, rank=None, value=None, scored=False))
                     continue
+                ties = s.tied.get(info.name, []) if isinstance(s.tied, dict) else []
                 cells.append(RankCell(model=info.name, rank=s.ranks.get(info.name), value=d.value, n=d.n, ci=d.ci,
-                                      reason=d.why))
+                                      reason=d.why, tied=tuple(ties)))
             rows.append(SubtaskRow(key=key, pillar=pillar, subtask=key.partition("/")[2],
                                    headline=s.headline if s else None, direction=s.direction if s else None,
                                    scored=s is not None, cells=tuple(cells)))
@@ -215,7 +216,7 @@ def subtask_details(scores: ScoresDoc, models: tuple[ModelInfo, ...]) -> tuple[S
             metrics.append(ModelMetric(
                 model=info.name, rank=s.ranks.get(info.name), value=d.value, n=d.n, n_scored=d.n_scored,
                 n_unparseable=d.n_unparseable, n_failed=d.n_failed, n_missing=d.n_missing, ci=d.ci,
-                judge=d.judge_stats, reason=d.why))
+                judge=d.judge_stats, reason=d.why, ci_reason=d.ci_reason if isinstance(d.ci_reason, str) else None))
             if d.breakdown:
                 per_model.append((info.name, d.breakdown))
         out.append(SubtaskDetail(key=key, headline=s.headline, direction=s.direction, version=s.version,

@@ -51,8 +51,15 @@ def fmt_cost(v: float | None) -> str:
     return f"{v:.4f}" if abs(v) < 1 else f"{v:.2f}"
 
 
-def fmt_ci(ci: tuple[float, float] | None) -> str:
-    return "" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+# The rank table's mark of a model statistically tied with another (overlapping 95% intervals).
+TIED = "≈"
+
+
+def fmt_ci(ci: tuple[float, float] | None, why: str | None = None) -> str:
+    """"[0.610, 0.790]"; "none (why)" where the value has no interval; "" where there is no value."""
+    if ci is None:
+        return f"none ({why})" if why else ""
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def fmt_time(ts: float | None) -> str:

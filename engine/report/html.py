@@ -12,6 +12,7 @@ from engine.report.explore_html import board_section, browser_section
 from engine.report.explore_js import CSS as EXPLORE_CSS
 from engine.report.explore_js import script_hash, script_tag
 from engine.report.format import (
+    TIED,
     fmt_ci,
     fmt_cost,
     fmt_num,
@@ -95,9 +96,12 @@ def _cell(c: RankCell, key: str, n_models: int) -> str:
     if c.ci is not None:
         tip += f" · interval {fmt_ci(c.ci)}"
         attrs += f' data-ci-low="{_attr(c.ci[0])}" data-ci-high="{_attr(c.ci[1])}"'
+    if c.tied:
+        tip += f" · statistically tied with {', '.join(c.tied)} (95% intervals overlap)"
+        attrs += f' data-tied="{_attr(" ".join(c.tied))}"'
     if c.reason:
         tip += f" · {c.reason}"
-    rank = str(c.rank) if c.rank is not None else "–"
+    rank = (str(c.rank) if c.rank is not None else "–") + (TIED if c.tied else "")
     cls = "rank" if c.rank is not None else "rank none"
     return (f'<td class="{cls}" style="background:{rank_colour(c.rank, n_models)}" {attrs} title="{_e(tip)}">'
             f"<b>{rank}</b><small>{_e(fmt_num(c.value))}</small></td>")
@@ -138,7 +142,9 @@ def rank_table(r: Report) -> str:
                         f"{cells}</tr>")
     legend = "".join(f'<span style="background:{rank_colour(k, n)}">{k}</span>' for k in range(1, n + 1))
     return (f'<section id="ranks"><h2>Rank table</h2><p>1 = most trustworthy; ties share a rank. Small print: the '
-            f'metric value (hover for n and interval); pillar rows: the re-ranked mean subtask rank. '
+            f'metric value (hover for n and interval); {TIED}: statistically tied with another model (their 95% '
+            f'intervals overlap; the rank beside it is the paper\'s, unchanged); pillar rows: the re-ranked mean '
+            f'subtask rank. '
             f'<span class="legend">{legend}</span></p>'
             f'<table class="ranks"><thead>{head1}{head2}</thead><tbody>{"".join(rows)}</tbody></table></section>')
 
@@ -176,7 +182,7 @@ def subtask(d: SubtaskDetail) -> str:
                  f'<td class="num" data-field="value" data-value="{_attr(m.value)}">{_e(m.value)}</td>']
         for f in ("n", "n_scored", "n_unparseable", "n_failed", "n_missing"):
             cells.append(f'<td class="num" data-field="{f}">{_e(getattr(m, f))}</td>')
-        cells.append(f'<td data-field="ci">{_e(fmt_ci(m.ci))}</td>')
+        cells.append(f'<td data-field="ci">{_e(fmt_ci(m.ci, m.ci_reason))}</td>')
         if judged:
             j = m.judge
             counts = (j.judged, j.unparseable, j.not_judged, j.retried) if j is not None else ("", "", "", "")

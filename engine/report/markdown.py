@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from engine.report.format import (
+    TIED,
     fmt_ci,
     fmt_cost,
     fmt_num,
@@ -36,7 +37,7 @@ def rank_cell(c: RankCell) -> str:
     """"2 (0.500)"; "– (null)" for no value; "not scored" when scores.json has no entry."""
     if not c.scored:
         return "not scored"
-    return f"{c.rank if c.rank is not None else '–'} ({fmt_num(c.value)})"
+    return f"{c.rank if c.rank is not None else '–'}{TIED if c.tied else ''} ({fmt_num(c.value)})"
 
 
 def _rank_table(r: Report) -> list[str]:
@@ -46,7 +47,9 @@ def _rank_table(r: Report) -> list[str]:
     groups = [(g, [m.name for m in t.models if m.group == g]) for g in ("api", "local")]
     out = ["## Rank table", "",
            "1 = most trustworthy; ties share a rank; cells are `rank (value)`; pillar rank = re-rank of the mean "
-           "subtask rank (in parentheses).", "",
+           "subtask rank (in parentheses); "
+           f"{TIED} marks a model statistically tied with another in that subtask (their 95% intervals overlap; the "
+           "rank beside it is the paper's, unchanged).", "",
            " · ".join(f"{'API' if g == 'api' else 'local'}: {', '.join(ms)}" for g, ms in groups if ms), ""]
     rows = []
     for b in t.blocks:
@@ -85,7 +88,7 @@ def _subtask(d: SubtaskDetail) -> list[str]:
     rows = []
     for m in d.metrics:
         row = [m.model, m.rank if m.rank is not None else "–", m.value, m.n, m.n_scored, m.n_unparseable, m.n_failed,
-               m.n_missing, fmt_ci(m.ci)]
+               m.n_missing, fmt_ci(m.ci, m.ci_reason)]
         if judged:
             j = m.judge
             row += [j.judged, j.unparseable, j.not_judged, j.retried] if j is not None else ["", "", "", ""]

@@ -33,6 +33,9 @@ class RankCell(msgspec.Struct, frozen=True, kw_only=True):
     ci: tuple[float, float] | None = None
     reason: str | None = None
     scored: bool = True  # False: the subtask (or this model) has no entry in scores.json
+    # The models whose 95% interval overlaps this one's (scores.json `tied`): statistically tied,
+    # whatever the paper-style rank says.
+    tied: tuple[str, ...] = ()
 
 
 class SubtaskRow(msgspec.Struct, frozen=True, kw_only=True):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+from engine.core.stats import Z95, normal_mean_ci, wilson
 from engine.core.subtask import ItemScore, Metric
 
 __all__ = [
@@ -29,9 +30,6 @@ __all__ = [
     "value_of",
 ]
 
-Z95 = 1.96
-
-
 def tally(scores: Sequence[ItemScore]) -> tuple[int, int, int, int]:
     """(n, n_scored, n_unparseable, n_failed)."""
     n_scored = sum(1 for s in scores if s.status == "scored")
@@ -40,27 +38,9 @@ def tally(scores: Sequence[ItemScore]) -> tuple[int, int, int, int]:
     return len(scores), n_scored, n_unp, n_failed
 
 
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float] | None:
-    """Wilson score interval for k successes out of n; None when n == 0."""
-    if n <= 0:
-        return None
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def mean_ci(values: Iterable[float], z: float = Z95) -> tuple[float, float] | None:
     """mean ± z·sd/√n (sample sd); None when fewer than 2 values."""
-    vals = [float(v) for v in values]
-    n = len(vals)
-    if n < 2:
-        return None
-    m = sum(vals) / n
-    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1))
-    half = z * sd / math.sqrt(n)
-    return (m - half, m + half)
+    return normal_mean_ci([float(v) for v in values], z)
 
 
 def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:

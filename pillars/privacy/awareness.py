@@ -36,6 +36,7 @@ from msgspec.structs import replace
 
 from engine.core.prompts import PromptSet
 from engine.core.records import GenParams, Item, Message, Response
+from engine.core.stats import fisher_z_ci
 from engine.core.subtask import ItemScore, Judgment, Metric, OfficialSource, Row, Subtask
 from pillars.common.loaders import read_text
 from pillars.common.metrics import pearson, tally
@@ -193,12 +194,16 @@ def aggregate(scores: Sequence[ItemScore]) -> Metric:
     tiers: dict[str, dict[str, object]] = {}
     rs: dict[str, float] = {}  # the tiers with a defined r
     whys: dict[str, str] = {}  # the others: why not
+    ns: dict[str, int] = {}  # rated items per tier
     for tier in TIERS:
         pairs = [(ref, sum(v) / len(v)) for t, ref, v in per_item.values() if t == tier]
         if not pairs:
             continue
         r = pearson([p[1] for p in pairs], [p[0] for p in pairs])
         tier_entry: dict[str, object] = {"r": r, "n": len(pairs)}
+        ns[tier] = len(pairs)
+        if r is not None and (tier_ci := fisher_z_ci(r, len(pairs))) is not None:
+            tier_entry["ci"] = tier_ci
         if r is None:
             whys[tier] = "fewer than 2 scored items" if len(pairs) < 2 else "constant ratings (r undefined)"
             tier_entry["reason"] = whys[tier]
@@ -222,8 +227,12 @@ def aggregate(scores: Sequence[ItemScore]) -> Metric:
         reason += " (" + "; ".join(
             f"tier {t}: {whys[t] if t in tiers else 'no scored items'}" for t in missing
         ) + ")"
+    # One tier: its Fisher z interval; a mean over tiers has none in closed form, so the engine
+    # bootstraps it (engine/intervals.py), items resampled within their tiers' pairs.
+    ci = fisher_z_ci(value, ns[used[0]]) if len(used) == 1 else None
     return Metric(value=value, n=n, n_scored=n_scored, n_unparseable=n_unp, n_failed=n_failed,
-                  breakdown=breakdown, reason=reason)
+                  breakdown=breakdown, reason=reason, ci=ci,
+                  ci_reason="fewer than 4 rated items: no Fisher z interval" if len(used) == 1 and ci is None else None)
 
 
 def _subtask(prompts: PromptSet | None) -> Subtask:

@@ -84,12 +84,12 @@ def relative_drop_metric(scores: Sequence[ItemScore], variants: Sequence[Variant
     # name -> (level, intensity, relative drop or None, why None)
     drops: dict[str, tuple[str, str, float | None, str]] = {}
     expected = [(v.level, f"{v.intensity:g}") for v in variants]
-    found = {(s.group.get("level", ""), s.group.get("intensity", "")) for s in perturbed}
-    for level, intensity in expected + sorted(found - set(expected)):
+    by_cell: dict[tuple[str, str], list[ItemScore]] = {}
+    for s in perturbed:
+        by_cell.setdefault((s.group.get("level", ""), s.group.get("intensity", "")), []).append(s)
+    for level, intensity in expected + sorted(set(by_cell) - set(expected)):
         name = f"{level}@{intensity}"
-        in_cell = [s for s in perturbed
-                   if s.group.get("level") == level and s.group.get("intensity") == intensity]
-        cells[name], value, why = _cell(level, intensity, clean_values, _per_item(in_cell))
+        cells[name], value, why = _cell(level, intensity, clean_values, _per_item(by_cell.get((level, intensity), [])))
         drops[name] = (level, intensity, value, why)
     breakdown: dict[str, object] = {"cells": cells, "n_clean": len(clean_values)}
     for dim in ("level", "intensity"):
