@@ -245,10 +245,11 @@ class _Scorer:
         if eng.unparseable == "zero":
             agg_input = [msgspec.structs.replace(x, status="scored", value=0.0) if x.status == "unparseable" else x
                          for x in agg_input]
-        self.inputs[(sub.key, model)] = agg_input
         metric = sub.aggregate(agg_input)
         if self.seed is not None:
             metric = with_interval(metric, sub.aggregate, agg_input, seed=self.seed, key=f"{sub.key}/{model}")
+        else:  # a per-item view (item_scores), which hands them on one subtask at a time
+            self.inputs[(sub.key, model)] = agg_input
         return ModelScore.of(metric, missing, jstats if rubric is not None else None)
 
     def subtask(self, sub: Subtask) -> SubtaskScores:
