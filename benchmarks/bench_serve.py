@@ -10,14 +10,18 @@ before, on an absolute schedule. For each rate, `python -m engine bench` (a subp
 command, its own event loop) sends rate x seconds Poisson arrivals after 20 warm-ups and writes its
 result JSON. The medians it reports are compared with the model: TTFT with a + jitter/2, TPOT and
 ITL with b; its send lag p50/p99 says how precisely the client kept the schedule. Client and server
-share this machine's CPUs (and whatever else runs on it: the load average is printed). Not a test:
-prints a table and appends it to RESULTS.md.
+share this machine's CPUs (and whatever else runs on it: the load average is printed). The floor
+column is the machine's own: the same Poisson schedule kept by the same dispatcher (engine.bench.load
+.drive under uvloop, gc frozen) with requests that send nothing, so what is left is timer precision
+and how late this process gets a CPU. Not a test: prints a table and appends it to RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as _dt
+import gc
 import os
 import subprocess
 import sys
@@ -29,6 +33,10 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.bench.arrivals import arrival_times  # noqa: E402
+from engine.bench.load import drive  # noqa: E402
+from engine.bench.metrics import send_lag_stats  # noqa: E402
+from engine.core.records import Response  # noqa: E402
 from engine.testing.fakeserver import FakeServerProcess  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -46,6 +54,28 @@ def _bench(url: str, rate: float, n: int, output_len: int, out: Path) -> dict[st
     doc: dict[str, object] = orjson.loads(out.read_bytes())
     doc["_warning"] = next((ln for ln in p.stderr.decode().splitlines() if ln.startswith("warning")), "")
     return doc
+
+
+async def _nothing(body: dict[str, object], timeout_s: float, marks: list[float]) -> Response:
+    await asyncio.sleep(0.05)
+    return Response(text="", finish_reason="stop", latency_s=0.05)
+
+
+def _floor(rate: float, n: int) -> dict[str, float]:
+    """Send lag of the dispatcher alone: the schedule of `engine bench` with requests that do nothing."""
+    import uvloop
+
+    async def run() -> dict[str, float]:
+        gc.collect()
+        gc.freeze()
+        try:
+            outcomes, _ = await drive(_nothing, [{}] * n, arrival_times(n, rate, 1.0, 1), max_concurrency=None,
+                                      timeout_s=10.0)
+        finally:
+            gc.unfreeze()
+        return send_lag_stats(outcomes)
+
+    return uvloop.run(run())
 
 
 def _cpu_s(pid: int | None) -> float:
@@ -82,11 +112,13 @@ def main() -> None:
             d = _bench(root, rate, n, args.output_len, Path(tmp) / f"r{rate:g}.json")
             server_ms = (_cpu_s(srv.pid) - cpu0) * 1000.0 / (n + 20)
             client_ms = float(d["client_cpu_fraction"]) * float(d["duration"]) * 1000.0 / n  # type: ignore[arg-type]
+            floor = _floor(rate, n)
             loads.append(os.getloadavg()[0])
             rows.append(f"| {rate:g} | {n} | {d['completed']}/{d['failed']} | {float(d['request_throughput']):.1f} | "  # type: ignore[arg-type]
                         f"{_dev(float(d['median_ttft_ms']), a + j / 2)} | {_dev(float(d['median_tpot_ms']), b)} | "  # type: ignore[arg-type]
                         f"{_dev(float(d['median_itl_ms']), b)} | {float(d['p99_ttft_ms']):.1f} | "  # type: ignore[arg-type]
                         f"{float(d['send_lag_p50_ms']):.2f} / {float(d['send_lag_p99_ms']):.2f} | "  # type: ignore[arg-type]
+                        f"{floor['send_lag_p50_ms']:.2f} / {floor['send_lag_p99_ms']:.2f} | "
                         f"{float(d['client_cpu_fraction']):.2f} | {client_ms:.2f} / {server_ms:.2f} | "  # type: ignore[arg-type]
                         f"{'yes' if d['_warning'] else ''} |")
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -99,9 +131,9 @@ def main() -> None:
         f"(median ITL/TPOT {b:g}); {args.output_len} tokens per reply; Poisson arrivals; 20 warm-ups per rate.",
         "",
         "| rate (req/s) | requests | ok/failed | achieved req/s | median TTFT ms (vs model) | median TPOT ms | "
-        "median ITL ms | p99 TTFT ms | send lag p50 / p99 ms | client CPU (cores) | CPU ms per request client / "
-        "server | client-bound warning |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "median ITL ms | p99 TTFT ms | send lag p50 / p99 ms | floor: lag of a client sending nothing, p50 / p99 ms | "
+        "client CPU (cores) | CPU ms per request client / server | client-bound warning |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows, ""])
     print(text)
     if not args.no_append:

@@ -60,8 +60,9 @@ async def drive(send: Send, bodies: Sequence[dict[str, object]], planned: Sequen
 
     tasks: list[asyncio.Task[Outcome]] = []
     for body, due in zip(bodies, planned, strict=True):
-        delay = start + due - clock()
-        if delay > 0:
+        # uvloop's timers round to whole milliseconds, so a sleep may end up to half a millisecond
+        # early: sleep again for the rest (a zero-delay sleep is one loop turn), never send early.
+        while (delay := start + due - clock()) > 0:  # noqa: ASYNC110  # waiting for a time, not an event
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(body, due)))
     outcomes = list(await asyncio.gather(*tasks))
