@@ -7,13 +7,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from engine.testing.fake_batches import OpenAIBatchFake
 from engine.testing.fake_providers import run_in_thread
+from engine.testing.fakeserver import FakeServerProcess
 from tests.conftest import (
     check_complete,
     expected_texts,
+    fake_model,
     read_jsonl,
     run_cli,
     run_engine,
@@ -92,3 +95,89 @@ def test_kill9_at_each_phase_then_resume_is_exactly_once(tmp_path: Path, batch_f
     ended = {j["local_id"] for j in journal if j["event"] == "ended"}
     assert {j["local_id"] for j in journal if j["event"] == "intent"} == ended  # nothing left open
     verify_clean(out)
+
+
+def test_mixed_run_scores_as_the_same_run_without_batching(tmp_path: Path, batch_fake: tuple[OpenAIBatchFake, str],
+                                                            fake_server: FakeServerProcess) -> None:
+    """One batch lane, one ordinary lane and a judge in batch mode score exactly as the same run
+    with every request sent directly (the batch fake answers what the chat fake does)."""
+    fake, url = batch_fake
+    judge = "\n[judge]\nmodels = [\"judge\"]\n"
+    direct = fake_model(fake_server, max_concurrency=4)
+    args = ["--pillars", "crisis", "--limit", "3", "--no-progress"]
+    ref_cfg = write_config(tmp_path / "ref.toml", {"direct": direct, "batched": fake_model(fake_server),
+                                                   "judge": fake_model(fake_server, model="judge-model")},
+                           run={"output": str(tmp_path / "ref")}, extra=judge)
+    res = run_cli("run", ref_cfg, *args)
+    assert res.rc == 0, res.stderr
+    cfg = write_config(tmp_path / "b.toml", {"direct": direct, "batched": batch_model(url),
+                                             "judge": batch_model(url, model="judge-model")},
+                       run={"output": str(tmp_path / "out")}, extra=judge)
+    res = run_cli("run", cfg, *args, env=KEY_ENV)
+    assert res.rc == 0, res.stderr
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    for name in ("direct", "batched"):
+        got = {r["key"]: r["response"]["text"] for r in read_jsonl(out / "responses" / f"{name}.jsonl")}
+        assert got == {r["key"]: r["response"]["text"] for r in read_jsonl(ref / "responses" / f"{name}.jsonl")}
+    judged = read_jsonl(out / "judgments" / "judge.jsonl")
+    assert judged and {j["key"] for j in judged} == {j["key"] for j in read_jsonl(ref / "judgments" / "judge.jsonl")}
+    assert any(set(e["custom_ids"]) & {j["key"] for j in judged} for e in fake.events if e["event"] == "created")
+    scored = orjson.loads((out / "scores.json").read_bytes())["subtasks"]
+    assert "crisis/escalation" in scored
+    assert scored == orjson.loads((ref / "scores.json").read_bytes())["subtasks"]
+    assert not fake.completed_twice()
+
+
+@pytest.mark.parametrize("fault", ["request_5xx", "expire_requests", "fail_batches", "poll_5xx", "truncate_downloads"])
+def test_provider_failures_end_in_one_record_per_unit(tmp_path: Path, batch_fake: tuple[OpenAIBatchFake, str],
+                                                      fault: str) -> None:
+    """Per-request 5xx and expired requests go again in a later batch (errors/ says why), a failed
+    batch is sent again after a backoff, a 5xx while polling and a results download cut halfway
+    are retried; every unit ends with exactly one response."""
+    fake, url = batch_fake
+    setattr(fake, fault, 3 if fault in ("request_5xx", "expire_requests") else 1)
+    items = write_items(tmp_path / "items.jsonl", 10)
+    cfg = write_config(tmp_path / "c.toml", {"b": batch_model(url, batch_max_requests=10)})
+    out = tmp_path / "out"
+    res = run_cli("run", cfg, "--items", items, "--output", out, env=KEY_ENV)
+    assert res.rc == 0, res.stderr
+    recs = check_complete(out, "b", expected_texts(cfg, items, "b"))
+    created = [e for e in fake.events if e["event"] == "created"]
+    errors = read_jsonl(out / "errors" / "b.jsonl")
+    if fault in ("request_5xx", "expire_requests"):
+        assert len(created) == 2 and len(created[1]["custom_ids"]) == 3  # only the failed ones again
+        assert len(errors) == 3 and not any(e.get("final") for e in errors)
+        assert sorted(r["attempts"] for r in recs) == [1] * 7 + [2] * 3
+    elif fault == "fail_batches":
+        assert len(created) == 2 and set(created[0]["custom_ids"]) == set(created[1]["custom_ids"])
+    else:
+        assert len(created) == 1
+        assert fake.calls.count("download" if fault == "truncate_downloads" else "poll") >= 2
+    assert fake.__dict__[fault] == 0
+    assert not fake.completed_twice()
+    verify_clean(out)
+
+
+def test_a_bad_request_in_a_batch_is_its_final_outcome(tmp_path: Path, batch_fake: tuple[OpenAIBatchFake, str]) -> None:
+    fake, url = batch_fake
+    items = write_items(tmp_path / "items.jsonl", 5)
+    cfg = write_config(tmp_path / "c.toml", {"b": batch_model(url)})
+    expected = expected_texts(cfg, items, "b")
+    bad = sorted(expected)[0]
+    fake.fatal_ids = {bad}
+    out = tmp_path / "out"
+    res = run_cli("run", cfg, "--items", items, "--output", out, env=KEY_ENV)
+    assert res.rc in (0, 1), res.stderr
+    recs = {r["key"]: r for r in read_jsonl(out / "responses" / "b.jsonl")}
+    assert set(recs) == set(expected)
+    assert recs[bad]["error"]["kind"] == "fatal" and recs[bad]["error"]["status"] == 400
+    assert len([e for e in fake.events if e["event"] == "created"]) == 1  # never sent again
+
+
+def test_batch_on_an_adapter_without_a_batch_api_is_one_line(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "c.toml", {"r": {"adapter": "replay", "path": str(tmp_path / "rec.jsonl"),
+                                                   "batch": True}})
+    res = run_cli("run", cfg, "--items", write_items(tmp_path / "items.jsonl", 1), "--output", tmp_path / "out")
+    assert res.rc == 2, res.stderr
+    assert "models.r.batch: adapter `replay` has no batch API" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "out").exists()

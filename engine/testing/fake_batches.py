@@ -42,7 +42,7 @@ next N result downloads cut halfway). `hold` = "upload" | "create_before" | "cre
 `held`, so that a test can kill the engine at that point.
 
 `events` logs every batch created and how it ended, with its custom_ids: what the exactly-once
-tests check (no custom_id in two batches that both completed).
+tests check (`completed_twice`: no custom_id answered by two batches that both completed).
 """
 
 from __future__ import annotations
@@ -343,13 +343,15 @@ class OpenAIBatchFake:
     # -- what the tests read ------------------------------------------------------------------------
 
     def completed_twice(self) -> set[str]:
-        """custom_ids submitted in two batches that both completed (what must never happen)."""
-        ended = {e["batch"] for e in self.events if e["event"] == "ended" and e["state"] == "completed"}
+        """custom_ids answered (a 200 in the output file) by two batches that both completed: what
+        must never happen. A request that failed inside one batch and was sent again is not one."""
+        ended = {e["batch"] for e in self.events if e["event"] == "ended" and e["state"] in ("completed", "expired")}
         seen: set[str] = set()
         twice: set[str] = set()
-        for e in self.events:
-            if e["event"] == "created" and e["batch"] in ended:
-                for cid in e["custom_ids"]:
+        for bid in sorted(ended):
+            b = self.batches[bid]
+            for cid, _ in b.lines:
+                if cid not in b.errors_5xx and cid not in b.unrun and cid not in self.fatal_ids:
                     (twice if cid in seen else seen).add(cid)
         return twice
 
