@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from adapters.anthropic import AnthropicMessages
@@ -278,7 +279,7 @@ def test_openai_error_event_after_the_200_is_transient(event: bytes) -> None:
         stream_document([ok])  # ended without [DONE]: incomplete, retried
 
 
-def test_the_real_llama_cpp_server_streams_what_it_answers_whole(embedded_server: Any) -> None:
+def test_the_real_llama_cpp_server_streams_what_it_answers_whole(embedded_server: Any, tmp_path: Path) -> None:
     """Against the embedded llama.cpp server (greedy): the streamed reply's text, finish reason and
     usage equal the non-streamed one's (its SSE, include_usage and [DONE] as a real server sends
     them), with a first-token time and one timing piece per token or so; and `bench` against it
@@ -305,3 +306,14 @@ def test_the_real_llama_cpp_server_streams_what_it_answers_whole(embedded_server
                   "--max-concurrency", "2", "--input-len", "16", "--output-len", "8")
     assert res.rc == 0, res.stderr
     assert "Successful requests:                     4" in res.stdout
+    # ignore_eos (the embedded adapter declares that llama.cpp takes it): a one-word answer runs on
+    # to --output-len tokens, as `vllm bench serve --ignore-eos` makes vLLM do (min_tokens is ignored).
+    items = tmp_path / "yes.jsonl"
+    items.write_text('{"id": "y", "prompt": "Answer with one word: is water wet?"}\n')
+    out = {flag: tmp_path / f"{flag}.json" for flag in ("--no-ignore-eos", "--ignore-eos")}
+    for flag, path in out.items():
+        res = run_cli("bench", "--base-url", embedded_server.root_url, "--model", alias, "--num-prompts", "2",
+                      "--items", items, "--output-len", "24", flag, "--result-file", path)
+        assert res.rc == 0, res.stderr
+    stopped, forced = (orjson.loads(p.read_bytes())["total_output_tokens"] for p in out.values())
+    assert stopped < 2 * 24 and forced == 2 * 24
