@@ -124,11 +124,13 @@ engine_bench() {  # $1: server root, then extra arguments
 vllm_bench() {  # $1: server root, $2: the model's local tokenizer folder
     # openai-chat over /v1/chat/completions as engine bench; the custom dataset reads the engine's
     # prompt file ({"prompt": ...} per line) and sends each prompt as the user message, untemplated
-    # (--skip-chat-template: the server applies the chat template, as for the engine's requests).
+    # (--skip-chat-template: the server applies the chat template, as for the engine's requests);
+    # E2EL percentiles asked for, as engine bench always reports them (vllm's default leaves them out).
     printf '%q ' "$PY" -m vllm.entrypoints.cli.main bench serve --backend openai-chat --base-url "$1" \
         --endpoint /v1/chat/completions --model "$SERVED" --tokenizer "$2" --dataset-name custom \
         --dataset-path "$OUT/prompts.jsonl" --custom-output-len "$OUT_LEN" --skip-chat-template \
         --num-prompts "$NUM" --request-rate "$RATE" --ignore-eos --seed 0 \
+        --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 90,99 \
         --save-result --result-dir "$OUT" --result-filename vllm.json
 }
 PILLAR_CFG="$OUT/pillar.toml"
@@ -231,7 +233,7 @@ e, v = (json.loads((out / f).read_text()) for f in ("engine.json", "vllm.json"))
 print(f"\n{'metric':<26}{'engine':>12}{'vllm':>12}{'engine/vllm':>13}")
 for key in ("completed", "request_throughput", "output_throughput", "median_ttft_ms", "median_tpot_ms",
             "median_itl_ms", "median_e2el_ms", "p99_e2el_ms"):
-    a, b = float(e[key]), float(v[key])
+    a, b = float(e.get(key) or 0), float(v.get(key) or 0)
     print(f"{key:<26}{a:>12.2f}{b:>12.2f}{(a / b if b else float('nan')):>13.3f}")
 thr = e["request_throughput"] / v["request_throughput"] if v["request_throughput"] else 0.0
 ttft = e["median_ttft_ms"] / v["median_ttft_ms"] if v["median_ttft_ms"] else 0.0
