@@ -137,6 +137,11 @@ def test_warning_names_a_late_client_and_a_busy_one() -> None:
     w = bottleneck_warning({"send_lag_p99_ms": 30.0, "client_cpu_fraction": 0.95}, 100.0, None)
     assert w and "late" in w and "busy" in w
     assert bottleneck_warning({"send_lag_p99_ms": 30.0}, 100.0, 8) is None  # closed loop: waiting is queueing
+    busy = bottleneck_warning({"send_lag_p99_ms": 30.0, "machine_load_1m": 11.5, "machine_cpus": 2.0}, 100.0, None)
+    assert busy and "load 11.5 on 2" in busy
+    assert "load" not in (bottleneck_warning({"send_lag_p99_ms": 30.0, "machine_load_1m": 1.0,
+                                              "machine_cpus": 2.0}, 100.0, None) or "")
+    assert bottleneck_warning({"send_lag_p99_ms": 0.5, "machine_load_1m": 11.5, "machine_cpus": 2.0}, 100.0, None) is None
 
 
 def _root(url: str) -> str:

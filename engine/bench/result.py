@@ -23,7 +23,8 @@ def result_doc(metrics: Mapping[str, object], *, backend: str, label: str, model
 def bottleneck_warning(doc: Mapping[str, object], rate: float, max_concurrency: int | None) -> str | None:
     """A line when the client, not the server, may be what limits the numbers: it sent open-loop
     requests late (p99 lag above 10% of the mean gap and above 2 ms), or its process was busy most of
-    the run (CPU above 90% of one core)."""
+    the run (CPU above 90% of one core); with either, a load average above the CPU count is named
+    as the likely cause."""
     lag = float(doc.get("send_lag_p99_ms") or 0.0)  # type: ignore[arg-type]  # a float we wrote
     cpu = float(doc.get("client_cpu_fraction") or 0.0)  # type: ignore[arg-type]  # a float we wrote
     why = []
@@ -31,6 +32,9 @@ def bottleneck_warning(doc: Mapping[str, object], rate: float, max_concurrency: 
         why.append(f"requests were sent late (p99 {lag:.1f} ms after they were due)")
     if cpu > 0.9:
         why.append(f"the client process was busy {cpu:.0%} of the run")
+    load, cpus = doc.get("machine_load_1m"), doc.get("machine_cpus")
+    if why and isinstance(load, float) and isinstance(cpus, float) and load > cpus:
+        why.append(f"the machine was busier than its CPUs (load {load:.1f} on {cpus:.0f}): every wakeup waits for one")
     if not why:
         return None
     return "warning: the client may be the bottleneck: " + "; ".join(why) + \
@@ -61,9 +65,11 @@ def table(doc: Mapping[str, object]) -> list[str]:
                          + f"{float(doc[f'{stat}_{key}_ms']):.2f}")  # type: ignore[arg-type]  # floats we wrote
     lines.append(f"{' Client ':-^50}")
     for label, key in (("Send lag p50 (ms):", "send_lag_p50_ms"), ("Send lag p99 (ms):", "send_lag_p99_ms"),
-                       ("Client CPU (fraction of one core):", "client_cpu_fraction")):
+                       ("Client CPU (fraction of one core):", "client_cpu_fraction"),
+                       ("Machine load (1 min):", "machine_load_1m")):
         value = doc.get(key)
-        lines.append(f"{label:<40} {'n/a (rate inf)' if value is None else f'{float(value):.3f}'}")  # type: ignore[arg-type]  # floats we wrote
+        missing = "n/a (rate inf)" if key.startswith("send_lag") else "n/a"
+        lines.append(f"{label:<40} {missing if value is None else f'{float(value):.3f}'}")  # type: ignore[arg-type]  # floats we wrote
     lines.append("=" * 50)
     return lines
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
@@ -36,6 +37,15 @@ class Load(NamedTuple):
     seed: int
     timeout_s: float
     slo: Mapping[str, float]
+
+
+def _load() -> float | None:
+    """The 1-minute load average at the end of a point (None where the OS has none): a machine
+    busier than its CPUs delays every wakeup of the client, whatever the client does."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def parse_sweep(spec: str, rate: float, max_concurrency: int | None) -> list[Point]:
@@ -80,7 +90,8 @@ async def run_points(target: Target, bodies: Sequence[dict[str, object]], warm: 
             wall = max(time.perf_counter() - wall0, 1e-9)
             # With every request due at once there is no schedule to keep: a lag would only be queueing.
             lags = send_lag_stats(outcomes) if math.isfinite(point.rate) else dict.fromkeys(send_lag_stats([]))
-            client_stats = {**lags, "client_cpu_fraction": (time.process_time() - cpu0) / wall}
+            client_stats = {**lags, "client_cpu_fraction": (time.process_time() - cpu0) / wall,
+                            "machine_load_1m": _load(), "machine_cpus": float(os.cpu_count() or 1)}
             errors = sorted({o.error for o in outcomes if not o.ok})
             doc = result_doc(summarize(outcomes, duration, load.slo or None), backend=target.backend, label=target.label,
                              model_id=target.model_id, num_prompts=len(bodies), rate=point.rate,
