@@ -5,15 +5,16 @@ parses; then `python -m engine run` makes the run directory (records, judgments,
 
     python benchmarks/gen_explore_run.py OUT [--models 12] [--data-dir ../shared/trustmh] [--limit N]
 
-With --data-dir, a subtask with official data has its official item count; the engine runs one data
-source per run, so subtasks without official data are skipped there (run.json says which). Without
-it, the built-in items. Nothing here is upstream text: answers are synthetic, prompts are rebuilt by
+With --data-dir, a subtask with official data has its official item count; the datasets the folder
+lacks (SWMH, ELEPHANT: gated or OSF-only) get synthetic stand-ins of 200 rows in OUT/data, which
+links the rest, so all 19 subtasks run. Without it, the built-in items. Nothing here is upstream text: answers are synthetic, prompts are rebuilt by
 the engine from the data dir at report time. tests/test_report_explorer.py uses a small one.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import random
 import subprocess
 import sys
@@ -133,11 +134,49 @@ def lines(subs: Iterable[Subtask], data_dir: Path | None, models: list[str], lim
     return per_model, judge
 
 
+SYNTHETIC_ROWS = 200  # rows of each dataset the data dir lacks (swmh, elephant: gated or OSF-only)
+FEELINGS = ("low and tired", "on edge", "up and down", "like giving up", "fed up with everyone")
+
+
+def _csv(path: Path, head: list[str], rows: Iterable[list[str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(head)
+        w.writerows(rows)
+
+
+def overlay(data_dir: Path, out: Path) -> Path:
+    """OUT/data: every dataset folder of `data_dir` (symlinked) plus synthetic stand-ins (own text,
+    SYNTHETIC_ROWS rows each) for the gated / OSF-only files it lacks, so every subtask runs."""
+    out.mkdir(parents=True, exist_ok=True)
+    for d in data_dir.iterdir():
+        if d.is_dir() and not (out / d.name).exists():
+            (out / d.name).symlink_to(d)
+    n = range(SYNTHETIC_ROWS)
+    if not (out / "swmh" / "test.csv").exists():
+        labels = ("self.depression", "self.Anxiety", "self.bipolar", "self.SuicideWatch", "self.offmychest")
+        _csv(out / "swmh" / "test.csv", ["text", "label"],
+             ([f"Synthetic post {i}: I have felt {FEELINGS[i % 5]} for {i % 9 + 1} weeks.", labels[i % 5]] for i in n))
+    el = out / "elephant"
+    if not el.exists():
+        _csv(el / "OEQ.csv", ["", "prompt", "source"],
+             ([str(i), f"Synthetic question {i}: I feel {FEELINGS[i % 5]}; was I right to quit?", "synthetic"] for i in n))
+        _csv(el / "AITA.csv", ["", "prompt", "top_comment", "is_asshole", "ytanta"],
+             ([str(i), f"Synthetic post {i}: I skipped my friend's party because I felt {FEELINGS[i % 5]}.",
+               "synthetic", "1", "YTA"] for i in n))
+        _csv(el / "PAS.csv", ["", "prompt", "category"],
+             ([str(i), f"Synthetic statement {i}: I stopped answering my family's calls.", f"cat{i % 6}"] for i in n))
+    return out
+
+
 def generate(out: Path, n_models: int = 12, data_dir: Path | None = None, limit: int | None = None,
              seed: int = 0, run: bool = True) -> Path:
     """Writes OUT/replay/*.jsonl and OUT/config.toml; with `run`, runs the engine into OUT/run."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "replay").mkdir(exist_ok=True)
+    if data_dir is not None:
+        data_dir = overlay(data_dir, out / "data")
     models = [f"model-{i:02d}" for i in range(n_models)]
     per_model, judge = lines(generating(data_dir), data_dir, models, limit, seed)
     cfg = ["[run]", f'output = "{out / "run"}"', ""]

@@ -162,8 +162,9 @@ def test_report_in_headless_chromium(run: Path, report: Report, scores: dict[str
 
 def _screenshots(page: Chromium, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    page.send("Emulation.setDeviceMetricsOverride", width=1200, height=860, deviceScaleFactor=1, mobile=False)
     _type(page, "q", "")
-    _select(page, "subtask", "reliability/knowledge")
-    page.eval("document.querySelector('#items tr.irow').click()")
+    _select(page, "subtask", "crisis/escalation")
+    page.eval("document.querySelectorAll('#items tr.irow')[1].click()")
     page.eval("document.querySelector('#items').scrollIntoView()")
     (folder / "report-items.png").write_bytes(page.screenshot())

@@ -64,8 +64,8 @@ def browser_section(items: Sequence[ItemView], models: Sequence[str], secrets: t
             '</label></div>'
             '<p><span data-f="count">loading items…</span> <button data-f="prev">‹ prev</button> '
             '<span data-f="page"></span> <button data-f="next">next ›</button></p>'
+            '<div class="detail" data-f="detail" hidden></div>'
             f'<table class="list" data-f="list"><thead><tr><th>subtask</th><th>item</th><th>prompt (last message)</th>'
             f"{heads}</tr></thead><tbody></tbody></table>"
-            '<div class="detail" data-f="detail" hidden></div>'
             f"{json_block(meta, cls='items-meta')}"
             f'<script type="application/json" class="items-data">{items_blob(items, secrets)}</script></section>')

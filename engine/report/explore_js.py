@@ -201,7 +201,9 @@ Browser.prototype.draw = function () {
     const p = it.prompt && it.prompt.length ? it.prompt[it.prompt.length - 1].content : '';
     tr.appendChild(el('td', 'iprompt', p.length > 140 ? p.slice(0, 140) + '…' : p));
     for (const a of it.answers) {
-      const td = el('td', 'badge o-' + a.outcome, BADGE[a.outcome] || a.outcome);
+      const mark = a.outcome === 'scored' && typeof a.score === 'number'
+        ? (Number.isInteger(a.score) ? String(a.score) : a.score.toFixed(1)) : (BADGE[a.outcome] || a.outcome);
+      const td = el('td', 'badge o-' + a.outcome, mark);
       td.title = a.model + ': ' + a.outcome + (a.score == null ? '' : ' ' + num(a.score));
       td.dataset.model = a.model; td.dataset.outcome = a.outcome;
       tr.appendChild(td);
@@ -225,6 +227,9 @@ Browser.prototype.show = function (it) {
   const box = this.q('detail');
   box.replaceChildren();
   box.dataset.item = it.id; box.dataset.subtask = it.subtask;
+  const close = el('button', 'close', '× close'); close.dataset.f = 'close';
+  close.addEventListener('click', () => { box.hidden = true; });
+  box.appendChild(close);
   box.appendChild(el('h3', null, it.subtask + ' · ' + it.id + (it.sample ? ' · sample ' + it.sample : '')));
   for (const m of it.prompt || []) {
     const d = el('div', 'msg'); d.appendChild(el('b', null, m.role)); d.appendChild(el('pre', null, m.content));
@@ -275,7 +280,8 @@ button.toggle, button.sortcols { border: 0; background: none; cursor: pointer; f
 .o-refused { color: #5e35b1; } .o-missing { color: #999; }
 .sbs { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 10px; }
 .sbs .col { border: 1px solid #ddd; padding: 6px 8px; color: #1b1b1b; } .sbs .col h4 { margin: 0 0 4px; }
-.detail { border-top: 2px solid #999; margin-top: 10px; padding-top: 6px; } .fld { font-size: 12px; }
+.detail { border: 2px solid #999; margin: 8px 0; padding: 6px 10px; background: #fcfcfc; } .fld { font-size: 12px; }
+.detail button.close { float: right; } .sbs pre.resp { max-height: 260px; }
 """
 
 
