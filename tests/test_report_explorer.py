@@ -89,6 +89,8 @@ def _board_checks(page: Chromium, scores: dict[str, Any]) -> None:
         assert (int(c["unparseable"]), int(c["failed"])) == (d["n_unparseable"], d["n_failed"])
         rank = scores["subtasks"][c["key"]]["ranks"][c["model"]]
         assert c["rank"] == ("null" if rank is None else str(rank))
+        tied = scores["subtasks"][c["key"]].get("tied", {}).get(c["model"], [])
+        assert c.get("tied", "").split() == tied, c
     # a model's header orders the pillars by its pillar rank
     page.eval("document.querySelector('#board th.mhead[data-model=\"model-00\"]').click()")
     order = page.eval("[...document.querySelectorAll('#board tr.prow')].map((tr) => tr.dataset.key)")

@@ -44,11 +44,13 @@ def board(scores: ScoresDoc, models: Sequence[str]) -> Board:
         for key in (k for k in keys if k.split("/")[0] == pillar):
             s = scores.subtasks[key]
             cells = []
+            tied = s.tied if isinstance(s.tied, dict) else {}
             for m in models:
                 d = s.models.get(m)
                 cells.append(BoardCell(absent=True) if d is None else BoardCell(
                     rank=s.ranks.get(m), value=d.value, ci=d.ci, scored=d.n_scored, planned=d.n + d.n_missing,
-                    unparseable=d.n_unparseable, refused=_refused(d.breakdown), failed=d.n_failed, reason=d.why))
+                    unparseable=d.n_unparseable, refused=_refused(d.breakdown), failed=d.n_failed, reason=d.why,
+                    tied=tuple(tied.get(m, ()))))
             rows.append(BoardRow(key=key, headline=s.headline, direction=s.direction, cells=tuple(cells)))
         p = scores.pillars.get(pillar)
         pcells = tuple(BoardCell(rank=p.ranks.get(m), value=p.mean_subtask_rank.get(m)) if p else BoardCell(absent=True)

@@ -37,7 +37,7 @@ def items_blob(items: Sequence[ItemView], secrets: tuple[str, ...] = ()) -> str:
 def board_section(b: Board) -> str:
     return ('<section id="leaderboard"><h2>Leaderboard</h2><p>Pillar rank (small: mean subtask rank); '
             "▸ opens a pillar's subtasks (rank, value, items scored/planned; u unparseable, r refused, "
-            "f failed). ≈: the interval overlaps a differently ranked model's (statistically tied). Click a "
+            "f failed). ≈: statistically tied with another model (scores.json `tied`: 95% intervals overlap). Click a "
             "model to order the pillars by it, ⇅ to order the models by a row.</p>"
             f'<div id="board"><p class="hl">(needs JavaScript; the rank table below has the same ranks)</p></div>'
             f"{json_block(b, ident='board-data')}</section>")

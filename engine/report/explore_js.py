@@ -29,15 +29,8 @@ function num(v) {
 function json(id) { const n = $(id); return n ? JSON.parse(n.textContent) : null; }
 
 /* ------------------------------------------------------------------ leaderboard */
-function tiedSet(cells) {
-  const out = new Set();
-  cells.forEach((a, i) => cells.forEach((b, j) => {
-    if (i !== j && a.ci && b.ci && a.rank !== b.rank && a.rank != null && b.rank != null &&
-        a.ci[0] <= b.ci[1] && b.ci[0] <= a.ci[1]) out.add(i);
-  }));
-  return out;
-}
-function boardCell(c, sub, model, key, tied) {
+function boardCell(c, sub, model, key) {
+  const tied = !!(c.tied && c.tied.length);
   const td = el('td', 'bcell');
   td.dataset.model = model; td.dataset.key = key;
   td.dataset.rank = c.rank == null ? 'null' : String(c.rank);
@@ -46,7 +39,7 @@ function boardCell(c, sub, model, key, tied) {
   td.appendChild(el('small', null, num(c.value)));
   const tip = [(sub ? 'value ' : 'mean subtask rank ') + num(c.value)];
   if (c.ci) tip.push('interval [' + num(c.ci[0]) + ', ' + num(c.ci[1]) + ']');
-  if (tied) tip.push('interval overlaps a differently ranked model: statistically tied');
+  if (tied) tip.push('statistically tied with ' + c.tied.join(', ') + ' (95% intervals overlap)');
   if (sub) {
     const cov = el('span', 'cov', c.scored + '/' + c.planned);
     td.dataset.scored = c.scored; td.dataset.planned = c.planned;
@@ -62,7 +55,7 @@ function boardCell(c, sub, model, key, tied) {
              (c.refused == null ? '' : '; refused ' + c.refused) + '; failed ' + c.failed);
   }
   if (c.reason) tip.push(c.reason);
-  if (tied) td.dataset.tied = 'true';
+  if (tied) td.dataset.tied = c.tied.join(' ');
   td.title = tip.join(' · ');
   return td;
 }
@@ -87,8 +80,7 @@ function board() {
     const s = el('button', 'sortcols', '⇅'); s.title = 'order the model columns by this row';
     s.addEventListener('click', () => { cols = cols.slice().sort(byRank(r.cells)); draw(); });
     th.appendChild(s); tr.appendChild(th);
-    const tied = sub ? tiedSet(r.cells) : new Set();
-    for (const i of cols) tr.appendChild(boardCell(r.cells[i], sub, b.models[i], r.key, tied.has(i)));
+    for (const i of cols) tr.appendChild(boardCell(r.cells[i], sub, b.models[i], r.key));
     return tr;
   }
   function draw() {

@@ -298,6 +298,7 @@ class BoardCell(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     refused: int | None = None
     failed: int | None = None
     reason: str | None = None
+    tied: tuple[str, ...] = ()  # scores.json `tied`: the models whose 95% interval overlaps this one's
     absent: bool = False  # the model has no entry for this subtask in scores.json
 
 
