@@ -27,10 +27,12 @@ Rate-limit headers (https://platform.claude.com/docs/en/api/rate-limits) of ever
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from adapters.anthropic_batch import AnthropicBatches
 from adapters.http import error_for_status, load_transport, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_anthropic
 from adapters.registry import BuildContext, Built, Capabilities, adapter
@@ -183,8 +185,9 @@ def stream_document(events: list[Event]) -> tuple[dict[str, object], list[float]
     return message, marks
 
 
-class AnthropicMessages:
-    """Adapter for one lane. `base_url` may end in `/v1` or not; `session` may be injected (tests)."""
+class AnthropicMessages(AnthropicBatches):
+    """Adapter for one lane. `base_url` may end in `/v1` or not; `session` may be injected (tests).
+    Batch lanes use the Message Batches API at the same base (adapters/anthropic_batch.py)."""
 
     def __init__(self, *, model: str, api_key: str | None, concurrency: int, base_url: str | None = None,
                  session: aiohttp.ClientSession | None = None, stream: bool = False) -> None:
@@ -210,6 +213,13 @@ class AnthropicMessages:
 
     def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, object]:
         return anthropic_body(self.model, messages, params)
+
+    def _message(self, raw: bytes) -> Response:
+        return parse_messages_response(raw, 0.0)
+
+    def _status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> AdapterError:
+        return error_for_status(status, anthropic_error_message(raw), secrets=self._secrets,
+                                retry_after=parse_retry_after(headers))
 
     async def send(self, body: dict[str, object], timeout: float) -> Response:
         if self.stream:
@@ -246,7 +256,8 @@ class AnthropicMessages:
 # charged from max_tokens when a request starts); our one token window takes the input limit and the
 # anthropic-ratelimit-* headers slow the lane before the output limit is hit
 # (https://docs.claude.com/en/api/rate-limits, "Rate limits" table, Tier 1).
-@adapter("anthropic", caps=Capabilities(rate_limit_headers="anthropic", streaming=True, default_api_key_env="ANTHROPIC_API_KEY",
+@adapter("anthropic", caps=Capabilities(rate_limit_headers="anthropic", streaming=True, batch_api=True,
+                                        default_api_key_env="ANTHROPIC_API_KEY",
                                         default_requests_per_minute=50, default_tokens_per_minute=30_000))
 def build_anthropic(ctx: BuildContext[AdapterOptions]) -> Built:
     return Built(AnthropicMessages(model=ctx.model_id, api_key=ctx.api_key(), base_url=ctx.model.base_url,

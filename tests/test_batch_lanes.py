@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,13 @@ from typing import Any
 import orjson
 import pytest
 
+from adapters.registry import make_adapter
+from engine.config import load_config
+from engine.items import custom_source
+from engine.run.units import lane_units
+from engine.testing.fake_anthropic_batches import AnthropicBatchFake
 from engine.testing.fake_batches import OpenAIBatchFake
-from engine.testing.fake_providers import run_in_thread
+from engine.testing.fake_providers import reply_text, run_in_thread
 from engine.testing.fakeserver import FakeServerProcess
 from tests.conftest import (
     check_complete,
@@ -181,3 +187,60 @@ def test_batch_on_an_adapter_without_a_batch_api_is_one_line(tmp_path: Path) -> 
     assert res.rc == 2, res.stderr
     assert "models.r.batch: adapter `replay` has no batch API" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "out").exists()
+
+
+# -- Anthropic Message Batches ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def anthropic_fake() -> Iterator[tuple[AnthropicBatchFake, str]]:
+    fake = AnthropicBatchFake(complete_after_s=0.3)
+    with run_in_thread(fake) as url:
+        yield fake, url
+
+
+def anthropic_model(url: str, **kw: Any) -> dict[str, Any]:
+    return batch_model(url, adapter="anthropic", base_url=url, model="claude-fake", **kw)
+
+
+def anthropic_expected(cfg: Path, items: Path, model: str) -> dict[str, str]:
+    conf = load_config(cfg)
+    adapter, _ = make_adapter(model, conf.models[model], Path(tempfile.gettempdir()), with_secrets=False)
+    return {u.key: reply_text("anthropic", u.item.messages[-1].content)
+            for u in lane_units(model, conf.models[model], adapter, custom_source(items, 0), 1)}
+
+
+def test_anthropic_batch_lane_and_its_failures(tmp_path: Path, anthropic_fake: tuple[AnthropicBatchFake, str]) -> None:
+    fake, url = anthropic_fake
+    fake.request_5xx, fake.expire_requests, fake.poll_5xx, fake.truncate_downloads = 2, 2, 1, 1
+    items = write_items(tmp_path / "items.jsonl", 12)
+    cfg = write_config(tmp_path / "c.toml", {"a": anthropic_model(url, batch_max_requests=8)})
+    out = tmp_path / "out"
+    res = run_cli("run", cfg, "--items", items, "--output", out, env=KEY_ENV)
+    assert res.rc == 0, res.stderr
+    check_complete(out, "a", anthropic_expected(cfg, items, "a"))
+    assert len(read_jsonl(out / "errors" / "a.jsonl")) == 4  # 2 errored + 2 expired, each sent again
+    assert not fake.completed_twice()
+    verify_clean(out)
+
+
+@pytest.mark.parametrize("phase", ["create_before", "create_after", "poll", "download"])
+def test_anthropic_kill9_then_resume_is_exactly_once(tmp_path: Path, anthropic_fake: tuple[AnthropicBatchFake, str],
+                                                     engine_procs: Any, phase: str) -> None:
+    """Without metadata to carry the local id, a batch whose create answer was lost is found by
+    its requests' custom_ids (once it has ended) and re-attached, not bought again."""
+    fake, url = anthropic_fake
+    items = write_items(tmp_path / "items.jsonl", 6)
+    cfg = write_config(tmp_path / "c.toml", {"a": anthropic_model(url, batch_max_requests=6)})
+    out = tmp_path / "out"
+    fake.hold = phase
+    p = engine_procs("run", cfg, "--items", items, "--output", out, env=KEY_ENV)
+    assert fake.held.wait(60), p.stderr()
+    p.kill9()
+    res = run_engine("run", cfg, "--items", items, "--output", out, env=KEY_ENV)
+    assert res.rc == 0, res.stderr
+    check_complete(out, "a", anthropic_expected(cfg, items, "a"))
+    assert not fake.completed_twice(), fake.events
+    created = [e for e in fake.events if e["event"] == "created"]
+    assert len(created) == 1  # the held create never made one; the others are re-attached
+    verify_clean(out)

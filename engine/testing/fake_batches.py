@@ -122,7 +122,9 @@ class OpenAIBatchFake:
         self._ids = itertools.count(1)
         self._chat_config = FakeConfig(served_model=served_model)
         self.app = web.Application(client_max_size=MAX_BYTES + (1 << 20))
-        r = self.app.router
+        self._routes(self.app.router)
+
+    def _routes(self, r: web.UrlDispatcher) -> None:
         r.add_post("/v1/files", self._upload)
         r.add_get("/v1/files/{file_id}/content", self._content)
         r.add_post("/v1/batches", self._create)
@@ -292,7 +294,11 @@ class OpenAIBatchFake:
         if ref is None:
             return _error(404, "No such File object", code="not_found")
         b = self.batches[ref[0]]
-        lines = list(self._result_lines(b, ref[1]))
+        return await self._send_lines(request, list(self._result_lines(b, ref[1])))
+
+    async def _send_lines(self, request: web.Request, lines: list[bytes]) -> web.StreamResponse:
+        """A results download; cut halfway (the connection reset) when a truncation is due, and
+        held there when the download is the hold."""
         size = sum(len(x) for x in lines)
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
         await resp.prepare(request)
