@@ -17,7 +17,7 @@ from engine.items import custom_source
 from engine.run.units import lane_units
 from engine.testing.fake_anthropic_batches import AnthropicBatchFake
 from engine.testing.fake_batches import OpenAIBatchFake
-from engine.testing.fake_providers import reply_text, run_in_thread
+from engine.testing.fake_providers import AnthropicFake, reply_text, run_in_thread
 from engine.testing.fakeserver import FakeServerProcess
 from tests.conftest import (
     check_complete,
@@ -206,7 +206,7 @@ def anthropic_model(url: str, **kw: Any) -> dict[str, Any]:
 def anthropic_expected(cfg: Path, items: Path, model: str) -> dict[str, str]:
     conf = load_config(cfg)
     adapter, _ = make_adapter(model, conf.models[model], Path(tempfile.gettempdir()), with_secrets=False)
-    return {u.key: reply_text("anthropic", u.item.messages[-1].content)
+    return {u.key: reply_text(AnthropicFake.provider, u.item.messages[-1].content)
             for u in lane_units(model, conf.models[model], adapter, custom_source(items, 0), 1)}
 
 
