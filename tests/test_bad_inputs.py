@@ -178,6 +178,7 @@ STORAGE = "storage"
 SECRETS = "secrets"
 SIGNALS = "signals"
 BENCH = "bench"
+COMPARE = "compare"
 
 CASES: list[Case] = [
     # -- config -----------------------------------------------------------------------------------
@@ -607,6 +608,52 @@ ELSEWHERE: list[tuple[str, str, int, str, str]] = [
 ]
 
 
+def _pillar_run(c: Ctx, name: str, pillar: str) -> Path:
+    """A finished one-item run of `pillar` on the fake server (which also judges), for `compare`."""
+    out = c.tmp / name
+    cfg = write_config(c.tmp / f"{name}.toml", {"fake": fake_model(c.srv, max_attempts=2, backoff_max_s=0.1)},
+                       extra='\n[judge]\nmodels = ["fake"]\n')
+    res = run_cli("run", cfg, "--pillars", pillar, "--limit", "1", "--output", out, "--no-progress")
+    assert res.rc == 0, res.stderr
+    return out
+
+
+def _compare_torn(c: Ctx) -> list[Any]:
+    a = _pillar_run(c, "a", "crisis")
+    shutil.copytree(a, c.tmp / "b")
+    path = c.tmp / "b" / "responses" / "fake.jsonl"
+    path.write_bytes(path.read_bytes()[:-30])
+    return ["compare", a, c.tmp / "b"]
+
+
+CASES += [
+    # -- compare ----------------------------------------------------------------------------------
+    Case(COMPARE, "a run directory that does not exist", lambda c: ["compare", c.tmp / "nope", c.run], 2,
+         "error: compare: <dir>/nope: no such run directory; pass a run's output directory"),
+    Case(COMPARE, "a folder that is not a run directory", lambda c: ["compare", c.tmp, c.run], 2,
+         "error: <dir>: no run.json; is this a run output directory?"),
+    Case(COMPARE, "one run only", lambda c: ["compare", c.run], 2,
+         "error: compare: give at least two run directories (the first is the baseline)"),
+    Case(COMPARE, "a custom --items run (no metrics)", lambda c: ["compare", c.run, c.run], 2,
+         "error: compare: <dir>/run is a custom --items run: it has no metrics to compare; "
+         "`python -m engine report <dir>/run` shows its responses"),
+    Case(COMPARE, "runs of different subtasks", lambda c: ["compare", _pillar_run(c, "a", "crisis"),
+                                                           _pillar_run(c, "b", "safety")], 2,
+         "error: compare: <dir>/a and <dir>/b have no subtask in common (crisis/identification, * vs "
+         "safety/jailbreak, safety/antitoxic); compare runs of the same subtasks"),
+    Case(COMPARE, "a torn record file in one run", _compare_torn, 2,
+         "error: <dir>/b/responses/fake.jsonl:3: a torn last line left by an interrupted run; rerun the same *"),
+    Case(COMPARE, "--fail-on-regression without a DELTA", lambda c: ["compare", c.run, c.run, "--fail-on-regression",
+                                                                      "crisis"], 2,
+         "error: --fail-on-regression crisis: expected METRIC=DELTA with DELTA a number >= 0, "
+         "e.g. crisis/identification=0.02, crisis=0.05 or all=0.05"),
+    Case(COMPARE, "--fail-on-regression naming no subtask or pillar", lambda c: [
+        "compare", c.run, c.run, "--fail-on-regression", "crisis/identificaton=0.1"], 2,
+         "error: --fail-on-regression crisis/identificaton=0.1: 'crisis/identificaton' is no subtask or pillar; did "
+         "you mean 'crisis/identification'? (METRIC: a subtask key such as crisis/identification, a pillar (*) or all)"),
+]
+
+
 # -- running a case ----------------------------------------------------------------------------------
 
 
@@ -727,7 +774,7 @@ def test_no_more_workers_than_units(tmp_path: Path, srv: FakeServerProcess, monk
 
 # -- the table ---------------------------------------------------------------------------------------
 
-CATEGORIES = [CONFIG, CLI, ITEMS, OUTPUT, CHECKPOINT, SERVER, STORAGE, SECRETS, SIGNALS, BENCH]
+CATEGORIES = [CONFIG, CLI, ITEMS, OUTPUT, CHECKPOINT, SERVER, STORAGE, SECRETS, SIGNALS, BENCH, COMPARE]
 # A category whose cases land with other work says so here until its first row does.
 PENDING: dict[str, str] = {}
 

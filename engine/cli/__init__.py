@@ -128,6 +128,21 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--output", help="with --format: write to this file instead of stdout")
     rp.add_argument("--drill", type=int, default=5, help="drill-down items per subtask (0 = none)")
 
+    _data_parser(sub)
+
+    pl = sub.add_parser("plan", help="requests, tokens, cost and best-case time of a run, before any call",
+                        allow_abbrev=False)
+    _selection_args(pl)
+    pl.add_argument("--verbose", action="store_true", help="also one row per model, role and pillar")
+
+    _cache_parser(sub)
+    _bench_parser(sub)
+    _compare_parser(sub)
+    sub.add_parser("list", help="list pillars and subtasks")
+    return p
+
+
+def _data_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     da = sub.add_parser("data", help="fetch (sha256-checked) or list the official datasets")
     das = da.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     df = das.add_parser("fetch", help="download the official data into a folder laid out like shared/trustmh")
@@ -147,16 +162,6 @@ def _parser() -> argparse.ArgumentParser:
     df.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="byte progress bar on stderr (default: when stderr is a terminal)")
 
-    pl = sub.add_parser("plan", help="requests, tokens, cost and best-case time of a run, before any call",
-                        allow_abbrev=False)
-    _selection_args(pl)
-    pl.add_argument("--verbose", action="store_true", help="also one row per model, role and pillar")
-
-    _cache_parser(sub)
-    _bench_parser(sub)
-    sub.add_parser("list", help="list pillars and subtasks")
-    return p
-
 
 def _cache_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ca = sub.add_parser("cache", help="what a response cache (run --cache DIR) holds, or prune it")
@@ -168,6 +173,19 @@ def _cache_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cp.add_argument("--older-than", metavar="AGE", help="delete entries older than AGE: 90d, 12h, 30m or seconds")
     cp.add_argument("--max-size", metavar="SIZE", help="then delete the oldest until responses take at most SIZE: "
                     "500M, 2G or bytes")
+
+
+def _compare_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cm = sub.add_parser("compare", help="what changed between runs: metric deltas with paired intervals, ranks, "
+                        "config, and every changed item", allow_abbrev=False)
+    cm.add_argument("runs", nargs="+", metavar="RUN", help="run output directories; each after the first is compared "
+                    "with the first")
+    cm.add_argument("--format", choices=("md", "json"), default="md", help="what to print (default md)")
+    cm.add_argument("--html", metavar="FILE", help="also write one offline HTML page with the changed items browsable")
+    cm.add_argument("--fail-on-regression", action="append", metavar="METRIC=DELTA",
+                    help="exit 1 when a subtask's value got worse by more than DELTA: METRIC is a subtask key, a "
+                         "pillar or all, e.g. crisis/identification=0.02 (repeatable)")
+    cm.add_argument("--seed", type=int, default=0, help="seed of the paired bootstrap intervals (default 0)")
 
 
 def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

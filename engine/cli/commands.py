@@ -303,6 +303,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Exit 0, or 1 with one line per regression past a --fail-on-regression threshold."""
+    from engine import compare_render as cr  # lazy for start-up time, as report: it loads the report's modules
+
+    thresholds = [cr.compare.parse_threshold(t) for t in args.fail_on_regression or ()]
+    dirs = [Path(d) for d in args.runs]
+    for d in dirs:
+        if d.is_dir():
+            _merged_first(d)
+    doc = cr.compare.compare_runs(dirs, seed=args.seed, views=bool(args.html))
+    secrets = cr.secrets_of(dirs)
+    if args.html:
+        Path(args.html).write_text(cr.redact(cr.render_html(doc, secrets), secrets, shapes=False), encoding="utf-8")
+    text = cr.render_json(doc) if args.format == "json" else cr.render_markdown(doc)
+    sys.stdout.write(cr.redact(text, secrets, shapes=False))
+    found = cr.compare.regressions(doc, thresholds)
+    for line in found:
+        _log(line)
+    return 1 if found else 0
+
+
 # -- data fetch | list ---------------------------------------------------------------------------
 
 
@@ -611,7 +632,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 COMMANDS = {"plan": cmd_plan, "run": cmd_run, "verify": cmd_verify, "validate": cmd_validate, "score": cmd_score,
             "judge": cmd_judge, "list": cmd_list, "report": cmd_report, "merge": cmd_merge,
-            "data": cmd_data, "cache": cmd_cache, "bench": cmd_bench}
+            "data": cmd_data, "cache": cmd_cache, "bench": cmd_bench, "compare": cmd_compare}
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -143,6 +143,10 @@ def _secrets(run: RunDoc) -> tuple[str, ...]:
     return tuple(v for v in values if v)
 
 
+# Public for `compare`, which writes model answers too.
+secrets_for = _secrets
+
+
 def render(report: Report, fmt: str, secrets: tuple[str, ...] = ()) -> str:
     if fmt == "md":
         text = render_markdown(report)
