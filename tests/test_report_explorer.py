@@ -11,11 +11,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 
 from benchmarks.gen_explore_run import XSS, generate
+from engine.core.records import Record, Response
+from engine.core.subtask import ItemScore
 from engine.report import render, report_for, write_reports
+from engine.report.explore import outcome
+from engine.report.explore_html import json_block
 from engine.report.view import Report
 from engine.testing.cdp import CHROMIUM, Chromium
 
@@ -96,6 +101,11 @@ def _board_checks(page: Chromium, scores: dict[str, Any]) -> None:
     order = page.eval("[...document.querySelectorAll('#board tr.prow')].map((tr) => tr.dataset.key)")
     ranks = scores["pillars"]
     assert order == sorted(order, key=lambda p: (ranks[p]["ranks"]["model-00"] or 99, list(ranks).index(p)))
+    # ⇅ on a pillar row orders the model columns by that row's ranks
+    first = order[0]
+    page.eval(f"document.querySelector('#board tr.prow[data-key=\"{first}\"] button.sortcols').click()")
+    heads = page.eval("[...document.querySelectorAll('#board th.mhead')].map((th) => th.dataset.model)")
+    assert heads == sorted(MODELS, key=lambda m: (ranks[first]["ranks"][m] or 99, MODELS.index(m)))
 
 
 def _browser_checks(page: Chromium, report: Report, scores: dict[str, Any]) -> None:
@@ -170,3 +180,23 @@ def _screenshots(page: Chromium, folder: Path) -> None:
     page.eval("document.querySelectorAll('#items tr.irow')[1].click()")
     page.eval("document.querySelector('#items').scrollIntoView()")
     (folder / "report-items.png").write_bytes(page.screenshot())
+
+
+def test_data_blocks_cannot_close_their_script() -> None:
+    """Model names and subtask keys go into JSON blocks as written: `<` is escaped there, and the
+    items are base64, so no text ends the block early."""
+    block = json_block({"model": "</script><script>alert(1)</script>"}, ident="board-data")
+    assert block.count("</script>") == 1 and block.endswith("</script>") and "\\u003c/script>" in block
+    assert orjson.loads(block.split(">", 1)[1].rsplit("<", 1)[0])["model"].startswith("</script>")
+
+
+def test_outcome_classes() -> None:
+    rec = Record(key="k", model="m", pillar="p", subtask="s", item_id="1", sample=0, attempts=1,
+                 response=Response(text="x", finish_reason="stop"))
+    failed = msgspec.structs.replace(rec, response=None)
+    assert outcome(None, None, "higher") == "missing" and outcome(None, failed, "higher") == "error"
+    assert outcome(ItemScore(item_id="1", status="unparseable"), rec, "higher") == "unparseable"
+    assert outcome(ItemScore(item_id="1", value=1.0, label="refused"), rec, "higher") == "refused"
+    assert outcome(ItemScore(item_id="1", value=1.0), rec, "higher") == "correct"
+    assert outcome(ItemScore(item_id="1", value=1.0), rec, "lower") == "incorrect"  # e.g. a harm flag
+    assert outcome(ItemScore(item_id="1", value=3.0), rec, "higher") == "scored"
