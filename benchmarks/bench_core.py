@@ -630,7 +630,10 @@ class Bench:
               f"read+count lines {min(floor):.2f} s", f"<= {GOALS['e_scan_s']} s", best <= GOALS["e_scan_s"])
         T.note(f"(e) scan found {res.records} records, {res.errors} error records (file has {lines} lines, "
                f"{errors} error records)")
-        runs = [run_engine(cfg, items, out, fresh_dir=False, interval=0.05, mem_every=0.05) for _ in range(3)]
+        # The fixture's 0.1% fatal records are final outcomes (done), but since the honest exit codes
+        # they make `run` exit 1; --allow-failures keeps the no-op resume a clean exit 0.
+        runs = [run_engine(cfg, items, out, "--allow-failures", fresh_dir=False, interval=0.05, mem_every=0.05)
+                for _ in range(3)]
         walls = [r.wall for r in runs]
         first = runs[0]
         T.add("e", "`engine run` with every key done: wall, best of 3",

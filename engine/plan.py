@@ -28,7 +28,7 @@ from engine.run.judge import judge_params
 from engine.run.units import estimate_tokens, lane_units
 from engine.spec import item_factory, judges_for, rubrics_by_source, subtasks
 from engine.store.checkpoint import scan_responses
-from engine.store.jsonl import key_int
+from engine.store.keyset import KeySet
 from engine.store.rundoc_io import read_run_if_any
 from engine.throughput import Throughput, measured
 from engine.tokens import counter_for
@@ -77,12 +77,12 @@ def build_plan(cfg: Config, spec: RunSpec, out: Path | None) -> Plan:
     by_source = rubrics_by_source(subs)
     for name in spec.models:
         adapter, _ = make_adapter(name, cfg.models[name], Path("."), with_secrets=False)
-        done: set[int] = set()
+        done = KeySet()
         if out is not None:
             done = scan_responses(out / "responses" / f"{name}.jsonl").done
         skipped = 0
         for u in lane_units(name, cfg.models[name], adapter, factory, spec.samples):
-            if key_int(u.key) in done:
+            if u.key in done:
                 skipped += 1
                 continue
             plan.add(name, "target", u.item.pillar, u.est_tokens - u.max_out, u.max_out)

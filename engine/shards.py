@@ -38,7 +38,8 @@ from engine.core.errors import EngineError
 from engine.core.records import Record
 from engine.core.rundoc import PartitionDoc, RunDoc
 from engine.store.checkpoint import iter_records, scan_responses
-from engine.store.jsonl import is_error, key_int, line_key, whole_lines
+from engine.store.jsonl import is_error, line_key, whole_lines
+from engine.store.keyset import KeySet
 from engine.store.lock import OutputLock, ShardLock
 from engine.store.rundoc_io import read_run_doc, write_doc, write_run
 
@@ -199,7 +200,7 @@ def make_lock(out: Path, shard: Shard | None) -> OutputLock | ShardLock:
 # -- resume ----------------------------------------------------------------------------------------
 
 
-def merged_done(path: Path, *, drop_errors: bool) -> set[int]:
+def merged_done(path: Path, *, drop_errors: bool) -> KeySet:
     """Keys of a merged file, read by a shard run (never rewritten: other shards read it too).
     With --retry-errors its fatal-error records are left out, so the shard retries them; merge
     then replaces the error record with the new outcome."""
@@ -207,7 +208,7 @@ def merged_done(path: Path, *, drop_errors: bool) -> set[int]:
     if drop_errors and path.exists():
         for line in whole_lines(path):
             if is_error(line):
-                done.discard(key_int(line_key(line)))
+                done.discard(line_key(line))
     return done
 
 

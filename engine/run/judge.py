@@ -37,7 +37,7 @@ from engine.run.lane import Lane
 from engine.run.units import JudgeTask, Unit, estimate_tokens, merge_params, model_params
 from engine.spec import judges_for, rubrics_by_source
 from engine.store.checkpoint import iter_records
-from engine.store.jsonl import key_int
+from engine.store.keyset import KeySet
 from engine.tokens import counter_for
 
 RETRY_PARAMS = {"temperature": 0.7, "seed": 1}
@@ -99,14 +99,14 @@ def judge_params(cfg: Config, judge_cfg: ModelConfig, rubric: Rubric) -> GenPara
 
 class JudgeHub:
     def __init__(self, cfg: Config, subtasks: Iterable[Subtask], lanes: dict[str, Lane],
-                 done: dict[str, set[int]], salt: bytes, backlog: int | None = None) -> None:
+                 done: dict[str, KeySet], salt: bytes, backlog: int | None = None) -> None:
         self.cfg = cfg
         self.salt = salt  # the run's nonce secret (judge_salt)
         self.by_source = rubrics_by_source(subtasks)
         self.rubrics = {r.name: r for pairs in self.by_source.values() for _, r in pairs}
         self.lanes = lanes  # judge name -> lane
         self.done = done  # judge name -> keys already judged
-        self.retry_due: dict[str, set[int]] = {}  # judge -> written unparseable try-0 keys, no try 1 yet
+        self.retry_due: dict[str, set[str]] = {}  # judge -> written unparseable try-0 keys, no try 1 yet
         self.outstanding = {name: 0 for name in lanes}
         self._closing = False
         self._closed: set[str] = set()
@@ -137,17 +137,17 @@ class JudgeHub:
         stopped between the two), so that resubmitting their response sends the retry. A shard
         reads its own file and the merged one (suffixes "" and ".shard-I-of-N")."""
         for judge in self.lanes:
-            done = self.done.get(judge, set())
+            done = self.done.get(judge, KeySet())
             for j in (j for sfx in suffixes
                       for j in iter_records(judgments_dir / f"{judge}{sfx}.jsonl", judgment_decoder)):
                 rubric = self.rubrics.get(j.rubric)
                 if (j.try_ != 0 or j.response is None or rubric is None or not rubric.retry
                         or j.rubric_version != rubric.version):
                     continue
-                if key_int(judge_key(j.response_key, judge, j.rubric, j.rubric_version, 1)) in done:
+                if judge_key(j.response_key, judge, j.rubric, j.rubric_version, 1) in done:
                     continue
                 if rubric.read(j.response.text) is None:
-                    self.retry_due.setdefault(judge, set()).add(key_int(j.key))
+                    self.retry_due.setdefault(judge, set()).add(j.key)
 
     def needs_judging(self, pillar: str, subtask: str) -> bool:
         return f"{pillar}/{subtask}" in self.by_source
@@ -166,8 +166,8 @@ class JudgeHub:
     def _submit(self, judge: str, rubric: Rubric, response_key: str, model: str, sample: int, item: Item,
                 text: str, try_: int) -> None:
         key = judge_key(response_key, judge, rubric.name, rubric.version, try_)
-        if key_int(key) in self.done.get(judge, ()):
-            if try_ == 0 and key_int(key) in self.retry_due.get(judge, ()):
+        if key in self.done.get(judge, ()):
+            if try_ == 0 and key in self.retry_due.get(judge, ()):
                 self._submit(judge, rubric, response_key, model, sample, item, text, 1)
             return
         lane = self.lanes[judge]
@@ -230,7 +230,7 @@ class JudgeHub:
         """Whether a response still lacks a judgment it is owed: a try 0 not on disk, or a due try 1."""
         for _, rubric in self.by_source.get(f"{rec.pillar}/{rec.subtask}", ()):
             for judge in judges_for(self.cfg, rubric):
-                k = key_int(judge_key(rec.key, judge, rubric.name, rubric.version, 0))
+                k = judge_key(rec.key, judge, rubric.name, rubric.version, 0)
                 if k not in self.done.get(judge, ()) or k in self.retry_due.get(judge, ()):
                     return True
         return False
@@ -249,7 +249,7 @@ class JudgeHub:
         # Rebuild the judged text from the unit: try 1 reuses the same judge messages.
         lane = self.lanes[jrec.judge]
         key = judge_key(jrec.response_key, jrec.judge, rubric.name, rubric.version, 1)
-        if key_int(key) in self.done.get(jrec.judge, ()) or lane.judge_queue is None:
+        if key in self.done.get(jrec.judge, ()) or lane.judge_queue is None:
             return
         # The retry changes only what the adapter sent: reasoning models (o-series, gpt-5) take no
         # temperature, so their body has none and their retry varies the seed alone.

@@ -24,7 +24,7 @@ from engine.run.attempt import Attempts, Sink
 from engine.run.cache import LaneCache
 from engine.run.taskgroup import task_group
 from engine.run.units import Outcome, Unit, lane_units
-from engine.store.jsonl import key_int
+from engine.store.keyset import KeySet
 
 OpenServer = Callable[[Adapter], AbstractAsyncContextManager[object]]
 Requery = Callable[[Unit, Response], "Unit | None"]
@@ -47,7 +47,7 @@ class LanePolicy:
     """Which units a lane sends."""
 
     samples: int = 1
-    done: set[int] = field(default_factory=set)  # keys the checkpoint already holds
+    done: KeySet = field(default_factory=KeySet)  # keys the checkpoint already holds
     keep: Callable[[Unit], bool] | None = None  # a shard's part of the units (engine/shards.py), or None: all
     # Subtasks whose protocol re-asks on an unparseable answer (privacy ratings): the next sample
     # to send, or None. Runs in the same worker, right after the answer is written.
@@ -104,11 +104,11 @@ class Lane:
         return units if keep is None else filter(keep, units)
 
     def _pending(self) -> Iterator[Unit]:
-        done = self.policy.done
+        done = self.policy.done if self.policy.done else None  # a fresh run looks nothing up
         for u in self.units():
             if "truncated" in u.item.metadata:
                 self.stats.truncated += 1
-            if key_int(u.key) in done:
+            if done is not None and u.key in done:
                 self.stats.skipped += 1
                 continue
             yield u
@@ -225,7 +225,7 @@ class Lane:
         requery = self.policy.requery
         if outcome.response is not None and requery is not None and unit.judge is None:
             again = requery(unit, outcome.response)
-            if again is not None and key_int(again.key) not in self.policy.done:
+            if again is not None and again.key not in self.policy.done:
                 self.stats.requeried += 1
                 await self._process(again)
 

@@ -37,6 +37,7 @@ from engine.spec import judge_plan, judges_for, rubrics_by_source, subtasks
 from engine.store.batch_journal import BatchJournal
 from engine.store.checkpoint import JsonlWriter, scan_responses
 from engine.store.jsonl import key_int
+from engine.store.keyset import KeySet
 from engine.store.response_cache import ResponseCache
 
 
@@ -123,8 +124,8 @@ class LaneBuilder:
         self.judge_names = judge_plan(inv.cfg, self.subs)
         self.requery_n = requery_limits(self.subs, inv.spec.options)
         self.by_key = {s.key: s for s in self.subs}
-        self.judge_done: dict[str, set[int]] = {}
-        self.done: dict[str, set[int]] = {}  # each lane's keys already written (its resume scan)
+        self.judge_done: dict[str, KeySet] = {}
+        self.done: dict[str, KeySet] = {}  # each lane's keys already written (its resume scan)
         self.clock = LoopClock()
         self.set = LaneSet([], inv.targets, [], adapters, pool, ray)
 
@@ -228,7 +229,7 @@ class LaneBuilder:
         self.set.writers.append(w)
         return w
 
-    async def _done(self, folder: str, name: str, *, drop_errors: bool) -> set[int]:
+    async def _done(self, folder: str, name: str, *, drop_errors: bool) -> KeySet:
         """Keys already written (the resume scan); a torn last line is cut. A shard counts the
         merged file's keys too."""
         inv = self.inv
