@@ -338,6 +338,10 @@ CASES: list[Case] = [
     Case(CLI, "report --output into a folder that does not exist",
          lambda c: ["report", c.run, "--format", "md", "--output", c.tmp / "no" / "r.md"], 2,
          "error: <dir>/no/r.md: No such file or directory; check the path and its permissions, then rerun"),
+    Case(CLI, "report --watch 0", lambda c: ["report", c.run, "--watch", "0"], 2,
+         "error: --watch 0.0: give the seconds between rewrites, a number > 0"),
+    Case(CLI, "report --watch with --format to stdout", lambda c: ["report", c.run, "--watch", "5", "--format", "md"], 2,
+         "error: --watch with --format needs --output FILE (it rewrites files; stdout cannot be rewritten)"),
     Case(CLI, "judge --judge names no model", lambda c: ["judge", c.run, "--judge", "ghost"], 2,
          "error: --judge ghost: not a models key of this run (known: fake)"),
     Case(CLI, "data fetch --jobs 0", lambda c: ["data", "fetch", "--jobs", "0", "--to", c.new], 2,
@@ -560,6 +564,10 @@ CASES += [
 # Cases whose check needs a subprocess (a signal, kill -9, a file-size limit) or a fixture of its own:
 # (category, what, exit code, message, test that covers it as path::function).
 ELSEWHERE: list[tuple[str, str, int, str, str]] = [
+    (CLI, "report --figures without matplotlib (the `figures` extra)", 2,
+     "`` error: report --figures needs matplotlib, which is not installed: pip install 'trustmh-engine[figures]' "
+     "(or pip install matplotlib), then rerun ``",
+     "tests/test_report_figures.py::test_report_figures_without_matplotlib"),
     (SIGNALS, "SIGINT or SIGTERM during a run: in-flight requests finish within grace_period_s", 130,
      "`` interrupted: rerun the same command to resume (DIR) `` (143 for SIGTERM)",
      "tests/test_resume_kill.py::test_signal_finishes_in_flight_within_grace_and_exits_128_plus_n"),

@@ -76,6 +76,17 @@ BATCH_HELP = ("send every model whose adapter has a provider batch API (the judg
               "batch price (README \"Batch lanes\"); same as `batch = true` on each")
 
 
+def _report_args(rp: argparse.ArgumentParser) -> None:
+    rp.add_argument("dir", help="a run's output directory")
+    rp.add_argument("--format", choices=("md", "html", "json"), help="print this format (default: write both files)")
+    rp.add_argument("--output", help="with --format: write to this file instead of stdout")
+    rp.add_argument("--drill", type=int, default=5, help="drill-down items per subtask (0 = none)")
+    rp.add_argument("--figures", metavar="FIGDIR", help="also write the pillar-rank heatmap and radars as SVG and PNG "
+                    "for a paper into FIGDIR (needs the `figures` extra: matplotlib)")
+    rp.add_argument("--watch", type=float, metavar="SECONDS", help="rewrite the report every SECONDS until the run "
+                    "ends (then once more, exit 0) or Ctrl-C (exit 130)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine", description="TrustMH-Bench evaluation engine",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,11 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars on stderr (default: when stderr is a terminal)")
 
-    rp = sub.add_parser("report", help="write report.md and report.html for a run (or print one format)")
-    rp.add_argument("dir", help="a run's output directory")
-    rp.add_argument("--format", choices=("md", "html", "json"), help="print this format (default: write both files)")
-    rp.add_argument("--output", help="with --format: write to this file instead of stdout")
-    rp.add_argument("--drill", type=int, default=5, help="drill-down items per subtask (0 = none)")
+    _report_args(sub.add_parser("report", help="write report.md and report.html for a run (or print one format)"))
 
     _data_parser(sub)
 

@@ -288,19 +288,52 @@ def cmd_report(args: argparse.Namespace) -> int:
     _merged_first(out)
     if args.drill < 0:
         raise EngineError("--drill must be >= 0")
-    if args.format is None:
-        if args.output:
-            raise EngineError("--output needs --format (without it, report.md and report.html go into DIR)")
-        for path in report.write_reports(out, per_subtask=args.drill):
-            print(path)
+    if args.format is None and args.output:
+        raise EngineError("--output needs --format (without it, report.md and report.html go into DIR)")
+    if args.watch is not None and (args.watch <= 0 or not math.isfinite(args.watch)):
+        raise EngineError(f"--watch {args.watch}: give the seconds between rewrites, a number > 0")
+    if args.watch is not None and args.format is not None and not args.output:
+        raise EngineError("--watch with --format needs --output FILE (it rewrites files; stdout cannot be rewritten)")
+    if args.figures:
+        figures = Path(args.figures)
+        try:  # refused before anything is written: the extra is missing
+            import matplotlib  # noqa: F401  # a third-party module: the `figures` extra
+        except ImportError:
+            raise EngineError(report.FIGURES_MISSING) from None
+
+    def write(final: bool) -> None:
+        """One rewrite; the paths are printed once, by the last."""
+        if args.format is None:
+            paths = report.write_reports(out, per_subtask=args.drill)
+            view = None
+        else:
+            view, secrets = report.report_for(out, per_subtask=args.drill)
+            text = report.render(view, args.format, secrets)
+            if not args.output:
+                sys.stdout.write(text)
+                return
+            report.write_text(Path(args.output), text)
+            paths = [Path(args.output)]
+        if args.figures:
+            figs, skipped = report.write_figures(view or report.report_for(out, per_subtask=args.drill)[0], figures)
+            paths += figs
+            for line in skipped:
+                _log(f"figures: {line}")
+        if final:
+            for path in paths:
+                print(path)
+
+    if args.watch is None:
+        write(final=True)
         return 0
-    view, secrets = report.report_for(out, per_subtask=args.drill)
-    text = report.render(view, args.format, secrets)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
-    return 0
+    while True:  # Ctrl-C: KeyboardInterrupt, exit 130 (dispatch); every file is replaced whole
+        live = report.is_live(out)
+        write(final=not live)
+        if not live:
+            _log(f"report: the run in {out} is not running; final report written")
+            return 0
+        _log(f"report: rewritten at {time.strftime('%H:%M:%S')}; next in {args.watch:g} s (Ctrl-C to stop)")
+        time.sleep(args.watch)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -9,12 +9,16 @@ Public API:
 - `render(report, fmt)` gives the text ("md", "html" or "json"), with any API key value that the
   environment holds for the run's `api_key_env` names blanked out as a last line of defence;
 - `write_reports(directory)` writes report.md and report.html into the run directory (what `run`,
-  `score` and `judge` do at the end) and returns their paths.
+  `score` and `judge` do at the end), each atomically (`write_text`), and returns their paths;
+- `write_figures(report, folder)` the paper figures (figures.py; matplotlib, the `figures` extra);
+- a run that is still going (run.json "running", `is_live`: its lock held) is reported as far as
+  it is: `Report.progress` (done / planned per subtask and model; live.py) and a banner line.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,43 +30,62 @@ from engine.core.rundoc import RunDoc, RunSpec, ScoresDoc
 from engine.core.secrets import redact, remember_env
 from engine.report.build import build_report
 from engine.report.explore import board, item_views
+from engine.report.figures import MISSING as FIGURES_MISSING
+from engine.report.figures import write_figures
 from engine.report.html import render_html
+from engine.report.live import progress
 from engine.report.markdown import render_markdown
 from engine.report.view import Report, ReportInputs, ResponsesShown, ResponseTally
 from engine.scoring import item_scores, score_run
 from engine.spec import item_factory
 from engine.store.checkpoint import iter_records
+from engine.store.lock import held as lock_held
 from engine.store.rundoc_io import read_run, read_scores
 
-__all__ = ["FORMATS", "RESPONSE_ROWS", "Report", "ReportInputs", "build_report", "load_inputs", "render", "report_for", "write_reports"]
+__all__ = ["FIGURES_MISSING", "FORMATS", "RESPONSE_ROWS", "Report", "ReportInputs", "build_report", "is_live", "load_inputs",
+           "render", "report_for", "write_figures", "write_reports", "write_text"]
 
 FORMATS = ("md", "html", "json")
 FILES = {"md": "report.md", "html": "report.html"}
 RESPONSE_ROWS = 500  # items (file order) an --items run's Responses table shows; the rest are only counted
 
 
+def is_live(directory: Path) -> bool:
+    """run.json says "running" and a live process holds the directory's lock: the run is going now."""
+    return read_run(Path(directory)).status == "running" and lock_held(Path(directory))
+
+
 def load_inputs(directory: Path, response_rows: int = RESPONSE_ROWS) -> ReportInputs:
     directory = Path(directory)
     run = read_run(directory)
+    live = run.status == "running" and lock_held(directory)
     notes: list[str] = []
-    scores = _read_scores(directory, run, notes)
+    scores = _read_scores(directory, run, notes, live)
     spec = run.spec
     models = list(spec.models or _models_of(run.config))
-    judgments = {p.stem: list(iter_records(p, judgment_decoder))
+    judgments = {p.stem: list(iter_records(p, judgment_decoder, live=live))
                  for p in sorted((directory / "judgments").glob("*.jsonl"))}
     if spec.items is not None:
         items, total = _load_items(spec, notes, keep=response_rows)
-        records, shown = _stream_responses(directory, run, models, items, total, response_rows)
+        records, shown = _stream_responses(directory, run, models, items, total, response_rows, live)
+        done = {t.model: {k: t.ok + t.failed for k in list(run.planned.get(t.model, {}))[:1] or ["custom/custom"]}
+                for t in shown.models}
         return ReportInputs(directory=str(directory), run=run, scores=scores, records=records, judgments=judgments,
-                            items=items, notes=tuple(notes), responses_shown=shown)
-    records = {m: list(iter_records(directory / "responses" / f"{m}.jsonl")) for m in models}
+                            items=items, notes=tuple(notes), responses_shown=shown,
+                            progress=progress(run, done, live) if run.status == "running" else None)
+    records = {m: list(iter_records(directory / "responses" / f"{m}.jsonl", live=live)) for m in models}
     items, _ = _load_items(spec, notes)
     return ReportInputs(directory=str(directory), run=run, scores=scores, records=records, judgments=judgments,
-                        items=items, notes=tuple(notes))
+                        items=items, notes=tuple(notes),
+                        progress=progress(run, _done(records), live) if run.status == "running" else None)
+
+
+def _done(records: Mapping[str, list[Record]]) -> dict[str, dict[str, int]]:
+    return {m: dict(Counter(f"{r.pillar}/{r.subtask}" for r in rs)) for m, rs in records.items()}
 
 
 def _stream_responses(directory: Path, run: RunDoc, models: list[str], items: Mapping[tuple[str, str, str], Item] | None,
-                      total: int | None, rows: int) -> tuple[dict[str, list[Record]], ResponsesShown]:
+                      total: int | None, rows: int, live: bool = False) -> tuple[dict[str, list[Record]], ResponsesShown]:
     """An --items run's records, one at a time: those of the shown items are kept (of the first `rows`
     item ids met when the items file is not here), every one is counted. A checkpoint never holds a
     key twice, so counting needs no set of the keys seen."""
@@ -74,7 +97,7 @@ def _stream_responses(directory: Path, run: RunDoc, models: list[str], items: Ma
     for m in models:
         kept = records[m] = []
         ok = failed = prompt = completion = 0
-        for r in iter_records(directory / "responses" / f"{m}.jsonl"):
+        for r in iter_records(directory / "responses" / f"{m}.jsonl", live=live):
             if r.response is None:
                 failed += 1
             else:
@@ -99,8 +122,10 @@ def _models_of(config: Mapping[str, object]) -> Mapping[str, object]:
     return models if isinstance(models, Mapping) else {}
 
 
-def _read_scores(directory: Path, run: RunDoc, notes: list[str]) -> ScoresDoc | None:
-    scores = read_scores(directory)
+def _read_scores(directory: Path, run: RunDoc, notes: list[str], live: bool = False) -> ScoresDoc | None:
+    """scores.json, else computed in memory; while the run is going, always computed (a scores.json
+    there is an earlier invocation's)."""
+    scores = None if live else read_scores(directory)
     if scores is not None:
         return scores
     if run.spec.items is not None:
@@ -110,7 +135,8 @@ def _read_scores(directory: Path, run: RunDoc, notes: list[str]) -> ScoresDoc | 
     except (EngineError, OSError, ValueError, KeyError) as exc:
         notes.append(f"no scores.json and scoring failed ({exc}); ranks and metrics are not shown")
         return None
-    notes.append("no scores.json: metrics computed from the records for this report (not saved)")
+    notes.append("the run is still going: metrics computed from the records so far for this report (not saved)" if live
+                 else "no scores.json: metrics computed from the records for this report (not saved)")
     return scores
 
 
@@ -177,9 +203,19 @@ def write_reports(directory: Path, per_subtask: int = 5, response_rows: int = RE
     report, secrets = report_for(directory, per_subtask, response_rows)
     paths = []
     for fmt, name in FILES.items():
-        path = directory / name
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-        tmp.write_text(render(report, fmt, secrets), encoding="utf-8")
-        os.replace(tmp, path)
-        paths.append(path)
+        write_text(directory / name, render(report, fmt, secrets))
+        paths.append(directory / name)
     return paths
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomically: a reader (a browser reloading during `report --watch`) sees the old file or the
+    new one, and a Ctrl-C mid-write leaves the old one and no temporary file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:  # named by the file asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    finally:
+        tmp.unlink(missing_ok=True)

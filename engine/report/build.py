@@ -40,6 +40,7 @@ from engine.report.view import (
     PillarBlock,
     PillarCell,
     Radar,
+    RadarGroup,
     RadarSeries,
     RankCell,
     RankTable,
@@ -123,20 +124,20 @@ def rank_table(scores: ScoresDoc, spec_keys: Sequence[str], models: tuple[ModelI
 
 
 def radars(table: RankTable) -> tuple[Radar, ...]:
-    """One radar per model group; one axis per ranked pillar; every model's pillar ranks."""
+    """One axis per ranked pillar, every model's pillar ranks: one radar per model group when each
+    group has at least two models, else one radar of all of them (ranks run over every model of the
+    run either way; a group's lone polygon compares nothing)."""
     blocks = [b for b in table.blocks if b.cells]
     if not blocks:
         return ()
-    out = []
-    for group in ("api", "local"):
-        idx = [i for i, m in enumerate(table.models) if m.group == group]
-        if not idx:
-            continue
-        series = tuple(RadarSeries(model=table.models[i].name, ranks=tuple(b.cells[i].rank for b in blocks))
-                       for i in idx)
-        out.append(Radar(group=group, axes=tuple(b.pillar for b in blocks), n_models=len(table.models),
-                         series=series))
-    return tuple(out)
+    names: tuple[RadarGroup, ...] = ("api", "local")
+    split = [(g, idx) for g in names if (idx := [i for i, m in enumerate(table.models) if m.group == g])]
+    if len(split) > 1 and min(len(idx) for _, idx in split) < 2:
+        split = [("all", list(range(len(table.models))))]
+    return tuple(Radar(group=group, axes=tuple(b.pillar for b in blocks), n_models=len(table.models),
+                       series=tuple(RadarSeries(model=table.models[i].name, ranks=tuple(b.cells[i].rank for b in blocks))
+                                    for i in idx))
+                 for group, idx in split)
 
 
 # --------------------------------------------------------------------------- per-subtask tables
@@ -589,4 +590,4 @@ def build_report(inputs: ReportInputs, *, per_subtask: int = 5) -> Report:
                             ranked, parsed, per_subtask, options, spec.data_dir) if per_subtask > 0 else (),
         notes=tuple(notes),
         responses=responses(inputs, [m.name for m in models]) if spec.items is not None else (),
-        responses_shown=shown if spec.items is not None else None)
+        responses_shown=shown if spec.items is not None else None, progress=inputs.progress)

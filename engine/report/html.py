@@ -23,7 +23,8 @@ from engine.report.format import (
     responses_counts,
     responses_intro,
 )
-from engine.report.svg import PALETTE, pillar_heatmap, radar_svg
+from engine.report.live import banner_html
+from engine.report.svg import PALETTE, pillar_heatmap, radar_skip_reason, radar_svg
 from engine.report.view import BreakdownTable, Drill, DrillItem, RankCell, Report, SubtaskDetail
 
 ARROW = {"higher": "↑", "lower": "↓"}
@@ -153,10 +154,12 @@ def charts(r: Report) -> str:
     if not r.radars:
         return ""
     colours = {m.name: PALETTE[i % len(PALETTE)] for i, m in enumerate(r.models)}
+    caption = {"api": "API models", "local": "Local models", "all": "All models"}
     figs = "".join(
-        f'<figure><figcaption>{"API" if rd.group == "api" else "Local"} models: '
-        f"pillar rank (1 = outermost)</figcaption>"
-        f'{radar_svg(rd, label=f"{rd.group} models pillar ranks", colours=colours)}</figure>' for rd in r.radars)
+        f'<figure><figcaption>{caption[rd.group]}: pillar rank (1 = outermost)</figcaption>'
+        + (f'<p class="hl radar-skipped">{_e(why)}</p>' if (why := radar_skip_reason(rd))
+           else radar_svg(rd, label=f"{rd.group} models pillar ranks", colours=colours)) + "</figure>"
+        for rd in r.radars)
     heat = pillar_heatmap(r.rank_table) if r.rank_table else ""
     if heat:
         figs += f"<figure><figcaption>Pillar ranks, all models</figcaption>{heat}</figure>"
@@ -306,7 +309,7 @@ def render_html(r: Report, secrets: tuple[str, ...] = ()) -> str:
            ("performance", "Performance", r.lanes or r.tokens), ("drilldown", "Drill-down", r.drilldown)]
     body = [f"<header><h1>{_e(r.title)}</h1><ul class=\"meta\">" + "".join(f"<li>{m}</li>" for m in meta) + "</ul>",
             "<nav>" + "".join(f'<a href="#{a}">{t}</a>' for a, t, present in nav if present) + "</nav></header>",
-            *(f'<p class="note">{_e(n)}</p>' for n in r.notes),
+            banner_html(r.progress), *(f'<p class="note">{_e(n)}</p>' for n in r.notes),
             board_section(r.board) if r.board else "", rank_table(r), charts(r)]
     if r.subtasks:
         body.append('<section id="subtasks"><h2>Subtasks</h2>' + "".join(subtask(d) for d in r.subtasks) + "</section>")

@@ -16,6 +16,7 @@ from engine.report.format import (
     responses_counts,
     responses_intro,
 )
+from engine.report.live import banner_md
 from engine.report.view import BreakdownTable, RankCell, Report, SubtaskDetail
 
 ARROW = {"higher": "↑", "lower": "↓"}
@@ -167,6 +168,7 @@ def render_markdown(r: Report) -> str:
            f"- run: `{run.directory}` ({run.status or 'unknown status'})" + (f", {span}" if span else ""),
            f"- data: {run.data}; limit {run.limit}; samples {run.samples}; judges: {', '.join(run.judges) or 'none'}",
            "- models: " + ", ".join(f"`{m.name}` ({m.group}, {m.adapter}, `{m.model_id}`)" for m in r.models), ""]
+    out += banner_md(r.progress)
     out += [f"> {n}" for n in r.notes] + ([""] if r.notes else [])
     out += _rank_table(r)
     if r.subtasks:

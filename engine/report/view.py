@@ -16,6 +16,7 @@ from engine.core.rundoc import RunDoc, ScoresDoc
 from engine.core.subtask import Metric
 
 Group = Literal["api", "local"]
+RadarGroup = Literal["api", "local", "all"]  # "all": one radar when a group has a single model
 
 
 class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,7 +72,7 @@ class RadarSeries(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Radar(msgspec.Struct, frozen=True, kw_only=True):
-    group: Group
+    group: RadarGroup
     axes: tuple[str, ...]  # pillar ids
     n_models: int  # ranks run 1..n_models (across every model of the run)
     series: tuple[RadarSeries, ...]
@@ -313,6 +314,24 @@ class BoardRow(msgspec.Struct, frozen=True, kw_only=True):
 class Board(msgspec.Struct, frozen=True, kw_only=True):
     models: tuple[str, ...]
     pillars: tuple[BoardRow, ...]
+class UnitsDone(msgspec.Struct, frozen=True, kw_only=True):
+    """Generation units (item x sample) with a record (a response or a final error), of those planned."""
+
+    key: str  # "pillar/subtask", or a model's name
+    done: int
+    planned: int
+
+
+class Progress(msgspec.Struct, frozen=True, kw_only=True):
+    """How far the run is: filled when run.json says "running". `live`: a process holds the
+    directory's lock now (the report shows what is there so far); else the run stopped without
+    finishing (killed) and rerunning the same command resumes it."""
+
+    live: bool
+    done: int
+    planned: int
+    subtasks: tuple[UnitsDone, ...]  # summed over models, in plan order
+    models: tuple[UnitsDone, ...]  # summed over subtasks
 
 
 class Report(msgspec.Struct, frozen=True, kw_only=True):
@@ -334,6 +353,7 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     responses_shown: ResponsesShown | None = None  # a custom --items run: the table's bound and the totals
     board: Board | None = None  # the leaderboard (pillar rows expanding to subtasks, coverage per cell)
     items: tuple[ItemView, ...] = ()  # every item with every model's answer (the item browser)
+    progress: Progress | None = None  # run.json says "running": done / planned so far (None: the run ended)
 
 
 class ReportInputs(msgspec.Struct, frozen=True, kw_only=True):
@@ -350,3 +370,4 @@ class ReportInputs(msgspec.Struct, frozen=True, kw_only=True):
     # A custom --items run: `records` and `items` hold only the items the Responses table shows;
     # the counts over every item are here.
     responses_shown: ResponsesShown | None = None
+    progress: Progress | None = None

@@ -172,14 +172,18 @@ def _rewrite(path: Path, lines: list[bytes]) -> None:
 
 
 @overload
-def iter_records(path: Path) -> Iterator[Record]: ...
+def iter_records(path: Path, *, live: bool = False) -> Iterator[Record]: ...
 @overload
-def iter_records(path: Path, decoder: msgspec.json.Decoder[R]) -> Iterator[R]: ...
-def iter_records(path: Path, decoder: msgspec.json.Decoder[Any] = record_decoder) -> Iterator[object]:
-    """Decodes every record of a JSONL checkpoint (verify, score and report read this way)."""
+def iter_records(path: Path, decoder: msgspec.json.Decoder[R], *, live: bool = False) -> Iterator[R]: ...
+def iter_records(path: Path, decoder: msgspec.json.Decoder[Any] = record_decoder, *, live: bool = False) -> Iterator[object]:
+    """Decodes every record of a JSONL checkpoint (verify, score and report read this way).
+    `live`: a run is appending to the file now, so an unterminated last line is a write still under
+    way, not yet a record (the report of a running run), and is left out."""
     if not path.exists():
         return
     for first, chunk, _ in chunks(path, DECODE_CHUNK):
+        if live and not chunk.endswith(b"\n"):
+            chunk = chunk[: chunk.rfind(b"\n") + 1]
         try:
             records = decoder.decode_lines(chunk)
         except msgspec.DecodeError as exc:

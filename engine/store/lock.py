@@ -5,7 +5,8 @@ kill -9 never blocks the resume.
 - `ShardLock`: LOCK_SH on DIR/.lock (shards share it; an unsharded run or a merge takes it
   exclusively) plus LOCK_EX on DIR/.lock.shard-I-of-N, so shards never block each other.
 
-Each lock file holds its holder's pid, which the refusal names.
+Each lock file holds its holder's pid, which the refusal names. `held` tells whether a live
+process holds a directory's lock (the report of a run that is still going).
 """
 
 from __future__ import annotations
@@ -34,6 +35,22 @@ def _flock(path: Path, mode: int, busy: str) -> int:
 def _own(fd: int) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
+
+
+def held(directory: Path) -> bool:
+    """Whether a live process holds DIR/.lock (a run, a merge or a shard): a shared lock taken and
+    dropped at once is refused exactly then. It never creates the file."""
+    try:
+        fd = os.open(directory / ".lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 class OutputLock:
