@@ -92,6 +92,10 @@ def _board_checks(page: Chromium, scores: dict[str, Any]) -> None:
         d = scores["subtasks"][c["key"]]["models"][c["model"]]
         assert (int(c["scored"]), int(c["planned"])) == (d["n_scored"], d["n"] + d["n_missing"]), c
         assert (int(c["unparseable"]), int(c["failed"])) == (d["n_unparseable"], d["n_failed"])
+        refused = d["breakdown"].get("n_refused")
+        if c["key"] == "safety/jailbreak" and d["value"] is not None:  # RtA = refused / scored
+            refused = round(d["value"] * d["n_scored"])
+        assert c["refused"] == ("null" if refused is None else str(refused)), c
         rank = scores["subtasks"][c["key"]]["ranks"][c["model"]]
         assert c["rank"] == ("null" if rank is None else str(rank))
         tied = scores["subtasks"][c["key"]].get("tied", {}).get(c["model"], [])

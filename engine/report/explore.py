@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from engine.core.errors import EngineError
 from engine.core.records import ErrorInfo, Item, JudgmentRecord, Record
-from engine.core.rundoc import ScoresDoc
+from engine.core.rundoc import ModelScore, ScoresDoc
 from engine.core.subtask import ItemScore, Judgment
 from engine.report.build import Parsed, _pillar_order, _rubric_owners, _subtask_order, item_direction, judgment_label, parsed_judgments
 from engine.report.view import Answer, Board, BoardCell, BoardRow, ItemView, ReportInputs
@@ -29,9 +29,12 @@ RATIONALE_FIELDS = ("rationale", "explanation", "reason", "reasoning", "justific
 # --------------------------------------------------------------------------- leaderboard
 
 
-def _refused(breakdown: Mapping[str, object]) -> int | None:
-    v = breakdown.get("n_refused")
-    return v if isinstance(v, int) else None
+def _refused(headline: str, d: ModelScore) -> int | None:
+    """Refused answers where scores.json tells: a breakdown's n_refused, or an RtA (refused / scored)."""
+    v = d.breakdown.get("n_refused")
+    if isinstance(v, int):
+        return v
+    return round(d.value * d.n_scored) if headline == "refuse_to_answer_rate" and d.value is not None else None
 
 
 def board(scores: ScoresDoc, models: Sequence[str]) -> Board:
@@ -49,7 +52,7 @@ def board(scores: ScoresDoc, models: Sequence[str]) -> Board:
                 d = s.models.get(m)
                 cells.append(BoardCell(absent=True) if d is None else BoardCell(
                     rank=s.ranks.get(m), value=d.value, ci=d.ci, scored=d.n_scored, planned=d.n + d.n_missing,
-                    unparseable=d.n_unparseable, refused=_refused(d.breakdown), failed=d.n_failed, reason=d.why,
+                    unparseable=d.n_unparseable, refused=_refused(s.headline, d), failed=d.n_failed, reason=d.why,
                     tied=tuple(tied.get(m, ()))))
             rows.append(BoardRow(key=key, headline=s.headline, direction=s.direction, cells=tuple(cells)))
         p = scores.pillars.get(pillar)
@@ -103,7 +106,11 @@ def _rationale(verdict: Judgment | None, raw: str | None) -> str | None:
 
 
 def _verdict(verdict: Judgment | None) -> dict[str, object] | None:
-    return {k: v for k, v in verdict.items() if isinstance(v, (str, int, float, bool)) or v is None} if verdict else None
+    """The verdict's fields without its explanation (shown once, as the rationale)."""
+    if not verdict:
+        return None
+    return {k: v for k, v in verdict.items()
+            if k not in RATIONALE_FIELDS and (isinstance(v, (str, int, float, bool)) or v is None)}
 
 
 def subtask_views(chunk: SubtaskItems, models: Sequence[str], verdicts: Mapping[str, Judgment | None],
