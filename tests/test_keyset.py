@@ -6,7 +6,7 @@ import os
 import random
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.core.records import Record, Response, record_encoder
@@ -16,6 +16,7 @@ from engine.store.keyset import KeySet
 _keys = st.lists(st.binary(min_size=16, max_size=16).map(bytes.hex), max_size=60)
 
 
+@settings(deadline=None)  # a loaded 2-core machine is slow, not wrong
 @given(_keys, _keys)
 def test_behaves_like_a_set_of_str(added: list[str], probes: list[str]) -> None:
     ks = KeySet(added)

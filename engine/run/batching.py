@@ -31,7 +31,7 @@ from engine.run.batch_job import BatchJob, BatchSettings, Flush, Gathering, Wait
 from engine.run.stats import LaneStats
 from engine.run.units import Outcome, Unit
 from engine.store.batch_journal import BatchJournal, JournalLine
-from engine.store.jsonl import key_int
+from engine.store.keyset import KeySet
 
 
 class BatchAttempts:
@@ -39,7 +39,7 @@ class BatchAttempts:
 
     def __init__(self, name: str, cfg: ModelConfig, adapter: SubmitsBatches, errors: Sink, brakes: Brakes,
                  journal: BatchJournal, settings: BatchSettings, *, clock: Clock, flush: Flush,
-                 done: set[int]) -> None:
+                 done: KeySet) -> None:
         self.name = name
         self.cfg = cfg
         self.adapter = adapter
@@ -187,7 +187,7 @@ class BatchAttempts:
         if w is not None:
             if not w.fut.done():
                 w.fut.set_result(out)
-        elif key_int(key) not in self.done and key not in self.held:
+        elif key not in self.done and key not in self.held:
             self.held[key] = (local_id, out)
             self.held_in[local_id] += 1
 

@@ -222,7 +222,7 @@ class LaneBuilder:
         settings = BatchSettings.of(inv.cfg.models[name], adapter, inv.out / "batches" / stem)
         return BatchAttempts(name, inv.cfg.models[name], adapter, io.errors, brakes,
                              BatchJournal(inv.out / "batches" / f"{stem}.jsonl"), settings, clock=self.clock,
-                             flush=flush, done=self.done[name] | self.judge_done.get(name, set()))
+                             flush=flush, done=self.done[name] | self.judge_done.get(name, KeySet()))
 
     def _writer(self, folder: str, name: str) -> JsonlWriter:
         w = JsonlWriter(self.inv.out / folder / f"{name}{self.inv.suffix}.jsonl")
