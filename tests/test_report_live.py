@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,11 @@ import msgspec
 import orjson
 import pytest
 
+from engine.core.errors import CheckpointError
 from engine.report import is_live, render, report_for
+from engine.store.checkpoint import iter_records
 from engine.store.lock import OutputLock, held
-from tests.conftest import EngineProc, count_lines, fake_model, run_cli, write_config, write_items
+from tests.conftest import EngineProc, count_lines, engine_env, fake_model, run_cli, write_config, write_items
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_run"
 
@@ -31,22 +35,39 @@ def _set_status(run_dir: Path, status: str) -> None:
     os.replace(run_dir / "run.json.tmp", run_dir / "run.json")
 
 
+class Holder:
+    """Another process holding the directory's lock, as a run does (OutputLock writes its pid)."""
+
+    def __init__(self, directory: Path) -> None:
+        code = ("import sys, time; from pathlib import Path; from engine.store.lock import OutputLock; "
+                "OutputLock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(600)")
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(directory)], stdout=subprocess.PIPE,
+                                     env=engine_env())
+        assert self.proc.stdout is not None and self.proc.stdout.readline() == b"held\n"
+
+    def release(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
 @pytest.fixture
 def running(tmp_path: Path) -> Any:
     """The fixture run cut short: run.json "running", api-a with only its first record and half of
-    its second one being written, and this process holding the directory's lock like a run."""
+    its second one being written, and another process holding the directory's lock like a run."""
     dst = tmp_path / "run"
     shutil.copytree(FIXTURE, dst, ignore=shutil.ignore_patterns("README.md"))
     _set_status(dst, "running")
     a = dst / "responses" / "api-a.jsonl"
     lines = a.read_bytes().splitlines(keepends=True)
     a.write_bytes(lines[0] + lines[1][:40])  # a write under way: no newline yet
-    lock = OutputLock(dst)
-    lock.acquire()
+    holder = Holder(dst)
     try:
-        yield dst, lock, lines
+        yield dst, holder, lines
     finally:
-        lock.release()
+        holder.release()
 
 
 def _planned(run_dir: Path) -> dict[str, dict[str, int]]:
@@ -79,7 +100,9 @@ def test_live_report_says_how_far(running: Any) -> None:
     assert f'id="progress" data-live="true" data-done="{p.done}" data-planned="{p.planned}"' in page and line in page
     doc = msgspec.json.decode(render(report, "json"))
     assert doc["progress"]["live"] is True and doc["progress"]["done"] == p.done
-    assert "still going: metrics computed from the records so far" in md or "scoring failed" in md
+    # metrics from the records so far (scoring, too, leaves out the line being written)
+    assert "still going: metrics computed from the records so far" in md and report.rank_table is not None
+    assert "scoring failed" not in md and "torn" not in md
     # the same run killed: nobody holds the lock; run.json still says running
     lock.release()
     (run_dir / "responses" / "api-a.jsonl").write_bytes(lines[0])  # as the next run would cut the torn line
@@ -156,3 +179,32 @@ def test_watch_bad_flags(running: Any) -> None:
                       (["--watch", "nan"], "a number > 0")):
         r = run_cli("report", run_dir, *args)
         assert r.rc == 2 and len(r.err_lines()) == 1 and msg in r.stderr, (args, r.stderr)
+
+
+def test_a_torn_line_is_a_write_under_way_only_while_another_process_holds_the_lock(tmp_path: Path) -> None:
+    """Read by anyone else while a run holds the lock, the unterminated last line is left out; with
+    nobody holding it, or read by the holder itself (a run resuming, a merge), it is a kill's
+    leftover and refused as before."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(FIXTURE, run_dir, ignore=shutil.ignore_patterns("README.md"))
+    path = run_dir / "responses" / "api-a.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-1]) + lines[-1][:30])
+    with pytest.raises(CheckpointError, match="torn last line"):
+        list(iter_records(path))
+    own = OutputLock(run_dir)
+    own.acquire()
+    try:
+        assert held(run_dir) and not held(run_dir, by_another=True)
+        with pytest.raises(CheckpointError, match="torn last line"):
+            list(iter_records(path))
+        assert len(list(iter_records(path, live=True))) == len(lines) - 1
+    finally:
+        own.release()
+    holder = Holder(run_dir)
+    try:
+        assert held(run_dir, by_another=True)
+        assert [r.key for r in iter_records(path)] == [orjson.loads(ln)["key"] for ln in lines[:-1]]
+    finally:
+        holder.release()
+    assert not held(run_dir)

@@ -23,6 +23,7 @@ from engine.core.records import Record, record_decoder, record_encoder
 from engine.core.secrets import redact
 from engine.store.jsonl import DECODE_CHUNK, ERROR_FIELD, chunks
 from engine.store.keyset import KeySet
+from engine.store.lock import held as lock_held
 
 R = TypeVar("R")
 
@@ -177,12 +178,14 @@ def iter_records(path: Path, *, live: bool = False) -> Iterator[Record]: ...
 def iter_records(path: Path, decoder: msgspec.json.Decoder[R], *, live: bool = False) -> Iterator[R]: ...
 def iter_records(path: Path, decoder: msgspec.json.Decoder[Any] = record_decoder, *, live: bool = False) -> Iterator[object]:
     """Decodes every record of a JSONL checkpoint (verify, score and report read this way).
-    `live`: a run is appending to the file now, so an unterminated last line is a write still under
-    way, not yet a record (the report of a running run), and is left out."""
+    An unterminated last line while a run is appending to the file (`live`, or another live process
+    holds the run directory's lock) is a write still under way, not yet a record, and is left out:
+    the report (and score) of a running run read what is there so far. Read by the holder itself
+    (a run, a merge), it is a kill's leftover as before."""
     if not path.exists():
         return
     for first, chunk, _ in chunks(path, DECODE_CHUNK):
-        if live and not chunk.endswith(b"\n"):
+        if not chunk.endswith(b"\n") and (live or lock_held(path.parent.parent, by_another=True)):
             chunk = chunk[: chunk.rfind(b"\n") + 1]
         try:
             records = decoder.decode_lines(chunk)

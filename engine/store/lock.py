@@ -37,17 +37,18 @@ def _own(fd: int) -> None:
     os.pwrite(fd, str(os.getpid()).encode(), 0)
 
 
-def held(directory: Path) -> bool:
-    """Whether a live process holds DIR/.lock (a run, a merge or a shard): a shared lock taken and
-    dropped at once is refused exactly then. It never creates the file."""
+def held(directory: Path, *, by_another: bool = False) -> bool:
+    """Whether a live process holds DIR/.lock exclusively (an unsharded run or a merge): a shared
+    lock taken and dropped at once is refused exactly then. It never creates the file.
+    `by_another`: and that process is not this one (the file holds its holder's pid)."""
     try:
         fd = os.open(directory / ".lock", os.O_RDONLY)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return True
+        return not by_another or os.pread(fd, 32, 0).decode(errors="replace").strip() != str(os.getpid())
     finally:
         os.close(fd)
     return False
