@@ -5,6 +5,7 @@ judge backlog is bounded and generation waits for it (engine/run/judge.py, Judge
     python benchmarks/bench_judge.py                      # 1M judged responses (~25 min on 2 cores)
     python benchmarks/bench_judge.py --judged 200000      # smaller
     python benchmarks/bench_judge.py --root /tmp/old      # the same run with another checkout's engine
+    python benchmarks/bench_judge.py --judged 30000 --keep /tmp/j30k   # keep the run directory
 
 Not a test: nothing is asserted. One `python -m engine run` against two fake servers (target at
 0 ms, judge at --judge-latency-ms with --judge-concurrency workers, so the judge is the slower
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--judge-concurrency", type=int, default=16)
     ap.add_argument("--root", type=Path, default=ROOT, help="the engine checkout to run (default: this one)")
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="move the run directory here at the end (to diff scores.json or time `score`/`report` on it)")
     args = ap.parse_args(argv)
     samples = max(1, -(-args.judged // ESCALATION_ITEMS))
     judged = samples * ESCALATION_ITEMS
@@ -110,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         target.stop()
         judge.stop()
+        if args.keep is not None and (work / "out").is_dir():
+            shutil.move(str(work / "out"), str(args.keep))
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -4,11 +4,31 @@ Pure given the files: re-scoring the same directory gives the same scores.json. 
 silently scored: unparseable answers and judge outputs are counted (n_unparseable), failed
 generations are counted (n_failed), missing ones are counted (n_missing), and all are excluded
 from the metric by default; an undefined metric is null with a reason.
+
+Memory is one (subtask, model) at a time, not the run: each unit's records and judge verdicts are
+read from the checkpoints when it is scored (`iter_records_of` decodes only the three fields it
+filters on for every other line) and dropped after, and token usage is summed in its own pass
+that holds nothing. A 1M-record run scores in the memory of its largest subtask x model.
+
+The per-unit API, for readers that want per-item results without holding the run (the report):
+- `ScoringPass(directory, cfg, spec)`: the run's configured subtasks (`.subtasks`, spec order) and
+  models (`.models`); per subtask its items (`.items_of(sub)`) and ranked judge (`.ranked_judge`);
+- `pass_.verdicts(rubric, model, items)` / `.source_verdicts(sub, model, items)`: the verdicts one
+  subtask x model is scored with, read on the call; `.records_of(model, items)`: its records,
+  streamed (an iterator: nothing is held);
+- `record_score(sub, item, record, verdicts, source) -> Scored` (pure): one record's `ItemScore`
+  and how its verdict counts; `outcomes_of` applies it to a record stream, keyed by (position in
+  the item list, sample), and `item_scores(items, samples, outcomes, requery)` (pure) turns those
+  into exactly the per-item scores the metric aggregates; `pass_.unit_scores(sub, model, items)`
+  is the three together, `pass_.subtask(sub)` the subtask's `SubtaskScores`;
+- `item_scores(directory)`: per subtask, a `SubtaskItems` with every model's item scores, the
+  aggregate's inputs and that subtask's records (the report's item browser and `compare` read
+  this; drop each chunk before taking the next and the reader holds one subtask).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -25,11 +45,12 @@ from engine.items import limited
 from engine.options import EngineOptions, resolve
 from engine.requery import requery_limits, requery_samples
 from engine.spec import judges_for
-from engine.store.checkpoint import iter_records
+from engine.store.checkpoint import iter_records, iter_records_of
 from engine.store.rundoc_io import load_run, write_scores
 from pillars import registry
 
-__all__ = ["SubtaskItems", "competition_ranks", "item_scores", "pillar_ranks", "read_judgments", "score_run", "write_scores"]
+__all__ = ["Judged", "Scored", "ScoringPass", "SubtaskItems", "competition_ranks", "item_scores", "outcomes_of",
+           "pillar_ranks", "read_judgments", "record_score", "score_run", "scores_from", "write_scores"]
 
 Records = dict[tuple[str, str, str, int], Record]  # (pillar, subtask, item id, sample) -> record
 
@@ -96,71 +117,123 @@ def _coverage(subs: Mapping[str, SubtaskScores], models: Sequence[str]) -> dict[
     return out
 
 
-class _Judged(msgspec.Struct):
+class Judged(msgspec.Struct):
+    """One response's verdict under one rubric: the first parseable judge output by try (None when
+    every output was unparseable or the judge call failed), of `outputs` outputs over `tries` tries."""
+
     parsed: Judgment | None
     outputs: int
     tries: int
 
 
-def read_judgments(directory: Path, judge: str, rubrics: dict[str, Rubric]) -> dict[tuple[str, str], _Judged]:
-    """(response key, rubric) -> the first parseable judge output by try, or None when every
-    output was unparseable (or the judge call failed)."""
-    out: dict[tuple[str, str], _Judged] = {}
-    rows = sorted(iter_records(directory / "judgments" / f"{judge}.jsonl", judgment_decoder), key=lambda r: r.try_)
-    for j in rows:
-        rubric = rubrics.get(j.rubric)
-        if rubric is None or j.rubric_version != rubric.version:
-            continue
-        k = (j.response_key, j.rubric)
-        cur = out.setdefault(k, _Judged(parsed=None, outputs=0, tries=0))
-        cur.tries += 1
-        if j.response is None or cur.parsed is not None:
-            continue
-        cur.outputs += 1
-        cur.parsed = rubric.read(j.response.text)
+Verdicts = dict[tuple[str, str], Judged]  # (response key, rubric) -> verdict
+Where = Callable[[str, str, str], bool]  # (model, pillar, subtask) -> a record or judgment to read
+
+
+def read_judgments(directory: Path, judge: str, rubrics: dict[str, Rubric], where: Where | None = None) -> Verdicts:
+    """(response key, rubric) -> `Judged`, over the judge's judgments of the responses `where`
+    picks (by the judged response's model, pillar and subtask; all when None). Outputs count in
+    try order, file order within a try: one streamed pass per try number present (tries are 0 and
+    the single retry 1), so no judgment is held past its own line."""
+    out: Verdicts = {}
+    path = directory / "judgments" / f"{judge}.jsonl"
+    seen: set[int] = {0}
+    done: set[int] = set()
+    while todo := sorted(seen - done):
+        t = todo[0]
+        done.add(t)
+        found = iter_records(path, judgment_decoder) if where is None else iter_records_of(path, where, judgment_decoder)
+        for j in found:
+            seen.add(j.try_)
+            if j.try_ != t:
+                continue
+            rubric = rubrics.get(j.rubric)
+            if rubric is None or j.rubric_version != rubric.version:
+                continue
+            k = (j.response_key, j.rubric)
+            cur = out.setdefault(k, Judged(parsed=None, outputs=0, tries=0))
+            cur.tries += 1
+            if j.response is None or cur.parsed is not None:
+                continue
+            cur.outputs += 1
+            cur.parsed = rubric.read(j.response.text)
     return out
 
 
-def _item_scores(sub: Subtask, rubric: Rubric | None, items: Iterable[Item], samples: int,
-                 records: dict[tuple[str, str, str, int], Record],
-                 judged: dict[tuple[str, str], _Judged], requery: int = 0,
-                 source: tuple[str, dict[tuple[str, str], _Judged]] | None = None) -> tuple[list[ItemScore], int, JudgeStats]:
+class Scored(msgspec.Struct, frozen=True):
+    """One record's outcome (`record_score`): its score, how its verdict counts (None: it needs
+    none) and whether the judge was retried on it."""
+
+    score: ItemScore
+    judge: str | None = None  # "judged" | "unparseable" | "not_judged"
+    retried: bool = False
+
+
+def record_score(sub: Subtask, item: Item, r: Record, judged: Verdicts,
+                 source: tuple[str, Verdicts] | None = None) -> Scored:
+    """One record scored with its verdict (pure); `source`: a derived subtask's source rubric name
+    and verdicts."""
+    rubric = sub.rubric
+    judgment = None
+    count = None
+    retried = False
+    if rubric is not None and r.response is not None and item.metadata.get("judge") is not False:
+        j = judged.get((r.key, rubric.name))
+        count = "not_judged" if j is None else "unparseable" if j.parsed is None else "judged"
+        if j is not None:
+            judgment = j.parsed
+            retried = j.tries > 1
+    if source is not None and r.response is not None:
+        # A derived subtask also sees its source's verdict (antitoxic: the jailbreak judge's
+        # refusal), so the two subtasks agree on what was answered.
+        sj = source[1].get((r.key, source[0]))
+        if sj is not None and sj.parsed is not None:
+            judgment = {**(judgment or {}), "source": sj.parsed}
+    return Scored(score=sub.score(item, r.response, judgment), judge=count, retried=retried)
+
+
+Outcomes = dict[tuple[int, int], Scored]  # (position in the item list, sample) -> its record's outcome
+
+
+def outcomes_of(sub: Subtask, items: Sequence[Item], records: Iterable[Record], judged: Verdicts,
+                source: tuple[str, Verdicts] | None = None) -> Outcomes:
+    """Every record of the items, scored as it streams by (records of other items are passed
+    over); a later record of the same (item, sample) replaces an earlier one."""
+    where: dict[tuple[str, str, str], list[int]] = {}
+    for pos, item in enumerate(items):
+        where.setdefault((item.pillar, item.subtask, item.id), []).append(pos)
+    out: Outcomes = {}
+    for r in records:
+        for pos in where.get((r.pillar, r.subtask, r.item_id), ()):
+            out[(pos, r.sample)] = record_score(sub, items[pos], r, judged, source)
+    return out
+
+
+def scores_from(items: Sequence[Item], samples: int, outcomes: Outcomes,
+                requery: int = 0) -> tuple[list[ItemScore], int, JudgeStats]:
+    """One subtask x model's per-item scores (pure): (scores in item then sample order, missing
+    (item, sample)s, judge counts). A re-queried sample (engine/requery.py) stands for its planned
+    one: the first answer that parses."""
     scores: list[ItemScore] = []
     missing = 0
     jstats = {"judged": 0, "unparseable": 0, "not_judged": 0, "retried": 0}
-    for item in items:
+    for pos in range(len(items)):
         for s in range(samples):
-            # A re-queried sample (engine/requery.py) stands for s: the first answer that parses.
             sc = None
-            rec = None
             reasks = 0
             for k, idx in enumerate(requery_samples(s, samples, requery)):
-                r = records.get((item.pillar, item.subtask, item.id, idx))
-                if r is None:
+                o = outcomes.get((pos, idx))
+                if o is None:
                     break
-                rec, reasks = r, k
-                judgment = None
-                if rubric is not None and r.response is not None and item.metadata.get("judge") is not False:
-                    j = judged.get((r.key, rubric.name))
-                    if j is None:
-                        jstats["not_judged"] += 1
-                    elif j.parsed is None:
-                        jstats["unparseable"] += 1
-                    else:
-                        jstats["judged"] += 1
-                        judgment = j.parsed
-                    if j is not None and j.tries > 1:
-                        jstats["retried"] += 1
-                if source is not None and r.response is not None:
-                    # A derived subtask also sees its source's verdict (antitoxic: the jailbreak
-                    # judge's refusal), so the two subtasks agree on what was answered.
-                    sj = source[1].get((r.key, source[0]))
-                    if sj is not None and sj.parsed is not None:
-                        judgment = {**(judgment or {}), "source": sj.parsed}
-                sc = sub.score(item, r.response, judgment)
+                reasks = k
+                if o.judge is not None:
+                    jstats[o.judge] += 1
+                if o.retried:
+                    jstats["retried"] += 1
+                sc = o.score
                 if sc.status != "unparseable":
                     break
-            if rec is None or sc is None:
+            if sc is None:
                 missing += 1
                 continue
             if reasks:  # the re-asks an answer cost, for the subtask's breakdown
@@ -169,43 +242,63 @@ def _item_scores(sub: Subtask, rubric: Rubric | None, items: Iterable[Item], sam
     return scores, missing, JudgeStats(**jstats)
 
 
-class _Scorer:
-    """One scoring pass over a run directory: the records read once, each subtask scored per model."""
+class ScoringPass:
+    """One scoring pass over a run directory, one subtask x model at a time (module docstring)."""
 
     def __init__(self, directory: Path, cfg: Config, spec: RunSpec, seed: int | None = 0) -> None:
         """`seed`: of the bootstrap intervals; None: no intervals (the per-item views need none)."""
-        self.cfg, self.spec, self.seed = cfg, spec, seed
+        self.directory, self.cfg, self.spec, self.seed = directory, cfg, spec, seed
         self.data_dir = Path(spec.data_dir) if spec.data_dir else None
         self.resolved = {k: resolve(k, spec.options.get(k), self.data_dir) for k in spec.subtasks}
         self.subtasks = [self.resolved[k][0] for k in spec.subtasks]
         self.models = list(spec.models)
-        rubrics = {s.rubric.name: s.rubric for s in self.subtasks if s.rubric is not None}
-        self.judged_by: dict[str, dict[tuple[str, str], _Judged]] = {}
-        for r in rubrics.values():
-            judges = judges_for(cfg, r)
-            if judges and judges[0] not in self.judged_by:
-                self.judged_by[judges[0]] = read_judgments(directory, judges[0], rubrics)
-        self.usage_table = UsageTable()
-        self.records = {m: self._read_records(directory, m) for m in self.models}
-        jdir = directory / "judgments"
-        for path in sorted(jdir.glob("*.jsonl")) if jdir.is_dir() else ():
-            for j in iter_records(path, judgment_decoder):
-                if j.response is not None:
-                    self.usage_table.add(j.judge, "judge", j.pillar, j.response.usage)
+        self.rubrics = {s.rubric.name: s.rubric for s in self.subtasks if s.rubric is not None}
+        # The judges whose verdicts count: each configured rubric's ranked (first) judge.
+        self.judges = {j for r in self.rubrics.values() if (j := self.ranked_judge(r)) is not None}
         self.requery_n = requery_limits(self.subtasks, spec.options)
+        # Only the scores a robustness subtask compares with are kept past their own subtask.
+        self.keep = {s.clean_source for s in self.subtasks if s.clean_source}
         self.cache: dict[tuple[str, str], list[ItemScore]] = {}
-        # What the aggregate saw: the scores, a robustness subtask's clean ones added, the unparseable policy applied.
-        self.inputs: dict[tuple[str, str], list[ItemScore]] = {}
 
-    def _read_records(self, directory: Path, model: str) -> Records:
-        out: Records = {}
-        for r in iter_records(directory / "responses" / f"{model}.jsonl"):
-            out[(r.pillar, r.subtask, r.item_id, r.sample)] = r
-            if r.response is not None:
-                self.usage_table.add(model, "target", r.pillar, r.response.usage)
-        return out
+    def records_of(self, model: str, items: Sequence[Item]) -> Iterator[Record]:
+        """The model's records of the items' subtasks, streamed from its checkpoint."""
+        wanted = {(i.pillar, i.subtask) for i in items}
+        return iter_records_of(self.directory / "responses" / f"{model}.jsonl", lambda m, p, s: (p, s) in wanted)
+
+    def verdicts(self, rubric: Rubric | None, model: str, items: Sequence[Item]) -> Verdicts:
+        """The rubric's ranked judge's verdicts on the model's responses to the items ({} unjudged).
+        A judgment carries its response's model, pillar and subtask (engine/run/lane.py)."""
+        judge = self.ranked_judge(rubric)
+        if judge is None or judge not in self.judges:
+            return {}
+        wanted = {(model, i.pillar, i.subtask) for i in items}
+        return read_judgments(self.directory, judge, self.rubrics, lambda m, p, s: (m, p, s) in wanted)
+
+    def source_verdicts(self, sub: Subtask, model: str, items: Sequence[Item]) -> tuple[str, Verdicts] | None:
+        """A derived subtask's source rubric name and its ranked judge's verdicts, when judged."""
+        if sub.kind != "derived" or not sub.source or sub.source not in self.resolved:
+            return None
+        src = self.resolved[sub.source][0].rubric
+        return (src.name, self.verdicts(src, model, items)) if src is not None and self.ranked_judge(src) else None
+
+    def unit_scores(self, sub: Subtask, model: str, items: Sequence[Item], requery: int = 0,
+                    records: Iterable[Record] | None = None) -> tuple[list[ItemScore], int, JudgeStats]:
+        """`sub` x `model`'s item scores: its verdicts read, then its records (`records_of` unless
+        given) scored as they stream by."""
+        judged = self.verdicts(sub.rubric, model, items)
+        source = self.source_verdicts(sub, model, items)
+        stream = self.records_of(model, items) if records is None else records
+        outcomes = outcomes_of(sub, items, stream, judged, source)
+        del judged, source  # the verdicts are in the outcomes now
+        return scores_from(items, self.spec.samples, outcomes, requery)
 
     def items_of(self, sub: Subtask) -> list[Item]:
+        """The items `sub`'s answers come from (its generating subtask's), as the run limited them."""
+        gen_key = sub.generates_from
+        gen = sub if gen_key == sub.key else resolve(gen_key, self.spec.options.get(gen_key), self.data_dir)[0]
+        return self._items(gen)
+
+    def _items(self, sub: Subtask) -> list[Item]:
         own = resolve(sub.key, self.spec.options.get(sub.key))[1].limit
         return list(limited(registry.load_items(sub, self.data_dir), own if own is not None else self.spec.limit))
 
@@ -219,25 +312,16 @@ class _Scorer:
         clean = self.cache.get((clean_key, model))
         if clean is None:
             csub = resolve(clean_key, self.spec.options.get(clean_key), self.data_dir)[0]
-            clean, _, _ = _item_scores(csub, csub.rubric, self.items_of(csub), self.spec.samples,
-                                       self.records[model], self.judged_by.get(self.ranked_judge(csub.rubric) or "", {}))
+            clean, _, _ = self.unit_scores(csub, model, self._items(csub))
         return clean
 
-    def _source_verdicts(self, sub: Subtask) -> tuple[str, dict[tuple[str, str], _Judged]] | None:
-        """A derived subtask's source rubric name and its ranked judge's verdicts, when judged."""
-        if sub.kind != "derived" or not sub.source or sub.source not in self.resolved:
-            return None
-        src = self.resolved[sub.source][0].rubric
-        judge = self.ranked_judge(src)
-        return (src.name, self.judged_by.get(judge, {})) if src is not None and judge else None
-
-    def metric(self, sub: Subtask, eng: EngineOptions, items: list[Item], model: str) -> ModelScore:
-        rubric = sub.rubric
-        judge = self.ranked_judge(rubric)
-        scores, missing, jstats = _item_scores(sub, rubric, items, self.spec.samples, self.records[model],
-                                               self.judged_by.get(judge, {}) if judge else {},
-                                               self.requery_n.get(sub.key, 0), self._source_verdicts(sub))
-        self.cache[(sub.key, model)] = scores
+    def metric(self, sub: Subtask, eng: EngineOptions, items: list[Item], model: str,
+               records: Iterable[Record] | None = None) -> tuple[ModelScore, list[ItemScore], list[ItemScore]]:
+        """The unit's metric, its item scores and what the aggregate saw (the scores, a robustness
+        subtask's clean ones added, the unparseable policy applied)."""
+        scores, missing, jstats = self.unit_scores(sub, model, items, self.requery_n.get(sub.key, 0), records)
+        if sub.key in self.keep:
+            self.cache[(sub.key, model)] = scores
         agg_input = scores
         if sub.clean_source:
             agg_input = scores + [msgspec.structs.replace(c, group={**c.group, "variant": "clean"})
@@ -248,16 +332,12 @@ class _Scorer:
         metric = sub.aggregate(agg_input)
         if self.seed is not None:
             metric = with_interval(metric, sub.aggregate, agg_input, seed=self.seed, key=f"{sub.key}/{model}")
-        else:  # a per-item view (item_scores), which hands them on one subtask at a time
-            self.inputs[(sub.key, model)] = agg_input
-        return ModelScore.of(metric, missing, jstats if rubric is not None else None)
+        return ModelScore.of(metric, missing, jstats if sub.rubric is not None else None), scores, agg_input
 
     def subtask(self, sub: Subtask) -> SubtaskScores:
         eng = self.resolved[sub.key][1]
-        gen_key = sub.generates_from
-        gen = sub if gen_key == sub.key else resolve(gen_key, self.spec.options.get(gen_key), self.data_dir)[0]
-        items = self.items_of(gen)
-        models = {m: self.metric(sub, eng, items, m) for m in self.models}
+        items = self.items_of(sub)
+        models = {m: self.metric(sub, eng, items, m)[0] for m in self.models}
         values = {m: s.value for m, s in models.items()}
         tb = {m: _number(s.breakdown.get(eng.tie_break)) for m, s in models.items()} if eng.tie_break else None
         return SubtaskScores(headline=sub.headline, direction=sub.direction, version=sub.version,
@@ -272,6 +352,21 @@ class _Scorer:
                              judge_hardened=False if sub.rubric is not None and not sub.rubric.hardened else UNSET)
 
 
+def _usage(directory: Path, models: Sequence[str]) -> UsageTable:
+    """Tokens of every record and judgment, summed as they stream by (nothing held)."""
+    table = UsageTable()
+    for model in models:
+        for r in iter_records(directory / "responses" / f"{model}.jsonl"):
+            if r.response is not None:
+                table.add(model, "target", r.pillar, r.response.usage)
+    jdir = directory / "judgments"
+    for path in sorted(jdir.glob("*.jsonl")) if jdir.is_dir() else ():
+        for j in iter_records(path, judgment_decoder):
+            if j.response is not None:
+                table.add(j.judge, "judge", j.pillar, j.response.usage)
+    return table
+
+
 def _number(v: object) -> float | None:
     return float(v) if isinstance(v, (int, float)) else None
 
@@ -282,7 +377,7 @@ def score_run(directory: Path, seed: int = 0) -> ScoresDoc:
     spec = doc.spec
     if spec.items is not None:
         raise EngineError(f"{directory}: a custom --items run has no pillar metrics to score")
-    scorer = _Scorer(directory, cfg, spec, seed)
+    scorer = ScoringPass(directory, cfg, spec, seed)
     subs = {sub.key: scorer.subtask(sub) for sub in scorer.subtasks}
     pillars: dict[str, PillarRanks] = {}
     for p in registry.PILLARS:
@@ -293,7 +388,7 @@ def score_run(directory: Path, seed: int = 0) -> ScoresDoc:
             pillars[p] = pillar_ranks({k: v.ranks for k, v in mine.items()}, scorer.models, n,
                                       _coverage(mine, scorer.models), scored)
     return ScoresDoc(models=scorer.models, data=spec.data_dir or "builtin", limit=spec.limit, subtasks=subs,
-                     pillars=pillars, usage=scorer.usage_table.usage(cfg), skipped=dict(spec.skipped),
+                     pillars=pillars, usage=_usage(directory, scorer.models).usage(cfg), skipped=dict(spec.skipped),
                      intervals=IntervalsDoc(bootstrap_seed=seed, bootstrap_resamples=RESAMPLES))
 
 
@@ -305,7 +400,7 @@ class SubtaskItems(msgspec.Struct, frozen=True, kw_only=True):
     subtask: Subtask
     items: list[Item]  # the generating subtask's items (a derived subtask scores its source's)
     scores: dict[str, list[ItemScore]]  # model -> one per (item, sample) with a record
-    records: dict[str, Records]  # model -> that model's records (every subtask; look up by key)
+    records: dict[str, Records]  # model -> that model's records of this subtask's items (nothing else is read)
     judge: str | None  # the ranked judge of the subtask's rubric (or of its source's, when derived)
     # model -> what `subtask.aggregate` gets for that model (compare's paired bootstrap re-runs it)
     inputs: dict[str, list[ItemScore]] = {}
@@ -313,20 +408,22 @@ class SubtaskItems(msgspec.Struct, frozen=True, kw_only=True):
 
 def item_scores(directory: Path) -> Iterator[SubtaskItems]:
     """Per subtask in run order, every model's per-item scores as `score_run` computes them
-    (re-queries, source verdicts and unparseable policy included), one subtask at a time."""
+    (re-queries, source verdicts and unparseable policy included), one subtask at a time: only that
+    subtask's records are read for it, and a consumer that drops each chunk holds one subtask."""
     doc, cfg = load_run(directory)
     if doc.spec.items is not None:
         raise EngineError(f"{directory}: a custom --items run has no per-item scores")
-    scorer = _Scorer(directory, cfg, doc.spec, seed=None)
+    scorer = ScoringPass(directory, cfg, doc.spec, seed=None)
     for sub in scorer.subtasks:
-        gen_key = sub.generates_from
-        gen = sub if gen_key == sub.key else resolve(gen_key, doc.spec.options.get(gen_key), scorer.data_dir)[0]
-        items = scorer.items_of(gen)
+        items = scorer.items_of(sub)
         eng = scorer.resolved[sub.key][1]
+        records: dict[str, Records] = {}
+        scores: dict[str, list[ItemScore]] = {}
+        inputs: dict[str, list[ItemScore]] = {}
         for m in scorer.models:
-            scorer.metric(sub, eng, items, m)
+            records[m] = {(r.pillar, r.subtask, r.item_id, r.sample): r for r in scorer.records_of(m, items)}
+            _, scores[m], inputs[m] = scorer.metric(sub, eng, items, m, records[m].values())
         src = scorer.resolved[sub.source][0].rubric if sub.source and sub.source in scorer.resolved else None
         judge = scorer.ranked_judge(sub.rubric or src)
-        yield SubtaskItems(key=sub.key, subtask=sub, items=items, records=scorer.records, judge=judge,
-                           scores={m: scorer.cache[(sub.key, m)] for m in scorer.models},
-                           inputs={m: scorer.inputs.pop((sub.key, m)) for m in scorer.models})
+        yield SubtaskItems(key=sub.key, subtask=sub, items=items, records=records, judge=judge, scores=scores,
+                           inputs=inputs)

@@ -172,6 +172,18 @@ def _rewrite(path: Path, lines: list[bytes]) -> None:
         raise
 
 
+class _Where(msgspec.Struct):
+    """What `iter_records_of` filters on: fields every response and judgment record has. Decoding
+    only these skips the rest of a line without building its strings."""
+
+    model: str
+    pillar: str
+    subtask: str
+
+
+_where_decoder = msgspec.json.Decoder(_Where)
+
+
 @overload
 def iter_records(path: Path, *, live: bool = False) -> Iterator[Record]: ...
 @overload
@@ -187,24 +199,64 @@ def iter_records(path: Path, decoder: msgspec.json.Decoder[Any] = record_decoder
     for first, chunk, _ in chunks(path, DECODE_CHUNK):
         if not chunk.endswith(b"\n") and (live or lock_held(path.parent.parent, by_another=True)):
             chunk = chunk[: chunk.rfind(b"\n") + 1]
-        try:
-            records = decoder.decode_lines(chunk)
-        except msgspec.DecodeError as exc:
-            # The resume scan only reads keys; a line damaged after its key surfaces here.
-            lines = chunk.split(b"\n")
-            for i, line in enumerate(lines):
-                if line.strip():
-                    try:
+        yield from _decode_chunk(path, first, chunk, decoder)
+
+
+@overload
+def iter_records_of(path: Path, where: Callable[[str, str, str], bool], *, live: bool = False) -> Iterator[Record]: ...
+@overload
+def iter_records_of(path: Path, where: Callable[[str, str, str], bool], decoder: msgspec.json.Decoder[R], *,
+                    live: bool = False) -> Iterator[R]: ...
+def iter_records_of(path: Path, where: Callable[[str, str, str], bool],
+                    decoder: msgspec.json.Decoder[Any] = record_decoder, *, live: bool = False) -> Iterator[object]:
+    """The records of a checkpoint for which `where(model, pillar, subtask)` holds, in file order:
+    each line's three fields are decoded first and only the chosen lines in full, so a pass for one
+    subtask costs a fraction of a full decode and holds only that subtask's records. A line not
+    chosen is checked only as JSON carrying those three fields: a reader that must see every damaged
+    record also reads the file in full once (score's usage pass does). `live`: as `iter_records`."""
+    if not path.exists():
+        return
+    for first, chunk, _ in chunks(path, DECODE_CHUNK):
+        if live and not chunk.endswith(b"\n"):
+            chunk = chunk[: chunk.rfind(b"\n") + 1]
+        heads = _decode_chunk(path, first, chunk, _where_decoder, decoder)
+        keep = [where(h.model, h.pillar, h.subtask) for h in heads]
+        if all(keep):
+            yield from _decode_chunk(path, first, chunk, decoder)
+        elif any(keep):
+            lines = [ln for ln in chunk.split(b"\n") if ln.strip()]  # as decode_lines counts them
+            try:
+                chosen = decoder.decode_lines(b"\n".join(ln for ln, k in zip(lines, keep, strict=True) if k))
+            except msgspec.DecodeError:
+                _decode_chunk(path, first, chunk, decoder)  # names the bad line by its number in the file
+                raise
+            yield from chosen
+
+
+def _decode_chunk(path: Path, first: int, chunk: bytes, decoder: msgspec.json.Decoder[Any],
+                  diagnose: msgspec.json.Decoder[Any] | None = None) -> list[Any]:
+    """A chunk's records; a line that does not decode is named (with `diagnose`, the full record
+    decoder, when `decoder` reads only part of each line, so the message is the same either way)."""
+    try:
+        return decoder.decode_lines(chunk)
+    except msgspec.DecodeError as exc:
+        # The resume scan only reads keys; a line damaged after its key surfaces here.
+        check = diagnose or decoder
+        lines = chunk.split(b"\n")
+        for i, line in enumerate(lines):
+            if line.strip():
+                try:
+                    check.decode(line)
+                    if diagnose is not None:
                         decoder.decode(line)
-                    except msgspec.DecodeError as line_exc:
-                        if i == len(lines) - 1:  # unterminated, so the file's last line: a write a kill cut short
-                            raise CheckpointError(
-                                f"{path}:{first + i}: a torn last line left by an interrupted run; rerun the same "
-                                "`run` command once (it cuts the line and redoes that record), then this") from None
-                        raise CheckpointError(f"{path}:{first + i}: not a valid record ({line_exc}); move the file "
-                                              "aside or repair that line, then rerun") from None
-            raise CheckpointError(f"{path}: unreadable records near line {first} ({exc})") from None
-        yield from records
+                except msgspec.DecodeError as line_exc:
+                    if i == len(lines) - 1:  # unterminated, so the file's last line: a write a kill cut short
+                        raise CheckpointError(
+                            f"{path}:{first + i}: a torn last line left by an interrupted run; rerun the same "
+                            "`run` command once (it cuts the line and redoes that record), then this") from None
+                    raise CheckpointError(f"{path}:{first + i}: not a valid record ({line_exc}); move the file "
+                                          "aside or repair that line, then rerun") from None
+        raise CheckpointError(f"{path}: unreadable records near line {first} ({exc})") from None
 
 
 WriteFn = Callable[[int, memoryview], int]
