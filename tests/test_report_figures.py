@@ -93,7 +93,7 @@ def test_inline_svg_texts_inside_the_viewbox() -> None:
     assert [r.group for r in rds] == ["api", "local"] and all(len(r.series) == 6 for r in rds)
     for rd in rds:
         svg = radar_svg(rd, label="r")
-        assert "anti_sycophancy" in svg and _assert_inside(svg) >= 8 + 12 + 6
+        assert "anti_sycophancy" in svg and _assert_inside(svg) == 8 + 6 + 6  # axes, ranks 1,3,..,11, legend
     heat = heatmap_svg([b.pillar for b in table.blocks], [m.name for m in table.models],
                        [[c.rank for c in b.cells] for b in table.blocks], 12)
     assert _assert_inside(heat) == 8 + 12 + 8 * 12
@@ -137,6 +137,8 @@ def test_radar_needs_two_models(run_dir: Path) -> None:
     assert [(r.group, len(r.series)) for r in one.radars] == [("api", 1)]
     page = render(one, "html")
     assert 'class="radar"' not in page and RADAR_SKIPPED in page and 'class="heatmap"' in page
+    made, skipped = figures(one)
+    assert [s for s, _ in made] == ["pillar-ranks-heatmap"] and skipped == [f"radar (API models): {RADAR_SKIPPED}"]
 
 
 # --------------------------------------------------------------------------- --figures (matplotlib)

@@ -99,15 +99,17 @@ def radar_svg(radar: Radar, size: int = 420, label: str = "", colours: dict[str,
         return 0.0 if rank is None else r_max * (n + 1 - rank) / n
 
     parts = []
+    step = math.ceil(n / 6)  # a number on rank 1 and every step-th ring: 12 numbers crowd the centre
     for rank in range(1, n + 1):  # rings, labelled with the rank they stand for
         ring = " ".join(f"{x:.1f},{y:.1f}" for x, y in (point(i, radius(rank)) for i in range(max(n_axes, 3))))
         if n_axes >= 3:
             parts.append(f'<polygon points="{ring}" fill="none" stroke="#d0d0d0" stroke-width="1"/>')
         else:
             parts.append(f'<circle cx="0" cy="0" r="{radius(rank):.1f}" fill="none" stroke="#d0d0d0"/>')
-        x, y = point(0, radius(rank))
-        parts.append(f'<text x="{x + 3:.1f}" y="{y + 11:.1f}" font-size="9" fill="#888">{rank}</text>')
-        box.text(x + 3, y + 11, str(rank), 9)
+        if (rank - 1) % step == 0:
+            x, y = point(0, radius(rank))
+            parts.append(f'<text x="{x + 3:.1f}" y="{y + 11:.1f}" font-size="9" fill="#888">{rank}</text>')
+            box.text(x + 3, y + 11, str(rank), 9)
     for i, axis in enumerate(radar.axes):
         x, y = point(i, r_max)
         parts.append(f'<line x1="0" y1="0" x2="{x:.1f}" y2="{y:.1f}" stroke="#bbb" stroke-width="1"/>')
