@@ -17,6 +17,7 @@ import pytest
 from engine.core.stats import bootstrap_ci, fisher_z_ci, normal_mean_ci, overlap, paired_bootstrap_ci, wilson
 from engine.core.subtask import ItemScore, Metric
 from engine.intervals import Resampler, tied, unit_of, with_interval
+from pillars.privacy.awareness import aggregate
 from tests.conftest import run_cli
 
 OLD_RUN = Path(__file__).resolve().parent / "fixtures" / "old_runs" / "plain"
@@ -190,3 +191,25 @@ def test_every_scored_value_has_an_interval_or_says_why(tmp_path: Path) -> None:
     first = (out / "scores.json").read_bytes()
     assert run_cli("score", out, "--seed", "3").rc == 0
     assert (out / "scores.json").read_bytes() == first
+
+
+def _rated(tier: str, n: int, rng: random.Random) -> list[ItemScore]:
+    out = []
+    for i in range(n):
+        ref = rng.uniform(1, 5)
+        out.append(ItemScore(item_id=f"{tier}-{i}", value=float(round(min(5, max(1, ref + rng.gauss(0, 1))))),
+                             reference=ref, group={"tier": tier}))
+    return out
+
+
+def test_privacy_awareness_fisher_z_for_one_tier_bootstrap_for_the_mean_of_three() -> None:
+    rng = random.Random(4)
+    one = _rated("1", 30, rng)
+    m = aggregate(one)
+    tier = m.breakdown["tiers"]["1"]
+    assert m.ci == fisher_z_ci(m.value or 0.0, 30) == tier["ci"]
+    three = one + _rated("2a", 40, rng) + _rated("2b", 40, rng)
+    m3 = aggregate(three)
+    assert m3.ci is None and m3.value is not None  # no closed form for a mean of tiers' r
+    got = with_interval(m3, aggregate, three, seed=0, key="privacy/awareness/x")
+    assert got.ci is not None and got.ci[0] < m3.value < got.ci[1] and -1 <= got.ci[0] and got.ci[1] <= 1
