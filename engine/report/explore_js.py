@@ -122,13 +122,36 @@ function Browser(root) {
   this.items = []; this.hits = []; this.page = 0;
   this.st = {model: '', pillar: '', subtask: '', outcome: '', smin: null, smax: null, q: ''};
 }
+// Search: every prompt (and every answer) lowercased into one string, so a query is one fast
+// indexOf scan over all of them, each hit mapped back to its item by a binary search of the offsets.
+function TextIndex(texts) {
+  const off = new Int32Array(texts.length + 1);
+  let n = 0;
+  texts.forEach((t, i) => { off[i] = n; n += t.length + 1; });
+  off[texts.length] = n;
+  this.off = off; this.text = texts.join('\u0001');
+}
+TextIndex.prototype.find = function (q) {
+  const off = this.off, hit = new Uint8Array(off.length - 1), s = this.text;
+  let pos = s.indexOf(q);
+  while (pos >= 0) {
+    let lo = 0, hi = off.length - 2;
+    while (lo < hi) { const mid = (lo + hi + 1) >> 1; if (off[mid] <= pos) lo = mid; else hi = mid - 1; }
+    hit[lo] = 1;
+    pos = s.indexOf(q, off[lo + 1]);
+  }
+  return hit;
+};
 Browser.prototype.load = async function () {
   const items = await inflate(this.root.querySelector('script.items-data').textContent.trim());
+  const prompts = [], answers = [];
   for (const it of items) {
     it.pillar = it.subtask.split('/')[0];
-    it.hay = (it.prompt || []).map((m) => m.content).join('\n').toLowerCase();
-    for (const a of it.answers) a.hay = (a.text || '').toLowerCase();
+    it.first = answers.length;
+    prompts.push((it.prompt || []).map((m) => m.content).join('\n').toLowerCase());
+    for (const a of it.answers) answers.push((a.text || '').toLowerCase());
   }
+  this.prompts = new TextIndex(prompts); this.answers = new TextIndex(answers);
   this.items = items;
   this.controls();
   this.apply();
@@ -156,7 +179,7 @@ Browser.prototype.controls = function () {
     if ((this.page + 1) * PAGE < this.hits.length) { this.page++; this.draw(); }
   });
 };
-Browser.prototype.match = function (a, promptHit) {
+Browser.prototype.match = function (a) {
   const st = this.st;
   if (st.model && a.model !== st.model) return false;
   if (st.outcome && a.outcome !== st.outcome) return false;
@@ -166,16 +189,25 @@ Browser.prototype.match = function (a, promptHit) {
     if (st.smin !== null && s < st.smin) return false;
     if (st.smax !== null && s > st.smax) return false;
   }
-  return !st.q || promptHit || a.hay.includes(st.q);
+  return true;
 };
 Browser.prototype.apply = function () {
-  const t0 = performance.now(), st = this.st, hits = [];
+  const t0 = performance.now(), st = this.st, hits = [], items = this.items;
+  if (st.q !== this.lastQ) {  // the scans run once per query, not per filter change
+    this.lastQ = st.q;
+    this.qp = st.q ? this.prompts.find(st.q) : null;
+    this.qa = st.q ? this.answers.find(st.q) : null;
+  }
+  const qp = this.qp, qa = this.qa;
   let answers = 0;
-  for (const it of this.items) {
+  for (let i = 0; i < items.length; i++) {
+    const it = items[i];
     if ((st.subtask && it.subtask !== st.subtask) || (st.pillar && it.pillar !== st.pillar)) continue;
-    const promptHit = !!st.q && it.hay.includes(st.q);
+    const promptHit = !qp || qp[i] === 1;
     let m = 0;
-    for (const a of it.answers) if (this.match(a, promptHit)) m++;
+    for (let j = 0; j < it.answers.length; j++) {
+      if ((promptHit || qa[it.first + j] === 1) && this.match(it.answers[j])) m++;
+    }
     if (m) { hits.push(it); answers += m; }
   }
   this.hits = hits;
