@@ -161,3 +161,13 @@ def test_mismatched_subtasks_and_models_only_in_one_run(runs: tuple[Path, Path],
     (other / "scores.json").write_text(json.dumps(doc))
     (c,) = compare_json(a, other)["comparisons"]
     assert c["subtasks_only_in_a"] == ["crisis/severity"]
+
+
+def test_a_run_without_scores_json_is_scored_in_memory(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = runs
+    bare = tmp_path / "bare"
+    shutil.copytree(b, bare)
+    (bare / "scores.json").unlink()
+    one, two = compare_json(a, b)["comparisons"][0], compare_json(a, bare)["comparisons"][0]
+    assert one["metrics"] == two["metrics"] and one["items"] == two["items"]
+    assert not (bare / "scores.json").exists()  # compare writes nothing into a run
