@@ -171,3 +171,12 @@ def test_a_run_without_scores_json_is_scored_in_memory(runs: tuple[Path, Path], 
     one, two = compare_json(a, b)["comparisons"][0], compare_json(a, bare)["comparisons"][0]
     assert one["metrics"] == two["metrics"] and one["items"] == two["items"]
     assert not (bare / "scores.json").exists()  # compare writes nothing into a run
+
+
+def test_three_runs_each_against_the_first(runs: tuple[Path, Path]) -> None:
+    a, b = runs
+    doc = compare_json(a, b, a)
+    assert doc["runs"] == [str(a), str(b), str(a)]
+    first, second = doc["comparisons"]
+    assert (first["b"], len(first["items"])) == (str(b), 4)
+    assert (second["b"], second["items"]) == (str(a), [])
