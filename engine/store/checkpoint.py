@@ -197,9 +197,14 @@ def iter_records(path: Path, decoder: msgspec.json.Decoder[Any] = record_decoder
     if not path.exists():
         return
     for first, chunk, _ in chunks(path, DECODE_CHUNK):
-        if not chunk.endswith(b"\n") and (live or lock_held(path.parent.parent, by_another=True)):
-            chunk = chunk[: chunk.rfind(b"\n") + 1]
-        yield from _decode_chunk(path, first, chunk, decoder)
+        yield from _decode_chunk(path, first, _written(path, chunk, live), decoder)
+
+
+def _written(path: Path, chunk: bytes, live: bool) -> bytes:
+    """`chunk` without an unterminated last line that a run is still writing (see iter_records)."""
+    if not chunk.endswith(b"\n") and (live or lock_held(path.parent.parent, by_another=True)):
+        return chunk[: chunk.rfind(b"\n") + 1]
+    return chunk
 
 
 @overload
@@ -216,9 +221,8 @@ def iter_records_of(path: Path, where: Callable[[str, str, str], bool],
     record also reads the file in full once (score's usage pass does). `live`: as `iter_records`."""
     if not path.exists():
         return
-    for first, chunk, _ in chunks(path, DECODE_CHUNK):
-        if live and not chunk.endswith(b"\n"):
-            chunk = chunk[: chunk.rfind(b"\n") + 1]
+    for first, whole, _ in chunks(path, DECODE_CHUNK):
+        chunk = _written(path, whole, live)
         heads = _decode_chunk(path, first, chunk, _where_decoder, decoder)
         keep = [where(h.model, h.pillar, h.subtask) for h in heads]
         if all(keep):
