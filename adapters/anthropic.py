@@ -257,6 +257,8 @@ class AnthropicMessages(AnthropicBatches):
 # anthropic-ratelimit-* headers slow the lane before the output limit is hit
 # (https://docs.claude.com/en/api/rate-limits, "Rate limits" table, Tier 1).
 @adapter("anthropic", caps=Capabilities(rate_limit_headers="anthropic", streaming=True, batch_api=True,
+                                        # "50% of standard API prices" (https://platform.claude.com/docs/en/build-with-claude/batch-processing)
+                                        batch_price_factor=0.5,
                                         default_api_key_env="ANTHROPIC_API_KEY",
                                         default_requests_per_minute=50, default_tokens_per_minute=30_000))
 def build_anthropic(ctx: BuildContext[AdapterOptions]) -> Built:

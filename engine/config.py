@@ -63,6 +63,10 @@ class DataConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 class PriceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
+    # A batch lane's price (README "Batch lanes"); None: the listed price times the batch discount
+    # the provider documents (its registry entry's caps.batch_price_factor), else the listed price.
+    batch_input_per_mtok: float | None = None
+    batch_output_per_mtok: float | None = None
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -316,7 +320,7 @@ def _check(cfg: Config, source: str, names: set[str] | None = None) -> list[str]
     if (what := number_problem(cfg.judge.max_tokens, minimum=1)):
         out.append(f"{source}: judge.max_tokens: {what}")
     for name, price in cfg.prices.items():
-        for key in ("input_per_mtok", "output_per_mtok"):
+        for key in ("input_per_mtok", "output_per_mtok", "batch_input_per_mtok", "batch_output_per_mtok"):
             if (what := number_problem(getattr(price, key))):
                 out.append(f"{source}: prices.{name}.{key}: {what}")
     return out
@@ -374,6 +378,12 @@ def config_to_builtins(cfg: Config) -> dict[str, object]:
     """The resolved config for run.json: environment variable names only, never their values."""
     doc: dict[str, object] = msgspec.to_builtins(cfg)
     doc["models"] = {name: model_to_builtins(m) for name, m in cfg.models.items()}
+    prices: dict[str, dict[str, object]] = msgspec.to_builtins(cfg.prices)
+    for price in prices.values():  # run.json written before the batch prices existed stays byte-identical
+        for key in ("batch_input_per_mtok", "batch_output_per_mtok"):
+            if price.get(key) is None:
+                del price[key]
+    doc["prices"] = prices
     run: dict[str, object] = msgspec.to_builtins(cfg.run)
     if not cfg.run.adapter_modules:
         del run["adapter_modules"]

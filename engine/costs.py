@@ -9,15 +9,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from adapters import registry
 from engine.config import Config, PriceConfig
 from engine.core.records import Usage
-from engine.core.rundoc import UsageCost
+from engine.core.rundoc import UNSET, UsageCost
 
 
 def cost(price: PriceConfig | None, prompt_tokens: float, completion_tokens: float) -> float | None:
     if price is None:
         return None
     return (prompt_tokens * price.input_per_mtok + completion_tokens * price.output_per_mtok) / 1e6
+
+
+def lane_price(cfg: Config, model: str) -> PriceConfig | None:
+    """What a request of `model` costs: its batch price when it runs as a batch lane (`batch =
+    true`), else the listed one."""
+    price = cfg.prices.get(model)
+    m = cfg.models.get(model)
+    if price is None or m is None or not m.batch:
+        return price
+    factor = registry.entry(m.adapter).caps.batch_price_factor or 1.0
+    return PriceConfig(
+        input_per_mtok=price.batch_input_per_mtok if price.batch_input_per_mtok is not None else price.input_per_mtok * factor,
+        output_per_mtok=(price.batch_output_per_mtok if price.batch_output_per_mtok is not None
+                         else price.output_per_mtok * factor))
 
 
 @dataclass
@@ -35,11 +50,14 @@ class UsageSum:
         self.reasoning_tokens += usage.reasoning_tokens or 0
         self.cached_tokens += usage.cached_tokens or 0
 
-    def priced(self, price: PriceConfig | None) -> UsageCost:
+    def priced(self, price: PriceConfig | None, listed: PriceConfig | None = None) -> UsageCost:
+        """Priced at `price`; with the `listed` price of a batch lane, also what batching saved."""
         c = cost(price, self.prompt_tokens, self.completion_tokens)
+        full = cost(listed, self.prompt_tokens, self.completion_tokens) if listed is not price else None
         return UsageCost(requests=self.requests, prompt_tokens=self.prompt_tokens,
                          completion_tokens=self.completion_tokens, reasoning_tokens=self.reasoning_tokens,
-                         cached_tokens=self.cached_tokens, cost_usd=round(c, 6) if c is not None else None)
+                         cached_tokens=self.cached_tokens, cost_usd=round(c, 6) if c is not None else None,
+                         batch_saved_usd=round(full - c, 6) if full is not None and c is not None else UNSET)
 
 
 @dataclass
@@ -55,7 +73,7 @@ class UsageTable:
         """scores.json `usage`: per model, each role's pillars and the model's total, priced."""
         out: dict[str, dict[str, object]] = {}
         for model, roles in self.rows.items():
-            price = cfg.prices.get(model)
+            price = lane_price(cfg, model)
             entry: dict[str, object] = {}
             total = UsageSum()
             for role, pillars in roles.items():
@@ -66,7 +84,7 @@ class UsageTable:
                     total.completion_tokens += s.completion_tokens
                     total.reasoning_tokens += s.reasoning_tokens
                     total.cached_tokens += s.cached_tokens
-            entry["total"] = total.priced(price)
+            entry["total"] = total.priced(price, cfg.prices.get(model))
             out[model] = entry
         return out
 

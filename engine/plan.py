@@ -20,7 +20,7 @@ from adapters.registry import make_adapter
 from engine.config import Config
 from engine.core.fence import PLAN_NONCE
 from engine.core.rundoc import LaneSummary, RunSpec
-from engine.costs import cost
+from engine.costs import cost, lane_price
 from engine.gpus import render_placement
 from engine.items import ItemFactory
 from engine.requery import requery_limits
@@ -130,7 +130,7 @@ def render_plan(cfg: Config, plan: Plan, verbose: bool = False) -> list[str]:
         m.completion_tokens += c.completion_tokens
     total_cost, unpriced, slowest = 0.0, set(), 0.0
     for model, c in sorted(per_model.items()):
-        usd = cost(cfg.prices.get(model), c.prompt_tokens, c.completion_tokens)
+        usd = cost(lane_price(cfg, model), c.prompt_tokens, c.completion_tokens)
         if usd is None:
             unpriced.add(model)
         else:
@@ -197,7 +197,7 @@ def _flat(cfg: Config, plan: Plan) -> list[str]:
     """--verbose: one row per model, role and pillar, with tokens and cost."""
     lines = [f"{'model':18} {'role':7} {'pillar':18} {'requests':>9} {'prompt tok':>11} {'max out tok':>12} {'cost USD':>10}"]
     for (model, role, pillar), c in sorted(plan.cells.items()):
-        usd = cost(cfg.prices.get(model), c.prompt_tokens, c.completion_tokens)
+        usd = cost(lane_price(cfg, model), c.prompt_tokens, c.completion_tokens)
         lines.append(f"{model:18} {role:7} {pillar:18} {c.requests:>9} {c.prompt_tokens:>11} {c.completion_tokens:>12} "
                      f"{f'{usd:.4f}' if usd is not None else '-':>10}")
     return lines

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,3 +245,38 @@ def test_anthropic_kill9_then_resume_is_exactly_once(tmp_path: Path, anthropic_f
     created = [e for e in fake.events if e["event"] == "created"]
     assert len(created) == 1  # the held create never made one; the others are re-attached
     verify_clean(out)
+
+
+def test_batch_price_in_plan_budget_scores_and_status(tmp_path: Path, batch_fake: tuple[OpenAIBatchFake, str]) -> None:
+    """A batch lane is priced at half the listed price (OpenAI documents a 50% discount) in
+    `plan`, --budget and scores.json, which says what batching saved; status lines show batches."""
+    fake, url = batch_fake
+    extra = "\n[judge]\nmodels = [\"b\"]\n[prices.b]\ninput_per_mtok = 100.0\noutput_per_mtok = 200.0\n"
+    out = tmp_path / "out"
+    direct = write_config(tmp_path / "d.toml", {"b": batch_model(url, batch=False)}, extra=extra)
+    cfg = write_config(tmp_path / "c.toml", {"b": batch_model(url)}, run={"output": str(out)}, extra=extra)
+    args = ["--pillars", "crisis", "--limit", "2"]
+    listed = run_cli("plan", direct, *args)
+    halved = run_cli("plan", cfg, *args)
+
+    def cost_of(text: str) -> float:
+        m = re.search(r"estimated cost \$([0-9.]+)", text)
+        assert m is not None, text
+        return float(m.group(1))
+
+    assert cost_of(halved.stdout) == pytest.approx(cost_of(listed.stdout) / 2, rel=1e-2)
+    res = run_cli("run", cfg, *args, "--status-every", "0.05", "--no-progress", "--budget", "1000", env=KEY_ENV)
+    assert res.rc == 0, res.stderr
+    assert re.search(r"batches [a-z_ ,0-9]+\([0-9]+/[0-9]+ requests\)", res.stderr), res.stderr
+    total = orjson.loads((out / "scores.json").read_bytes())["usage"]["b"]["total"]
+    recs = read_jsonl(out / "responses" / "b.jsonl") + read_jsonl(out / "judgments" / "b.jsonl")
+    tokens_in = sum(r["response"]["usage"]["prompt_tokens"] for r in recs)
+    tokens_out = sum(r["response"]["usage"]["completion_tokens"] for r in recs)
+    full = (tokens_in * 100.0 + tokens_out * 200.0) / 1e6
+    assert total["cost_usd"] == pytest.approx(full / 2, abs=1e-5)
+    assert total["batch_saved_usd"] == pytest.approx(full / 2, abs=1e-5)
+    doc = orjson.loads((out / "run.json").read_bytes())
+    assert doc["budget"]["spent_usd"] == pytest.approx(full / 2, abs=1e-5)
+    report = run_cli("report", out)
+    assert report.rc == 0, report.stderr
+    assert f"(batch; saved {total['batch_saved_usd']:.4f})" in (out / "report.md").read_text()

@@ -328,6 +328,8 @@ class UsageCost(msgspec.Struct, frozen=True, kw_only=True):
     reasoning_tokens: int = 0
     cached_tokens: int = 0
     cost_usd: float | None = None  # None: no [prices.<model>]
+    # A batch lane's total only (README "Batch lanes"): the listed price minus the batch price paid.
+    batch_saved_usd: float | UnsetType = UNSET
 
 
 class IntervalsDoc(msgspec.Struct, frozen=True, kw_only=True):

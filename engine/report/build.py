@@ -398,14 +398,29 @@ def token_use(run: RunDoc, records: Mapping[str, list[Record]],
             p, c, n = t.prompt_tokens, t.completion_tokens, t.ok + t.failed
         jp, jc = sum(r.usage.prompt_tokens for r in js), sum(r.usage.completion_tokens for r in js)
         price = _table(prices, model)
-        cost = None
+        cost = saved = None
         if price:
-            cost = ((p + jp) * _float(price.get("input_per_mtok", 0))
-                    + (c + jc) * _float(price.get("output_per_mtok", 0))) / 1e6
+            rates = (_float(price.get("input_per_mtok", 0)), _float(price.get("output_per_mtok", 0)))
+            listed = ((p + jp) * rates[0] + (c + jc) * rates[1]) / 1e6
+            batch = _batch_rates(_table(_table(run.config, "models"), model), price, rates)
+            cost = listed if batch is None else ((p + jp) * batch[0] + (c + jc) * batch[1]) / 1e6
+            saved = None if batch is None else listed - cost
         out.append(TokenUse(model=model, responses=n, prompt_tokens=p, completion_tokens=c,
                             judgments=len(judgments.get(model, ())), judge_prompt_tokens=jp,
-                            judge_completion_tokens=jc, cost=cost))
+                            judge_completion_tokens=jc, cost=cost, batch_saved=saved))
     return tuple(out)
+
+
+def _batch_rates(model: Mapping[str, object], price: Mapping[str, object],
+                 listed: tuple[float, float]) -> tuple[float, float] | None:
+    """A batch lane's (input, output) price per million tokens (engine/costs.lane_price, from
+    run.json as written); None when the model ran without `batch = true`."""
+    if model.get("batch") is not True:
+        return None
+    entry = find_adapter(str(model.get("adapter")))
+    factor = (entry.caps.batch_price_factor if entry is not None else None) or 1.0
+    bi, bo = price.get("batch_input_per_mtok"), price.get("batch_output_per_mtok")
+    return (_float(bi) if bi is not None else listed[0] * factor, _float(bo) if bo is not None else listed[1] * factor)
 
 
 def _float(v: object) -> float:

@@ -44,6 +44,11 @@ def responses_counts(shown: ResponsesShown | None) -> tuple[list[str], list[list
     return head, [[t.model, t.ok, t.failed, "?" if t.missing is None else t.missing] for t in shown.models]
 
 
+def fmt_batch_cost(cost: float | None, saved: float | None) -> str:
+    """A model's cost, and what batching saved when it ran as a batch lane."""
+    return fmt_cost(cost) if saved is None else f"{fmt_cost(cost)} (batch; saved {fmt_cost(saved)})"
+
+
 def fmt_cost(v: float | None) -> str:
     """Costs in the price's currency: 4 decimals below 1, else 2."""
     if v is None:

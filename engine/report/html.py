@@ -13,6 +13,7 @@ from engine.report.explore_js import CSS as EXPLORE_CSS
 from engine.report.explore_js import script_hash, script_tag
 from engine.report.format import (
     TIED,
+    fmt_batch_cost,
     fmt_ci,
     fmt_cost,
     fmt_num,
@@ -252,7 +253,7 @@ def performance(r: Report) -> str:
         out.append(table(["model", "responses", "prompt", "completion", "judgments", "judge prompt",
                           "judge completion", "cost"],
                          [[t.model, t.responses, t.prompt_tokens, t.completion_tokens, t.judgments,
-                           t.judge_prompt_tokens, t.judge_completion_tokens, fmt_cost(t.cost)]
+                           t.judge_prompt_tokens, t.judge_completion_tokens, fmt_batch_cost(t.cost, t.batch_saved)]
                           for t in r.tokens]))
     return "".join(out) + "</section>"
 

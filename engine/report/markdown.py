@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from engine.report.format import (
     TIED,
+    fmt_batch_cost,
     fmt_ci,
     fmt_cost,
     fmt_num,
@@ -141,7 +142,7 @@ def _perf(r: Report) -> list[str]:
         out += table(["model", "responses", "prompt", "completion", "judgments", "judge prompt", "judge completion",
                       "cost"],
                      [[t.model, t.responses, t.prompt_tokens, t.completion_tokens, t.judgments, t.judge_prompt_tokens,
-                       t.judge_completion_tokens, fmt_cost(t.cost)] for t in r.tokens])
+                       t.judge_completion_tokens, fmt_batch_cost(t.cost, t.batch_saved)] for t in r.tokens])
     return out
 
 

@@ -181,7 +181,8 @@ class TokenUse(msgspec.Struct, frozen=True, kw_only=True):
     judgments: int
     judge_prompt_tokens: int
     judge_completion_tokens: int
-    cost: float | None = None  # from config [prices.<model>] when set
+    cost: float | None = None  # from config [prices.<model>] when set (a batch lane: its batch price)
+    batch_saved: float | None = None  # a batch lane: the listed price minus what it paid
 
 
 class JudgeText(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,7 +15,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -27,7 +27,7 @@ from engine.core.clock import Clock
 from engine.core.records import ErrorInfo
 from engine.core.retry import backoff_delay
 from engine.core.secrets import redact
-from engine.run.attempt import Brakes
+from engine.run.attempt import Brakes, Spend
 from engine.run.stats import LaneStats
 from engine.run.units import Outcome, Unit
 from engine.store.batch_journal import BatchJournal, Event, JournalLine, OpenBatch
@@ -37,6 +37,18 @@ STOPPED = BatchStatus(id="", state="stopped")  # _find's "the lane stopped befor
 # How far before its intent line a batch found at the provider may have been created (clock skew
 # between this machine and the provider's).
 SKEW_S = 300.0
+
+
+@dataclass(frozen=True)
+class LaneFiles:
+    """What a batch lane keeps besides its records: the journal, and how to make the records it has
+    put durable (the lane's writers' sync) before the journal says a batch ended; the keys already
+    written (results for them are dropped); the run's --budget at the lane's price, if any."""
+
+    journal: BatchJournal
+    flush: Flush
+    done: tuple[Container[str], ...]  # the lane's responses and judgments already written
+    spend: Spend | None = None
 
 
 @dataclass(frozen=True)
@@ -61,12 +73,13 @@ class BatchSettings:
 class Waiter:
     """A unit waiting for its outcome; `tries` counts the batches it was submitted in."""
 
-    __slots__ = ("fut", "tries", "unit")
+    __slots__ = ("fut", "reserved", "tries", "unit")
 
     def __init__(self, unit: Unit, fut: asyncio.Future[Outcome | None]) -> None:
         self.unit = unit
         self.fut = fut
         self.tries = 0
+        self.reserved = 0.0  # --budget: its worst case at the batch price, until its outcome settles it
 
 
 class Gathering:
@@ -115,6 +128,8 @@ class Host(Protocol):
     open: dict[str, str]
     states: dict[str, str]
 
+    def progress(self, local_id: str, status: BatchStatus | str) -> None: ...
+
     def enqueue(self, w: Waiter) -> None: ...
 
     def settle(self, local_id: str, res: BatchResult) -> None: ...
@@ -142,8 +157,8 @@ class BatchJob:
         self.host.journal.append(JournalLine(event=event, local_id=self.local_id, at=time.time(), keys=keys or [],
                                              hash=hash, file_id=file_id, batch_id=batch_id))
 
-    def _state(self, state: str) -> None:
-        self.host.states[self.local_id] = state
+    def _state(self, state: BatchStatus | str) -> None:
+        self.host.progress(self.local_id, state)
 
     async def _backoff(self, attempt: int, exc: AdapterError | None = None) -> bool:
         """Waits before the next try; False when the lane stopped meanwhile."""
@@ -259,7 +274,7 @@ class BatchJob:
         delay = s.poll_s if wait_first else 0.0
         polls = 0
         while not status.ended:
-            self._state(status.state)
+            self._state(status)
             if await host.clock.wait(host.brakes.wake, delay):
                 return  # stopped: the journal keeps it open; the next run re-attaches it
             delay = min(max(delay * 2.0, s.poll_s), s.poll_max_s)
@@ -274,7 +289,7 @@ class BatchJob:
                     host.stats.message = f"lane {host.name} stopped: polling refused ({redact(exc.message)})"
                     host.brakes.halt()
                     return
-        self._state(status.state)
+        self._state(status)
         if status.failed:
             await self._failed(status)
             return

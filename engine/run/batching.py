@@ -23,39 +23,39 @@ from collections.abc import Awaitable
 
 from engine.config import ModelConfig
 from engine.core.adapter import SubmitsBatches
-from engine.core.batch import RETRYABLE_KINDS, BatchResult
+from engine.core.batch import RETRYABLE_KINDS, BatchResult, BatchStatus
 from engine.core.clock import Clock
 from engine.core.records import AttemptError, ErrorInfo
 from engine.run.attempt import Brakes, Sink
-from engine.run.batch_job import BatchJob, BatchSettings, Flush, Gathering, Waiter
+from engine.run.batch_job import BatchJob, BatchSettings, Gathering, LaneFiles, Waiter
 from engine.run.stats import LaneStats
 from engine.run.units import Outcome, Unit
-from engine.store.batch_journal import BatchJournal, JournalLine
-from engine.store.keyset import KeySet
+from engine.store.batch_journal import JournalLine
 
 
 class BatchAttempts:
     """The `Attempts` of a batch lane (see the module's docstring)."""
 
     def __init__(self, name: str, cfg: ModelConfig, adapter: SubmitsBatches, errors: Sink, brakes: Brakes,
-                 journal: BatchJournal, settings: BatchSettings, *, clock: Clock, flush: Flush,
-                 done: KeySet) -> None:
+                 files: LaneFiles, settings: BatchSettings, *, clock: Clock) -> None:
         self.name = name
         self.cfg = cfg
         self.adapter = adapter
         self.errors = errors
         self.brakes = brakes
-        self.journal = journal
+        self.journal = files.journal
         self.settings = settings
         self.clock = clock
-        self.flush = flush
-        self.done = done
+        self.flush = files.flush
+        self.done = files.done
+        self.spend = files.spend
         self.stats = LaneStats()
         self.live: dict[str, Waiter] = {}  # every unit waiting for its outcome, by key
         self.open: dict[str, str] = {}  # key -> local id of the submitted batch it is in
         self.held: dict[str, tuple[str, Outcome]] = {}  # outcomes whose unit has not asked yet
         self.held_in: Counter[str] = Counter()  # held outcomes per batch (its `ended` waits for them)
-        self.states: dict[str, str] = {}  # local id -> the provider's state, for status lines
+        self.states: dict[str, str] = {}  # local id -> the provider's state (or ours: submitting, collected)
+        self._counts: dict[str, tuple[int, int]] = {}  # local id -> requests done / in it
         self._gathering: Gathering | None = None
         self._more = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -78,6 +78,11 @@ class BatchAttempts:
             return held[1]
         fut: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
         w = Waiter(unit, fut)
+        if self.spend is not None:
+            reserved = self.spend.reserve(unit)
+            if reserved is None:  # the budget cannot cover it: the run stops (what is done is kept)
+                return None
+            w.reserved = reserved
         self.live[unit.key] = w
         if unit.key in self.open:  # it waits for the re-attached batch that holds it
             w.tries = 1
@@ -185,9 +190,10 @@ class BatchAttempts:
     def _deliver(self, local_id: str, key: str, out: Outcome) -> None:
         w = self.live.pop(key, None)
         if w is not None:
+            self._settle_spend(w, out)
             if not w.fut.done():
                 w.fut.set_result(out)
-        elif key not in self.done and key not in self.held:
+        elif not any(key in d for d in self.done) and key not in self.held:
             self.held[key] = (local_id, out)
             self.held_in[local_id] += 1
 
@@ -217,6 +223,22 @@ class BatchAttempts:
             return
         self.journal.append(JournalLine(event="ended", local_id=local_id, state=state, at=time.time()))
         self.states.pop(local_id, None)
+        self._counts.pop(local_id, None)
+        self.stats.batches_ended += 1
+        self._tally()
+
+    def progress(self, local_id: str, status: BatchStatus | str) -> None:
+        """A batch's state for status lines and bars (stats.batches, stats.batch_requests)."""
+        if isinstance(status, BatchStatus):
+            self.states[local_id] = status.state
+            self._counts[local_id] = (status.done, status.total)
+        else:
+            self.states[local_id] = status
+        self._tally()
+
+    def _tally(self) -> None:
+        self.stats.batches = Counter(self.states.values())
+        self.stats.batch_requests = (sum(d for d, _ in self._counts.values()), sum(t for _, t in self._counts.values()))
 
     def _log(self, key: str, w: Waiter | None, attempt: int, err: ErrorInfo, *, final: bool) -> None:
         u = w.unit if w is not None else None
@@ -225,9 +247,20 @@ class BatchAttempts:
             item_id=u.item.id if u else "", sample=u.sample if u else 0, attempt=attempt, error=err, final=final,
             at=round(time.time(), 3)))
 
+    def _settle_spend(self, w: Waiter, out: Outcome | None) -> None:
+        """A batch bills the requests it answered; one that failed inside it costs nothing."""
+        if self.spend is not None and w.reserved:
+            if out is not None and out.response is not None:
+                self.spend.settle(w.reserved, out.response)
+            else:
+                self.spend.release(w.reserved)
+            w.reserved = 0.0
+
     def exhaust(self, key: str, err: ErrorInfo) -> None:
         """No outcome this run (tries ran out): a final line in errors/; the next run sends it again."""
         w = self.live.pop(key, None)
+        if w is not None:
+            self._settle_spend(w, None)
         self._log(key, w, w.tries if w is not None else 1, err, final=True)
         self.stats.exhausted += 1
         if w is not None and not w.fut.done():
@@ -244,6 +277,9 @@ class BatchAttempts:
         """A stop (signal, budget, halt): every waiting unit ends without an outcome this run;
         submitted batches stay in the journal and are re-attached next run."""
         for w in self.live.values():
+            if self.spend is not None and w.reserved:  # submitted: it may still be billed
+                self.spend.settle(w.reserved, None) if w.tries else self.spend.release(w.reserved)
+                w.reserved = 0.0
             if not w.fut.done():
                 w.fut.set_result(None)
         self.live.clear()

@@ -21,11 +21,12 @@ from engine.core.adapter import Adapter, SubmitsBatches
 from engine.core.clock import LoopClock
 from engine.core.records import Item, Record
 from engine.core.rundoc import LaneSummary
-from engine.costs import Budget
+from engine.costs import Budget, lane_price
 from engine.gpus import needs_gpus
 from engine.items import WorkItem
 from engine.requery import make_requery, requery_limits
 from engine.run.attempt import Attempts, Brakes, LocalAttempts, RunStop, Spend
+from engine.run.batch_job import LaneFiles
 from engine.run.batching import BatchAttempts, BatchSettings
 from engine.run.cache import LaneCache
 from engine.run.judge import JudgeHub, judge_salt
@@ -201,16 +202,17 @@ class LaneBuilder:
     def _attempts(self, name: str, adapter: Adapter, io: LaneIO) -> Attempts:
         cfg = self.inv.cfg
         brakes = Brakes(self.stop)
-        price = cfg.prices.get(name)
+        price = lane_price(cfg, name)
         spend = Spend(self.budget, price, name, self.stop) if self.budget is not None and price is not None else None
         model = cfg.models[name]
         if model.batch and isinstance(adapter, SubmitsBatches):  # the journal stays with the driver under Ray
-            return self._batch_attempts(name, adapter, io, brakes)
+            return self._batch_attempts(name, adapter, io, brakes, spend)
         if self.set.ray is not None:
             return RayAttempts(name, cfg.models[name], io.errors, brakes, self.set.ray, spend=spend, clock=self.clock)
         return LocalAttempts(name, cfg.models[name], adapter, io.errors, brakes, clock=self.clock, spend=spend)
 
-    def _batch_attempts(self, name: str, adapter: SubmitsBatches, io: LaneIO, brakes: Brakes) -> BatchAttempts:
+    def _batch_attempts(self, name: str, adapter: SubmitsBatches, io: LaneIO, brakes: Brakes,
+                        spend: Spend | None) -> BatchAttempts:
         inv = self.inv
         writers = [w for w in (io.responses, io.errors, io.judgments) if isinstance(w, JsonlWriter)]
 
@@ -220,9 +222,9 @@ class LaneBuilder:
 
         stem = f"{name}{inv.suffix}"
         settings = BatchSettings.of(inv.cfg.models[name], adapter, inv.out / "batches" / stem)
-        return BatchAttempts(name, inv.cfg.models[name], adapter, io.errors, brakes,
-                             BatchJournal(inv.out / "batches" / f"{stem}.jsonl"), settings, clock=self.clock,
-                             flush=flush, done=self.done[name] | self.judge_done.get(name, KeySet()))
+        files = LaneFiles(BatchJournal(inv.out / "batches" / f"{stem}.jsonl"), flush,
+                          (self.done[name], self.judge_done.get(name, KeySet())), spend)
+        return BatchAttempts(name, inv.cfg.models[name], adapter, io.errors, brakes, files, settings, clock=self.clock)
 
     def _writer(self, folder: str, name: str) -> JsonlWriter:
         w = JsonlWriter(self.inv.out / folder / f"{name}{self.inv.suffix}.jsonl")

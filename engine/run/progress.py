@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Never, Protocol
@@ -104,7 +105,10 @@ class Bars:
             if bar.desc.rstrip(": ") != label:
                 bar.set_description(label, refresh=False)
             errs = s.fatal + s.exhausted
-            bar.set_postfix(inflight=s.in_flight, retries=s.retries, r429=s.rate_limited, err=errs, refresh=False)
+            if s.batches or s.batches_ended:
+                bar.set_postfix_str(batch_summary([s]) + f", err={errs}", refresh=False)
+            else:
+                bar.set_postfix(inflight=s.in_flight, retries=s.retries, r429=s.rate_limited, err=errs, refresh=False)
             bar.refresh()
             agg["inflight"] += s.in_flight
             agg["retries"] += s.retries
@@ -160,6 +164,8 @@ class StatusLines:
         parts += [f"{rate:.2f} req/s", f"in flight {sum(s.in_flight for s in stats)}",
                   f"retries {sum(s.retries for s in stats)}", f"429s {sum(s.rate_limited for s in stats)}",
                   f"errors {sum(s.fatal + s.exhausted for s in stats)}", f"ETA {eta}"]
+        if batches := batch_summary(stats):
+            parts.insert(-1, batches)
         return "; ".join(parts)
 
     async def run(self) -> None:
@@ -170,6 +176,22 @@ class StatusLines:
 
     def close(self) -> None:
         """The summary follows from the runner; nothing to clear."""
+
+
+def batch_summary(stats: Sequence[LaneStats]) -> str:
+    """Batch lanes' batches by provider state and the requests done in the open ones, e.g.
+    "batches in_progress 2, validating 1, ended 4 (1200/3000 requests)"; "" without batch lanes."""
+    states: Counter[str] = Counter()
+    done = total = ended = 0
+    for s in stats:
+        states.update(s.batches)
+        done += s.batch_requests[0]
+        total += s.batch_requests[1]
+        ended += s.batches_ended
+    if not states and not ended:
+        return ""
+    shown = [f"{k} {n}" for k, n in sorted(states.items())] + ([f"ended {ended}"] if ended else [])
+    return f"batches {', '.join(shown)} ({done}/{total} requests)"
 
 
 def fmt_duration(seconds: float) -> str:

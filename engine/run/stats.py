@@ -53,6 +53,11 @@ class LaneStats:
     cache_hits: int = 0
     cache_misses: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    # A batch lane's batches (engine/run/batching.py): how many are in each provider state, and the
+    # requests done / in them, for status lines and bars.
+    batches: Counter[str] = field(default_factory=Counter)
+    batch_requests: tuple[int, int] = (0, 0)
+    batches_ended: int = 0
     wait_s: float = _attempts(0.0)  # time spent waiting on rate limits
     busy_s: float = _attempts(0.0)  # summed request time
     prompt_tokens: int = _attempts(0)
@@ -67,7 +72,7 @@ class LaneStats:
     _lat: Counter[int] = field(default_factory=Counter)
 
     def copy(self) -> LaneStats:
-        return replace(self, errors=Counter(self.errors), _lat=Counter(self._lat))
+        return replace(self, errors=Counter(self.errors), batches=Counter(self.batches), _lat=Counter(self._lat))
 
     def add_up_attempts(self, parts: Collection[LaneStats]) -> None:
         """Sets the attempts' counters to their sum over `parts` (a Ray lane's actors, one
