@@ -40,6 +40,7 @@ from urllib.parse import quote
 
 import orjson
 
+from adapters.gemini_batch import GeminiBatches
 from adapters.http import error_for_status, load_transport, new_session, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_duration
 from adapters.registry import BuildContext, Built, Capabilities, adapter
@@ -213,9 +214,10 @@ def stream_document(events: list[Event]) -> tuple[dict[str, object], list[float]
     return doc, marks
 
 
-class GeminiGenerate:
+class GeminiGenerate(GeminiBatches):
     """Adapter for one lane. `base_url` may end in `/v1beta` (or `/v1`) or not; `session` may be
-    injected (tests). `model` may be given with or without the `models/` prefix."""
+    injected (tests). `model` may be given with or without the `models/` prefix. Batch lanes use
+    batch mode with inline requests (adapters/gemini_batch.py)."""
 
     def __init__(self, *, model: str, api_key: str | None, concurrency: int, base_url: str | None = None,
                  session: aiohttp.ClientSession | None = None, stream: bool = False) -> None:
@@ -225,6 +227,8 @@ class GeminiGenerate:
         self.model = model.removeprefix("models/")
         self.url = f"{base}/models/{quote(self.model, safe='-._~')}:generateContent"
         self.stream_url = f"{base}/models/{quote(self.model, safe='-._~')}:streamGenerateContent?alt=sse"
+        self.base = base
+        self.batch_url = f"{base}/models/{quote(self.model, safe='-._~')}:batchGenerateContent"
         self.stream = stream
         self._secrets = (api_key,) if api_key else ()
         remember(api_key)  # removed from everything written, even when not read through api_key_env
@@ -265,6 +269,12 @@ class GeminiGenerate:
         doc, pieces = stream_document(got.events)
         return timed(parse_generate_response(orjson.dumps(doc), 0.0), got, pieces, marks)
 
+    def _generated(self, raw: bytes) -> Response:
+        return parse_generate_response(raw, 0.0)
+
+    def _status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> AdapterError:
+        return gemini_error(status, raw, headers, self._secrets)
+
     async def aclose(self) -> None:
         if self._session is not None and self._owns_session:
             await self._session.close()
@@ -275,7 +285,9 @@ class GeminiGenerate:
 # lowest paid tier) allows 1,000 RPM / 1,000,000 TPM on gemini-2.5-flash and 150 RPM / 2,000,000 TPM
 # on gemini-2.5-pro; the lower of each is taken (https://ai.google.dev/gemini-api/docs/rate-limits,
 # "Tier 1"). GEMINI_API_KEY is the variable Google's SDKs and docs use.
-@adapter("gemini", caps=Capabilities(streaming=True, default_api_key_env="GEMINI_API_KEY", default_requests_per_minute=150,
+# Batch mode is "at 50% of the standard cost" (https://ai.google.dev/gemini-api/docs/batch-mode).
+@adapter("gemini", caps=Capabilities(streaming=True, batch_api=True, batch_price_factor=0.5,
+                                     default_api_key_env="GEMINI_API_KEY", default_requests_per_minute=150,
                                      default_tokens_per_minute=1_000_000))
 def build_gemini(ctx: BuildContext[AdapterOptions]) -> Built:
     return Built(GeminiGenerate(model=ctx.model_id, api_key=ctx.api_key(), base_url=ctx.model.base_url,

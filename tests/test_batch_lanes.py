@@ -18,7 +18,8 @@ from engine.items import custom_source
 from engine.run.units import lane_units
 from engine.testing.fake_anthropic_batches import AnthropicBatchFake
 from engine.testing.fake_batches import OpenAIBatchFake
-from engine.testing.fake_providers import AnthropicFake, reply_text, run_in_thread
+from engine.testing.fake_gemini_batches import GeminiBatchFake
+from engine.testing.fake_providers import AnthropicFake, GeminiFake, reply_text, run_in_thread
 from engine.testing.fakeserver import FakeServerProcess
 from tests.conftest import (
     check_complete,
@@ -280,3 +281,57 @@ def test_batch_price_in_plan_budget_scores_and_status(tmp_path: Path, batch_fake
     report = run_cli("report", out)
     assert report.rc == 0, report.stderr
     assert f"(batch; saved {total['batch_saved_usd']:.4f})" in (out / "report.md").read_text()
+
+
+# -- Gemini batch mode ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gemini_fake() -> Iterator[tuple[GeminiBatchFake, str]]:
+    fake = GeminiBatchFake(complete_after_s=0.3)
+    with run_in_thread(fake) as url:
+        yield fake, url
+
+
+def gemini_model(url: str, **kw: Any) -> dict[str, Any]:
+    return batch_model(url, adapter="gemini", base_url=url, model="gemini-fake", **kw)
+
+
+def gemini_expected(cfg: Path, items: Path, model: str) -> dict[str, str]:
+    conf = load_config(cfg)
+    adapter, _ = make_adapter(model, conf.models[model], Path(tempfile.gettempdir()), with_secrets=False)
+    return {u.key: reply_text(GeminiFake.provider, u.item.messages[-1].content)
+            for u in lane_units(model, conf.models[model], adapter, custom_source(items, 0), 1)}
+
+
+def test_gemini_batch_lane_and_its_failures(tmp_path: Path, gemini_fake: tuple[GeminiBatchFake, str]) -> None:
+    fake, url = gemini_fake
+    fake.request_5xx, fake.poll_5xx, fake.fail_batches = 2, 1, 1
+    items = write_items(tmp_path / "items.jsonl", 9)
+    cfg = write_config(tmp_path / "c.toml", {"g": gemini_model(url)})
+    out = tmp_path / "out"
+    res = run_cli("run", cfg, "--items", items, "--output", out, env=KEY_ENV)
+    assert res.rc == 0, res.stderr
+    check_complete(out, "g", gemini_expected(cfg, items, "g"))
+    assert not fake.completed_twice()
+    verify_clean(out)
+
+
+@pytest.mark.parametrize("phase", ["create_after", "poll"])
+def test_gemini_kill9_then_resume_is_exactly_once(tmp_path: Path, gemini_fake: tuple[GeminiBatchFake, str],
+                                                  engine_procs: Any, phase: str) -> None:
+    """The display name carries the local batch id: a batch whose create answer was lost is found
+    by it and re-attached."""
+    fake, url = gemini_fake
+    items = write_items(tmp_path / "items.jsonl", 5)
+    cfg = write_config(tmp_path / "c.toml", {"g": gemini_model(url)})
+    out = tmp_path / "out"
+    fake.hold = phase
+    p = engine_procs("run", cfg, "--items", items, "--output", out, env=KEY_ENV)
+    assert fake.held.wait(60), p.stderr()
+    p.kill9()
+    res = run_engine("run", cfg, "--items", items, "--output", out, env=KEY_ENV)
+    assert res.rc == 0, res.stderr
+    check_complete(out, "g", gemini_expected(cfg, items, "g"))
+    assert len([e for e in fake.events if e["event"] == "created"]) == 1
+    assert not fake.completed_twice()
