@@ -222,6 +222,7 @@ class BatchAttempts:
             self.states[local_id] = "collected"  # ended when the last held outcome is claimed
             return
         self.journal.append(JournalLine(event="ended", local_id=local_id, state=state, at=time.time()))
+        (self.settings.folder / f"{local_id}.jsonl").unlink(missing_ok=True)  # its input is not needed again
         self.states.pop(local_id, None)
         self._counts.pop(local_id, None)
         self.stats.batches_ended += 1
