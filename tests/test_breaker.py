@@ -7,6 +7,7 @@ the pause closes it and the lane finishes; a server nobody has reached is not wa
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ import pytest
 
 from engine.core.clock import VirtualClock
 from engine.core.records import Record
+from engine.run.progress import Bars, StatusLines
 from engine.testing.fakeserver import SERVER_KEY, FakeServer, start_in_loop
 from tests.test_lane_inprocess import Rig, _adapter, model
 
@@ -147,3 +149,55 @@ def test_a_server_nothing_has_reached_is_not_waited_for(tmp_path: Path) -> None:
         assert rig.attempts.breaker.opens == 0 and rig.clock.now() < 1.0  # stopped at the K-th refusal
         assert 5 <= len(rig.attempt_errors) < 5 + 8
     asyncio.run(main())
+
+
+def test_a_paused_lane_shows_in_the_status_lines_and_bars_until_the_breaker_closes(tmp_path: Path) -> None:
+    """While the breaker is open the lane's stats carry a Pause, and the status line and the lane's
+    bar say "paused": for how long, why, and when the next probe goes (+2 s, +6 s, +14 s from the
+    opening); once a probe gets through nothing says paused. Sampled every virtual second."""
+    async def body(servers: Servers) -> None:
+        [(srv, url)] = servers
+        srv.set_config(p_5xx=1.0)
+        clock = VirtualClock()
+        cfg = model(url, max_concurrency=1, max_attempts=1000, deadline_s=10_000.0, backoff_base_s=0.1,
+                    backoff_max_s=0.2, **BREAKER)
+        rig = Rig(cfg, _adapter(cfg, tmp_path), 40, clock=clock)
+        seen: list[tuple[float, str, str, float | None]] = []  # (time, status line, bar, paused since)
+        bars = Bars([rig.lane], clock)
+
+        def sample() -> None:
+            bars._refresh()
+            pause = rig.lane.stats.pause
+            seen.append((clock.now(), StatusLines([rig.lane], clock, 1.0, lambda _: None).line(),
+                         str(bars._bars[0]), pause.since if pause is not None else None))
+
+        async def watch() -> None:
+            while True:
+                await clock.sleep(1.0)
+                sample()
+
+        async def repair() -> None:
+            await clock.sleep(9.0)
+            srv.set_config(p_5xx=0.0)
+        await drive(clock, [rig], watch(), repair())
+        sample()  # the lane is done
+        bars.close()
+
+        breaker = rig.attempts.breaker
+        assert breaker.opens == 1 and breaker.probes == 3  # at +2 s, +6 s (still broken), +14 s (repaired)
+        assert rig.lane.stats.state == "complete" and rig.lane.stats.pause is None
+        pattern = re.compile(r"; m paused for (\d+)s \(5xx\), next probe in (\d+)s$")
+        paused = [(t, pattern.search(line), bar, since) for t, line, bar, since in seen if since is not None]
+        opened = paused[0][3]
+        assert opened is not None and opened < 1.0 and len(paused) >= 13, seen
+        for t, m, bar, _ in paused:
+            assert m is not None, seen
+            for_s, next_in = int(m.group(1)), int(m.group(2))
+            assert abs(for_s - (t - opened)) <= 0.5
+            assert any(abs(t + next_in - (opened + d)) <= 0.5 for d in (2.0, 6.0, 14.0)), (t, for_s, next_in)
+            assert "m (paused)" in bar and f"paused={for_s}s 5xx, probe in {next_in}s" in bar, bar
+        assert 13.0 <= paused[-1][0] <= opened + 14.0
+        unpaused = [(line, bar) for t, line, bar, since in seen if since is None]
+        assert unpaused[-1] == (seen[-1][1], seen[-1][2])
+        assert not any("paused" in line or "paused" in bar for line, bar in unpaused), unpaused
+    _with_servers(1, body)

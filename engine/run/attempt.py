@@ -160,7 +160,7 @@ class LocalAttempts:
         self.pacer = Pacer(cfg.requests_per_minute or math.inf, clock.now, clock.sleep)
         self.tokens = TokenWindow(cfg.tokens_per_minute, clock.now, clock.sleep) if cfg.tokens_per_minute else None
         self._auth_failures = 0
-        self.breaker = Breaker(name, cfg, clock)
+        self.breaker = Breaker(name, cfg, clock, self.stats)
         brakes.on_wake.append(self.breaker.notify)
 
     def placement(self) -> dict[str, object]:

@@ -11,7 +11,8 @@ A probe that gets an answer (a success, or any failure that is neither systemati
 closes the breaker and the lane goes on; so does any success of a request that was in flight when
 it opened. When the next probe would come later than `breaker_max_pause_s` after the opening, the
 lane stops with one line naming the server and the last error; the items it did not finish are
-retried by the next run, and the other lanes never notice.
+retried by the next run, and the other lanes never notice. While it is open the lane's stats carry
+a `Pause` (since when, why, the next probe), which the progress bars and status lines show.
 
 A server that nothing in this lane has reached yet (every failure so far connection refused) is
 not waited for: the lane stops as soon as the breaker would open (a wrong base_url or a server not
@@ -30,6 +31,7 @@ from engine.core.adapter import AdapterError
 from engine.core.clock import Clock
 from engine.core.config import ModelConfig
 from engine.core.records import Response
+from engine.run.stats import LaneStats, Pause
 
 __all__ = ["Breaker", "systematic"]
 
@@ -50,8 +52,9 @@ def systematic(err: AdapterError) -> str | None:
 class Breaker:
     """One lane's breaker. Workers call `admit` before each attempt and `settle` with its result."""
 
-    def __init__(self, name: str, cfg: ModelConfig, clock: Clock) -> None:
+    def __init__(self, name: str, cfg: ModelConfig, clock: Clock, stats: LaneStats | None = None) -> None:
         self.name = name
+        self.stats = stats  # its `pause` mirrors an open breaker, for progress
         self.threshold = cfg.breaker_failures  # 0: never opens
         self.first_probe_s = cfg.breaker_probe_s
         self.max_pause_s = cfg.breaker_max_pause_s
@@ -88,6 +91,7 @@ class Breaker:
             if not self.probing and now >= self.next_probe:
                 self.probing = True
                 self.probes += 1
+                self._show()
                 return True
             # Until the probe is due, or (a probe in flight) until it settles.
             wait = self.next_probe - now if not self.probing else self.max_pause_s + self.interval
@@ -100,6 +104,7 @@ class Breaker:
         if sent is None:
             if probe:  # someone else probes
                 self.probing = False
+                self._show()
                 self.notify()
             return None
         kind = systematic(sent) if isinstance(sent, AdapterError) else None
@@ -132,6 +137,7 @@ class Breaker:
         self.next_probe = now + self.interval
         if self.interval > self.max_pause_s:
             return self._give_up()
+        self._show()
         return None
 
     def _probe_failed(self) -> str | None:
@@ -142,6 +148,7 @@ class Breaker:
         self.next_probe = now + self.interval
         if self.next_probe - self.opened_at > self.max_pause_s:
             return self._give_up()
+        self._show()
         self.notify()
         return None
 
@@ -150,13 +157,22 @@ class Breaker:
         if self.opened_at is not None:
             self.opened_at = None
             self.probing = False
+            self._show()
             self.notify()
 
     def _give_up(self) -> str:
         assert self.opened_at is not None
+        if self.stats is not None:  # the lane stops: its state says so from here
+            self.stats.pause = None
         paused = self.clock.now() - self.opened_at
         return self._stop_line(self.opened_by, f"paused {paused:.0f} s with {self.probes} probe(s) and it did not "
                                "recover; check the server, then rerun (unfinished items are retried)")
+
+    def _show(self) -> None:
+        if self.stats is not None:
+            self.stats.pause = None if self.opened_at is None else Pause(
+                lane=self.name, since=self.opened_at, kind=self.opened_by,
+                next_probe=None if self.probing else self.next_probe, probes=self.probes)
 
     def _stop_line(self, kind: str, what_next: str) -> str:
         last = self.last.message if self.last is not None else kind

@@ -3,7 +3,8 @@ total, refreshed twice a second, not per request), else one status line every N 
 logs (Slurm, CI, nohup), where bars would be either absent or a mess of carriage returns.
 
 Both count generation and judging, and count work found already done (a resumed run) apart from
-this invocation's, so that rates and ETAs are over the work this process did.
+this invocation's, so that rates and ETAs are over the work this process did. A lane whose circuit
+breaker is open shows as paused: for how long, why, and when it probes the server next.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Never, Protocol
 from engine.core.clock import Clock
 from engine.run.lane import Lane
 from engine.run.options import Log
-from engine.run.stats import LaneStats
+from engine.run.stats import LaneStats, Pause
 
 if TYPE_CHECKING:  # imported where bars are made: only a run on a terminal shows them
     from tqdm import tqdm
@@ -102,21 +103,31 @@ class Bars:
             whole = whole + work
             _show(bar, work)
             label = lane.label  # lane@node once its Ray actor runs
+            if s.pause is not None:
+                label = f"{label} (paused)"
             if bar.desc.rstrip(": ") != label:
                 bar.set_description(label, refresh=False)
             errs = s.fatal + s.exhausted
             if s.batches or s.batches_ended:
                 bar.set_postfix_str(batch_summary([s]) + f", err={errs}", refresh=False)
             else:
-                bar.set_postfix(inflight=s.in_flight, retries=s.retries, r429=s.rate_limited, err=errs, refresh=False)
+                post: dict[str, object] = {"inflight": s.in_flight, "retries": s.retries, "r429": s.rate_limited,
+                                           "err": errs}
+                if s.pause is not None:
+                    post["paused"] = paused_text(s.pause, self._clock.now(), short=True)
+                bar.set_postfix(post, refresh=False)
             bar.refresh()
             agg["inflight"] += s.in_flight
             agg["retries"] += s.retries
             agg["429"] += s.rate_limited
             agg["errors"] += errs
         _show(self._total, whole)
-        self._total.set_postfix(inflight=agg["inflight"], retries=agg["retries"], r429=agg["429"],
-                                err=agg["errors"], refresh=False)
+        paused = sum(1 for lane in self._lanes if lane.stats.pause is not None)
+        total: dict[str, object] = {"inflight": agg["inflight"], "retries": agg["retries"], "r429": agg["429"],
+                                    "err": agg["errors"]}
+        if paused:
+            total["paused"] = paused
+        self._total.set_postfix(total, refresh=False)
         self._total.refresh()
 
     async def run(self) -> None:
@@ -166,6 +177,8 @@ class StatusLines:
                   f"errors {sum(s.fatal + s.exhausted for s in stats)}", f"ETA {eta}"]
         if batches := batch_summary(stats):
             parts.insert(-1, batches)
+        now = self._clock.now()
+        parts += [f"{s.pause.lane} {paused_text(s.pause, now)}" for s in stats if s.pause is not None]
         return "; ".join(parts)
 
     async def run(self) -> None:
@@ -192,6 +205,14 @@ def batch_summary(stats: Sequence[LaneStats]) -> str:
         return ""
     shown = [f"{k} {n}" for k, n in sorted(states.items())] + ([f"ended {ended}"] if ended else [])
     return f"batches {', '.join(shown)} ({done}/{total} requests)"
+
+
+def paused_text(p: Pause, now: float, *, short: bool = False) -> str:
+    """A lane's open breaker: for how long it has paused, why, and when it probes the server next:
+    "paused for 12s (5xx), next probe in 4s", or in a bar's postfix "12s 5xx, probe in 4s"."""
+    since = fmt_duration(max(now - p.since, 0.0))
+    probe = "probing" if p.next_probe is None else f"probe in {fmt_duration(max(p.next_probe - now, 0.0))}"
+    return f"{since} {p.kind}, {probe}" if short else f"paused for {since} ({p.kind}), next {probe}"
 
 
 def fmt_duration(seconds: float) -> str:

@@ -26,6 +26,18 @@ def _attempts(default: T) -> T:
     return field(default=default, metadata=_BY_ATTEMPTS)
 
 
+@dataclass(frozen=True)
+class Pause:
+    """A lane whose circuit breaker is open (engine/run/breaker.py), on the lane's clock: paused since
+    `since` by failures of `kind`; the next probe at `next_probe` (None: a probe is in flight)."""
+
+    lane: str
+    since: float
+    kind: str
+    next_probe: float | None
+    probes: int = 0
+
+
 @dataclass
 class LaneStats:
     planned: int = 0
@@ -68,6 +80,9 @@ class LaneStats:
     ended: float | None = None
     state: str = "pending"
     message: str | None = None
+    # Its breaker is open (the progress bars and status lines show it); a Ray lane's breakers live
+    # in its actors, whose clocks the driver does not share, so it keeps None.
+    pause: Pause | None = None
     # latency histogram in 5% buckets: constant memory however many requests
     _lat: Counter[int] = field(default_factory=Counter)
 
