@@ -29,7 +29,7 @@ from engine.core.records import Item, Record, judgment_decoder
 from engine.core.rundoc import RunDoc, RunSpec, ScoresDoc
 from engine.core.secrets import redact, remember_env
 from engine.report.build import build_report
-from engine.report.explore import board, item_views
+from engine.report.explore import board, item_views, verdicts_of
 from engine.report.figures import MISSING as FIGURES_MISSING
 from engine.report.figures import write_figures
 from engine.report.html import render_html
@@ -189,10 +189,11 @@ def render(report: Report, fmt: str, secrets: tuple[str, ...] = ()) -> str:
 def report_for(directory: Path, per_subtask: int = 5,
                response_rows: int = RESPONSE_ROWS) -> tuple[Report, tuple[str, ...]]:
     inputs = load_inputs(Path(directory), response_rows)
-    report = build_report(inputs, per_subtask=per_subtask)
+    parsed = verdicts_of(inputs)  # once, for the report's tables and the item browser
+    report = build_report(inputs, per_subtask=per_subtask, parsed=parsed)
     models = [m.name for m in report.models]
     runnable = inputs.scores is not None and inputs.run.spec.items is None and inputs.items is not None
-    items, note = item_views(inputs, models, (lambda: item_scores(Path(directory))) if runnable else None)
+    items, note = item_views(inputs, models, (lambda: item_scores(Path(directory))) if runnable else None, parsed)
     report = msgspec.structs.replace(report, items=items, notes=(*report.notes, *([note] if note else ())),
                                      board=board(inputs.scores, models) if inputs.scores else None)
     return report, _secrets(inputs.run)

@@ -561,7 +561,9 @@ def drilldown(inputs: ReportInputs, spec_keys: Sequence[str], models: Sequence[s
 # --------------------------------------------------------------------------- the report
 
 
-def build_report(inputs: ReportInputs, *, per_subtask: int = 5) -> Report:
+def build_report(inputs: ReportInputs, *, per_subtask: int = 5, parsed: Parsed | None = None) -> Report:
+    """`parsed`: the judgments as `parsed_judgments` reads them, when the caller has them already
+    (report_for shares them with the item browser: parsing every verdict is the costly part)."""
     run, scores = inputs.run, inputs.scores
     spec = run.spec
     names = list((scores.models if scores else None) or spec.models or _table(run.config, "models"))
@@ -571,7 +573,8 @@ def build_report(inputs: ReportInputs, *, per_subtask: int = 5) -> Report:
     ranked = {k: s.judge for k, s in scores.subtasks.items()} if scores else {}
     options = spec.options
     owners = _rubric_owners(list(dict.fromkeys([*spec_keys, *ranked])), options, spec.data_dir)
-    parsed = parsed_judgments(inputs.judgments, owners)
+    if parsed is None:
+        parsed = parsed_judgments(inputs.judgments, owners)
     notes = list(inputs.notes)
     shown = inputs.responses_shown
     if spec.items is not None and shown is not None and shown.truncated:

@@ -183,14 +183,14 @@ def verdicts_of(inputs: ReportInputs) -> Parsed:
     return parsed_judgments(inputs.judgments, _rubric_owners(keys, spec.options, spec.data_dir))
 
 
-def item_views(inputs: ReportInputs, models: Sequence[str],
-               scored: Callable[[], Iterable[SubtaskItems]] | None) -> tuple[tuple[ItemView, ...], str | None]:
+def item_views(inputs: ReportInputs, models: Sequence[str], scored: Callable[[], Iterable[SubtaskItems]] | None,
+               parsed: Parsed | None = None) -> tuple[tuple[ItemView, ...], str | None]:
     """Every item of the run, one subtask at a time from `scored` (engine.scoring.item_scores of the
     directory); the records alone (outcome answered / error) for an --items run, or with a note
-    when the items cannot be scored here."""
+    when the items cannot be scored here. `parsed`: verdicts_of(inputs), when the caller has it."""
     if scored is None:
         return tuple(record_views(inputs.records, inputs.items, models)), None
-    parsed, texts = verdicts_of(inputs), judge_texts(inputs.judgments)
+    parsed, texts = parsed if parsed is not None else verdicts_of(inputs), judge_texts(inputs.judgments)
     out: list[ItemView] = []
     try:
         for chunk in scored():
