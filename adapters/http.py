@@ -16,7 +16,7 @@ Status mapping (the providers agree on it):
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING
 
 from engine.core.adapter import AdapterError
@@ -85,13 +85,15 @@ def _timeout(total: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=total)
 
 
-async def post_json(session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str],
-                    timeout: float, secrets: tuple[str, ...]) -> tuple[int, bytes, Mapping[str, str]]:
-    """One POST; returns (status, body, response headers) or raises AdapterError for transport
-    failures: timeout -> timeout, truncated body -> malformed, nothing listening -> transient with
-    `unreachable` set (the scheduler stops a lane whose every attempt cannot connect), any other
-    client error (reset, disconnect) -> transient. Messages pass through `redact`."""
-    return await request(session, "POST", url, data, headers, timeout, secrets)
+def post_json(session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str],
+              timeout: float, secrets: tuple[str, ...]) -> Coroutine[object, object, tuple[int, bytes, Mapping[str, str]]]:
+    """One POST (await it); returns (status, body, response headers) or raises AdapterError for
+    transport failures: timeout -> timeout, truncated body -> malformed, nothing listening ->
+    transient with `unreachable` set (the scheduler stops a lane whose every attempt cannot
+    connect), any other client error (reset, disconnect) -> transient. Messages pass through
+    `redact`. A plain function handing back `request`'s coroutine: one coroutine frame fewer per
+    request on the hot path."""
+    return request(session, "POST", url, data, headers, timeout, secrets)
 
 
 async def request(session: aiohttp.ClientSession, method: str, url: str, data: object, headers: Mapping[str, str],

@@ -46,7 +46,7 @@ class TokenCounter:
     count: Callable[[str], float]
 
     def tokens(self, texts: list[str]) -> int:
-        return math.ceil(sum(self.count(t) for t in texts))
+        return math.ceil(sum(map(self.count, texts)))
 
 
 ESTIMATE = TokenCounter(SCRIPT_AWARE, script_aware)

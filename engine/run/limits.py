@@ -70,10 +70,11 @@ class Pacer:
         self._last = now
         return now - start
 
-    def idle(self) -> bool:
+    def idle(self, now: float | None = None) -> bool:
         """True when acquire() would return at once without spacing anything: no rate configured
-        and no provider push-back pending (the lane's hot path then skips the pacer)."""
-        return self._min_gap == 0.0 and self._next <= self._clock()
+        and no provider push-back pending (the lane's hot path then skips the pacer). `now`: the
+        clock's reading, when the caller has one."""
+        return self._min_gap == 0.0 and self._next <= (self._clock() if now is None else now)
 
     def push_back(self, seconds: float) -> None:
         """Provider signals (e.g. remaining requests 0 until reset) delay every later slot."""
