@@ -345,7 +345,7 @@ def _plan(out: Path) -> _Plan:
     problems += fingerprint_conflicts(base, docs, n)
     replace: dict[str, set[str]] = {}
     for (kind, name), parts in sorted(found.files.items()):
-        if kind == "errors":
+        if kind in ("errors", "batches"):  # not records: nothing to check
             continue
         rep: set[str] = set()
         problems += check_stream(out, kind, name, parts, n, rep).problems()
@@ -394,7 +394,7 @@ def _merge_locked(out: Path, log: Callable[[str], None]) -> MergeResult:
         ordered = [parts[i] for i in sorted(parts)]
         added = _write_merged(out / kind / f"{name}.jsonl", ordered,
                               plan.replace.get(name, set()) if kind == "responses" else set(), skip_identical=True)
-        if kind != "errors":
+        if kind in ("responses", "judgments"):
             lines.append(f"{kind}/{name}.jsonl: {added} lines from {len(ordered)} shard files")
     # 2. run.json
     status = "complete" if not incomplete else "incomplete"

@@ -44,6 +44,9 @@ from engine.store.lock import OutputLock, ShardLock
 from engine.store.rundoc_io import read_run_doc, write_doc, write_run
 
 KINDS = ("responses", "errors", "judgments")
+# Folders whose shard files merge combines: the record kinds, and batch lanes' journals (README
+# "Batch lanes"), concatenated (their lines are keyed by unique local batch ids).
+MERGED = (*KINDS, "batches")
 _FILE = re.compile(r"^(?P<name>.+)\.shard-(?P<i>[0-9]+)-of-(?P<n>[0-9]+)\.jsonl$")
 _STATE = re.compile(r"^run\.shard-(?P<i>[0-9]+)-of-(?P<n>[0-9]+)\.json$")
 _SHARD_ARG = re.compile(r"^\s*([0-9]+)\s*/\s*([0-9]+)\s*$")
@@ -163,7 +166,7 @@ def discover(out: Path) -> dict[int, Found]:
         m = _STATE.match(p.name)
         if m and p.is_file():
             get(int(m.group("n"))).states[int(m.group("i"))] = p
-    for kind in KINDS:
+    for kind in MERGED:
         d = out / kind
         if not d.is_dir():
             continue

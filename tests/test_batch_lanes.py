@@ -335,3 +335,31 @@ def test_gemini_kill9_then_resume_is_exactly_once(tmp_path: Path, gemini_fake: t
     check_complete(out, "g", gemini_expected(cfg, items, "g"))
     assert len([e for e in fake.events if e["event"] == "created"]) == 1
     assert not fake.completed_twice()
+
+
+def test_shards_journal_their_own_batches_and_merge_combines_them(tmp_path: Path, batch_fake: tuple[OpenAIBatchFake, str],
+                                                                   engine_procs: Any) -> None:
+    """Shard 2 is killed while its batch is polled; merge adds both shards' journals to
+    batches/<model>.jsonl; the rerun of shard 2 re-attaches the batch from it, not buying it again."""
+    fake, url = batch_fake
+    items = write_items(tmp_path / "items.jsonl", 12)
+    cfg = write_config(tmp_path / "c.toml", {"b": batch_model(url, batch_max_requests=20)})
+    out = tmp_path / "out"
+    args = ["run", cfg, "--items", items, "--output", out]
+    assert run_cli(*args, "--shard", "1/2", env=KEY_ENV).rc == 0
+    fake.hold = "poll"
+    p = engine_procs(*args, "--shard", "2/2", env=KEY_ENV)
+    assert fake.held.wait(60), p.stderr()
+    p.kill9()
+    assert (out / "batches" / "b.shard-2-of-2.jsonl").exists()
+    assert run_cli("merge", out).rc == 1  # shard 2 did not complete
+    assert (out / "batches" / "b.jsonl").exists() and not (out / "batches" / "b.shard-2-of-2.jsonl").exists()
+    res = run_cli(*args, "--shard", "2/2", env=KEY_ENV)
+    assert res.rc == 0, res.stderr
+    assert run_cli("merge", out).rc == 0
+    check_complete(out, "b", expected_texts(cfg, items, "b"))
+    assert len([e for e in fake.events if e["event"] == "created"]) == 2  # one batch per shard, none again
+    assert not fake.completed_twice()
+    journal = _journal(out, "b")
+    assert {j["local_id"] for j in journal if j["event"] == "intent"} == \
+        {j["local_id"] for j in journal if j["event"] == "ended"}

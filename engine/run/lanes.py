@@ -222,7 +222,8 @@ class LaneBuilder:
 
         stem = f"{name}{inv.suffix}"
         settings = BatchSettings.of(inv.cfg.models[name], adapter, inv.out / "batches" / stem)
-        files = LaneFiles(BatchJournal(inv.out / "batches" / f"{stem}.jsonl"), flush,
+        merged = inv.out / "batches" / f"{name}.jsonl" if inv.shard is not None else None
+        files = LaneFiles(BatchJournal(inv.out / "batches" / f"{stem}.jsonl", merged), flush,
                           (self.done[name], self.judge_done.get(name, KeySet())), spend)
         return BatchAttempts(name, inv.cfg.models[name], adapter, io.errors, brakes, files, settings, clock=self.clock)
 

@@ -59,18 +59,28 @@ _encode = msgspec.json.Encoder().encode
 
 
 class BatchJournal:
-    def __init__(self, path: Path) -> None:
+    """One lane's journal. `merged`: the journal `merge` wrote from the shards' (a shard reads it
+    too, so that a batch journalled before a merge is re-attached by the shard's rerun; its own lines
+    go to its own file, which the next merge adds)."""
+
+    def __init__(self, path: Path, merged: Path | None = None) -> None:
         self.path = path
+        self.merged = merged
         self._fd = -1
 
     def load(self) -> list[OpenBatch]:
         """The batches without an `ended` line, in the order they were intended. A torn last
         line (a crash mid-write) is cut: the step it recorded had not gone on yet."""
-        if not self.path.exists():
-            return []
-        repair_torn_tail(self.path)
         open_: dict[str, OpenBatch] = {}
-        with open(self.path, "rb") as f:
+        for path in (self.merged, self.path):
+            if path is not None and path.exists():
+                self._read(path, open_)
+        return list(open_.values())
+
+    @staticmethod
+    def _read(path: Path, open_: dict[str, OpenBatch]) -> None:
+        repair_torn_tail(path)
+        with open(path, "rb") as f:
             for line in f:
                 if not line.strip():
                     continue
@@ -84,7 +94,6 @@ class BatchJournal:
                         b.batch_id = rec.batch_id
                     else:
                         del open_[rec.local_id]
-        return list(open_.values())
 
     def append(self, line: JournalLine) -> None:
         """Appends and fsyncs one line; the step it records goes on only after this returns."""
