@@ -100,6 +100,13 @@ def _board_checks(page: Chromium, scores: dict[str, Any]) -> None:
         assert c["rank"] == ("null" if rank is None else str(rank))
         tied = scores["subtasks"][c["key"]].get("tied", {}).get(c["model"], [])
         assert c.get("tied", "").split() == tied, c
+    # a subtask cell opens that model's items in the browser
+    page.eval("document.querySelector('#board td.bcell[data-key=\"crisis/severity\"][data-model=\"model-01\"]').click()")
+    shown = page.eval("Object.assign({}, document.querySelector('#items').dataset)")
+    d = scores["subtasks"]["crisis/severity"]["models"]["model-01"]
+    assert int(shown["answers"]) == d["n"] + d["n_missing"]  # every planned answer, whatever its outcome
+    for name in ("subtask", "model"):
+        _select(page, name, "")
     # a model's header orders the pillars by its pillar rank
     page.eval("document.querySelector('#board th.mhead[data-model=\"model-00\"]').click()")
     order = page.eval("[...document.querySelectorAll('#board tr.prow')].map((tr) => tr.dataset.key)")

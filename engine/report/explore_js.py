@@ -55,6 +55,11 @@ function boardCell(c, sub, model, key) {
              (c.refused == null ? '' : '; refused ' + c.refused) + '; failed ' + c.failed);
   }
   if (c.reason) tip.push(c.reason);
+  if (sub) {  // a subtask cell opens that model's answers in the item browser
+    td.classList.add('link');
+    tip.push('click: this model\'s items');
+    td.addEventListener('click', () => window.dispatchEvent(new CustomEvent('explore', {detail: {subtask: key, model}})));
+  }
   if (tied) td.dataset.tied = c.tied.join(' ');
   td.title = tip.join(' · ');
   return td;
@@ -172,6 +177,13 @@ Browser.prototype.controls = function () {
       this.st[name] = inp.value === '' ? null : Number(inp.value); this.page = 0; this.apply();
     });
   }
+  window.addEventListener('explore', (e) => {
+    for (const name of ['subtask', 'model']) {
+      const v = this.meta[name + 's'].includes(e.detail[name]) ? e.detail[name] : '';
+      this.st[name] = v; this.q(name).value = v;
+    }
+    this.page = 0; this.apply(); this.root.scrollIntoView();
+  });
   const search = this.q('q');
   search.addEventListener('input', () => { this.st.q = search.value.toLowerCase(); this.page = 0; this.apply(); });
   this.q('prev').addEventListener('click', () => { if (this.page > 0) { this.page--; this.draw(); } });
@@ -294,7 +306,7 @@ CSS = """
 table.board td.bcell { text-align: center; min-width: 64px; }
 table.board td.bcell b { display: block; font-size: 15px; } table.board td.bcell small { display: block; color: #333; }
 table.board td.absent { color: #999; font-style: italic; } .cov { font-size: 10px; color: #555; }
-table.board tr.srow th { font-weight: normal; padding-left: 18px; } table.board th.mhead { cursor: pointer; }
+table.board tr.srow th { font-weight: normal; padding-left: 18px; } td.link { cursor: pointer; } table.board th.mhead { cursor: pointer; }
 button.toggle, button.sortcols { border: 0; background: none; cursor: pointer; font: inherit; padding: 0 2px; }
 .browser .filters { display: flex; flex-wrap: wrap; gap: 8px; align-items: center; margin: 6px 0; }
 .browser table.list td.badge { text-align: center; width: 22px; font-weight: 600; }
