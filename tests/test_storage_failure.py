@@ -21,8 +21,9 @@ import pytest
 
 from engine import cli
 from engine.core.errors import StorageError
+from engine.core.records import judgment_decoder
 from engine.core.rundoc import RunDoc, RunSpec, UnsetType
-from engine.store.checkpoint import JsonlWriter, scan_responses
+from engine.store.checkpoint import JsonlWriter, iter_records, scan_responses
 from engine.store.rundoc_io import read_run, write_doc
 from engine.testing.fakeserver import FakeServerProcess
 from tests.conftest import (
@@ -292,3 +293,71 @@ def test_retry_errors_rewrite_that_the_disk_refuses_keeps_the_checkpoint(tmp_pat
     assert ei.value.exit_code == 4 and "File too large (EFBIG)" in str(ei.value)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["r.jsonl"]
+
+
+
+class LosingDisk:
+    """os.fsync for the run's responses file on a disk whose fsync fails (EIO) once the file is past
+    `fail_past` bytes, and that then loses what no fsync covered (as a power cut or a dropped dirty
+    page does): `durable` is the file's size when the last fsync that returned began. Other files
+    sync normally."""
+
+    def __init__(self, fail_past: int) -> None:
+        self.fail_past = fail_past
+        self.durable = 0
+        self._fsync = os.fsync
+
+    def __call__(self, fd: int) -> None:
+        if "/responses/" not in os.readlink(f"/proc/self/fd/{fd}"):
+            return self._fsync(fd)
+        size = os.fstat(fd).st_size
+        if size > self.fail_past:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        self._fsync(fd)
+        self.durable = max(self.durable, size)
+        return None
+
+
+def test_a_judgment_is_only_ever_for_a_response_durably_on_disk(
+        tmp_path: Path, thread_server: ThreadServer, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The judge stage takes a response once an fsync covering it returned. Otherwise a response
+    judged before its fsync failed, and then lost, would leave a judgment that outlives it: the next
+    run answers the same key anew and never judges that answer. The target and the judge share one
+    fake server; the responses file's fsync fails (EIO) and what it did not cover is then cut away."""
+    thread_server.server.set_config(latency_ms=4, latency_jitter_ms=4, seed=4)
+    out = tmp_path / "out"
+    models = {"target": fake_model(thread_server.url, max_concurrency=CONCURRENCY),
+              "judge": fake_model(thread_server.url, model="judge-model", max_concurrency=CONCURRENCY)}
+    cfg = write_config(tmp_path / "c.toml", models, run={"grace_period_s": 5, "samples": 40, "output": str(out)},
+                       extra='\n[judge]\nmodels = ["judge"]\n\n[pillars."crisis/identification"]\nlimit = 1\n\n'
+                             '[pillars."crisis/severity"]\nlimit = 1\n')
+    disk = LosingDisk(fail_past=100_000)  # some 200 into the 840 judged escalation answers
+    monkeypatch.setattr(os, "fsync", disk)
+    args = ("run", cfg, "--models", "target", "--pillars", "crisis", "--no-progress")
+    rc, err = _run_in_process(capsys, *args)
+    assert rc == 4, err
+    assert "Input/output error (EIO)" in err[-1] and "/responses/target.jsonl" in err[-1]
+    monkeypatch.undo()
+    path = out / "responses" / "target.jsonl"
+    written = path.stat().st_size
+    with open(path, "r+b") as f:  # what no fsync covered is lost
+        f.truncate(disk.durable)
+    responses = {r.key for r in iter_records(path)}
+    judged = [j.response_key for j in iter_whole(out / "judgments" / "judge.jsonl", judgment_decoder)]
+    assert written > disk.durable and judged, (written, disk.durable, len(judged))
+    assert set(judged) <= responses, f"{len(set(judged) - responses)} judgments of responses lost from the disk"
+
+    rc, err = _run_in_process(capsys, *args)
+    assert rc == 0, err
+    esc = {r.key for r in iter_records(path) if r.subtask == "escalation"}
+    judged_now = [j.response_key for j in iter_records(out / "judgments" / "judge.jsonl", judgment_decoder)
+                  if j.try_ == 0]
+    assert sorted(judged_now) == sorted(esc)  # each escalation response judged once, nothing else
+    verify_clean(out)
+
+
+def iter_whole(path: Path, decoder: Any) -> list[Any]:
+    """The whole lines of a checkpoint a failed write may have torn at its end."""
+    data = path.read_bytes() if path.exists() else b""
+    return decoder.decode_lines(data[: data.rfind(b"\n") + 1])

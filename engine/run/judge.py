@@ -1,5 +1,6 @@
-"""The judge stage: each judged response is handed to its judge lane as soon as it is written, so
-generation and judging overlap. Judge lanes are ordinary lanes (a model that is both target and
+"""The judge stage: each judged response is handed to its judge lane as soon as it is durably
+written (an fsync that covers it returned, within about a second: a response the disk refused or
+lost is never judged, so a judgment never outlives its response), so generation and judging overlap. Judge lanes are ordinary lanes (a model that is both target and
 judge has one lane and one limiter); their records go to judgments/<judge>.jsonl, keyed by
 (response key, judge, rubric, rubric version, try), exactly-once and resumable like responses.
 
@@ -36,7 +37,7 @@ from engine.core.subtask import Rubric, Subtask
 from engine.run.lane import Lane
 from engine.run.units import JudgeTask, Unit, estimate_tokens, merge_params, model_params
 from engine.spec import judges_for, rubrics_by_source
-from engine.store.checkpoint import iter_records
+from engine.store.checkpoint import JsonlWriter, iter_records
 from engine.store.keyset import KeySet
 from engine.tokens import counter_for
 
@@ -126,6 +127,9 @@ class JudgeHub:
         self.earlier: Iterator[tuple[Record, Item]] = iter(())
         self._ended: set[str] = set()
         self.peak = 0  # the most judge units held at once (all judges)
+        # Responses put to a writer and not yet durably written (about a second's worth at most: the
+        # writer fsyncs at least once per fsync_interval).
+        self._unwritten: dict[str, tuple[Record, Item]] = {}
 
     @property
     def hardened(self) -> bool:
@@ -153,7 +157,27 @@ class JudgeHub:
         return f"{pillar}/{subtask}" in self.by_source
 
     def on_record(self, rec: Record, unit: Unit) -> None:
+        """A response was handed to a sink that keeps nothing on disk (tests): judged at once."""
         self.submit_record(rec, unit.item)
+
+    def hold_record(self, rec: Record, unit: Unit) -> None:
+        """A response was handed to its writer: held until `on_durable` says it is durably in the
+        file (an fsync covering it returned). A response whose write or fsync fails (a full disk,
+        an I/O error, power lost) is not judged by this run, so no judgment can outlive it: the next
+        run asks it again under the same key, or finds it on disk, and judges what is there."""
+        if rec.response is None or unit.item.metadata.get("judge") is False:
+            return
+        if self.needs_judging(rec.pillar, rec.subtask):
+            self._unwritten[rec.key] = (rec, unit.item)
+
+    def on_durable(self, batch: list[msgspec.Struct]) -> None:
+        """A responses writer's batch is durably in the file: its judged responses go to their judges."""
+        if not self._unwritten:
+            return
+        for rec in batch:
+            got = self._unwritten.pop(rec.key, None) if isinstance(rec, Record) else None
+            if got is not None:
+                self.submit_record(*got)
 
     def submit_record(self, rec: Record, item: Item) -> None:
         # Items may opt out of judging (PsyLeak: only free-response answers go to the proxy judge).
@@ -288,6 +312,8 @@ async def close_when_generated(hub: JudgeHub, targets: list[Lane]) -> None:
     await hub.feed_earlier()
     for lane in targets:  # all of them: the order of waiting does not matter
         await lane.generation_done.wait()
+        if isinstance(lane.io.responses, JsonlWriter):
+            await lane.io.responses.sync()  # its last responses reach the judge once they are fsynced
     hub.generation_finished()
 
 

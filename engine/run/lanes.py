@@ -254,8 +254,11 @@ class LaneBuilder:
             hub.salt = await asyncio.to_thread(judge_salt, inv.out)
         for lane in self.set.lanes:
             if lane.name in self.set.targets:
-                lane.hooks.on_record = hub.on_record
                 lane.hooks.gate = hub.gate
+                lane.hooks.on_record = hub.on_record
+                if isinstance(lane.io.responses, JsonlWriter):  # judged once durably written
+                    lane.hooks.on_record = hub.hold_record
+                    lane.io.responses.on_durable = hub.on_durable
             if lane.name in self.judge_names:
                 lane.hooks.on_judgment = hub.on_judgment
                 lane.hooks.on_judge_done = hub.on_judge_done

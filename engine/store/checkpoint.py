@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -304,6 +305,11 @@ class JsonlWriter:
         self._closing = False
         self._interval = fsync_interval
         self._on_written = on_written
+        # Called with each batch once an fsync that covers it returned: the records are durably in
+        # the file (the judge stage judges a response only then, so no judgment outlives it).
+        self.on_durable: Callable[[list[msgspec.Struct]], None] | None = None
+        self._undurable: list[list[msgspec.Struct]] = []  # written since the running fsync began
+        self._closing = False  # close() began: no fsync may start that could outlive the descriptor
         self.on_error = on_error
         self._sync: asyncio.Future[None] | None = None
         self._last_sync = 0.0
@@ -325,13 +331,23 @@ class JsonlWriter:
         loop = asyncio.get_running_loop()
         self._last_sync = loop.time()
         self._dirty = False
+        covered, self._undurable = self._undurable, []
         self._sync = loop.run_in_executor(None, os.fsync, self._fd)
-        self._sync.add_done_callback(self._synced)
+        self._sync.add_done_callback(functools.partial(self._synced, covered))
 
-    def _synced(self, fut: asyncio.Future[None]) -> None:
+    def _synced(self, covered: list[list[msgspec.Struct]], fut: asyncio.Future[None]) -> None:
         exc = None if fut.cancelled() else fut.exception()
         if isinstance(exc, OSError):
             self._fail(exc, "fsync")
+        elif exc is None and not fut.cancelled():
+            self._durable(covered)
+            if self._undurable and not self._closing and self.error is None and self._dirty:
+                self._start_sync()  # what was written while this one ran
+
+    def _durable(self, covered: list[list[msgspec.Struct]]) -> None:
+        if self.on_durable is not None and self.error is None:
+            for batch in covered:
+                self.on_durable(batch)
 
     def _timed_sync(self) -> None:
         self._timer = None
@@ -401,9 +417,14 @@ class JsonlWriter:
             self._progress.set()
             if self._on_written is not None:
                 self._on_written(batch)
+            if self.on_durable is not None:
+                self._undurable.append(batch)
             now = loop.time()
             self._dirty = True
-            if now - self._last_sync >= self._interval and (self._sync is None or self._sync.done()):
+            idle = self._sync is None or self._sync.done()
+            if idle and (now - self._last_sync >= self._interval or self.on_durable is not None):
+                # A reader waiting for durability (the judge stage) gets each batch synced at once:
+                # one fsync at a time, each covering every batch written while the last one ran.
                 self._start_sync()
             elif self._timer is None:
                 # Idle after this batch: still fsync it within the interval, not at the next write.
@@ -426,11 +447,14 @@ class JsonlWriter:
     async def _final_sync(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            if self._sync is not None:
-                await self._sync
+            while self._sync is not None and not self._sync.done():
+                await self._sync  # and any that its completion started (on_durable's chain)
+            covered, self._undurable = self._undurable, []
             await loop.run_in_executor(None, os.fsync, self._fd)
         except OSError as exc:
             self._fail(exc, "fsync")
+        else:
+            self._durable(covered)
 
     def _salvage(self) -> None:
         """After a failure: one more try to append what is still in memory (the disk may have room
@@ -449,6 +473,7 @@ class JsonlWriter:
 
     async def close(self) -> None:
         """Flushes everything put so far and fsyncs (after a failure: what still fits)."""
+        self._closing = True
         if self._task is not None:
             self._closing = True
             self._wake()
