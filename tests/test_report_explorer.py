@@ -6,7 +6,11 @@ those numbers with no console message, no network request and the markup shown a
 
 from __future__ import annotations
 
+import base64
+import gzip
 import os
+import re
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -211,3 +215,26 @@ def test_outcome_classes() -> None:
     assert outcome(ItemScore(item_id="1", value=1.0), rec, "higher") == "correct"
     assert outcome(ItemScore(item_id="1", value=1.0), rec, "lower") == "incorrect"  # e.g. a harm flag
     assert outcome(ItemScore(item_id="1", value=3.0), rec, "higher") == "scored"
+
+
+def test_items_blob_has_no_api_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compressed copy of the items is redacted before compression (a plain-text search of
+    report.html could not see a key inside it)."""
+    secret = "sk-EXPLORERSECRET-5b9e0c7d1a2f4e6b"
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "report_run", run, ignore=shutil.ignore_patterns("README.md"))
+    monkeypatch.setenv("TRUSTMH_REPORT_TEST_KEY", secret)
+    path = run / "responses" / "api-a.jsonl"
+    lines = path.read_bytes().splitlines()
+    rec = orjson.loads(lines[0])
+    rec.pop("response")
+    rec["error"] = {"kind": "fatal", "status": 400, "message": f"bad request for key {secret}"}
+    lines[0] = orjson.dumps(rec)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    page = write_reports(run)[1].read_text()
+    blob = re.search(r'<script type="application/json" class="items-data">([^<]*)</script>', page)
+    assert blob is not None
+    items = orjson.loads(gzip.decompress(base64.b64decode(blob.group(1))))
+    errors = [a.get("error") for it in items for a in it["answers"] if a.get("error")]
+    assert "fatal 400 bad request for key [redacted]" in errors
+    assert secret not in str(items) and secret[:12] not in page
