@@ -363,3 +363,31 @@ def test_shards_journal_their_own_batches_and_merge_combines_them(tmp_path: Path
     journal = _journal(out, "b")
     assert {j["local_id"] for j in journal if j["event"] == "intent"} == \
         {j["local_id"] for j in journal if j["event"] == "ended"}
+
+
+def test_a_server_without_batch_endpoints_stops_the_lane_and_scores_nothing(tmp_path: Path,
+                                                                             fake_server: FakeServerProcess) -> None:
+    """`batch = true` against an OpenAI-compatible server that serves only chat (404 on /v1/files):
+    the lane stops with one line saying so; no unit gets an error as its outcome (the next run,
+    without batch = true, sends them all)."""
+    items = write_items(tmp_path / "items.jsonl", 3)
+    cfg = write_config(tmp_path / "c.toml", {"b": fake_model(fake_server, batch=True, batch_wait_s=0.1)})
+    out = tmp_path / "out"
+    res = run_cli("run", cfg, "--items", items, "--output", out)
+    assert res.rc != 0
+    assert "this server has no batch API" in res.stderr and "Traceback" not in res.stderr
+    assert read_jsonl(out / "responses" / "b.jsonl") == []
+
+
+def test_a_corrupt_journal_is_one_line_before_anything_is_sent(tmp_path: Path,
+                                                                batch_fake: tuple[OpenAIBatchFake, str]) -> None:
+    fake, url = batch_fake
+    items = write_items(tmp_path / "items.jsonl", 3)
+    cfg = write_config(tmp_path / "c.toml", {"b": batch_model(url)})
+    out = tmp_path / "out"
+    (out / "batches").mkdir(parents=True)
+    (out / "batches" / "b.jsonl").write_bytes(b'{"event": "intent", "local_id": "x"}\nnot json\n{"event": "ended"}\n')
+    res = run_cli("run", cfg, "--items", items, "--output", out, env=KEY_ENV)
+    assert res.rc != 0
+    assert "b.jsonl line 2: not a batch journal line" in res.stderr and "Traceback" not in res.stderr
+    assert fake.calls == []

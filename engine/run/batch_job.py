@@ -197,11 +197,17 @@ class BatchJob:
                 err = _info(exc)
             host.stats.errors[f"batch_{err.kind}"] += 1
             if err.kind not in ("rate_limited", "transient", "timeout", "malformed"):
-                # A bad request (validation error) is final for its requests; auth stops the lane.
-                await self._give_up(err, final=err.kind != "auth", state=f"rejected ({err.kind})")
-                if err.kind == "auth":
+                # A bad request (validation error) is final for its requests. Auth, or a server without
+                # the batch endpoints (404/405: an OpenAI-compatible server that serves only chat), stops
+                # the lane and leaves its units to the next run: the requests themselves were not judged.
+                stop = err.kind == "auth" or err.status in (404, 405)
+                await self._give_up(err, final=not stop, state=f"rejected ({err.kind})")
+                if stop:
                     host.stats.state = "stopped"
-                    host.stats.message = f"lane {host.name} stopped: batch submission refused ({err.message})"
+                    host.stats.message = (f"lane {host.name} stopped: batch submission refused ({err.message}); "
+                                          + ("check the API key" if err.kind == "auth" else
+                                             "this server has no batch API: remove `batch = true` (or --batch)")
+                                          + " and rerun")
                     host.brakes.halt()
                 return None
             if attempt >= host.cfg.max_attempts:

@@ -49,6 +49,8 @@ class BatchAttempts:
         self.flush = files.flush
         self.done = files.done
         self.spend = files.spend
+        # Read when the lane is built: a journal that cannot be read refuses the run before it sends.
+        self._journalled = files.journal.load()
         self.stats = LaneStats()
         self.live: dict[str, Waiter] = {}  # every unit waiting for its outcome, by key
         self.open: dict[str, str] = {}  # key -> local id of the submitted batch it is in
@@ -133,7 +135,7 @@ class BatchAttempts:
             return
         self._started = True
         self.spawn(self._timer())
-        for ob in self.journal.load():
+        for ob in self._journalled:
             for k in ob.keys:
                 self.open[k] = ob.local_id
             self.spawn(BatchJob(self, ob.local_id, ob.keys).reattach(ob))

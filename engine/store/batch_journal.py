@@ -23,7 +23,7 @@ from typing import Literal
 
 import msgspec
 
-from engine.core.errors import STORAGE_ERRNOS, StorageError
+from engine.core.errors import STORAGE_ERRNOS, CheckpointError, StorageError
 from engine.store.checkpoint import repair_torn_tail
 
 __all__ = ["BatchJournal", "Event", "JournalLine", "OpenBatch"]
@@ -81,10 +81,15 @@ class BatchJournal:
     def _read(path: Path, open_: dict[str, OpenBatch]) -> None:
         repair_torn_tail(path)
         with open(path, "rb") as f:
-            for line in f:
+            for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                rec = _decode(line)
+                try:
+                    rec = _decode(line)
+                except msgspec.DecodeError as exc:
+                    raise CheckpointError(f"{path} line {n}: not a batch journal line ({exc}); restore the file, "
+                                          "or move it aside to give up re-attaching its batches (they may be "
+                                          "bought again)") from None
                 if rec.event == "intent":
                     open_[rec.local_id] = OpenBatch(rec.local_id, list(rec.keys), rec.at, hash=rec.hash)
                 elif (b := open_.get(rec.local_id)) is not None:
