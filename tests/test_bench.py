@@ -12,8 +12,10 @@ from typing import Any
 
 import orjson
 import pytest
+import uvloop
 
 from engine.bench.arrivals import arrival_times
+from engine.bench.load import drive
 from engine.bench.metrics import Outcome, parse_goodput, percentile, send_lag_stats, summarize
 from engine.bench.result import bottleneck_warning, sweep_svg
 from engine.bench.session import Point, parse_sweep
@@ -28,6 +30,7 @@ from engine.bench.setup import (
     url_target,
 )
 from engine.core.errors import ConfigError
+from engine.core.records import Response
 from engine.tokens import load_tokenizer
 from tests.conftest import run_cli, write_config, write_items
 
@@ -130,6 +133,17 @@ def test_ignore_eos_is_sent_where_the_adapter_declares_it_or_when_asked(tmp_path
     assert sends_ignore_eos(anthropic, None) is False
     with pytest.raises(ConfigError, match="--ignore-eos: a .*anthropic"):
         sends_ignore_eos(anthropic, True)
+
+
+def test_no_request_is_sent_before_it_is_due() -> None:
+    """uvloop rounds timers to whole milliseconds (a sleep can end early): the dispatcher sleeps
+    again rather than send early, so every send is at or after its planned time."""
+    async def send(body: dict[str, object], timeout_s: float, marks: list[float]) -> Response:
+        return Response(text="", finish_reason="stop")
+
+    planned = arrival_times(60, 2000.0, 1.0, seed=5)  # gaps of ~0.5 ms: most sleeps are under a timer tick
+    outcomes, _ = uvloop.run(drive(send, [{}] * 60, planned, max_concurrency=None, timeout_s=1.0))
+    assert all(o.ok and o.sent >= o.planned for o in outcomes)
 
 
 def test_warning_names_a_late_client_and_a_busy_one() -> None:
