@@ -163,6 +163,9 @@ def _time(cfg: Config, plan: Plan, model: str, c: Cell) -> tuple[float | None, s
         minutes = (c.prompt_tokens + c.completion_tokens) / rate.tokens_per_s / 60
         return minutes, (f"about {minutes:.1f} min at most at the {rate.tokens_per_s:.0f} tokens/s measured "
                          f"over {rate.requests} requests of an earlier run")
+    if mc.batch:
+        return None, (f"batch lane: each batch within its {mc.batch_window} completion window (usually much "
+                      "sooner), one after another; rate limits do not apply")
     bounds = []
     if mc.requests_per_minute:
         bounds.append(c.requests / mc.requests_per_minute)
