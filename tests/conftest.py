@@ -169,9 +169,10 @@ def run_engine(*args: str | Path, timeout: float = 120.0, env: Mapping[str, str]
     return EngineResult(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
 
 
-def run_cli(*args: str | Path, env: Mapping[str, str] | None = None) -> EngineResult:
+def run_cli(*args: str | Path, env: Mapping[str, str | None] | None = None) -> EngineResult:
     """`python -m engine ARGS` in this process: `engine.cli.main` with the same argv, working directory
-    and environment variables as `run_engine`, its stdout and stderr captured, its exit code returned.
+    and environment variables as `run_engine` (a None in `env` unsets that variable), its stdout and
+    stderr captured, its exit code returned.
     The parser, the command, the run and its files are the real ones; only the interpreter start-up
     (about half a second of CPU per call here) is saved. For what a command does, writes and says; a
     test of a signal, kill -9, a hang or how the process itself exits keeps `run_engine` or `EngineProc`."""
@@ -434,7 +435,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="run tests marked `ray_cluster` (a multi-node Ray cluster started on this machine)")
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: half as many workers again as the CPUs this process may use (3 on 2 cores). Many
+    tests spend much of their time waiting on a server's latency, a backoff, a child process starting
+    or a deadline; with one worker per CPU a core sat idle whenever both workers waited (the parallel
+    phase used ~75% of two quiet cores). PYTEST_XDIST_AUTO_NUM_WORKERS still sets the count."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "").isdigit():
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    cpus = len(os.sched_getaffinity(0))
+    return cpus + max(1, cpus // 2)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The long tests (marked `slow`) first, in their collected order: with `--maxschedchunk 1` (the
+    # README's command) each worker takes the next test when it is free, so the long ones start at
+    # once on different workers and the phase ends on short tests, not on one long test left alone.
+    items.sort(key=lambda item: "slow" not in item.keywords)
     opt_in = {"vllm": ("--run-vllm", "needs real vLLM"),
               "ray_cluster": ("--run-ray-cluster", "starts a multi-node Ray cluster (a minute on two cores)")}
     for marker, (flag, why) in opt_in.items():

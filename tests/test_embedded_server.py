@@ -94,6 +94,7 @@ def test_chat_completion_shape(embedded_server):
     assert 0 < data["usage"]["completion_tokens"] <= 32
 
 
+@pytest.mark.slow
 def test_greedy_output_identical_alone_and_under_load(embedded_server):
     url, alias = embedded_server.base_url, embedded_server.alias
     target = chat_body(alias, "List three colours and say why you like each.", max_tokens=40)

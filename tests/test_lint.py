@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -21,6 +23,7 @@ def test_ruff_is_clean() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+@pytest.mark.slow  # a whole-codebase type check: ~20 s of CPU without a cache
 def test_mypy_is_clean() -> None:
     res = run_tool("mypy")  # files and strictness from [tool.mypy]
     assert res.returncode == 0, res.stdout + res.stderr

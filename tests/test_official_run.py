@@ -91,6 +91,7 @@ def test_plan_says_official_own_and_skipped(tmp_path: Path) -> None:
     assert "prompts own (engine wording, not comparable to the paper): ethics/ethical_reasoning" in built_in.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_a_changed_prompt_protocol_is_refused_on_resume(tmp_path: Path) -> None:
     shared = official_dir()
     if not (shared / PROMPTS_DIR / "manifest.json").is_file():

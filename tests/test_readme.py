@@ -19,7 +19,7 @@ def test_readme_opens_with_the_main_job_then_the_tests() -> None:
     assert main_job.endswith(".venv/bin/python -m engine run")  # the default job: no config, no key
     assert "pip install -q '.[local]'" in main_job
     # In parallel (pytest-xdist), then the timing-sensitive tests alone.
-    assert tests.endswith('.venv/bin/python -m pytest -q -n auto -m "not serial" && .venv/bin/python -m pytest -q -m serial')
+    assert tests.endswith('.venv/bin/python -m pytest -q -n auto --maxschedchunk 1 -m "not serial" && .venv/bin/python -m pytest -q -m serial')
 
 
 def test_ci_runs_the_readme_test_command_verbatim() -> None:
