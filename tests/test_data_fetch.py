@@ -2,8 +2,10 @@
 
 The official data is never copied into the repository: a small threaded HTTP server on 127.0.0.1
 serves `<repo>/../shared/trustmh` (or $TRUSTMH_DATA), with per-path overrides to serve corrupted
-bytes, errors, hangs or transient failures. The engine runs as a real subprocess. Tests that need
-the official data skip with a reason where it is absent.
+bytes, errors, hangs or transient failures. The engine's CLI runs in this process
+(tests/conftest.run_cli: the same argv, working directory and environment), and as a real
+subprocess where the process itself is under test (a signal mid-download). Tests that need the
+official data skip with a reason where it is absent.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pytest
 from engine.datasets import manifest as data_mod
 from engine.datasets.prompts import load_manifest as load_prompts_manifest
 from engine.options import resolve
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -113,12 +116,14 @@ def mirror() -> Iterator[Mirror]:
         m.stop()
 
 
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    e = {k: v for k, v in os.environ.items() if k not in ("TRUSTMH_DATA_MIRROR", "TRUSTMH_CACHE")}
-    e["TRUSTMH_CACHE"] = str(Path(os.environ.get("PYTEST_TMP_CACHE", "/nonexistent-trustmh-cache")))
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m engine ARGS` in this process (run_cli), with no mirror from the environment and a
+    cache folder that does not exist unless `env` says otherwise."""
+    e: dict[str, str | None] = {"TRUSTMH_DATA_MIRROR": None,
+                                "TRUSTMH_CACHE": str(Path(os.environ.get("PYTEST_TMP_CACHE", "/nonexistent-trustmh-cache")))}
     e.update(env or {})
-    return subprocess.run([PY, "-m", "engine", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=e)
+    res = run_cli(*args, env=e)
+    return subprocess.CompletedProcess(["python", "-m", "engine", *args], res.rc, res.stdout, res.stderr)
 
 
 def error_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -198,6 +203,7 @@ def test_manifest_errors_are_one_line(tmp_path: Path) -> None:
 
 
 @needs_shared
+@pytest.mark.slow
 def test_fetch_from_http_mirror_is_byte_identical_and_resumable(mirror: Mirror, tmp_path: Path) -> None:
     dest = tmp_path / "data"
     proc = run("data", "fetch", "--mirror", mirror.url, "--to", str(dest))

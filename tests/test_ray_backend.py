@@ -28,12 +28,16 @@ from tests.conftest import (
     expected_texts,
     fake_model,
     read_jsonl,
+    run_cli,
     run_engine,
     verify_clean,
     wait_for_lines,
     write_config,
     write_items,
 )
+
+# Each starts Ray or waits out a connection deadline: 10-30 s, so they start first (tests/conftest.py).
+pytestmark = pytest.mark.slow
 
 
 def test_without_ray_one_clear_line(tmp_path: Path) -> None:
@@ -106,7 +110,7 @@ def test_a_failed_connection_exits_2_in_one_line_and_leaves_the_directory_as_it_
                          env={"RAY_ADDRESS": address}, timeout=30)
     assert res.rc == 2 and len(res.err_lines()) == 1 and want in res.stderr, res.stderr
     assert _snapshot(out) == before
-    res = run_engine("run", cfg, "--items", items, "--output", out, "--ray-address", "x:1")
+    res = run_cli("run", cfg, "--items", items, "--output", out, "--ray-address", "x:1")
     assert res.rc == 2 and "--ray-address needs --backend ray" in res.stderr
 
 
@@ -123,7 +127,7 @@ def test_ray_backend_gives_the_records_of_the_local_backend(tmp_path: Path, fake
     cfg = write_config(tmp_path / "c.toml", models, extra='\n[judge]\nmodels = ["judge"]\n')
     args = ["run", cfg, "--models", "a,b", "--pillars", "crisis", "--limit", "4", "--no-progress"]
     local, remote = tmp_path / "local", tmp_path / "ray"
-    assert run_engine(*args, "--output", local).rc == 0
+    assert run_cli(*args, "--output", local).rc == 0
     remote.mkdir()  # the same judge nonces (engine/run/judge.py): the same judge requests, so the same replies
     (remote / "judge_salt").write_bytes((local / "judge_salt").read_bytes())
     res = run_engine(*args, "--output", remote, "--backend", "ray", timeout=120)

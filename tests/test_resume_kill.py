@@ -1,5 +1,7 @@
 """Interruptions: kill -9 at random points and resume; SIGINT / SIGTERM with a grace period; a
-second signal. The end state is always that of an uninterrupted run."""
+second signal. The end state is always that of an uninterrupted run. The interrupted runs are real
+processes; the reference and the resumes, whose process is not under test, run in this one
+(tests/conftest.run_cli)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from tests.conftest import (
     expected_texts,
     fake_model,
     read_jsonl,
-    run_engine,
+    run_cli,
     verify_clean,
     wait_for_lines,
     write_config,
@@ -34,6 +36,7 @@ def _records_by_key(out: Path, model: str) -> dict[str, dict[str, Any]]:
     return by
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_kill9_at_random_points_then_resume_equals_uninterrupted(tmp_path: Path, fake_server: FakeServerProcess,
                                                                  engine_procs: Any, seed: int) -> None:
@@ -46,7 +49,7 @@ def test_kill9_at_random_points_then_resume_equals_uninterrupted(tmp_path: Path,
     expected = expected_texts(cfg, items, "fake")
 
     ref = tmp_path / "ref"
-    assert run_engine("run", cfg, "--items", items, "--output", ref).rc == 0
+    assert run_cli("run", cfg, "--items", items, "--output", ref).rc == 0
 
     out = tmp_path / "out"
     path = out / "responses" / "fake.jsonl"
@@ -59,7 +62,7 @@ def test_kill9_at_random_points_then_resume_equals_uninterrupted(tmp_path: Path,
         p.kill9()
         kills.append(count_lines(path))
     assert kills == sorted(kills) and kills[-1] < n, kills
-    res = run_engine("run", cfg, "--items", items, "--output", out)
+    res = run_cli("run", cfg, "--items", items, "--output", out)
     assert res.rc == 0, res.stderr
     assert f"{kills[-1]} already done" in res.stderr or "already done" in res.stderr
 
@@ -108,7 +111,7 @@ def test_signal_finishes_in_flight_within_grace_and_exits_128_plus_n(tmp_path: P
     doc = orjson.loads((out / "run.json").read_bytes())
     assert doc["status"] == "interrupted"
     fake_server.set_config(latency_ms=0)
-    res = run_engine("run", cfg, "--items", items, "--output", out)
+    res = run_cli("run", cfg, "--items", items, "--output", out)
     assert res.rc == 0, res.stderr
     check_complete(out, "fake", expected_texts(cfg, items, "fake"))
     verify_clean(out)
@@ -132,7 +135,7 @@ def test_grace_period_expiry_cancels_in_flight(tmp_path: Path, fake_server: Fake
     assert count_lines(out / "responses" / "fake.jsonl") == 0
     fake_server.reset()
     fake_server.set_config(p_hang=0.0)
-    assert run_engine("run", cfg, "--items", items, "--output", out).rc == 0
+    assert run_cli("run", cfg, "--items", items, "--output", out).rc == 0
     verify_clean(out)
 
 
@@ -157,7 +160,7 @@ def test_second_sigint_exits_at_once(tmp_path: Path, fake_server: FakeServerProc
     assert len({r["key"] for r in recs}) == len(recs) >= 4
     fake_server.reset()
     fake_server.set_config(latency_ms=0)
-    res = run_engine("run", cfg, "--items", items, "--output", out)
+    res = run_cli("run", cfg, "--items", items, "--output", out)
     assert res.rc == 0, res.stderr
     check_complete(out, "fake", expected_texts(cfg, items, "fake"))
     verify_clean(out)
