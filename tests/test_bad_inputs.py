@@ -106,6 +106,11 @@ def _lines(c: Ctx) -> list[bytes]:
     return _responses(c).read_bytes().splitlines(keepends=True)
 
 
+def _bad_journal(c: Ctx) -> None:
+    (c.run / "batches").mkdir()
+    (c.run / "batches" / "fake.jsonl").write_bytes(b'{"event": "intent", "local_id": 5}\n')
+
+
 def _corrupt_middle(c: Ctx) -> None:
     ls = _lines(c)
     _rewrite(c, [ls[0], ls[1][:40] + b"garbage}\n", ls[2]])
@@ -210,6 +215,10 @@ CASES: list[Case] = [
          "error: <dir>/c.toml: key `run.limit`: expected `int`, got `str`"),
     Case(CONFIG, "models is not a table", _toml("models = 1\n"), 2,
          "error: <dir>/c.toml: `models` must be a table of [models.<name>] sections"),
+    Case(CONFIG, "batch = true on an adapter without a batch API", lambda c: _new(c, cfg=c.toml(
+        f'[models.r]\nadapter = "replay"\npath = "{c.file("rec.jsonl", "")}"\nbatch = true\n')), 2,
+         "error: <dir>/c.toml: models.r.batch: adapter `replay` has no batch API; remove `batch = true` or use an "
+         "adapter that has one (see README \"Batch lanes\")"),
     Case(CONFIG, "model name that cannot name a file", _toml('[models."a b"]\nadapter = "openai"\n'), 2,
          "error: <dir>/c.toml: model name `a b` must be letters, digits, '.', '_' or '-' (it names files)"),
     Case(CONFIG, "openai without base_url", _toml('[models.fake]\nadapter = "openai"\n'), 2,
@@ -425,6 +434,9 @@ CASES: list[Case] = [
          setup=_corrupt_middle),
     Case(CHECKPOINT, "a damaged record line with --retry-errors (which rewrites files)", lambda c: _run(c, "--retry-errors"), 2,
          "error: <dir>/run/responses/fake.jsonl:2: not a valid record (*); *", setup=_corrupt_middle),
+    Case(CHECKPOINT, "a batch lane's journal with a damaged line", lambda c: _run(c, cfg=c.cfg(batch=True)), 2,
+         "error: <dir>/run/batches/fake.jsonl line 1: not a batch journal line (*); restore the file, or move it "
+         "aside to give up re-attaching its batches (they may be bought again)", setup=_bad_journal),
     Case(CHECKPOINT, "a blank line between records", lambda c: _run(c), 2,
          "error: <dir>/run/responses/fake.jsonl:2: not a valid record (empty line); *", setup=_blank_middle),
     Case(CHECKPOINT, "a line without the leading key", lambda c: _run(c), 2,

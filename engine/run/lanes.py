@@ -144,6 +144,9 @@ class LaneBuilder:
         for name in dropping:
             self.done[name] = await self._done("responses", name, drop_errors=True)
             self.set.prior_fatal.pop(name, None)  # its fatal records are gone: they are sent again
+        for name in names:  # a batch journal that cannot be read refuses too, before any writer opens a file
+            if inv.cfg.models[name].batch:
+                await asyncio.to_thread(self._journal(name).load)
         if inv.cfg.run.cache:
             self.set.cache = ResponseCache(Path(inv.cfg.run.cache))
             await self.set.cache.open()
@@ -222,10 +225,15 @@ class LaneBuilder:
 
         stem = f"{name}{inv.suffix}"
         settings = BatchSettings.of(inv.cfg.models[name], adapter, inv.out / "batches" / stem)
-        merged = inv.out / "batches" / f"{name}.jsonl" if inv.shard is not None else None
-        files = LaneFiles(BatchJournal(inv.out / "batches" / f"{stem}.jsonl", merged), flush,
+        files = LaneFiles(self._journal(name), flush,
                           (self.done[name], self.judge_done.get(name, KeySet())), spend)
         return BatchAttempts(name, inv.cfg.models[name], adapter, io.errors, brakes, files, settings, clock=self.clock)
+
+    def _journal(self, name: str) -> BatchJournal:
+        """A batch lane's journal; a shard's also reads the merged one (engine/store/batch_journal.py)."""
+        batches = self.inv.out / "batches"
+        merged = batches / f"{name}.jsonl" if self.inv.shard is not None else None
+        return BatchJournal(batches / f"{name}{self.inv.suffix}.jsonl", merged)
 
     def _writer(self, folder: str, name: str) -> JsonlWriter:
         w = JsonlWriter(self.inv.out / folder / f"{name}{self.inv.suffix}.jsonl")
