@@ -33,6 +33,10 @@ from engine.run.units import Outcome, Unit
 from engine.store.batch_journal import BatchJournal, Event, JournalLine, OpenBatch
 
 Flush = Callable[[], Awaitable[None]]
+# Units a batch lane holds at once, each waiting in a lane worker of its own (~4 KiB each, see
+# benchmarks/RESULTS.md "bench_batch.py"): a batch is never larger, whatever the provider allows
+# (Anthropic 100,000; Gemini's inline limit is 20 MB, not a count).
+MAX_IN_FLIGHT = 50_000
 STOPPED = BatchStatus(id="", state="stopped")  # _find's "the lane stopped before it knew"
 # How far before its intent line a batch found at the provider may have been created (clock skew
 # between this machine and the provider's).
@@ -64,7 +68,8 @@ class BatchSettings:
     @classmethod
     def of(cls, cfg: ModelConfig, adapter: SubmitsBatches, folder: Path) -> BatchSettings:
         lim = adapter.batch_limits
-        return cls(max_requests=min(cfg.batch_max_requests or lim.max_requests, lim.max_requests),
+        most = min(lim.max_requests, MAX_IN_FLIGHT)
+        return cls(max_requests=min(cfg.batch_max_requests or most, most),
                    max_bytes=min(cfg.batch_max_bytes or lim.max_bytes, lim.max_bytes), wait_s=cfg.batch_wait_s,
                    poll_s=cfg.batch_poll_s, poll_max_s=max(cfg.batch_poll_s, cfg.batch_poll_max_s),
                    window=cfg.batch_window, folder=folder)
