@@ -5,20 +5,21 @@ silently scored: unparseable answers and judge outputs are counted (n_unparseabl
 generations are counted (n_failed), missing ones are counted (n_missing), and all are excluded
 from the metric by default; an undefined metric is null with a reason.
 
-Memory is one (subtask, model) at a time, not the run: each unit's records and judge verdicts are
-read from the checkpoints when it is scored (`iter_records_of` decodes only the three fields it
-filters on for every other line) and dropped after, and token usage is summed in its own pass
-that holds nothing. A 1M-record run scores in the memory of its largest subtask x model.
+Memory is one subtask at a time, not the run: a subtask's judge verdicts (every model's, from one
+pass over the judgments file) and then each model's records are read from the checkpoints when it
+is scored (`iter_records_of` decodes only the three fields it filters on for the other lines) and
+dropped after; token usage is summed in its own pass that holds nothing. A 1M-record run scores in
+the memory of its largest subtask (its verdicts and item scores; records only stream by).
 
 The per-unit API, for readers that want per-item results without holding the run (the report):
 - `ScoringPass(directory, cfg, spec)`: the run's configured subtasks (`.subtasks`, spec order) and
   models (`.models`); per subtask its items (`.items_of(sub)`) and ranked judge (`.ranked_judge`);
-- `pass_.verdicts(rubric, model, items)` / `.source_verdicts(sub, model, items)`: the verdicts one
-  subtask x model is scored with, read on the call; `.records_of(model, items)`: its records,
-  streamed (an iterator: nothing is held);
+- `pass_.subtask_verdicts(sub, items)`: the verdicts every model of the subtask is scored with
+  (`.verdicts` / `.source_verdicts` for one model), read on the call; `.records_of(model, items)`:
+  a model's records of the subtask, streamed (an iterator: nothing is held);
 - `record_score(sub, item, record, verdicts, source) -> Scored` (pure): one record's `ItemScore`
   and how its verdict counts; `outcomes_of` applies it to a record stream, keyed by (position in
-  the item list, sample), and `item_scores(items, samples, outcomes, requery)` (pure) turns those
+  the item list, sample), and `scores_from(items, samples, outcomes, requery)` (pure) turns those
   into exactly the per-item scores the metric aggregates; `pass_.unit_scores(sub, model, items)`
   is the three together, `pass_.subtask(sub)` the subtask's `SubtaskScores`;
 - `item_scores(directory)`: per subtask, a `SubtaskItems` with every model's item scores, the
@@ -192,6 +193,7 @@ def record_score(sub: Subtask, item: Item, r: Record, judged: Verdicts,
     return Scored(score=sub.score(item, r.response, judgment), judge=count, retried=retried)
 
 
+UnitVerdicts = tuple[Verdicts, tuple[str, Verdicts] | None]  # a rubric's verdicts, a derived subtask's source's
 Outcomes = dict[tuple[int, int], Scored]  # (position in the item list, sample) -> its record's outcome
 
 
@@ -265,16 +267,23 @@ class ScoringPass:
         wanted = {(i.pillar, i.subtask) for i in items}
         return iter_records_of(self.directory / "responses" / f"{model}.jsonl", lambda m, p, s: (p, s) in wanted)
 
-    def verdicts(self, rubric: Rubric | None, model: str, items: Sequence[Item]) -> Verdicts:
-        """The rubric's ranked judge's verdicts on the model's responses to the items ({} unjudged).
-        A judgment carries its response's model, pillar and subtask (engine/run/lane.py)."""
+    def verdicts(self, rubric: Rubric | None, model: str | None, items: Sequence[Item]) -> Verdicts:
+        """The rubric's ranked judge's verdicts on the model's (None: every model's) responses to the
+        items ({} unjudged). A judgment carries its response's model, pillar and subtask
+        (engine/run/lane.py); response keys differ between models, so one map serves them all."""
         judge = self.ranked_judge(rubric)
         if judge is None or judge not in self.judges:
             return {}
-        wanted = {(model, i.pillar, i.subtask) for i in items}
-        return read_judgments(self.directory, judge, self.rubrics, lambda m, p, s: (m, p, s) in wanted)
+        wanted = {(i.pillar, i.subtask) for i in items}
+        return read_judgments(self.directory, judge, self.rubrics,
+                              lambda m, p, s: (p, s) in wanted and (model is None or m == model))
 
-    def source_verdicts(self, sub: Subtask, model: str, items: Sequence[Item]) -> tuple[str, Verdicts] | None:
+    def subtask_verdicts(self, sub: Subtask, items: Sequence[Item]) -> UnitVerdicts:
+        """What every model of `sub` is scored with, read once: the judgments file is passed over
+        once per subtask, not once per subtask x model."""
+        return self.verdicts(sub.rubric, None, items), self.source_verdicts(sub, None, items)
+
+    def source_verdicts(self, sub: Subtask, model: str | None, items: Sequence[Item]) -> tuple[str, Verdicts] | None:
         """A derived subtask's source rubric name and its ranked judge's verdicts, when judged."""
         if sub.kind != "derived" or not sub.source or sub.source not in self.resolved:
             return None
@@ -282,11 +291,12 @@ class ScoringPass:
         return (src.name, self.verdicts(src, model, items)) if src is not None and self.ranked_judge(src) else None
 
     def unit_scores(self, sub: Subtask, model: str, items: Sequence[Item], requery: int = 0,
-                    records: Iterable[Record] | None = None) -> tuple[list[ItemScore], int, JudgeStats]:
-        """`sub` x `model`'s item scores: its verdicts read, then its records (`records_of` unless
-        given) scored as they stream by."""
-        judged = self.verdicts(sub.rubric, model, items)
-        source = self.source_verdicts(sub, model, items)
+                    records: Iterable[Record] | None = None,
+                    verdicts: UnitVerdicts | None = None) -> tuple[list[ItemScore], int, JudgeStats]:
+        """`sub` x `model`'s item scores: its verdicts (read now unless given), then its records
+        (`records_of` unless given) scored as they stream by."""
+        judged, source = verdicts if verdicts is not None else (
+            self.verdicts(sub.rubric, model, items), self.source_verdicts(sub, model, items))
         stream = self.records_of(model, items) if records is None else records
         outcomes = outcomes_of(sub, items, stream, judged, source)
         del judged, source  # the verdicts are in the outcomes now
@@ -316,10 +326,12 @@ class ScoringPass:
         return clean
 
     def metric(self, sub: Subtask, eng: EngineOptions, items: list[Item], model: str,
-               records: Iterable[Record] | None = None) -> tuple[ModelScore, list[ItemScore], list[ItemScore]]:
+               records: Iterable[Record] | None = None,
+               verdicts: UnitVerdicts | None = None) -> tuple[ModelScore, list[ItemScore], list[ItemScore]]:
         """The unit's metric, its item scores and what the aggregate saw (the scores, a robustness
         subtask's clean ones added, the unparseable policy applied)."""
-        scores, missing, jstats = self.unit_scores(sub, model, items, self.requery_n.get(sub.key, 0), records)
+        scores, missing, jstats = self.unit_scores(sub, model, items, self.requery_n.get(sub.key, 0), records,
+                                                   verdicts)
         if sub.key in self.keep:
             self.cache[(sub.key, model)] = scores
         agg_input = scores
@@ -337,7 +349,8 @@ class ScoringPass:
     def subtask(self, sub: Subtask) -> SubtaskScores:
         eng = self.resolved[sub.key][1]
         items = self.items_of(sub)
-        models = {m: self.metric(sub, eng, items, m)[0] for m in self.models}
+        verdicts = self.subtask_verdicts(sub, items)
+        models = {m: self.metric(sub, eng, items, m, verdicts=verdicts)[0] for m in self.models}
         values = {m: s.value for m, s in models.items()}
         tb = {m: _number(s.breakdown.get(eng.tie_break)) for m, s in models.items()} if eng.tie_break else None
         return SubtaskScores(headline=sub.headline, direction=sub.direction, version=sub.version,
@@ -420,9 +433,10 @@ def item_scores(directory: Path) -> Iterator[SubtaskItems]:
         records: dict[str, Records] = {}
         scores: dict[str, list[ItemScore]] = {}
         inputs: dict[str, list[ItemScore]] = {}
+        verdicts = scorer.subtask_verdicts(sub, items)
         for m in scorer.models:
             records[m] = {(r.pillar, r.subtask, r.item_id, r.sample): r for r in scorer.records_of(m, items)}
-            _, scores[m], inputs[m] = scorer.metric(sub, eng, items, m, records[m].values())
+            _, scores[m], inputs[m] = scorer.metric(sub, eng, items, m, records[m].values(), verdicts)
         src = scorer.resolved[sub.source][0].rubric if sub.source and sub.source in scorer.resolved else None
         judge = scorer.ranked_judge(sub.rubric or src)
         yield SubtaskItems(key=sub.key, subtask=sub, items=items, records=records, judge=judge, scores=scores,
