@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from engine.config import ModelConfig
 from engine.core.adapter import Adapter, LocalServer
-from engine.core.records import JudgmentRecord, Record, Response
+from engine.core.records import Item, JudgmentRecord, Record, Response
 from engine.core.secrets import redact
 from engine.items import ItemFactory
 from engine.run.attempt import Attempts, Sink
@@ -105,11 +105,23 @@ class Lane:
 
     def _pending(self) -> Iterator[Unit]:
         done = self.policy.done if self.policy.done else None  # a fresh run looks nothing up
-        for u in self.units():
+        stats = self.stats
+        if done is not None and self.policy.keep is None:  # done units never become Units
+            def skipped(item: Item) -> None:
+                stats.skipped += 1
+                if "truncated" in item.metadata:
+                    stats.truncated += 1
+
+            units = lane_units(self.name, self.cfg, self.adapter, self._items, self.policy.samples, done=done,
+                               skipped=skipped)
+            done = None
+        else:
+            units = self.units()
+        for u in units:
             if "truncated" in u.item.metadata:
-                self.stats.truncated += 1
+                stats.truncated += 1
             if done is not None and u.key in done:
-                self.stats.skipped += 1
+                stats.skipped += 1
                 continue
             yield u
 

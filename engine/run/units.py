@@ -6,7 +6,7 @@ what a complete run holds and what it will cost.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Container, Iterator
 
 import msgspec
 
@@ -68,9 +68,12 @@ def estimate_tokens(item: Item, params: GenParams, counter: TokenCounter = ESTIM
     return counter.tokens([m.content for m in item.messages]) + (params.max_tokens or 0)
 
 
-def lane_units(name: str, cfg: ModelConfig, adapter: Adapter, items: ItemFactory, samples: int) -> Iterator[Unit]:
+def lane_units(name: str, cfg: ModelConfig, adapter: Adapter, items: ItemFactory, samples: int, *,
+               done: Container[str] | None = None, skipped: Callable[[Item], None] | None = None) -> Iterator[Unit]:
     """Every work unit of a lane, in item order (pure given the item source); verify walks the
-    same sequence to know what a complete run holds."""
+    same sequence to know what a complete run holds. With `done`, units whose key it holds are
+    left out (each reported to `skipped`) before their token estimate is made: a resume of a
+    million done units then costs a body and a key each, not a Unit."""
     base = model_params(cfg)
     body_for = adapter.body_for if isinstance(adapter, ReplaysItems) else None  # bodies name items, not prompts
     context = cfg.context_window()
@@ -79,15 +82,29 @@ def lane_units(name: str, cfg: ModelConfig, adapter: Adapter, items: ItemFactory
         params = merge_params(base, w.params)
         if context is not None and body_for is None:
             w = WorkItem(fit(w.item, context, params.max_tokens or 0), w.params)
-        est = estimate_tokens(w.item, params, counter)
+        item = w.item
+        est = -1
         if body_for is not None:
             for s in range(samples):
-                rbody = body_for(w.item, s)
+                rbody = body_for(item, s)
                 if rbody is not None:
-                    yield Unit(w.item, s, rbody, request_key(name, w.item.pillar, w.item.subtask, w.item.id, s, rbody), est)
+                    key = request_key(name, item.pillar, item.subtask, item.id, s, rbody)
+                    if done is not None and key in done:
+                        if skipped is not None:
+                            skipped(item)
+                        continue
+                    if est < 0:
+                        est = estimate_tokens(item, params, counter)
+                    yield Unit(item, s, rbody, key, est)
             continue
-        body = adapter.build_body(w.item.messages, params)
+        body = adapter.build_body(item.messages, params)
         out = params.max_tokens or 0
         for s in range(samples):
-            yield Unit(w.item, s, body, request_key(name, w.item.pillar, w.item.subtask, w.item.id, s, body), est,
-                       max_out=out)
+            key = request_key(name, item.pillar, item.subtask, item.id, s, body)
+            if done is not None and key in done:
+                if skipped is not None:
+                    skipped(item)
+                continue
+            if est < 0:
+                est = estimate_tokens(item, params, counter)
+            yield Unit(item, s, body, key, est, max_out=out)
