@@ -12,17 +12,18 @@ aggregates); the values and ranks are each run's scores.json (computed in memory
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
 
 from engine.core.errors import EngineError
-from engine.core.rundoc import RunDoc, ScoresDoc, SubtaskScores
+from engine.core.rundoc import ModelScore, RunDoc, ScoresDoc, SubtaskScores
 from engine.core.stats import paired_bootstrap_ci
 from engine.core.subtask import ItemScore, Subtask
 from engine.intervals import Resampler, resamples_for, unit_of
-from engine.report import load_inputs
+from engine.report import is_live, load_inputs
 from engine.report.build import Parsed, item_direction
 from engine.report.explore import JudgeTexts, judge_texts, outcome, subtask_views, verdicts_of
 from engine.report.view import Answer, ItemView
@@ -101,6 +102,9 @@ class CompareDoc(msgspec.Struct, frozen=True, kw_only=True):
     runs: tuple[str, ...]
     seed: int
     comparisons: tuple[Comparison, ...]
+    # One line per run that is not a finished, scored run (still going, stopped, no scores.json):
+    # its values cover only what it did, which `compare` says before anything else.
+    incomplete: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- loading
@@ -115,8 +119,10 @@ class _Run:
         if self.doc.spec.items is not None:
             raise EngineError(f"compare: {directory} is a custom --items run: it has no metrics to compare; "
                               f"`python -m engine report {directory}` shows its responses")
-        scores = read_scores(directory)
+        live = is_live(directory)
+        scores = None if live else read_scores(directory)  # a live run's scores.json is an earlier one's
         self.scores: ScoresDoc = scores if scores is not None else score_run(directory, seed)
+        self.incomplete = _incomplete(directory, self.doc, live, scored=scores is not None)
         self.models = list(self.scores.models)
         self.verdicts: tuple[Parsed, JudgeTexts] | None = None
         if views:  # the judges' verdicts and rationales, as the report reads them
@@ -129,6 +135,23 @@ class _Run:
         parsed, texts = self.verdicts
         owner = chunk.subtask.key if chunk.subtask.rubric is not None else (chunk.subtask.source or chunk.key)
         return subtask_views(chunk, models, parsed.get(chunk.judge or "", {}).get(owner, {}), texts)
+
+
+def _incomplete(directory: Path, doc: RunDoc, live: bool, scored: bool) -> str | None:
+    """Why the run's values may cover less than it planned, in one line; None for a finished, scored run."""
+    if live:
+        state = "is still running: its values are those of the records so far"
+    elif doc.status == "running":
+        state = ("stopped before it finished (run.json says running; no process holds its lock): its values cover "
+                 "only what it did; rerun its `run` command to finish it")
+    elif doc.status != "complete":
+        state = f"is incomplete (run.json status {doc.status!r}): its values cover only what it did"
+    elif not scored:
+        return (f"{directory} is unscored (no scores.json): its values are computed here from its records; "
+                f"`python -m engine score {directory}` saves them")
+    else:
+        return None
+    return f"{directory} {state}"
 
 
 def _flat(obj: object, prefix: str) -> Iterator[tuple[str, object]]:
@@ -215,13 +238,23 @@ def _delta(x: float | None, y: float | None) -> float | None:
 
 def _metric(key: str, model: str, sa: SubtaskScores, sb: SubtaskScores, interval: tuple[tuple[float, float] | None, str | None, int],
             n_changed: int) -> MetricDelta:
-    ma, mb = sa.models[model], sb.models[model]
+    ma, mb = sa.models.get(model), sb.models.get(model)
+    va, vb = (ma.value if ma else None), (mb.value if mb else None)
     ci, why, n = interval
-    if ma.value is None or mb.value is None:
-        ci, why = None, "a value is undefined in one run"
-    return MetricDelta(subtask=key, model=model, headline=sa.headline, direction=sa.direction, a=ma.value, b=mb.value,
-                       delta=_delta(ma.value, mb.value), ci=ci, ci_reason=why if ci is None else None, paired_items=n,
+    if va is None or vb is None:
+        ci, why = None, _undefined(ma, mb)
+    return MetricDelta(subtask=key, model=model, headline=sa.headline, direction=sa.direction, a=va, b=vb,
+                       delta=_delta(va, vb), ci=ci, ci_reason=why if ci is None else None, paired_items=n,
                        rank_a=sa.ranks.get(model), rank_b=sb.ranks.get(model), items_changed=n_changed)
+
+
+def _undefined(ma: ModelScore | None, mb: ModelScore | None) -> str:
+    """Which run has no value, and why (scores.json's reason)."""
+    def why(m: ModelScore | None) -> str:
+        return "not scored" if m is None else (m.why or "undefined")
+    if (ma is None or ma.value is None) and (mb is None or mb.value is None):
+        return f"undefined in both runs (A: {why(ma)}; B: {why(mb)})"
+    return f"undefined in A: {why(ma)}" if ma is None or ma.value is None else f"undefined in B: {why(mb)}"
 
 
 # --------------------------------------------------------------------------- one comparison
@@ -245,7 +278,7 @@ def _compare(a: _Run, b: _Run, seed: int) -> Comparison:
         sa, sb = a.scores.subtasks[cb.key], b.scores.subtasks[cb.key]
         first = len(items)
         for m in models:
-            if m not in sa.models or m not in sb.models:
+            if m not in sa.models and m not in sb.models:
                 continue
             changes = item_changes(cb.key, m, _states(ca, m), _states(cb, m))
             items.extend(changes)
@@ -295,7 +328,8 @@ def compare_runs(dirs: Sequence[Path], seed: int = 0, views: bool = False) -> Co
         raise EngineError("compare: give at least two run directories (the first is the baseline)")
     runs = [_Run(Path(d), seed, views) for d in dirs]
     return CompareDoc(runs=tuple(str(d) for d in dirs), seed=seed,
-                      comparisons=tuple(_compare(runs[0], r, seed) for r in runs[1:]))
+                      comparisons=tuple(_compare(runs[0], r, seed) for r in runs[1:]),
+                      incomplete=tuple(dict.fromkeys(r.incomplete for r in runs if r.incomplete)))
 
 
 # --------------------------------------------------------------------------- regressions
@@ -311,8 +345,8 @@ def parse_threshold(text: str, known: Sequence[str] | None = None) -> tuple[str,
         delta = float(num)
     except ValueError:
         delta = -1.0
-    if not sep or delta < 0:
-        raise EngineError(f"--fail-on-regression {text}: expected METRIC=DELTA with DELTA a number >= 0, "
+    if not sep or not delta >= 0 or not math.isfinite(delta):  # nan or inf would switch the gate off
+        raise EngineError(f"--fail-on-regression {text}: expected METRIC=DELTA with DELTA a finite number >= 0, "
                           "e.g. crisis/identification=0.02, crisis=0.05 or all=0.05")
     pillars = sorted({k.split("/")[0] for k in known})
     if name != "all" and name not in known and name not in pillars:
@@ -323,18 +357,36 @@ def parse_threshold(text: str, known: Sequence[str] | None = None) -> tuple[str,
     return name, delta
 
 
+def _covers(name: str, key: str) -> bool:
+    return name in ("all", key, key.split("/")[0])
+
+
 def regressions(doc: CompareDoc, thresholds: Sequence[tuple[str, float]]) -> list[str]:
     """One line per (comparison, subtask, model) whose value got worse by more than its threshold
-    (worse: lower for a higher-is-better metric, higher for a lower-is-better one)."""
+    (worse: lower for a higher-is-better metric, higher for a lower-is-better one), and one per
+    value, model or subtask that A has and B lost (a value undefined in B, a model or subtask not
+    in B): a loss is worse than any threshold. A value undefined in A is never a regression."""
     out = []
     for c in doc.comparisons:
+        where = f"in {c.b} vs {c.a}"
+        in_a = [d.subtask for d in c.metrics if d.a is not None] + list(c.subtasks_only_in_a)
+        for m in c.models_only_in_a:
+            if any(_covers(name, k) for name, _ in thresholds for k in in_a):
+                out.append(f"regression: model {m} is not in B (A has it) {where}")
+        for k in c.subtasks_only_in_a:
+            if any(_covers(name, k) for name, _ in thresholds):
+                out.append(f"regression: subtask {k} is not in B (A has it) {where}")
         for d in c.metrics:
-            if d.delta is None or d.a is None or d.b is None:
+            if d.a is None or not any(_covers(name, d.subtask) for name, _ in thresholds):
+                continue
+            if d.b is None or d.delta is None:
+                out.append(f"regression: {d.subtask} {d.model} {d.headline} {d.a:.4f} -> none, the value is lost "
+                           f"({d.ci_reason or 'undefined in B'}) {where}")
                 continue
             worse = -d.delta if d.direction == "higher" else d.delta
             for name, limit in thresholds:
-                if name in ("all", d.subtask, d.subtask.split("/")[0]) and worse > limit + 1e-12:
+                if _covers(name, d.subtask) and worse > limit + 1e-12:
                     out.append(f"regression: {d.subtask} {d.model} {d.headline} {d.a:.4f} -> {d.b:.4f} "
-                               f"({d.delta:+.4f}, worse by more than {limit:g}) in {c.b} vs {c.a}")
+                               f"({d.delta:+.4f}, worse by more than {limit:g}) {where}")
                     break
     return out

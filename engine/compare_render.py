@@ -84,6 +84,7 @@ def _md_table(head: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str
 def render_markdown(doc: CompareDoc) -> str:
     out = ["# Compare", "", f"Baseline A = `{doc.runs[0]}`; bootstrap seed {doc.seed}. Δ = B − A; the interval is a "
            "paired bootstrap over the base items both runs scored.", ""]
+    out += [f"> **Incomplete:** {line}" for line in doc.incomplete] + ([""] if doc.incomplete else [])
     for c in doc.comparisons:
         out += [f"## B = `{c.b}`", ""]
         out += [f"- {what}: {names}" for what, names in _summary(c)] + ([""] if _summary(c) else [])
@@ -134,7 +135,8 @@ def render_html(doc: CompareDoc, secrets: tuple[str, ...] = ()) -> str:
     head = (f"<header><h1>Compare</h1><p>Baseline A = <code>{_e(doc.runs[0])}</code>; bootstrap seed {_e(doc.seed)}. "
             "Δ = B − A; the interval is a paired bootstrap over the base items both runs scored. An item is "
             "changed when its outcome class, parsed answer or item score differs.</p></header>")
-    body = [head, *(_section(c, i, secrets) for i, c in enumerate(doc.comparisons, 1))]
+    notes = [f'<div class="note"><b>Incomplete:</b> {_e(line)}</div>' for line in doc.incomplete]
+    body = [head, *notes, *(_section(c, i, secrets) for i, c in enumerate(doc.comparisons, 1))]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -665,8 +665,14 @@ CASES += [
          "error: <dir>/b/responses/fake.jsonl:3: a torn last line left by an interrupted run; rerun the same *"),
     Case(COMPARE, "--fail-on-regression without a DELTA", lambda c: ["compare", c.run, c.run, "--fail-on-regression",
                                                                       "crisis"], 2,
-         "error: --fail-on-regression crisis: expected METRIC=DELTA with DELTA a number >= 0, "
+         "error: --fail-on-regression crisis: expected METRIC=DELTA with DELTA a finite number >= 0, "
          "e.g. crisis/identification=0.02, crisis=0.05 or all=0.05"),
+    Case(COMPARE, "--fail-on-regression with DELTA nan (would switch the gate off)", lambda c: [
+        "compare", c.run, c.run, "--fail-on-regression", "all=nan"], 2,
+         "error: --fail-on-regression all=nan: expected METRIC=DELTA with DELTA a finite number >= 0, *"),
+    Case(COMPARE, "--fail-on-regression with DELTA inf", lambda c: [
+        "compare", c.run, c.run, "--fail-on-regression", "all=inf"], 2,
+         "error: --fail-on-regression all=inf: expected METRIC=DELTA with DELTA a finite number >= 0, *"),
     Case(COMPARE, "--fail-on-regression naming no subtask or pillar", lambda c: [
         "compare", c.run, c.run, "--fail-on-regression", "crisis/identificaton=0.1"], 2,
          "error: --fail-on-regression crisis/identificaton=0.1: 'crisis/identificaton' is no subtask or pillar; did "

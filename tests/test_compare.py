@@ -180,3 +180,86 @@ def test_three_runs_each_against_the_first(runs: tuple[Path, Path]) -> None:
     first, second = doc["comparisons"]
     assert (first["b"], len(first["items"])) == (str(b), 4)
     assert (second["b"], second["items"]) == (str(a), [])
+
+
+def _lose_identification(src: Path, dst: Path) -> Path:
+    """A copy of `src` where beta answered no identification item readably: its value is undefined."""
+    shutil.copytree(src, dst)
+    path = dst / "responses" / "beta.jsonl"
+    lines = []
+    for line in path.read_bytes().splitlines():
+        rec = orjson.loads(line)
+        if rec["subtask"] == "identification":
+            rec["response"]["text"] = "I would rather not say."
+        lines.append(orjson.dumps(rec))
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    assert run_cli("score", dst).rc == 0
+    return dst
+
+
+def test_a_value_lost_in_b_is_a_regression(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    a, _ = runs
+    lost = _lose_identification(a, tmp_path / "lost")
+    res = run_cli("compare", a, lost, "--fail-on-regression", "all=0.01")
+    assert res.rc == 1, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("regression: ")]
+    assert lines == [f"regression: crisis/identification beta accuracy 1.0000 -> none, the value is lost "
+                     f"(undefined in B: no scored items) in {lost} vs {a}"]
+    assert "none (undefined in B: no scored items)" in res.stdout
+    # Gained (undefined in A) is no regression; undefined in both says so.
+    assert run_cli("compare", lost, a, "--fail-on-regression", "all=0").rc == 0
+    both = run_cli("compare", lost, lost, "--fail-on-regression", "all=0")
+    assert both.rc == 0 and "none (undefined in both runs (A: no scored items; B: no scored items))" in both.stdout
+    # A threshold on another subtask does not see it.
+    assert run_cli("compare", a, lost, "--fail-on-regression", "crisis/severity=0").rc == 0
+
+
+def _drop(src: Path, dst: Path, *, model: str | None = None, subtask: str | None = None) -> Path:
+    shutil.copytree(src, dst)
+    doc = json.loads((dst / "scores.json").read_text())
+    if subtask:
+        del doc["subtasks"][subtask]
+    if model:
+        doc["models"] = [m for m in doc["models"] if m != model]
+        for s in doc["subtasks"].values():
+            s["models"].pop(model, None)
+            s["ranks"].pop(model, None)
+    (dst / "scores.json").write_text(json.dumps(doc))
+    return dst
+
+
+def test_a_model_or_subtask_lost_in_b_is_a_regression(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    a, _ = runs
+    no_beta = _drop(a, tmp_path / "no-beta", model="beta")
+    res = run_cli("compare", a, no_beta, "--fail-on-regression", "crisis=0.5")
+    assert res.rc == 1, res.stderr
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith("regression: ")] == [
+        f"regression: model beta is not in B (A has it) in {no_beta} vs {a}"]
+    no_sev = _drop(a, tmp_path / "no-sev", subtask="crisis/severity")
+    res = run_cli("compare", a, no_sev, "--fail-on-regression", "crisis/severity=0.5")
+    assert res.rc == 1 and [ln for ln in res.stderr.splitlines() if ln.startswith("regression: ")] == [
+        f"regression: subtask crisis/severity is not in B (A has it) in {no_sev} vs {a}"]
+    assert run_cli("compare", a, no_sev, "--fail-on-regression", "crisis/identification=0").rc == 0
+    assert run_cli("compare", no_sev, a, "--fail-on-regression", "all=0").rc == 0  # gained, not lost
+
+
+def test_an_incomplete_or_unscored_run_is_said(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    a, _ = runs
+    stopped = tmp_path / "stopped"
+    shutil.copytree(a, stopped)
+    doc = json.loads((stopped / "run.json").read_text())
+    (stopped / "run.json").write_text(json.dumps({**doc, "status": "interrupted"}))
+    res = run_cli("compare", a, stopped)
+    assert res.rc == 0
+    line = f"{stopped} is incomplete (run.json status 'interrupted'): its values cover only what it did"
+    assert f"compare: {line}" in res.stderr.splitlines() and f"> **Incomplete:** {line}" in res.stdout
+    (stopped / "run.json").write_text(json.dumps({**doc, "status": "running"}))
+    assert "stopped before it finished" in run_cli("compare", a, stopped).stderr
+    unscored = tmp_path / "unscored"
+    shutil.copytree(a, unscored)
+    (unscored / "scores.json").unlink()
+    res = run_cli("compare", unscored, a, "--format", "json")
+    assert json.loads(res.stdout)["incomplete"] == [
+        f"{unscored} is unscored (no scores.json): its values are computed here from its records; "
+        f"`python -m engine score {unscored}` saves them"]
+    assert "incomplete" not in run_cli("compare", a, a).stderr

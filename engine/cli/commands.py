@@ -346,6 +346,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if d.is_dir():
             _merged_first(d)
     doc = cr.compare.compare_runs(dirs, seed=args.seed, views=bool(args.html))
+    for line in doc.incomplete:  # said first: such a run's values cover only what it did
+        _log(f"compare: {line}")
     secrets = cr.secrets_of(dirs)
     if args.html:
         Path(args.html).write_text(cr.redact(cr.render_html(doc, secrets), secrets, shapes=False), encoding="utf-8")
