@@ -113,9 +113,7 @@ class CompareDoc(msgspec.Struct, frozen=True, kw_only=True):
 class _Run:
     def __init__(self, directory: Path, seed: int, views: bool = False) -> None:
         self.dir = directory
-        if not directory.is_dir():
-            raise EngineError(f"compare: {directory}: no such run directory; pass a run's output directory")
-        self.doc: RunDoc = read_run(directory)
+        self.doc: RunDoc = read_run(directory)  # one line when it is no run directory, as every command
         if self.doc.spec.items is not None:
             raise EngineError(f"compare: {directory} is a custom --items run: it has no metrics to compare; "
                               f"`python -m engine report {directory}` shows its responses")

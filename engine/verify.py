@@ -18,7 +18,7 @@ from engine.run.units import lane_units
 from engine.shards import discover
 from engine.spec import item_factory
 from engine.store.checkpoint import iter_records
-from engine.store.rundoc_io import RUN_JSON, read_run_if_any, run_config
+from engine.store.rundoc_io import RUN_JSON, no_run_json, read_run_if_any, run_config
 from engine.verify_judgments import JudgmentCheck
 
 
@@ -44,7 +44,7 @@ def verify(directory: Path) -> VerifyReport:
         lines += problems
         totals["shards"] += len(problems)
     if doc is None:
-        raise EngineError(f"{directory}: no run.json; is this a run output directory?")
+        raise EngineError(no_run_json(Path(directory)))
     cfg = run_config(doc, f"{directory}/{RUN_JSON}")
     spec = doc.spec
     factory = item_factory(spec)

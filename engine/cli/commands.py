@@ -288,14 +288,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     _merged_first(out)
     if args.drill < 0:
         raise EngineError("--drill must be >= 0")
+    if args.output is not None and not args.output.strip():
+        raise EngineError("--output is empty; pass the file to write (with --format), or leave it out")
     if args.format is None and args.output:
         raise EngineError("--output needs --format (without it, report.md and report.html go into DIR)")
     if args.watch is not None and (args.watch <= 0 or not math.isfinite(args.watch)):
         raise EngineError(f"--watch {args.watch}: give the seconds between rewrites, a number > 0")
     if args.watch is not None and args.format is not None and not args.output:
         raise EngineError("--watch with --format needs --output FILE (it rewrites files; stdout cannot be rewritten)")
-    if args.figures:
-        figures = Path(args.figures)
+    if args.figures is not None:
+        figures = _folder_arg("--figures", args.figures, "the folder to write the figures into (new or existing)")
         try:  # refused before anything is written: the extra is missing
             import matplotlib  # noqa: F401  # a third-party module: the `figures` extra
         except ImportError:
@@ -314,7 +316,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 return
             report.write_text(Path(args.output), text)
             paths = [Path(args.output)]
-        if args.figures:
+        if args.figures is not None:
             figs, skipped = report.write_figures(view or report.report_for(out, per_subtask=args.drill)[0], figures)
             paths += figs
             for line in skipped:
@@ -336,21 +338,48 @@ def cmd_report(args: argparse.Namespace) -> int:
         time.sleep(args.watch)
 
 
+def _folder_arg(flag: str, text: str, what: str) -> Path:
+    """A folder the command will write into, checked before anything is written: not empty, and
+    neither it nor a folder above it a file."""
+    if not text.strip():
+        raise EngineError(f"{flag} is empty; pass {what}")
+    path = Path(text)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            where = "" if p == path else f": its parent {p}"
+            raise EngineError(f"{flag} {path}{where} is a file, not a folder; pass {what}")
+    return path
+
+
+def _file_arg(flag: str, text: str, what: str) -> Path:
+    """A file the command will write, checked before anything is computed: not empty, not a folder,
+    in a folder that exists."""
+    if not text.strip():
+        raise EngineError(f"{flag} is empty; pass {what}")
+    path = Path(text)
+    if path.is_dir():
+        raise EngineError(f"{flag} {path} is a folder; pass {what}")
+    if not path.parent.is_dir():
+        raise EngineError(f"{flag} {path}: the folder {path.parent} does not exist; create it or pass {what}")
+    return path
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Exit 0, or 1 with one line per regression past a --fail-on-regression threshold."""
     from engine import compare_render as cr  # lazy for start-up time, as report: it loads the report's modules
 
     thresholds = [cr.compare.parse_threshold(t) for t in args.fail_on_regression or ()]
+    html = None if args.html is None else _file_arg("--html", args.html, "the HTML file to write, e.g. compare.html")
     dirs = [Path(d) for d in args.runs]
     for d in dirs:
         if d.is_dir():
             _merged_first(d)
-    doc = cr.compare.compare_runs(dirs, seed=args.seed, views=bool(args.html))
+    doc = cr.compare.compare_runs(dirs, seed=args.seed, views=html is not None)
     for line in doc.incomplete:  # said first: such a run's values cover only what it did
         _log(f"compare: {line}")
     secrets = cr.secrets_of(dirs)
-    if args.html:
-        Path(args.html).write_text(cr.redact(cr.render_html(doc, secrets), secrets, shapes=False), encoding="utf-8")
+    if html is not None:
+        html.write_text(cr.redact(cr.render_html(doc, secrets), secrets, shapes=False), encoding="utf-8")
     text = cr.render_json(doc) if args.format == "json" else cr.render_markdown(doc)
     sys.stdout.write(cr.redact(text, secrets, shapes=False))
     found = cr.compare.regressions(doc, thresholds)

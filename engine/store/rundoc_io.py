@@ -100,8 +100,18 @@ def read_run(directory: Path) -> RunDoc:
     """run.json of a run directory; an error when there is none."""
     doc = read_run_doc(Path(directory) / RUN_JSON)
     if doc is None:
-        raise EngineError(f"{directory}: no run.json; is this a run output directory?")
+        raise EngineError(no_run_json(Path(directory)))
     return doc
+
+
+def no_run_json(directory: Path) -> str:
+    """The one line every command says of a path that holds no run.json: that it does not exist, is a
+    file, or is a folder without run.json."""
+    if not directory.exists():
+        return f"{directory}: no such directory (no run.json); pass a run's output directory"
+    if not directory.is_dir():
+        return f"{directory} is a file, not a run directory (no run.json); pass a run's output directory"
+    return f"{directory}: no run.json; is this a run output directory?"
 
 
 def read_run_if_any(directory: Path) -> RunDoc | None:
