@@ -131,7 +131,6 @@ class Host(Protocol):
     stats: LaneStats
     live: dict[str, Waiter]
     open: dict[str, str]
-    states: dict[str, str]
 
     def progress(self, local_id: str, status: BatchStatus | str) -> None: ...
 

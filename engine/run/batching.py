@@ -281,7 +281,10 @@ class BatchAttempts:
         submitted batches stay in the journal and are re-attached next run."""
         for w in self.live.values():
             if self.spend is not None and w.reserved:  # submitted: it may still be billed
-                self.spend.settle(w.reserved, None) if w.tries else self.spend.release(w.reserved)
+                if w.tries:
+                    self.spend.settle(w.reserved, None)
+                else:
+                    self.spend.release(w.reserved)
                 w.reserved = 0.0
             if not w.fut.done():
                 w.fut.set_result(None)
