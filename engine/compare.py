@@ -172,12 +172,23 @@ def config_changes(a: RunDoc, b: RunDoc) -> tuple[ConfigChange, ...]:
         return {p: v for p, v in _flat(tree, "")}
 
     fa, fb = flat(a), flat(b)
-    out = []
+    ma, mb = set(_models_of(a)), set(_models_of(b))
+    # A model in one run only is one line, not each of its ~30 settings.
+    out = [ConfigChange(path=f"config.models.{m}", a="model only in A" if m in ma else None,
+                        b="model only in B" if m in mb else None) for m in sorted(ma ^ mb)]
+    alone = tuple(f"{root}.models.{m}" for m in ma ^ mb for root in ("config", "fingerprint"))
     for path in sorted(set(fa) | set(fb)):
         name = path.lstrip(".")
-        if name not in _OWN_PATHS and fa.get(path) != fb.get(path):
+        if name in _OWN_PATHS or fa.get(path) == fb.get(path):
+            continue
+        if not any(name == p or name.startswith(p + ".") for p in alone):
             out.append(ConfigChange(path=name, a=fa.get(path), b=fb.get(path)))
     return tuple(out)
+
+
+def _models_of(doc: RunDoc) -> Mapping[str, object]:
+    models = doc.config.get("models")
+    return models if isinstance(models, Mapping) else {}
 
 
 # --------------------------------------------------------------------------- items and intervals

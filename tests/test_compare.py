@@ -263,3 +263,17 @@ def test_an_incomplete_or_unscored_run_is_said(runs: tuple[Path, Path], tmp_path
         f"{unscored} is unscored (no scores.json): its values are computed here from its records; "
         f"`python -m engine score {unscored}` saves them"]
     assert "incomplete" not in run_cli("compare", a, a).stderr
+
+
+def test_a_model_in_one_run_only_is_one_config_line(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    a, _ = runs
+    more = tmp_path / "more"
+    shutil.copytree(a, more)
+    doc = json.loads((more / "run.json").read_text())
+    doc["config"]["models"]["gamma"] = {**doc["config"]["models"]["alpha"], "temperature": 0.5}
+    doc["fingerprint"]["models"]["gamma"] = doc["fingerprint"]["models"]["alpha"]
+    (more / "run.json").write_text(json.dumps(doc))
+    (c,) = compare_json(a, more)["comparisons"]
+    assert c["config"] == [{"path": "config.models.gamma", "a": None, "b": "model only in B"}]
+    (c,) = compare_json(more, a)["comparisons"]
+    assert c["config"] == [{"path": "config.models.gamma", "a": "model only in A", "b": None}]
