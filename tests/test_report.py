@@ -441,3 +441,19 @@ def test_items_report_is_bounded_and_counts_every_item(tmp_path: Path, fake_serv
     assert [it.id for it in report.items] == [f"q{i}" for i in range(12)]
     outcomes = {(it.id, a.model): a.outcome for it in report.items for a in it.answers}
     assert outcomes[("q9", "a")] == "error" and outcomes[("q1", "b")] == "missing" and outcomes[("q0", "a")] == "answered"
+
+
+def test_the_unparseable_policy_said_is_the_one_the_value_used(run_dir: Path) -> None:
+    """Ethics' own unreadable = "wrong" (the default) counts unparseable answers wrong whatever
+    [pillars] unparseable = "exclude" says: the header says what the value did."""
+    doc = orjson.loads((run_dir / "scores.json").read_bytes())
+    ethics = doc["subtasks"]["ethics/ethical_reasoning"]
+    md, page = _texts(run_dir)
+    assert "unparseable answers excluded" in md.split("### ethics/ethical_reasoning")[1].split("\n\n")[1]
+    for m in ethics["models"].values():
+        m["breakdown"]["unreadable"] = "wrong"
+    (run_dir / "scores.json").write_bytes(orjson.dumps(doc))
+    md, page = _texts(run_dir)
+    header = md.split("### ethics/ethical_reasoning")[1].split("\n\n")[1]
+    assert "unparseable answers count as wrong" in header and "excluded" not in header
+    assert "unparseable answers count as wrong" in page

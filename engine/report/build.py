@@ -21,7 +21,7 @@ from msgspec import UnsetType
 from adapters.registry import find as find_adapter
 from engine.core.errors import ConfigError
 from engine.core.records import ErrorInfo, JudgmentRecord, Message, Record
-from engine.core.rundoc import Options, RunDoc, ScoresDoc
+from engine.core.rundoc import Options, RunDoc, ScoresDoc, SubtaskScores
 from engine.core.subtask import Judgment, Subtask
 from engine.options import resolve
 from engine.report.view import (
@@ -203,6 +203,14 @@ def breakdown_tables(per_model: Sequence[tuple[str, Mapping[str, object]]]) -> t
     return tuple(out)
 
 
+def _unparseable_policy(s: SubtaskScores) -> str:
+    """What the value did with unparseable answers: [pillars."<key>"] unparseable, unless the subtask's
+    own option counted them wrong after all (ethics' unreadable = "wrong", in each model's breakdown)."""
+    if s.unparseable == "exclude" and any(m.breakdown.get("unreadable") == "wrong" for m in s.models.values()):
+        return "wrong"
+    return s.unparseable
+
+
 def subtask_details(scores: ScoresDoc, models: tuple[ModelInfo, ...]) -> tuple[SubtaskDetail, ...]:
     subs = scores.subtasks
     out = []
@@ -222,7 +230,7 @@ def subtask_details(scores: ScoresDoc, models: tuple[ModelInfo, ...]) -> tuple[S
                 per_model.append((info.name, d.breakdown))
         out.append(SubtaskDetail(key=key, headline=s.headline, direction=s.direction, version=s.version,
                                  judge=s.judge, metrics=tuple(metrics), breakdown=breakdown_tables(per_model),
-                                 unparseable=s.unparseable, tie_break=s.tie_break,
+                                 unparseable=_unparseable_policy(s), tie_break=s.tie_break,
                                  prompts=s.prompts if isinstance(s.prompts, str) else None,
                                  constrained=_flag(s.constrained), judge_constrained=_flag(s.judge_constrained),
                                  judge_hardened=_flag(s.judge_hardened)))

@@ -78,6 +78,8 @@ def fmt_policy(unparseable: str | None, tie_break: str | None) -> str:
     parts = []
     if unparseable == "zero":
         parts.append("unparseable answers count as 0")
+    elif unparseable == "wrong":
+        parts.append("unparseable answers count as wrong (divided by every item asked, as the authors)")
     elif unparseable == "exclude":
         parts.append("unparseable answers excluded")
     if tie_break:

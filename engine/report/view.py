@@ -113,7 +113,7 @@ class SubtaskDetail(msgspec.Struct, frozen=True, kw_only=True):
     judge: str | None
     metrics: tuple[ModelMetric, ...]
     breakdown: tuple[BreakdownTable, ...]
-    unparseable: str | None = None  # "exclude" | "zero" ([pillars."<key>"] unparseable)
+    unparseable: str | None = None  # "exclude" | "zero" ([pillars."<key>"] unparseable) | "wrong" (ethics' unreadable)
     tie_break: str | None = None  # breakdown key that orders equal values (higher first)
     prompts: str | None = None  # "official" | "own", for the subtasks that have the authors' templates
     constrained: bool | None = None  # target held to a JSON schema (None: the subtask offers none)
