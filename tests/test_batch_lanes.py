@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import re
+import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -392,3 +394,27 @@ def test_a_corrupt_journal_is_one_line_before_anything_is_sent(tmp_path: Path,
     assert res.rc != 0
     assert "b.jsonl line 2: not a batch journal line" in res.stderr and "Traceback" not in res.stderr
     assert fake.calls == []
+
+
+def test_sigint_while_a_batch_runs_leaves_it_journalled_and_resume_collects_it(
+        tmp_path: Path, batch_fake: tuple[OpenAIBatchFake, str], engine_procs: Any) -> None:
+    fake, url = batch_fake
+    fake.complete_after_s = 3600.0  # the batch stays in progress
+    items = write_items(tmp_path / "items.jsonl", 4)
+    cfg = write_config(tmp_path / "c.toml", {"b": batch_model(url)}, run={"grace_period_s": 5})
+    out = tmp_path / "out"
+    p = engine_procs("run", cfg, "--items", items, "--output", out, env=KEY_ENV)
+    deadline = time.monotonic() + 60
+    while not any(j["event"] == "created" for j in _journal(out, "b")):
+        assert p.alive() and time.monotonic() < deadline, p.stderr()
+        time.sleep(0.05)
+    p.signal(signal.SIGINT)
+    res = p.wait(timeout=30)
+    assert res.rc == 130, res.stderr
+    assert "Traceback" not in res.stderr
+    assert not any(j["event"] == "ended" for j in _journal(out, "b"))
+    fake.complete_after_s = 0.1
+    res = run_engine("run", cfg, "--items", items, "--output", out, env=KEY_ENV)
+    assert res.rc == 0, res.stderr
+    check_complete(out, "b", expected_texts(cfg, items, "b"))
+    assert len([e for e in fake.events if e["event"] == "created"]) == 1  # re-attached, not bought again
