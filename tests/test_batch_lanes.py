@@ -348,7 +348,7 @@ def test_shards_journal_their_own_batches_and_merge_combines_them(tmp_path: Path
     items = write_items(tmp_path / "items.jsonl", 12)
     cfg = write_config(tmp_path / "c.toml", {"b": batch_model(url, batch_max_requests=20)})
     out = tmp_path / "out"
-    args = ["run", cfg, "--items", items, "--output", out]
+    args: list[str | Path] = ["run", cfg, "--items", items, "--output", out]
     assert run_cli(*args, "--shard", "1/2", env=KEY_ENV).rc == 0
     fake.hold = "poll"
     p = engine_procs(*args, "--shard", "2/2", env=KEY_ENV)

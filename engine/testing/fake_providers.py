@@ -55,7 +55,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -763,7 +763,14 @@ def _runner(app: web.Application) -> web.AppRunner:
     return web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
 
 
-async def start_fake(fake: ProviderFake, host: str = "127.0.0.1") -> tuple[web.AppRunner, str]:
+class Served(Protocol):
+    """What `start_fake` and `run_in_thread` serve: a fake's app, and a label for its thread."""
+
+    app: web.Application
+    provider: str
+
+
+async def start_fake(fake: Served, host: str = "127.0.0.1") -> tuple[web.AppRunner, str]:
     """Serve `fake` in the running loop on a free port; returns (runner, root URL without a path).
     Stop with `await runner.cleanup()`."""
     runner = _runner(fake.app)
@@ -774,7 +781,7 @@ async def start_fake(fake: ProviderFake, host: str = "127.0.0.1") -> tuple[web.A
 
 
 @contextmanager
-def run_in_thread(fake: ProviderFake, host: str = "127.0.0.1") -> Iterator[str]:
+def run_in_thread(fake: Served, host: str = "127.0.0.1") -> Iterator[str]:
     """Serve `fake` from a background thread (for tests that run the engine as a subprocess);
     yields the root URL. Attributes (`mode`, `script()`) may be changed from the test thread."""
     loop = asyncio.new_event_loop()
