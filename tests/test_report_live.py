@@ -95,6 +95,12 @@ def test_live_report_says_how_far(running: Any) -> None:
     assert sum(s.done for s in p.subtasks) == p.done and subs[key].planned == sum(v[key] for v in planned.values())
     md, page = render(report, "md", secrets), render(report, "html", secrets)
     line = f"This run is still going: {p.done} of {p.planned} generations done"
+    # Judging goes on after generation: the banner counts judgments too, against the run's estimate
+    # (each planned unit of a judged subtask once per judge of its rubrics).
+    written = sum(count_lines(f) for f in (run_dir / "judgments").glob("*.jsonl"))
+    assert p.judgments_done == written and p.judgments_planned >= written > 0
+    head = render(report, "md", secrets).split("## ", 1)[0]
+    assert f"{written} of about {p.judgments_planned} judgments" in head and f"- run: `{run_dir}` (running)" in head
     assert md.startswith("# ") and line in md.split("## ", 1)[0]  # above the first section
     assert f"| **all** | **{p.done}** | **{p.planned}** |" in md
     assert f'id="progress" data-live="true" data-done="{p.done}" data-planned="{p.planned}"' in page and line in page
@@ -110,6 +116,9 @@ def test_live_report_says_how_far(running: Any) -> None:
     stopped = report_for(run_dir)[0]
     assert stopped.progress is not None and not stopped.progress.live and stopped.progress.done == p.done
     assert "stopped before it finished" in render(stopped, "md")
+    # the header says what the banner says, not run.json's "running"
+    assert f"- run: `{run_dir}` (stopped before it finished; run.json says running)" in render(stopped, "md")
+    assert "stopped before it finished; run.json says running" in render(stopped, "html")
     # a finished run: no progress, no banner
     _set_status(run_dir, "complete")
     done = report_for(run_dir)[0]

@@ -25,7 +25,7 @@ from pathlib import Path
 import msgspec
 
 from engine.core.errors import EngineError
-from engine.core.records import Item, Record, judgment_decoder
+from engine.core.records import Item, JudgmentRecord, Record, judgment_decoder
 from engine.core.rundoc import RunDoc, RunSpec, ScoresDoc
 from engine.core.secrets import redact, remember_env
 from engine.report.build import build_report
@@ -37,10 +37,10 @@ from engine.report.live import progress
 from engine.report.markdown import render_markdown
 from engine.report.view import Report, ReportInputs, ResponsesShown, ResponseTally
 from engine.scoring import item_scores, score_run
-from engine.spec import item_factory
+from engine.spec import item_factory, judges_for, rubrics_by_source, subtasks
 from engine.store.checkpoint import iter_records
 from engine.store.lock import held as lock_held
-from engine.store.rundoc_io import read_run, read_scores
+from engine.store.rundoc_io import read_run, read_scores, run_config
 
 __all__ = ["FIGURES_MISSING", "FORMATS", "RESPONSE_ROWS", "Report", "ReportInputs", "build_report", "is_live", "load_inputs",
            "render", "report_for", "write_figures", "write_reports", "write_text"]
@@ -77,7 +77,21 @@ def load_inputs(directory: Path, response_rows: int = RESPONSE_ROWS) -> ReportIn
     items, _ = _load_items(spec, notes)
     return ReportInputs(directory=str(directory), run=run, scores=scores, records=records, judgments=judgments,
                         items=items, notes=tuple(notes),
-                        progress=progress(run, _done(records), live) if run.status == "running" else None)
+                        progress=progress(run, _done(records), live, _judged(run, judgments))
+                        if run.status == "running" else None)
+
+
+def _judged(run: RunDoc, judgments: Mapping[str, list[JudgmentRecord]]) -> tuple[int, int]:
+    """Judgments written and expected (0 when the run's config cannot be read back): each planned
+    unit of a judged subtask once per judge of each rubric that scores it."""
+    try:
+        cfg = run_config(run, "run.json")
+    except EngineError:
+        return sum(map(len, judgments.values())), 0
+    by_source = rubrics_by_source(subtasks(run.spec))
+    planned = sum(units * len(judges_for(cfg, rubric)) for per in run.planned.values() for key, units in per.items()
+                  for _, rubric in by_source.get(key, ()))
+    return sum(map(len, judgments.values())), planned
 
 
 def _done(records: Mapping[str, list[Record]]) -> dict[str, dict[str, int]]:

@@ -24,7 +24,7 @@ from engine.report.format import (
     responses_counts,
     responses_intro,
 )
-from engine.report.live import banner_html
+from engine.report.live import banner_html, status_words
 from engine.report.svg import PALETTE, pillar_heatmap, radar_skip_reason, radar_svg
 from engine.report.view import BreakdownTable, Drill, DrillItem, RankCell, Report, SubtaskDetail
 
@@ -298,7 +298,7 @@ def render_html(r: Report, secrets: tuple[str, ...] = ()) -> str:
     run = r.run
     title = f"{r.title} — {run.directory}"
     span = fmt_span(run.started_at, run.ended_at)
-    meta = [f"run <code>{_e(run.directory)}</code>: {_e(run.status or 'unknown status')}"
+    meta = [f"run <code>{_e(run.directory)}</code>: {_e(status_words(run.status, r.progress))}"
             + (f", {_e(span)}" if span else ""),
             f"data {_e(run.data)}; limit {_e(run.limit)}; samples {_e(run.samples)}; judges: "
             f"{_e(', '.join(run.judges) or 'none')}",

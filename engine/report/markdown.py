@@ -17,7 +17,7 @@ from engine.report.format import (
     responses_counts,
     responses_intro,
 )
-from engine.report.live import banner_md
+from engine.report.live import banner_md, status_words
 from engine.report.view import BreakdownTable, RankCell, Report, SubtaskDetail
 
 ARROW = {"higher": "↑", "lower": "↓"}
@@ -166,7 +166,7 @@ def render_markdown(r: Report) -> str:
     run = r.run
     span = fmt_span(run.started_at, run.ended_at)
     out = [f"# {r.title}", "",
-           f"- run: `{run.directory}` ({run.status or 'unknown status'})" + (f", {span}" if span else ""),
+           f"- run: `{run.directory}` ({status_words(run.status, r.progress)})" + (f", {span}" if span else ""),
            f"- data: {run.data}; limit {run.limit}; samples {run.samples}; judges: {', '.join(run.judges) or 'none'}",
            "- models: " + ", ".join(f"`{m.name}` ({m.group}, {m.adapter}, `{m.model_id}`)" for m in r.models), ""]
     out += banner_md(r.progress)

@@ -333,6 +333,10 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
     planned: int
     subtasks: tuple[UnitsDone, ...]  # summed over models, in plan order
     models: tuple[UnitsDone, ...]  # summed over subtasks
+    # Judgments written (every judge) and expected (each planned unit of a judged subtask, once per
+    # judge of its rubrics, as the run's start line estimates): judging goes on after generation.
+    judgments_done: int = 0
+    judgments_planned: int = 0
 
 
 class Report(msgspec.Struct, frozen=True, kw_only=True):
