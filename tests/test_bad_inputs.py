@@ -550,6 +550,17 @@ CASES += [
     Case(BENCH, "--sweep with a fractional concurrency", lambda c: _bench("--sweep", "concurrency=1.5",
                                                                            "--result-file", c.tmp / "r.json")(c), 2,
          "error: --sweep 'concurrency=1.5': concurrencies must be whole numbers >= 1"),
+    Case(BENCH, "--sweep with a repeated point", lambda c: _bench("--sweep", "rate=1,2,1",
+                                                                   "--result-file", c.tmp / "r.json")(c), 2,
+         "error: --sweep 'rate=1,2,1': 1 appears twice; give each point once"),
+    Case(BENCH, "--sweep rate with --request-rate", lambda c: _bench("--sweep", "rate=1,2", "--request-rate", "5",
+                                                                     "--result-file", c.tmp / "r.json")(c), 2,
+         "error: --sweep rate=1,2: sets the request rate of each point, so --request-rate 5 would be ignored; "
+         "drop one of them"),
+    Case(BENCH, "--sweep concurrency with --max-concurrency", lambda c: _bench(
+        "--sweep", "concurrency=1,8", "--max-concurrency", "4", "--result-file", c.tmp / "r.json")(c), 2,
+         "error: --sweep concurrency=1,8: sets the max concurrency of each point, so --max-concurrency 4 would be "
+         "ignored; drop one of them"),
     Case(BENCH, "--sweep without --result-file", _bench("--sweep", "rate=1,2"), 2,
          "error: --sweep: needs --result-file PATH (each point writes PATH-<point>.json, and PATH.svg)"),
     Case(BENCH, "--result-file in a folder that is a file", lambda c: _bench("--result-file", c.items / "r.json")(c), 2,

@@ -63,7 +63,10 @@ def parse_sweep(spec: str, rate: float, max_concurrency: int | None) -> list[Poi
             raise ConfigError(f"--sweep {spec!r}: rates must be > 0 (or inf)")
         if knob == "concurrency" and (not math.isfinite(x) or x < 1 or x != int(x)):
             raise ConfigError(f"--sweep {spec!r}: concurrencies must be whole numbers >= 1")
-        out.append(Point(x, max_concurrency) if knob == "rate" else Point(rate, int(x)))
+        point = Point(x, max_concurrency) if knob == "rate" else Point(rate, int(x))
+        if point in out:  # the second would overwrite the first's result file
+            raise ConfigError(f"--sweep {spec!r}: {v} appears twice; give each point once")
+        out.append(point)
     return out
 
 

@@ -207,7 +207,7 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     b.add_argument("--models", help="with --config: comma-separated models keys (default: all)")
     b.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the key to send (default: "
                    "OPENAI_API_KEY when set; else no key)")
-    b.add_argument("--request-rate", type=float, default=float("inf"), metavar="R",
+    b.add_argument("--request-rate", type=float, metavar="R",
                    help="open-loop arrivals per second (default inf: all at once)")
     b.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of the arrivals (1 = Poisson)")
     b.add_argument("--max-concurrency", type=int, metavar="C", help="at most C requests in flight (closed loop "

@@ -592,7 +592,7 @@ def _bench_problems(args: argparse.Namespace) -> list[str]:
                                  ("--max-concurrency", 1 if args.max_concurrency is None else args.max_concurrency, 1)):
         if value < minimum:
             out.append(f"{flag}: must be >= {minimum}, got {value}")
-    for flag, x in (("--request-rate", args.request_rate), ("--burstiness", args.burstiness),
+    for flag, x in (("--request-rate", _rate(args)), ("--burstiness", args.burstiness),
                     ("--timeout-s", args.timeout_s)):
         if not x > 0 or (flag != "--request-rate" and math.isinf(x)):
             out.append(f"{flag}: must be a positive number, got {x}")
@@ -600,11 +600,23 @@ def _bench_problems(args: argparse.Namespace) -> list[str]:
         out.append("bench: give --items or --pillars, not both")
     if args.sweep and not args.result_file:
         out.append("--sweep: needs --result-file PATH (each point writes PATH-<point>.json, and PATH.svg)")
+    knob = (args.sweep or "").partition("=")[0]
+    if knob == "rate" and args.request_rate is not None:
+        out.append(f"--sweep {args.sweep}: sets the request rate of each point, so --request-rate "
+                   f"{args.request_rate:g} would be ignored; drop one of them")
+    if knob == "concurrency" and args.max_concurrency is not None:
+        out.append(f"--sweep {args.sweep}: sets the max concurrency of each point, so --max-concurrency "
+                   f"{args.max_concurrency} would be ignored; drop one of them")
     if args.tokenizer and (args.items or args.pillars):
         out.append("--tokenizer: cuts synthetic prompts only; drop it with --items or --pillars")
     if args.result_file and (why := _check_writable(Path(args.result_file))):
         out.append(why)
     return out
+
+
+def _rate(args: argparse.Namespace) -> float:
+    """--request-rate, default inf (its default is None so that a --sweep of rates can tell it was given)."""
+    return math.inf if args.request_rate is None else float(args.request_rate)
 
 
 def _bench_path(base: Path, label: str, tag: str, many: bool, sweep: bool, suffix: str) -> Path:
@@ -647,8 +659,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     concurrency = args.max_concurrency or n + warm
     targets = [url_target(args.base_url, args.endpoint, args.model, args.api_key_env, concurrency)] if args.base_url \
         else config_targets(args.config, _split(args.models), concurrency)
-    points = parse_sweep(args.sweep, args.request_rate, args.max_concurrency) if args.sweep \
-        else [Point(args.request_rate, args.max_concurrency)]
+    points = parse_sweep(args.sweep, _rate(args), args.max_concurrency) if args.sweep \
+        else [Point(_rate(args), args.max_concurrency)]
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     prompts = item_prompts(Path(args.items), n + warm) if args.items else \
         pillar_prompts(_split(args.pillars) or (), n + warm, args.seed) if args.pillars else \
