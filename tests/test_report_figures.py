@@ -19,7 +19,7 @@ import pytest
 from engine.report import build_report, load_inputs, render, report_for
 from engine.report.build import radars
 from engine.report.figures import COLUMN_WIDTH, DPI, FULL_WIDTH, MISSING, check_inside, figures
-from engine.report.svg import RADAR_SKIPPED, heatmap_svg, radar_svg, text_width
+from engine.report.svg import RADAR_SKIPPED, heatmap_svg, radar_skip_reason, radar_svg, text_width
 from engine.report.view import ModelInfo, PillarBlock, PillarCell, Radar, RadarSeries, RankTable, Report, RunInfo
 from tests.conftest import run_cli
 
@@ -213,3 +213,20 @@ def test_report_figures_without_matplotlib(run_dir: Path, tmp_path: Path, monkey
 def test_radar_view_json_keeps_the_group(run_dir: Path) -> None:
     doc = msgspec.json.decode(render(report_for(run_dir)[0], "json"))
     assert [r["group"] for r in doc["radars"]] == ["all"]
+
+
+def test_radar_needs_three_pillars() -> None:
+    """Two pillars make every polygon a line (one model's hid another's): no radar, one line saying
+    why, in the HTML and from --figures; three pillars draw it."""
+    full = _table()
+    two = RankTable(models=full.models, blocks=full.blocks[:2])
+    report = _report(two)
+    why = "2 pillars ranked: a radar needs at least 3 axes (with fewer every polygon is a line); the pillar ranks are in the table"
+    assert report.radars and all(radar_skip_reason(rd) == why for rd in report.radars)
+    page = render(report, "html")
+    assert 'class="radar"' not in page and why in page and 'class="heatmap"' in page
+    made, skipped = figures(report)
+    assert [s for s, _ in made] == ["pillar-ranks-heatmap"] and skipped == [
+        f"radar (API models): {why}", f"radar (local models): {why}"]
+    three = _report(RankTable(models=full.models, blocks=full.blocks[:3]))
+    assert all(radar_skip_reason(rd) is None for rd in three.radars)

@@ -19,6 +19,7 @@ PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#0
            "#882255", "#44AA99", "#999933", "#AA4499")
 FONTS = "DejaVu Sans, Verdana, sans-serif"  # what text_width estimates for (Verdana is as wide)
 MIN_RADAR_MODELS = 2
+MIN_RADAR_AXES = 3
 RADAR_SKIPPED = "one model: a radar of ranks needs at least two models to compare (its pillar ranks are in the table)"
 _NARROW = frozenset("iljtfr.,:;'!|I()[]{} -_/")
 _WIDE = frozenset("mwMW@%")
@@ -47,8 +48,14 @@ def text_width(text: str, size: float) -> float:
 
 
 def radar_skip_reason(radar: Radar) -> str | None:
-    """Why no radar is drawn for `radar` (None: draw it). One model's polygon compares nothing."""
-    return RADAR_SKIPPED if len(radar.series) < MIN_RADAR_MODELS else None
+    """Why no radar is drawn for `radar` (None: draw it). One model's polygon compares nothing; on
+    fewer than three axes every polygon is a line, one hiding another."""
+    if len(radar.series) < MIN_RADAR_MODELS:
+        return RADAR_SKIPPED
+    if len(radar.axes) < MIN_RADAR_AXES:
+        return (f"{len(radar.axes)} pillar{'s' if len(radar.axes) != 1 else ''} ranked: a radar needs at least "
+                f"{MIN_RADAR_AXES} axes (with fewer every polygon is a line); the pillar ranks are in the table")
+    return None
 
 
 class _Box:
