@@ -457,3 +457,12 @@ def test_the_unparseable_policy_said_is_the_one_the_value_used(run_dir: Path) ->
     header = md.split("### ethics/ethical_reasoning")[1].split("\n\n")[1]
     assert "unparseable answers count as wrong" in header and "excluded" not in header
     assert "unparseable answers count as wrong" in page
+
+
+def test_json_items_leave_defaults_out_as_readme_says(run_dir: Path) -> None:
+    """README "The report": `sample` is absent when 0 and null fields are absent, not null."""
+    doc = orjson.loads(render(report_for(run_dir)[0], "json"))
+    assert doc["items"] and all("sample" not in i or i["sample"] > 0 for i in doc["items"])
+    assert all(v is not None for i in doc["items"] for a in i["answers"] for v in a.values())
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "`sample` when it is 0 (read a missing `sample` as 0)" in readme
