@@ -562,7 +562,11 @@ CASES += [
          "error: --sweep concurrency=1,8: sets the max concurrency of each point, so --max-concurrency 4 would be "
          "ignored; drop one of them"),
     Case(BENCH, "--sweep without --result-file", _bench("--sweep", "rate=1,2"), 2,
-         "error: --sweep: needs --result-file PATH (each point writes PATH-<point>.json, and PATH.svg)"),
+         "error: --sweep: needs --result-file PATH (each point writes <PATH stem>-<point><PATH suffix>, "
+         "and <PATH stem>.svg)"),
+    Case(BENCH, "--sweep with an .svg --result-file", lambda c: _bench("--sweep", "rate=1,2",
+                                                                       "--result-file", c.tmp / "r.svg")(c), 2,
+         "error: --result-file <dir>/r.svg: a sweep writes its SVG to <PATH stem>.svg; name the result file .json"),
     Case(BENCH, "--result-file in a folder that is a file", lambda c: _bench("--result-file", c.items / "r.json")(c), 2,
          "error: --result-file <dir>/items.jsonl/r.json: <dir>/items.jsonl is not a directory; name a file in a folder"),
     Case(BENCH, "--result-file is a directory", lambda c: _bench("--result-file", c.tmp)(c), 2,

@@ -83,6 +83,8 @@ def test_goodput_and_sweep_parsing() -> None:
             parse_goodput(bad)
     assert parse_sweep("rate=1,2.5,inf", math.inf, None) == [Point(1.0, None), Point(2.5, None), Point(math.inf, None)]
     assert [p.tag() for p in parse_sweep("concurrency=1,8", math.inf, None)] == ["concurrency-1", "concurrency-8"]
+    assert [p.tag() for p in parse_sweep("concurrency=1,8", 4.0, None)] == ["rate-4-concurrency-1",
+                                                                             "rate-4-concurrency-8"]
     for bad in ("rate", "speed=1", "rate=0", "concurrency=1.5", "rate=a"):
         with pytest.raises(ConfigError, match="--sweep"):
             parse_sweep(bad, math.inf, None)
@@ -195,6 +197,27 @@ def test_sweep_writes_one_result_per_point_and_an_svg(tmp_path: Path, thread_ser
     svg = (tmp_path / "sw.svg").read_text()
     assert svg.startswith("<svg") and svg.count("<polyline") == 3
     assert sweep_svg(docs, "x").count("<circle") == 6
+
+
+def test_result_file_names_per_model_and_per_point(tmp_path: Path, thread_server: Any) -> None:
+    """One model at one point: PATH itself (whatever its suffix); else PATH's stem, -<model> with
+    several models, -<point> in a sweep, PATH's suffix; the sweep's SVG is <stem>[-<model>].svg."""
+    plain = run_cli("bench", "--base-url", thread_server.url, "--model", "fake-model", "--num-prompts", "2",
+                    "--output-len", "2", "--result-file", tmp_path / "plain")
+    assert plain.rc == 0, plain.stderr
+    assert orjson.loads((tmp_path / "plain").read_bytes())["completed"] == 2
+    cfg = write_config(tmp_path / "c.toml", {m: {"adapter": "openai", "base_url": thread_server.url,
+                                                 "model": "fake-model"} for m in ("a", "b")})
+    res = run_cli("bench", "--config", cfg, "--num-prompts", "2", "--output-len", "2", "--request-rate", "200",
+                  "--sweep", "concurrency=1,2", "--result-file", tmp_path / "out" / "res.out")
+    assert res.rc == 0, res.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [f"res-{m}-rate-200-concurrency-{c}.out" for m in ("a", "b") for c in (1, 2)] + ["res-a.svg", "res-b.svg"])
+    two = run_cli("bench", "--config", cfg, "--num-prompts", "2", "--output-len", "2",
+                  "--result-file", tmp_path / "two.json")
+    assert two.rc == 0, two.stderr
+    assert (tmp_path / "two-a.json").exists() and (tmp_path / "two-b.json").exists()
+    assert not (tmp_path / "two.json").exists()
 
 
 def test_items_file_prompts_and_a_configured_model(tmp_path: Path, thread_server: Any) -> None:

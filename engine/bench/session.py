@@ -25,10 +25,11 @@ class Point(NamedTuple):
     max_concurrency: int | None  # None: no cap
 
     def tag(self) -> str:
-        """What names this point's result file: rate-4, rate-inf, concurrency-8."""
-        if self.max_concurrency is not None and math.isinf(self.rate):
-            return f"concurrency-{self.max_concurrency}"
-        return f"rate-{self.rate:g}"
+        """What names this point's result file: rate-4, rate-inf, concurrency-8 (rate inf), rate-4-concurrency-8."""
+        rate = f"rate-{self.rate:g}"
+        if self.max_concurrency is None:
+            return rate
+        return (f"{rate}-" if math.isfinite(self.rate) else "") + f"concurrency-{self.max_concurrency}"
 
 
 class Load(NamedTuple):

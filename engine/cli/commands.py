@@ -599,7 +599,11 @@ def _bench_problems(args: argparse.Namespace) -> list[str]:
     if args.items and args.pillars:
         out.append("bench: give --items or --pillars, not both")
     if args.sweep and not args.result_file:
-        out.append("--sweep: needs --result-file PATH (each point writes PATH-<point>.json, and PATH.svg)")
+        out.append("--sweep: needs --result-file PATH (each point writes <PATH stem>-<point><PATH suffix>, "
+                   "and <PATH stem>.svg)")
+    if args.sweep and args.result_file and Path(args.result_file).suffix.lower() == ".svg":
+        out.append(f"--result-file {args.result_file}: a sweep writes its SVG to <PATH stem>.svg; "
+                   "name the result file .json")
     knob = (args.sweep or "").partition("=")[0]
     if knob == "rate" and args.request_rate is not None:
         out.append(f"--sweep {args.sweep}: sets the request rate of each point, so --request-rate "
@@ -619,9 +623,14 @@ def _rate(args: argparse.Namespace) -> float:
     return math.inf if args.request_rate is None else float(args.request_rate)
 
 
-def _bench_path(base: Path, label: str, tag: str, many: bool, sweep: bool, suffix: str) -> Path:
-    stem = base.stem + (f"-{label.replace('/', '_')}" if many else "") + (f"-{tag}" if sweep and suffix == ".json" else "")
-    return base.with_name(stem + suffix)
+def _bench_path(base: Path, label: str | None, tag: str | None, suffix: str | None = None) -> Path:
+    """Where a result goes: PATH itself for one model at one point; else PATH's stem, then -<model>
+    (with several models), then -<point> (in a sweep), then PATH's suffix, in PATH's folder; `suffix`
+    replaces PATH's (the sweep's .svg)."""
+    if label is None and tag is None and suffix is None:
+        return base
+    parts = [base.stem] + ([label.replace("/", "_")] if label is not None else []) + ([tag] if tag is not None else [])
+    return base.with_name("-".join(parts) + (base.suffix if suffix is None else suffix))
 
 
 def _check_writable(path: Path) -> str | None:
@@ -673,6 +682,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     async def measure(target: Target) -> None:
         nonlocal failed
         reqs = bodies(target, prompts, args.output_len, ignore_eos[target.label])
+        model = target.label if len(targets) > 1 else None
         docs: list[dict[str, object]] = []
 
         def on_point(point: Point, doc: dict[str, object]) -> None:
@@ -689,13 +699,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 _log(warning)
             failed += int(doc["failed"])  # type: ignore[call-overload]  # an int summarize wrote
             if base is not None:
-                path = _bench_path(base, target.label, point.tag(), len(targets) > 1, bool(args.sweep), ".json")
+                path = _bench_path(base, model, point.tag() if args.sweep else None)
                 _write(path, msgspec.json.encode(doc))
             docs.append(doc)
 
         await run_points(target, reqs[warm:], reqs[:warm], points, load, on_point)
         if base is not None and args.sweep:
-            _write(_bench_path(base, target.label, "", len(targets) > 1, True, ".svg"),
+            _write(_bench_path(base, model, None, ".svg"),
                    sweep_svg(docs, target.label).encode())
 
     async def measure_all() -> None:
