@@ -6,6 +6,7 @@ instead of holding items in memory.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -121,26 +122,45 @@ def plan_counts(factory: ItemFactory, samples: int) -> dict[str, int]:
     """Work units per "pillar/subtask", validating every item on the way; duplicate ids are an
     error because they would make two records for one (item, sample)."""
     counts: dict[str, int] = {}
-    seen: dict[str, set[int]] = {}
-    dupes: list[tuple[str, str]] = []
+    # hash() of each id is enough to find candidates without holding every id string; the hashes
+    # are kept as 8 packed bytes in 16 parts (a set of 1M ints took this walk's peak from 29 to
+    # 105 MB, the start-up peak of every 1M-item run), and each part is checked at the end.
+    seen: dict[str, list[bytearray]] = {}
     for w in factory():
         key = f"{w.item.pillar}/{w.item.subtask}"
         counts[key] = counts.get(key, 0) + samples
-        # hash() of the id is enough to find candidates without holding every id string.
-        h = hash(w.item.id)
-        bucket = seen.setdefault(key, set())
-        if h in bucket:
-            dupes.append((key, w.item.id))
-        bucket.add(h)
-    if dupes:
-        ids = {d for d in dupes}
+        parts = seen.get(key)
+        if parts is None:
+            parts = seen[key] = [bytearray() for _ in range(16)]
+        h = hash(w.item.id) & _HASH_MASK
+        parts[h & 15] += h.to_bytes(8, "little")
+    candidates = {key: dup for key, parts in seen.items() if (dup := _repeated(parts))}
+    if candidates:
         exact: dict[tuple[str, str], int] = {}
         for w in factory():
-            k = (f"{w.item.pillar}/{w.item.subtask}", w.item.id)
-            if k in ids:
-                exact[k] = exact.get(k, 0) + 1
+            key = f"{w.item.pillar}/{w.item.subtask}"
+            if (hash(w.item.id) & _HASH_MASK).to_bytes(8, "little") in candidates.get(key, ()):
+                exact[(key, w.item.id)] = exact.get((key, w.item.id), 0) + 1
         real = [k for k, n in exact.items() if n > 1]
         if real:
             sub, item_id = real[0]
             raise EngineError(f"item id {item_id!r} appears more than once in {sub} ({len(real)} duplicated ids); ids must be unique")
     return counts
+
+
+_HASH_MASK = (1 << 64) - 1
+_PACKED_HASH = re.compile(rb".{8}", re.DOTALL)
+
+
+def _repeated(parts: list[bytearray]) -> set[bytes]:
+    """The packed hashes that occur more than once (a part at a time: 1/16 of the objects)."""
+    out: set[bytes] = set()
+    for part in parts:
+        hashes = _PACKED_HASH.findall(part)
+        if len(set(hashes)) != len(hashes):
+            once: set[bytes] = set()
+            for h in hashes:
+                if h in once:
+                    out.add(h)
+                once.add(h)
+    return out
