@@ -447,10 +447,15 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # The long tests (marked `slow`) first, in their collected order: with `--maxschedchunk 1` (the
-    # README's command) each worker takes the next test when it is free, so the long ones start at
-    # once on different workers and the phase ends on short tests, not on one long test left alone.
-    items.sort(key=lambda item: "slow" not in item.keywords)
+    # The long tests (marked `slow`) first, longest first (`slow(SECONDS)`: about how long it takes
+    # alone on two quiet cores; 10 unless given): with `--maxschedchunk 1` (the README's command) each
+    # worker takes the next test when it is free, so the long ones start at once on different workers
+    # and the phase ends on short tests, not on one long test left alone.
+    def rank(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("slow")
+        return 0.0 if mark is None else -float(mark.args[0] if mark.args else 10)
+
+    items.sort(key=rank)
     opt_in = {"vllm": ("--run-vllm", "needs real vLLM"),
               "ray_cluster": ("--run-ray-cluster", "starts a multi-node Ray cluster (a minute on two cores)")}
     for marker, (flag, why) in opt_in.items():

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import EngineProc, read_jsonl, run_engine, wait_for_lines, write_config
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(20)
 
 SMOKE = Path(__file__).resolve().parents[1] / "bench_data" / "smoke.jsonl"
 

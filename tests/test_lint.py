@@ -23,7 +23,7 @@ def test_ruff_is_clean() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-@pytest.mark.slow  # a whole-codebase type check: ~20 s of CPU without a cache
+@pytest.mark.slow(20)  # a whole-codebase type check: ~20 s of CPU without a cache
 def test_mypy_is_clean() -> None:
     res = run_tool("mypy")  # files and strictness from [tool.mypy]
     assert res.returncode == 0, res.stdout + res.stderr

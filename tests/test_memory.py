@@ -54,7 +54,7 @@ class _LineCounter:
         return self.lines
 
 
-@pytest.mark.slow
+@pytest.mark.slow(60)  # the longest test: it starts first (tests/conftest.py)
 def test_rss_flat_from_10k_to_100k_items(tmp_path: Path, engine_procs) -> None:
     with FakeServerProcess({"log": False}) as srv:
         items = _write_many(tmp_path / "items.jsonl", N_BIG)

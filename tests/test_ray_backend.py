@@ -121,6 +121,7 @@ def _records(path: Path) -> dict[str, str]:
 
 
 @needs_ray
+@pytest.mark.slow(15)  # starts a local Ray
 def test_ray_backend_gives_the_records_of_the_local_backend(tmp_path: Path, fake_server: FakeServerProcess) -> None:
     models = {"a": fake_model(fake_server, model="model-a"), "b": fake_model(fake_server, model="model-b"),
               "judge": fake_model(fake_server, model="judge-model")}
@@ -153,6 +154,7 @@ def test_ray_backend_gives_the_records_of_the_local_backend(tmp_path: Path, fake
 
 
 @needs_ray
+@pytest.mark.slow(15)  # starts a local Ray
 def test_killed_actor_is_replaced_and_records_are_complete(tmp_path: Path, fake_server: FakeServerProcess) -> None:
     fake_server.set_config(latency_ms=60)
     items = write_items(tmp_path / "items.jsonl", 80)
@@ -184,6 +186,7 @@ def test_killed_actor_is_replaced_and_records_are_complete(tmp_path: Path, fake_
 
 
 @needs_ray
+@pytest.mark.slow(15)  # starts a local Ray
 def test_the_breaker_stops_a_ray_lane_and_the_other_lane_completes(tmp_path: Path, fake_server: FakeServerProcess,
                                                                    make_server: Any) -> None:
     """The circuit breaker runs in the lane's actor (LocalAttempts there); its stop line reaches the
@@ -209,6 +212,7 @@ def test_the_breaker_stops_a_ray_lane_and_the_other_lane_completes(tmp_path: Pat
 
 
 @needs_ray
+@pytest.mark.slow(15)  # starts a local Ray
 def test_driver_killed_then_resumed_completes_exactly_once(tmp_path: Path, fake_server: FakeServerProcess) -> None:
     """kill -9 of the driver takes the lane's actor with it (the driver owns it); the same command
     again resumes from the checkpoint: every key once, verify clean (README, "What survives")."""

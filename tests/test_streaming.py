@@ -279,6 +279,7 @@ def test_openai_error_event_after_the_200_is_transient(event: bytes) -> None:
         stream_document([ok])  # ended without [DONE]: incomplete, retried
 
 
+@pytest.mark.slow  # may start this worker's embedded model server
 def test_the_real_llama_cpp_server_streams_what_it_answers_whole(embedded_server: Any, tmp_path: Path) -> None:
     """Against the embedded llama.cpp server (greedy): the streamed reply's text, finish reason and
     usage equal the non-streamed one's (its SSE, include_usage and [DONE] as a real server sends
