@@ -5,11 +5,13 @@ silently scored: unparseable answers and judge outputs are counted (n_unparseabl
 generations are counted (n_failed), missing ones are counted (n_missing), and all are excluded
 from the metric by default; an undefined metric is null with a reason.
 
-Memory is one subtask at a time, not the run: a subtask's judge verdicts (every model's, from one
-pass over the judgments file) and then each model's records are read from the checkpoints when it
-is scored (`iter_records_of` decodes only the three fields it filters on for the other lines) and
-dropped after; token usage is summed in its own pass that holds nothing. A 1M-record run scores in
-the memory of its largest subtask (its verdicts and item scores; records only stream by).
+Memory is one subtask at a time, not the run: a subtask's judge verdicts (every model's) and then
+each model's records are read from the checkpoints when it is scored and dropped after; token
+usage is summed in its own pass that holds nothing. Each checkpoint is read once into a line index
+(engine/store/index.py: offsets by model x pillar x subtask, 16 bytes a record) and a subtask
+reads only its own lines by offset, so a file is read about once in all, not once per subtask. A
+1M-record run scores in the memory of its largest subtask (its verdicts and item scores; records
+only stream by) plus ~16 MB of index.
 
 The per-unit API, for readers that want per-item results without holding the run (the report):
 - `ScoringPass(directory, cfg, spec)`: the run's configured subtasks (`.subtasks`, spec order) and
@@ -31,12 +33,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from engine.config import Config
 from engine.core.errors import EngineError
-from engine.core.records import Item, Record, judgment_decoder
+from engine.core.records import Item, Record, judgment_decoder, record_decoder
 from engine.core.rundoc import UNSET, IntervalsDoc, ModelScore, PillarRanks, RunSpec, ScoresDoc, SubtaskScores
 from engine.core.stats import RESAMPLES
 from engine.core.subtask import ItemScore, JudgeStats, Judgment, Rubric, Subtask
@@ -47,6 +50,7 @@ from engine.options import EngineOptions, resolve
 from engine.requery import requery_limits, requery_samples
 from engine.spec import judges_for
 from engine.store.checkpoint import iter_records, iter_records_of
+from engine.store.index import LineIndex
 from engine.store.rundoc_io import load_run, write_scores
 from pillars import registry
 
@@ -131,11 +135,13 @@ Verdicts = dict[tuple[str, str], Judged]  # (response key, rubric) -> verdict
 Where = Callable[[str, str, str], bool]  # (model, pillar, subtask) -> a record or judgment to read
 
 
-def read_judgments(directory: Path, judge: str, rubrics: dict[str, Rubric], where: Where | None = None) -> Verdicts:
+def read_judgments(directory: Path, judge: str, rubrics: dict[str, Rubric], where: Where | None = None,
+                   index: LineIndex | None = None) -> Verdicts:
     """(response key, rubric) -> `Judged`, over the judge's judgments of the responses `where`
     picks (by the judged response's model, pillar and subtask; all when None). Outputs count in
     try order, file order within a try: one streamed pass per try number present (tries are 0 and
-    the single retry 1), so no judgment is held past its own line."""
+    the single retry 1), so no judgment is held past its own line. `index`: the judge file's
+    LineIndex, to read only the picked judgments."""
     out: Verdicts = {}
     path = directory / "judgments" / f"{judge}.jsonl"
     seen: set[int] = {0}
@@ -143,7 +149,8 @@ def read_judgments(directory: Path, judge: str, rubrics: dict[str, Rubric], wher
     while todo := sorted(seen - done):
         t = todo[0]
         done.add(t)
-        found = iter_records(path, judgment_decoder) if where is None else iter_records_of(path, where, judgment_decoder)
+        found = (iter_records(path, judgment_decoder) if where is None else
+                 index.read(where) if index is not None else iter_records_of(path, where, judgment_decoder))
         for j in found:
             seen.add(j.try_)
             if j.try_ != t:
@@ -247,8 +254,11 @@ def scores_from(items: Sequence[Item], samples: int, outcomes: Outcomes,
 class ScoringPass:
     """One scoring pass over a run directory, one subtask x model at a time (module docstring)."""
 
-    def __init__(self, directory: Path, cfg: Config, spec: RunSpec, seed: int | None = 0) -> None:
-        """`seed`: of the bootstrap intervals; None: no intervals (the per-item views need none)."""
+    def __init__(self, directory: Path, cfg: Config, spec: RunSpec, seed: int | None = 0,
+                 items: Mapping[str, Sequence[Item]] | None = None) -> None:
+        """`seed`: of the bootstrap intervals; None: no intervals (the per-item views need none).
+        `items`: subtask key -> its items as the run limited them, where the caller built them
+        already (the report's loader: robustness perturbation makes building them cost seconds)."""
         self.directory, self.cfg, self.spec, self.seed = directory, cfg, spec, seed
         self.data_dir = Path(spec.data_dir) if spec.data_dir else None
         self.resolved = {k: resolve(k, spec.options.get(k), self.data_dir) for k in spec.subtasks}
@@ -261,11 +271,21 @@ class ScoringPass:
         # Only the scores a robustness subtask compares with are kept past their own subtask.
         self.keep = {s.clean_source for s in self.subtasks if s.clean_source}
         self.cache: dict[tuple[str, str], list[ItemScore]] = {}
+        self.known = items or {}
+        # Each checkpoint is read once into a line index; a unit then reads only its own lines.
+        self.indexes: dict[Path, LineIndex] = {}
+
+    def index(self, path: Path, decoder: msgspec.json.Decoder[Any]) -> LineIndex:
+        found = self.indexes.get(path)
+        if found is None:
+            found = self.indexes[path] = LineIndex(path, decoder)
+        return found
 
     def records_of(self, model: str, items: Sequence[Item]) -> Iterator[Record]:
         """The model's records of the items' subtasks, streamed from its checkpoint."""
         wanted = {(i.pillar, i.subtask) for i in items}
-        return iter_records_of(self.directory / "responses" / f"{model}.jsonl", lambda m, p, s: (p, s) in wanted)
+        index = self.index(self.directory / "responses" / f"{model}.jsonl", record_decoder)
+        return index.read(lambda m, p, s: (p, s) in wanted)
 
     def verdicts(self, rubric: Rubric | None, model: str | None, items: Sequence[Item]) -> Verdicts:
         """The rubric's ranked judge's verdicts on the model's (None: every model's) responses to the
@@ -275,8 +295,9 @@ class ScoringPass:
         if judge is None or judge not in self.judges:
             return {}
         wanted = {(i.pillar, i.subtask) for i in items}
+        index = self.index(self.directory / "judgments" / f"{judge}.jsonl", judgment_decoder)
         return read_judgments(self.directory, judge, self.rubrics,
-                              lambda m, p, s: (p, s) in wanted and (model is None or m == model))
+                              lambda m, p, s: (p, s) in wanted and (model is None or m == model), index)
 
     def subtask_verdicts(self, sub: Subtask, items: Sequence[Item]) -> UnitVerdicts:
         """What every model of `sub` is scored with, read once: the judgments file is passed over
@@ -309,6 +330,8 @@ class ScoringPass:
         return self._items(gen)
 
     def _items(self, sub: Subtask) -> list[Item]:
+        if sub.key in self.known:
+            return list(self.known[sub.key])
         own = resolve(sub.key, self.spec.options.get(sub.key))[1].limit
         return list(limited(registry.load_items(sub, self.data_dir), own if own is not None else self.spec.limit))
 
@@ -419,14 +442,15 @@ class SubtaskItems(msgspec.Struct, frozen=True, kw_only=True):
     inputs: dict[str, list[ItemScore]] = {}
 
 
-def item_scores(directory: Path) -> Iterator[SubtaskItems]:
+def item_scores(directory: Path, known: Mapping[str, Sequence[Item]] | None = None) -> Iterator[SubtaskItems]:
     """Per subtask in run order, every model's per-item scores as `score_run` computes them
     (re-queries, source verdicts and unparseable policy included), one subtask at a time: only that
-    subtask's records are read for it, and a consumer that drops each chunk holds one subtask."""
+    subtask's records are read for it, and a consumer that drops each chunk holds one subtask.
+    `known`: subtask key -> items, where the caller has them (`ScoringPass`'s `items`)."""
     doc, cfg = load_run(directory)
     if doc.spec.items is not None:
         raise EngineError(f"{directory}: a custom --items run has no per-item scores")
-    scorer = ScoringPass(directory, cfg, doc.spec, seed=None)
+    scorer = ScoringPass(directory, cfg, doc.spec, seed=None, items=known)
     for sub in scorer.subtasks:
         items = scorer.items_of(sub)
         eng = scorer.resolved[sub.key][1]

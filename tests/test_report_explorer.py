@@ -19,10 +19,11 @@ import msgspec
 import orjson
 import pytest
 
+import engine.report
 from benchmarks.gen_explore_run import XSS, generate
 from engine.core.records import Record, Response
 from engine.core.subtask import ItemScore
-from engine.report import render, report_for, write_reports
+from engine.report import render, render_chunks, report_for, write_reports
 from engine.report.explore import outcome
 from engine.report.explore_html import json_block
 from engine.report.view import Report
@@ -72,6 +73,24 @@ def test_json_format_is_the_full_view_model(report: Report, run: Path) -> None:
     assert doc["board"]["models"] == MODELS and [p["key"] for p in doc["board"]["pillars"]][0] == "reliability"
     one = next(a for it in doc["items"] for a in it["answers"] if a["outcome"] == "correct")
     assert one["parsed"] is not None and one["score"] == 1.0
+
+
+def test_json_in_pieces_is_the_same_text(report: Report, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`report --format json` writes the document item batch by item batch (render_chunks): the
+    same bytes as the whole document, with one batch, several, and none, and a key value redacted
+    in every piece."""
+    monkeypatch.setattr(engine.report, "ITEMS_BATCH", 50)
+    assert len(report.items) % 50  # several batches, the last one partial
+    for view in (report, msgspec.structs.replace(report, items=report.items[:1]), msgspec.structs.replace(report, items=())):
+        for fmt in ("json", "md"):
+            assert "".join(render_chunks(view, fmt)) == render(view, fmt)
+    secret = "sk-PIECESSECRET-0c1d2e3f4a5b6c7d"
+    it = report.items[60]
+    echoed = msgspec.structs.replace(it, answers=(msgspec.structs.replace(it.answers[0], text=f"echo {secret}"),
+                                                  *it.answers[1:]))
+    view = msgspec.structs.replace(report, items=(*report.items[:60], echoed, *report.items[61:]))
+    whole = render(view, "json", (secret,))
+    assert "".join(render_chunks(view, "json", (secret,))) == whole and secret not in whole and "echo [redacted]" in whole
 
 
 def _select(page: Chromium, name: str, value: str) -> dict[str, str]:

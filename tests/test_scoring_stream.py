@@ -19,12 +19,14 @@ from engine.core.records import (
     Record,
     Response,
     judgment_decoder,
+    record_decoder,
     record_encoder,
 )
 from engine.core.subtask import ItemScore, JudgeStats
 from engine.requery import requery_samples
 from engine.scoring import Judged, outcomes_of, read_judgments, scores_from
 from engine.store.checkpoint import iter_records, iter_records_of
+from engine.store.index import LineIndex
 from pillars import registry
 
 SUBTASKS = [("crisis", "escalation"), ("crisis", "severity"), ("fairness", "overall")]
@@ -84,6 +86,39 @@ def test_filtered_read_names_a_bad_line_by_its_number(tmp_path: Path) -> None:
             list(iter_records_of(path, _pillar_subtask("crisis", want)))
 
 
+def test_line_index_reads_what_the_filtered_pass_reads(tmp_path: Path) -> None:
+    """The scorer's index (engine/store/index.py): any pick of groups gives exactly the filtered
+    pass's records in file order (adjacent lines merged into one read, batches across chunks), and
+    a damaged chosen line is named by its line number as the filtered pass names it."""
+    rng = random.Random(7)
+    recs = []
+    for i in range(4000):  # long runs of one subtask first (adjacent lines), then mixed
+        p, s = SUBTASKS[i // 300 if i < 900 else rng.randrange(3)]
+        recs.append(_rec(i, model="ab"[rng.randrange(2)], pillar=p, subtask=s, text="y" * rng.randrange(2000)))
+    path = _write(tmp_path / "r.jsonl", recs)
+    with path.open("ab") as f:
+        f.write(b"\n  \n")  # blank lines count as no record in either reader
+        f.write(record_encoder.encode(_rec(9999, subtask="severity")) + b"\n")
+    index = LineIndex(path, record_decoder)
+    picks: list[Callable[[str, str, str], bool]] = [
+        _pillar_subtask("crisis", "escalation"), _pillar_subtask("fairness", "overall"),
+        lambda m, p, s: m == "b" and s == "severity", lambda m, p, s: True, lambda m, p, s: False]
+    for where in picks:
+        assert list(index.read(where)) == list(iter_records_of(path, where))
+    assert list(LineIndex(tmp_path / "absent.jsonl", record_decoder).read(lambda m, p, s: True)) == []
+    lines = [record_encoder.encode(_rec(i, subtask="escalation" if i % 2 else "severity")) for i in range(40)]
+    lines[17] = lines[17].replace(b'"attempts":1', b'"attempts":"one"')
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    index = LineIndex(path, record_decoder)
+    with pytest.raises(CheckpointError, match=r"r\.jsonl:18: not a valid record"):
+        list(index.read(lambda m, p, s: s == "escalation"))
+    assert len(list(index.read(lambda m, p, s: s == "severity"))) == 20
+    lines[17] = b'{"key":"00000000000000000000000000000011","model":"m","pillar":"crisis"'
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(CheckpointError, match=r"r\.jsonl:18: not a valid record"):
+        LineIndex(path, record_decoder)
+
+
 def _judgment(i: int, try_: int, text: str | None, model: str = "m", subtask: str = "escalation") -> JudgmentRecord:
     return JudgmentRecord(key=f"{i:031x}{try_}", response_key=f"{i:032x}", judge="j", rubric=RUBRIC.name,
                           rubric_version=RUBRIC.version, model=model, pillar="crisis", subtask=subtask,
@@ -120,6 +155,8 @@ def test_verdicts_count_in_try_order_whatever_the_file_order(tmp_path: Path) -> 
     assert (v1.tries, v1.outputs, v1.parsed is not None) == (2, 2, True)  # try 0 unparseable, then try 1
     v3 = one[(f"{3:032x}", RUBRIC.name)]
     assert (v3.tries, v3.outputs, v3.parsed) == (2, 1, None)
+    index = LineIndex(d / "judgments" / "j.jsonl", judgment_decoder)
+    assert read_judgments(d, "j", rubrics, lambda m, p, s: (m, s) == ("m", "escalation"), index) == one
     assert list(iter_records(d / "judgments" / "j.jsonl", judgment_decoder)) == rows  # read, not rewritten
 
 

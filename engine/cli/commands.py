@@ -310,11 +310,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             view = None
         else:
             view, secrets = report.report_for(out, per_subtask=args.drill)
-            text = report.render(view, args.format, secrets)
+            pieces = report.render_chunks(view, args.format, secrets)  # JSON: never one string
             if not args.output:
-                sys.stdout.write(text)
+                sys.stdout.writelines(pieces)
                 return
-            report.write_text(Path(args.output), text)
+            report.write_text(Path(args.output), pieces)
             paths = [Path(args.output)]
         if args.figures is not None:
             figs, skipped = report.write_figures(view or report.report_for(out, per_subtask=args.drill)[0], figures)

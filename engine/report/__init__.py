@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import msgspec
@@ -43,7 +43,7 @@ from engine.store.lock import held as lock_held
 from engine.store.rundoc_io import read_run, read_scores, run_config
 
 __all__ = ["FIGURES_MISSING", "FORMATS", "RESPONSE_ROWS", "Report", "ReportInputs", "build_report", "is_live", "load_inputs",
-           "render", "report_for", "write_figures", "write_reports", "write_text"]
+           "render", "render_chunks", "report_for", "write_figures", "write_reports", "write_text"]
 
 FORMATS = ("md", "html", "json")
 FILES = {"md": "report.md", "html": "report.html"}
@@ -193,11 +193,39 @@ def render(report: Report, fmt: str, secrets: tuple[str, ...] = ()) -> str:
     elif fmt == "html":
         text = render_html(report, secrets)
     elif fmt == "json":
-        text = msgspec.json.format(msgspec.json.encode(report).decode(), indent=2) + "\n"
+        text = _json(report)
     else:
         raise ValueError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
     # Exact values only: the report quotes model answers, which key-shaped patterns must not touch.
     return redact(text, secrets, shapes=False)
+
+
+def _json(value: object) -> str:
+    return msgspec.json.format(msgspec.json.encode(value).decode(), indent=2) + "\n"
+
+
+ITEMS_FIELD = '\n  "items": []'  # where the item list sits in the formatted document (a top-level field)
+ITEMS_BATCH = 1000  # items formatted per piece
+
+
+def render_chunks(report: Report, fmt: str, secrets: tuple[str, ...] = ()) -> Iterator[str]:
+    """`render`'s text in pieces whose concatenation is the same text: JSON item by batch of
+    items, so the full view model of a big run is never one string (a 12-model official-size run's
+    is ~0.5 GB formatted, several copies of it at once when rendered whole). A key value cannot span
+    two pieces: they are cut between items."""
+    if fmt != "json" or not report.items:
+        yield render(report, fmt, secrets)
+        return
+    head = _json(msgspec.structs.replace(report, items=()))
+    cut = head.index(ITEMS_FIELD)
+    yield redact(head[:cut] + '\n  "items": [\n', secrets, shapes=False)
+    for start in range(0, len(report.items), ITEMS_BATCH):
+        # A list of items formatted alone, its brackets taken off and each line indented one
+        # level more: exactly those items' lines in the whole document (no JSON string holds a raw
+        # newline).
+        text = _json(report.items[start:start + ITEMS_BATCH])[2:-3].replace("\n", "\n  ")
+        yield redact(("  " if start == 0 else ",\n  ") + text, secrets, shapes=False)
+    yield redact("\n  ]" + head[cut + len(ITEMS_FIELD):], secrets, shapes=False)
 
 
 def report_for(directory: Path, per_subtask: int = 5,
@@ -207,10 +235,20 @@ def report_for(directory: Path, per_subtask: int = 5,
     report = build_report(inputs, per_subtask=per_subtask, parsed=parsed)
     models = [m.name for m in report.models]
     runnable = inputs.scores is not None and inputs.run.spec.items is None and inputs.items is not None
-    items, note = item_views(inputs, models, (lambda: item_scores(Path(directory))) if runnable else None, parsed)
+    known = _by_subtask(inputs.items) if runnable and inputs.items is not None else None
+    items, note = item_views(inputs, models, (lambda: item_scores(Path(directory), known)) if runnable else None, parsed)
     report = msgspec.structs.replace(report, items=items, notes=(*report.notes, *([note] if note else ())),
                                      board=board(inputs.scores, models) if inputs.scores else None)
     return report, _secrets(inputs.run)
+
+
+def _by_subtask(items: Mapping[tuple[str, str, str], Item]) -> dict[str, list[Item]]:
+    """The loader's items by subtask key, in their order, for the scorer to take instead of building
+    them again (robustness perturbation: ~25 s on a 12-model official-size run)."""
+    out: dict[str, list[Item]] = {}
+    for (pillar, subtask, _), item in items.items():
+        out.setdefault(f"{pillar}/{subtask}", []).append(item)
+    return out
 
 
 def write_reports(directory: Path, per_subtask: int = 5, response_rows: int = RESPONSE_ROWS) -> list[Path]:
@@ -223,12 +261,14 @@ def write_reports(directory: Path, per_subtask: int = 5, response_rows: int = RE
     return paths
 
 
-def write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str | Iterable[str]) -> None:
     """Atomically: a reader (a browser reloading during `report --watch`) sees the old file or the
-    new one, and a Ctrl-C mid-write leaves the old one and no temporary file."""
+    new one, and a Ctrl-C mid-write leaves the old one and no temporary file. `text` may come in
+    pieces (`render_chunks`)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with tmp.open("w", encoding="utf-8") as f:
+            f.writelines([text] if isinstance(text, str) else text)
         os.replace(tmp, path)
     except OSError as exc:  # named by the file asked for, not the temporary one
         raise OSError(exc.errno, exc.strerror, str(path)) from None
