@@ -9,6 +9,7 @@ import math
 import statistics
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import orjson
 import pytest
@@ -196,7 +197,37 @@ def test_sweep_writes_one_result_per_point_and_an_svg(tmp_path: Path, thread_ser
     assert [d["max_concurrency"] for d in docs] == [1, 3] and all(d["completed"] == 6 for d in docs)
     svg = (tmp_path / "sw.svg").read_text()
     assert svg.startswith("<svg") and svg.count("<polyline") == 3
-    assert sweep_svg(docs, "x").count("<circle") == 6
+    assert [t.text for t in ElementTree.fromstring(svg).iter(f"{_SVG}text") if t.get("class") == "point"] == ["c=1", "c=3"]
+
+
+_SVG = "{http://www.w3.org/2000/svg}"
+
+
+def test_sweep_svg_has_ticks_point_labels_and_distinct_series_inside_its_view_box() -> None:
+    docs = [{"request_rate": r, "max_concurrency": c, "request_throughput": tp, "median_e2el_ms": e,
+             "p99_e2el_ms": e * 1.5, "median_ttft_ms": e}  # TTFT on median E2EL, as with one-token replies
+            for r, c, tp, e in ((2.0, None, 1.9, 40.0), (8.0, None, 7.6, 55.0), ("inf", 16, 31.0, 420.0),
+                                (4.0, 3, 3.9, 45.0))]
+    root = ElementTree.fromstring(sweep_svg(docs, 'a<b & "c"'))  # parses: every text is escaped
+    assert root.get("aria-label") == 'a<b & "c"'
+    _, _, width, height = (float(v) for v in root.get("viewBox", "").split())
+    texts = list(root.iter(f"{_SVG}text"))
+    for t in texts:  # the text's box, ~0.6 em a character, lies inside the view box
+        x, y, size = float(t.get("x", "")), float(t.get("y", "")), float(t.get("font-size", ""))
+        w = 0.6 * size * len(t.text or "")
+        x0 = {"middle": x - w / 2, "end": x - w}.get(t.get("text-anchor", ""), x)
+        assert 0 <= x0 and x0 + w <= width and 0 <= y - size and y <= height, (t.text, x0, w, y)
+    ticks = {c: [float(t.text or "") for t in texts if t.get("class") == c] for c in ("xtick", "ytick")}
+    assert len(ticks["xtick"]) >= 4 and ticks["xtick"][0] == 0 and ticks["xtick"][-1] >= 31.0
+    assert len(ticks["ytick"]) >= 4 and ticks["ytick"][0] == 0 and ticks["ytick"][-1] >= 630.0
+    assert [t.text for t in texts if t.get("class") == "point"] == ["r=2", "r=8", "c=16", "r=4 c=3"]
+    lines = list(root.iter(f"{_SVG}polyline"))
+    assert len(lines) == 3 and len({(pl.get("stroke"), pl.get("stroke-dasharray")) for pl in lines}) == 3
+    assert len({pl.get("stroke-dasharray") for pl in lines}) == 3  # told apart without colour too
+    markers = [el for tag in ("circle", "rect", "path") for el in root.iter(f"{_SVG}{tag}")]
+    assert len(markers) == 3 * (len(docs) + 1)  # one per point and series, one in the legend
+    empty = ElementTree.fromstring(sweep_svg([], "x"))  # no points: still a valid picture
+    assert [t.text for t in empty.iter(f"{_SVG}text") if t.get("class") == "xtick"][0] == "0"
 
 
 def test_result_file_names_per_model_and_per_point(tmp_path: Path, thread_server: Any) -> None:

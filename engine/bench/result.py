@@ -74,30 +74,92 @@ def table(doc: Mapping[str, object]) -> list[str]:
     return lines
 
 
-def sweep_svg(points: Sequence[Mapping[str, object]], label: str, width: int = 560, height: int = 360) -> str:
-    """Median and p99 end-to-end latency and median TTFT (ms) against request throughput (req/s),
-    one marker per sweep point."""
-    xs = [float(p["request_throughput"]) for p in points]  # type: ignore[arg-type]  # floats we wrote
-    series = (("median_e2el_ms", "#0072B2", "median E2EL"), ("p99_e2el_ms", "#D55E00", "p99 E2EL"),
-              ("median_ttft_ms", "#009E73", "median TTFT"))
-    ys = [float(p[k]) for p in points for k, _, _ in series]  # type: ignore[arg-type]  # floats we wrote
-    x_max, y_max = max(xs, default=1.0) * 1.1 or 1.0, max(ys, default=1.0) * 1.1 or 1.0
-    left, bottom, top, right = 60, height - 40, 30, width - 20
+def _ticks(top: float) -> tuple[float, list[float]]:
+    """The axis end (a round number at least 5% above `top`) and 4 to 6 round ticks from 0 to it."""
+    top = top * 1.05 if math.isfinite(top) and top > 0 else 1.0
+    raw = top / 4
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    n = math.ceil(top / step - 1e-9)
+    return n * step, [i * step for i in range(n + 1)]
 
-    def at(x: float, y: float) -> str:
-        return f"{left + (right - left) * x / x_max:.1f},{bottom - (bottom - top) * y / y_max:.1f}"
+
+def _num(x: float) -> str:
+    return f"{round(x, 6):g}"
+
+
+def _point_name(doc: Mapping[str, object]) -> str:
+    """How a point was driven: r=4, c=8 (rate inf), r=4 c=8, r=inf."""
+    rate, conc = doc.get("request_rate"), doc.get("max_concurrency")
+    r = f"r={rate}" if rate == "inf" else f"r={_num(float(rate))}"  # type: ignore[arg-type]  # a float we wrote
+    if conc is None:
+        return r
+    return f"c={conc}" if rate == "inf" else f"{r} c={conc}"
+
+
+def _marker(shape: str, x: float, y: float, colour: str) -> str:
+    if shape == "square":
+        return f'<rect x="{x - 3.5:.1f}" y="{y - 3.5:.1f}" width="7" height="7" fill="{colour}"/>'
+    if shape == "triangle":
+        return f'<path d="M{x:.1f},{y - 4.5:.1f} L{x + 4.5:.1f},{y + 3.5:.1f} L{x - 4.5:.1f},{y + 3.5:.1f} Z" fill="{colour}"/>'
+    return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="none" stroke="{colour}" stroke-width="1.5"/>'
+
+
+# Drawn in this order, each with its own marker and dash, so a series that lies on another
+# (median E2EL on median TTFT when replies are short) still shows.
+_SERIES = (("p99_e2el_ms", "#D55E00", "p99 E2EL", "square", ""),
+           ("median_e2el_ms", "#0072B2", "median E2EL", "circle", ' stroke-dasharray="7 4"'),
+           ("median_ttft_ms", "#009E73", "median TTFT", "triangle", ' stroke-dasharray="2 3"'))
+
+
+def sweep_svg(points: Sequence[Mapping[str, object]], label: str, width: int = 600, height: int = 400) -> str:
+    """Median and p99 end-to-end latency and median TTFT (ms) against request throughput (req/s):
+    axes with round ticks, one marker per sweep point and series, each point named by its rate or
+    concurrency. A small SVG without scripts or fonts; all text escaped."""
+    def val(p: Mapping[str, object], key: str) -> float:
+        x = float(p[key])  # type: ignore[arg-type]  # floats we wrote
+        return x if math.isfinite(x) else 0.0
+
+    xs = [val(p, "request_throughput") for p in points]
+    x_end, x_ticks = _ticks(max(xs, default=0.0))
+    y_end, y_ticks = _ticks(max((val(p, k) for p in points for k, *_ in _SERIES), default=0.0))
+    left, right, top, bottom = 64, width - 24, 60, height - 52
+
+    def px(x: float) -> float:
+        return left + (right - left) * x / x_end
+
+    def py(y: float) -> float:
+        return bottom - (bottom - top) * y / y_end
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label, quote=True)}">',
-             f'<text x="{left}" y="18" font-size="13">{escape(label)}: latency (ms) vs request throughput (req/s)</text>',
-             f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#555"/>',
-             f'<line x1="{left}" y1="{bottom}" x2="{left}" y2="{top}" stroke="#555"/>',
-             f'<text x="{right}" y="{bottom + 28}" font-size="11" text-anchor="end">{x_max / 1.1:.1f} req/s</text>',
-             f'<text x="4" y="{top + 4}" font-size="11">{y_max / 1.1:.0f} ms</text>']
-    for i, (key, colour, name) in enumerate(series):
-        pts = " ".join(at(x, float(p[key])) for x, p in zip(xs, points, strict=True))  # type: ignore[arg-type]  # floats
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{pts}"/>')
-        parts += [f'<circle cx="{c.split(",")[0]}" cy="{c.split(",")[1]}" r="3" fill="{colour}"/>' for c in pts.split()]
-        parts.append(f'<text x="{left + 10}" y="{top + 14 + 14 * i}" font-size="11" fill="{colour}">{name}</text>')
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label, quote=True)}" '
+             'font-family="sans-serif">',
+             f'<text x="{left}" y="18" font-size="13">{escape(label)}: latency against request throughput</text>',
+             f'<text x="{left - 40}" y="{top - 10}" font-size="11">latency (ms)</text>',
+             f'<text x="{(left + right) / 2:.1f}" y="{height - 12}" font-size="11" text-anchor="middle">'
+             'request throughput (req/s)</text>']
+    for t in x_ticks:
+        parts += [f'<line x1="{px(t):.1f}" y1="{top}" x2="{px(t):.1f}" y2="{bottom + 4}" stroke="#ddd"/>',
+                  f'<text class="xtick" x="{px(t):.1f}" y="{bottom + 17}" font-size="10" text-anchor="middle">'
+                  f'{_num(t)}</text>']
+    for t in y_ticks:
+        parts += [f'<line x1="{left - 4}" y1="{py(t):.1f}" x2="{right}" y2="{py(t):.1f}" stroke="#ddd"/>',
+                  f'<text class="ytick" x="{left - 7}" y="{py(t) + 3.5:.1f}" font-size="10" text-anchor="end">'
+                  f'{_num(t)}</text>']
+    parts += [f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#555"/>',
+              f'<line x1="{left}" y1="{bottom}" x2="{left}" y2="{top}" stroke="#555"/>']
+    for i, (key, colour, name, shape, dash) in enumerate(_SERIES):
+        xy = [(px(x), py(val(p, key))) for x, p in zip(xs, points, strict=True)]
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.8"{dash} points="'
+                     + " ".join(f"{x:.1f},{y:.1f}" for x, y in xy) + '"/>')
+        parts += [_marker(shape, x, y, colour) for x, y in xy]
+        lx, ly = left + 100 + 125 * i, 40  # one row above the plot, where no point can be
+        parts += [f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 24}" y2="{ly - 4}" stroke="{colour}" stroke-width="1.8"{dash}/>',
+                  _marker(shape, lx + 12, ly - 4, colour),
+                  f'<text x="{lx + 30}" y="{ly}" font-size="11" fill="{colour}">{name}</text>']
+    for x, p in zip(xs, points, strict=True):  # above the point's highest marker
+        y = min(py(val(p, k)) for k, *_ in _SERIES) - 9
+        parts.append(f'<text class="point" x="{min(max(px(x), left + 20), right - 20):.1f}" y="{max(y, top + 2):.1f}" '
+                     f'font-size="10" text-anchor="middle">{escape(_point_name(p))}</text>')
     parts.append("</svg>")
     return "\n".join(parts)

@@ -232,7 +232,7 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     b.add_argument("--timeout-s", type=float, default=600.0, help="per request (default 600)")
     b.add_argument("--result-file", metavar="PATH", help="write the result JSON (vllm bench serve's field names)")
     b.add_argument("--sweep", metavar="KNOB=V1,V2,...", help="rate=1,2,4,inf or concurrency=1,8,64: one result "
-                   "JSON per point (PATH-rate-4.json, ...) and PATH.svg of latency against throughput")
+                   "per point (sweep.json -> sweep-rate-4.json, ...) and sweep.svg of latency against throughput")
 
 
 def main(argv: list[str] | None = None) -> int:
