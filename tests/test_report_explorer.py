@@ -190,6 +190,7 @@ def _browser_checks(page: Chromium, report: Report, scores: dict[str, Any]) -> N
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs `chromium` on PATH (Debian: apt-get install -y chromium)")
+@pytest.mark.slow(10)  # starts early (tests/conftest.py): a Chromium start and the page's decode
 def test_report_in_headless_chromium(run: Path, report: Report, scores: dict[str, Any]) -> None:
     page_path = write_reports(run)[1]
     html = page_path.read_text()

@@ -156,6 +156,7 @@ def _png_size_and_margin(path: Path) -> tuple[tuple[int, int], bool]:
     return (w, h), all(float(e.min()) > 0.99 for e in edge)
 
 
+@pytest.mark.slow(15)  # starts early (tests/conftest.py): matplotlib's first import and layout dominate
 def test_figures_paper_sizes_and_nothing_clipped(tmp_path: Path) -> None:
     from engine.report.figures import write_figures
 
