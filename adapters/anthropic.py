@@ -257,6 +257,7 @@ class AnthropicMessages(AnthropicBatches):
 # anthropic-ratelimit-* headers slow the lane before the output limit is hit
 # (https://docs.claude.com/en/api/rate-limits, "Rate limits" table, Tier 1).
 @adapter("anthropic", caps=Capabilities(rate_limit_headers="anthropic", streaming=True, batch_api=True,
+                                        batch_windows=("24h",),  # no window to choose: a batch runs for up to 24 h
                                         # "50% of standard API prices" (https://platform.claude.com/docs/en/build-with-claude/batch-processing)
                                         batch_price_factor=0.5,
                                         default_api_key_env="ANTHROPIC_API_KEY",

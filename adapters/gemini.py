@@ -286,7 +286,7 @@ class GeminiGenerate(GeminiBatches):
 # on gemini-2.5-pro; the lower of each is taken (https://ai.google.dev/gemini-api/docs/rate-limits,
 # "Tier 1"). GEMINI_API_KEY is the variable Google's SDKs and docs use.
 # Batch mode is "at 50% of the standard cost" (https://ai.google.dev/gemini-api/docs/batch-mode).
-@adapter("gemini", caps=Capabilities(streaming=True, batch_api=True, batch_price_factor=0.5,
+@adapter("gemini", caps=Capabilities(streaming=True, batch_api=True, batch_windows=("24h",), batch_price_factor=0.5,
                                      default_api_key_env="GEMINI_API_KEY", default_requests_per_minute=150,
                                      default_tokens_per_minute=1_000_000))
 def build_gemini(ctx: BuildContext[AdapterOptions]) -> Built:

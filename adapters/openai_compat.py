@@ -237,6 +237,7 @@ class OpenAIChat(OpenAIBatches):
 # Override with --model-arg tokens_per_minute=... for a higher tier.
 @adapter("openai", required={"base_url": "e.g. https://api.openai.com/v1"},
          caps=Capabilities(rate_limit_headers="openai", streaming=True, chat_completions=True, batch_api=True,
+                           batch_windows=("24h",),  # completion_window: "Currently only 24h is supported"
                            batch_price_factor=0.5,  # "a 50% cost discount" (https://platform.openai.com/docs/guides/batch)
                            default_base_url="https://api.openai.com/v1",
                            default_api_key_env="OPENAI_API_KEY", default_requests_per_minute=500,

@@ -84,6 +84,9 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     batch_api           has a provider batch API (submit many, collect later): its adapter is a
                         `SubmitsBatches` (with the provider's documented limits) and honours
                         `batch = true` / `run --batch`
+    batch_windows       the completion windows its batch API accepts (`batch_window`; Anthropic and
+                        Gemini take none and run a batch for up to 24 h: "24h" only); any other is
+                        refused by `validate` rather than by the provider for every batch
     batch_price_factor  the batch price as a fraction of the listed one, where the provider documents
                         it (OpenAI, Anthropic, Gemini: 0.5); `[prices.<model>]` batch fields override it
     default_base_url    the provider's own endpoint, for a model named on the command line
@@ -108,6 +111,7 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     streaming: bool = False
     chat_completions: bool = False
     batch_api: bool = False
+    batch_windows: tuple[str, ...] = ()
     batch_price_factor: float | None = None
     default_base_url: str | None = None
     default_api_key_env: str | None = None

@@ -272,6 +272,10 @@ def _model_problems(m: ModelConfig, where: str) -> list[str]:
     if m.batch and not registry.entry(m.adapter).caps.batch_api:
         out.append(f"{where}.batch: adapter `{m.adapter}` has no batch API; remove `batch = true` or use an "
                    "adapter that has one (see README \"Batch lanes\")")
+    caps = registry.entry(m.adapter).caps
+    if caps.batch_api and m.batch_window not in caps.batch_windows:  # `run --batch` may turn batch on
+        out.append(f"{where}.batch_window: adapter `{m.adapter}` accepts {' or '.join(map(repr, caps.batch_windows))}, "
+                   f"got {m.batch_window!r}; set one of those or remove the key")
     flat = model_to_builtins(m)
     for key, hint in registry.entry(m.adapter).required.items():
         if not flat.get(key):

@@ -193,6 +193,41 @@ def test_batch_on_an_adapter_without_a_batch_api_is_one_line(tmp_path: Path) -> 
     assert "Traceback" not in res.stderr and not (tmp_path / "out").exists()
 
 
+
+def test_a_window_the_provider_does_not_take_is_refused_before_the_run(tmp_path: Path) -> None:
+    """`batch_window = "48h"`: `validate` and `run` refuse it in one line (exit 2), before anything
+    is written; the windows come from the adapter's registry entry (`caps.batch_windows`)."""
+    cfg = write_config(tmp_path / "c.toml", {"b": batch_model("http://127.0.0.1:9", batch_window="48h")})
+    for args in (("validate", cfg), ("run", cfg, "--items", write_items(tmp_path / "items.jsonl", 1),
+                                     "--output", tmp_path / "out")):
+        res = run_cli(*args, env=KEY_ENV)
+        assert res.rc == 2, res.stderr
+        assert "models.b.batch_window: adapter `openai` accepts '24h', got '48h'" in res.stderr
+        assert "Traceback" not in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_batch_refused_as_a_whole_stops_the_lane_without_outcomes(tmp_path: Path,
+                                                                    batch_fake: tuple[OpenAIBatchFake, str]) -> None:
+    """A 400 on the create call is the config's problem, not each request's: the lane stops in one
+    line, no unit gets a final record (errors/ says why, not final), and a rerun sends them all."""
+    fake, url = batch_fake
+    fake.reject_creates = 1
+    items = write_items(tmp_path / "items.jsonl", 5)
+    cfg = write_config(tmp_path / "c.toml", {"b": batch_model(url)})
+    out = tmp_path / "out"
+    res = run_cli("run", cfg, "--items", items, "--output", out, "--no-progress", env=KEY_ENV)
+    assert res.rc != 0 and "Traceback" not in res.stderr
+    assert "lane b stopped: batch submission refused (HTTP 400: The batch was refused (injected).)" in res.stderr
+    assert "0 out of retries" in res.stderr  # stopped, not out of retries
+    assert read_jsonl(out / "responses" / "b.jsonl") == []
+    errors = read_jsonl(out / "errors" / "b.jsonl")
+    assert len(errors) == 5 and not any(e.get("final") for e in errors)
+    res = run_cli("run", cfg, "--items", items, "--output", out, env=KEY_ENV)
+    assert res.rc == 0, res.stderr
+    check_complete(out, "b", expected_texts(cfg, items, "b"))
+
+
 # -- Anthropic Message Batches ----------------------------------------------------------------------
 
 
@@ -379,6 +414,8 @@ def test_a_server_without_batch_endpoints_stops_the_lane_and_scores_nothing(tmp_
     res = run_cli("run", cfg, "--items", items, "--output", out)
     assert res.rc != 0
     assert "this server has no batch API" in res.stderr and "Traceback" not in res.stderr
+    assert "(HTTP 404 Not Found)" in res.stderr and "404: 404" not in res.stderr  # the status said once
+    assert "0 out of retries" in res.stderr  # stopped, not out of retries
     assert read_jsonl(out / "responses" / "b.jsonl") == []
 
 

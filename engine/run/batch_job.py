@@ -149,6 +149,17 @@ def _info(exc: AdapterError) -> ErrorInfo:
     return ErrorInfo(kind=exc.kind, status=exc.status, message=redact(exc.message))
 
 
+def _reason(err: ErrorInfo) -> str:
+    """The provider's words once: a server whose body is only its status ("404: Not Found") is
+    not said twice after the adapter's "HTTP 404: "."""
+    msg = err.message
+    if err.status is not None:
+        dup = f"HTTP {err.status}: {err.status}: "
+        if msg.startswith(dup):
+            msg = f"HTTP {err.status} " + msg[len(dup):]
+    return msg
+
+
 class BatchJob:
     def __init__(self, host: Host, local_id: str, keys: list[str]) -> None:
         self.host = host
@@ -202,21 +213,17 @@ class BatchJob:
                 err = _info(exc)
             host.stats.errors[f"batch_{err.kind}"] += 1
             if err.kind not in ("rate_limited", "transient", "timeout", "malformed"):
-                # A bad request (validation error) is final for its requests. Auth, or a server without
-                # the batch endpoints (404/405: an OpenAI-compatible server that serves only chat), stops
-                # the lane and leaves its units to the next run: the requests themselves were not judged.
-                stop = err.kind == "auth" or err.status in (404, 405)
-                await self._give_up(err, final=not stop, state=f"rejected ({err.kind})")
-                if stop:
-                    host.stats.state = "stopped"
-                    host.stats.message = (f"lane {host.name} stopped: batch submission refused ({err.message}); "
-                                          + ("check the API key" if err.kind == "auth" else
-                                             "this server has no batch API: remove `batch = true` (or --batch)")
-                                          + " and rerun")
-                    host.brakes.halt()
+                # Refused as a whole (the requests themselves were not judged): the lane stops and
+                # leaves its units to the next run. A bad request here (a 400 on the upload or the
+                # create call: a batch_window or limit the provider does not take) is the config's
+                # problem, not each request's; a per-request 400 inside a batch is that request's outcome.
+                self._stop(err, f"batch submission refused ({_reason(err)}); " + (
+                    "check the API key" if err.kind == "auth" else
+                    "this server has no batch API: remove `batch = true` (or --batch)" if err.status in (404, 405) else
+                    "check the model's batch settings (README \"Batch lanes\") or run without `batch = true`") + " and rerun")
                 return None
             if attempt >= host.cfg.max_attempts:
-                await self._give_up(err, final=False, state="not submitted")
+                await self._give_up(err, state="not submitted")
                 return None
             host.log_all(self.keys, err, final=False)
             if not await self._backoff(attempt):
@@ -241,17 +248,27 @@ class BatchJob:
                     break
         return STOPPED
 
-    async def _give_up(self, err: ErrorInfo, *, final: bool, state: str) -> None:
-        """Ends the batch without results: a final error for each of its units (`final`), else no
-        outcome this run (they go again next run)."""
+    def _stop(self, err: ErrorInfo, why: str) -> None:
+        """Stops the lane on a refusal that every batch would meet: its units get no outcome this
+        run (a line each in errors/, not final) and go again next run, once the cause is fixed."""
+        host = self.host
+        host.log_all(self.keys, err, final=False)
+        for k in self.keys:
+            if host.open.get(k) == self.local_id:
+                del host.open[k]
+        host.end(self.local_id, f"rejected ({err.kind})")
+        host.stats.state = "stopped"
+        host.stats.message = f"lane {host.name} stopped: {why}"
+        host.brakes.halt()
+
+    async def _give_up(self, err: ErrorInfo, *, state: str) -> None:
+        """Ends the batch without results, out of tries: no outcome this run for its units (they
+        go again next run)."""
         host = self.host
         for k in self.keys:
             if host.open.get(k) == self.local_id:
                 del host.open[k]
-            if final:
-                host.settle(self.local_id, BatchResult(custom_id=k, error=err))
-            else:
-                host.exhaust(k, err)
+            host.exhaust(k, err)
         host.end(self.local_id, state)
 
     # -- after a crash ------------------------------------------------------------------------------
@@ -297,7 +314,8 @@ class BatchJob:
                 polls += 1
                 if exc.kind == "auth" and polls >= host.cfg.auth_failures_to_stop:
                     host.stats.state = "stopped"
-                    host.stats.message = f"lane {host.name} stopped: polling refused ({redact(exc.message)})"
+                    host.stats.message = (f"lane {host.name} stopped: polling refused ({_reason(_info(exc))}); "
+                                          "check the API key and rerun")
                     host.brakes.halt()
                     return
         self._state(status)

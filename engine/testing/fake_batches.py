@@ -36,7 +36,8 @@ direct run against that server.
 Injectable failures (attributes, settable from the test thread): `request_5xx` (the next N
 requests answered 500 inside their batch), `expire_requests` (the next N requests left unrun by a
 batch that ends `expired`), `fatal_ids` (custom_ids answered 400: final), `fail_batches` (the next
-N batches end `failed`), `poll_5xx` (the next N polls answered 503), `truncate_downloads` (the
+N batches end `failed`), `reject_creates` (the next N create calls answered 400: a batch refused
+as a whole), `poll_5xx` (the next N polls answered 503), `truncate_downloads` (the
 next N result downloads cut halfway). `hold` = "upload" | "create_before" | "create_after" |
 "poll" | "download" blocks the next such call forever (a download after sending half) and sets
 `held`, so that a test can kill the engine at that point.
@@ -110,6 +111,7 @@ class OpenAIBatchFake:
         self.expire_requests = 0
         self.fatal_ids: set[str] = set()
         self.fail_batches = 0
+        self.reject_creates = 0
         self.poll_5xx = 0
         self.truncate_downloads = 0
         self.hold: str | None = None
@@ -230,6 +232,9 @@ class OpenAIBatchFake:
         if unknown:
             return _error(400, f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
         problem = _check_create(body, self.files)
+        if not problem and self.reject_creates > 0:
+            self.reject_creates -= 1
+            problem = "The batch was refused (injected)."
         if problem:
             return _error(400, problem)
         lines = [(o["custom_id"], o["body"]) for o in map(orjson.loads, self.files[body["input_file_id"]][1].splitlines())]
