@@ -105,3 +105,13 @@ def test_bars_are_drawn_on_a_pty_that_reports_no_size(tmp_path: Path, make_serve
 
 def test_durations() -> None:
     assert [fmt_duration(s) for s in (0.2, 59, 61, 3725)] == ["0s", "59s", "1m01s", "1h02m"]
+
+
+def test_a_failed_batch_call_counts_as_an_error_when_it_happens() -> None:
+    """A batch lane whose submit or poll fails (a rejected key, a 5xx) has no unit outcome yet: the
+    failed call itself shows in errors, not 0 until the lane gives up."""
+    clock = _Clock()
+    stats = LaneStats(planned=9, batch_failures=1)
+    stats.batches["submitting"] = 1
+    text = StatusLines([_Lane(stats)], clock, 30.0, lambda _: None).line()
+    assert "; errors 1; batches submitting 1 (0/0 requests); ETA" in text

@@ -212,6 +212,7 @@ class BatchJob:
             except AdapterError as exc:
                 err = _info(exc)
             host.stats.errors[f"batch_{err.kind}"] += 1
+            host.stats.batch_failures += 1
             if err.kind not in ("rate_limited", "transient", "timeout", "malformed"):
                 # Refused as a whole (the requests themselves were not judged): the lane stops and
                 # leaves its units to the next run. A bad request here (a 400 on the upload or the
@@ -244,6 +245,7 @@ class BatchJob:
                 return await host.adapter.find_batch(self.local_id, frozenset(self.keys), since - SKEW_S)
             except AdapterError as exc:
                 host.stats.errors[f"batch_{exc.kind}"] += 1
+                host.stats.batch_failures += 1
                 if not await self._backoff(min(attempt, 10), exc):
                     break
         return STOPPED
@@ -311,6 +313,7 @@ class BatchJob:
                 polls = 0
             except AdapterError as exc:
                 host.stats.errors[f"poll_{exc.kind}"] += 1
+                host.stats.batch_failures += 1
                 polls += 1
                 if exc.kind == "auth" and polls >= host.cfg.auth_failures_to_stop:
                     host.stats.state = "stopped"
@@ -330,6 +333,7 @@ class BatchJob:
         host = self.host
         err = ErrorInfo(kind="transient", message=redact(f"batch {status.id} {status.state}: {status.message}"))
         host.stats.errors["batch_failed"] += 1
+        host.stats.batch_failures += 1
         tries = max((w.tries for k in self.keys if (w := host.live.get(k)) is not None), default=1)
         if not await self._backoff(tries):
             return
@@ -354,6 +358,7 @@ class BatchJob:
                 break
             except AdapterError as exc:
                 host.stats.errors[f"results_{exc.kind}"] += 1
+                host.stats.batch_failures += 1
                 attempt += 1
                 if not await self._backoff(min(attempt, 10), exc):
                     return False

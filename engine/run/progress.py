@@ -107,7 +107,7 @@ class Bars:
                 label = f"{label} (paused)"
             if bar.desc.rstrip(": ") != label:
                 bar.set_description(label, refresh=False)
-            errs = s.fatal + s.exhausted
+            errs = s.fatal + s.exhausted + s.batch_failures
             if s.batches or s.batches_ended:
                 bar.set_postfix_str(batch_summary([s]) + f", err={errs}", refresh=False)
             else:
@@ -174,7 +174,7 @@ class StatusLines:
             parts.append(f"judging {judge.complete}/{judge.planned}")
         parts += [f"{rate:.2f} req/s", f"in flight {sum(s.in_flight for s in stats)}",
                   f"retries {sum(s.retries for s in stats)}", f"429s {sum(s.rate_limited for s in stats)}",
-                  f"errors {sum(s.fatal + s.exhausted for s in stats)}", f"ETA {eta}"]
+                  f"errors {sum(s.fatal + s.exhausted + s.batch_failures for s in stats)}", f"ETA {eta}"]
         if batches := batch_summary(stats):
             parts.insert(-1, batches)
         now = self._clock.now()

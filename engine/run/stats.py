@@ -70,6 +70,9 @@ class LaneStats:
     batches: Counter[str] = field(default_factory=Counter)
     batch_requests: tuple[int, int] = (0, 0)
     batches_ended: int = 0
+    # Calls to the batch API that failed (submit, look-up, poll, read, a batch failed as a whole):
+    # the status lines' errors count them as they happen, before any unit has an outcome.
+    batch_failures: int = 0
     wait_s: float = _attempts(0.0)  # time spent waiting on rate limits
     busy_s: float = _attempts(0.0)  # summed request time
     prompt_tokens: int = _attempts(0)
