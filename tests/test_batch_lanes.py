@@ -304,6 +304,10 @@ def test_batch_price_in_plan_budget_scores_and_status(tmp_path: Path, batch_fake
 
     assert cost_of(halved.stdout) == pytest.approx(cost_of(listed.stdout) / 2, rel=1e-2)
     assert "batch lane: each batch within its 24h completion window" in halved.stdout
+    flagged = run_cli("plan", direct, *args, "--batch")  # the same as run --batch: batch = true on each
+    assert flagged.rc == 0, flagged.stderr
+    assert cost_of(flagged.stdout) == pytest.approx(cost_of(halved.stdout), rel=1e-6)
+    assert "batch lane: each batch within its 24h completion window" in flagged.stdout
     res = run_cli("run", cfg, *args, "--status-every", "0.05", "--no-progress", "--budget", "1000", env=KEY_ENV)
     assert res.rc == 0, res.stderr
     assert re.search(r"batches [a-z_ ,0-9]+\([0-9]+/[0-9]+ requests\)", res.stderr), res.stderr

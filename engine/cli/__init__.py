@@ -140,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="requests, tokens, cost and best-case time of a run, before any call",
                         allow_abbrev=False)
     _selection_args(pl)
+    pl.add_argument("--batch", action="store_true", help="as `run --batch`: priced and timed as batch lanes")
     pl.add_argument("--verbose", action="store_true", help="also one row per model, role and pillar")
 
     _cache_parser(sub)

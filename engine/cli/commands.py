@@ -113,6 +113,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from engine.plan import build_plan, render_plan  # lazy: only `plan` needs it
 
     cfg, spec, _ = _spec(args)
+    if args.batch:
+        cfg = batched(cfg)
     out = Path(spec.output)
     plan = build_plan(cfg, spec, out if (out / "responses").is_dir() else None)
     for line in render_plan(cfg, plan, verbose=args.verbose):
