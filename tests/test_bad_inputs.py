@@ -219,6 +219,11 @@ CASES: list[Case] = [
         f'[models.r]\nadapter = "replay"\npath = "{c.file("rec.jsonl", "")}"\nbatch = true\n')), 2,
          "error: <dir>/c.toml: models.r.batch: adapter `replay` has no batch API; remove `batch = true` or use an "
          "adapter that has one (see README \"Batch lanes\")"),
+    Case(CONFIG, "batch_max_requests = 0", _toml_model("batch = true\nbatch_max_requests = 0"), 2,
+         "error: <dir>/c.toml: models.fake.batch_max_requests: must be >= 1, got 0"),
+    Case(CONFIG, "a batch_window the provider does not take", _toml_model('batch = true\nbatch_window = "48h"'), 2,
+         "error: <dir>/c.toml: models.fake.batch_window: adapter `openai` accepts '24h', got '48h'; set one of those or "
+         "remove the key"),
     Case(CONFIG, "model name that cannot name a file", _toml('[models."a b"]\nadapter = "openai"\n'), 2,
          "error: <dir>/c.toml: model name `a b` must be letters, digits, '.', '_' or '-' (it names files)"),
     Case(CONFIG, "openai without base_url", _toml('[models.fake]\nadapter = "openai"\n'), 2,
@@ -481,6 +486,10 @@ CASES: list[Case] = [
          "finished with failures (0 fatal error(s), 3 out of retries; *): exit 1; *", server={"p_hang": 1.0, "hang_s": 5.0}),
     Case(SERVER, "wrong key (401)", lambda c: _new(c, cfg=c.cfg(api_key_env="TRUSTMH_BAD_KEY")), 1,
          "  lane fake stopped after 3 authentication failures (HTTP 401: *); check TRUSTMH_BAD_KEY and rerun", server={"require_key": "right"}, env={"TRUSTMH_BAD_KEY": "wrong"}),
+    Case(SERVER, "batch = true against a server without batch endpoints (404)",
+         lambda c: _new(c, cfg=c.cfg(batch=True, batch_wait_s=0.1)), 1,
+         "  lane fake stopped: batch submission refused (HTTP 404 Not Found); this server has no batch API: remove "
+         "`batch = true` (or --batch) and rerun"),
     Case(SERVER, "every request answered 404 (fatal, never retried)", lambda c: _new(c), 1,
          "finished with failures (3 fatal error(s), 0 out of retries; *): exit 1; *with --retry-errors the fatal ones; "
          "--allow-failures exits 0 when some failures are expected", server={"echo": {"question": 404}}),
