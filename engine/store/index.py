@@ -79,10 +79,11 @@ class LineIndex:
 
 
 def _runs(spans: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
-    """(start, end) byte ranges of adjacent lines, merged (one read for a run of chosen lines)."""
+    """(start, end) byte ranges of adjacent lines, merged up to DECODE_CHUNK bytes (one read for a
+    run of chosen lines; a whole file of one group would otherwise be one read, decoded at once)."""
     start, end = spans[0][0], spans[0][0] + spans[0][1]
     for s, n in spans[1:]:
-        if s == end + 1:
+        if s == end + 1 and s + n - start <= DECODE_CHUNK:
             end = s + n
         else:
             yield start, end

@@ -24,6 +24,17 @@ _MAX_BRACE_STARTS = 256
 _DECODER = json.JSONDecoder()
 
 
+def _brace_starts(text: str) -> list[int]:
+    """Where the last ``_MAX_BRACE_STARTS`` "{" of ``text`` are, in order: found from the end with
+    rfind, as a per-character scan of every judge output cost the report seconds on a big run."""
+    out: list[int] = []
+    i = len(text)
+    while len(out) < _MAX_BRACE_STARTS and (i := text.rfind("{", 0, i)) >= 0:
+        out.append(i)
+    out.reverse()
+    return out
+
+
 def _loads_dict(text: str) -> dict[str, object] | None:
     try:
         obj = json.loads(text)
@@ -48,7 +59,7 @@ def parse_json_object(text: str) -> dict[str, object] | None:
     obj = _loads_dict(text.strip())
     if obj is not None:
         return obj
-    starts = [i for i, ch in enumerate(text) if ch == "{"][-_MAX_BRACE_STARTS:]
+    starts = _brace_starts(text)
     best: tuple[int, int, dict[str, object]] | None = None  # (end, -start, obj)
     for start in starts:
         try:
@@ -66,7 +77,7 @@ def json_objects(text: str) -> list[dict[str, object]]:
     if not isinstance(text, str):
         return []
     found: list[tuple[int, int, dict[str, object]]] = []  # (end, -start, obj)
-    for start in [i for i, ch in enumerate(text) if ch == "{"][-_MAX_BRACE_STARTS:]:
+    for start in _brace_starts(text):
         try:
             cand, end = _DECODER.raw_decode(text, start)
         except (ValueError, RecursionError):

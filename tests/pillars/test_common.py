@@ -348,3 +348,11 @@ def test_load_items_official_fixture():
     items = list(registry.load_items(sub, FIXTURES))
     assert [i.id for i in items] == ["0", "1"]
     assert isinstance(sub, Subtask)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='{}a":', max_size=1200))
+def test_brace_starts_are_the_last_starts_in_order(text):
+    """The parsers' brace scan (found from the end with rfind) sees what a per-character scan saw."""
+    want = [i for i, ch in enumerate(text) if ch == "{"][-parsing._MAX_BRACE_STARTS:]
+    assert parsing._brace_starts(text) == want
