@@ -459,3 +459,23 @@ def test_sigint_while_a_batch_runs_leaves_it_journalled_and_resume_collects_it(
     assert res.rc == 0, res.stderr
     check_complete(out, "b", expected_texts(cfg, items, "b"))
     assert len([e for e in fake.events if e["event"] == "created"]) == 1  # re-attached, not bought again
+
+
+def test_a_rejected_key_while_looking_up_a_journalled_batch_stops_the_lane(
+        tmp_path: Path, batch_fake: tuple[OpenAIBatchFake, str]) -> None:
+    """Re-attaching a batch whose id never reached the journal asks the provider for it; a rejected
+    key there stops the lane (as it does when polling), rather than asking again forever."""
+    fake, url = batch_fake
+    items = write_items(tmp_path / "items.jsonl", 3)
+    cfg = write_config(tmp_path / "c.toml", {"b": batch_model(url)})
+    out = tmp_path / "out"
+    (out / "batches").mkdir(parents=True)
+    keys = sorted(expected_texts(cfg, items, "b"))  # every unit waits for that batch: nothing new is submitted
+    (out / "batches" / "b.jsonl").write_bytes(orjson.dumps({"event": "intent", "local_id": "x", "keys": keys,
+                                                            "at": 1.0}) + b"\n")
+    res = run_cli("run", cfg, "--items", items, "--output", out, "--no-progress",
+                  env={"BATCH_FAKE_KEY": "wrong-key-0123456789"})
+    assert res.rc != 0 and "Traceback" not in res.stderr
+    assert "lane b stopped: looking up batch x refused (HTTP 401: Incorrect API key provided); " \
+           "check the API key and rerun" in res.stderr, res.stderr
+    assert fake.calls.count("list") == 3  # auth_failures_to_stop

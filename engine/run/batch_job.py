@@ -149,6 +149,19 @@ def _info(exc: AdapterError) -> ErrorInfo:
     return ErrorInfo(kind=exc.kind, status=exc.status, message=redact(exc.message))
 
 
+def _advice(err: ErrorInfo) -> str:
+    """What to do about a batch call the provider refused (auth, no batch API, anything else 4xx)."""
+    return ("check the API key" if err.kind == "auth" else
+            "this server has no batch API: remove `batch = true` (or --batch)" if err.status in (404, 405) else
+            "check the model's batch settings (README \"Batch lanes\") or run without `batch = true`") + " and rerun"
+
+
+def _halt(host: Host, why: str) -> None:
+    host.stats.state = "stopped"
+    host.stats.message = f"lane {host.name} stopped: {why}"
+    host.brakes.halt()
+
+
 def _reason(err: ErrorInfo) -> str:
     """The provider's words once: a server whose body is only its status ("404: Not Found") is
     not said twice after the adapter's "HTTP 404: "."""
@@ -218,10 +231,7 @@ class BatchJob:
                 # leaves its units to the next run. A bad request here (a 400 on the upload or the
                 # create call: a batch_window or limit the provider does not take) is the config's
                 # problem, not each request's; a per-request 400 inside a batch is that request's outcome.
-                self._stop(err, f"batch submission refused ({_reason(err)}); " + (
-                    "check the API key" if err.kind == "auth" else
-                    "this server has no batch API: remove `batch = true` (or --batch)" if err.status in (404, 405) else
-                    "check the model's batch settings (README \"Batch lanes\") or run without `batch = true`") + " and rerun")
+                self._stop(err, f"batch submission refused ({_reason(err)}); {_advice(err)}")
                 return None
             if attempt >= host.cfg.max_attempts:
                 await self._give_up(err, state="not submitted")
@@ -238,7 +248,7 @@ class BatchJob:
         """The provider's batch for this local id (None: it has none; STOPPED: the lane stopped
         before the provider could say, so nothing may be submitted); retried while it cannot say."""
         host = self.host
-        attempt = 0
+        attempt = auths = 0
         while not host.brakes.stopping:
             attempt += 1
             try:
@@ -246,6 +256,14 @@ class BatchJob:
             except AdapterError as exc:
                 host.stats.errors[f"batch_{exc.kind}"] += 1
                 host.stats.batch_failures += 1
+                if exc.kind == "auth":
+                    auths += 1
+                if exc.kind == "fatal" or auths >= host.cfg.auth_failures_to_stop:
+                    # Asked again it would say the same, forever: the journal keeps the batch for a
+                    # run with the cause fixed.
+                    err = _info(exc)
+                    _halt(host, f"looking up batch {self.local_id} refused ({_reason(err)}); {_advice(err)}")
+                    break
                 if not await self._backoff(min(attempt, 10), exc):
                     break
         return STOPPED
@@ -259,9 +277,7 @@ class BatchJob:
             if host.open.get(k) == self.local_id:
                 del host.open[k]
         host.end(self.local_id, f"rejected ({err.kind})")
-        host.stats.state = "stopped"
-        host.stats.message = f"lane {host.name} stopped: {why}"
-        host.brakes.halt()
+        _halt(host, why)
 
     async def _give_up(self, err: ErrorInfo, *, state: str) -> None:
         """Ends the batch without results, out of tries: no outcome this run for its units (they
@@ -316,10 +332,7 @@ class BatchJob:
                 host.stats.batch_failures += 1
                 polls += 1
                 if exc.kind == "auth" and polls >= host.cfg.auth_failures_to_stop:
-                    host.stats.state = "stopped"
-                    host.stats.message = (f"lane {host.name} stopped: polling refused ({_reason(_info(exc))}); "
-                                          "check the API key and rerun")
-                    host.brakes.halt()
+                    _halt(host, f"polling refused ({_reason(_info(exc))}); check the API key and rerun")
                     return
         self._state(status)
         if status.failed:
