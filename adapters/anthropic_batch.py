@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from adapters.http import request, stream_lines
+from adapters.http import json_object, request, stream_lines
 from engine.core.adapter import AdapterError
 from engine.core.batch import BatchLimits, BatchResult, BatchStatus
 from engine.core.records import ErrorInfo, ErrorKind, Response
@@ -75,13 +75,7 @@ class AnthropicBatches:
                                           self._secrets)
         if status != 200:
             raise self._status_error(status, raw, hdrs)
-        try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            doc = None
-        if not isinstance(doc, dict):
-            raise AdapterError("malformed", redact(f"{method} {url}: not a JSON object: {raw[:120]!r}", self._secrets))
-        return doc
+        return json_object(raw, f"{method} {url}", self._secrets)
 
     async def submit_batch(self, path: Path, local_id: str, window: str,
                            on_file: Callable[[str], None]) -> BatchStatus:

@@ -25,11 +25,10 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from adapters.http import error_for_status, request
+from adapters.http import error_for_status, json_object, request
 from engine.core.adapter import AdapterError
 from engine.core.batch import BatchLimits, BatchResult, BatchStatus
 from engine.core.records import ErrorInfo, Response
-from engine.core.secrets import redact
 
 if TYPE_CHECKING:
     import aiohttp
@@ -64,13 +63,7 @@ class GeminiBatches:
                                           self._secrets)
         if status != 200:
             raise self._status_error(status, raw, hdrs)
-        try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            doc = None
-        if not isinstance(doc, dict):
-            raise AdapterError("malformed", redact(f"{method} {url}: not a JSON object: {raw[:120]!r}", self._secrets))
-        return doc
+        return json_object(raw, f"{method} {url}", self._secrets)
 
     async def submit_batch(self, path: Path, local_id: str, window: str,
                            on_file: Callable[[str], None]) -> BatchStatus:

@@ -19,6 +19,8 @@ import functools
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING
 
+import orjson
+
 from engine.core.adapter import AdapterError
 from engine.core.records import ErrorKind
 from engine.core.secrets import redact
@@ -117,6 +119,18 @@ async def request(session: aiohttp.ClientSession, method: str, url: str, data: o
                            unreachable=True) from None
     except aiohttp.ClientError as exc:
         raise AdapterError("transient", redact(f"{type(exc).__name__}: {exc}", secrets)) from None
+
+
+def json_object(raw: bytes, what: str, secrets: tuple[str, ...]) -> dict[str, object]:
+    """A 200 reply's body as the JSON object every batch API call answers with; anything else is
+    `malformed`, quoting the start of the body with the keys removed (a proxy may echo them)."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise AdapterError("malformed", redact(f"{what}: not a JSON object: {raw[:120]!r}", secrets))
+    return doc
 
 
 async def stream_lines(session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], timeout: float,
