@@ -6,7 +6,7 @@ what a complete run holds and what it will cost.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 
 import msgspec
 
@@ -83,23 +83,16 @@ def lane_units(name: str, cfg: ModelConfig, adapter: Adapter, items: ItemFactory
         if context is not None and body_for is None:
             w = WorkItem(fit(w.item, context, params.max_tokens or 0), w.params)
         item = w.item
-        est = -1
         if body_for is not None:
-            for s in range(samples):
-                rbody = body_for(item, s)
-                if rbody is not None:
-                    key = request_key(name, item.pillar, item.subtask, item.id, s, rbody)
-                    if done is not None and key in done:
-                        if skipped is not None:
-                            skipped(item)
-                        continue
-                    if est < 0:
-                        est = estimate_tokens(item, params, counter)
-                    yield Unit(item, s, rbody, key, est)
-            continue
-        body = adapter.build_body(item.messages, params)
-        out = params.max_tokens or 0
-        for s in range(samples):
+            bodies: Iterable[tuple[int, dict[str, object]]] = (
+                (s, b) for s in range(samples) if (b := body_for(item, s)) is not None)
+            out = 0  # a replayed body reserves no completion budget
+        else:
+            body = adapter.build_body(item.messages, params)
+            bodies = ((s, body) for s in range(samples))
+            out = params.max_tokens or 0
+        est = -1
+        for s, body in bodies:
             key = request_key(name, item.pillar, item.subtask, item.id, s, body)
             if done is not None and key in done:
                 if skipped is not None:
