@@ -60,6 +60,7 @@ from typing import Any
 import orjson
 from aiohttp import BodyPartReader, web
 
+from engine.testing.fake_providers import _json
 from engine.testing.fakeserver import FakeConfig, _abort, count_prompt_tokens, expected_text
 
 __all__ = ["OpenAIBatchFake", "main"]
@@ -75,10 +76,6 @@ def _error(status: int, message: str, type_: str = "invalid_request_error", code
            param: str | None = None) -> web.Response:
     return web.json_response({"error": {"message": message, "type": type_, "param": param, "code": code}},
                              status=status, dumps=lambda o: orjson.dumps(o).decode())
-
-
-def _json(obj: object) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), content_type="application/json")
 
 
 class _Batch:

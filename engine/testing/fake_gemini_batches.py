@@ -34,7 +34,7 @@ import orjson
 from aiohttp import web
 
 from engine.testing.fake_batches import OpenAIBatchFake, _Batch
-from engine.testing.fake_providers import GeminiFake, _gemini_error, _gemini_invalid, _tokens
+from engine.testing.fake_providers import GeminiFake, _gemini_error, _gemini_invalid, _json, _tokens
 
 __all__ = ["GeminiBatchFake"]
 
@@ -116,7 +116,7 @@ class GeminiBatchFake(OpenAIBatchFake):
         self._names[b.id] = body["batch"]["displayName"]
         self.events.append({"event": "created", "batch": b.id, "custom_ids": [c for c, _ in lines]})
         await self._holding("create_after")
-        return web.Response(body=orjson.dumps(self._op(b)), content_type="application/json")
+        return _json(self._op(b))
 
     async def _gb_list(self, request: web.Request) -> web.StreamResponse:
         self.calls.append("list")
@@ -129,7 +129,7 @@ class GeminiBatchFake(OpenAIBatchFake):
         doc: dict[str, Any] = {"operations": [self._op(b) for b in page]}
         if start + size < len(newest):
             doc["nextPageToken"] = str(start + size)
-        return web.Response(body=orjson.dumps(doc), content_type="application/json")
+        return _json(doc)
 
     async def _gb_get(self, request: web.Request) -> web.StreamResponse:
         self.calls.append("poll")
@@ -142,7 +142,7 @@ class GeminiBatchFake(OpenAIBatchFake):
         b = self.batches.get("batches/" + request.match_info["batch_id"])
         if b is None:
             return _gemini_error(404, "Requested entity was not found.")
-        return web.Response(body=orjson.dumps(self._op(b)), content_type="application/json")
+        return _json(self._op(b))
 
 
 def _check(body: object, size: int) -> str | None:
