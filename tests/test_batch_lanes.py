@@ -242,10 +242,11 @@ def anthropic_model(url: str, **kw: Any) -> dict[str, Any]:
     return batch_model(url, adapter="anthropic", base_url=url, model="claude-fake", **kw)
 
 
-def anthropic_expected(cfg: Path, items: Path, model: str) -> dict[str, str]:
+def provider_expected(cfg: Path, items: Path, model: str, provider: str) -> dict[str, str]:
+    """Each unit's key -> the text the `provider` fake answers it with."""
     conf = load_config(cfg)
     adapter, _ = make_adapter(model, conf.models[model], Path(tempfile.gettempdir()), with_secrets=False)
-    return {u.key: reply_text(AnthropicFake.provider, u.item.messages[-1].content)
+    return {u.key: reply_text(provider, u.item.messages[-1].content)
             for u in lane_units(model, conf.models[model], adapter, custom_source(items, 0), 1)}
 
 
@@ -257,7 +258,7 @@ def test_anthropic_batch_lane_and_its_failures(tmp_path: Path, anthropic_fake: t
     out = tmp_path / "out"
     res = run_cli("run", cfg, "--items", items, "--output", out, env=KEY_ENV)
     assert res.rc == 0, res.stderr
-    check_complete(out, "a", anthropic_expected(cfg, items, "a"))
+    check_complete(out, "a", provider_expected(cfg, items, "a", AnthropicFake.provider))
     assert len(read_jsonl(out / "errors" / "a.jsonl")) == 4  # 2 errored + 2 expired, each sent again
     assert not fake.completed_twice()
     verify_clean(out)
@@ -278,7 +279,7 @@ def test_anthropic_kill9_then_resume_is_exactly_once(tmp_path: Path, anthropic_f
     p.kill9()
     res = run_engine("run", cfg, "--items", items, "--output", out, env=KEY_ENV)
     assert res.rc == 0, res.stderr
-    check_complete(out, "a", anthropic_expected(cfg, items, "a"))
+    check_complete(out, "a", provider_expected(cfg, items, "a", AnthropicFake.provider))
     assert not fake.completed_twice(), fake.events
     created = [e for e in fake.events if e["event"] == "created"]
     assert len(created) == 1  # the held create never made one; the others are re-attached
@@ -339,13 +340,6 @@ def gemini_model(url: str, **kw: Any) -> dict[str, Any]:
     return batch_model(url, adapter="gemini", base_url=url, model="gemini-fake", **kw)
 
 
-def gemini_expected(cfg: Path, items: Path, model: str) -> dict[str, str]:
-    conf = load_config(cfg)
-    adapter, _ = make_adapter(model, conf.models[model], Path(tempfile.gettempdir()), with_secrets=False)
-    return {u.key: reply_text(GeminiFake.provider, u.item.messages[-1].content)
-            for u in lane_units(model, conf.models[model], adapter, custom_source(items, 0), 1)}
-
-
 def test_gemini_batch_lane_and_its_failures(tmp_path: Path, gemini_fake: tuple[GeminiBatchFake, str]) -> None:
     fake, url = gemini_fake
     fake.request_5xx, fake.poll_5xx, fake.fail_batches = 2, 1, 1
@@ -354,7 +348,7 @@ def test_gemini_batch_lane_and_its_failures(tmp_path: Path, gemini_fake: tuple[G
     out = tmp_path / "out"
     res = run_cli("run", cfg, "--items", items, "--output", out, env=KEY_ENV)
     assert res.rc == 0, res.stderr
-    check_complete(out, "g", gemini_expected(cfg, items, "g"))
+    check_complete(out, "g", provider_expected(cfg, items, "g", GeminiFake.provider))
     assert not fake.completed_twice()
     verify_clean(out)
 
@@ -374,7 +368,7 @@ def test_gemini_kill9_then_resume_is_exactly_once(tmp_path: Path, gemini_fake: t
     p.kill9()
     res = run_engine("run", cfg, "--items", items, "--output", out, env=KEY_ENV)
     assert res.rc == 0, res.stderr
-    check_complete(out, "g", gemini_expected(cfg, items, "g"))
+    check_complete(out, "g", provider_expected(cfg, items, "g", GeminiFake.provider))
     assert len([e for e in fake.events if e["event"] == "created"]) == 1
     assert not fake.completed_twice()
 
