@@ -51,8 +51,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import signal
-import sys
 import threading
 import time
 from typing import Any
@@ -61,7 +59,7 @@ import orjson
 from aiohttp import BodyPartReader, web
 
 from engine.testing.fake_providers import _json
-from engine.testing.fakeserver import FakeConfig, _abort, count_prompt_tokens, expected_text
+from engine.testing.fakeserver import FakeConfig, _abort, count_prompt_tokens, expected_text, serve_until_signal
 
 __all__ = ["OpenAIBatchFake", "main"]
 
@@ -412,14 +410,7 @@ async def _serve(fake: OpenAIBatchFake, port: int) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    sys.stdout.write(f"LISTENING http://127.0.0.1:{runner.addresses[0][1]}\n")  # the one line a parent reads
-    sys.stdout.flush()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_until_signal(runner, f"http://127.0.0.1:{runner.addresses[0][1]}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1304,18 +1304,24 @@ def config_from_args(args: argparse.Namespace) -> FakeConfig:
     return msgspec.convert(fields, FakeConfig)
 
 
-async def _serve(config: FakeConfig, host: str, port: int) -> None:
+async def serve_until_signal(runner: web.AppRunner, root_url: str) -> None:
+    """Prints the one line a parent process reads (``LISTENING <root_url>``, FakeServerProcess and
+    the benchmarks wait for it), then serves until SIGTERM or SIGINT and cleans `runner` up."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner, url = await start_in_loop(config, host, port)
     try:
-        sys.stdout.write(f"LISTENING {url[: -len('/v1')]}\n")
+        sys.stdout.write(f"LISTENING {root_url}\n")
         sys.stdout.flush()
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+async def _serve(config: FakeConfig, host: str, port: int) -> None:
+    runner, url = await start_in_loop(config, host, port)
+    await serve_until_signal(runner, url.removesuffix("/v1"))
 
 
 def main(argv: list[str] | None = None) -> int:
