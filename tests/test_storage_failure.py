@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import pathlib
 import resource
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from engine import cli
 from engine.core.errors import StorageError
 from engine.core.records import judgment_decoder
 from engine.core.rundoc import RunDoc, RunSpec, UnsetType
+from engine.store import rundoc_io
 from engine.store.checkpoint import JsonlWriter, iter_records, scan_responses
 from engine.store.rundoc_io import read_run, write_doc
 from engine.testing.fakeserver import FakeServerProcess
@@ -126,16 +126,16 @@ def test_run_json_stays_as_it_was_when_it_cannot_be_written_either(
     items, cfg, out = _setup(tmp_path, thread_server, n)
     disk = FillingDisk(6_000, thread_server)
     monkeypatch.setattr(JsonlWriter, "_os_write", staticmethod(disk))
-    write_bytes = pathlib.Path.write_bytes
+    write_synced = rundoc_io._write_synced
 
-    def full_for_run_json(self: Path, data: bytes) -> int:
-        if disk.full and self.name.startswith(".run.json."):
-            with open(self, "wb") as f:
+    def full_for_run_json(path: Path, data: bytes) -> None:
+        if disk.full and path.name.startswith(".run.json."):
+            with open(path, "wb") as f:
                 f.write(data[: len(data) // 2])
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return write_bytes(self, data)
+        write_synced(path, data)
 
-    monkeypatch.setattr(pathlib.Path, "write_bytes", full_for_run_json)
+    monkeypatch.setattr(rundoc_io, "_write_synced", full_for_run_json)
     rc, err = _run_in_process(capsys, "run", cfg, "--items", items, "--output", out)
     assert rc == 4, err
     assert "No space left on device (ENOSPC)" in err[-1] and "/responses/fake.jsonl" in err[-1]
@@ -156,12 +156,12 @@ def test_write_doc_that_the_disk_refuses_keeps_the_old_document(tmp_path: Path, 
     write_doc(path, old)
     before = path.read_bytes()
 
-    def no_room(self: Path, data: bytes) -> int:
-        with open(self, "wb") as f:
+    def no_room(path: Path, data: bytes) -> None:
+        with open(path, "wb") as f:
             f.write(data[:10])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(pathlib.Path, "write_bytes", no_room)
+    monkeypatch.setattr(rundoc_io, "_write_synced", no_room)
     with pytest.raises(StorageError) as ei:
         write_doc(path, RunDoc(config={}, spec=RunSpec(models=("m",), output=str(tmp_path)), status="complete"))
     assert ei.value.exit_code == 4

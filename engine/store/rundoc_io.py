@@ -85,8 +85,9 @@ def write_doc(path: Path, doc: RunDoc | ScoresDoc, *, keep_unknown: bool = True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
     try:
-        tmp.write_bytes(redact(data))  # a lane's message may quote a server that echoed the key
+        _write_synced(tmp, redact(data))  # a lane's message may quote a server that echoed the key
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except OSError as exc:
         # The document it would replace stays as it was; no half-written temp file is left.
         with contextlib.suppress(OSError):
@@ -94,6 +95,28 @@ def write_doc(path: Path, doc: RunDoc | ScoresDoc, *, keep_unknown: bool = True)
         if exc.errno in STORAGE_ERRNOS:
             raise StorageError.of(exc, path) from None
         raise
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    # Without the fsync a crash soon after the rename can leave run.json empty on some file systems
+    # (the rename reaches the disk before the data): the run's identity would be lost.
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Makes a rename in `directory` durable; best effort where the platform cannot open a folder."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_run(directory: Path) -> RunDoc:
