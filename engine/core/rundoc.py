@@ -28,7 +28,7 @@ from msgspec import UNSET, UnsetType
 from engine.core.subtask import JudgeStats, Metric
 
 __all__ = [
-    "UNSET", "BackendDoc", "BudgetDoc", "Fingerprint", "HistoryEntry", "IntervalsDoc", "JudgeStats", "LaneSummary", "Latency",
+    "UNSET", "BackendDoc", "BudgetDoc", "Completion", "FileId", "Fingerprint", "HistoryEntry", "IntervalsDoc", "JudgeStats", "LaneSummary", "Latency",
     "Metric", "ModelScore", "PartitionDoc", "PillarRanks", "RayNode", "RunDoc", "RunSpec", "ScoresDoc", "ServersDoc", "ShardRun",
     "ShardState", "ShardsDoc", "SubtaskProtocol", "SubtaskScores", "TokenCounts", "UnsetType", "UsageCost",
 ]
@@ -224,6 +224,35 @@ class ShardsDoc(msgspec.Struct, frozen=True, kw_only=True):
     runs: dict[str, ShardRun] = {}
 
 
+class FileId(msgspec.Struct, frozen=True, kw_only=True):
+    """A file's identity as the file system reports it: any append, truncation, rewrite or
+    replacement changes at least one field (ctime cannot be set back by hand, as mtime can)."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+class Completion(msgspec.Struct, frozen=True, kw_only=True):
+    """run.json `completion.<model>`: a target lane that ended with nothing left to do for a rerun of
+    the same command (engine/run/completion.py). A rerun whose fingerprint and checkpoint identity
+    both match skips the items walk, the resume scan and the item count for that lane, and
+    reports these counts instead; any mismatch takes the full path. Every field has a default so
+    that a record of another shape still decodes (and matches nothing)."""
+
+    plan: str = ""  # everything the units, their bodies and keys are a function of (run-wide)
+    fingerprint: str = ""  # `plan` with this lane's name and model config
+    planned: dict[str, int] = {}  # units per "pillar/subtask" (engine.items.plan_counts)
+    data: str = ""  # the run's `fingerprint.data` (a function of the plan)
+    units: int = 0  # units the lane walks: each already in the checkpoint
+    truncated: int = 0  # of them, prompts cut to fit the context (LaneSummary.truncated)
+    records: int = 0  # records in the checkpoint
+    fatal: int = 0  # of them, fatal-error records
+    checkpoint: FileId | None = None  # responses/<model>.jsonl when the lane ended
+
+
 class RunDoc(msgspec.Struct, frozen=True, kw_only=True):
     """run.json: what a run was asked to do and how it went; resume, verify, score and report need
     nothing else. A shard's run.shard-I-of-N.json is the same document with `shard` set."""
@@ -248,6 +277,8 @@ class RunDoc(msgspec.Struct, frozen=True, kw_only=True):
     lanes: dict[str, LaneSummary] | UnsetType = UNSET  # set when a run finishes
     servers: ServersDoc | UnsetType = UNSET
     shards: ShardsDoc | UnsetType = UNSET  # set by `merge`
+    # Lanes a rerun need not walk (set when a run ends; a run that starts drops it).
+    completion: dict[str, Completion] | UnsetType = UNSET
 
     @property
     def lane_map(self) -> dict[str, LaneSummary]:

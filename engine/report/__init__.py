@@ -28,6 +28,7 @@ from engine.core.errors import EngineError
 from engine.core.records import Item, JudgmentRecord, Record, judgment_decoder
 from engine.core.rundoc import RunDoc, RunSpec, ScoresDoc
 from engine.core.secrets import redact, remember_env
+from engine.report import reuse
 from engine.report.build import build_report
 from engine.report.explore import board, item_views, verdicts_of
 from engine.report.figures import MISSING as FIGURES_MISSING
@@ -66,8 +67,7 @@ def load_inputs(directory: Path, response_rows: int = RESPONSE_ROWS) -> ReportIn
     judgments = {p.stem: list(iter_records(p, judgment_decoder, live=live))
                  for p in sorted((directory / "judgments").glob("*.jsonl"))}
     if spec.items is not None:
-        items, total = _load_items(spec, notes, keep=response_rows)
-        records, shown = _stream_responses(directory, run, models, items, total, response_rows, live)
+        items, total, records, shown = _items_run(directory, run, models, notes, response_rows, live)
         done = {t.model: {k: t.ok + t.failed for k in list(run.planned.get(t.model, {}))[:1] or ["custom/custom"]}
                 for t in shown.models}
         return ReportInputs(directory=str(directory), run=run, scores=scores, records=records, judgments=judgments,
@@ -79,6 +79,22 @@ def load_inputs(directory: Path, response_rows: int = RESPONSE_ROWS) -> ReportIn
                         items=items, notes=tuple(notes),
                         progress=progress(run, _done(records), live, _judged(run, judgments))
                         if run.status == "running" else None)
+
+
+def _items_run(directory: Path, run: RunDoc, models: list[str], notes: list[str], rows: int, live: bool
+               ) -> tuple[dict[tuple[str, str, str], Item] | None, int | None, dict[str, list[Record]], ResponsesShown]:
+    """An --items run's shown items and records and its tallies: kept from an earlier report when
+    nothing they are made of changed (reuse.py), else read, and kept for the next one."""
+    digest = None if live else reuse.key(directory, run.spec, models, rows)
+    held = reuse.load(directory, digest) if digest is not None else None
+    if held is not None:
+        return {(i.pillar, i.subtask, i.id): i for i in held.items}, held.total, held.records, held.shown
+    items, total = _load_items(run.spec, notes, keep=rows)
+    records, shown = _stream_responses(directory, run, models, items, total, rows, live)
+    if digest is not None and items is not None and total is not None \
+            and reuse.key(directory, run.spec, models, rows) == digest:  # nothing changed while read
+        reuse.save(directory, reuse.Kept(key=digest, items=list(items.values()), total=total, records=records, shown=shown))
+    return items, total, records, shown
 
 
 def _judged(run: RunDoc, judgments: Mapping[str, list[JudgmentRecord]]) -> tuple[int, int]:

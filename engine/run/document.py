@@ -21,6 +21,7 @@ from engine.core.rundoc import (
     UNSET,
     BackendDoc,
     BudgetDoc,
+    Completion,
     Fingerprint,
     HistoryEntry,
     LaneSummary,
@@ -55,7 +56,7 @@ def started(prev: RunDoc | None, cfg: Config, spec: RunSpec, *, config_source: s
         spec=merged_spec(prev.spec if prev else None, spec), fingerprint=Fingerprint(
             data=data_fp, models=fingerprints, protocol={**_recorded(prev), **(protocol or {})}),
         planned=planned, packages=packages(), started_at=time.time(), ended_at=None, status="running",
-        failure=UNSET)
+        failure=UNSET, completion=UNSET)  # what this run writes may end any lane's completion
     if shard is not None and partition is not None:
         doc = msgspec.structs.replace(doc, shard=ShardState(index=shard.index, count=shard.count,
                                                             partition=partition.doc()))
@@ -76,11 +77,12 @@ def servers_doc(pool: GpuPool | None, launched: Mapping[str, Mapping[str, object
 
 
 def finished(doc: RunDoc, *, status: str, lanes: Mapping[str, LaneSummary], budget: Budget | None,
-             backend: BackendDoc | None, servers: ServersDoc | None, failure: str | None = None) -> RunDoc:
+             backend: BackendDoc | None, servers: ServersDoc | None, failure: str | None = None,
+             completion: Mapping[str, Completion] | None = None) -> RunDoc:
     """run.json at the end: how the run ended, each lane's counters (this invocation's in its history
     entry; in `lanes` merged with the earlier invocations', `stats.merge_invocations`), the budget,
-    the backend (None: local), the servers and, when the disk failed, the line saying so; one more
-    history entry."""
+    the backend (None: local), the servers, when the disk failed, the line saying so, and the lanes a
+    rerun need not walk (engine/run/completion.py); one more history entry."""
     ended = time.time()
     before = doc.lane_map
     return msgspec.structs.replace(
@@ -93,5 +95,6 @@ def finished(doc: RunDoc, *, status: str, lanes: Mapping[str, LaneSummary], budg
         lanes={**before, **{name: merge_invocations(before.get(name), lane) for name, lane in lanes.items()}},
         servers=servers if servers is not None else doc.servers,
         ended_at=ended, status=status, failure=failure if failure is not None else UNSET,
+        completion=dict(completion) if completion else UNSET,
         history=[*doc.history, HistoryEntry(started_at=doc.started_at, ended_at=ended, status=status,
                                             argv=sys.argv[1:], lanes=dict(lanes))])

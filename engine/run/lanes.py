@@ -20,11 +20,12 @@ from engine import shards as sharding
 from engine.core.adapter import Adapter, SubmitsBatches
 from engine.core.clock import LoopClock
 from engine.core.records import Item, Record
-from engine.core.rundoc import LaneSummary
+from engine.core.rundoc import Completion, LaneSummary, RunDoc
 from engine.costs import Budget, lane_price
 from engine.gpus import needs_gpus
 from engine.items import WorkItem
 from engine.requery import make_requery, requery_limits
+from engine.run import completion
 from engine.run.attempt import Attempts, Brakes, LocalAttempts, RunStop, Spend
 from engine.run.batch_job import LaneFiles
 from engine.run.batching import BatchAttempts, BatchSettings
@@ -56,6 +57,8 @@ class LaneSet:
     servers: dict[str, dict[str, object]] = field(default_factory=dict)  # GPU placement per local lane
     cache: ResponseCache | None = None  # run --cache / [run] cache: closed with the writers
     prior_fatal: dict[str, int] = field(default_factory=dict)  # fatal-error responses already on disk, per lane
+    # Lanes whose run.json completion record still held: not scanned, not walked (completion.py).
+    completed: dict[str, Completion] = field(default_factory=dict)
 
     def by_name(self) -> dict[str, Lane]:
         return {lane.name: lane for lane in self.lanes}
@@ -117,8 +120,9 @@ class LaneBuilder:
     """Builds the lanes of one invocation, in order: targets, then judges not among them."""
 
     def __init__(self, inv: Invocation, adapters: dict[str, Built], pool: GpuPool | None, budget: Budget | None,
-                 stop: RunStop, ray: RayContext | None = None) -> None:
+                 stop: RunStop, ray: RayContext | None = None, *, prev: RunDoc | None = None) -> None:
         self.inv = inv
+        self.prev = prev  # the run.json this invocation continues: its completion records
         self.budget = budget
         self.stop = stop
         self.subs = subtasks(inv.spec)
@@ -136,8 +140,13 @@ class LaneBuilder:
         # Every resume scan before any writer opens a file: a corrupt line refuses with nothing created.
         # --retry-errors rewrites the files it drops errors from, so those go last, once every plain
         # scan (the one that can refuse) has passed.
-        dropping = [n for n in names if inv.opts.retry_errors and n in self.set.targets]
+        for name in self.set.targets:
+            self._shortcut(name)
+        dropping = [n for n in names if inv.opts.retry_errors and n in self.set.targets and n not in self.set.completed]
         for name in names:
+            if name in self.set.completed:
+                self.done[name] = KeySet()
+                continue
             self.done[name] = await self._done("responses", name, drop_errors=False)
             if name in self.judge_names:
                 self.judge_done[name] = await self._done("judgments", name, drop_errors=False)
@@ -156,6 +165,20 @@ class LaneBuilder:
             self._judge_estimates()
             self.set.hub = await self._hub()
         return self.set
+
+    def _shortcut(self, name: str) -> None:
+        """Takes the lane's completion record when it still holds: the lane then walks nothing and
+        reports the counts a full walk would (every unit already done)."""
+        inv = self.inv
+        adapter = self.set.adapters[name][0] if name in self.set.adapters else None
+        path = inv.out / "responses" / f"{name}{inv.suffix}.jsonl"
+        c = completion.usable(inv, self.prev, name, adapter, path) if adapter is not None else None
+        if c is None:
+            return
+        self.set.completed[name] = c
+        self.set.prior_fatal[name] = c.fatal
+        inv.log(f"{name}: nothing left to do: run.json's completion record matches the checkpoint and the "
+                "inputs; not walked again")
 
     def _judge_estimates(self) -> None:
         """Each judge lane's expected judgments, for progress: every planned unit of a judged
@@ -191,11 +214,14 @@ class LaneBuilder:
             lane_cfg = msgspec.structs.replace(lane_cfg, max_concurrency=attempts.settings.max_requests)
         if self.set.cache is not None:
             io = dataclasses.replace(io, cache=LaneCache(self.set.cache, name, cfg.models[name], attempts.stats))
-        lane = Lane(name, lane_cfg, adapter, inv.factory if target else _no_items, io, attempts,
+        walk = inv.factory if target and name not in self.set.completed else _no_items
+        lane = Lane(name, lane_cfg, adapter, walk, io, attempts,
                     policy=LanePolicy(samples=spec.samples, done=done, keep=keep, requery=requery),
                     open_server=None if self.set.ray is not None else open_server)  # Ray: the server runs by the actor
         lane.stats.planned = sum(inv.planned_units.values()) if target else 0
         lane.stats.judge_resumed = len(self.judge_done.get(name, ()))
+        if (c := self.set.completed.get(name)) is not None:  # what the walk would have counted
+            lane.stats.skipped, lane.stats.truncated = c.units, c.truncated
         if pool is not None and name in self.set.servers:
             lane.hooks.on_idle = functools.partial(pool.withdraw, name)
         if target and keep is not None:

@@ -12,7 +12,7 @@ from typing import Literal
 import msgspec
 
 from engine.config import Config
-from engine.core.rundoc import RunSpec, SubtaskProtocol
+from engine.core.rundoc import FileId, RunSpec, SubtaskProtocol
 from engine.items import ItemFactory
 from engine.shards import Partition, Shard
 
@@ -35,6 +35,18 @@ class RunOptions(msgspec.Struct, frozen=True, kw_only=True):
     config_source: str = ""  # the config file's path as given, for run.json
 
 
+class Early(msgspec.Struct, frozen=True):
+    """What the run knows before the output directory is locked (engine/run/completion.py): the plan
+    fingerprint and the items file's identity when it was hashed; and from a completion record of
+    the same plan (None: none), the planned counts (which `plan_counts` walks every item for) and
+    the data fingerprint (which hashes the items file again)."""
+
+    plan: str
+    items: FileId | None
+    planned: dict[str, int] | None = None
+    data: str | None = None
+
+
 @dataclass(frozen=True)
 class Invocation:
     """One run's resolved inputs, shared by the parts that build and run its lanes."""
@@ -47,6 +59,7 @@ class Invocation:
     data_fp: str
     log: Log
     protocol: Mapping[str, SubtaskProtocol] = field(default_factory=dict)  # engine.spec.protocols
+    early: Early | None = None  # the plan fingerprint (engine/run/completion.py); None: nothing recorded
 
     @property
     def out(self) -> Path:

@@ -27,7 +27,7 @@ from engine.core.errors import EngineError, StorageError
 from engine.core.rundoc import RunDoc, RunSpec, UnsetType
 from engine.costs import Budget
 from engine.items import ItemFactory, plan_counts
-from engine.run import document
+from engine.run import completion, document
 from engine.run.attempt import RunStop
 from engine.run.judge import close_when_generated
 from engine.run.lane import Lane
@@ -61,12 +61,14 @@ async def run(cfg: Config, spec: RunSpec, opts: RunOptions | None = None, log: L
         await asyncio.to_thread(preflight, opts.ray_address)
     judge_plan(cfg, subtasks(spec))  # a judged subtask without a judge: refuse before DIR is touched
     factory = item_factory(spec)
-    planned_units = await _planned(factory, spec.samples)
-    data_fp = await asyncio.to_thread(
+    # A completion record of the same plan already says how many units there are (completion.py).
+    early = await asyncio.to_thread(completion.early, cfg, spec, opts)
+    planned_units = early.planned if early is not None and early.planned else await _planned(factory, spec.samples)
+    data_fp = early.data if early is not None and early.data else await asyncio.to_thread(
         data_fingerprint, Path(spec.items) if spec.items else None,
         Path(spec.data_dir) if spec.data_dir else None, cfg.pillars, protocol_of(spec))
     protocol = await asyncio.to_thread(protocols, spec)
-    inv = Invocation(cfg, spec, opts, factory, planned_units, data_fp, log, protocol)
+    inv = Invocation(cfg, spec, opts, factory, planned_units, data_fp, log, protocol, early)
     _check_output(inv.out)
     # Adapters first: a missing key or unknown adapter fails before the directory is touched; then
     # GPU placement of local lanes: a model that cannot fit is an error before anything is written.
@@ -169,7 +171,7 @@ async def _run_locked(inv: Invocation, prev: RunDoc | None, adapters: dict[str, 
     budget = _budget(inv)
     # The lanes' resume scans can still refuse (a corrupt record line): run.json is rewritten and
     # the folders made only once they have passed.
-    lanes = await LaneBuilder(inv, adapters, pool, budget, stop, ray).build()
+    lanes = await LaneBuilder(inv, adapters, pool, budget, stop, ray, prev=prev).build()
     for folder in ("responses", "judgments", "errors"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     doc = document.started(prev, cfg, inv.spec, config_source=inv.opts.config_source, data_fp=inv.data_fp,
@@ -192,10 +194,12 @@ async def _run_locked(inv: Invocation, prev: RunDoc | None, adapters: dict[str, 
 
     failure = storage.final(lanes.writers) if storage.error is not None else None
     end = Ending(interrupt.signum, budget, lanes.lanes, lanes.prior_fatal, failure)
+    done = (completion.completions(inv, lanes.target_lanes(), lanes.completed, lanes.prior_fatal)
+            if failure is None and interrupt.signum is None else {})
     doc = document.finished(doc, status=end.status, lanes=lanes.summaries(), budget=budget,
                             backend=ray.doc() if ray is not None else None,
                             servers=document.servers_doc(pool, lanes.launched()),
-                            failure=str(failure) if failure is not None else None)
+                            failure=str(failure) if failure is not None else None, completion=done)
     try:
         sharding.write_state(out, inv.shard, doc)
     except StorageError:
@@ -227,7 +231,8 @@ def _start_line(inv: Invocation, lanes: LaneSet) -> None:
     """What this invocation is about to do, in one line (a batch log's first)."""
     targets = lanes.target_lanes()
     planned = sum(lane.stats.planned for lane in targets)
-    resumed = sum(len(lane.policy.done) for lane in targets)
+    resumed = sum(len(lane.policy.done) or (c.records if (c := lanes.completed.get(lane.name)) else 0)
+                  for lane in targets)
     # Judge-only (`judge DIR`): no estimate, but the earlier responses already queued for judging.
     judged = sum(max(lane.stats.judge_planned, lane.stats.judge_queued) for lane in lanes.lanes)
     source = inv.opts.config_source or "default"

@@ -317,6 +317,7 @@ class JsonlWriter:
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.written = 0
+        self.error_lines = 0  # of the lines written, fatal-error records (engine/run/completion.py)
         self.put_count = 0
         self._progress = asyncio.Event()  # set after each write: what `sync` waits on
         self.high_water = 0
@@ -410,10 +411,12 @@ class JsonlWriter:
                 record_encoder.encode_into(rec, buf, len(buf))
                 buf.extend(b"\n")
             # A model that echoes the key (a proxy answering 200 with the request) keeps it out of the file.
-            if not self._write(redact(buf)) or self.error is not None:
+            data = redact(buf)
+            if not self._write(data) or self.error is not None:
                 self._progress.set()
                 break  # the disk failed: what comes now stays in memory until close
             self.written += len(batch)
+            self.error_lines += data.count(ERROR_FIELD)  # as the resume scan counts fatal records
             self._progress.set()
             if self._on_written is not None:
                 self._on_written(batch)

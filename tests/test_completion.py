@@ -1,0 +1,229 @@
+"""A rerun with nothing left to do (engine/run/completion.py): run.json's completion record spares the
+item count, the resume scan and the walk, and the rerun says and writes what the full path says;
+every change to what the units are, or to the checkpoint, takes the full path instead."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+
+from engine import report
+from engine.report import reuse
+from engine.run import completion
+from engine.testing.fakeserver import FakeServerProcess
+from tests.conftest import PY, REPO, EngineResult, engine_env, fake_model, run_cli, verify_clean, write_config, write_items
+
+SHORTCUT = "nothing left to do"
+N = 30
+
+
+@dataclass
+class Done:
+    """A finished --items run of N items against the fake server, and how to run it again."""
+
+    tmp: Path
+    srv: FakeServerProcess
+    items: Path
+    cfg: Path
+    out: Path
+
+    def run(self, *extra: str | Path, cfg: Path | None = None) -> EngineResult:
+        return run_cli("run", cfg or self.cfg, "--items", self.items, "--output", self.out, "--no-progress", *extra)
+
+    def sent(self) -> int:
+        n = self.srv.stats()["requests"]
+        assert isinstance(n, int)
+        return n
+
+    def doc(self) -> dict[str, object]:
+        return orjson.loads((self.out / "run.json").read_bytes())
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / "responses" / "fake.jsonl"
+
+
+def _done(tmp: Path, srv: FakeServerProcess, **model: object) -> Done:
+    d = Done(tmp, srv, write_items(tmp / "items.jsonl", N), write_config(tmp / "c.toml", {"fake": fake_model(srv, **model)}),
+             tmp / "out")
+    res = d.run()
+    assert res.rc in (0, 1), res.stderr
+    assert SHORTCUT not in res.stderr
+    return d
+
+
+@pytest.fixture
+def done(tmp_path: Path, fake_server: FakeServerProcess) -> Done:
+    d = _done(tmp_path, fake_server)
+    assert d.sent() == N and "fake" in d.doc()["completion"]  # type: ignore[operator]  # a JSON object
+    return d
+
+
+def _summary(res: EngineResult) -> list[str]:
+    """What a run says, but for the shortcut's own line."""
+    return [line for line in res.err_lines() if SHORTCUT not in line]
+
+
+_TIMES = ("started_at", "ended_at", "wall_s", "requests_per_s", "output_tokens_per_s")
+
+
+def _last_lane(d: Done) -> dict[str, object]:
+    history = d.doc()["history"]
+    assert isinstance(history, list)
+    return {k: v for k, v in history[-1]["lanes"]["fake"].items() if k not in _TIMES}
+
+
+def _without_completion(d: Done) -> None:
+    doc = d.doc()
+    del doc["completion"]
+    (d.out / "run.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+
+
+def test_unchanged_rerun_sends_nothing_walks_nothing_and_says_what_the_full_path_says(done: Done) -> None:
+    short = done.run()
+    assert short.rc == 0 and SHORTCUT in short.stderr, short.stderr
+    assert done.sent() == N
+    lane = _last_lane(done)
+    assert lane["skipped"] == N and lane["planned"] == N and lane["done"] == 0 and lane["state"] == "complete"
+    # The same rerun on the full path (no record): the same lines, the same lane statistics.
+    _without_completion(done)
+    full = done.run()
+    assert full.rc == 0 and SHORTCUT not in full.stderr
+    assert _summary(short) == _summary(full)
+    assert _last_lane(done) == lane
+    assert done.sent() == N
+    verify_clean(done.out)
+    # The full path recorded completion again: the next rerun is short again, and its report (read
+    # from the kept report inputs) is the report of the records.
+    again = done.run()
+    assert again.rc == 0 and SHORTCUT in again.stderr
+    kept = done.out / reuse.NAME
+    assert kept.exists()
+    shown = (done.out / "report.md").read_text()
+    kept.unlink()
+    assert report.render(report.report_for(done.out)[0], "md") == shown
+
+
+def test_fatal_records_keep_the_exit_code_and_retry_errors_takes_the_full_path(tmp_path: Path,
+                                                                               fake_server: FakeServerProcess) -> None:
+    fake_server.set_config(echo={"number 2": 404})  # q2, q20..q29: fatal, never retried
+    d = _done(tmp_path, fake_server)
+    fatal = "11 fatal error(s), 0 out of retries"
+    again = d.run()
+    assert again.rc == 1 and SHORTCUT in again.stderr and fatal in again.err_lines()[-1], again.stderr
+    allowed = d.run("--allow-failures")
+    assert allowed.rc == 0 and SHORTCUT in allowed.stderr and "allowed by --allow-failures" in allowed.err_lines()[-1]
+    assert d.sent() == N
+    fake_server.set_config(echo={})
+    retried = d.run("--retry-errors")
+    assert retried.rc == 0 and SHORTCUT not in retried.stderr, retried.stderr
+    assert d.sent() == N + 11
+    verify_clean(d.out)
+    # No fatal record left: --retry-errors has nothing to send, and the shortcut holds for it too.
+    last = d.run("--retry-errors")
+    assert last.rc == 0 and SHORTCUT in last.stderr and "0 fatal error(s)" in last.err_lines()[-1]
+    assert d.sent() == N + 11
+
+
+def _append_a_record(d: Done) -> None:
+    line = d.checkpoint.read_bytes().splitlines()[0]
+    rec = orjson.loads(line)
+    rec["key"], rec["item_id"] = "f" * 32, "extra"
+    with open(d.checkpoint, "ab") as f:
+        f.write(orjson.dumps(rec) + b"\n")
+
+
+def _cut_the_last_record(d: Done) -> None:
+    lines = d.checkpoint.read_bytes().splitlines(keepends=True)
+    d.checkpoint.write_bytes(b"".join(lines[:-1]))
+
+
+def _same_bytes_new_file(d: Done) -> None:
+    data = d.checkpoint.read_bytes()
+    d.checkpoint.unlink()
+    d.checkpoint.write_bytes(data)
+
+
+def _other_concurrency(d: Done) -> None:
+    d.cfg.write_text(d.cfg.read_text().replace('model = "fake-model"', 'model = "fake-model"\nmax_concurrency = 3'))
+
+
+def _other_code(d: Done, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What editing a pillar's prompt builder or an adapter's body changes: the code digest.
+    monkeypatch.setattr(completion, "code_digest", lambda: "another engine")
+
+
+# (change, requests the full path then sends)
+CHANGES: dict[str, tuple[Callable[..., None], int]] = {
+    "a record appended to the checkpoint": (_append_a_record, 0),
+    "the last record cut from the checkpoint": (_cut_the_last_record, 1),
+    "the checkpoint replaced by a copy": (_same_bytes_new_file, 0),
+    "a config key that does not shape requests (max_concurrency)": (_other_concurrency, 0),
+    "the engine's code": (_other_code, 0),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_change_takes_the_full_path(done: Done, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    fn, resend = CHANGES[change]
+    if fn is _other_code:
+        fn(done, monkeypatch)
+    else:
+        fn(done)
+    res = done.run()
+    assert res.rc == 0 and SHORTCUT not in res.stderr, res.stderr
+    assert done.sent() == N + resend
+    # ... which records completion again: the next rerun (same change in place) is short.
+    res = done.run()
+    assert res.rc == 0 and SHORTCUT in res.stderr, res.stderr
+    assert done.sent() == N + resend
+
+
+def test_an_edited_item_or_request_setting_is_refused_as_before(done: Done) -> None:
+    text = done.items.read_text()
+    done.items.write_text(text.replace("question number 5:", "question number five:"))
+    res = done.run()
+    assert res.rc == 2 and "different data" in res.stderr and SHORTCUT not in res.stderr
+    done.items.write_text(text)
+    other = write_config(done.tmp / "t.toml", {"fake": fake_model(done.srv, temperature=0.5)})
+    res = done.run(cfg=other)
+    assert res.rc == 2 and "other request settings" in res.stderr and SHORTCUT not in res.stderr
+    assert done.sent() == N
+
+
+# The run process dies (os._exit: no cleanup, as kill -9) right after its records are on disk and
+# before run.json is written at the end: run.json is then the one written at the start, which has
+# no completion record.
+_DIE_AT_THE_END = textwrap.dedent("""
+    import os, sys
+    from engine import shards
+    from engine.cli import main
+    write = shards.write_state
+    def dying(out, shard, doc):
+        if doc.status != "running":
+            os._exit(137)
+        write(out, shard, doc)
+    shards.write_state = dying
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_killed_between_the_records_and_run_json_takes_the_full_path(done: Done) -> None:
+    _cut_the_last_record(done)
+    argv = ["run", str(done.cfg), "--items", str(done.items), "--output", str(done.out), "--no-progress"]
+    p = subprocess.run([PY, "-c", _DIE_AT_THE_END, *argv], cwd=str(REPO), env=engine_env(), capture_output=True,
+                       timeout=120)
+    assert p.returncode == 137, p.stderr.decode(errors="replace")
+    assert done.sent() == N + 1
+    assert done.doc()["status"] == "running" and "completion" not in done.doc()
+    res = done.run()
+    assert res.rc == 0 and SHORTCUT not in res.stderr and f"{N} already done" in res.stderr, res.stderr
+    assert done.sent() == N + 1
+    verify_clean(done.out)
+    assert SHORTCUT in done.run().stderr
