@@ -83,7 +83,7 @@ def combined_doc(out: Path, found: Found, base: RunDoc | None) -> RunDoc:
     if base is None:
         return RunDoc(config=last.config, config_source=last.config_source, spec=spec, planned=planned, fingerprint=fp)
     return msgspec.structs.replace(base, config=last.config, config_source=last.config_source, spec=spec,
-                                   planned=planned, fingerprint=fp)
+                                   planned=planned, fingerprint=fp, completion=UNSET)  # the files are rewritten
 
 
 def fingerprint_conflicts(base: RunDoc | None, docs: dict[int, RunDoc], count: int) -> list[str]:
