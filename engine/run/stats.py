@@ -105,7 +105,8 @@ class LaneStats:
             self._lat.update(p._lat)
 
     def latency(self, seconds: float) -> None:
-        self._lat[int(_log(seconds if seconds > 1e-6 else 1e-6) * _INV_BASE)] += 1
+        lat, b = self._lat, int(_log(seconds if seconds > 1e-6 else 1e-6) * _INV_BASE)
+        lat[b] = lat.get(b, 0) + 1  # Counter += costs twice this (a dict subclass)
 
     def percentile(self, q: float) -> float | None:
         return percentile(self._lat, q)

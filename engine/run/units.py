@@ -89,7 +89,7 @@ def lane_units(name: str, cfg: ModelConfig, adapter: Adapter, items: ItemFactory
             out = 0  # a replayed body reserves no completion budget
         else:
             body = adapter.build_body(item.messages, params)
-            bodies = ((s, body) for s in range(samples))
+            bodies = ((0, body),) if samples == 1 else tuple((s, body) for s in range(samples))
             out = params.max_tokens or 0
         est = -1
         for s, body in bodies:
