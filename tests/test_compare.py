@@ -16,6 +16,7 @@ from engine.testing.cdp import CHROMIUM, Chromium
 from engine.testing.fakeserver import FakeServerProcess
 from pillars import registry
 from tests.conftest import fake_model, run_cli, write_config
+from tests.session_once import built_once
 
 XSS = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
 # (subtask, item id) -> the answer model beta gives in run B instead of the right one
@@ -35,7 +36,13 @@ def _replay(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("compare")
+    """Runs A and B, built once per session (each xdist worker built its own); tests copy them
+    before changing them (compare itself writes nothing into a run)."""
+    tmp = built_once(tmp_path_factory, "compare-runs", _build_runs)
+    return tmp / "a", tmp / "b"
+
+
+def _build_runs(tmp: Path) -> None:
     with FakeServerProcess() as judge:
         replay = _replay(tmp / "answers.jsonl")
         cfg = write_config(tmp / "c.toml", {"alpha": {"adapter": "replay", "path": str(replay)},
@@ -55,7 +62,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         lines.append(orjson.dumps(rec))
     path.write_bytes(b"\n".join(lines) + b"\n")
     assert run_cli("score", tmp / "b").rc == 0
-    return tmp / "a", tmp / "b"
 
 
 def compare_json(*args: str | Path) -> dict:

@@ -28,6 +28,7 @@ from engine.report.explore import outcome
 from engine.report.explore_html import json_block
 from engine.report.view import Report
 from engine.testing.cdp import CHROMIUM, Chromium
+from tests.session_once import built_once
 
 MODELS = ["model-00", "model-01", "model-02"]
 SCORED = ("correct", "incorrect", "scored", "refused")
@@ -35,7 +36,10 @@ SCORED = ("correct", "incorrect", "scored", "refused")
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate(tmp_path_factory.mktemp("explore"), n_models=3, limit=3)
+    """The generated run (an engine subprocess, ~2 s of CPU) built once per session; each worker
+    gets its own copy, since writing the reports writes into it."""
+    shared = built_once(tmp_path_factory, "explore-run", lambda d: generate(d, n_models=3, limit=3))
+    return Path(shutil.copytree(shared / "run", tmp_path_factory.mktemp("explore") / "run"))
 
 
 @pytest.fixture(scope="module")
