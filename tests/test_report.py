@@ -13,8 +13,6 @@ import os
 import re
 import shutil
 import struct
-import subprocess
-import tempfile
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -28,6 +26,7 @@ from engine.report import build_report, load_inputs, render, report_for, write_r
 from engine.report.build import breakdown_tables, cohen_kappa, judgment_label
 from engine.report.format import fmt_num, rank_colour
 from engine.report.view import ReportInputs
+from engine.testing.cdp import CHROMIUM, Chromium
 from tests.conftest import fake_model, run_cli, write_config, write_items
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_run"
@@ -378,32 +377,25 @@ def _png_stats(png: bytes) -> tuple[int, int, int, float]:
     return width, height, len(counts), counts.most_common(1)[0][1] / sum(counts.values())
 
 
-def _chromium(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    with tempfile.TemporaryDirectory() as profile:
-        cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-@pytest.mark.skipif(shutil.which("chromium") is None,
-                    reason="headless check needs `chromium` on PATH (Debian: apt-get install -y chromium)")
-def test_html_in_headless_chromium(run_dir: Path, scores: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.skipif(CHROMIUM is None, reason="headless check needs `chromium` on PATH (Debian: apt-get install -y chromium)")
+def test_html_in_headless_chromium(run_dir: Path, scores: dict[str, Any]) -> None:
+    """One browser (engine/testing/cdp.py) for the screenshot and the DOM: each Chromium start is
+    about a second of CPU."""
     page = write_reports(run_dir)[1]
-    png = tmp_path / "report.png"
-    shot = _chromium("--enable-logging=stderr", "--v=0", f"--screenshot={png}", "--window-size=1400,1000",
-                     f"file://{page}")
-    console = [ln for ln in shot.stderr.splitlines() if ":CONSOLE" in ln or "Uncaught" in ln]
-    assert not console, "console messages:\n" + "\n".join(console)
-    assert png.is_file(), shot.stderr[-2000:]
-    width, height, distinct, top_share = _png_stats(png.read_bytes())
+    url = f"file://{page}"
+    with Chromium(width=1400, height=1000) as browser:
+        browser.open(url)
+        shot = browser.screenshot()
+        dom = str(browser.eval("document.documentElement.outerHTML"))
+        assert browser.console == [], "console messages:\n" + "\n".join(browser.console)
+        assert browser.requests == [url]  # the page itself, nothing else
+    width, height, distinct, top_share = _png_stats(shot)
     assert (width, height) == (1400, 1000)
     assert distinct >= 64 and top_share < 0.995, f"screenshot looks blank ({distinct} byte values, {top_share:.2%} one)"
-    dom = _chromium("--dump-dom", f"file://{page}").stdout
     cells = [a for tag, a, _ in _parse(dom).elements if tag == "td" and "data-rank" in a and "data-subtask" in a]
     assert 'class="ranks"' in dom and len(cells) == 3 * (len(scores["subtasks"]) + 1)  # + the unscored row
     if os.environ.get("TRUSTMH_REPORT_SHOT"):  # keep a screenshot to look at
-        shutil.copy(png, os.environ["TRUSTMH_REPORT_SHOT"])
+        Path(os.environ["TRUSTMH_REPORT_SHOT"]).write_bytes(shot)
 
 
 def test_items_report_is_bounded_and_counts_every_item(tmp_path: Path, fake_server: Any) -> None:
