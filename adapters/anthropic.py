@@ -208,7 +208,7 @@ class AnthropicMessages(AnthropicBatches):
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = new_session(self._concurrency)
+            self._session = new_session(self._concurrency, stamp_sends=self.stream)
         return self._session
 
     def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, object]:
@@ -235,9 +235,9 @@ class AnthropicMessages(AnthropicBatches):
         return parse_messages_response(raw, time.perf_counter() - start)
 
     async def send_streamed(self, body: dict[str, object], timeout: float,
-                            marks: list[float] | None = None) -> Response:
+                            marks: list[float] | None = None, sent: list[float] | None = None) -> Response:
         got = await post_sse(self._get_session(), self.url, orjson.dumps({**body, "stream": True}), self._headers,
-                             timeout, self._secrets)
+                             timeout, self._secrets, sent)
         self.last_signal = parse_anthropic(got.headers)
         if got.status != 200:
             raise error_for_status(got.status, anthropic_error_message(got.raw), secrets=self._secrets,

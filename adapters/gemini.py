@@ -243,7 +243,7 @@ class GeminiGenerate(GeminiBatches):
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = new_session(self._concurrency)
+            self._session = new_session(self._concurrency, stamp_sends=self.stream)
         return self._session
 
     def build_body(self, messages: tuple[Message, ...], params: GenParams) -> dict[str, object]:
@@ -261,9 +261,9 @@ class GeminiGenerate(GeminiBatches):
         return parse_generate_response(raw, time.perf_counter() - start)
 
     async def send_streamed(self, body: dict[str, object], timeout: float,
-                            marks: list[float] | None = None) -> Response:
+                            marks: list[float] | None = None, sent: list[float] | None = None) -> Response:
         got = await post_sse(self._get_session(), self.stream_url, orjson.dumps(body), self._headers, timeout,
-                             self._secrets)
+                             self._secrets, sent)
         if got.status != 200:
             raise gemini_error(got.status, got.raw, got.headers, self._secrets)
         doc, pieces = stream_document(got.events)

@@ -16,7 +16,9 @@ Status mapping (the providers agree on it):
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import orjson
@@ -69,14 +71,39 @@ def _no_json(obj: object) -> str:
     raise TypeError("adapters post bodies they encoded themselves (data=), never json=")
 
 
-def new_session(concurrency: int) -> aiohttp.ClientSession:
-    """One session per lane: a keep-alive pool a little larger than the lane's concurrency."""
+async def _stamp_sent(session: aiohttp.ClientSession, ctx: SimpleNamespace,
+                      params: aiohttp.TraceRequestChunkSentParams) -> None:
+    # aiohttp awaits this right before it hands the request's bytes (headers and body in one
+    # write) to the transport, in the same step: nothing runs in between.
+    stamps = ctx.trace_request_ctx
+    if isinstance(stamps, list):
+        stamps.append(time.perf_counter())
+
+
+@functools.cache
+def _send_stamps() -> aiohttp.TraceConfig:
+    import aiohttp  # loaded by load_transport already: a dict lookup
+
+    tc = aiohttp.TraceConfig()
+    tc.on_request_chunk_sent.append(_stamp_sent)
+    tc.freeze()
+    return tc
+
+
+def new_session(concurrency: int, stamp_sends: bool = False) -> aiohttp.ClientSession:
+    """One session per lane: a keep-alive pool a little larger than the lane's concurrency.
+
+    With `stamp_sends` (streamed lanes, `bench`), a request posted with a list as
+    `trace_request_ctx` gets the perf_counter time at which its bytes went to the socket appended
+    to it (`adapters.sse.post_sse`'s `sent`). Off elsewhere: aiohttp's tracing costs every request
+    of the session a few coroutine calls."""
     import aiohttp  # loaded by load_transport already: a dict lookup
 
     connector = aiohttp.TCPConnector(limit=concurrency + 8, limit_per_host=0, keepalive_timeout=60,
                                      ttl_dns_cache=300)
     return aiohttp.ClientSession(connector=connector, json_serialize=_no_json,
-                                 timeout=aiohttp.ClientTimeout(total=None))
+                                 timeout=aiohttp.ClientTimeout(total=None),
+                                 trace_configs=[_send_stamps()] if stamp_sends else None)
 
 
 @functools.lru_cache(maxsize=64)

@@ -245,7 +245,7 @@ class OpenAIChat(OpenAIBatches):
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = new_session(self._concurrency)
+            self._session = new_session(self._concurrency, stamp_sends=self.stream)
         return self._session
 
     def point_at(self, base_url: str) -> None:
@@ -275,10 +275,10 @@ class OpenAIChat(OpenAIBatches):
         return parse_chat_response(raw, time.perf_counter() - start)
 
     async def send_streamed(self, body: dict[str, object], timeout: float,
-                            marks: list[float] | None = None) -> Response:
+                            marks: list[float] | None = None, sent: list[float] | None = None) -> Response:
         wire = {**body, "stream": True, "stream_options": {"include_usage": True}}
         got = await post_sse(self._get_session(), self.url, orjson.dumps(wire), self._headers, timeout,
-                             self._secrets)
+                             self._secrets, sent)
         self.last_signal = parse_openai(got.headers)
         if got.status != 200:
             raise classify_status(got.status, got.raw, got.headers, self._secrets)

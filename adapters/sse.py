@@ -83,14 +83,19 @@ async def _read_events(resp: aiohttp.ClientResponse) -> list[Event]:
 
 
 async def post_sse(session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str],
-                   timeout: float, secrets: tuple[str, ...]) -> Streamed:
+                   timeout: float, secrets: tuple[str, ...], sent: list[float] | None = None) -> Streamed:
     """One streamed POST. Transport failures are classified as in `adapters.http.post_json`, except
-    that a body cut short is `transient` (a dropped stream is worth another attempt)."""
+    that a body cut short is `transient` (a dropped stream is worth another attempt).
+
+    `sent` (when given) gets the perf_counter time at which the request's bytes were handed to the
+    socket, from a session made with `new_session(..., stamp_sends=True)`; a session without
+    that stamps nothing (the caller decides what stands in). A request sent twice (a dead pooled
+    connection) is stamped twice: the last stamp is the send that was answered."""
     import aiohttp  # loaded by load_transport already: a dict lookup
 
     start = time.perf_counter()
     try:
-        async with await _post_fresh_if_stale(session, url, data, headers, timeout) as resp:
+        async with await _post_fresh_if_stale(session, url, data, headers, timeout, sent) as resp:
             if resp.status != 200:
                 raw = await resp.read()
                 return Streamed(resp.status, raw, resp.headers, [], start, time.perf_counter())
@@ -107,7 +112,7 @@ async def post_sse(session: aiohttp.ClientSession, url: str, data: bytes, header
 
 
 async def _post_fresh_if_stale(session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str],
-                               timeout: float) -> aiohttp.ClientResponse:
+                               timeout: float, sent: list[float] | None) -> aiohttp.ClientResponse:
     """The POST, sent once more at once when a pooled connection turns out dead before any reply.
 
     llama.cpp's server closes the connection after a streamed reply while its headers say
@@ -118,11 +123,11 @@ async def _post_fresh_if_stale(session: aiohttp.ClientSession, url: str, data: b
 
     t = _timeout(max(0.1, round(timeout, 1)))
     try:
-        return await session.post(url, data=data, headers=headers, timeout=t)
+        return await session.post(url, data=data, headers=headers, timeout=t, trace_request_ctx=sent)
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
         if isinstance(exc, aiohttp.ClientConnectorError):
             raise
-        return await session.post(url, data=data, headers=headers, timeout=t)
+        return await session.post(url, data=data, headers=headers, timeout=t, trace_request_ctx=sent)
 
 
 def event_object(data: bytes, what: str) -> dict[str, Any]:

@@ -56,7 +56,7 @@ def _bench(url: str, rate: float, n: int, output_len: int, out: Path) -> dict[st
     return doc
 
 
-async def _nothing(body: dict[str, object], timeout_s: float, marks: list[float]) -> Response:
+async def _nothing(body: dict[str, object], timeout_s: float, marks: list[float], sent: list[float]) -> Response:
     await asyncio.sleep(0.05)
     return Response(text="", finish_reason="stop", latency_s=0.05)
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
+import msgspec
 import orjson
 import pytest
 import uvloop
@@ -75,6 +77,8 @@ def test_summarize_follows_vllms_definitions() -> None:
     assert set(VLLM_FIELDS) <= set(m)
     lag = send_lag_stats(ok)
     assert lag["send_lag_p50_ms"] == pytest.approx(1.0) and lag["send_lag_max_ms"] == pytest.approx(3.0)
+    woke = [msgspec.structs.replace(o, woke=o.planned + 0.0005) for o in ok]
+    assert send_lag_stats(woke)["wake_lag_p99_ms"] == pytest.approx(0.5)
 
 
 def test_goodput_and_sweep_parsing() -> None:
@@ -139,14 +143,19 @@ def test_ignore_eos_is_sent_where_the_adapter_declares_it_or_when_asked(tmp_path
 
 
 def test_no_request_is_sent_before_it_is_due() -> None:
-    """uvloop rounds timers to whole milliseconds (a sleep can end early): the dispatcher sleeps
-    again rather than send early, so every send is at or after its planned time."""
-    async def send(body: dict[str, object], timeout_s: float, marks: list[float]) -> Response:
+    """The dispatcher's thread sleeps to the microsecond and hands the loop what is due: nothing is
+    sent early, requests due together start in one wake-up, and `sent` (the transport's stamp)
+    follows the wake-up."""
+    async def send(body: dict[str, object], timeout_s: float, marks: list[float], sent: list[float]) -> Response:
+        sent.append(time.perf_counter())
         return Response(text="", finish_reason="stop")
 
-    planned = arrival_times(60, 2000.0, 1.0, seed=5)  # gaps of ~0.5 ms: most sleeps are under a timer tick
+    planned = arrival_times(60, 2000.0, 1.0, seed=5)  # gaps of ~0.5 ms: under a loop timer's tick
+    planned[10:13] = [planned[10]] * 3
     outcomes, _ = uvloop.run(drive(send, [{}] * 60, planned, max_concurrency=None, timeout_s=1.0))
-    assert all(o.ok and o.sent >= o.planned for o in outcomes)
+    assert all(o.ok and o.planned <= o.woke <= o.sent for o in outcomes)
+    assert outcomes[10].woke == outcomes[11].woke == outcomes[12].woke
+    assert uvloop.run(drive(send, [], [], max_concurrency=None, timeout_s=1.0))[0] == []
 
 
 def test_warning_names_a_late_client_and_a_busy_one() -> None:

@@ -13,6 +13,7 @@ Gemini `:streamGenerateContent?alt=sse` (each event a GenerateContentResponse, n
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -107,9 +108,16 @@ def test_streamed_reply_equals_the_plain_one_with_ttft(kind: str) -> None:
         _same_reply(a, b)
         assert isinstance(streamed, StreamsReplies)
         marks: list[float] = []
-        c = await streamed.send_streamed(body, 5.0, marks)
+        sent: list[float] = []
+        before = time.perf_counter()
+        c = await streamed.send_streamed(body, 5.0, marks, sent)
         assert c.text == a.text and len(marks) == c.timing.chunks if c.timing else False
         assert marks == sorted(marks)
+        # the stamp of the request's bytes going out: after the call began, before any reply
+        assert len(sent) == 1 and before <= sent[0] <= marks[0]
+        unstamped: list[float] = []
+        await plain.send_streamed(body, 5.0, None, unstamped)  # a non-streaming lane's session stamps nothing
+        assert unstamped == []
 
     _run(kind, fn)
 

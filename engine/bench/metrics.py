@@ -24,10 +24,12 @@ PERCENTILES = (90.0, 99.0)
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
-    """One benchmark request: planned and actual send (s from the start), and what came back."""
+    """One benchmark request: planned and actual send (s from the start; `woke`: when the
+    dispatcher started it, between the two), and what came back."""
 
     planned: float
     sent: float
+    woke: float = 0.0
     ok: bool
     prompt_tokens: int = 0
     output_tokens: int = 0
@@ -88,10 +90,14 @@ def _stats(name: str, seconds: Sequence[float]) -> dict[str, float]:
 
 
 def send_lag_stats(outcomes: Sequence[Outcome]) -> dict[str, float]:
-    """How late the client sent requests after they were due (ms): the client's own precision."""
+    """How late the client sent requests after they were due (ms): the client's own precision.
+    The wake lag is the part before the dispatcher started the request (its timer and the
+    machine's scheduling); the rest is the loop turn it waited for and building the request."""
     lags = [max(0.0, o.sent - o.planned) * 1000.0 for o in outcomes]
+    wakes = [max(0.0, o.woke - o.planned) * 1000.0 for o in outcomes]
     return {"send_lag_p50_ms": percentile(lags, 50.0), "send_lag_p99_ms": percentile(lags, 99.0),
-            "send_lag_max_ms": max(lags, default=0.0)}
+            "send_lag_max_ms": max(lags, default=0.0), "wake_lag_p50_ms": percentile(wakes, 50.0),
+            "wake_lag_p99_ms": percentile(wakes, 99.0)}
 
 
 def summarize(outcomes: Sequence[Outcome], duration_s: float, slo: Mapping[str, float] | None = None) -> dict[str, object]:

@@ -65,10 +65,11 @@ def table(doc: Mapping[str, object]) -> list[str]:
                          + f"{float(doc[f'{stat}_{key}_ms']):.2f}")  # type: ignore[arg-type]  # floats we wrote
     lines.append(f"{' Client ':-^50}")
     for label, key in (("Send lag p50 (ms):", "send_lag_p50_ms"), ("Send lag p99 (ms):", "send_lag_p99_ms"),
+                       ("  of it before the wake-up, p99 (ms):", "wake_lag_p99_ms"),
                        ("Client CPU (fraction of one core):", "client_cpu_fraction"),
                        ("Machine load (1 min):", "machine_load_1m")):
         value = doc.get(key)
-        missing = "n/a (rate inf)" if key.startswith("send_lag") else "n/a"
+        missing = "n/a (rate inf)" if "_lag_" in key else "n/a"
         lines.append(f"{label:<40} {missing if value is None else f'{float(value):.3f}'}")  # type: ignore[arg-type]  # floats we wrote
     lines.append("=" * 50)
     return lines

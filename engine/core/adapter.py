@@ -77,10 +77,12 @@ class ReplaysItems(Protocol):
 @runtime_checkable
 class StreamsReplies(Protocol):
     async def send_streamed(self, body: dict[str, object], timeout: float,
-                            marks: list[float] | None = None) -> Response:
+                            marks: list[float] | None = None, sent: list[float] | None = None) -> Response:
         """One attempt, streamed: text, finish reason and usage as `send` would return them, plus
         `ttft_s` and `timing`. The stream fields are added here, never to `body` (the key's bytes).
-        `marks` (when given) gets the perf_counter time of each text piece (inter-token latency)."""
+        `marks` (when given) gets the perf_counter time of each text piece (inter-token latency);
+        `sent` the perf_counter time at which the request's bytes went to the socket (the bench's
+        send lag), where the transport can tell (none appended otherwise)."""
         ...
 
 
