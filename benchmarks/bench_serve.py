@@ -9,11 +9,13 @@ The fake server (a subprocess) answers every streamed request with its first tok
 before, on an absolute schedule. For each rate, `python -m engine bench` (a subprocess: the real
 command, its own event loop) sends rate x seconds Poisson arrivals after 20 warm-ups and writes its
 result JSON. The medians it reports are compared with the model: TTFT with a + jitter/2, TPOT and
-ITL with b; its send lag p50/p99 says how precisely the client kept the schedule. Client and server
-share this machine's CPUs (and whatever else runs on it: the load average is printed). The floor
-column is the machine's own: the same Poisson schedule kept by the same dispatcher (engine.bench.load
-.drive under uvloop, gc frozen) with requests that send nothing, so what is left is timer precision
-and how late this process gets a CPU. Not a test: prints a table and appends it to RESULTS.md.
+ITL with b; its send lag p50/p99 says how precisely the client kept the schedule (due -> the
+request's bytes handed to the socket; the wake lag is the part before the dispatcher woke).
+Client and server share this machine's CPUs (and whatever else runs on it: the load average is
+printed). The floor column is the machine's own: the same Poisson schedule kept by the same
+dispatcher (engine.bench.load.drive under uvloop, gc frozen) with requests that send nothing
+(their "sent" is when the request's task started), so what is left is the wake-up's precision and
+how late this process gets a CPU. Not a test: prints a table and appends it to RESULTS.md.
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ def main() -> None:
                         f"{_dev(float(d['median_ttft_ms']), a + j / 2)} | {_dev(float(d['median_tpot_ms']), b)} | "  # type: ignore[arg-type]
                         f"{_dev(float(d['median_itl_ms']), b)} | {float(d['p99_ttft_ms']):.1f} | "  # type: ignore[arg-type]
                         f"{float(d['send_lag_p50_ms']):.2f} / {float(d['send_lag_p99_ms']):.2f} | "  # type: ignore[arg-type]
+                        f"{float(d['wake_lag_p99_ms']):.2f} | "  # type: ignore[arg-type]
                         f"{floor['send_lag_p50_ms']:.2f} / {floor['send_lag_p99_ms']:.2f} | "
                         f"{float(d['client_cpu_fraction']):.2f} | {client_ms:.2f} / {server_ms:.2f} | "  # type: ignore[arg-type]
                         f"{'yes' if d['_warning'] else ''} |")
@@ -131,9 +134,10 @@ def main() -> None:
         f"(median ITL/TPOT {b:g}); {args.output_len} tokens per reply; Poisson arrivals; 20 warm-ups per rate.",
         "",
         "| rate (req/s) | requests | ok/failed | achieved req/s | median TTFT ms (vs model) | median TPOT ms | "
-        "median ITL ms | p99 TTFT ms | send lag p50 / p99 ms | floor: lag of a client sending nothing, p50 / p99 ms | "
+        "median ITL ms | p99 TTFT ms | send lag p50 / p99 ms | of it before the wake-up, p99 ms | "
+        "floor: lag of a client sending nothing, p50 / p99 ms | "
         "client CPU (cores) | CPU ms per request client / server | client-bound warning |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows, ""])
     print(text)
     if not args.no_append:

@@ -13,6 +13,8 @@ Gemini `:streamGenerateContent?alt=sse` (each event a GenerateContentResponse, n
 from __future__ import annotations
 
 import asyncio
+import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,7 +27,7 @@ from adapters.anthropic import AnthropicMessages
 from adapters.gemini import GeminiGenerate
 from adapters.openai_compat import OpenAIChat, stream_document
 from adapters.registry import entry, make_adapter, names
-from adapters.sse import Event, token_timing
+from adapters.sse import Event, split_events, token_timing
 from engine.config import load_config
 from engine.core.adapter import AdapterError, StreamsReplies
 from engine.core.config import ModelConfig
@@ -201,6 +203,28 @@ def test_token_timing_is_vllm_tpot_and_itl() -> None:
     assert t.itl_p99_s == pytest.approx(0.2)
     ttft, t = token_timing(1.0, [], 2.0, 0)
     assert ttft == 1.0 and t.chunks == 0
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"])
+def test_sse_events_are_cut_where_their_blank_line_arrived(eol: bytes) -> None:
+    """However the socket splits the body, each event is the same and stamped with the arrival of
+    the piece that held its blank line; names, comments and a last event without its blank line
+    as the SSE format has them."""
+    body = eol.join([b"data: {\"a\": 1}", b"", b": a comment", b"event: delta", b"data: x", b"data: y", b"",
+                     b"data:no space", b"", b"", b"data: [DONE]"])
+    whole = [Event("", b'{"a": 1}', 1.0), Event("delta", b"x\ny", 1.0), Event("", b"no space", 1.0),
+             Event("", b"[DONE]", 9.0)]
+    assert split_events([body], [1.0], 9.0) == whole
+    rng = random.Random(3)
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(body)), rng.randint(1, 12)))
+        pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+        got = split_events(pieces, [float(i) for i in range(len(pieces))], 99.0)
+        assert [(e.name, e.data) for e in got] == [(e.name, e.data) for e in whole]
+        blank_lines = [m.end() for m in re.finditer(re.escape(eol + eol), body)][:3]  # just past each
+        for ev, end in zip(got[:3], blank_lines, strict=True):
+            assert ev.at == next(i for i, c in enumerate([*cuts, len(body)]) if c >= end)
+        assert got[3].at == 99.0
 
 
 def test_streaming_is_a_declared_capability() -> None:
