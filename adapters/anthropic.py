@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from adapters.anthropic_batch import AnthropicBatches
-from adapters.http import error_for_status, load_transport, new_session, post_json
+from adapters.http import error_for_status, load_transport, new_session, open_connections, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_anthropic
 from adapters.registry import BuildContext, Built, Capabilities, adapter
 from adapters.sse import Event, cut_short, event_object, post_sse, timed
@@ -244,6 +244,9 @@ class AnthropicMessages(AnthropicBatches):
                                    retry_after=parse_retry_after(got.headers))
         doc, pieces = stream_document(got.events)
         return timed(parse_messages_response(orjson.dumps(doc), 0.0), got, pieces, marks)
+
+    async def open_connections(self, n: int, timeout: float) -> int:
+        return await open_connections(self._get_session(), self.url, self._headers, n, timeout)
 
     async def aclose(self) -> None:
         if self._session is not None and self._owns_session:

@@ -41,7 +41,7 @@ from urllib.parse import quote
 import orjson
 
 from adapters.gemini_batch import GeminiBatches
-from adapters.http import error_for_status, load_transport, new_session, post_json
+from adapters.http import error_for_status, load_transport, new_session, open_connections, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_duration
 from adapters.registry import BuildContext, Built, Capabilities, adapter
 from adapters.sse import Event, cut_short, event_object, post_sse, timed
@@ -274,6 +274,9 @@ class GeminiGenerate(GeminiBatches):
 
     def _status_error(self, status: int, raw: bytes, headers: Mapping[str, str]) -> AdapterError:
         return gemini_error(status, raw, headers, self._secrets)
+
+    async def open_connections(self, n: int, timeout: float) -> int:
+        return await open_connections(self._get_session(), self.stream_url, self._headers, n, timeout)
 
     async def aclose(self) -> None:
         if self._session is not None and self._owns_session:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 import orjson
 
-from adapters.http import error_for_status, load_transport, new_session, post_json
+from adapters.http import error_for_status, load_transport, new_session, open_connections, post_json
 from adapters.openai_batch import OpenAIBatches
 from adapters.ratelimit_headers import LimitSignal, parse_openai
 from adapters.registry import BuildContext, Built, Capabilities, adapter
@@ -284,6 +284,9 @@ class OpenAIChat(OpenAIBatches):
             raise classify_status(got.status, got.raw, got.headers, self._secrets)
         doc, pieces = stream_document(got.events)
         return timed(parse_chat_response(orjson.dumps(doc), 0.0), got, pieces, marks)
+
+    async def open_connections(self, n: int, timeout: float) -> int:
+        return await open_connections(self._get_session(), self.url, self._headers, n, timeout)
 
     async def aclose(self) -> None:
         if self._session is not None and self._owns_session:

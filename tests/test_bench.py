@@ -18,7 +18,7 @@ import pytest
 import uvloop
 
 from engine.bench.arrivals import arrival_times
-from engine.bench.load import drive
+from engine.bench.load import connections_needed, drive
 from engine.bench.metrics import Outcome, parse_goodput, percentile, send_lag_stats, summarize
 from engine.bench.result import bottleneck_warning, sweep_svg
 from engine.bench.session import Point, parse_sweep
@@ -156,6 +156,14 @@ def test_no_request_is_sent_before_it_is_due() -> None:
     assert all(o.ok and o.planned <= o.woke <= o.sent for o in outcomes)
     assert outcomes[10].woke == outcomes[11].woke == outcomes[12].woke
     assert uvloop.run(drive(send, [], [], max_concurrency=None, timeout_s=1.0))[0] == []
+
+
+def test_connections_opened_before_a_point_cover_the_requests_in_flight() -> None:
+    assert connections_needed(200.0, None, 1200, 0.06) == 26  # 200 x 0.06 s x 1.5 + 8
+    assert connections_needed(200.0, None, 1200, 0.0) == 308  # no warm-up reply: 1 s assumed
+    assert connections_needed(200.0, 16, 1200, 0.06) == 16 and connections_needed(200.0, None, 10, 0.06) == 10
+    assert connections_needed(math.inf, 8, 100, 0.5) == 8  # a closed loop holds C
+    assert connections_needed(math.inf, None, 100, 0.5) == 0  # all at once: nothing is scheduled
 
 
 def test_warning_names_a_late_client_and_a_busy_one() -> None:

@@ -46,13 +46,16 @@ Adapter = OpenAIChat | AnthropicMessages | GeminiGenerate
 Check = Callable[[Adapter, Adapter], Awaitable[None]]
 
 
-def _with_provider(kind: str, fn: Check, **fake_kw: Any) -> None:
-    """fn(plain adapter, streaming adapter) against the fake of `kind`."""
+def _with_provider(kind: str, fn: Check, runners: list[Any] | None = None, **fake_kw: Any) -> None:
+    """fn(plain adapter, streaming adapter) against the fake of `kind` (its runner appended to
+    `runners`, when given)."""
     async def main() -> None:
         fake: ProviderFake = AnthropicFake(api_key=KEY) if kind == "anthropic" else GeminiFake(api_key=KEY)
         for k, v in fake_kw.items():
             setattr(fake, k, v)
         runner, url = await start_fake(fake)
+        if runners is not None:
+            runners.append(runner)
         cls = AnthropicMessages if kind == "anthropic" else GeminiGenerate
         model = "claude-sonnet-4-5" if kind == "anthropic" else "gemini-2.5-flash"
         plain = cls(model=model, api_key=KEY, concurrency=4, base_url=url)
@@ -67,9 +70,11 @@ def _with_provider(kind: str, fn: Check, **fake_kw: Any) -> None:
     asyncio.run(main())
 
 
-def _with_openai(config: dict[str, Any], fn: Check) -> None:
+def _with_openai(config: dict[str, Any], fn: Check, runners: list[Any] | None = None) -> None:
     async def main() -> None:
         runner, url = await start_in_loop(config)
+        if runners is not None:
+            runners.append(runner)
         plain = OpenAIChat(base_url=url, model="fake-model", api_key=None, concurrency=4)
         streamed = OpenAIChat(base_url=url, model="fake-model", api_key=None, concurrency=4, stream=True)
         try:
@@ -92,11 +97,11 @@ def _same_reply(a: Response, b: Response) -> None:
     assert b.timing is not None and b.timing.chunks >= 1
 
 
-def _run(kind: str, fn: Check, **kw: Any) -> None:
+def _run(kind: str, fn: Check, runners: list[Any] | None = None, **kw: Any) -> None:
     if kind == "openai":
-        _with_openai(kw.get("config", {"completion_tokens": 24}), fn)
+        _with_openai(kw.get("config", {"completion_tokens": 24}), fn, runners)
     else:
-        _with_provider(kind, fn, **{k: v for k, v in kw.items() if k != "config"})
+        _with_provider(kind, fn, runners, **{k: v for k, v in kw.items() if k != "config"})
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
@@ -122,6 +127,21 @@ def test_streamed_reply_equals_the_plain_one_with_ttft(kind: str) -> None:
         assert unstamped == []
 
     _run(kind, fn)
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
+def test_connections_opened_ahead_are_the_ones_requests_use(kind: str) -> None:
+    """`open_connections(n)` leaves n keep-alive connections in the pool (HEAD requests whose 405
+    is ignored); n streamed requests sent together after it open no more."""
+    async def fn(plain: Adapter, streamed: Adapter) -> None:
+        server = runners[0].server
+        assert await streamed.open_connections(3, 5.0) == 3
+        assert len(server.connections) == 3
+        await asyncio.gather(*(streamed.send_streamed(plain.build_body(MSGS, PARAMS), 5.0) for _ in range(3)))
+        assert len(server.connections) == 3
+
+    runners: list[Any] = []
+    _run(kind, fn, runners)
 
 
 def test_openai_latency_model_shows_in_ttft_and_tpot() -> None:

@@ -25,6 +25,7 @@ CPU per request, which would count as the client's own load.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,7 +34,7 @@ from engine.bench.metrics import Outcome
 from engine.core.errors import AdapterError
 from engine.core.records import Response
 
-__all__ = ["Send", "drive", "warm_up"]
+__all__ = ["Send", "connections_needed", "drive", "warm_up"]
 
 Send = Callable[[dict[str, object], float, list[float], list[float]], Awaitable[Response]]
 
@@ -124,12 +125,23 @@ async def drive(send: Send, bodies: Sequence[dict[str, object]], planned: Sequen
     return outcomes, last_end - start
 
 
-async def warm_up(send: Send, bodies: Sequence[dict[str, object]], timeout_s: float) -> int:
-    """Sends the warm-up requests (all at once) before the measured ones; returns how many failed.
-    They are never counted in the result."""
+async def warm_up(send: Send, bodies: Sequence[dict[str, object]], timeout_s: float) -> tuple[int, float]:
+    """Sends the warm-up requests (all at once) before the measured ones; returns how many failed
+    and the slowest reply's latency (s; 0 without replies). They are never counted in the result."""
     results = await asyncio.gather(*(send(b, timeout_s, [], []) for b in bodies), return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
     for r in failed:
         if not isinstance(r, AdapterError):
             raise r
-    return len(failed)
+    return len(failed), max((r.latency_s for r in results if isinstance(r, Response)), default=0.0)
+
+
+def connections_needed(rate: float, max_concurrency: int | None, n: int, slowest_s: float) -> int:
+    """How many connections to open before a point's schedule: the requests that will be in
+    flight at once, i.e. rate x the slowest warm-up reply (1 s without one) x 1.5 + 8 for the
+    Poisson bursts, at most C and n. Every request at once (rate inf) opens them itself, except
+    that a closed loop (C) holds C."""
+    cap = min(n, max_concurrency or n)
+    if math.isinf(rate):
+        return cap if max_concurrency else 0
+    return min(cap, math.ceil(rate * (slowest_s or 1.0) * 1.5) + 8)

@@ -10,7 +10,8 @@ Optional capabilities:
   ReplaysItems     answers come from a recording, found by item rather than by prompt (`body_for`),
                    with end-of-run notes about what was (not) matched (`notes`)
   StreamsReplies   can send a request as a stream (`send_streamed`): the same Response as `send`
-                   plus ttft_s and token timing; declared with `caps.streaming` in the registry
+                   plus ttft_s and token timing, and open its connections ahead (`open_connections`);
+                   declared with `caps.streaming` in the registry
   LocalServer      what opening a local model server yields: the lane watches it and stops when it dies
   SubmitsBatches   has the provider's batch API (submit many requests as one job, collect later at a
                    lower price): builds a batch's input lines, submits, finds, polls and reads results;
@@ -83,6 +84,12 @@ class StreamsReplies(Protocol):
         `marks` (when given) gets the perf_counter time of each text piece (inter-token latency);
         `sent` the perf_counter time at which the request's bytes went to the socket (the bench's
         send lag), where the transport can tell (none appended otherwise)."""
+        ...
+
+    async def open_connections(self, n: int, timeout: float) -> int:
+        """Opens up to n keep-alive connections to the server and leaves them in the pool, so that
+        requests sent later skip the handshake (`bench`, before its schedule). Best effort: returns
+        how many opened; never raises for a server that refuses."""
         ...
 
 
