@@ -110,6 +110,23 @@ def test_unchanged_rerun_sends_nothing_walks_nothing_and_says_what_the_full_path
     assert report.render(report.report_for(done.out)[0], "md") == shown
 
 
+def test_truncated_prompts_are_counted_as_the_walk_counts_them(tmp_path: Path, fake_server: FakeServerProcess) -> None:
+    items = tmp_path / "items.jsonl"
+    items.write_bytes(b"".join(orjson.dumps({"id": f"q{i}", "prompt": ("long words " * 80 if i % 2 else "short")})
+                               + b"\n" for i in range(10)))
+    cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server, context_tokens=120, max_tokens=16)})
+    d = Done(tmp_path, fake_server, items, cfg, tmp_path / "out")
+    assert d.run().rc == 0
+    short = d.run()
+    assert SHORTCUT in short.stderr
+    lane = _last_lane(d)
+    assert lane["truncated"] == 5 and lane["skipped"] == 10
+    _without_completion(d)
+    full = d.run()
+    assert SHORTCUT not in full.stderr and _summary(short) == _summary(full) and _last_lane(d) == lane
+    assert d.sent() == 10
+
+
 def test_fatal_records_keep_the_exit_code_and_retry_errors_takes_the_full_path(tmp_path: Path,
                                                                                fake_server: FakeServerProcess) -> None:
     fake_server.set_config(echo={"number 2": 404})  # q2, q20..q29: fatal, never retried

@@ -4,7 +4,9 @@ Public API:
 - `load_inputs(directory)` reads run.json, scores.json (computed in memory when absent), the
   response and judgment records and, where they can be rebuilt, the items (the only I/O here); of a
   custom --items run it keeps only the first `response_rows` items and their records, streaming the
-  rest into per-model counts, so a 1M-item run's report holds ~500 records, not 1M;
+  rest into per-model counts, so a 1M-item run's report holds ~500 records, not 1M (and with
+  `keep`, as `write_reports` asks, keeps those in the directory for the next report while the
+  files they come from stay as they are: reuse.py);
 - `build.build_report(inputs, per_subtask=5)` builds the typed `Report` (view.py; pure);
 - `render(report, fmt)` gives the text ("md", "html" or "json"), with any API key value that the
   environment holds for the run's `api_key_env` names blanked out as a last line of defence;
@@ -56,7 +58,10 @@ def is_live(directory: Path) -> bool:
     return read_run(Path(directory)).status == "running" and lock_held(Path(directory))
 
 
-def load_inputs(directory: Path, response_rows: int = RESPONSE_ROWS) -> ReportInputs:
+def load_inputs(directory: Path, response_rows: int = RESPONSE_ROWS, *, keep: bool = False) -> ReportInputs:
+    """`keep`: an --items run's inputs, when read, are kept in the directory for the next report
+    (reuse.py); only where the report is written into the directory too, never by a command that
+    only reads it (`report --output`, `compare`)."""
     directory = Path(directory)
     run = read_run(directory)
     live = run.status == "running" and lock_held(directory)
@@ -67,7 +72,7 @@ def load_inputs(directory: Path, response_rows: int = RESPONSE_ROWS) -> ReportIn
     judgments = {p.stem: list(iter_records(p, judgment_decoder, live=live))
                  for p in sorted((directory / "judgments").glob("*.jsonl"))}
     if spec.items is not None:
-        items, total, records, shown = _items_run(directory, run, models, notes, response_rows, live)
+        items, total, records, shown = _items_run(directory, run, models, notes, response_rows, live, keep)
         done = {t.model: {k: t.ok + t.failed for k in list(run.planned.get(t.model, {}))[:1] or ["custom/custom"]}
                 for t in shown.models}
         return ReportInputs(directory=str(directory), run=run, scores=scores, records=records, judgments=judgments,
@@ -81,8 +86,8 @@ def load_inputs(directory: Path, response_rows: int = RESPONSE_ROWS) -> ReportIn
                         if run.status == "running" else None)
 
 
-def _items_run(directory: Path, run: RunDoc, models: list[str], notes: list[str], rows: int, live: bool
-               ) -> tuple[dict[tuple[str, str, str], Item] | None, int | None, dict[str, list[Record]], ResponsesShown]:
+def _items_run(directory: Path, run: RunDoc, models: list[str], notes: list[str], rows: int, live: bool,
+               keep: bool) -> tuple[dict[tuple[str, str, str], Item] | None, int | None, dict[str, list[Record]], ResponsesShown]:
     """An --items run's shown items and records and its tallies: kept from an earlier report when
     nothing they are made of changed (reuse.py), else read, and kept for the next one."""
     digest = None if live else reuse.key(directory, run.spec, models, rows)
@@ -91,7 +96,7 @@ def _items_run(directory: Path, run: RunDoc, models: list[str], notes: list[str]
         return {(i.pillar, i.subtask, i.id): i for i in held.items}, held.total, held.records, held.shown
     items, total = _load_items(run.spec, notes, keep=rows)
     records, shown = _stream_responses(directory, run, models, items, total, rows, live)
-    if digest is not None and items is not None and total is not None \
+    if keep and digest is not None and items is not None and total is not None \
             and reuse.key(directory, run.spec, models, rows) == digest:  # nothing changed while read
         reuse.save(directory, reuse.Kept(key=digest, items=list(items.values()), total=total, records=records, shown=shown))
     return items, total, records, shown
@@ -244,9 +249,9 @@ def render_chunks(report: Report, fmt: str, secrets: tuple[str, ...] = ()) -> It
     yield redact("\n  ]" + head[cut + len(ITEMS_FIELD):], secrets, shapes=False)
 
 
-def report_for(directory: Path, per_subtask: int = 5,
-               response_rows: int = RESPONSE_ROWS) -> tuple[Report, tuple[str, ...]]:
-    inputs = load_inputs(Path(directory), response_rows)
+def report_for(directory: Path, per_subtask: int = 5, response_rows: int = RESPONSE_ROWS, *,
+               keep: bool = False) -> tuple[Report, tuple[str, ...]]:
+    inputs = load_inputs(Path(directory), response_rows, keep=keep)
     parsed = verdicts_of(inputs)  # once, for the report's tables and the item browser
     report = build_report(inputs, per_subtask=per_subtask, parsed=parsed)
     models = [m.name for m in report.models]
@@ -269,7 +274,7 @@ def _by_subtask(items: Mapping[tuple[str, str, str], Item]) -> dict[str, list[It
 
 def write_reports(directory: Path, per_subtask: int = 5, response_rows: int = RESPONSE_ROWS) -> list[Path]:
     directory = Path(directory)
-    report, secrets = report_for(directory, per_subtask, response_rows)
+    report, secrets = report_for(directory, per_subtask, response_rows, keep=True)
     paths = []
     for fmt, name in FILES.items():
         write_text(directory / name, render(report, fmt, secrets))
