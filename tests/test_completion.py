@@ -202,6 +202,13 @@ def test_a_change_takes_the_full_path(done: Done, monkeypatch: pytest.MonkeyPatc
     assert done.sent() == N + resend
 
 
+def test_fresh_starts_over_and_records_completion_again(done: Done) -> None:
+    res = done.run("--fresh")
+    assert res.rc == 0 and SHORTCUT not in res.stderr and done.sent() == 2 * N
+    res = done.run()
+    assert res.rc == 0 and SHORTCUT in res.stderr and done.sent() == 2 * N
+
+
 def test_an_edited_item_or_request_setting_is_refused_as_before(done: Done) -> None:
     text = done.items.read_text()
     done.items.write_text(text.replace("question number 5:", "question number five:"))

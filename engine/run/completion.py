@@ -47,8 +47,6 @@ def _digest(obj: object) -> str:
 
 def run_unsupported(cfg: Config, spec: RunSpec, opts: RunOptions) -> str | None:
     """Why no lane of this invocation is recorded or shortcut (None: lanes may be)."""
-    if opts.fresh:
-        return "--fresh"
     if opts.shard is not None:
         return "a shard"
     if opts.backend != "local":
