@@ -211,7 +211,8 @@ class LocalAttempts:
     async def _send(self, unit: Unit, attempt: int, deadline: float) -> Response | AdapterError | None:
         """One request through the lane's limits; None when the budget, the deadline or a stop ends the unit."""
         cfg, stats, clock = self.cfg, self.stats, self.clock
-        await self.limit.acquire()
+        if not self.limit.try_acquire():
+            await self.limit.acquire()
         try:
             # One clock reading serves the pacer, the deadline and the send's start unless a wait
             # comes between them (the hot path reads the clock twice per attempt, not five times).

@@ -216,7 +216,7 @@ class Lane:
                 tg.create_task(self._worker(feed))
 
     async def _worker(self, feed: _Feed) -> None:
-        while (unit := await feed.next()) is not None:
+        while (unit := feed.take()) is not None or (unit := await feed.next()) is not None:
             await self._process(unit)
             if unit.judge is None:
                 feed.generated()
@@ -276,6 +276,14 @@ class _Feed:
         self.carry: list[Unit] = [first] if first.judge is not None else []
         self.judge_closed = False
         self.in_flight = 0  # generation units taken and not yet finished
+
+    def take(self) -> Unit | None:
+        """The next generation unit when one is at hand (a lane with no judge work and no gate,
+        not stopping): what `next` would return, without a coroutine per unit. None: ask `next`."""
+        if self.jq is None and not self.carry and self.walk is not None and self.lane.hooks.gate is None \
+                and not self.lane.stopping:
+            return self._next_walk()
+        return None
 
     async def next(self) -> Unit | None:
         """The next unit for a worker; None: that worker is done."""

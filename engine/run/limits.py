@@ -170,6 +170,13 @@ class AdaptiveLimit:
         self._streak = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
+    def try_acquire(self) -> bool:
+        """A slot at once, when one is free and nobody waits: the hot path's way, no coroutine."""
+        if self.active < self.limit and not self._waiters:
+            self.active += 1
+            return True
+        return False
+
     async def acquire(self) -> None:
         if self.active < self.limit and not self._waiters:
             self.active += 1

@@ -6,6 +6,7 @@ what a complete run holds and what it will cost.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Container, Iterable, Iterator
 
 import msgspec
@@ -65,7 +66,10 @@ def estimate_tokens(item: Item, params: GenParams, counter: TokenCounter = ESTIM
     """Charge before the call: the prompt's tokens (engine/tokens.py: the model's tokenizer where
     one works offline, else ~4 characters a token and CJK characters more) plus the completion
     budget, the way OpenAI counts a request against TPM at admission."""
-    return counter.tokens([m.content for m in item.messages]) + (params.max_tokens or 0)
+    messages = item.messages
+    if len(messages) == 1:  # the same number as the list's sum (0 + x is x), without the list
+        return math.ceil(counter.count(messages[0].content)) + (params.max_tokens or 0)
+    return counter.tokens([m.content for m in messages]) + (params.max_tokens or 0)
 
 
 def lane_units(name: str, cfg: ModelConfig, adapter: Adapter, items: ItemFactory, samples: int, *,
