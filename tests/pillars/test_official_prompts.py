@@ -11,6 +11,7 @@ these tests check that it changes in exactly the same way.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -41,20 +42,10 @@ def _text(name: str) -> str:
 
 def _fstring(name: str, **values: str) -> str:
     # An f-string's fields filled in one pass, as Python evaluates it (the text around them is the
-    # literal parts, unchanged).
-    text = _text(name)
-    out, i = [], 0
-    while i < len(text):
-        for key, value in values.items():
-            token = "{" + key + "}"
-            if text.startswith(token, i):
-                out.append(value)
-                i += len(token)
-                break
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
+    # literal parts, unchanged; a value put in is not read again). No "{key}" is a prefix of
+    # another, so the leftmost match is the field Python would see there.
+    fields = re.compile("|".join(re.escape("{" + key + "}") for key in values))
+    return fields.sub(lambda m: values[m.group(0)[1:-1]], _text(name))
 
 
 def test_fill_is_exact_replacement():
