@@ -100,11 +100,15 @@ def test_greedy_output_identical_alone_and_under_load(embedded_server):
     # Each token costs ~12 ms of one CPU here, so the pack is as small as the claim allows: with 4
     # slots, 3 others start beside the target and end before it (16-24 tokens < 32), then the 2
     # queued ones join its batches mid-generation.
+    # A short system message: SmolLM2's template otherwise adds its ~25-token default one.
+    brief = {"role": "system", "content": "Be brief."}
     target = chat_body(alias, "List three colours and say why you like each.", max_tokens=32)
     others = [
         chat_body(alias, f"Write a sentence about the number {i} and a {w}.", max_tokens=16 + 4 * i)
         for i, w in enumerate(["cat", "boat", "tree", "lamp", "cloud"])
     ]
+    for body in (target, *others):
+        body["messages"].insert(0, brief)
 
     async def main():
         async with aiohttp.ClientSession() as http:
