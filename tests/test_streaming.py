@@ -314,9 +314,13 @@ def test_a_streamed_run_records_ttft_and_shares_keys_with_a_plain_run(tmp_path: 
     verify_clean(tmp_path / "stream")
 
 
-async def _later(srv: Any) -> None:
-    """Lets the first streams be cut, then heals the server."""
-    await asyncio.sleep(0.3)
+async def _later(srv: Any, cut: int = 2) -> None:
+    """Heals the server once `cut` more requests have arrived: each took the cutting config as it
+    arrived, so their streams are cut and retried. (It healed after 0.3 s: on a loaded machine
+    that could pass before the run's first request, and nothing was cut.)"""
+    start = srv.server.requests
+    while srv.server.requests < start + cut:
+        await asyncio.sleep(0.005)
     srv.server.set_config(stream_cut_after=None)
 
 
