@@ -32,6 +32,9 @@ from engine.testing.fakeserver import FakeServerProcess, expected_text
 # a fixture imported into a test module is a module name its test parameters would shadow.
 from tests.embedded_fixture import embedded_server  # noqa: F401
 
+# The Ray head shared by a session's --backend ray tests (tests/ray_head.py), the same way.
+from tests.ray_head import ray_head, stop_ray_head  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
@@ -426,6 +429,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # -- opt-in real vLLM tests ------------------------------------------------------------------------
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # The shared Ray head outlives the tests that use it, and any one xdist worker: the controller
+    # (or the only process) stops it once every worker is done.
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        stop_ray_head()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,6 +1,8 @@
-"""`run --backend ray` on a local Ray instance (no cluster) against the loopback fake server: the same
-records as the local backend; a lane's actor killed mid-run is replaced and the run ends complete
-and duplicate-free. Without Ray installed, one clear line naming the extra."""
+"""`run --backend ray` against the loopback fake server: on a local Ray instance the run starts
+itself, the same records as the local backend; on the session's shared Ray head (tests/ray_head.py:
+a run connects in a second instead of starting Ray), a lane's actor killed mid-run is replaced and
+the run ends complete and duplicate-free, the breaker stops a lane in its actor, and a driver killed
+with kill -9 resumes exactly once. Without Ray installed, one clear line naming the extra."""
 
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ from tests.conftest import (
     write_items,
 )
 
-# Each starts Ray or waits out a connection deadline: 10-30 s, so they start first (tests/conftest.py).
+# Each starts Ray, connects to it or waits out a connection deadline: 10-30 s, so they start first
+# (tests/conftest.py).
 pytestmark = pytest.mark.slow
 
 
@@ -114,6 +117,12 @@ def test_a_failed_connection_exits_2_in_one_line_and_leaves_the_directory_as_it_
     assert res.rc == 2 and "--ray-address needs --backend ray" in res.stderr
 
 
+def _on_head(address: str) -> tuple[list[str], dict[str, str]]:
+    """The arguments and environment of a run on the shared head (started with token authentication
+    off: tests/ray_head.py)."""
+    return ["--backend", "ray", "--ray-address", address], {"RAY_AUTH_MODE": "disabled"}
+
+
 def _records(path: Path) -> dict[str, str]:
     recs = read_jsonl(path)
     assert len({r["key"] for r in recs}) == len(recs), f"duplicate keys in {path}"
@@ -154,13 +163,15 @@ def test_ray_backend_gives_the_records_of_the_local_backend(tmp_path: Path, fake
 
 
 @needs_ray
-@pytest.mark.slow(15)  # starts a local Ray
-def test_killed_actor_is_replaced_and_records_are_complete(tmp_path: Path, fake_server: FakeServerProcess) -> None:
+@pytest.mark.slow(15)  # connects to Ray
+def test_killed_actor_is_replaced_and_records_are_complete(tmp_path: Path, fake_server: FakeServerProcess,
+                                                           ray_head: str) -> None:
     fake_server.set_config(latency_ms=60)
     items = write_items(tmp_path / "items.jsonl", 80)
     cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server, max_concurrency=4)})
     out = tmp_path / "out"
-    p = EngineProc("run", cfg, "--items", items, "--output", out, "--backend", "ray", "--no-progress")
+    ray_args, env = _on_head(ray_head)
+    p = EngineProc("run", cfg, "--items", items, "--output", out, *ray_args, "--no-progress", env=env)
     try:
         deadline = time.monotonic() + 90
         while "Ray actor on node" not in p.stderr():
@@ -186,9 +197,9 @@ def test_killed_actor_is_replaced_and_records_are_complete(tmp_path: Path, fake_
 
 
 @needs_ray
-@pytest.mark.slow(15)  # starts a local Ray
+@pytest.mark.slow(15)  # connects to Ray
 def test_the_breaker_stops_a_ray_lane_and_the_other_lane_completes(tmp_path: Path, fake_server: FakeServerProcess,
-                                                                   make_server: Any) -> None:
+                                                                   make_server: Any, ray_head: str) -> None:
     """The circuit breaker runs in the lane's actor (LocalAttempts there); its stop line reaches the
     driver's run.json and stderr, and the other lane finishes."""
     bad = make_server({"p_5xx": 1.0})
@@ -199,7 +210,8 @@ def test_the_breaker_stops_a_ray_lane_and_the_other_lane_completes(tmp_path: Pat
                           **breaker),
         "good": fake_model(fake_server)})
     out = tmp_path / "out"
-    res = run_engine("run", cfg, "--items", items, "--output", out, "--backend", "ray", "--no-progress", timeout=120)
+    ray_args, env = _on_head(ray_head)
+    res = run_engine("run", cfg, "--items", items, "--output", out, *ray_args, "--no-progress", env=env, timeout=120)
     assert res.rc == 1 and "Traceback" not in res.stderr, res.stderr
     stop = [ln for ln in res.err_lines() if "lane bad stopped" in ln]
     assert len(stop) == 1 and bad.url in stop[0] and "failed 3 times in a row (5xx)" in stop[0], res.stderr
@@ -212,22 +224,25 @@ def test_the_breaker_stops_a_ray_lane_and_the_other_lane_completes(tmp_path: Pat
 
 
 @needs_ray
-@pytest.mark.slow(15)  # starts a local Ray
-def test_driver_killed_then_resumed_completes_exactly_once(tmp_path: Path, fake_server: FakeServerProcess) -> None:
-    """kill -9 of the driver takes the lane's actor with it (the driver owns it); the same command
-    again resumes from the checkpoint: every key once, verify clean (README, "What survives")."""
+@pytest.mark.slow(15)  # connects to Ray, twice
+def test_driver_killed_then_resumed_completes_exactly_once(tmp_path: Path, fake_server: FakeServerProcess,
+                                                           ray_head: str) -> None:
+    """kill -9 of the driver takes the lane's actor with it (the driver owns it; the cluster stays
+    up); the same command again resumes from the checkpoint: every key once, verify clean (README,
+    "What survives")."""
     fake_server.set_config(latency_ms=60)
     items = write_items(tmp_path / "items.jsonl", 80)
     cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server, max_concurrency=4)})
     out = tmp_path / "out"
-    args = ("run", cfg, "--items", items, "--output", out, "--backend", "ray", "--no-progress")
-    p = EngineProc(*args)
+    ray_args, env = _on_head(ray_head)
+    args = ("run", cfg, "--items", items, "--output", out, *ray_args, "--no-progress")
+    p = EngineProc(*args, env=env)
     try:
         wait_for_lines(out / "responses" / "fake.jsonl", 12, p, timeout=90)
         p.kill9()
     finally:
         p.close()
-    res = run_engine(*args, timeout=120)
+    res = run_engine(*args, env=env, timeout=120)
     assert res.rc == 0, res.stderr
     check_complete(out, "fake", expected_texts(cfg, items, "fake"))
     verify_clean(out)

@@ -9,11 +9,8 @@ never with `ray stop`: that stops every Ray process on the machine, other users'
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -36,37 +33,9 @@ from tests.conftest import (
     write_config,
     write_items,
 )
+from tests.ray_head import RAY, kill_pids, node_pids, ray_env
 
 pytestmark = pytest.mark.ray_cluster
-RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) of every process."""
-    out: dict[int, tuple[int, str]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-            cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        out[int(d)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd)
-    return out
-
-
-def _node_pids(root: int, marker: str) -> list[int]:
-    """`root` and every process whose command line names `marker` (the node's temp dir: its raylet
-    and agents, which outlive a `ray start` that failed), with all their descendants (the workers)."""
-    procs = _processes()
-    found = {p for p, (_, cmd) in procs.items() if p == root or marker in cmd}
-    grew = True
-    while grew:
-        more = {p for p, (pp, _) in procs.items() if pp in found} - found
-        found |= more
-        grew = bool(more)
-    return sorted(found)
 
 
 class Node:
@@ -87,15 +56,11 @@ class Node:
                                      stdin=subprocess.DEVNULL)
 
     def holds(self, pid: int) -> bool:
-        return pid in _node_pids(self.proc.pid, f"--temp-dir={self.temp} ")
+        return pid in node_pids(self.proc.pid, f"--temp-dir={self.temp} ")
 
     def kill(self) -> None:
         """SIGKILL to the node's every process at once: the machine it stands for is gone."""
-        for pid in _node_pids(self.proc.pid, f"--temp-dir={self.temp} "):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_pids(node_pids(self.proc.pid, f"--temp-dir={self.temp} "))
         self.proc.wait(timeout=30)
         self.log.close()
 
@@ -132,17 +97,12 @@ def _start_cluster(root: Path, env: dict[str, str], workers: int, resources: str
     return address
 
 
-def _ray_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    return {**env, "RAY_AUTH_MODE": "disabled", **extra}
-
-
 def test_a_lost_node_is_survived_in_run(tmp_path: Path, cluster_root: Path, fake_server: FakeServerProcess) -> None:
     """The lane's actor runs on a worker node (it asks for a resource only workers have); that
     node's processes are killed mid-run; the lane gets a new actor on the other worker, re-sends
     what was in flight, and the run ends complete: exit 0, every key once, verify clean, the
     replacement counted with its cause."""
-    env = _ray_env()
+    env = ray_env()
     nodes: list[Node] = []
     try:
         address = _start_cluster(cluster_root, env, 2, json.dumps({"lane_slot": 1}), nodes)
@@ -189,15 +149,15 @@ def test_token_authentication_is_named_in_one_line(tmp_path: Path, cluster_root:
     token = secrets.token_hex(16)
     nodes: list[Node] = []
     try:
-        address = _start_cluster(cluster_root, _ray_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token), 0, "{}", nodes)
+        address = _start_cluster(cluster_root, ray_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token), 0, "{}", nodes)
         items = write_items(tmp_path / "items.jsonl", 3)
         cfg = write_config(tmp_path / "c.toml", {"a": fake_model("http://127.0.0.1:9/v1")})
         out = tmp_path / "out"
         out.mkdir()
         (out / "run.json").write_bytes(b'{"format": 1, "status": "complete", "config": {}, "spec": {}}\n')
         before = sorted(out.rglob("*")), (out / "run.json").read_bytes()
-        for env, want in ((_ray_env(), "set RAY_AUTH_MODE=token"),
-                          (_ray_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32), "refused this driver's token")):
+        for env, want in ((ray_env(), "set RAY_AUTH_MODE=token"),
+                          (ray_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 32), "refused this driver's token")):
             res = run_engine("run", cfg, "--items", items, "--output", out, "--backend", "ray", "--no-progress",
                              env={**env, "RAY_ADDRESS": address}, timeout=30)
             assert res.rc == 2 and len(res.err_lines()) == 1 and want in res.stderr, res.stderr
