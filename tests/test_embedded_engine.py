@@ -13,6 +13,7 @@ assert needs.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -130,6 +131,7 @@ def test_kill9_and_resume_against_real_model(tmp_path: Path) -> None:
     assert not any(alive(pid) for pid in servers)
     res = run_cli("run", cfg, "--items", items)
     assert res.rc == 0, res.stderr
+    assert re.search(r"smollm2: complete; [1-9]\d* written this run", res.stderr), res.stderr  # it had work
     recs = read_jsonl(resp)
     keys = [r["key"] for r in recs]
     assert len(keys) == len(set(keys)) == 6
