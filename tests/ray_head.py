@@ -27,7 +27,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,7 +67,7 @@ def kill_pids(pids: list[int]) -> None:
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):  # gone, or not ours
             pass
 
 
@@ -83,7 +82,7 @@ def _session_dir() -> Path:
     """One per pytest session, short (Ray's unix socket paths under it must stay under 108 bytes):
     named after the xdist controller (a worker's parent) or, without xdist, this process."""
     session = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
-    return Path(tempfile.gettempdir()) / f"trh-ray-{session}"
+    return Path("/tmp") / f"trh-ray-{session}"  # not TMPDIR, which may be long
 
 
 def _marker(temp: Path) -> str:
@@ -131,6 +130,15 @@ def _stop(d: Path) -> None:
     (d / "address").unlink(missing_ok=True)
 
 
+def _stop_stale() -> None:
+    """The heads of sessions that were killed before they could stop theirs (their controller is gone)."""
+    for d in Path("/tmp").glob("trh-ray-*"):
+        pid = d.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            _stop(d)
+            shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture
 def ray_head(request: pytest.FixtureRequest) -> Iterator[str]:
     """The GCS address of this session's shared Ray head: started by the first test that asks,
@@ -142,6 +150,7 @@ def ray_head(request: pytest.FixtureRequest) -> Iterator[str]:
         address = d / "address"
         if not address.exists() or not node_pids(None, _marker(d / "t")):  # none yet, stopped, or stale
             _stop(d)
+            _stop_stale()
             address.write_text(_start_head(d))
         got = address.read_text()
     try:
