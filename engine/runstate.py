@@ -9,7 +9,7 @@ import functools
 import hashlib
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -77,18 +77,35 @@ def file_id(path: Path) -> FileId | None:
 
 def tree_digest(root: Path) -> str:
     """blake2b over every file under `root` (relative path and bytes, in sorted order): a data dir's
-    content (its items and official prompt templates), or the engine's own code."""
+    content (its items and official prompt templates), or the engine's own code. A symlinked folder
+    is followed (a dataset linked into the data dir from elsewhere is read through it, so its bytes
+    count), once per branch: a link back to a folder above it is not walked again."""
     h = hashlib.blake2b(digest_size=16)
     root = Path(root)
-    for p in sorted(root.rglob("*")):
-        if "__pycache__" in p.parts or not p.is_file():
-            continue
-        h.update(str(p.relative_to(root)).encode() + b"\0")
+    for rel, p in _files(root, Path(), frozenset()):
+        h.update(str(rel).encode() + b"\0")
         with open(p, "rb") as f:
             while block := f.read(1 << 20):
                 h.update(block)
         h.update(b"\0")
     return h.hexdigest()
+
+
+def _files(folder: Path, rel: Path, above: frozenset[tuple[int, int]]) -> Iterator[tuple[Path, Path]]:
+    """(path relative to the root, path) of every regular file under `folder`, symlinks followed,
+    in the order of sorted relative paths."""
+    st = os.stat(folder)
+    above = above | {(st.st_dev, st.st_ino)}
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name == "__pycache__":
+            continue
+        path = Path(entry.path)
+        if entry.is_dir():  # follows a symlink
+            sub = os.stat(path)
+            if (sub.st_dev, sub.st_ino) not in above:
+                yield from _files(path, rel / entry.name, above)
+        elif entry.is_file():
+            yield rel / entry.name, path
 
 
 # Keys of a [pillars."<key>"] section that run.json's per-subtask protocol records (engine.spec

@@ -251,3 +251,72 @@ def test_killed_between_the_records_and_run_json_takes_the_full_path(done: Done)
     assert done.sent() == N + 1
     verify_clean(done.out)
     assert SHORTCUT in done.run().stderr
+
+
+def _severity_data(folder: Path, first_post: str) -> Path:
+    """A data dir holding only crisis/severity's file (own synthetic rows): a `--pillars crisis` run
+    of it has no judged subtask, so its lane is recorded."""
+    (folder / "cssrs-reddit").mkdir(parents=True)
+    rows = [("u0", first_post, "Ideation"), ("u1", "a second synthetic post", "Behavior"),
+            ("u2", "a third synthetic post", "Supportive")]
+    (folder / "cssrs-reddit" / "500_Reddit_users_posts_labels.csv").write_text(
+        "User,Post,Label\n" + "".join(f"{u},\"['{p}']\",{label}\n" for u, p, label in rows))
+    return folder
+
+
+def _pillar_run(tmp: Path, srv: FakeServerProcess, data: Path) -> Callable[[], EngineResult]:
+    cfg = write_config(tmp / "c.toml", {"fake": fake_model(srv)})
+    return lambda: run_cli("run", cfg, "--pillars", "crisis", "--data-dir", data, "--output", tmp / "out", "--no-progress")
+
+
+def test_a_dataset_folder_linked_into_the_data_dir_counts(tmp_path: Path, fake_server: FakeServerProcess) -> None:
+    # `ln -s /big/disk/cssrs-reddit data/`: the fingerprint read the data dir without following the
+    # link, so an edited post behind it was skipped by the shortcut (the full path sends it).
+    _severity_data(tmp_path / "elsewhere", "a first synthetic post")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "cssrs-reddit").symlink_to(tmp_path / "elsewhere" / "cssrs-reddit", target_is_directory=True)
+    (tmp_path / "data" / "loop").symlink_to(tmp_path / "data", target_is_directory=True)  # walked once, not forever
+    run = _pillar_run(tmp_path, fake_server, tmp_path / "data")
+    assert run().rc == 0 and fake_server.stats()["requests"] == 3
+    assert SHORTCUT in run().stderr
+    _severity_data(tmp_path / "edited", "an edited first post")
+    csv = "cssrs-reddit/500_Reddit_users_posts_labels.csv"
+    (tmp_path / "elsewhere" / csv).write_bytes((tmp_path / "edited" / csv).read_bytes())
+    res = run()
+    assert res.rc == 0 and SHORTCUT not in res.stderr, res.stderr
+    assert fake_server.stats()["requests"] == 4
+
+
+def test_the_same_data_in_another_folder_is_refused_as_on_the_full_path(tmp_path: Path,
+                                                                       fake_server: FakeServerProcess) -> None:
+    # The data fingerprint a resume checks names the data dir's folder: the same bytes reached
+    # through a re-pointed link are refused (exit 2) by the full path, and so by a rerun that has a
+    # completion record.
+    for name in ("a", "b"):
+        _severity_data(tmp_path / name, "a first synthetic post")
+    link = tmp_path / "data"
+    link.symlink_to(tmp_path / "a", target_is_directory=True)
+    run = _pillar_run(tmp_path, fake_server, link)
+    assert run().rc == 0
+    link.unlink()
+    link.symlink_to(tmp_path / "b", target_is_directory=True)
+    res = run()
+    assert res.rc == 2 and "different data" in res.stderr and SHORTCUT not in res.stderr, res.stderr
+    link.unlink()
+    link.symlink_to(tmp_path / "a", target_is_directory=True)
+    assert SHORTCUT in run().stderr and fake_server.stats()["requests"] == 3
+
+
+def test_an_item_value_messagepack_cannot_hold_leaves_the_report_as_it_was(tmp_path: Path,
+                                                                          fake_server: FakeServerProcess) -> None:
+    # JSON holds any integer, MessagePack none past 64 bits: the report inputs are then not kept,
+    # and the report is written (it failed with OverflowError).
+    items = tmp_path / "items.jsonl"
+    items.write_bytes(b'{"id": "q0", "prompt": "hello", "metadata": {"n": 123456789012345678901234567890}}\n')
+    d = Done(tmp_path, fake_server, items, write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server)}),
+             tmp_path / "out")
+    res = d.run()
+    assert res.rc == 0 and "error:" not in res.stderr, res.stderr
+    assert (d.out / "report.md").exists() and not (d.out / reuse.NAME).exists()
+    again = run_cli("report", d.out)
+    assert again.rc == 0, again.stderr

@@ -57,9 +57,13 @@ def load(directory: Path, digest: str) -> Kept | None:
 
 
 def save(directory: Path, kept: Kept) -> None:
+    try:
+        data = msgspec.msgpack.encode(kept)
+    except (OverflowError, TypeError, msgspec.EncodeError):
+        return  # a value JSON holds and MessagePack does not (an integer past 64 bits in an item): not kept
     tmp = directory / f".{NAME}.{os.getpid()}.tmp"
     try:
-        tmp.write_bytes(msgspec.msgpack.encode(kept))
+        tmp.write_bytes(data)
         os.replace(tmp, directory / NAME)
     except OSError:
         with contextlib.suppress(OSError):

@@ -80,6 +80,9 @@ def plan_fingerprint(cfg: Config, spec: RunSpec, protocol: Mapping[str, SubtaskP
         "format": FORMAT, "code": code_digest(), "packages": packages(),
         "items": content_digest(Path(spec.items)) if spec.items else None,
         "data_dir": tree_digest(Path(spec.data_dir)) if spec.data_dir else None,  # items, official prompts
+        # where it is too: the data fingerprint a resume checks names the folder (runstate.data_fingerprint),
+        # so the same bytes elsewhere (a re-pointed link, another working directory) are refused there
+        "data_dir_at": str(Path(spec.data_dir).resolve()) if spec.data_dir else None,
         "spec": {k: v for k, v in msgspec.to_builtins(spec).items() if k not in ("output", "models")},
         "protocol": msgspec.to_builtins(dict(protocol)), "config": config})
 
