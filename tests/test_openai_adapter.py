@@ -4,6 +4,7 @@ classification of every failure the scheduler must tell apart."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -249,23 +250,30 @@ def _outcome(parse: Callable[[bytes, float], object], raw: bytes) -> object:
         return (type(exc).__name__, str(exc))
 
 
-@pytest.mark.parametrize("content", ["hi", "", None, 5])
-@pytest.mark.parametrize("finish", ["stop", "tool_calls", "weird", "", None, 3])
-@pytest.mark.parametrize("usage", [None, {}, {"prompt_tokens": 3, "completion_tokens": 4}, {"prompt_tokens": 3.0},
-                                   {"prompt_tokens": True}, {"prompt_tokens": "7"}, {"prompt_tokens": "10**21"},
-                                   {"completion_tokens_details": {"reasoning_tokens": 2},
-                                    "prompt_tokens_details": {"cached_tokens": 1}},
-                                   {"completion_tokens_details": [1]}, 0, "u"])
-@pytest.mark.parametrize("model", ["m", None, 5])
-def test_typed_parse_agrees_with_the_dict_walk(content: object, finish: object, usage: object, model: object) -> None:
+_USAGES: tuple[object, ...] = (
+    None, {}, {"prompt_tokens": 3, "completion_tokens": 4}, {"prompt_tokens": 3.0}, {"prompt_tokens": True},
+    {"prompt_tokens": "7"}, {"prompt_tokens": "10**21"},
+    {"completion_tokens_details": {"reasoning_tokens": 2}, "prompt_tokens_details": {"cached_tokens": 1}},
+    {"completion_tokens_details": [1]}, 0, "u")
+
+
+def test_typed_parse_agrees_with_the_dict_walk() -> None:
     """parse_chat_response reads the usual reply shape with a typed decoder and leaves every other
-    to the dict walk: both give the same Response, or the same error, for any reply."""
-    message: dict[str, object] = {"role": "assistant"} if content is None else {"role": "assistant", "content": content}
-    choice: dict[str, object] = {"index": 0, "message": message}
-    if finish is not None:
-        choice["finish_reason"] = finish
-    doc: dict[str, object] = {"choices": [choice], "model": model}
-    if usage is not None:
-        doc["usage"] = usage
-    raw = orjson.dumps(doc).replace(b'"10**21"', b"1" + b"0" * 21)  # orjson writes no integer that large
-    assert _outcome(parse_chat_response, raw) == _outcome(openai_compat._parse_chat_dict, raw)
+    to the dict walk: both give the same Response, or the same error, for any reply. One test over
+    the 792 shapes (a parametrised test each cost more in pytest-xdist's bookkeeping than the check)."""
+    shapes = itertools.product(["hi", "", None, 5], ["stop", "tool_calls", "weird", "", None, 3], _USAGES,
+                               ["m", None, 5])
+    checked = 0
+    for content, finish, usage, model in shapes:
+        message: dict[str, object] = ({"role": "assistant"} if content is None
+                                      else {"role": "assistant", "content": content})
+        choice: dict[str, object] = {"index": 0, "message": message}
+        if finish is not None:
+            choice["finish_reason"] = finish
+        doc: dict[str, object] = {"choices": [choice], "model": model}
+        if usage is not None:
+            doc["usage"] = usage
+        raw = orjson.dumps(doc).replace(b'"10**21"', b"1" + b"0" * 21)  # orjson writes no integer that large
+        assert _outcome(parse_chat_response, raw) == _outcome(openai_compat._parse_chat_dict, raw), raw
+        checked += 1
+    assert checked == 792
