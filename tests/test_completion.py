@@ -320,3 +320,16 @@ def test_an_item_value_messagepack_cannot_hold_leaves_the_report_as_it_was(tmp_p
     assert (d.out / "report.md").exists() and not (d.out / reuse.NAME).exists()
     again = run_cli("report", d.out)
     assert again.rc == 0, again.stderr
+
+
+def test_a_completion_record_of_another_shape_takes_the_full_path(done: Done) -> None:
+    # Another engine's record (a field of the checkpoint identity missing, one unknown): the run
+    # reads run.json and takes the full path; it refused the whole run.json before.
+    doc = done.doc()
+    record = doc["completion"]["fake"]  # type: ignore[index]  # a JSON object
+    del record["checkpoint"]["ctime_ns"]
+    record["checkpoint"]["generation"] = 7
+    (done.out / "run.json").write_bytes(orjson.dumps(doc))
+    res = done.run()
+    assert res.rc == 0 and SHORTCUT not in res.stderr and f"{N} already done" in res.stderr, res.stderr
+    assert SHORTCUT in done.run().stderr and done.sent() == N

@@ -226,13 +226,15 @@ class ShardsDoc(msgspec.Struct, frozen=True, kw_only=True):
 
 class FileId(msgspec.Struct, frozen=True, kw_only=True):
     """A file's identity as the file system reports it: any append, truncation, rewrite or
-    replacement changes at least one field (ctime cannot be set back by hand, as mtime can)."""
+    replacement changes at least one field (ctime cannot be set back by hand, as mtime can).
+    Defaults, as Completion's: a record that lacks a field (another engine's) decodes and matches
+    no file (no file has inode 0), instead of making run.json unreadable."""
 
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
+    dev: int = 0
+    ino: int = 0
+    size: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
 
 
 class Completion(msgspec.Struct, frozen=True, kw_only=True):
