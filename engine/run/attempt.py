@@ -69,15 +69,15 @@ class Brakes:
         self.run = run
         self.halted = asyncio.Event()
         self.wake = asyncio.Event()
+        # wake.is_set() as a plain attribute: read three times per request on the hot path, where a
+        # property and Event.is_set were two calls each. Only _woken sets wake, and nothing clears it.
+        self.stopping = False
         self.on_halt: list[Callable[[], None]] = []  # e.g. wake a judge worker waiting for work
         self.on_wake: list[Callable[[], None]] = []  # on halt or run stop: e.g. workers of a paused lane
         run.follow(self._woken)
 
-    @property
-    def stopping(self) -> bool:
-        return self.wake.is_set()
-
     def _woken(self) -> None:
+        self.stopping = True
         self.wake.set()
         for hook in self.on_wake:
             hook()
@@ -170,7 +170,9 @@ class LocalAttempts:
         return None
 
     async def run(self, unit: Unit) -> Outcome | None:
-        deadline = self.clock.now() + self.cfg.deadline_s
+        start = self.clock.now()
+        deadline = start + self.cfg.deadline_s
+        now: float | None = start  # also the first send's start, when nothing waits between
         attempt = 0
         unreachable = 0  # attempts that could not even connect
         ok_before = self.stats.ok
@@ -179,11 +181,13 @@ class LocalAttempts:
             probe = False
             if breaker.opened_at is not None:  # paused: wait for the probe's turn or its answer
                 admitted = await breaker.admit(self.brakes.wake)
+                now = None
                 if admitted is None:
                     return None
                 probe = admitted
             attempt += 1
-            sent = await self._send(unit, attempt, deadline)
+            sent = await self._send(unit, attempt, deadline, now)
+            now = None
             if sent is None:
                 breaker.settle(None, probe)
                 return None
@@ -208,15 +212,19 @@ class LocalAttempts:
             await self.clock.wait(self.brakes.wake, step)
         return None
 
-    async def _send(self, unit: Unit, attempt: int, deadline: float) -> Response | AdapterError | None:
-        """One request through the lane's limits; None when the budget, the deadline or a stop ends the unit."""
+    async def _send(self, unit: Unit, attempt: int, deadline: float,
+                    now: float | None = None) -> Response | AdapterError | None:
+        """One request through the lane's limits; None when the budget, the deadline or a stop ends
+        the unit. `now`: the clock's reading just before, when nothing has waited since."""
         cfg, stats, clock = self.cfg, self.stats, self.clock
         if not self.limit.try_acquire():
             await self.limit.acquire()
+            now = None
         try:
             # One clock reading serves the pacer, the deadline and the send's start unless a wait
             # comes between them (the hot path reads the clock twice per attempt, not five times).
-            now = clock.now()
+            if now is None:
+                now = clock.now()
             if not self.pacer.idle(now):
                 stats.wait_s += await self.pacer.acquire()
                 now = clock.now()
@@ -252,7 +260,8 @@ class LocalAttempts:
             finally:
                 stats.in_flight -= 1
                 stats.busy_s += clock.now() - now
-                self._heed_signal(unit)
+                if self._signals is not None:
+                    self._heed_signal(unit)
                 if self.spend is not None:
                     self.spend.settle(reserved, resp)
             if entry is not None and self.tokens is not None:

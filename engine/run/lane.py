@@ -10,6 +10,7 @@ the run; repeated auth failures stop only their lane.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
@@ -272,7 +273,7 @@ class _Feed:
     def __init__(self, lane: Lane, first: Unit, pending: Iterator[Unit]) -> None:
         self.lane = lane
         self.jq = lane.judge_queue
-        self.walk: Iterator[Unit] | None = pending if first.judge is not None else _chain(first, pending)
+        self.walk: Iterator[Unit] | None = pending if first.judge is not None else itertools.chain((first,), pending)
         self.carry: list[Unit] = [first] if first.judge is not None else []
         self.judge_closed = False
         self.in_flight = 0  # generation units taken and not yet finished
@@ -281,7 +282,7 @@ class _Feed:
         """The next generation unit when one is at hand (a lane with no judge work and no gate,
         not stopping): what `next` would return, without a coroutine per unit. None: ask `next`."""
         if self.jq is None and not self.carry and self.walk is not None and self.lane.hooks.gate is None \
-                and not self.lane.stopping:
+                and not self.lane.brakes.stopping:
             return self._next_walk()
         return None
 
@@ -343,7 +344,8 @@ class _Feed:
 
     def generated(self) -> None:
         self.in_flight -= 1
-        self._settled()
+        if self.walk is None and self.in_flight == 0:  # _settled, inline: once per unit
+            self.lane.generation_done.set()
 
     def end_walk(self) -> None:
         """The walk is over (or stopped here): no more generation units."""
@@ -361,7 +363,3 @@ class _Again:
 
 _AGAIN = _Again()
 
-
-def _chain(first: Unit, rest: Iterator[Unit]) -> Iterator[Unit]:
-    yield first
-    yield from rest
