@@ -39,8 +39,12 @@ def openai_body(model: str, messages: tuple[Message, ...], params: GenParams,
                 *, reasoning: bool = False) -> dict[str, object]:
     """The request body. Reasoning models (o-series, gpt-5*) take `max_completion_tokens` and
     reject a non-default temperature/top_p, so those are left out for them."""
-    body: dict[str, object] = {"model": model,
-                               "messages": [{"role": m.role, "content": m.content} for m in messages]}
+    if len(messages) == 1:  # the usual item: the same list without a comprehension's frame
+        only = messages[0]
+        wire = [{"role": only.role, "content": only.content}]
+    else:
+        wire = [{"role": m.role, "content": m.content} for m in messages]
+    body: dict[str, object] = {"model": model, "messages": wire}
     if params.max_tokens is not None:
         body["max_completion_tokens" if reasoning else "max_tokens"] = params.max_tokens
     if not reasoning:

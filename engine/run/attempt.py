@@ -280,7 +280,8 @@ class LocalAttempts:
         stats.completion_tokens += u.completion_tokens
         stats.reasoning_tokens += u.reasoning_tokens or 0
         stats.cached_tokens += u.cached_tokens or 0
-        self.limit.on_success()
+        if self.limit.limit < self.limit.maximum:  # regrowing after a cut: otherwise nothing to do
+            self.limit.on_success()
         self._auth_failures = 0
 
     def _failed(self, unit: Unit, attempt: int, err: AdapterError, deadline: float,

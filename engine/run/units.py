@@ -83,7 +83,7 @@ def lane_units(name: str, cfg: ModelConfig, adapter: Adapter, items: ItemFactory
     context = cfg.context_window()
     counter = counter_for(cfg, name)
     for w in items():
-        params = merge_params(base, w.params)
+        params = base if w.params is None else merge_params(base, w.params)
         if context is not None and body_for is None:
             w = WorkItem(fit(w.item, context, params.max_tokens or 0), w.params)
         item = w.item

@@ -361,7 +361,11 @@ class JsonlWriter:
         self.put_count += 1
         if len(pending) > self.high_water:
             self.high_water = len(pending)
-        self._wake()
+        waiter = self._waiter  # _wake, inline: once per record
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _wake(self) -> None:
         waiter = self._waiter
