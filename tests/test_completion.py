@@ -333,3 +333,16 @@ def test_a_completion_record_of_another_shape_takes_the_full_path(done: Done) ->
     res = done.run()
     assert res.rc == 0 and SHORTCUT not in res.stderr and f"{N} already done" in res.stderr, res.stderr
     assert SHORTCUT in done.run().stderr and done.sent() == N
+
+
+def test_a_run_with_plugin_adapter_modules_is_never_recorded(tmp_path: Path, fake_server: FakeServerProcess) -> None:
+    # A plugin's code is outside the fingerprint, and it may change how a built-in adapter builds bodies.
+    items = write_items(tmp_path / "items.jsonl", N)
+    cfg = write_config(tmp_path / "c.toml", {"fake": fake_model(fake_server)},
+                       run={"adapter_modules": [__name__]})
+    out = tmp_path / "out"
+    for _ in range(2):
+        res = run_cli("run", cfg, "--items", items, "--output", out, "--no-progress")
+        assert res.rc == 0 and SHORTCUT not in res.stderr, res.stderr
+        assert "completion" not in orjson.loads((out / "run.json").read_bytes())
+    assert fake_server.stats()["requests"] == N

@@ -55,6 +55,9 @@ def run_unsupported(cfg: Config, spec: RunSpec, opts: RunOptions) -> str | None:
         return "judge only"
     if cfg.run.cache:
         return "a response cache"
+    if cfg.run.adapter_modules:
+        # Their code is not in the fingerprint, and one may change how a built-in adapter builds bodies.
+        return "plugin adapter modules"
     if judge_plan(cfg, subtasks(spec)):
         return "judges in the run"
     return None
