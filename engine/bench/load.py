@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +38,7 @@ from engine.core.records import Response
 __all__ = ["Send", "connections_needed", "drive", "warm_up"]
 
 Send = Callable[[dict[str, object], float, list[float], list[float]], Awaitable[Response]]
+SWITCH_INTERVAL_S = 0.0002  # how long the dispatcher's thread may wait for the GIL (see drive)
 
 
 def _outcome(resp: Response, marks: list[float], planned: float, sent: float, woke: float) -> Outcome:
@@ -117,10 +119,16 @@ async def drive(send: Send, bodies: Sequence[dict[str, object]], planned: Sequen
                          name="bench-dispatch", daemon=True).start()
     else:
         all_started.set_result(None)
+    # The woken thread needs the GIL for its hand-over, and a busy loop lets a waiting thread in
+    # only every switch interval (5 ms by default): a wake lag p99 of 2.7 ms at 500 req/s. The
+    # thread asks for it once per request, so a shorter interval costs nothing between.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, SWITCH_INTERVAL_S))
     try:
         await all_started
     finally:
         stop.set()
+        sys.setswitchinterval(interval)
     outcomes = list(await asyncio.gather(*tasks))
     return outcomes, last_end - start
 

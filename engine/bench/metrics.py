@@ -24,8 +24,9 @@ PERCENTILES = (90.0, 99.0)
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
-    """One benchmark request: planned and actual send (s from the start; `woke`: when the
-    dispatcher started it, between the two), and what came back."""
+    """One benchmark request: when it was due (`planned`), when the dispatcher started it
+    (`woke`) and when its bytes were handed to the socket (`sent`; engine/bench/load.py says how
+    that is stamped), in s from the start; and what came back."""
 
     planned: float
     sent: float
