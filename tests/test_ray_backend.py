@@ -102,19 +102,22 @@ def test_a_failed_connection_exits_2_in_one_line_and_leaves_the_directory_as_it_
     (out / "run.json").write_bytes(b'{"format": 1, "status": "complete", "config": {}, "spec": {}}\n')
     before = _snapshot(out)
     client = "ray[client]" if importlib.util.find_spec("grpc") is None else "no Ray cluster answers"
-    want = {"closed-port": "no Ray cluster answers", "http": "no Ray cluster answered",
-            "silent-tcp": "no Ray cluster answered", "ray-client": client, "bad-form": "expected the head"}[case]
+    want = {"closed-port": "no Ray cluster answers", "http": "no Ray cluster answered within 3 s",
+            "silent-tcp": "no Ray cluster answered within 3 s", "ray-client": client, "bad-form": "expected the head"}[case]
     with contextlib.ExitStack() as stack:
         port = free_port() if case in ("closed-port", "ray-client", "bad-form") else \
             stack.enter_context(_listener(case.split("-")[0]))
         address = {"ray-client": f"ray://127.0.0.1:{port}", "bad-form": f"http://127.0.0.1:{port}"}.get(
             case, f"127.0.0.1:{port}")
+        # the shortest wait the flag takes: a listener that is not Ray is given up on in ~3 s, not 6
         res = run_engine("run", cfg, "--items", items, "--output", out, "--backend", "ray", "--no-progress",
-                         env={"RAY_ADDRESS": address}, timeout=30)
+                         "--ray-connect-timeout", "3", env={"RAY_ADDRESS": address}, timeout=30)
     assert res.rc == 2 and len(res.err_lines()) == 1 and want in res.stderr, res.stderr
     assert _snapshot(out) == before
     res = run_cli("run", cfg, "--items", items, "--output", out, "--ray-address", "x:1")
     assert res.rc == 2 and "--ray-address needs --backend ray" in res.stderr
+    res = run_cli("run", cfg, "--items", items, "--output", out, "--backend", "ray", "--ray-connect-timeout", "2")
+    assert res.rc == 2 and "--ray-connect-timeout must be at least 3" in res.stderr
 
 
 def _on_head(address: str) -> tuple[list[str], dict[str, str]]:

@@ -113,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="local: every lane in this process (default); ray: each lane in a Ray actor")
     r.add_argument("--ray-address", metavar="ADDR",
                    help="Ray cluster address for --backend ray (default: $RAY_ADDRESS, else a local Ray)")
+    r.add_argument("--ray-connect-timeout", type=int, default=6, metavar="S",
+                   help="--backend ray: seconds for a cluster at --ray-address to answer before the run "
+                        "gives up in one line (default 6; at least 3)")
 
     v = sub.add_parser("verify", help="check a run directory is complete and duplicate-free")
     v.add_argument("dir", help="a run's output directory")

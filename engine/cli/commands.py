@@ -146,6 +146,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     ray_address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
     if args.backend != "ray" and args.ray_address:
         raise EngineError("--ray-address needs --backend ray")
+    if args.ray_connect_timeout < 3:  # the GCS client's three waits take whole seconds, 1 at least
+        raise EngineError(f"--ray-connect-timeout must be at least 3 (seconds), got {args.ray_connect_timeout}")
     if args.cache:
         cfg = msgspec.structs.replace(cfg, run=msgspec.structs.replace(cfg.run, cache=args.cache))
     if args.batch:
@@ -155,7 +157,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = runner.RunOptions(fresh=args.fresh, retry_errors=args.retry_errors, allow_failures=args.allow_failures,
                              progress=progress,
                              config_source=source, budget_usd=args.budget, shard=shard, backend=args.backend,
-                             ray_address=ray_address, status_every=args.status_every)
+                             ray_address=ray_address, ray_connect_s=args.ray_connect_timeout,
+                             status_every=args.status_every)
     end = _event_loop(runner.run(cfg, spec, opts, log=_log))
     out = Path(spec.output)
     if shard is not None:

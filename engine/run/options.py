@@ -30,6 +30,7 @@ class RunOptions(msgspec.Struct, frozen=True, kw_only=True):
     shard: Shard | None = None  # this invocation runs that part of the work, in its own files
     backend: Literal["local", "ray"] = "local"  # ray: each lane's requests run in a Ray actor
     ray_address: str | None = None
+    ray_connect_s: int = 6  # --ray-connect-timeout: the cluster's answer is awaited this long (3 waits)
     progress: bool = False  # tqdm bars; without them, status lines (status_every)
     status_every: float = 30.0  # seconds between status lines when bars are off; 0 = none
     config_source: str = ""  # the config file's path as given, for run.json

@@ -30,7 +30,7 @@ from engine.run.options import Log
 from engine.run.ray_probe import Probe, ProbeNode
 
 EXTRA = "pip install 'trustmh-engine[ray]'"
-PROBE_S = 2  # each of the GCS client's three waits (connect, pubsub, the call): ~6 s to give up
+CONNECT_S = 6  # --ray-connect-timeout's default: the GCS client's three waits (connect, pubsub, the call)
 PROBE_DEADLINE_S = 25.0  # the child is killed past this (Python and Ray imports included)
 
 
@@ -64,12 +64,14 @@ def preflight(address: str | None, timeout: float = 5.0) -> None:
                           "check the address (ray status on the head node) or RAY_ADDRESS") from None
 
 
-def probe(address: str) -> Probe:
-    """One GCS call to the cluster at `address`, in a child process killed at PROBE_DEADLINE_S."""
+def probe(address: str, connect_s: int = CONNECT_S) -> Probe:
+    """One GCS call to the cluster at `address`, in a child process killed at PROBE_DEADLINE_S.
+    `connect_s` is split over the GCS client's three waits, whole seconds each (Ray's setting is an int)."""
+    wait_s = max(1, connect_s // 3)
     src = str(Path(__file__).resolve().parents[2])
-    env = {"RAY_gcs_rpc_server_connect_timeout_s": str(PROBE_S), **os.environ,
+    env = {"RAY_gcs_rpc_server_connect_timeout_s": str(wait_s), **os.environ,
            "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
-    cmd = [sys.executable, "-m", "engine.run.ray_probe", address, str(PROBE_S * 1000)]
+    cmd = [sys.executable, "-m", "engine.run.ray_probe", address, str(wait_s * 1000)]
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=PROBE_DEADLINE_S, env=env, check=False)
     except subprocess.TimeoutExpired:
@@ -84,7 +86,7 @@ def probe(address: str) -> Probe:
                           ) from None
 
 
-def refusal(address: str, got: Probe) -> str | None:
+def refusal(address: str, got: Probe, connect_s: int = CONNECT_S) -> str | None:
     """The one line for a probe that did not find a usable cluster (None: it did)."""
     if got.error == "auth":
         if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
@@ -96,7 +98,7 @@ def refusal(address: str, got: Probe) -> str | None:
                 "~/.ray/auth_token; `ray get-auth-token` on the head node prints it)")
     if got.error == "timeout":
         return (f"--ray-address {address}: something listens there but no Ray cluster answered within "
-                f"{3 * PROBE_S} s; give the head node's GCS address (port 6379 unless changed; "
+                f"{connect_s} s (--ray-connect-timeout); give the head node's GCS address (port 6379 unless changed; "
                 "`ray status` there prints it) or set RAY_ADDRESS")
     if got.error is not None:
         return f"--ray-address {address}: could not ask the Ray cluster for its nodes ({got.message}); check the address"
@@ -109,8 +111,9 @@ class RayContext:
     """The connection to Ray for one run: made before the output directory is touched, shut down
     after the lanes. `nodes`: the alive nodes when it connected (run.json `backend.nodes`)."""
 
-    def __init__(self, address: str | None, log: Log, log_dir: Path) -> None:
+    def __init__(self, address: str | None, log: Log, log_dir: Path, connect_s: int = CONNECT_S) -> None:
         self.address = address
+        self.connect_s = connect_s
         self.log = log
         self.log_dir = log_dir
         self.started_here = False
@@ -125,8 +128,8 @@ class RayContext:
 
         address = self.address
         if address and address != "local" and not address.startswith("ray://"):
-            got = probe(address)
-            line = refusal(address, got)
+            got = probe(address, self.connect_s)
+            line = refusal(address, got, self.connect_s)
             if line is not None:
                 raise EngineError(line)
         if not ray.is_initialized():

@@ -74,7 +74,7 @@ async def run(cfg: Config, spec: RunSpec, opts: RunOptions | None = None, log: L
     # GPU placement of local lanes: a model that cannot fit is an error before anything is written.
     adapters = make_adapters(inv)
     pool = gpu_pool(inv)
-    ray = RayContext(opts.ray_address, log, inv.log_dir) if opts.backend == "ray" else None
+    ray = RayContext(opts.ray_address, log, inv.log_dir, opts.ray_connect_s) if opts.backend == "ray" else None
     if ray is not None:  # connected (or refused in one line) before DIR is touched
         ray.connect()
     try:
