@@ -1,5 +1,5 @@
-"""`run --shard I/N` and `merge DIR`: N shard runs in parallel processes followed by a merge give
-exactly the records of one unsharded run; missing and overlapping shards are reported by merge and
+"""`run --shard I/N` and `merge DIR`: N shard runs (parallel processes, or one after another in this
+process) followed by a merge give exactly the records of one unsharded run; missing and overlapping shards are reported by merge and
 verify; shards do not block each other; a killed shard resumes. Everything against the loopback
 fake server, two API models and an API judge."""
 
@@ -53,6 +53,18 @@ def _run_shards(args: list[Any], out: Path, shards: tuple[int, ...] = tuple(rang
     finally:
         for p in procs:
             p.close()
+
+
+def _run_shards_here(args: list[Any], out: Path, shards: tuple[int, ...] = tuple(range(1, N + 1)),
+                     n: int = N) -> None:
+    """The shards one after another in this process (`run_cli`): the same runs and files as
+    `_run_shards` without three interpreter start-ups, for tests of what shards leave behind rather
+    than of shard processes running side by side (that is `_run_shards`, kept in the `items` case
+    of the equality test and in the lock test)."""
+    for i in shards:
+        res = run_cli(*args, "--output", out, "--shard", f"{i}/{n}")
+        assert res.rc == 0, f"shard {i}: {res.stderr}"
+        assert f"merge {out}" in res.stderr
 
 
 def _by_key(path: Path) -> dict[str, str]:
@@ -137,7 +149,9 @@ def test_parallel_shards_then_merge_equal_one_unsharded_run(tmp_path: Path, fake
     if source == "pillars":
         _share_salt(ref, out)
 
-    _run_shards(args, out)
+    # The items case runs the shards as parallel processes; the pillars case (the same partition,
+    # with a judge) one after another in this process.
+    (_run_shards if source == "items" else _run_shards_here)(args, out)
     assert fake_server.stats()["requests"] == 2 * requests_ref  # each unit asked once across the shards
     # Each shard wrote only its own files, and only units it owns.
     assert not (out / "run.json").exists() and not (out / "responses" / "a.jsonl").exists()
@@ -182,7 +196,7 @@ def test_missing_shard_reported_by_merge_and_verify(tmp_path: Path, fake_server:
     cfg = _config(tmp_path, fake_server)
     args = _pillar_args(cfg)
     out = tmp_path / "out"
-    _run_shards(args, out, shards=(1, 3))
+    _run_shards_here(args, out, shards=(1, 3))
     before = _tree(out)
     res = run_cli("merge", out)
     assert res.rc == 1
@@ -198,7 +212,7 @@ def test_missing_shard_reported_by_merge_and_verify(tmp_path: Path, fake_server:
     # So is a shard of another N.
     res = run_cli(*args, "--output", out, "--shard", "1/2")
     assert res.rc == 2 and "N = 3" in res.stderr
-    _run_shards(args, out, shards=(2,))
+    _run_shards_here(args, out, shards=(2,))
     res = run_cli("merge", out)
     assert res.rc == 0, res.stdout + res.stderr
     ref = tmp_path / "ref"
@@ -212,7 +226,7 @@ def test_overlapping_shards_reported_by_merge_and_verify(tmp_path: Path, fake_se
     cfg = _config(tmp_path, fake_server)
     args = _pillar_args(cfg)
     out = tmp_path / "out"
-    _run_shards(args, out)
+    _run_shards_here(args, out)
     one = out / "responses" / "a.shard-1-of-3.jsonl"
     two = out / "responses" / "a.shard-2-of-3.jsonl"
     line = one.read_bytes().splitlines(keepends=True)[0]
@@ -275,7 +289,7 @@ def test_a_shard_lock_does_not_block_another_shard(tmp_path: Path, fake_server: 
         assert one.wait(timeout=60).rc == 0
     finally:
         one.close()
-    _run_shards(args, out, shards=(3,))
+    _run_shards_here(args, out, shards=(3,))
     assert run_cli("merge", out).rc == 0
     verify_clean(out)
 
@@ -289,7 +303,7 @@ def test_killed_shard_resumes_and_merge_equals_unsharded(tmp_path: Path, fake_se
     ref, out = tmp_path / "ref", tmp_path / "out"
     assert run_cli(*args, "--output", ref).rc == 0
     _share_salt(ref, out)
-    _run_shards(args, out, shards=(1, 2))
+    _run_shards_here(args, out, shards=(1, 2))
     fake_server.set_config(latency_ms=120)
     p = EngineProc(*args, "--output", out, "--shard", "3/3")
     try:
@@ -359,12 +373,12 @@ def test_retry_errors_in_shards_replaces_merged_failures(tmp_path: Path, thread_
     args = ["run", cfg, "--items", items, "--no-progress"]
     out = tmp_path / "out"
     thread_server.fail_with = b"question number 1"  # items 1, 10-17: a fatal 400 (a final outcome)
-    _run_shards([*args, "--allow-failures"], out)  # failures expected: exit 0 (without it, 1)
+    _run_shards_here([*args, "--allow-failures"], out)  # failures expected: exit 0 (without it, 1)
     assert run_cli("merge", out).rc == 0
     res = run_cli("verify", out)
     assert res.rc == 1 and "failed 9" in res.stdout
     thread_server.fail_with = None
-    _run_shards([*args, "--retry-errors"], out)
+    _run_shards_here([*args, "--retry-errors"], out)
     res = run_cli("merge", out)
     assert res.rc == 0, res.stdout
     verify_clean(out)
