@@ -133,7 +133,7 @@ def test_report_during_a_real_run_then_watch_until_it_ends(tmp_path: Path, make_
     srv = make_server({"latency_ms": 120})
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "c.toml", {"a": fake_model(srv, max_concurrency=1)}, run={"output": str(out)})
-    items = write_items(tmp_path / "items.jsonl", 30)
+    items = write_items(tmp_path / "items.jsonl", 16)
     proc = EngineProc("run", cfg, "--items", items, "--no-progress", "--status-every", "0")
     try:
         deadline = time.monotonic() + 60
@@ -143,10 +143,10 @@ def test_report_during_a_real_run_then_watch_until_it_ends(tmp_path: Path, make_
         r = run_cli("report", out)
         assert r.rc == 0, r.stderr
         md = (out / "report.md").read_text()
-        if proc.alive():  # the run had not ended when the report was built (120 ms a request, 30 of them)
+        if proc.alive():  # the run had not ended when the report was built (120 ms a request, 16 of them)
             assert "This run is still going" in md
             doc = orjson.loads(run_cli("report", out, "--format", "json").stdout)
-            assert doc["progress"]["live"] and 2 <= doc["progress"]["done"] < doc["progress"]["planned"] == 30
+            assert doc["progress"]["live"] and 2 <= doc["progress"]["done"] < doc["progress"]["planned"] == 16
         w = run_cli("report", out, "--watch", "0.2")
         assert w.rc == 0, w.stderr
         # --watch returned only after the run had ended (the process may still be exiting)
@@ -155,7 +155,7 @@ def test_report_during_a_real_run_then_watch_until_it_ends(tmp_path: Path, make_
     finally:
         proc.close()
     md = (out / "report.md").read_text()
-    assert "still going" not in md and "| a | 30 |" in md
+    assert "still going" not in md and "| a | 16 |" in md
     assert w.stdout.split() == [str(out / "report.md"), str(out / "report.html")]  # the final write, once
     assert "final report written" in w.stderr
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
