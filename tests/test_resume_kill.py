@@ -147,7 +147,9 @@ def test_second_sigint_exits_at_once(tmp_path: Path, fake_server: FakeServerProc
     p = engine_procs("run", cfg, "--items", items, "--output", out)
     path = out / "responses" / "fake.jsonl"
     wait_for_lines(path, 4, p)
-    fake_server.set_config(latency_ms=20_000)  # what is in flight now would take 20 s
+    # What is sent from now on hangs for 20 s (a hang, not a latency: shutdown and reset release
+    # it, so the server does not sit out its 2 s shutdown timeout on handlers left behind).
+    fake_server.set_config(p_hang=1.0, hang_s=20)
     time.sleep(0.4)
     p.signal(signal.SIGINT)
     time.sleep(0.3)
@@ -161,7 +163,7 @@ def test_second_sigint_exits_at_once(tmp_path: Path, fake_server: FakeServerProc
     recs = read_jsonl(path)  # consistent: whole lines, no duplicates
     assert len({r["key"] for r in recs}) == len(recs) >= 4
     fake_server.reset()
-    fake_server.set_config(latency_ms=0)
+    fake_server.set_config(latency_ms=0, p_hang=0.0)
     res = run_cli("run", cfg, "--items", items, "--output", out)
     assert res.rc == 0, res.stderr
     check_complete(out, "fake", expected_texts(cfg, items, "fake"))
