@@ -162,16 +162,17 @@ def perturb_chars(text: str, intensity: float, rng: random.Random) -> str:
     k = _count(len(positions), intensity, rng)
     if k == 0:
         return text
-    chosen = set(rng.sample(positions, k))
-    out: list[str] = []
-    i = 0
+    picked = rng.sample(positions, k)
+    chosen = set(picked)
     n = len(text)
-    while i < n:
+    out: list[str] = []
+    done = 0  # text[:done] is in `out`
+    # Only the chosen characters cost Python steps; the text between them is copied as slices. The
+    # draws happen in text order, as a walk over every character would make them.
+    for i in sorted(picked):
+        out.append(text[done:i])
+        done = i + 1
         ch = text[i]
-        if i not in chosen:
-            out.append(ch)
-            i += 1
-            continue
         ops = ["symbol", "repeat", "delete"]
         swapped = ch.swapcase()
         if ch.isalpha() and swapped != ch and len(swapped) == 1:
@@ -193,11 +194,10 @@ def perturb_chars(text: str, intensity: float, rng: random.Random) -> str:
             out.append(ch * (1 + rng.randint(1, 2)))
         elif op == "delete":
             pass
-        else:  # swap
+        else:  # swap: the neighbour is not chosen, so the next chosen character comes after it
             out.append(text[nxt] + ch)
-            i += 2
-            continue
-        i += 1
+            done = nxt + 1
+    out.append(text[done:])
     return "".join(out)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
+import msgspec
 import pytest
 
 from engine.core.records import Message, Response
@@ -101,6 +103,11 @@ def test_custom_grid():
 def test_official_support_counts():
     items = list(registry.load_items(res.SUBTASK, official_dir()))
     assert len(items) == 195 * 9
+    # The perturbed texts are part of each request's key: a change to pillars/perturb.py that moves
+    # one byte of them makes old runs resume as new work. The digest of every id and message here
+    # pins them (computed before perturb_chars walked only the chosen characters).
+    text = msgspec.json.encode([(it.id, it.messages) for it in items])
+    assert hashlib.sha256(text).hexdigest() == "7c7258c4de0a32aae96b30eec9d20afed2e8711091e45bf742fdf6b99c0a80cb"
 
 
 # ================================================================ metric
