@@ -27,7 +27,7 @@ from engine.core.adapter import Adapter
 from engine.core.config import AdapterOptions, ModelConfig
 from engine.core.records import GenParams, Message, Response
 from engine.testing.fakeserver import FakeServerProcess
-from tests.conftest import check_complete, expected_texts, read_jsonl, run_engine, verify_clean, write_config, write_items
+from tests.conftest import check_complete, expected_texts, read_jsonl, run_cli, run_engine, verify_clean, write_config, write_items
 
 THIS_MODULE = __name__  # what [run] adapter_modules names
 
@@ -130,8 +130,9 @@ def test_a_new_http_adapter_runs_from_its_own_module(tmp_path: Path, fake_server
     assert run["config"]["run"]["adapter_modules"] == [THIS_MODULE]
     assert run["config"]["models"]["p"]["adapter"] == "plugin-chat"
     verify_clean(out, process=True)  # verify reads the stored config back: the module is imported again
-    # A second run resumes: nothing left to send.
-    res = run_engine("run", cfg, "--items", items, "--output", out, "--no-progress")
+    # A second run resumes: nothing left to send. (In this process: the fresh imports of the module
+    # are the first run's and verify's, above.)
+    res = run_cli("run", cfg, "--items", items, "--output", out, "--no-progress")
     assert res.rc == 0 and "6 already done" in res.stderr, res.stderr
 
 
@@ -156,6 +157,6 @@ def test_a_new_local_adapter_runs_from_its_own_module(tmp_path: Path) -> None:
 def test_an_adapter_module_that_cannot_be_imported_is_one_line(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "c.toml", {"p": {"adapter": "plugin-chat", "base_url": "http://127.0.0.1:9/v1"}},
                        run={"adapter_modules": ["tests.no_such_adapter_module"]})
-    res = run_engine("run", cfg, "--items", write_items(tmp_path / "i.jsonl", 1), "--output", tmp_path / "out")
+    res = run_cli("run", cfg, "--items", write_items(tmp_path / "i.jsonl", 1), "--output", tmp_path / "out")
     assert res.rc == 2 and res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
     assert "run.adapter_modules: cannot import `tests.no_such_adapter_module`" in res.stderr
