@@ -29,6 +29,13 @@ from tests.conftest import (
 )
 
 
+@pytest.fixture
+def fake_server(fresh_fake_server: FakeServerProcess) -> FakeServerProcess:
+    """One fake server process for the module, reset before each test (tests/conftest.py): every
+    test here ends with its interrupted runs gone and a finished run, nothing left in flight."""
+    return fresh_fake_server
+
+
 def _records_by_key(out: Path, model: str) -> dict[str, dict[str, Any]]:
     recs = read_jsonl(out / "responses" / f"{model}.jsonl")
     by = {r["key"]: r for r in recs}

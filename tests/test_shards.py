@@ -6,17 +6,15 @@ fake server, two API models and an API judge."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import orjson
 import pytest
 
 from engine.core.config import ModelConfig
 from engine.shards import Partition, parse_shard
-from engine.testing.fakeserver import FakeConfig, FakeServerProcess
+from engine.testing.fakeserver import FakeServerProcess
 from tests.conftest import (
     EngineProc,
     count_lines,
@@ -33,23 +31,10 @@ N = 3
 MODELS = ("a", "b")
 
 
-@pytest.fixture(scope="module")
-def _module_server() -> Iterator[FakeServerProcess]:
-    srv = FakeServerProcess()
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
 @pytest.fixture
-def fake_server(_module_server: FakeServerProcess) -> FakeServerProcess:
-    """One fake server process for this module's tests (each start is about 0.45 s of CPU), put
-    back to the default config with empty counters and log before each test, as a fresh one is."""
-    _module_server.set_config(**msgspec.structs.asdict(FakeConfig()))
-    _module_server.reset()
-    return _module_server
+def fake_server(fresh_fake_server: FakeServerProcess) -> FakeServerProcess:
+    """One fake server process for the module, reset before each test (tests/conftest.py)."""
+    return fresh_fake_server
 
 
 def _config(tmp_path: Path, srv: FakeServerProcess, **kw: Any) -> Path:
