@@ -43,7 +43,7 @@ def _records_by_key(out: Path, model: str) -> dict[str, dict[str, Any]]:
     return by
 
 
-@pytest.mark.slow
+@pytest.mark.slow(5)  # ~3 s alone, 4-8 s beside two other workers: among the first to start
 @pytest.mark.parametrize("seed", [1, 2])
 def test_kill9_at_random_points_then_resume_equals_uninterrupted(tmp_path: Path, fake_server: FakeServerProcess,
                                                                  engine_procs: Any, seed: int) -> None:

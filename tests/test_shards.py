@@ -371,7 +371,6 @@ def test_a_shard_starts_only_its_own_local_models(tmp_path: Path, fake_server: F
 # -- --retry-errors across a merge ---------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_retry_errors_in_shards_replaces_merged_failures(tmp_path: Path, thread_server: Any) -> None:
     items = write_items(tmp_path / "items.jsonl", 18)
     models = {"a": fake_model(thread_server.url, model="model-a"), "b": fake_model(thread_server.url, model="model-b")}
