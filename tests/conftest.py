@@ -46,23 +46,15 @@ PY = sys.executable
 @pytest.fixture
 def fake_server() -> Iterator[FakeServerProcess]:
     """A fresh fake OpenAI server (subprocess) per test, default config (no faults, no latency)."""
-    srv = FakeServerProcess()
-    srv.start()
-    try:
+    with FakeServerProcess() as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
 def module_fake_server() -> Iterator[FakeServerProcess]:
     """One fake server process for a whole test module (see `fresh_fake_server`)."""
-    srv = FakeServerProcess()
-    srv.start()
-    try:
+    with FakeServerProcess() as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture
