@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from adapters.http import json_object, request, stream_lines
+from adapters.http import call_json, stream_lines
 from engine.core.adapter import AdapterError
 from engine.core.batch import BatchLimits, BatchResult, BatchStatus
 from engine.core.records import ErrorInfo, ErrorKind, Response
@@ -71,11 +71,8 @@ class AnthropicBatches:
 
     async def _call(self, method: str, url: str, data: object = None,
                     timeout: float = _CALL_TIMEOUT_S) -> dict[str, object]:
-        status, raw, hdrs = await request(self._get_session(), method, url, data, self._headers, timeout,
-                                          self._secrets)
-        if status != 200:
-            raise self._status_error(status, raw, hdrs)
-        return json_object(raw, f"{method} {url}", self._secrets)
+        return await call_json(self._get_session(), method, url, data, self._headers, timeout, self._secrets,
+                               self._status_error, f"{method} {url}")
 
     async def submit_batch(self, path: Path, local_id: str, window: str,
                            on_file: Callable[[str], None]) -> BatchStatus:

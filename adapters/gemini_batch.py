@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from adapters.http import error_for_status, json_object, request
+from adapters.http import call_json, error_for_status
 from engine.core.adapter import AdapterError
 from engine.core.batch import BatchLimits, BatchResult, BatchStatus
 from engine.core.records import ErrorInfo, Response
@@ -59,11 +59,8 @@ class GeminiBatches:
         return orjson.dumps({"request": body, "metadata": {"key": custom_id}}) + b"\n"
 
     async def _call(self, method: str, url: str, data: object = None) -> dict[str, object]:
-        status, raw, hdrs = await request(self._get_session(), method, url, data, self._headers, _CALL_TIMEOUT_S,
-                                          self._secrets)
-        if status != 200:
-            raise self._status_error(status, raw, hdrs)
-        return json_object(raw, f"{method} {url}", self._secrets)
+        return await call_json(self._get_session(), method, url, data, self._headers, _CALL_TIMEOUT_S, self._secrets,
+                               self._status_error, f"{method} {url}")
 
     async def submit_batch(self, path: Path, local_id: str, window: str,
                            on_file: Callable[[str], None]) -> BatchStatus:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 # (report, a run refused by its lock) should not pay aiohttp's import (a few hundred ms on a busy
 # machine).
 
-__all__ = ["TRANSIENT_STATUSES", "error_for_status", "load_transport", "new_session", "open_connections", "post_json",
+__all__ = ["TRANSIENT_STATUSES", "call_json", "error_for_status", "load_transport", "new_session", "open_connections", "post_json",
            "request",
            "stream_lines"]
 
@@ -177,6 +177,17 @@ def _transport_error(exc: Exception, url: str, secrets: tuple[str, ...]) -> Adap
     if isinstance(exc, aiohttp.ClientError):
         return AdapterError("transient", redact(f"{type(exc).__name__}: {exc}", secrets))
     return None
+
+
+async def call_json(session: aiohttp.ClientSession, method: str, url: str, data: object, headers: Mapping[str, str],
+                    timeout: float, secrets: tuple[str, ...],
+                    on_status: Callable[[int, bytes, Mapping[str, str]], AdapterError], what: str) -> dict[str, object]:
+    """One call to a batch API: `request`, then the 200 reply's JSON object (`json_object`, named
+    `what` in its error); another status raises `on_status(...)`, the provider's classification."""
+    status, raw, hdrs = await request(session, method, url, data, headers, timeout, secrets)
+    if status != 200:
+        raise on_status(status, raw, hdrs)
+    return json_object(raw, what, secrets)
 
 
 def json_object(raw: bytes, what: str, secrets: tuple[str, ...]) -> dict[str, object]:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from adapters.http import json_object, request, stream_lines
+from adapters.http import call_json, stream_lines
 from engine.core.adapter import AdapterError
 from engine.core.batch import BatchLimits, BatchResult, BatchStatus
 from engine.core.records import ErrorInfo, Response
@@ -65,11 +65,8 @@ class OpenAIBatches:
     async def _call(self, method: str, path: str, data: object = None, timeout: float = _CALL_TIMEOUT_S,
                     json: bool = True) -> dict[str, object]:
         headers = {**self._auth, "Content-Type": "application/json"} if json and data is not None else self._auth
-        status, raw, hdrs = await request(self._get_session(), method, self.base + path, data, headers, timeout,
-                                          self._secrets)
-        if status != 200:
-            raise self._status_error(status, raw, hdrs)
-        return json_object(raw, f"{method} {path}", self._secrets)
+        return await call_json(self._get_session(), method, self.base + path, data, headers, timeout, self._secrets,
+                               self._status_error, f"{method} {path}")
 
     async def submit_batch(self, path: Path, local_id: str, window: str,
                            on_file: Callable[[str], None]) -> BatchStatus:
