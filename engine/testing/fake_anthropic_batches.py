@@ -73,9 +73,8 @@ class AnthropicBatchFake(OpenAIBatchFake):
     def _mb(self, b: _Batch, base: str) -> dict[str, Any]:
         state = self._state(b, time.time())
         ended = state in ("completed", "expired")
-        if ended and not b.logged_end:
-            b.logged_end = True
-            self.events.append({"event": "ended", "batch": b.id, "state": state})
+        if ended:
+            self._log_end(b, state)
         counts = {"processing": 0 if ended else len(b.lines), "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
         if ended:
             for cid, _ in b.lines:

@@ -139,6 +139,12 @@ class OpenAIBatchFake:
             self.held.set()
             await asyncio.sleep(3600)
 
+    def _log_end(self, b: _Batch, state: str) -> None:
+        """The batch's end in `events`, once (the first answer that shows it ended)."""
+        if not b.logged_end:
+            b.logged_end = True
+            self.events.append({"event": "ended", "batch": b.id, "state": state})
+
     def _state(self, b: _Batch, now: float) -> str:
         age = (now - b.created) / max(self.complete_after_s, 1e-9)
         if b.fate == "failed":
@@ -155,9 +161,8 @@ class OpenAIBatchFake:
         now = time.time()
         state = self._state(b, now)
         ended = state in ("completed", "expired", "failed")
-        if ended and not b.logged_end:
-            b.logged_end = True
-            self.events.append({"event": "ended", "batch": b.id, "state": state})
+        if ended:
+            self._log_end(b, state)
         failed = len(b.errors_5xx) + len(b.unrun) + sum(1 for c, _ in b.lines if c in self.fatal_ids)
         if ended and state != "failed":
             if b.output_file_id is None:

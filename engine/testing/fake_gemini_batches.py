@@ -64,10 +64,8 @@ class GeminiBatchFake(OpenAIBatchFake):
     def _op(self, b: _Batch) -> dict[str, Any]:
         state = _STATE[self._state(b, time.time())]
         done = state in ("BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED")
-        if done and not b.logged_end:
-            b.logged_end = True
-            self.events.append({"event": "ended", "batch": b.id, "state": "completed" if state.endswith("SUCCEEDED")
-                                else "failed"})
+        if done:
+            self._log_end(b, "completed" if state.endswith("SUCCEEDED") else "failed")
         failed = sum(1 for c, _ in b.lines if c in b.errors_5xx or c in self.fatal_ids) if done else 0
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(b.created))
         op: dict[str, Any] = {"name": b.id, "done": done, "metadata": {
