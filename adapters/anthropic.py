@@ -26,6 +26,7 @@ Rate-limit headers (https://platform.claude.com/docs/en/api/rate-limits) of ever
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -235,9 +236,10 @@ class AnthropicMessages(AnthropicBatches):
         return parse_messages_response(raw, time.perf_counter() - start)
 
     async def send_streamed(self, body: dict[str, object], timeout: float,
-                            marks: list[float] | None = None, sent: list[float] | None = None) -> Response:
+                            marks: list[float] | None = None, sent: list[float] | None = None,
+                            not_before: asyncio.Future[None] | None = None) -> Response:
         got = await post_sse(self._get_session(), self.url, orjson.dumps({**body, "stream": True}), self._headers,
-                             timeout, self._secrets, sent)
+                             timeout, self._secrets, sent, not_before)
         self.last_signal = parse_anthropic(got.headers)
         if got.status != 200:
             raise error_for_status(got.status, anthropic_error_message(got.raw), secrets=self._secrets,

@@ -33,6 +33,7 @@ headers, so `last_signal` stays None.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -261,9 +262,10 @@ class GeminiGenerate(GeminiBatches):
         return parse_generate_response(raw, time.perf_counter() - start)
 
     async def send_streamed(self, body: dict[str, object], timeout: float,
-                            marks: list[float] | None = None, sent: list[float] | None = None) -> Response:
+                            marks: list[float] | None = None, sent: list[float] | None = None,
+                            not_before: asyncio.Future[None] | None = None) -> Response:
         got = await post_sse(self._get_session(), self.stream_url, orjson.dumps(body), self._headers, timeout,
-                             self._secrets, sent)
+                             self._secrets, sent, not_before)
         if got.status != 200:
             raise gemini_error(got.status, got.raw, got.headers, self._secrets)
         doc, pieces = stream_document(got.events)

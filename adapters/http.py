@@ -20,7 +20,7 @@ import functools
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
 
@@ -36,9 +36,8 @@ if TYPE_CHECKING:
 # (report, a run refused by its lock) should not pay aiohttp's import (a few hundred ms on a busy
 # machine).
 
-__all__ = ["TRANSIENT_STATUSES", "call_json", "error_for_status", "load_transport", "new_session", "open_connections", "post_json",
-           "request",
-           "stream_lines"]
+__all__ = ["TRANSIENT_STATUSES", "SendStamp", "call_json", "error_for_status", "load_transport", "new_session", "open_connections", "post_json",
+           "request", "stamps_sends", "stream_lines"]
 
 
 def load_transport() -> None:
@@ -73,13 +72,24 @@ def _no_json(obj: object) -> str:
     raise TypeError("adapters post bodies they encoded themselves (data=), never json=")
 
 
+class SendStamp(NamedTuple):
+    """A streamed request's `trace_request_ctx`: where the time its bytes went to the socket is
+    appended, and what holds them back until the request is due (None: nothing)."""
+
+    stamps: list[float]
+    hold: asyncio.Future[None] | None
+
+
 async def _stamp_sent(session: aiohttp.ClientSession, ctx: SimpleNamespace,
                       params: aiohttp.TraceRequestChunkSentParams) -> None:
     # aiohttp awaits this right before it hands the request's bytes (headers and body in one
-    # write) to the transport, in the same step: nothing runs in between.
-    stamps = ctx.trace_request_ctx
-    if isinstance(stamps, list):
-        stamps.append(time.perf_counter())
+    # write) to the transport, in the same step: nothing runs in between. A held request waits
+    # here, built and on its connection, so that its release is one task step from the socket.
+    req = ctx.trace_request_ctx
+    if isinstance(req, SendStamp):
+        if req.hold is not None and not req.hold.done():
+            await req.hold
+        req.stamps.append(time.perf_counter())
 
 
 @functools.cache
@@ -92,13 +102,18 @@ def _send_stamps() -> aiohttp.TraceConfig:
     return tc
 
 
+def stamps_sends(session: aiohttp.ClientSession) -> bool:
+    """Whether `session` was made with `new_session(..., stamp_sends=True)`."""
+    return _send_stamps() in session.trace_configs
+
+
 def new_session(concurrency: int, stamp_sends: bool = False) -> aiohttp.ClientSession:
     """One session per lane: a keep-alive pool a little larger than the lane's concurrency.
 
-    With `stamp_sends` (streamed lanes, `bench`), a request posted with a list as
+    With `stamp_sends` (streamed lanes, `bench`), a request posted with a `SendStamp` as
     `trace_request_ctx` gets the perf_counter time at which its bytes went to the socket appended
-    to it (`adapters.sse.post_sse`'s `sent`). Off elsewhere: aiohttp's tracing costs every request
-    of the session a few coroutine calls."""
+    to its `stamps` (`adapters.sse.post_sse`'s `sent`), and its bytes wait for its `hold`. Off
+    elsewhere: aiohttp's tracing costs every request of the session a few coroutine calls."""
     import aiohttp  # loaded by load_transport already: a dict lookup
 
     connector = aiohttp.TCPConnector(limit=concurrency + 8, limit_per_host=0, keepalive_timeout=60,

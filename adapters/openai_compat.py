@@ -10,6 +10,7 @@ and status mapping are shared with the other HTTP adapters (adapters.http). Ever
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any
@@ -279,10 +280,11 @@ class OpenAIChat(OpenAIBatches):
         return parse_chat_response(raw, time.perf_counter() - start)
 
     async def send_streamed(self, body: dict[str, object], timeout: float,
-                            marks: list[float] | None = None, sent: list[float] | None = None) -> Response:
+                            marks: list[float] | None = None, sent: list[float] | None = None,
+                            not_before: asyncio.Future[None] | None = None) -> Response:
         wire = {**body, "stream": True, "stream_options": {"include_usage": True}}
         got = await post_sse(self._get_session(), self.url, orjson.dumps(wire), self._headers, timeout,
-                             self._secrets, sent)
+                             self._secrets, sent, not_before)
         self.last_signal = parse_openai(got.headers)
         if got.status != 200:
             raise classify_status(got.status, got.raw, got.headers, self._secrets)

@@ -13,6 +13,7 @@ the whole stream.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import msgspec
 import orjson
 
-from adapters.http import _timeout
+from adapters.http import SendStamp, _timeout, stamps_sends
 from engine.core.adapter import AdapterError
 from engine.core.records import Response, TokenTiming
 from engine.core.secrets import redact
@@ -117,19 +118,31 @@ async def _read_events(resp: aiohttp.ClientResponse) -> list[Event]:
 
 
 async def post_sse(session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str],
-                   timeout: float, secrets: tuple[str, ...], sent: list[float] | None = None) -> Streamed:
+                   timeout: float, secrets: tuple[str, ...], sent: list[float] | None = None,
+                   not_before: asyncio.Future[None] | None = None) -> Streamed:
     """One streamed POST. Transport failures are classified as in `adapters.http.post_json`, except
     that a body cut short is `transient` (a dropped stream is worth another attempt).
 
     `sent` (when given) gets the perf_counter time at which the request's bytes were handed to the
     socket, from a session made with `new_session(..., stamp_sends=True)`; a session without
     that stamps nothing (the caller decides what stands in). A request sent twice (a dead pooled
-    connection) is stamped twice: the last stamp is the send that was answered."""
+    connection) is stamped twice: the last stamp is the send that was answered.
+
+    `not_before` (when given) holds the request's bytes until it is done: a stamping session builds
+    the request and takes its connection at once and writes the bytes in the step after the
+    release (`bench` prepares each request ahead of its due moment); any other session waits
+    before building. The reply's latency and TTFT count from the send, not from the call."""
     import aiohttp  # loaded by load_transport already: a dict lookup
 
+    stamps = sent if sent is not None else []
+    if not_before is not None and not stamps_sends(session):
+        await not_before
+    ctx = SendStamp(stamps, not_before)
     start = time.perf_counter()
     try:
-        async with await _post_fresh_if_stale(session, url, data, headers, timeout, sent) as resp:
+        async with await _post_fresh_if_stale(session, url, data, headers, timeout, ctx) as resp:
+            if not_before is not None and stamps:
+                start = stamps[-1]
             if resp.status != 200:
                 raw = await resp.read()
                 return Streamed(resp.status, raw, resp.headers, [], start, time.perf_counter())
@@ -146,7 +159,7 @@ async def post_sse(session: aiohttp.ClientSession, url: str, data: bytes, header
 
 
 async def _post_fresh_if_stale(session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str],
-                               timeout: float, sent: list[float] | None) -> aiohttp.ClientResponse:
+                               timeout: float, ctx: SendStamp) -> aiohttp.ClientResponse:
     """The POST, sent once more at once when a pooled connection turns out dead before any reply.
 
     llama.cpp's server closes the connection after a streamed reply while its headers say
@@ -157,11 +170,11 @@ async def _post_fresh_if_stale(session: aiohttp.ClientSession, url: str, data: b
 
     t = _timeout(max(0.1, round(timeout, 1)))
     try:
-        return await session.post(url, data=data, headers=headers, timeout=t, trace_request_ctx=sent)
+        return await session.post(url, data=data, headers=headers, timeout=t, trace_request_ctx=ctx)
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
         if isinstance(exc, aiohttp.ClientConnectorError):
             raise
-        return await session.post(url, data=data, headers=headers, timeout=t, trace_request_ctx=sent)
+        return await session.post(url, data=data, headers=headers, timeout=t, trace_request_ctx=ctx)
 
 
 def event_object(data: bytes, what: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ request's bytes handed to the socket; the wake lag is the part before the dispat
 Client and server share this machine's CPUs (and whatever else runs on it: the load average is
 printed). The floor column is the machine's own: the same Poisson schedule kept by the same
 dispatcher (engine.bench.load.drive under uvloop, gc frozen) with requests that send nothing
-(their "sent" is when the request's task started), so what is left is the wake-up's precision and
+(their "sent" is their release), so what is left is the wake-up's precision and
 how late this process gets a CPU. Not a test: prints a table and appends it to RESULTS.md.
 """
 
@@ -58,7 +58,10 @@ def _bench(url: str, rate: float, n: int, output_len: int, out: Path) -> dict[st
     return doc
 
 
-async def _nothing(body: dict[str, object], timeout_s: float, marks: list[float], sent: list[float]) -> Response:
+async def _nothing(body: dict[str, object], timeout_s: float, marks: list[float], sent: list[float],
+                   not_before: asyncio.Future[None] | None) -> Response:
+    if not_before is not None:
+        await not_before
     await asyncio.sleep(0.05)
     return Response(text="", finish_reason="stop", latency_s=0.05)
 

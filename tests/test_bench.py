@@ -5,6 +5,7 @@ with generous bounds: behaviour, never speed (speed is benchmarks/bench_serve.py
 
 from __future__ import annotations
 
+import asyncio
 import math
 import statistics
 import time
@@ -143,10 +144,16 @@ def test_ignore_eos_is_sent_where_the_adapter_declares_it_or_when_asked(tmp_path
 
 
 def test_no_request_is_sent_before_it_is_due() -> None:
-    """The dispatcher's thread sleeps to the microsecond and hands the loop what is due: nothing is
-    sent early, requests due together start in one wake-up, and `sent` (the transport's stamp)
-    follows the wake-up."""
-    async def send(body: dict[str, object], timeout_s: float, marks: list[float], sent: list[float]) -> Response:
+    """The dispatcher's thread sleeps to the microsecond and has the loop release what is due:
+    requests are handed to `send` ahead and held, nothing is sent early, requests due together are
+    released in one wake-up, and `sent` (the transport's stamp) follows the release."""
+    held = []
+
+    async def send(body: dict[str, object], timeout_s: float, marks: list[float], sent: list[float],
+                   not_before: asyncio.Future[None] | None) -> Response:
+        assert not_before is not None
+        held.append(not not_before.done())
+        await not_before
         sent.append(time.perf_counter())
         return Response(text="", finish_reason="stop")
 
@@ -155,6 +162,7 @@ def test_no_request_is_sent_before_it_is_due() -> None:
     outcomes, _ = uvloop.run(drive(send, [{}] * 60, planned, max_concurrency=None, timeout_s=1.0))
     assert all(o.ok and o.planned <= o.woke <= o.sent for o in outcomes)
     assert outcomes[10].woke == outcomes[11].woke == outcomes[12].woke
+    assert any(held)  # prepared ahead of the due moment, held until it
     assert uvloop.run(drive(send, [], [], max_concurrency=None, timeout_s=1.0))[0] == []
 
 

@@ -130,6 +130,31 @@ def test_streamed_reply_equals_the_plain_one_with_ttft(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
+def test_a_held_request_leaves_on_its_release_and_is_timed_from_there(kind: str) -> None:
+    """`not_before`: the bench prepares a request ahead and releases it when due; its bytes go out
+    after the release (the stamp says so) and its latency counts from that send, not from the call.
+    A session that stamps nothing waits for the release before it builds the request."""
+    async def fn(plain: Adapter, streamed: Adapter) -> None:
+        assert isinstance(streamed, StreamsReplies) and isinstance(plain, StreamsReplies)
+        loop = asyncio.get_running_loop()
+        body = plain.build_body(MSGS, PARAMS)
+        for adapter, stamped in ((streamed, True), (plain, False)):
+            hold: asyncio.Future[None] = loop.create_future()
+            released: list[float] = []
+            loop.call_later(0.05, lambda h=hold, r=released: (r.append(time.perf_counter()), h.set_result(None)))
+            sent: list[float] = []
+            r = await adapter.send_streamed(body, 5.0, None, sent, hold)
+            done = time.perf_counter()
+            assert released and r.text
+            if stamped:
+                assert len(sent) == 1 and released[0] <= sent[0] and r.latency_s <= done - sent[0]
+            else:
+                assert sent == [] and r.latency_s <= done - released[0]
+
+    _run(kind, fn)
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
 def test_connections_opened_ahead_are_the_ones_requests_use(kind: str) -> None:
     """`open_connections(n)` leaves n keep-alive connections in the pool (HEAD requests whose 405
     is ignored); n streamed requests sent together after it open no more."""

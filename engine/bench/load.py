@@ -9,9 +9,17 @@ pieces and its sends with time.perf_counter, so the default clock is that one).
 
 "Sent" is the moment the request's bytes were handed to the socket, as the adapter's transport
 stamps it (`sent` of `send_streamed`); where a transport stamps nothing, the moment the request
-was handed to `send`, which is earlier (that lag is then a lower bound). Between the due time and
-the send lie: the wake-up, the loop turn the request's task waits for (behind whatever else is
-ready, e.g. other streams' chunks) and building the HTTP request.
+was released (or handed to `send`, if later), which is earlier (that lag is then a lower bound).
+
+Each request is prepared ahead and released when due: its task starts LEAD_S before the due
+moment (aiohttp builds the request, takes a pooled connection and buffers the headers), and its
+bytes wait for `not_before`, which the dispatcher sets at the due moment; the write is then the
+next task step. Started at the due moment instead, a request went through three loop turns
+before its bytes left (its task's first step, the request build, aiohttp's body-writer task: on
+Python 3.11 a separate task), each behind whatever else was ready (other streams' chunks, the end
+of finished streams): p99 2.5-2.7 ms at 200 req/s, with 1.5 ms of it before the hand-over ran.
+Between the due time and the send there are now the wake-up, the loop turn in progress and one
+task step.
 
 The wake-up is kept by a thread, not a loop timer: loop timers keep whole milliseconds (uvloop
 rounds, so one can fire half a millisecond early, and then the rest of the wait costs another
@@ -37,38 +45,45 @@ from engine.core.records import Response
 
 __all__ = ["Send", "connections_needed", "drive", "warm_up"]
 
-Send = Callable[[dict[str, object], float, list[float], list[float]], Awaitable[Response]]
+Send = Callable[[dict[str, object], float, list[float], list[float], "asyncio.Future[None] | None"], Awaitable[Response]]
 SWITCH_INTERVAL_S = 0.0002  # how long the dispatcher's thread may wait for the GIL (see drive)
+LEAD_S = 0.01  # how long before its due moment a request is prepared (see the module's note)
 
 
-def _outcome(resp: Response, marks: list[float], planned: float, sent: float, woke: float) -> Outcome:
-    timing = resp.timing
-    tokens = resp.usage.completion_tokens or (timing.chunks if timing else 0)
-    return Outcome(planned=planned, sent=sent, woke=woke, ok=True, prompt_tokens=resp.usage.prompt_tokens,
-                   output_tokens=tokens, ttft_s=resp.ttft_s if resp.ttft_s is not None else resp.latency_s,
-                   latency_s=resp.latency_s, itl_s=tuple(b - a for a, b in zip(marks, marks[1:], strict=False)))
+def _outcome(got: Response | AdapterError, marks: list[float], planned: float, sent: float, woke: float) -> Outcome:
+    if isinstance(got, AdapterError):
+        return Outcome(planned=planned, sent=sent, woke=woke, ok=False, error=f"{got.kind}: {got.message}")
+    timing = got.timing
+    tokens = got.usage.completion_tokens or (timing.chunks if timing else 0)
+    return Outcome(planned=planned, sent=sent, woke=woke, ok=True, prompt_tokens=got.usage.prompt_tokens,
+                   output_tokens=tokens, ttft_s=got.ttft_s if got.ttft_s is not None else got.latency_s,
+                   latency_s=got.latency_s, itl_s=tuple(b - a for a, b in zip(marks, marks[1:], strict=False)))
 
 
-def _keep_time(loop: asyncio.AbstractEventLoop, due: Sequence[float], start: Callable[[int, int], None],
-               stop: threading.Event, clock: Callable[[], float]) -> None:
-    """The dispatcher's thread: waits until due[i] (absolute, `clock`'s time), then has the loop
-    call start(i, j) for every request due by then (i to j - 1), until all are handed over or
-    `stop` is set."""
-    i, n = 0, len(due)
-    while i < n:
-        if (wait := due[i] - clock()) > 0:
+def _keep_time(loop: asyncio.AbstractEventLoop, due: Sequence[float], lead: float,
+               on_time: Callable[[int, int, int, int], None], stop: threading.Event,
+               clock: Callable[[], float]) -> None:
+    """The dispatcher's thread: has the loop call on_time(p, p2, r, r2) whenever requests p..p2-1
+    are to be prepared (due[k] - lead has come) and r..r2-1 released (due[k] has come; times
+    absolute, `clock`'s), until all are released or `stop` is set."""
+    p = r = 0
+    n = len(due)
+    while r < n:
+        if (wait := min(due[p] - lead if p < n else math.inf, due[r]) - clock()) > 0:
             if stop.wait(wait):
                 return
             continue
         now = clock()
-        j = i + 1
-        while j < n and due[j] <= now:
-            j += 1
+        p2, r2 = p, r
+        while p2 < n and due[p2] - lead <= now:
+            p2 += 1
+        while r2 < n and due[r2] <= now:
+            r2 += 1
         try:
-            loop.call_soon_threadsafe(start, i, j)
+            loop.call_soon_threadsafe(on_time, p, p2, r, r2)
         except RuntimeError:  # the loop has closed: nobody is waiting for the rest
             return
-        i = j
+        p, r = p2, r2
 
 
 async def drive(send: Send, bodies: Sequence[dict[str, object]], planned: Sequence[float], *,
@@ -80,12 +95,14 @@ async def drive(send: Send, bodies: Sequence[dict[str, object]], planned: Sequen
         raise ValueError(f"{len(bodies)} bodies for {len(planned)} planned times")
     loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
-    tasks: list[asyncio.Task[Outcome]] = []
-    all_started: asyncio.Future[None] = loop.create_future()
+    tasks: list[asyncio.Task[tuple[Response | AdapterError, list[float], list[float], float]]] = []
+    holds = [loop.create_future() for _ in planned]
+    woke = [0.0] * len(planned)
+    all_released: asyncio.Future[None] = loop.create_future()
     start = clock()
     last_end = start
 
-    async def one(body: dict[str, object], due: float, woke: float) -> Outcome:
+    async def one(k: int) -> tuple[Response | AdapterError, list[float], list[float], float]:
         nonlocal last_end
         if slots is not None:
             await slots.acquire()
@@ -94,49 +111,57 @@ async def drive(send: Send, bodies: Sequence[dict[str, object]], planned: Sequen
             stamps: list[float] = []
             handed = clock()
             try:
-                resp = await send(body, timeout_s, marks, stamps)
+                return await send(bodies[k], timeout_s, marks, stamps, holds[k]), marks, stamps, handed
             except AdapterError as exc:
-                sent = (stamps[-1] if stamps else handed) - start
-                return Outcome(planned=due, sent=sent, woke=woke, ok=False, error=f"{exc.kind}: {exc.message}")
+                return exc, marks, stamps, handed
             finally:
                 last_end = max(last_end, clock())
-            return _outcome(resp, marks, due, (stamps[-1] if stamps else handed) - start, woke)
         finally:
             if slots is not None:
                 slots.release()
 
-    def start_due(i: int, j: int) -> None:
-        if all_started.done():  # drive was cancelled: start nothing more
+    def on_time(p: int, p2: int, r: int, r2: int) -> None:
+        if all_released.done():  # drive was cancelled: start nothing more
             return
-        woke = clock() - start
-        tasks.extend(loop.create_task(one(bodies[k], planned[k], woke)) for k in range(i, j))
-        if j == len(planned):
-            all_started.set_result(None)
+        tasks.extend(loop.create_task(one(k)) for k in range(p, p2))
+        now = clock() - start
+        for k in range(r, r2):
+            woke[k] = now
+            holds[k].set_result(None)
+        if r2 == len(planned):
+            all_released.set_result(None)
 
     stop = threading.Event()
     if planned:
-        threading.Thread(target=_keep_time, args=(loop, [start + p for p in planned], start_due, stop, clock),
+        threading.Thread(target=_keep_time, args=(loop, [start + p for p in planned], LEAD_S, on_time, stop, clock),
                          name="bench-dispatch", daemon=True).start()
     else:
-        all_started.set_result(None)
+        all_released.set_result(None)
     # The woken thread needs the GIL for its hand-over, and a busy loop lets a waiting thread in
     # only every switch interval (5 ms by default): a wake lag p99 of 2.7 ms at 500 req/s. The
-    # thread asks for it once per request, so a shorter interval costs nothing between.
+    # thread asks for it twice per request, so a shorter interval costs nothing between.
     interval = sys.getswitchinterval()
     sys.setswitchinterval(min(interval, SWITCH_INTERVAL_S))
     try:
-        await all_started
+        await all_released
+    except BaseException:
+        for t in tasks:  # held requests would otherwise wait for a release that never comes
+            t.cancel()
+        raise
     finally:
         stop.set()
         sys.setswitchinterval(interval)
-    outcomes = list(await asyncio.gather(*tasks))
+    done = await asyncio.gather(*tasks)
+    # Where the transport stamps nothing, the release (or the call, if later) stands in: a lower bound.
+    outcomes = [_outcome(got, marks, planned[k], (stamps[-1] if stamps else max(handed, start + woke[k])) - start,
+                         woke[k]) for k, (got, marks, stamps, handed) in enumerate(done)]
     return outcomes, last_end - start
 
 
 async def warm_up(send: Send, bodies: Sequence[dict[str, object]], timeout_s: float) -> tuple[int, float]:
     """Sends the warm-up requests (all at once) before the measured ones; returns how many failed
     and the slowest reply's latency (s; 0 without replies). They are never counted in the result."""
-    results = await asyncio.gather(*(send(b, timeout_s, [], []) for b in bodies), return_exceptions=True)
+    results = await asyncio.gather(*(send(b, timeout_s, [], [], None) for b in bodies), return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
     for r in failed:
         if not isinstance(r, AdapterError):

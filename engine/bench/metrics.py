@@ -24,7 +24,7 @@ PERCENTILES = (90.0, 99.0)
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
-    """One benchmark request: when it was due (`planned`), when the dispatcher started it
+    """One benchmark request: when it was due (`planned`), when the dispatcher released it
     (`woke`) and when its bytes were handed to the socket (`sent`; engine/bench/load.py says how
     that is stamped), in s from the start; and what came back."""
 
@@ -92,8 +92,9 @@ def _stats(name: str, seconds: Sequence[float]) -> dict[str, float]:
 
 def send_lag_stats(outcomes: Sequence[Outcome]) -> dict[str, float]:
     """How late the client sent requests after they were due (ms): the client's own precision.
-    The wake lag is the part before the dispatcher started the request (its timer and the
-    machine's scheduling); the rest is the loop turn it waited for and building the request."""
+    The wake lag is the part before the dispatcher's release of the (prepared) request ran (its
+    timer, the machine's scheduling, the loop turn in progress); the rest is the task step that
+    writes the bytes."""
     lags = [max(0.0, o.sent - o.planned) * 1000.0 for o in outcomes]
     wakes = [max(0.0, o.woke - o.planned) * 1000.0 for o in outcomes]
     return {"send_lag_p50_ms": percentile(lags, 50.0), "send_lag_p99_ms": percentile(lags, 99.0),

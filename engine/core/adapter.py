@@ -23,6 +23,7 @@ capabilities declared as attributes (`takes_gpus`, `info`) rather than found by 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -78,12 +79,16 @@ class ReplaysItems(Protocol):
 @runtime_checkable
 class StreamsReplies(Protocol):
     async def send_streamed(self, body: dict[str, object], timeout: float,
-                            marks: list[float] | None = None, sent: list[float] | None = None) -> Response:
+                            marks: list[float] | None = None, sent: list[float] | None = None,
+                            not_before: asyncio.Future[None] | None = None) -> Response:
         """One attempt, streamed: text, finish reason and usage as `send` would return them, plus
         `ttft_s` and `timing`. The stream fields are added here, never to `body` (the key's bytes).
         `marks` (when given) gets the perf_counter time of each text piece (inter-token latency);
         `sent` the perf_counter time at which the request's bytes went to the socket (the bench's
-        send lag), where the transport can tell (none appended otherwise)."""
+        send lag), where the transport can tell (none appended otherwise). `not_before` (when
+        given): no byte leaves before it is done; the request may be prepared meanwhile (the bench
+        starts each request ahead of its due moment and releases it then), and latency and TTFT
+        count from the send."""
         ...
 
     async def open_connections(self, n: int, timeout: float) -> int:
