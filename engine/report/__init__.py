@@ -30,6 +30,7 @@ from engine.core.errors import EngineError
 from engine.core.records import Item, JudgmentRecord, Record, judgment_decoder
 from engine.core.rundoc import RunDoc, RunSpec, ScoresDoc
 from engine.core.secrets import redact, remember_env
+from engine.items import custom_head
 from engine.report import reuse
 from engine.report.build import build_report
 from engine.report.explore import board, item_views, verdicts_of
@@ -185,10 +186,14 @@ def _load_items(spec: RunSpec, notes: list[str],
     items: dict[tuple[str, str, str], Item] = {}
     total = 0
     try:
-        for w in item_factory(spec)():
-            total += 1
-            if keep is None or total <= keep:
-                items[(w.item.pillar, w.item.subtask, w.item.id)] = w.item
+        if spec.items is not None and keep is not None:  # only the shown ones decoded
+            head, total = custom_head(Path(spec.items), spec.limit, keep)
+            items = {(i.pillar, i.subtask, i.id): i for i in head}
+        else:
+            for w in item_factory(spec)():
+                total += 1
+                if keep is None or total <= keep:
+                    items[(w.item.pillar, w.item.subtask, w.item.id)] = w.item
     except (EngineError, OSError, ValueError, KeyError, msgspec.ValidationError) as exc:
         reason = exc.args[0] if exc.args else exc
         notes.append(f"items could not be rebuilt ({reason}); the drill-down shows item ids and is not re-scored")
