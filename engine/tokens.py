@@ -29,13 +29,20 @@ from engine.core.errors import ConfigError
 CJK_TOKENS = 1.5
 # CJK ideographs (with extension A and compatibility), kana, hangul, and the fullwidth/CJK punctuation
 # that their text is written with.
-_CJK = re.compile("[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
+_CJK = "[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]"
 SCRIPT_AWARE = "script-aware estimate (4 chars/token, CJK 1.5 tokens/char)"
 
 
 def script_aware(text: str) -> float:
-    cjk = len(_CJK.findall(text)) if not text.isascii() else 0
+    cjk = len(_cjk().findall(text)) if not text.isascii() else 0
     return (len(text) - cjk) / 4 + cjk * CJK_TOKENS
+
+
+@functools.cache
+def _cjk() -> re.Pattern[str]:
+    """Compiled at the first text that is not ASCII: the class of wide ranges takes 10-20 ms of CPU
+    to compile, which every process paid at import, most never meeting such a text."""
+    return re.compile(_CJK)
 
 
 @dataclass(frozen=True)
