@@ -27,7 +27,7 @@ from pathlib import Path
 import msgspec
 
 from engine.core.errors import EngineError
-from engine.core.records import Item, JudgmentRecord, Record, judgment_decoder
+from engine.core.records import Item, JudgmentRecord, Record, Usage, judgment_decoder
 from engine.core.rundoc import RunDoc, RunSpec, ScoresDoc
 from engine.core.secrets import redact, remember_env
 from engine.items import custom_head
@@ -42,7 +42,7 @@ from engine.report.markdown import render_markdown
 from engine.report.view import Report, ReportInputs, ResponsesShown, ResponseTally
 from engine.scoring import item_scores, score_run
 from engine.spec import item_factory, judges_for, rubrics_by_source, subtasks
-from engine.store.checkpoint import iter_records
+from engine.store.checkpoint import iter_heads, iter_records
 from engine.store.lock import held as lock_held
 from engine.store.rundoc_io import read_run, read_scores, run_config
 
@@ -130,27 +130,43 @@ def _stream_responses(directory: Path, run: RunDoc, models: list[str], items: Ma
     records: dict[str, list[Record]] = {}
     tallies = []
     dropped = False
+    def choose(h: _Tally) -> bool:
+        if items is None and len(shown) < rows:
+            shown.add(h.item_id)
+        return h.item_id in shown
+
     for m in models:
         kept = records[m] = []
         ok = failed = prompt = completion = 0
-        for r in iter_records(directory / "responses" / f"{m}.jsonl", live=live):
-            if r.response is None:
-                failed += 1
-            else:
-                ok += 1
-                prompt += r.response.usage.prompt_tokens
-                completion += r.response.usage.completion_tokens
-            if items is None and len(shown) < rows:
-                shown.add(r.item_id)
-            if r.item_id in shown:
-                kept.append(r)
-            else:
-                dropped = True
+        # Only the shown items' records are decoded in full: the others are counted from their
+        # item id and usage (20k records: 50 -> 25 ms).
+        for heads, chosen in iter_heads(directory / "responses" / f"{m}.jsonl", _tally_decoder, choose, live=live):
+            kept += chosen
+            dropped = dropped or len(chosen) < len(heads)
+            usage = [h.response.usage for h in heads if h.response is not None]
+            ok += len(usage)
+            failed += len(heads) - len(usage)
+            prompt += sum(u.prompt_tokens for u in usage)
+            completion += sum(u.completion_tokens for u in usage)
         tallies.append(ResponseTally(model=m, ok=ok, failed=failed, prompt_tokens=prompt, completion_tokens=completion,
                                      missing=None if units is None else max(units - ok - failed, 0)))
     n = len(items) if items is not None else len(shown)
     return records, ResponsesShown(shown=n, total=total, truncated=dropped or (total is not None and total > n),
                                    folder=str(directory / "responses"), models=tuple(tallies))
+
+
+class _Usage(msgspec.Struct):
+    usage: Usage = Usage()
+
+
+class _Tally(msgspec.Struct):
+    """What the Responses tallies read of a record."""
+
+    item_id: str
+    response: _Usage | None = None
+
+
+_tally_decoder = msgspec.json.Decoder(_Tally)
 
 
 def _models_of(config: Mapping[str, object]) -> Mapping[str, object]:

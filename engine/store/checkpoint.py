@@ -220,14 +220,35 @@ def iter_records_of(path: Path, where: Callable[[str, str, str], bool],
     subtask costs a fraction of a full decode and holds only that subtask's records. A line not
     chosen is checked only as JSON carrying those three fields: a reader that must see every damaged
     record also reads the file in full once (score's usage pass does). `live`: as `iter_records`."""
+    for _, _, chosen in _chosen(path, _where_decoder, lambda h: where(h.model, h.pillar, h.subtask), decoder, live):
+        yield from chosen
+
+
+H = TypeVar("H")
+
+
+def iter_heads(path: Path, heads: msgspec.json.Decoder[H], choose: Callable[[H], bool], *,
+               live: bool = False) -> Iterator[tuple[list[H], list[Record]]]:
+    """A chunk of a checkpoint at a time: every line as `heads` decodes it (a Struct of a few of a
+    record's fields, the rest skipped without building their strings), and the full Records of the
+    lines `choose` (called once a line, in file order) picks. A line not chosen is checked only as
+    its head, as in `iter_records_of`. `live`: as `iter_records`."""
+    for hs, _, chosen in _chosen(path, heads, choose, record_decoder, live):
+        yield hs, chosen
+
+
+def _chosen(path: Path, heads: msgspec.json.Decoder[H], choose: Callable[[H], bool], decoder: msgspec.json.Decoder[Any],
+            live: bool) -> Iterator[tuple[list[H], list[bool], list[Any]]]:
+    """A chunk at a time: each line's head, whether `choose` picked it, and the picked lines decoded
+    with `decoder`, in file order."""
     if not path.exists():
         return
     for first, whole, _ in chunks(path, DECODE_CHUNK):
         chunk = _written(path, whole, live)
-        heads = _decode_chunk(path, first, chunk, _where_decoder, decoder)
-        keep = [where(h.model, h.pillar, h.subtask) for h in heads]
+        hs = _decode_chunk(path, first, chunk, heads, decoder)
+        keep = [choose(h) for h in hs]
         if all(keep):
-            yield from _decode_chunk(path, first, chunk, decoder)
+            chosen = _decode_chunk(path, first, chunk, decoder)
         elif any(keep):
             lines = [ln for ln in chunk.split(b"\n") if ln.strip()]  # as decode_lines counts them
             try:
@@ -235,7 +256,9 @@ def iter_records_of(path: Path, where: Callable[[str, str, str], bool],
             except msgspec.DecodeError:
                 _decode_chunk(path, first, chunk, decoder)  # names the bad line by its number in the file
                 raise
-            yield from chosen
+        else:
+            chosen = []
+        yield hs, keep, chosen
 
 
 def _decode_chunk(path: Path, first: int, chunk: bytes, decoder: msgspec.json.Decoder[Any],
