@@ -19,7 +19,7 @@ import pytest
 import uvloop
 
 from engine.bench.arrivals import arrival_times
-from engine.bench.load import connections_needed, drive
+from engine.bench.load import _Schedule, connections_needed, drive
 from engine.bench.metrics import Outcome, parse_goodput, percentile, send_lag_stats, summarize
 from engine.bench.result import bottleneck_warning, sweep_svg
 from engine.bench.session import Point, parse_sweep
@@ -147,12 +147,9 @@ def test_no_request_is_sent_before_it_is_due() -> None:
     """The loop wakes (timerfd, or a thread) to the microsecond and releases what is due:
     requests are handed to `send` ahead and held, nothing is sent early, requests due together are
     released in one wake-up, and `sent` (the transport's stamp) follows the release."""
-    held = []
-
     async def send(body: dict[str, object], timeout_s: float, marks: list[float], sent: list[float],
                    not_before: asyncio.Future[None] | None) -> Response:
         assert not_before is not None
-        held.append(not not_before.done())
         await not_before
         sent.append(time.perf_counter())
         return Response(text="", finish_reason="stop")
@@ -161,12 +158,19 @@ def test_no_request_is_sent_before_it_is_due() -> None:
     planned[10:13] = [planned[10]] * 3
     # perf_counter: the loop wakes by a timerfd (Linux); another clock: by the dispatcher's thread
     for clock in (time.perf_counter, lambda: time.perf_counter()):
-        held.clear()
         outcomes, _ = uvloop.run(drive(send, [{}] * 60, planned, max_concurrency=None, timeout_s=1.0, clock=clock))
         assert all(o.ok and o.planned <= o.woke <= o.sent for o in outcomes)
         assert outcomes[10].woke == outcomes[11].woke == outcomes[12].woke
-        assert any(held)  # prepared ahead of the due moment, held until it
     assert uvloop.run(drive(send, [], [], max_concurrency=None, timeout_s=1.0))[0] == []
+
+
+def test_requests_are_prepared_a_lead_ahead_and_released_when_due() -> None:
+    s = _Schedule([0.02, 0.03, 0.03, 0.5], lead=0.01)
+    assert s.next_time() == pytest.approx(0.01)
+    assert s.advance(0.015) == (0, 1, 0, 0)  # the first prepared, nothing due yet
+    assert s.next_time() == pytest.approx(0.02)
+    assert s.advance(0.03) == (1, 3, 0, 3)  # due together: prepared and released in one step
+    assert s.advance(0.6) == (3, 4, 3, 4) and s.next_time() == math.inf
 
 
 def test_connections_opened_before_a_point_cover_the_requests_in_flight() -> None:
