@@ -7,7 +7,7 @@ billed as output tokens, as OpenAI, Anthropic and Google bill them; they are alr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import msgspec
 
 from adapters import registry
 from engine.config import Config, PriceConfig
@@ -35,8 +35,7 @@ def lane_price(cfg: Config, model: str) -> PriceConfig | None:
                          else price.output_per_mtok * factor))
 
 
-@dataclass
-class UsageSum:
+class UsageSum(msgspec.Struct):
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -60,11 +59,10 @@ class UsageSum:
                          batch_saved_usd=round(full - c, 6) if full is not None and c is not None else UNSET)
 
 
-@dataclass
-class UsageTable:
+class UsageTable(msgspec.Struct):
     """model -> role ("target" | "judge") -> pillar -> UsageSum."""
 
-    rows: dict[str, dict[str, dict[str, UsageSum]]] = field(default_factory=dict)
+    rows: dict[str, dict[str, dict[str, UsageSum]]] = msgspec.field(default_factory=dict)
 
     def add(self, model: str, role: str, pillar: str, usage: Usage) -> None:
         self.rows.setdefault(model, {}).setdefault(role, {}).setdefault(pillar, UsageSum()).add(usage)

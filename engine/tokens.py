@@ -20,7 +20,8 @@ import functools
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+
+import msgspec
 
 from adapters import registry
 from engine.core.config import ModelConfig
@@ -45,8 +46,7 @@ def _cjk() -> re.Pattern[str]:
     return re.compile(_CJK)
 
 
-@dataclass(frozen=True)
-class TokenCounter:
+class TokenCounter(msgspec.Struct, frozen=True):
     """How one model's prompts are counted, and the name `plan` shows for it."""
 
     name: str
@@ -87,8 +87,7 @@ def _openai(model_id: str) -> TokenCounter:
     return TokenCounter(f"tokenizer {name} (bpe-openai)", lambda text: len(enc.encode(text, disallowed_special=())))
 
 
-@dataclass(frozen=True)
-class Tokenizer:
+class Tokenizer(msgspec.Struct, frozen=True):
     """A tokenizer that also decodes, for prompts of an exact token length (`bench --tokenizer`)."""
 
     name: str

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 __all__ = ["Builder", "BUILDERS"]
 
 
-@dataclass(frozen=True)
-class Builder:
+class Builder(msgspec.Struct, frozen=True):
     doc: str  # how the file is built, for `data list`
     # the dataset's file paths -> the ones the build reads, in the order it reads them
     inputs: Callable[[Sequence[str]], list[str]]

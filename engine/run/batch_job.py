@@ -16,9 +16,10 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Container
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
+
+import msgspec
 
 from engine.config import ModelConfig
 from engine.core.adapter import AdapterError, SubmitsBatches
@@ -43,8 +44,7 @@ STOPPED = BatchStatus(id="", state="stopped")  # _find's "the lane stopped befor
 SKEW_S = 300.0
 
 
-@dataclass(frozen=True)
-class LaneFiles:
+class LaneFiles(msgspec.Struct, frozen=True):
     """What a batch lane keeps besides its records: the journal, and how to make the records it has
     put durable (the lane's writers' sync) before the journal says a batch ended; the keys already
     written (results for them are dropped); the run's --budget at the lane's price, if any."""
@@ -55,8 +55,7 @@ class LaneFiles:
     spend: Spend | None = None
 
 
-@dataclass(frozen=True)
-class BatchSettings:
+class BatchSettings(msgspec.Struct, frozen=True):
     max_requests: int
     max_bytes: int
     wait_s: float

@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import functools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -43,8 +42,7 @@ from engine.store.keyset import KeySet
 from engine.store.response_cache import ResponseCache
 
 
-@dataclass
-class LaneSet:
+class LaneSet(msgspec.Struct):
     """A run's lanes, in config order (targets first, then judges), and what they share."""
 
     lanes: list[Lane]
@@ -54,11 +52,11 @@ class LaneSet:
     pool: GpuPool | None = None
     ray: RayContext | None = None
     hub: JudgeHub | None = None
-    servers: dict[str, dict[str, object]] = field(default_factory=dict)  # GPU placement per local lane
+    servers: dict[str, dict[str, object]] = msgspec.field(default_factory=dict)  # GPU placement per local lane
     cache: ResponseCache | None = None  # run --cache / [run] cache: closed with the writers
-    prior_fatal: dict[str, int] = field(default_factory=dict)  # fatal-error responses already on disk, per lane
+    prior_fatal: dict[str, int] = msgspec.field(default_factory=dict)  # fatal-error responses already on disk, per lane
     # Lanes whose run.json completion record still held: not scanned, not walked (completion.py).
-    completed: dict[str, Completion] = field(default_factory=dict)
+    completed: dict[str, Completion] = msgspec.field(default_factory=dict)
 
     def by_name(self) -> dict[str, Lane]:
         return {lane.name: lane for lane in self.lanes}

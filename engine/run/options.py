@@ -4,7 +4,6 @@ them before it builds the lanes (the invocation: config, spec, directory, shard,
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -48,8 +47,7 @@ class Early(msgspec.Struct, frozen=True):
     data: str | None = None
 
 
-@dataclass(frozen=True)
-class Invocation:
+class Invocation(msgspec.Struct, frozen=True, dict=True):  # dict: for cached_property
     """One run's resolved inputs, shared by the parts that build and run its lanes."""
 
     cfg: Config
@@ -59,7 +57,7 @@ class Invocation:
     planned_units: Mapping[str, int]  # units per "pillar/subtask" of one target lane
     data_fp: str
     log: Log
-    protocol: Mapping[str, SubtaskProtocol] = field(default_factory=dict)  # engine.spec.protocols
+    protocol: Mapping[str, SubtaskProtocol] = msgspec.field(default_factory=dict)  # engine.spec.protocols
     early: Early | None = None  # the plan fingerprint (engine/run/completion.py); None: nothing recorded
 
     @property

@@ -13,8 +13,9 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Never, Protocol
+
+import msgspec
 
 from engine.core.clock import Clock
 from engine.run.lane import Lane
@@ -30,8 +31,7 @@ FALLBACK_COLUMNS = 100
 FALLBACK_ROWS = 50
 
 
-@dataclass(frozen=True)
-class Stage:
+class Stage(msgspec.Struct, frozen=True):
     """One stage's counts: `resumed` were already in the output, `done` written by this process."""
 
     planned: int = 0

@@ -38,9 +38,10 @@ import functools
 import os
 import socket
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from adapters import registry
 from adapters.registry import make_adapter
@@ -90,8 +91,7 @@ class _Sink:
         _sink.get().append(record)
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(msgspec.Struct, frozen=True):
     """The actor's attempt counters after one unit (seq orders snapshots that cross on the way)."""
 
     seq: int

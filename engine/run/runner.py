@@ -12,9 +12,10 @@ import asyncio
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
+
+import msgspec
 
 from adapters.registry import Built
 from adapters.servers.gpus import GpuPool
@@ -254,8 +255,7 @@ def _display(inv: Invocation, lanes: LaneSet) -> Callable[[Clock], Bars | Status
     return make
 
 
-@dataclass(frozen=True)
-class Watchers:
+class Watchers(msgspec.Struct, frozen=True):
     """What stops a run: a signal, a failed disk (each with its grace timer), any run-wide stop."""
 
     interrupt: Interrupt
@@ -332,8 +332,7 @@ def _cache_line(lanes: LaneSet, log: Log) -> None:
            if lanes.cache.failed else ""))
 
 
-@dataclass(frozen=True)
-class Ending:
+class Ending(msgspec.Struct, frozen=True):
     """How the run ended: run.json's status and the exit code with its line (a failed disk first,
     then a signal, the budget, lanes that stopped with work left, and items without a response)."""
 

@@ -17,7 +17,6 @@ call and its journal line) and only given up when the provider has no such batch
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -42,8 +41,7 @@ class JournalLine(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     state: str = ""  # ended: the provider's last state, or why it was given up
 
 
-@dataclass
-class OpenBatch:
+class OpenBatch(msgspec.Struct):
     """A journalled batch that has not ended: what resume re-attaches."""
 
     local_id: str
