@@ -27,6 +27,7 @@ Rate-limit headers (https://platform.claude.com/docs/en/api/rate-limits) of ever
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -37,8 +38,8 @@ from adapters.anthropic_batch import AnthropicBatches
 from adapters.http import error_for_status, load_transport, new_session, open_connections, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_anthropic
 from adapters.registry import BuildContext, Built, Capabilities, adapter
-from adapters.sse import Event, cut_short, event_object, post_sse, timed
-from engine.core.adapter import AdapterError
+from adapters.sse import Event, Streamed, cut_short, event_object, post_sse, timed
+from engine.core.adapter import AdapterError, ReadReply
 from engine.core.config import AdapterOptions
 from engine.core.records import GenParams, Message, Response, Usage
 from engine.core.retry import parse_retry_after
@@ -238,14 +239,17 @@ class AnthropicMessages(AnthropicBatches):
     async def send_streamed(self, body: dict[str, object], timeout: float,
                             marks: list[float] | None = None, sent: list[float] | None = None,
                             not_before: asyncio.Future[None] | None = None) -> Response:
+        return (await self.stream_reply(body, timeout, sent, not_before))(marks)
+
+    async def stream_reply(self, body: dict[str, object], timeout: float, sent: list[float] | None = None,
+                           not_before: asyncio.Future[None] | None = None) -> ReadReply:
         got = await post_sse(self._get_session(), self.url, orjson.dumps({**body, "stream": True}), self._headers,
                              timeout, self._secrets, sent, not_before)
         self.last_signal = parse_anthropic(got.headers)
         if got.status != 200:
             raise error_for_status(got.status, anthropic_error_message(got.raw), secrets=self._secrets,
                                    retry_after=parse_retry_after(got.headers))
-        doc, pieces = stream_document(got.events)
-        return timed(parse_messages_response(orjson.dumps(doc), 0.0), got, pieces, marks)
+        return functools.partial(_read_messages_stream, got)
 
     async def open_connections(self, n: int, timeout: float) -> int:
         return await open_connections(self._get_session(), self.url, self._headers, n, timeout)
@@ -270,3 +274,10 @@ class AnthropicMessages(AnthropicBatches):
 def build_anthropic(ctx: BuildContext[AdapterOptions]) -> Built:
     return Built(AnthropicMessages(model=ctx.model_id, api_key=ctx.api_key(), base_url=ctx.model.base_url,
                                    concurrency=ctx.model.concurrency(), stream=ctx.model.stream))
+
+
+def _read_messages_stream(got: Streamed, marks: list[float] | None) -> Response:
+    """A streamed reply's Response (`stream_reply`'s reader): the events back into the document the
+    non-streamed parser reads, with the stream's timing."""
+    doc, pieces = stream_document(got.events())
+    return timed(parse_messages_response(orjson.dumps(doc), 0.0), got, pieces, marks)

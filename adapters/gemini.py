@@ -34,6 +34,7 @@ headers, so `last_signal` stays None.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -45,8 +46,8 @@ from adapters.gemini_batch import GeminiBatches
 from adapters.http import error_for_status, load_transport, new_session, open_connections, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_duration
 from adapters.registry import BuildContext, Built, Capabilities, adapter
-from adapters.sse import Event, cut_short, event_object, post_sse, timed
-from engine.core.adapter import AdapterError
+from adapters.sse import Event, Streamed, cut_short, event_object, post_sse, timed
+from engine.core.adapter import AdapterError, ReadReply
 from engine.core.config import AdapterOptions
 from engine.core.records import ErrorKind, GenParams, Message, Response, Usage
 from engine.core.retry import parse_retry_after
@@ -264,12 +265,15 @@ class GeminiGenerate(GeminiBatches):
     async def send_streamed(self, body: dict[str, object], timeout: float,
                             marks: list[float] | None = None, sent: list[float] | None = None,
                             not_before: asyncio.Future[None] | None = None) -> Response:
+        return (await self.stream_reply(body, timeout, sent, not_before))(marks)
+
+    async def stream_reply(self, body: dict[str, object], timeout: float, sent: list[float] | None = None,
+                           not_before: asyncio.Future[None] | None = None) -> ReadReply:
         got = await post_sse(self._get_session(), self.stream_url, orjson.dumps(body), self._headers, timeout,
                              self._secrets, sent, not_before)
         if got.status != 200:
             raise gemini_error(got.status, got.raw, got.headers, self._secrets)
-        doc, pieces = stream_document(got.events)
-        return timed(parse_generate_response(orjson.dumps(doc), 0.0), got, pieces, marks)
+        return functools.partial(_read_generate_stream, got)
 
     def _generated(self, raw: bytes) -> Response:
         return parse_generate_response(raw, 0.0)
@@ -297,3 +301,10 @@ class GeminiGenerate(GeminiBatches):
 def build_gemini(ctx: BuildContext[AdapterOptions]) -> Built:
     return Built(GeminiGenerate(model=ctx.model_id, api_key=ctx.api_key(), base_url=ctx.model.base_url,
                                 concurrency=ctx.model.concurrency(), stream=ctx.model.stream))
+
+
+def _read_generate_stream(got: Streamed, marks: list[float] | None) -> Response:
+    """A streamed reply's Response (`stream_reply`'s reader): the events back into the document the
+    non-streamed parser reads, with the stream's timing."""
+    doc, pieces = stream_document(got.events())
+    return timed(parse_generate_response(orjson.dumps(doc), 0.0), got, pieces, marks)

@@ -11,6 +11,7 @@ and status mapping are shared with the other HTTP adapters (adapters.http). Ever
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any
@@ -22,8 +23,8 @@ from adapters.http import error_for_status, load_transport, new_session, open_co
 from adapters.openai_batch import OpenAIBatches
 from adapters.ratelimit_headers import LimitSignal, parse_openai
 from adapters.registry import BuildContext, Built, Capabilities, adapter
-from adapters.sse import Event, cut_short, event_object, post_sse, timed
-from engine.core.adapter import AdapterError
+from adapters.sse import Event, Streamed, cut_short, event_object, post_sse, timed
+from engine.core.adapter import AdapterError, ReadReply
 from engine.core.config import AdapterOptions
 from engine.core.records import ErrorKind, FinishReason, GenParams, Message, Response, Usage
 from engine.core.retry import parse_retry_after
@@ -282,14 +283,17 @@ class OpenAIChat(OpenAIBatches):
     async def send_streamed(self, body: dict[str, object], timeout: float,
                             marks: list[float] | None = None, sent: list[float] | None = None,
                             not_before: asyncio.Future[None] | None = None) -> Response:
+        return (await self.stream_reply(body, timeout, sent, not_before))(marks)
+
+    async def stream_reply(self, body: dict[str, object], timeout: float, sent: list[float] | None = None,
+                           not_before: asyncio.Future[None] | None = None) -> ReadReply:
         wire = {**body, "stream": True, "stream_options": {"include_usage": True}}
         got = await post_sse(self._get_session(), self.url, orjson.dumps(wire), self._headers, timeout,
                              self._secrets, sent, not_before)
         self.last_signal = parse_openai(got.headers)
         if got.status != 200:
             raise classify_status(got.status, got.raw, got.headers, self._secrets)
-        doc, pieces = stream_document(got.events)
-        return timed(parse_chat_response(orjson.dumps(doc), 0.0), got, pieces, marks)
+        return functools.partial(_read_chat_stream, got)
 
     async def open_connections(self, n: int, timeout: float) -> int:
         return await open_connections(self._get_session(), self.url, self._headers, n, timeout)
@@ -316,3 +320,10 @@ def build_openai(ctx: BuildContext[AdapterOptions]) -> Built:
     assert ctx.model.base_url  # required by the entry: checked when the config is read
     return Built(OpenAIChat(base_url=ctx.model.base_url, model=ctx.model_id, api_key=ctx.api_key(),
                             concurrency=ctx.model.concurrency(), stream=ctx.model.stream))
+
+
+def _read_chat_stream(got: Streamed, marks: list[float] | None) -> Response:
+    """A streamed reply's Response (`stream_reply`'s reader): the events back into the document the
+    non-streamed parser reads, with the stream's timing."""
+    doc, pieces = stream_document(got.events())
+    return timed(parse_chat_response(orjson.dumps(doc), 0.0), got, pieces, marks)

@@ -42,12 +42,19 @@ class Event(NamedTuple):
 
 
 class Streamed(NamedTuple):
+    """One streamed exchange as it came: the body's pieces only stamped on arrival; `events()` cuts
+    them into events (after the stream, or later: `bench` reads its replies after the schedule)."""
+
     status: int
     raw: bytes  # the body of a non-200 reply; empty for a stream
     headers: Mapping[str, str]
-    events: list[Event]
+    pieces: list[bytes]
+    stamps: list[float]  # when each piece arrived (perf_counter)
     start: float  # perf_counter when the request was sent
     end: float  # perf_counter when the stream ended
+
+    def events(self) -> list[Event]:
+        return split_events(self.pieces, self.stamps, self.end)
 
 
 def _event(block: bytes, at: float) -> Event | None:
@@ -103,18 +110,18 @@ def _split_crlf(pieces: list[bytes], stamps: list[float], end: float) -> list[Ev
     return events
 
 
-async def _read_events(resp: aiohttp.ClientResponse) -> list[Event]:
-    """The events of an SSE body. Read in whatever pieces the socket delivers (not line by line: a
-    third of the client's CPU per event), and only stamped on arrival: the events are cut out after
-    the stream ends, so that the loop turn each piece costs stays short (in `bench`, other requests
-    fall due between them)."""
+async def _read_pieces(resp: aiohttp.ClientResponse) -> tuple[list[bytes], list[float]]:
+    """An SSE body in whatever pieces the socket delivers (not line by line: a third of the client's
+    CPU per event), each only stamped on arrival: the events are cut out after the stream ends
+    (`Streamed.events`), so that the loop turn each piece costs stays short (in `bench`, other
+    requests fall due between them)."""
     pieces: list[bytes] = []
     stamps: list[float] = []
     clock = time.perf_counter
     async for piece in resp.content.iter_any():
         pieces.append(piece)
         stamps.append(clock())
-    return split_events(pieces, stamps, clock())
+    return pieces, stamps
 
 
 async def post_sse(session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str],
@@ -145,9 +152,9 @@ async def post_sse(session: aiohttp.ClientSession, url: str, data: bytes, header
                 start = stamps[-1]
             if resp.status != 200:
                 raw = await resp.read()
-                return Streamed(resp.status, raw, resp.headers, [], start, time.perf_counter())
-            events = await _read_events(resp)
-            return Streamed(200, b"", resp.headers, events, start, time.perf_counter())
+                return Streamed(resp.status, raw, resp.headers, [], [], start, time.perf_counter())
+            pieces, arrived = await _read_pieces(resp)
+            return Streamed(200, b"", resp.headers, pieces, arrived, start, time.perf_counter())
     except TimeoutError:
         raise AdapterError("timeout", f"no complete stream within {timeout:.1f} s") from None
     except aiohttp.ClientConnectorError as exc:

@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -58,12 +59,12 @@ def _bench(url: str, rate: float, n: int, output_len: int, out: Path) -> dict[st
     return doc
 
 
-async def _nothing(body: dict[str, object], timeout_s: float, marks: list[float], sent: list[float],
-                   not_before: asyncio.Future[None] | None) -> Response:
+async def _nothing(body: dict[str, object], timeout_s: float, sent: list[float],
+                   not_before: asyncio.Future[None] | None) -> Callable[[list[float] | None], Response]:
     if not_before is not None:
         await not_before
     await asyncio.sleep(0.05)
-    return Response(text="", finish_reason="stop", latency_s=0.05)
+    return lambda marks: Response(text="", finish_reason="stop", latency_s=0.05)
 
 
 def _floor(rate: float, n: int) -> dict[str, float]:

@@ -9,6 +9,7 @@ import asyncio
 import math
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -147,12 +148,12 @@ def test_no_request_is_sent_before_it_is_due() -> None:
     """The loop wakes (timerfd, or a thread) to the microsecond and releases what is due:
     requests are handed to `send` ahead and held, nothing is sent early, requests due together are
     released in one wake-up, and `sent` (the transport's stamp) follows the release."""
-    async def send(body: dict[str, object], timeout_s: float, marks: list[float], sent: list[float],
-                   not_before: asyncio.Future[None] | None) -> Response:
+    async def send(body: dict[str, object], timeout_s: float, sent: list[float],
+                   not_before: asyncio.Future[None] | None) -> Callable[[list[float] | None], Response]:
         assert not_before is not None
         await not_before
         sent.append(time.perf_counter())
-        return Response(text="", finish_reason="stop")
+        return lambda marks: Response(text="", finish_reason="stop")
 
     planned = arrival_times(60, 2000.0, 1.0, seed=5)  # gaps of ~0.5 ms: under a loop timer's tick
     planned[10:13] = [planned[10]] * 3

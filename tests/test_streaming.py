@@ -125,6 +125,10 @@ def test_streamed_reply_equals_the_plain_one_with_ttft(kind: str) -> None:
         unstamped: list[float] = []
         await plain.send_streamed(body, 5.0, None, unstamped)  # a non-streaming lane's session stamps nothing
         assert unstamped == []
+        read = await streamed.stream_reply(body, 5.0)  # the exchange now, its reading later (bench)
+        later: list[float] = []
+        d = read(later)
+        assert d.text == a.text and len(later) == (d.timing.chunks if d.timing else -1)
 
     _run(kind, fn)
 

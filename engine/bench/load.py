@@ -4,8 +4,11 @@ Open loop: request i is sent at its planned offset whatever the server is doing 
 builds a queue, as real traffic would); `max_concurrency` caps requests in flight (closed loop
 when every request is due at once). Each outcome keeps its planned and actual send time, so the
 client's own lateness is measured, not assumed. Transport and clock are injected: `send` is an
-adapter's `send_streamed`, `clock` a perf_counter-like function (the adapter stamps its text
-pieces and its sends with time.perf_counter, so the default clock is that one).
+adapter's `stream_reply`, `clock` a perf_counter-like function (the adapter stamps its text
+pieces and its sends with time.perf_counter, so the default clock is that one). The replies are
+read (their pieces cut into events, parsed, timed) after the schedule, up to READ_LATER_MAX of
+them: done as each stream ended, that was one loop turn of ~0.2 ms per request that a due
+request could wait behind.
 
 "Sent" is the moment the request's bytes were handed to the socket, as the adapter's transport
 stamps it (`sent` of `send_streamed`); where a transport stamps nothing, the moment the request
@@ -44,14 +47,17 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from engine.bench.metrics import Outcome
 from engine.bench.timerfd import Timer, open_timer
+from engine.core.adapter import ReadReply
 from engine.core.errors import AdapterError
 from engine.core.records import Response
 
 __all__ = ["Send", "connections_needed", "drive", "warm_up"]
 
-Send = Callable[[dict[str, object], float, list[float], list[float], "asyncio.Future[None] | None"], Awaitable[Response]]
+Send = Callable[[dict[str, object], float, list[float], "asyncio.Future[None] | None"], Awaitable[ReadReply]]
 SWITCH_INTERVAL_S = 0.0002  # how long the dispatcher's thread may wait for the GIL (see drive)
 LEAD_S = 0.01  # how long before its due moment a request is prepared (see the module's note)
+# Replies read after the schedule, at most (the rest as they end): about 3 KB of pieces each.
+READ_LATER_MAX = 20_000
 _PERF_IS_MONOTONIC = time.get_clock_info("perf_counter").implementation == "clock_gettime(CLOCK_MONOTONIC)"
 
 
@@ -130,27 +136,31 @@ async def drive(send: Send, bodies: Sequence[dict[str, object]], planned: Sequen
         raise ValueError(f"{len(bodies)} bodies for {len(planned)} planned times")
     loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
-    tasks: list[asyncio.Task[tuple[Response | AdapterError, list[float], list[float], float]]] = []
+    tasks: list[asyncio.Task[tuple[Response | AdapterError | ReadReply, list[float], float]]] = []
+    unread = 0
     holds = [loop.create_future() for _ in planned]
     woke = [0.0] * len(planned)
     all_released: asyncio.Future[None] = loop.create_future()
     start = clock()
     last_end = start
 
-    async def one(k: int) -> tuple[Response | AdapterError, list[float], list[float], float]:
-        nonlocal last_end
+    async def one(k: int) -> tuple[Response | AdapterError | ReadReply, list[float], float]:
+        nonlocal last_end, unread
         if slots is not None:
             await slots.acquire()
         try:
-            marks: list[float] = []
             stamps: list[float] = []
             handed = clock()
             try:
-                return await send(bodies[k], timeout_s, marks, stamps, holds[k]), marks, stamps, handed
+                reader = await send(bodies[k], timeout_s, stamps, holds[k])
             except AdapterError as exc:
-                return exc, marks, stamps, handed
+                return exc, stamps, handed
             finally:
                 last_end = max(last_end, clock())
+            if unread < READ_LATER_MAX:
+                unread += 1
+                return reader, stamps, handed
+            return _read(reader, []), stamps, handed
         finally:
             if slots is not None:
                 slots.release()
@@ -196,16 +206,31 @@ async def drive(send: Send, bodies: Sequence[dict[str, object]], planned: Sequen
             loop.remove_reader(timer.fd)
             timer.close()
     done = await asyncio.gather(*tasks)
-    # Where the transport stamps nothing, the release (or the call, if later) stands in: a lower bound.
-    outcomes = [_outcome(got, marks, planned[k], (stamps[-1] if stamps else max(handed, start + woke[k])) - start,
-                         woke[k]) for k, (got, marks, stamps, handed) in enumerate(done)]
+    outcomes = []
+    for k, (got, stamps, handed) in enumerate(done):
+        marks: list[float] = []
+        if not isinstance(got, Response | AdapterError):
+            got = _read(got, marks)
+        # Where the transport stamps nothing, the release (or the call, if later) stands in: a lower bound.
+        sent = (stamps[-1] if stamps else max(handed, start + woke[k])) - start
+        outcomes.append(_outcome(got, marks, planned[k], sent, woke[k]))
     return outcomes, last_end - start
+
+
+def _read(reader: ReadReply, marks: list[float]) -> Response | AdapterError:
+    try:
+        return reader(marks)
+    except AdapterError as exc:
+        return exc
 
 
 async def warm_up(send: Send, bodies: Sequence[dict[str, object]], timeout_s: float) -> tuple[int, float]:
     """Sends the warm-up requests (all at once) before the measured ones; returns how many failed
     and the slowest reply's latency (s; 0 without replies). They are never counted in the result."""
-    results = await asyncio.gather(*(send(b, timeout_s, [], [], None) for b in bodies), return_exceptions=True)
+    async def one(body: dict[str, object]) -> Response:
+        return (await send(body, timeout_s, [], None))(None)
+
+    results = await asyncio.gather(*(one(b) for b in bodies), return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
     for r in failed:
         if not isinstance(r, AdapterError):

@@ -78,7 +78,7 @@ async def run_points(target: Target, bodies: Sequence[dict[str, object]], warm: 
     client = target.client
     try:
         for point in points:
-            _, slowest = await warm_up(client.send_streamed, warm, load.timeout_s) if warm else (0, 0.0)
+            _, slowest = await warm_up(client.stream_reply, warm, load.timeout_s) if warm else (0, 0.0)
             # A request that has to open its connection is sent a few loop turns late (the
             # handshake): at 200 req/s after 20 warm-ups, 74 of 1200 requests did, and they were
             # the tail of the send lag (median 21 ms against 0.8 ms, machine at load 5).
@@ -91,7 +91,7 @@ async def run_points(target: Target, bodies: Sequence[dict[str, object]], warm: 
             gc.freeze()
             cpu0, wall0 = time.process_time(), time.perf_counter()
             try:
-                outcomes, duration = await drive(client.send_streamed, bodies, planned,
+                outcomes, duration = await drive(client.stream_reply, bodies, planned,
                                                  max_concurrency=point.max_concurrency, timeout_s=load.timeout_s)
             finally:
                 gc.unfreeze()

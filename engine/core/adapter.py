@@ -10,7 +10,8 @@ Optional capabilities:
   ReplaysItems     answers come from a recording, found by item rather than by prompt (`body_for`),
                    with end-of-run notes about what was (not) matched (`notes`)
   StreamsReplies   can send a request as a stream (`send_streamed`): the same Response as `send`
-                   plus ttft_s and token timing, and open its connections ahead (`open_connections`);
+                   plus ttft_s and token timing, also in two halves (`stream_reply`: the exchange,
+                   then its reader), and open its connections ahead (`open_connections`);
                    declared with `caps.streaming` in the registry
   LocalServer      what opening a local model server yields: the lane watches it and stops when it dies
   SubmitsBatches   has the provider's batch API (submit many requests as one job, collect later at a
@@ -33,8 +34,11 @@ from engine.core.batch import BatchLimits, BatchResult, BatchStatus
 from engine.core.errors import AdapterError
 from engine.core.records import GenParams, Item, Message, Response
 
-__all__ = ["Adapter", "AdapterError", "HasLimitSignal", "LimitSignalLike", "LocalServer", "ReplaysItems",
+__all__ = ["Adapter", "AdapterError", "HasLimitSignal", "LimitSignalLike", "LocalServer", "ReadReply", "ReplaysItems",
            "ServerOpener", "StreamsReplies", "SubmitsBatches"]
+
+
+ReadReply = Callable[[list[float] | None], Response]  # a streamed exchange's reader (StreamsReplies.stream_reply)
 
 
 class Adapter(Protocol):
@@ -89,6 +93,14 @@ class StreamsReplies(Protocol):
         given): no byte leaves before it is done; the request may be prepared meanwhile (the bench
         starts each request ahead of its due moment and releases it then), and latency and TTFT
         count from the send."""
+        ...
+
+    async def stream_reply(self, body: dict[str, object], timeout: float, sent: list[float] | None = None,
+                           not_before: asyncio.Future[None] | None = None) -> ReadReply:
+        """`send_streamed` in two halves: this exchange (returns once the stream has ended, its
+        pieces only stamped on arrival) and the reader it returns, which parses them (called with
+        `marks`; raises what `send_streamed` would for a malformed or cut-short stream). `bench`
+        reads its replies after the schedule, so that no loop turn within it parses a stream."""
         ...
 
     async def open_connections(self, n: int, timeout: float) -> int:
