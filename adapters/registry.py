@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, NamedTuple, TypeVar
 
@@ -47,8 +46,7 @@ class Built(NamedTuple):
     server: ServerOpener | None = None
 
 
-@dataclass(frozen=True)
-class BuildContext(Generic[OptionsT]):
+class BuildContext(msgspec.Struct, Generic[OptionsT], frozen=True):
     """Everything a build function gets. `with_secrets=False` builds an adapter only for
     `build_body` (verify, plan): no key is read and nothing on the machine is checked."""
 
@@ -129,8 +127,7 @@ def _no_resources(options: AdapterOptions) -> Resources:
     return Resources()
 
 
-@dataclass(frozen=True, kw_only=True)
-class AdapterEntry(Generic[OptionsT]):
+class AdapterEntry(msgspec.Struct, Generic[OptionsT], frozen=True, kw_only=True):
     """What the engine knows of one adapter. Fields other than name, options and build have
     defaults, so that a capability added later is a field here, never a name test in the engine.
 
@@ -151,7 +148,7 @@ class AdapterEntry(Generic[OptionsT]):
     gpus: Callable[[ModelConfig, OptionsT, bool], int] = _no_gpus
     resources: Callable[[OptionsT], Resources] = _no_resources
     shaping: tuple[str | tuple[str, str], ...] = ()
-    required: Mapping[str, str] = field(default_factory=dict)
+    required: Mapping[str, str] = msgspec.field(default_factory=dict)
     caps: Capabilities = Capabilities()
 
     def options_of(self, model: ModelConfig) -> OptionsT:

@@ -25,7 +25,6 @@ With a data dir, a subtask that has the authors' templates there is rebuilt with
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
@@ -107,15 +106,15 @@ def _resolve(key: str, frozen: Frozen, data_dir: str | None = None) -> tuple[Sub
         sub = registry.bind_prompts(sub, Path(data_dir))
     gen = {f: getattr(eng, f) for f in ("max_tokens", "temperature", "top_p") if getattr(eng, f) is not None}
     if gen:
-        sub = dataclasses.replace(sub, params=msgspec.structs.replace(sub.params, **gen))
+        sub = msgspec.structs.replace(sub, params=msgspec.structs.replace(sub.params, **gen))
     if not eng.constrained and sub.params.json_schema is not None:  # opt-in: no source of the paper used one
-        sub = dataclasses.replace(sub, params=msgspec.structs.replace(sub.params, json_schema=None))
+        sub = msgspec.structs.replace(sub, params=msgspec.structs.replace(sub.params, json_schema=None))
     if eng.judge_constrained is not None and sub.rubric is not None:
-        sub = dataclasses.replace(sub, rubric=dataclasses.replace(sub.rubric, constrained=eng.judge_constrained))
+        sub = msgspec.structs.replace(sub, rubric=msgspec.structs.replace(sub.rubric, constrained=eng.judge_constrained))
     if eng.judge_hardened is not None and sub.rubric is not None:
-        sub = dataclasses.replace(sub, rubric=dataclasses.replace(sub.rubric, hardened=eng.judge_hardened))
+        sub = msgspec.structs.replace(sub, rubric=msgspec.structs.replace(sub.rubric, hardened=eng.judge_hardened))
     if eng.strip:
-        sub = dataclasses.replace(sub, score=_stripping(sub.score))
+        sub = msgspec.structs.replace(sub, score=_stripping(sub.score))
     # A subtask's own tie rule (ethics: the judge mean, the paper's order) unless the section sets one.
     own_tb = sub.extra.get("tie_break_value")
     if "tie_break" not in eng_raw and isinstance(own_tb, str):

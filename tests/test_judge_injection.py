@@ -16,11 +16,11 @@ Pure and in-process: rubric.build and rubric.read as the judge stage calls them.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from engine.core.fence import fence, nonce_for, normalise, strip_quoted
@@ -147,7 +147,7 @@ def test_the_fixed_delimiters_of_before_let_variants_through() -> None:
     """The fake judges have teeth: without a nonce (the old fixed delimiters, read unhardened) some
     variants forge a score, as the issue measured."""
     sub = HARDENED["crisis_protocol_appropriateness"]
-    rubric = dataclasses.replace(sub.rubric, hardened=False) if sub.rubric else None
+    rubric = msgspec.structs.replace(sub.rubric, hardened=False) if sub.rubric else None
     assert rubric is not None
     honest, forged = verdicts(rubric)
     item = _item(sub.key)

@@ -17,7 +17,6 @@ Flow for one subtask:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -103,8 +102,7 @@ class JudgeBuild(Protocol):
     def __call__(self, item: Item, response_text: str, /, nonce: str | None = None) -> tuple[Message, ...]: ...
 
 
-@dataclass(frozen=True)
-class Rubric:
+class Rubric(msgspec.Struct, frozen=True):
     """An LLM-as-judge rubric.
 
     build: see JudgeBuild. An own-worded rubric is hardened (nonce delimiters, lookalikes folded
@@ -135,8 +133,7 @@ class Rubric:
         return self.parse(strip_quoted(output) if self.hardened else output)
 
 
-@dataclass(frozen=True)
-class OfficialSource:
+class OfficialSource(msgspec.Struct, frozen=True):
     """Where the official data lives, relative to a data dir laid out like shared/trustmh."""
 
     dataset: str  # folder name, e.g. "ethicmh"
@@ -144,8 +141,7 @@ class OfficialSource:
     load: Callable[[Path], Iterator[Row]]  # dataset folder -> normalized rows (with "id")
 
 
-@dataclass(frozen=True)
-class Subtask:
+class Subtask(msgspec.Struct, frozen=True):
     pillar: str
     id: str  # subtask id, PROTOCOL.md §6
     version: str
@@ -166,7 +162,7 @@ class Subtask:
     # The "pillar/subtask" whose bench_data rows this subtask's built-in items come from (None: its own).
     builtin_source: str | None = None
     doc: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
+    extra: dict[str, object] = msgspec.field(default_factory=dict)
     # The factory that builds this subtask with the options of its [pillars."<key>"] section (the
     # module's make_subtask); None when the subtask takes no options of its own.
     make: Callable[..., Subtask] | None = None

@@ -14,7 +14,8 @@ import itertools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+
+import msgspec
 
 from engine.config import ModelConfig
 from engine.core.adapter import Adapter, LocalServer
@@ -31,8 +32,7 @@ OpenServer = Callable[[Adapter], AbstractAsyncContextManager[object]]
 Requery = Callable[[Unit, Response], "Unit | None"]
 
 
-@dataclass(frozen=True)
-class LaneIO:
+class LaneIO(msgspec.Struct, frozen=True):
     """Where a lane's records go (one writer per file), and its judge work comes from."""
 
     responses: Sink
@@ -43,20 +43,18 @@ class LaneIO:
     cache: LaneCache | None = None  # the response cache shared across runs (run --cache), or None
 
 
-@dataclass(frozen=True)
-class LanePolicy:
+class LanePolicy(msgspec.Struct, frozen=True):
     """Which units a lane sends."""
 
     samples: int = 1
-    done: KeySet = field(default_factory=KeySet)  # keys the checkpoint already holds
+    done: KeySet = msgspec.field(default_factory=KeySet)  # keys the checkpoint already holds
     keep: Callable[[Unit], bool] | None = None  # a shard's part of the units (engine/shards.py), or None: all
     # Subtasks whose protocol re-asks on an unparseable answer (privacy ratings): the next sample
     # to send, or None. Runs in the same worker, right after the answer is written.
     requery: Requery | None = None
 
 
-@dataclass
-class LaneHooks:
+class LaneHooks(msgspec.Struct):
     """What others hear from a lane; the judge hub and the GPU pool set them once the lanes exist."""
 
     on_record: Callable[[Record, Unit], None] | None = None

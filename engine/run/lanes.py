@@ -6,7 +6,6 @@ Ray actor), and the judge hub that joins target lanes to judge lanes.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 from collections.abc import Iterator
 from pathlib import Path
@@ -211,7 +210,7 @@ class LaneBuilder:
         if isinstance(attempts, BatchAttempts):  # a worker per unit of a batch: each waits for its batch
             lane_cfg = msgspec.structs.replace(lane_cfg, max_concurrency=attempts.settings.max_requests)
         if self.set.cache is not None:
-            io = dataclasses.replace(io, cache=LaneCache(self.set.cache, name, cfg.models[name], attempts.stats))
+            io = msgspec.structs.replace(io, cache=LaneCache(self.set.cache, name, cfg.models[name], attempts.stats))
         walk = inv.factory if target and name not in self.set.completed else _no_items
         lane = Lane(name, lane_cfg, adapter, walk, io, attempts,
                     policy=LanePolicy(samples=spec.samples, done=done, keep=keep, requery=requery),
