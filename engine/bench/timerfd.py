@@ -30,12 +30,15 @@ class Timer:
 
     def __init__(self, libc: ctypes.CDLL, fd: int) -> None:
         self._settime = libc.timerfd_settime
+        self._spec = _Itimerspec()  # one, refilled: twice per request, in the loop
+        self._ref = ctypes.byref(self._spec)
         self.fd = fd
 
     def at(self, t: float) -> None:
-        sec = int(t)
-        spec = _Itimerspec(it_value=_Timespec(sec, max(1, int((t - sec) * 1e9))))  # all zeros would disarm
-        if self._settime(self.fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
+        value = self._spec.it_value
+        value.tv_sec = sec = int(t)
+        value.tv_nsec = max(1, int((t - sec) * 1e9))  # all zeros would disarm
+        if self._settime(self.fd, _TFD_TIMER_ABSTIME, self._ref, None) != 0:
             raise OSError(ctypes.get_errno(), "timerfd_settime failed")
 
     def clear(self) -> bool:
