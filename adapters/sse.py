@@ -175,7 +175,7 @@ async def _post_fresh_if_stale(session: aiohttp.ClientSession, url: str, data: b
     same ("Connection 0 seems to be dead") and reconnects; so do we, once, with no reply read."""
     import aiohttp  # loaded by load_transport already: a dict lookup
 
-    t = _timeout(max(0.1, round(timeout, 1)))
+    t = _timeout(timeout)
     try:
         return await session.post(url, data=data, headers=headers, timeout=t, trace_request_ctx=ctx)
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
