@@ -260,7 +260,7 @@ class LocalAttempts:
             finally:
                 stats.in_flight -= 1
                 stats.busy_s += clock.now() - now
-                if self._signals is not None:
+                if self._signals is not None and self._signals.last_signal is not None:
                     self._heed_signal(unit)
                 if self.spend is not None:
                     self.spend.settle(reserved, resp)

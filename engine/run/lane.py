@@ -215,8 +215,14 @@ class Lane:
                 tg.create_task(self._worker(feed))
 
     async def _worker(self, feed: _Feed) -> None:
+        # Without a cache or re-queries, _process is the attempts and _emit: called here, without
+        # its coroutine, which every resume of the request below would pass through.
+        run = self.attempts.run if self.io.cache is None and self.policy.requery is None else None
         while (unit := feed.take()) is not None or (unit := await feed.next()) is not None:
-            await self._process(unit)
+            if run is None:
+                await self._process(unit)
+            elif (outcome := await run(unit)) is not None:
+                self._emit(unit, outcome)
             if unit.judge is None:
                 feed.generated()
             elif self.hooks.on_judge_done is not None:

@@ -202,7 +202,8 @@ class AdaptiveLimit:
 
     def release(self) -> None:
         self.active -= 1
-        self._wake()
+        if self._waiters:  # _wake's own test, without its call: once per request
+            self._wake()
 
     def _wake(self) -> None:
         while self._waiters and self.active < self.limit:
