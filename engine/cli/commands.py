@@ -22,10 +22,6 @@ from typing import Protocol, TypeVar, cast
 import msgspec
 
 from engine import spec as runspec
-from engine.bench.metrics import parse_goodput
-from engine.bench.result import bottleneck_warning, sweep_svg, table
-from engine.bench.session import Load, Point, parse_sweep, run_points
-from engine.bench.setup import Target, bodies, config_targets, item_prompts, pillar_prompts, sends_ignore_eos, synthetic_prompts, url_target
 from engine.command_config import resolve
 from engine.config import Config, batched, load_config
 from engine.core.config import did_you_mean
@@ -662,40 +658,44 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    # Lazy for start-up time: the load generator, statistics and the result writers cost every other
+    # command ~10 ms of CPU at import (`engine run` included).
+    from engine.bench import metrics, result, session, setup
+
     problems = _bench_problems(args)
     try:
-        slo = parse_goodput(args.goodput or [])
+        slo = metrics.parse_goodput(args.goodput or [])
     except ValueError as exc:
         problems.append(str(exc))
     if problems:
         raise ConfigError.of(problems)
     n, warm = args.num_prompts, args.warmup
     concurrency = args.max_concurrency or n + warm
-    targets = [url_target(args.base_url, args.endpoint, args.model, args.api_key_env, concurrency)] if args.base_url \
-        else config_targets(args.config, _split(args.models), concurrency)
-    points = parse_sweep(args.sweep, _rate(args), args.max_concurrency) if args.sweep \
-        else [Point(_rate(args), args.max_concurrency)]
+    targets = [setup.url_target(args.base_url, args.endpoint, args.model, args.api_key_env, concurrency)] if args.base_url \
+        else setup.config_targets(args.config, _split(args.models), concurrency)
+    points = session.parse_sweep(args.sweep, _rate(args), args.max_concurrency) if args.sweep \
+        else [session.Point(_rate(args), args.max_concurrency)]
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-    prompts = item_prompts(Path(args.items), n + warm) if args.items else \
-        pillar_prompts(_split(args.pillars) or (), n + warm, args.seed) if args.pillars else \
-        synthetic_prompts(n + warm, args.input_len, args.seed, tokenizer)
-    ignore_eos = {t.label: sends_ignore_eos(t, args.ignore_eos) for t in targets}
-    load = Load(num_prompts=n, burstiness=args.burstiness, seed=args.seed, timeout_s=args.timeout_s, slo=slo)
+    prompts = setup.item_prompts(Path(args.items), n + warm) if args.items else \
+        setup.pillar_prompts(_split(args.pillars) or (), n + warm, args.seed) if args.pillars else \
+        setup.synthetic_prompts(n + warm, args.input_len, args.seed, tokenizer)
+    ignore_eos = {t.label: setup.sends_ignore_eos(t, args.ignore_eos) for t in targets}
+    load = session.Load(num_prompts=n, burstiness=args.burstiness, seed=args.seed, timeout_s=args.timeout_s, slo=slo)
     base = Path(args.result_file) if args.result_file else None
     failed = 0
 
-    async def measure(target: Target) -> None:
+    async def measure(target: setup.Target) -> None:
         nonlocal failed
-        reqs = bodies(target, prompts, args.output_len, ignore_eos[target.label])
+        reqs = setup.bodies(target, prompts, args.output_len, ignore_eos[target.label])
         model = target.label if len(targets) > 1 else None
         docs: list[dict[str, object]] = []
 
-        def on_point(point: Point, doc: dict[str, object]) -> None:
+        def on_point(point: session.Point, doc: dict[str, object]) -> None:
             nonlocal failed
             _log(f"bench: {target.label}, {point.tag()}")
-            for line in table(doc):
+            for line in result.table(doc):
                 _out(line)
-            warning = bottleneck_warning(doc, point.rate, point.max_concurrency)
+            warning = result.bottleneck_warning(doc, point.rate, point.max_concurrency)
             if doc["completed"] == 0:  # nothing came back: say why, not how busy the client was
                 errors = cast(list[str], doc["errors"])
                 _log(f"bench: all {doc['failed']} requests failed; " + "; ".join(errors[:3])
@@ -708,10 +708,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 _write(path, msgspec.json.encode(doc))
             docs.append(doc)
 
-        await run_points(target, reqs[warm:], reqs[:warm], points, load, on_point)
+        await session.run_points(target, reqs[warm:], reqs[:warm], points, load, on_point)
         if base is not None and args.sweep:
             _write(_bench_path(base, model, None, ".svg"),
-                   sweep_svg(docs, target.label).encode())
+                   result.sweep_svg(docs, target.label).encode())
 
     async def measure_all() -> None:
         for target in targets:
