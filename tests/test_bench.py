@@ -19,6 +19,7 @@ import orjson
 import pytest
 import uvloop
 
+from engine.bench import load
 from engine.bench.arrivals import arrival_times
 from engine.bench.load import _Schedule, connections_needed, drive
 from engine.bench.metrics import Outcome, parse_goodput, percentile, send_lag_stats, summarize
@@ -163,6 +164,32 @@ def test_no_request_is_sent_before_it_is_due() -> None:
         assert all(o.ok and o.planned <= o.woke <= o.sent for o in outcomes)
         assert outcomes[10].woke == outcomes[11].woke == outcomes[12].woke
     assert uvloop.run(drive(send, [], [], max_concurrency=None, timeout_s=1.0))[0] == []
+
+
+def test_replies_are_read_after_the_schedule_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first READ_LATER_MAX replies are read (parsed) after the last request is done, the rest
+    as they end; either way the text pieces' times give the ITL."""
+    monkeypatch.setattr(load, "READ_LATER_MAX", 2)
+    ended: list[int] = []
+    seen: dict[int, int] = {}
+
+    async def send(body: dict[str, object], timeout_s: float, sent: list[float],
+                   not_before: asyncio.Future[None] | None) -> Callable[[list[float] | None], Response]:
+        assert not_before is not None
+        await not_before
+        ended.append(int(str(body["k"])))
+
+        def read(marks: list[float] | None) -> Response:
+            seen[int(str(body["k"]))] = len(ended)
+            assert marks is not None
+            marks.extend([1.0, 2.5])
+            return Response(text="", finish_reason="stop")
+        return read
+
+    outcomes, _ = uvloop.run(drive(send, [{"k": k} for k in range(5)], [0.0, 0.01, 0.02, 0.03, 0.04],
+                                   max_concurrency=None, timeout_s=1.0))
+    assert seen == {0: 5, 1: 5, 2: 3, 3: 4, 4: 5}
+    assert all(o.ok and o.itl_s == (1.5,) for o in outcomes)
 
 
 def test_requests_are_prepared_a_lead_ahead_and_released_when_due() -> None:

@@ -136,7 +136,7 @@ async def drive(send: Send, bodies: Sequence[dict[str, object]], planned: Sequen
         raise ValueError(f"{len(bodies)} bodies for {len(planned)} planned times")
     loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
-    tasks: list[asyncio.Task[tuple[Response | AdapterError | ReadReply, list[float], float]]] = []
+    tasks: list[asyncio.Task[tuple[Response | AdapterError | ReadReply, list[float], list[float], float]]] = []
     unread = 0
     holds = [loop.create_future() for _ in planned]
     woke = [0.0] * len(planned)
@@ -144,23 +144,24 @@ async def drive(send: Send, bodies: Sequence[dict[str, object]], planned: Sequen
     start = clock()
     last_end = start
 
-    async def one(k: int) -> tuple[Response | AdapterError | ReadReply, list[float], float]:
+    async def one(k: int) -> tuple[Response | AdapterError | ReadReply, list[float], list[float], float]:
         nonlocal last_end, unread
         if slots is not None:
             await slots.acquire()
         try:
+            marks: list[float] = []
             stamps: list[float] = []
             handed = clock()
             try:
                 reader = await send(bodies[k], timeout_s, stamps, holds[k])
             except AdapterError as exc:
-                return exc, stamps, handed
+                return exc, marks, stamps, handed
             finally:
                 last_end = max(last_end, clock())
             if unread < READ_LATER_MAX:
                 unread += 1
-                return reader, stamps, handed
-            return _read(reader, []), stamps, handed
+                return reader, marks, stamps, handed
+            return _read(reader, marks), marks, stamps, handed
         finally:
             if slots is not None:
                 slots.release()
@@ -207,8 +208,7 @@ async def drive(send: Send, bodies: Sequence[dict[str, object]], planned: Sequen
             timer.close()
     done = await asyncio.gather(*tasks)
     outcomes = []
-    for k, (got, stamps, handed) in enumerate(done):
-        marks: list[float] = []
+    for k, (got, marks, stamps, handed) in enumerate(done):
         if not isinstance(got, Response | AdapterError):
             got = _read(got, marks)
         # Where the transport stamps nothing, the release (or the call, if later) stands in: a lower bound.
