@@ -56,8 +56,9 @@ __all__ = ["Send", "connections_needed", "drive", "warm_up"]
 Send = Callable[[dict[str, object], float, list[float], "asyncio.Future[None] | None"], Awaitable[ReadReply]]
 SWITCH_INTERVAL_S = 0.0002  # how long the dispatcher's thread may wait for the GIL (see drive)
 LEAD_S = 0.01  # how long before its due moment a request is prepared (see the module's note)
-# Replies read after the schedule, at most (the rest as they end): about 3 KB of pieces each.
-READ_LATER_MAX = 20_000
+# Replies read after the schedule, at most (the rest as they end): ~5 KB each of pieces, stamps
+# and headers (16-token replies), so at most ~50 MB.
+READ_LATER_MAX = 10_000
 _PERF_IS_MONOTONIC = time.get_clock_info("perf_counter").implementation == "clock_gettime(CLOCK_MONOTONIC)"
 
 
