@@ -165,23 +165,33 @@ async def post_sse(session: aiohttp.ClientSession, url: str, data: bytes, header
         raise AdapterError("transient", redact(f"stream cut: {type(exc).__name__}: {exc}", secrets)) from None
 
 
+STALE_ATTEMPTS = 4  # sends of one POST while pooled connections keep turning out dead (see below)
+
+
 async def _post_fresh_if_stale(session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str],
                                timeout: float, ctx: SendStamp) -> aiohttp.ClientResponse:
-    """The POST, sent once more at once when a pooled connection turns out dead before any reply.
+    """The POST, sent again at once when a pooled connection turns out dead before any reply.
 
     llama.cpp's server closes the connection after a streamed reply while its headers say
     `Keep-Alive`; aiohttp then reuses the dead socket (ServerDisconnectedError, or ClientOSError
     "Can not write request body"), which lost 1 request in 4 of `bench` against it. curl sees the
-    same ("Connection 0 seems to be dead") and reconnects; so do we, once, with no reply read."""
+    same ("Connection 0 seems to be dead") and reconnects; so do we, with no reply read. With one
+    resend, `bench` still lost 1 of 30 requests ("Can not write request body") at 0.5 req/s with the
+    server overloaded (`vllm bench serve`, which never resends, loses 2-3 of 30 sent one after the
+    other): the resend can take another dead pooled connection. Each dead connection that fails
+    leaves the pool, and a loop turn between sends lets the loop read the other closes, so a few
+    sends reach a live or new connection."""
     import aiohttp  # loaded by load_transport already: a dict lookup
 
     t = _timeout(timeout)
-    try:
-        return await session.post(url, data=data, headers=headers, timeout=t, trace_request_ctx=ctx)
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            raise
-        return await session.post(url, data=data, headers=headers, timeout=t, trace_request_ctx=ctx)
+    for _ in range(STALE_ATTEMPTS - 1):
+        try:
+            return await session.post(url, data=data, headers=headers, timeout=t, trace_request_ctx=ctx)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError):  # no connection at all: not a stale one
+                raise
+            await asyncio.sleep(0)
+    return await session.post(url, data=data, headers=headers, timeout=t, trace_request_ctx=ctx)
 
 
 def event_object(data: bytes, what: str) -> dict[str, Any]:

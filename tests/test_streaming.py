@@ -405,3 +405,29 @@ def test_the_real_llama_cpp_server_streams_what_it_answers_whole(embedded_server
         assert res.rc == 0, res.stderr
     stopped, forced = (orjson.loads(p.read_bytes())["total_output_tokens"] for p in out.values())
     assert stopped < 16 and forced == 16
+
+
+@pytest.mark.slow  # may start this worker's embedded model server
+def test_streams_survive_llama_cpp_closing_each_streamed_connection(embedded_server: Any) -> None:
+    """llama.cpp closes the connection after every streamed reply while its headers say Keep-Alive:
+    a wave of streams that end in the same decode step leaves that many dead connections in the pool,
+    and the next wave, sent at once, takes them (a bare aiohttp loop lost every other request; one
+    resend still lost some). Every request is answered: resent, a loop turn apart, until a live
+    connection takes it."""
+    url, alias = embedded_server.base_url, embedded_server.alias
+    params = GenParams(max_tokens=2, temperature=0.0, seed=0)
+
+    async def main() -> list[Response]:
+        client = OpenAIChat(base_url=url, model=alias, api_key=None, concurrency=4, reasoning=False, stream=True)
+        try:
+            out: list[Response] = []
+            for wave in range(4):
+                bodies = [client.build_body((Message(role="user", content=f"Say {wave}{i}."),), params)
+                          for i in range(4)]
+                out += await asyncio.gather(*(client.send_streamed(b, 60.0) for b in bodies))
+            return out
+        finally:
+            await client.aclose()
+
+    replies = asyncio.run(main())
+    assert len(replies) == 16 and all(r.usage.completion_tokens == 2 for r in replies)
