@@ -125,11 +125,12 @@ vllm_bench() {  # $1: server root, $2: the model's local tokenizer folder
     # openai-chat over /v1/chat/completions as engine bench; the custom dataset reads the engine's
     # prompt file ({"prompt": ...} per line) and sends each prompt as the user message, untemplated
     # (--skip-chat-template: the server applies the chat template, as for the engine's requests);
-    # E2EL percentiles asked for, as engine bench always reports them (vllm's default leaves them out).
+    # E2EL percentiles asked for, as engine bench always reports them (vllm's default leaves them out);
+    # --temperature 0 as engine bench sends (vllm bench serve no longer sets it: the server's default).
     printf '%q ' "$PY" -m vllm.entrypoints.cli.main bench serve --backend openai-chat --base-url "$1" \
         --endpoint /v1/chat/completions --model "$SERVED" --tokenizer "$2" --dataset-name custom \
         --dataset-path "$OUT/prompts.jsonl" --custom-output-len "$OUT_LEN" --skip-chat-template \
-        --num-prompts "$NUM" --request-rate "$RATE" --ignore-eos --seed 0 \
+        --num-prompts "$NUM" --request-rate "$RATE" --ignore-eos --temperature 0 --seed 0 \
         --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 90,99 \
         --save-result --result-dir "$OUT" --result-filename vllm.json
 }

@@ -91,6 +91,7 @@ def test_dry_run_builds_commands_the_engine_accepts(tmp_path: Path) -> None:
     assert value(vllm, "--dataset-path") == b.items and value(vllm, "--request-rate") == "2.5"
     assert value(vllm, "--num-prompts") == "40" and value(vllm, "--custom-output-len") == "32"
     assert "--ignore-eos" in vllm and value(vllm, "--endpoint") == "/v1/chat/completions"
+    assert value(vllm, "--temperature") == "0"  # engine bench sends temperature 0; vllm 0.33 leaves it to the server
     assert value(vllm, "--percentile-metrics") == "ttft,tpot,itl,e2el"  # the engine reports all four
     assert run[3] == "run" and (out / "pillar.toml").is_file()
     assert "GPU placement" in (out / "plan.txt").read_text()  # the pillar-run config plans
