@@ -5,10 +5,13 @@ engine/store/rundoc_io.py."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import platform
+import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -166,8 +169,9 @@ def code_digest() -> str:
     """The bytes of every file under CODE_ROOTS (about 2 MB), once a process; and kept in the cache
     folder under the identity of every one of those files (path, device, inode, size, mtime, ctime:
     any write changes the ctime), so a process reads their bytes again only when one has changed or
-    come or gone: a stat a file instead of reading and hashing them (15 -> 2 ms of every run's start)."""
-    ident = _code_identity()
+    come or gone: a stat a file instead of reading and hashing them (15 -> 2 ms of every run's start).
+    The cache can only cost time: unreadable, corrupt or unwritable, the bytes are read."""
+    ident, newest_ns = _code_identity()
     path = cache_root() / _CODE_CACHE
     try:
         kept = orjson.loads(path.read_bytes())
@@ -177,25 +181,43 @@ def code_digest() -> str:
         pass
     digest = hashlib.blake2b("".join(tree_digest(root) for root in CODE_ROOTS if root.is_dir()).encode(),
                              digest_size=16).hexdigest()
-    if _code_identity() == ident:  # no file changed while they were read
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(orjson.dumps({"identity": ident, "digest": digest}))
-            os.replace(tmp, path)
-        except OSError:  # a read-only cache folder: only a slower start next time
-            tmp.unlink(missing_ok=True)
+    # Kept only when no file changed while they were read, and none changed in the last _RACY_S: a
+    # file written twice within its file system's timestamp step (a jiffy for ctime on kernels
+    # before 6.13) keeps size, mtime and ctime with other bytes, and a digest kept for the first
+    # bytes would stand for the second in every later run (git's "racily clean" index entries).
+    if _code_identity()[0] == ident and time.time_ns() - newest_ns > _RACY_S * 1e9:
+        _keep(path, orjson.dumps({"identity": ident, "digest": digest}))
     return digest
 
 
 _CODE_CACHE = "code-digest.json"
+_RACY_S = 2.0  # FAT's mtime step is 2 s; others' are finer
 
 
-def _code_identity() -> str:
+def _keep(path: Path, data: bytes) -> None:
+    """Writes `path` whole or not at all (a temporary file of its own per writer: processes in
+    other PID namespaces may share the cache folder); an unwritable folder only slows the next start."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _code_identity() -> tuple[str, int]:
+    """A digest of every code file's identity, and the newest of their mtimes and ctimes (ns)."""
     h = hashlib.blake2b(digest_size=16)
+    newest = 0
     for root in CODE_ROOTS:
         if root.is_dir():
             for _, entry in _files(str(root), "", frozenset()):
                 st = entry.stat()
+                newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
                 h.update(f"{entry.path}\0{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}\n".encode())
-    return h.hexdigest()
+    return h.hexdigest(), newest
