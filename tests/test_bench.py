@@ -35,7 +35,7 @@ from engine.bench.setup import (
     synthetic_prompts,
     url_target,
 )
-from engine.core.errors import ConfigError
+from engine.core.errors import AdapterError, ConfigError
 from engine.core.records import Response
 from engine.tokens import load_tokenizer
 from tests.conftest import run_cli, write_config, write_items
@@ -202,6 +202,26 @@ def test_replies_are_read_after_the_schedule_up_to_a_bound(monkeypatch: pytest.M
                                    max_concurrency=None, timeout_s=1.0))
     assert seen == {0: 5, 1: 5, 2: 3, 3: 4, 4: 5}
     assert all(o.ok and o.itl_s == (1.5,) for o in outcomes)
+
+
+def test_a_request_that_gives_up_while_held_does_not_stall_the_schedule() -> None:
+    """A request whose own timeout fires while it waits for its release (aiohttp's total timeout
+    cancels the task, and with it the hold it awaits: a loop stalled past the timeout between the
+    preparation and the due moment) ends as a timeout; the others are still released and drive
+    returns (it waited forever: InvalidStateError on the release of the cancelled hold)."""
+    async def send(body: dict[str, object], timeout_s: float, sent: list[float],
+                   not_before: asyncio.Future[None] | None) -> Callable[[list[float] | None], Response]:
+        assert not_before is not None
+        try:
+            await asyncio.wait_for(not_before, 0.0 if body["k"] == 1 else 60.0)
+        except TimeoutError:
+            raise AdapterError("timeout", "no answer within 0.1 s") from None
+        return lambda marks: Response(text="", finish_reason="stop")
+
+    for clock in (time.perf_counter, lambda: time.perf_counter()):
+        outcomes, _ = uvloop.run(asyncio.wait_for(drive(send, [{"k": k} for k in range(4)], [0.0, 0.05, 0.06, 0.07],
+                                                        max_concurrency=None, timeout_s=1.0, clock=clock), 10))
+        assert [o.ok for o in outcomes] == [True, False, True, True]
 
 
 def test_requests_are_prepared_a_lead_ahead_and_released_when_due() -> None:

@@ -174,7 +174,7 @@ async def drive(send: Send, bodies: Sequence[dict[str, object]], planned: Sequen
         now = clock() - start
         for k in range(r, r2):
             woke[k] = now
-            holds[k].set_result(None)
+            _release(holds[k])
         if r2 == len(planned):
             all_released.set_result(None)
 
@@ -216,6 +216,14 @@ async def drive(send: Send, bodies: Sequence[dict[str, object]], planned: Sequen
         sent = (stamps[-1] if stamps else max(handed, start + woke[k])) - start
         outcomes.append(_outcome(got, marks, planned[k], sent, woke[k]))
     return outcomes, last_end - start
+
+
+def _release(hold: asyncio.Future[None]) -> None:
+    # A hold is cancelled with its request when the request's own timeout fires while it is held
+    # (a loop stalled past it): set_result would raise in the timer's callback, and drive would
+    # wait forever for the rest of the schedule.
+    if not hold.done():
+        hold.set_result(None)
 
 
 def _read(reader: ReadReply, marks: list[float]) -> Response | AdapterError:
