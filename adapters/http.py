@@ -80,6 +80,15 @@ class SendStamp(NamedTuple):
 
     stamps: list[float]
     hold: asyncio.Future[None] | None
+    reused: list[bool]  # one entry per send that took a pooled connection (adapters.sse: what is resent)
+
+
+async def _note_reuse(session: aiohttp.ClientSession, ctx: SimpleNamespace,
+                      params: aiohttp.TraceConnectionReuseconnParams) -> None:
+    # At the connection's acquisition (ahead of a held request's release, not between it and the write).
+    req = ctx.trace_request_ctx
+    if isinstance(req, SendStamp):
+        req.reused.append(True)
 
 
 async def _stamp_sent(session: aiohttp.ClientSession, ctx: SimpleNamespace,
@@ -100,6 +109,7 @@ def _send_stamps() -> aiohttp.TraceConfig:
 
     tc = aiohttp.TraceConfig()
     tc.on_request_chunk_sent.append(_stamp_sent)
+    tc.on_connection_reuseconn.append(_note_reuse)
     tc.freeze()
     return tc
 

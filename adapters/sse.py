@@ -144,7 +144,7 @@ async def post_sse(session: aiohttp.ClientSession, url: str, data: bytes, header
     stamps = sent if sent is not None else []
     if not_before is not None and not stamps_sends(session):
         await not_before
-    ctx = SendStamp(stamps, not_before)
+    ctx = SendStamp(stamps, not_before, [])
     start = time.perf_counter()
     try:
         async with await _post_fresh_if_stale(session, url, data, headers, timeout, ctx) as resp:
@@ -180,15 +180,24 @@ async def _post_fresh_if_stale(session: aiohttp.ClientSession, url: str, data: b
     server overloaded (`vllm bench serve`, which never resends, loses 2-3 of 30 sent one after the
     other): the resend can take another dead pooled connection. Each dead connection that fails
     leaves the pool, and a loop turn between sends lets the loop read the other closes, so a few
-    sends reach a live or new connection."""
+    sends reach a live or new connection.
+
+    Only a send that took a pooled connection is resent (a stamping session's trace says which): on
+    a connection of its own the server may have read the request and started it before it dropped
+    it, and the lane's retry (backoff, attempt count) decides; resent at once, such a request reached
+    the server 4 times per attempt. A session that does not stamp cannot tell: resent as before."""
     import aiohttp  # loaded by load_transport already: a dict lookup
 
     t = _timeout(timeout)
+    traced = stamps_sends(session)
     for _ in range(STALE_ATTEMPTS - 1):
+        pooled = len(ctx.reused)
         try:
             return await session.post(url, data=data, headers=headers, timeout=t, trace_request_ctx=ctx)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             if isinstance(exc, aiohttp.ClientConnectorError):  # no connection at all: not a stale one
+                raise
+            if traced and len(ctx.reused) == pooled:  # a new connection: not a stale one either
                 raise
             await asyncio.sleep(0)
     return await session.post(url, data=data, headers=headers, timeout=t, trace_request_ctx=ctx)

@@ -431,3 +431,63 @@ def test_streams_survive_llama_cpp_closing_each_streamed_connection(embedded_ser
 
     replies = asyncio.run(main())
     assert len(replies) == 16 and all(r.usage.completion_tokens == 2 for r in replies)
+
+
+_SSE_REPLY = (b'data: {"id":"c","model":"m","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}\n\n'
+              b'data: {"id":"c","model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],'
+              b'"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}\n\ndata: [DONE]\n\n')
+
+
+def test_a_streamed_post_is_resent_only_over_a_pooled_connection_found_dead() -> None:
+    """The resend is for a pooled connection the server has closed (llama.cpp closes every streamed
+    connection while saying Keep-Alive): sent again, it is answered. A server that drops a request on
+    a connection of its own (it may have read and started it) gets it once per attempt: the lane's
+    retry, with its backoff and attempt count, decides (it got the same request 4 times at once)."""
+    seen: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Each connection answers its first request and closes at its second, unanswered: the close
+        # the client had not yet read when it took the connection from its pool.
+        for n in range(2):
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            match = re.search(rb"(?i)content-length: *(\d+)", head)
+            await reader.readexactly(int(match.group(1)) if match else 0)
+            seen.append(n)
+            if n == 1:
+                break
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: keep-alive\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(_SSE_REPLY), _SSE_REPLY))
+            await writer.drain()
+        writer.close()
+
+    async def pooled() -> list[str]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = OpenAIChat(base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key=None, concurrency=1, stream=True)
+        try:
+            body = client.build_body((Message(role="user", content="hi"),), GenParams(max_tokens=4))
+            return [(await client.send_streamed(body, 10.0)).text for _ in range(2)]
+        finally:
+            await client.aclose()
+            server.close()
+
+    assert asyncio.run(pooled()) == ["hi", "hi"]
+    assert seen == [0, 1, 0]  # the second request: on the pooled connection, then on a new one
+
+    async def resets() -> int:
+        runner, url = await start_in_loop({"p_reset": 1.0})
+        client = OpenAIChat(base_url=url, model="m", api_key=None, concurrency=4, stream=True)
+        try:
+            with pytest.raises(AdapterError) as err:
+                await client.send_streamed(client.build_body((Message(role="user", content="hi"),),
+                                                             GenParams(max_tokens=4)), 5.0)
+            assert err.value.kind == "transient"
+            return int(runner.app[SERVER_KEY].stats()["requests"])
+        finally:
+            await client.aclose()
+            await runner.cleanup()
+
+    assert asyncio.run(resets()) == 1
