@@ -128,6 +128,27 @@ def _keep_time_in_loop(loop: asyncio.AbstractEventLoop, timer: Timer, schedule: 
     timer.at(schedule.next_time())
 
 
+def _start_schedule(loop: asyncio.AbstractEventLoop, schedule: _Schedule, on_time: Callable[[int, int, int, int], None],
+                    stop: threading.Event, clock: Callable[[], float]) -> Timer | None:
+    """Starts keeping `schedule`: the loop's own timerfd where there is one and `clock` is
+    perf_counter (returned, for the caller to close), else the dispatcher's thread (None; it
+    shortens the GIL switch interval, which the caller restores)."""
+    # The timerfd wakes the loop itself at the due moment; a thread needs the CPU, then the GIL,
+    # and then wakes the loop as well (two wake-ups in a row where the loop was idle).
+    timer = open_timer() if clock is time.perf_counter and _PERF_IS_MONOTONIC else None
+    if timer is not None:
+        _keep_time_in_loop(loop, timer, schedule, on_time)
+    else:
+        # A woken thread needs the GIL for its hand-over, and a busy loop lets a waiting thread in
+        # only every switch interval (5 ms by default): a wake lag p99 of 2.7 ms at 500 req/s. The
+        # thread asks for it twice per request, so a shorter interval costs nothing between (the
+        # caller puts the old one back).
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
+        threading.Thread(target=_keep_time, args=(loop, schedule, on_time, stop, clock), name="bench-dispatch",
+                         daemon=True).start()
+    return timer
+
+
 async def drive(send: Send, bodies: Sequence[dict[str, object]], planned: Sequence[float], *,
                 max_concurrency: int | None, timeout_s: float,
                 clock: Callable[[], float] = time.perf_counter) -> tuple[list[Outcome], float]:
@@ -179,22 +200,12 @@ async def drive(send: Send, bodies: Sequence[dict[str, object]], planned: Sequen
             all_released.set_result(None)
 
     stop = threading.Event()
-    # The timerfd wakes the loop itself at the due moment; a thread needs the CPU, then the GIL,
-    # and then wakes the loop as well (two wake-ups in a row where the loop was idle).
-    timer = open_timer() if planned and clock is time.perf_counter and _PERF_IS_MONOTONIC else None
-    if timer is not None:
-        _keep_time_in_loop(loop, timer, _Schedule([start + p for p in planned], LEAD_S), on_time)
-    elif planned:
-        threading.Thread(target=_keep_time, args=(loop, _Schedule([start + p for p in planned], LEAD_S), on_time,
-                                                  stop, clock), name="bench-dispatch", daemon=True).start()
+    interval = sys.getswitchinterval()  # the thread shortens it (_start_schedule)
+    if planned:
+        timer = _start_schedule(loop, _Schedule([start + p for p in planned], LEAD_S), on_time, stop, clock)
     else:
+        timer = None
         all_released.set_result(None)
-    # A woken thread needs the GIL for its hand-over, and a busy loop lets a waiting thread in
-    # only every switch interval (5 ms by default): a wake lag p99 of 2.7 ms at 500 req/s. The
-    # thread asks for it twice per request, so a shorter interval costs nothing between.
-    interval = sys.getswitchinterval()
-    if timer is None:
-        sys.setswitchinterval(min(interval, SWITCH_INTERVAL_S))
     try:
         await all_released
     except BaseException:
@@ -210,11 +221,10 @@ async def drive(send: Send, bodies: Sequence[dict[str, object]], planned: Sequen
     done = await asyncio.gather(*tasks)
     outcomes = []
     for k, (got, marks, stamps, handed) in enumerate(done):
-        if not isinstance(got, Response | AdapterError):
-            got = _read(got, marks)
         # Where the transport stamps nothing, the release (or the call, if later) stands in: a lower bound.
         sent = (stamps[-1] if stamps else max(handed, start + woke[k])) - start
-        outcomes.append(_outcome(got, marks, planned[k], sent, woke[k]))
+        outcomes.append(_outcome(got if isinstance(got, Response | AdapterError) else _read(got, marks), marks,
+                                 planned[k], sent, woke[k]))
     return outcomes, last_end - start
 
 
