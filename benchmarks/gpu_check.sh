@@ -50,6 +50,7 @@ EOF
 here="${BASH_SOURCE[0]%/*}"
 [ "$here" = "${BASH_SOURCE[0]}" ] && here=.
 ROOT="$(cd "$here/.." && pwd)" || die "cannot find the repository root from $0"
+. "$ROOT/benchmarks/check_args.sh"
 
 MODEL=Qwen/Qwen2.5-0.5B-Instruct
 MODEL2=HuggingFaceTB/SmolLM2-360M-Instruct
@@ -82,14 +83,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-for pair in "--num-prompts:$NUM" "--input-len:$IN_LEN" "--output-len:$OUT_LEN"; do
-    flag=${pair%%:*}; value=${pair#*:}
-    [[ $value =~ ^[0-9]+$ ]] && [ "$((10#$value))" -ge 1 ] || die "$flag: expected a whole number >= 1, got '$value'"
-done
-if [ "$RATE" != inf ]; then
-    [[ $RATE =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]] && [[ $RATE =~ [1-9] ]] \
-        || die "--request-rate: expected a positive number or inf, got '$RATE'"
-fi
+need_whole "--num-prompts:$NUM" "--input-len:$IN_LEN" "--output-len:$OUT_LEN"
+need_rate "$RATE"
 
 # -- can this machine run it? (one line and exit 2 when not) ------------------------------------------
 if [ "$DRY" = 0 ]; then
@@ -102,11 +97,7 @@ if [ "$DRY" = 0 ]; then
         || die "vLLM is not importable by $PY: pip install '.[vllm]' into it, or pass --python (--dry-run shows the commands)"
 fi
 
-if [ -z "$OUT" ]; then
-    OUT="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-XXXXXX")" || die "cannot make a folder under ${TMPDIR:-/tmp}; pass --out DIR"
-fi
-mkdir -p "$OUT" 2>/dev/null && [ -w "$OUT" ] || die "--out $OUT: cannot create or write it; name a writable folder"
-OUT="$(cd "$OUT" && pwd)"
+ensure_out gpu-check
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 URL_FILE="$OUT/server.url"
@@ -196,16 +187,8 @@ if [ -d "$MODEL" ]; then TOKENIZER="$(cd "$MODEL" && pwd)"; else
     TOKENIZER="$("$PY" -c 'import sys; from huggingface_hub import snapshot_download as s; print(s(sys.argv[1], local_files_only=True))' "$MODEL")" \
         || fail "cannot find $MODEL in the local Hugging Face cache after the server loaded it"
 fi
-"$PY" - "$TOKENIZER" "$NUM" "$IN_LEN" "$OUT/prompts.jsonl" <<'EOF' || fail "could not write the prompts"
-import json, sys
-from engine.bench.setup import synthetic_prompts
-from engine.tokens import load_tokenizer
-tok, n, length, path = load_tokenizer(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-with open(path, "w") as f:
-    for i, msgs in enumerate(synthetic_prompts(n, length, seed=0, tokenizer=tok)):
-        f.write(json.dumps({"id": f"p{i}", "prompt": msgs[0].content}) + "\n")
-print(f"{n} prompts of {length} tokens ({tok.name})")
-EOF
+"$PY" "$ROOT/benchmarks/bench_prompts.py" "$TOKENIZER" "$NUM" "$IN_LEN" "$OUT/prompts.jsonl" \
+    || fail "could not write the prompts"
 
 step "3. warm-up, engine bench, vllm bench serve (rate $RATE, $NUM prompts)"
 eval "$(engine_bench "$URL" --num-prompts 16 --request-rate inf)" >"$OUT/warmup.log" 2>&1 || fail "warm-up failed: $OUT/warmup.log"

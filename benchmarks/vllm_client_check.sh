@@ -52,6 +52,7 @@ EOF
 here="${BASH_SOURCE[0]%/*}"
 [ "$here" = "${BASH_SOURCE[0]}" ] && here=.
 ROOT="$(cd "$here/.." && pwd)" || die "cannot find the repository root from $0"
+. "$ROOT/benchmarks/check_args.sh"
 
 PY="${PYTHON:-python3}"
 VPY=python3
@@ -101,28 +102,18 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-for pair in "--num-prompts:$NUM" "--input-len:$IN_LEN" "--output-len:$OUT_LEN" "--rounds:$ROUNDS" \
-            "--slots:$SLOTS" "--threads:$THREADS"; do
-    flag=${pair%%:*}; value=${pair#*:}
-    [[ $value =~ ^[0-9]+$ ]] && [ "$((10#$value))" -ge 1 ] || die "$flag: expected a whole number >= 1, got '$value'"
-done
+need_whole "--num-prompts:$NUM" "--input-len:$IN_LEN" "--output-len:$OUT_LEN" "--rounds:$ROUNDS" \
+           "--slots:$SLOTS" "--threads:$THREADS"
 [ -z "$CONC" ] || { [[ $CONC =~ ^[0-9]+$ ]] && [ "$((10#$CONC))" -ge 1 ]; } \
     || die "--max-concurrency: expected a whole number >= 1, got '$CONC'"
 LIMIT=()
 [ -z "$CONC" ] || LIMIT=(--max-concurrency "$CONC")
 [[ $WARM =~ ^[0-9]+$ ]] || die "--warmup: expected a whole number >= 0, got '$WARM'"
-if [ "$RATE" != inf ]; then
-    [[ $RATE =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]] && [[ $RATE =~ [1-9] ]] \
-        || die "--request-rate: expected a positive number or inf, got '$RATE'"
-fi
+need_rate "$RATE"
 [ -z "$URL" ] || [ -n "$TOKENIZER" ] || die "--base-url needs --tokenizer DIR (the served model's tokenizer folder)"
 [ -z "$TOKENIZER" ] || [ -d "$TOKENIZER" ] || [ "$DRY" = 1 ] || die "--tokenizer $TOKENIZER: not a folder"
 
-if [ -z "$OUT" ]; then
-    OUT="$(mktemp -d "${TMPDIR:-/tmp}/vllm-client-check-XXXXXX")" || die "cannot make a folder under ${TMPDIR:-/tmp}; pass --out DIR"
-fi
-mkdir -p "$OUT" 2>/dev/null && [ -w "$OUT" ] || die "--out $OUT: cannot create or write it; name a writable folder"
-OUT="$(cd "$OUT" && pwd)"
+ensure_out vllm-client-check
 [ -n "$TOKENIZER" ] || TOKENIZER="$OUT/tokenizer"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
 
@@ -196,16 +187,8 @@ EOF
 fi
 
 step "2. prompts"
-"$VPY" - "$TOKENIZER" "$NUM" "$IN_LEN" "$OUT/prompts.jsonl" <<'EOF' || fail "could not write the prompts"
-import json, sys
-from engine.bench.setup import synthetic_prompts
-from engine.tokens import load_tokenizer
-tok, n, length, path = load_tokenizer(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-with open(path, "w") as f:
-    for i, msgs in enumerate(synthetic_prompts(n, length, seed=0, tokenizer=tok)):
-        f.write(json.dumps({"id": f"p{i}", "prompt": msgs[0].content}) + "\n")
-print(f"{n} prompts of {length} tokens ({tok.name})")
-EOF
+"$VPY" "$ROOT/benchmarks/bench_prompts.py" "$TOKENIZER" "$NUM" "$IN_LEN" "$OUT/prompts.jsonl" \
+    || fail "could not write the prompts"
 
 step "3. shared warm-up"
 eval "$(engine_bench 0 --num-prompts 8 --request-rate inf --warmup 0)" >"$OUT/warmup.log" 2>&1 \
