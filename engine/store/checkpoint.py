@@ -220,7 +220,7 @@ def iter_records_of(path: Path, where: Callable[[str, str, str], bool],
     subtask costs a fraction of a full decode and holds only that subtask's records. A line not
     chosen is checked only as JSON carrying those three fields: a reader that must see every damaged
     record also reads the file in full once (score's usage pass does). `live`: as `iter_records`."""
-    for _, _, chosen in _chosen(path, _where_decoder, lambda h: where(h.model, h.pillar, h.subtask), decoder, live):
+    for _, chosen in _chosen(path, _where_decoder, lambda h: where(h.model, h.pillar, h.subtask), decoder, live):
         yield from chosen
 
 
@@ -233,14 +233,13 @@ def iter_heads(path: Path, heads: msgspec.json.Decoder[H], choose: Callable[[H],
     record's fields, the rest skipped without building their strings), and the full Records of the
     lines `choose` (called once a line, in file order) picks. A line not chosen is checked only as
     its head, as in `iter_records_of`. `live`: as `iter_records`."""
-    for hs, _, chosen in _chosen(path, heads, choose, record_decoder, live):
-        yield hs, chosen
+    yield from _chosen(path, heads, choose, record_decoder, live)
 
 
 def _chosen(path: Path, heads: msgspec.json.Decoder[H], choose: Callable[[H], bool], decoder: msgspec.json.Decoder[Any],
-            live: bool) -> Iterator[tuple[list[H], list[bool], list[Any]]]:
-    """A chunk at a time: each line's head, whether `choose` picked it, and the picked lines decoded
-    with `decoder`, in file order."""
+            live: bool) -> Iterator[tuple[list[H], list[Any]]]:
+    """A chunk at a time: each line's head, and the lines `choose` picked decoded with `decoder`,
+    in file order."""
     if not path.exists():
         return
     for first, whole, _ in chunks(path, DECODE_CHUNK):
@@ -258,7 +257,7 @@ def _chosen(path: Path, heads: msgspec.json.Decoder[H], choose: Callable[[H], bo
                 raise
         else:
             chosen = []
-        yield hs, keep, chosen
+        yield hs, chosen
 
 
 def _decode_chunk(path: Path, first: int, chunk: bytes, decoder: msgspec.json.Decoder[Any],
