@@ -10,7 +10,6 @@ import functools
 import hashlib
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from importlib import metadata
@@ -23,6 +22,7 @@ from engine.config import Config, config_to_builtins
 from engine.core.config import ModelConfig
 from engine.core.paths import cache_root
 from engine.core.rundoc import FileId
+from engine.store.whole import replace_whole
 
 
 def _digest(obj: object) -> str:
@@ -195,19 +195,10 @@ _RACY_S = 2.0  # FAT's mtime step is 2 s; others' are finer
 
 
 def _keep(path: Path, data: bytes) -> None:
-    """Writes `path` whole or not at all (a temporary file of its own per writer: processes in
-    other PID namespaces may share the cache folder); an unwritable folder only slows the next start."""
-    tmp = None
-    try:
+    """Keeps the digest; an unwritable cache folder only slows the next start."""
+    with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        replace_whole(path, data)
 
 
 def _code_identity() -> tuple[str, int]:

@@ -9,8 +9,6 @@ measurement, the plan says there is none.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +20,7 @@ from engine.config import Config
 from engine.core.paths import cache_root
 from engine.core.rundoc import LaneSummary
 from engine.runstate import model_fingerprint
+from engine.store.whole import replace_whole
 
 
 class Throughput(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,10 +59,7 @@ def record(cfg: Config, lanes: Mapping[str, LaneSummary], path: Path | None = No
         return
     data = {**_read(path), **found}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".throughput.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(msgspec.json.encode(data))
-    os.replace(tmp, path)
+    replace_whole(path, msgspec.json.encode(data))
 
 
 def measured(cfg: Config, name: str, earlier: Mapping[str, LaneSummary], path: Path | None = None) -> Throughput | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from pathlib import Path
 
 import msgspec
@@ -23,6 +22,7 @@ from engine.core.records import Item, Record
 from engine.core.rundoc import RunSpec
 from engine.report.view import ResponsesShown
 from engine.runstate import code_digest, content_digest, file_id
+from engine.store.whole import replace_whole
 
 NAME = ".report-inputs.msgpack"
 FORMAT = 1
@@ -61,10 +61,5 @@ def save(directory: Path, kept: Kept) -> None:
         data = msgspec.msgpack.encode(kept)
     except (OverflowError, TypeError, msgspec.EncodeError):
         return  # a value JSON holds and MessagePack does not (an integer past 64 bits in an item): not kept
-    tmp = directory / f".{NAME}.{os.getpid()}.tmp"
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, directory / NAME)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not kept: the next report reads the checkpoints again
+        replace_whole(directory / NAME, data)
