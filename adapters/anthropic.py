@@ -27,7 +27,6 @@ Rate-limit headers (https://platform.claude.com/docs/en/api/rate-limits) of ever
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -38,7 +37,7 @@ from adapters.anthropic_batch import AnthropicBatches
 from adapters.http import error_for_status, load_transport, new_session, open_connections, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_anthropic
 from adapters.registry import BuildContext, Built, Capabilities, adapter
-from adapters.sse import Event, Streamed, cut_short, event_object, post_sse, timed
+from adapters.sse import Event, cut_short, event_object, post_sse, stream_reader
 from engine.core.adapter import AdapterError, ReadReply
 from engine.core.config import AdapterOptions
 from engine.core.records import GenParams, Message, Response, Usage
@@ -249,7 +248,7 @@ class AnthropicMessages(AnthropicBatches):
         if got.status != 200:
             raise error_for_status(got.status, anthropic_error_message(got.raw), secrets=self._secrets,
                                    retry_after=parse_retry_after(got.headers))
-        return functools.partial(_read_messages_stream, got)
+        return stream_reader(got, stream_document, parse_messages_response)
 
     async def open_connections(self, n: int, timeout: float) -> int:
         return await open_connections(self._get_session(), self.url, self._headers, n, timeout)
@@ -274,10 +273,3 @@ class AnthropicMessages(AnthropicBatches):
 def build_anthropic(ctx: BuildContext[AdapterOptions]) -> Built:
     return Built(AnthropicMessages(model=ctx.model_id, api_key=ctx.api_key(), base_url=ctx.model.base_url,
                                    concurrency=ctx.model.concurrency(), stream=ctx.model.stream))
-
-
-def _read_messages_stream(got: Streamed, marks: list[float] | None) -> Response:
-    """A streamed reply's Response (`stream_reply`'s reader): the events back into the document the
-    non-streamed parser reads, with the stream's timing."""
-    doc, pieces = stream_document(got.events())
-    return timed(parse_messages_response(orjson.dumps(doc), 0.0), got, pieces, marks)

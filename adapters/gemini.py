@@ -34,7 +34,6 @@ headers, so `last_signal` stays None.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -46,7 +45,7 @@ from adapters.gemini_batch import GeminiBatches
 from adapters.http import error_for_status, load_transport, new_session, open_connections, post_json
 from adapters.ratelimit_headers import LimitSignal, parse_duration
 from adapters.registry import BuildContext, Built, Capabilities, adapter
-from adapters.sse import Event, Streamed, cut_short, event_object, post_sse, timed
+from adapters.sse import Event, cut_short, event_object, post_sse, stream_reader
 from engine.core.adapter import AdapterError, ReadReply
 from engine.core.config import AdapterOptions
 from engine.core.records import ErrorKind, GenParams, Message, Response, Usage
@@ -273,7 +272,7 @@ class GeminiGenerate(GeminiBatches):
                              self._secrets, sent, not_before)
         if got.status != 200:
             raise gemini_error(got.status, got.raw, got.headers, self._secrets)
-        return functools.partial(_read_generate_stream, got)
+        return stream_reader(got, stream_document, parse_generate_response)
 
     def _generated(self, raw: bytes) -> Response:
         return parse_generate_response(raw, 0.0)
@@ -301,10 +300,3 @@ class GeminiGenerate(GeminiBatches):
 def build_gemini(ctx: BuildContext[AdapterOptions]) -> Built:
     return Built(GeminiGenerate(model=ctx.model_id, api_key=ctx.api_key(), base_url=ctx.model.base_url,
                                 concurrency=ctx.model.concurrency(), stream=ctx.model.stream))
-
-
-def _read_generate_stream(got: Streamed, marks: list[float] | None) -> Response:
-    """A streamed reply's Response (`stream_reply`'s reader): the events back into the document the
-    non-streamed parser reads, with the stream's timing."""
-    doc, pieces = stream_document(got.events())
-    return timed(parse_generate_response(orjson.dumps(doc), 0.0), got, pieces, marks)

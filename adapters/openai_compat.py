@@ -11,7 +11,6 @@ and status mapping are shared with the other HTTP adapters (adapters.http). Ever
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -22,7 +21,7 @@ from adapters.http import error_for_status, load_transport, new_session, open_co
 from adapters.openai_batch import OpenAIBatches
 from adapters.ratelimit_headers import LimitSignal, parse_openai
 from adapters.registry import BuildContext, Built, Capabilities, adapter
-from adapters.sse import Event, Streamed, cut_short, event_object, post_sse, timed
+from adapters.sse import Event, cut_short, event_object, post_sse, stream_reader
 from engine.core.adapter import AdapterError, ReadReply
 from engine.core.config import AdapterOptions
 from engine.core.records import ErrorKind, FinishReason, GenParams, Message, Response, Usage
@@ -301,7 +300,7 @@ class OpenAIChat(OpenAIBatches):
         self.last_signal = parse_openai(got.headers)
         if got.status != 200:
             raise classify_status(got.status, got.raw, got.headers, self._secrets)
-        return functools.partial(_read_chat_stream, got)
+        return stream_reader(got, stream_document, parse_chat_response)
 
     async def open_connections(self, n: int, timeout: float) -> int:
         return await open_connections(self._get_session(), self.url, self._headers, n, timeout)
@@ -328,10 +327,3 @@ def build_openai(ctx: BuildContext[AdapterOptions]) -> Built:
     assert ctx.model.base_url  # required by the entry: checked when the config is read
     return Built(OpenAIChat(base_url=ctx.model.base_url, model=ctx.model_id, api_key=ctx.api_key(),
                             concurrency=ctx.model.concurrency(), stream=ctx.model.stream))
-
-
-def _read_chat_stream(got: Streamed, marks: list[float] | None) -> Response:
-    """A streamed reply's Response (`stream_reply`'s reader): the events back into the document the
-    non-streamed parser reads, with the stream's timing."""
-    doc, pieces = stream_document(got.events())
-    return timed(parse_chat_response(orjson.dumps(doc), 0.0), got, pieces, marks)

@@ -14,23 +14,24 @@ the whole stream.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 import orjson
 
 from adapters.http import SendStamp, _timeout, stamps_sends
-from engine.core.adapter import AdapterError
+from engine.core.adapter import AdapterError, ReadReply
 from engine.core.records import Response, TokenTiming
 from engine.core.secrets import redact
 
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["Event", "Streamed", "cut_short", "post_sse", "split_events", "timed", "token_timing"]
+__all__ = ["Event", "Streamed", "cut_short", "post_sse", "split_events", "stream_reader", "token_timing"]
 
 
 class Event(NamedTuple):
@@ -241,7 +242,23 @@ def token_timing(start: float, marks: list[float], end: float, completion_tokens
         itl_p99_s=round(_percentile(gaps, 0.99), 6), chunks=len(marks))
 
 
-def timed(resp: Response, streamed: Streamed, marks: list[float], out: list[float] | None) -> Response:
+Document = Callable[[list[Event]], tuple[dict[str, object], list[float]]]
+
+
+def stream_reader(got: Streamed, document: Document, parse: Callable[[bytes, float], Response]) -> ReadReply:
+    """An adapter's `stream_reply` reader of `got`: its events back into the document the adapter's
+    non-streamed parser reads (`document`, which also gives each text piece's arrival time), that
+    parser's Response (`parse`) with the stream's timing (`_timed`)."""
+    return functools.partial(_read_stream, got, document, parse)
+
+
+def _read_stream(got: Streamed, document: Document, parse: Callable[[bytes, float], Response],
+                 marks: list[float] | None) -> Response:
+    doc, pieces = document(got.events())
+    return _timed(parse(orjson.dumps(doc), 0.0), got, pieces, marks)
+
+
+def _timed(resp: Response, streamed: Streamed, marks: list[float], out: list[float] | None) -> Response:
     """`resp` (parsed from the rebuilt document) with the stream's latency, ttft_s and timing; the
     text pieces' arrival times are also appended to `out` when given (the bench's ITL)."""
     tokens = resp.usage.completion_tokens or len(marks)  # a server that sends no usage: one token a piece
