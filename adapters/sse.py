@@ -143,12 +143,13 @@ async def post_sse(session: aiohttp.ClientSession, url: str, data: bytes, header
     import aiohttp  # loaded by load_transport already: a dict lookup
 
     stamps = sent if sent is not None else []
-    if not_before is not None and not stamps_sends(session):
+    traced = stamps_sends(session)
+    if not_before is not None and not traced:
         await not_before
     ctx = SendStamp(stamps, not_before, [])
     start = time.perf_counter()
     try:
-        async with await _post_fresh_if_stale(session, url, data, headers, timeout, ctx) as resp:
+        async with await _post_fresh_if_stale(session, url, data, headers, timeout, ctx, traced) as resp:
             if not_before is not None and stamps:
                 start = stamps[-1]
             if resp.status != 200:
@@ -170,7 +171,7 @@ STALE_ATTEMPTS = 4  # sends of one POST while pooled connections keep turning ou
 
 
 async def _post_fresh_if_stale(session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str],
-                               timeout: float, ctx: SendStamp) -> aiohttp.ClientResponse:
+                               timeout: float, ctx: SendStamp, traced: bool) -> aiohttp.ClientResponse:
     """The POST, sent again at once when a pooled connection turns out dead before any reply.
 
     llama.cpp's server closes the connection after a streamed reply while its headers say
@@ -186,11 +187,11 @@ async def _post_fresh_if_stale(session: aiohttp.ClientSession, url: str, data: b
     Only a send that took a pooled connection is resent (a stamping session's trace says which): on
     a connection of its own the server may have read the request and started it before it dropped
     it, and the lane's retry (backoff, attempt count) decides; resent at once, such a request reached
-    the server 4 times per attempt. A session that does not stamp cannot tell: resent as before."""
+    the server 4 times per attempt. A session that does not stamp (`traced` False) cannot tell:
+    resent as before."""
     import aiohttp  # loaded by load_transport already: a dict lookup
 
     t = _timeout(timeout)
-    traced = stamps_sends(session)
     for _ in range(STALE_ATTEMPTS - 1):
         pooled = len(ctx.reused)
         try:
