@@ -110,9 +110,8 @@ class CustomSource:
         self.limit = limit
 
     def __call__(self) -> Iterator[WorkItem]:
-        path = self.path
-        for line_no, line in _lines(path, self.limit):
-            yield WorkItem(_custom_item(line, path, line_no), None)
+        for item in custom_items(self.path, self.limit):
+            yield WorkItem(item, None)
 
     def ids(self) -> Iterator[str]:
         path = self.path
